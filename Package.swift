@@ -1,0 +1,61 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Targets have one role each (see docs/ARCHITECTURE.md):
+//   CNetfilter     C interop: system library over libnetfilter_queue, libnftnl, libmnl + tiny shim
+//   Netfilter      kernel adapters: the only target that imports CNetfilter
+//   CSPWire        wire codecs: pure, zero-copy packet views and CSP messages
+//   MidcomCore     core logic: sessions, policy, config; pure, injectable clock, no syscalls
+//   MidcomControl  control protocol shared by midcomd (server) and midctl (client)
+//   CSPHost        host-side signaling library used by the `csp` tool
+let package = Package(
+    name: "midcom",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "midcomd", targets: ["midcomd"]),
+        .executable(name: "midctl", targets: ["midctl"]),
+        .executable(name: "csp", targets: ["csp"]),
+        .library(name: "CSPHost", targets: ["CSPHost"]),
+        .library(name: "CSPWire", targets: ["CSPWire"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CNetfilter",
+            pkgConfig: "libnetfilter_queue",
+            providers: [.apt(["libnetfilter-queue-dev", "libnftnl-dev", "libmnl-dev"])]
+        ),
+        .target(name: "Netfilter", dependencies: ["CNetfilter"]),
+        .target(name: "CSPWire"),
+        .target(name: "MidcomCore", dependencies: ["CSPWire"]),
+        .target(name: "MidcomControl"),
+        .target(name: "CSPHost", dependencies: ["CSPWire"]),
+        .executableTarget(
+            name: "midcomd",
+            dependencies: [
+                "Netfilter", "CSPWire", "MidcomCore", "MidcomControl",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "midctl",
+            dependencies: [
+                "MidcomControl",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "csp",
+            dependencies: [
+                "CSPHost", "CSPWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "CSPWireTests", dependencies: ["CSPWire"], resources: [.copy("Vectors")]),
+        .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore"]),
+        .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
+        .testTarget(name: "NetfilterTests", dependencies: ["Netfilter"]),
+    ]
+)

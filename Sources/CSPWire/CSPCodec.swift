@@ -1,0 +1,279 @@
+// Encoding and decoding of CSP messages (docs/PROTOCOL.md, "Message format" and "TLVs").
+
+extension CSPMessage {
+    /// Records may carry TLVs but not further records; the limit keeps a hostile message from
+    /// recursing the decoder.
+    static let maximumNesting = 1
+    static let maximumTextLength = 255
+
+    /// Decodes and validates a whole message. Never traps and never reads outside `bytes`.
+    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(CSPWireError) -> CSPMessage {
+        let view = try CSPMessageView(bytes)
+        let tlvs = try parseTLVs(bytes, from: headerLength, to: view.length, depth: 0)
+        return CSPMessage(
+            type: view.type, flags: view.flags, result: view.result, sessionID: view.sessionID, nonce: view.nonce,
+            sequence: view.sequence, tlvs: tlvs)
+    }
+
+    public static func parse(_ bytes: [UInt8]) throws(CSPWireError) -> CSPMessage {
+        do {
+            return try bytes.withUnsafeBytes { buffer in try parse(buffer) }
+        } catch let error as CSPWireError {
+            throw error
+        } catch {
+            fatalError("unreachable: parse throws only CSPWireError")
+        }
+    }
+
+    /// The encoded message. Throws only when the body exceeds the 16-bit length field.
+    public func serialize() throws(CSPWireError) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(128)
+        out.appendBigEndian(Self.magic)
+        out.append(Self.version)
+        out.append(type.rawValue)
+        out.append(flags.rawValue)
+        out.append(result.rawValue)
+        out.appendBigEndian(UInt16(0))  // length, patched below
+        out.appendBigEndian(sessionID)
+        out.appendBigEndian(nonce)
+        out.appendBigEndian(sequence)
+        for tlv in tlvs { try tlv.emit(into: &out) }
+        guard out.count <= Int(UInt16.max) else { throw CSPWireError(.messageTooLong, at: 0) }
+        out.writeBigEndian(UInt16(out.count), at: 6)
+        return out
+    }
+
+    static func parseTLVs(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int, depth: Int)
+        throws(CSPWireError) -> [CSPTLV]
+    {
+        var tlvs: [CSPTLV] = []
+        var offset = start
+        while offset < end {
+            guard end - offset >= 4 else { throw CSPWireError(.truncated, at: offset) }
+            let type = bytes.loadBigEndianUInt16(at: offset)
+            let length = Int(bytes.loadBigEndianUInt16(at: offset + 2))
+            let valueStart = offset + 4
+            guard length <= end - valueStart else { throw CSPWireError(.tlvOverrun(type: type), at: offset) }
+            let value = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueStart + length])
+            tlvs.append(
+                try CSPTLV.decode(
+                    type: CSPTLVType(rawValue: type), value: value, in: bytes, valueOffset: valueStart, at: offset,
+                    depth: depth))
+            offset = valueStart + length
+        }
+        return tlvs
+    }
+}
+
+extension CSPTLV {
+    static func decode(
+        type: CSPTLVType, value: UnsafeRawBufferPointer, in message: UnsafeRawBufferPointer, valueOffset: Int,
+        at offset: Int, depth: Int
+    ) throws(CSPWireError) -> CSPTLV {
+        let bad = CSPWireError(.badTLVValue(type: type.rawValue), at: offset)
+        var cursor = ByteCursor(value)
+        func text() throws(CSPWireError) -> String {
+            guard value.count <= CSPMessage.maximumTextLength else { throw bad }
+            // Invalid UTF-8 is rejected rather than repaired so that parse(serialize(m)) == m holds.
+            guard let s = String(validating: value, as: UTF8.self) else { throw bad }
+            return s
+        }
+        func endpoint() throws(CSPWireError) -> CSPEndpoint {
+            guard let e = cursor.readEndpoint(), cursor.remaining == 0 else { throw bad }
+            return e
+        }
+        switch type {
+        case .flow:
+            guard let proto = cursor.readUInt8(), let family = cursor.readUInt8(), let sport = cursor.readUInt16(),
+                let dport = cursor.readUInt16(), let addressLength = IPAddress.Family(rawValue: family)?.addressLength,
+                let src = cursor.readAddress(length: addressLength), let dst = cursor.readAddress(length: addressLength),
+                cursor.remaining == 0
+            else { throw bad }
+            return .flow(
+                FlowTuple(
+                    proto: IPProtocol(rawValue: proto), source: src, sourcePort: sport, destination: dst,
+                    destinationPort: dport))
+        case .lifetime:
+            guard let v = cursor.readUInt32(), cursor.remaining == 0 else { throw bad }
+            return .lifetime(v)
+        case .application: return .application(try text())
+        case .middleboxName: return .middleboxName(try text())
+        case .requestedAction:
+            guard let v = cursor.readUInt8(), cursor.remaining == 0 else { throw bad }
+            return .requestedAction(CSPRequestedAction(rawValue: v))
+        case .reason:
+            guard let code = cursor.readUInt16(), let retry = cursor.readUInt32(),
+                let rest = cursor.readBytes(cursor.remaining), rest.count <= CSPMessage.maximumTextLength,
+                let s = String(validating: rest, as: UTF8.self)
+            else { throw bad }
+            return .reason(CSPReason(code: code, retryAfter: retry, text: s))
+        case .redirectTarget: return .redirectTarget(try endpoint())
+        case .mappedAddress: return .mappedAddress(try endpoint())
+        case .hostAddress: return .hostAddress(try endpoint())
+        case .newAddress: return .newAddress(try endpoint())
+        case .epoch:
+            guard let v = cursor.readUInt32(), cursor.remaining == 0 else { throw bad }
+            return .epoch(v)
+        case .timestamp:
+            guard let v = cursor.readUInt64(), cursor.remaining == 0 else { throw bad }
+            return .timestamp(v)
+        case .identity, .signature:
+            let expected = type == .identity ? 32 : 64
+            guard let keyType = cursor.readUInt8() else { throw bad }
+            // Ed25519 lengths are enforced; other key types are carried opaquely for agility.
+            if keyType == CSPKeyMaterial.ed25519, cursor.remaining != expected { throw bad }
+            guard let rest = cursor.readBytes(cursor.remaining) else { throw bad }
+            let key = CSPKeyMaterial(keyType: keyType, bytes: Array(rest))
+            return type == .identity ? .identity(key) : .signature(key)
+        case .challengeToken:
+            // At least 64 random bits, so an off-path attacker cannot guess it.
+            guard (8...32).contains(value.count) else { throw bad }
+            return .challengeToken(Array(value))
+        case .path:
+            guard let id = cursor.readUInt8() else { throw bad }
+            return .path(CSPPath(pathID: id, endpoint: try endpoint()))
+        case .denySource:
+            guard let family = cursor.readUInt8(), let prefixLength = cursor.readUInt8(), let proto = cursor.readUInt8(),
+                cursor.readUInt8() != nil, let port = cursor.readUInt16(),
+                let addressLength = IPAddress.Family(rawValue: family)?.addressLength,
+                prefixLength <= addressLength * 8,
+                let prefix = cursor.readAddress(length: addressLength), cursor.remaining == 0
+            else { throw bad }
+            return .denySource(
+                CSPDenySource(prefix: prefix, prefixLength: prefixLength, proto: IPProtocol(rawValue: proto), port: port))
+        case .middleboxRecord:
+            guard depth < CSPMessage.maximumNesting else { throw CSPWireError(.nestingTooDeep, at: offset) }
+            guard let id = cursor.readUInt64(), let epoch = cursor.readUInt32(), let decision = cursor.readUInt8(),
+                cursor.readUInt8() != nil, let granted = cursor.readUInt32()
+            else { throw bad }
+            let nestedStart = valueOffset + 18
+            let nested = try CSPMessage.parseTLVs(
+                message, from: nestedStart, to: valueOffset + value.count, depth: depth + 1)
+            return .middleboxRecord(
+                CSPMiddleboxRecord(
+                    middleboxID: id, epoch: epoch, decision: CSPDecision(rawValue: decision), grantedLifetime: granted,
+                    tlvs: nested))
+        default:
+            if type.isCritical { throw CSPWireError(.unknownCriticalTLV(type: type.rawValue), at: offset) }
+            return .unknown(type: type.rawValue, value: Array(value))
+        }
+    }
+
+    func emit(into out: inout [UInt8]) throws(CSPWireError) {
+        let typeOffset = out.count
+        out.appendBigEndian(type.rawValue)
+        out.appendBigEndian(UInt16(0))  // length, patched below
+        let valueStart = out.count
+        func appendText(_ s: String) { out.append(contentsOf: s.utf8.prefix(CSPMessage.maximumTextLength)) }
+        switch self {
+        case .flow(let f):
+            out.append(f.proto.rawValue)
+            out.append(f.source.family.rawValue)
+            out.appendBigEndian(f.sourcePort)
+            out.appendBigEndian(f.destinationPort)
+            f.source.appendBytes(to: &out)
+            // A flow never mixes families; the destination is written in the source's family width.
+            if f.destination.family == f.source.family {
+                f.destination.appendBytes(to: &out)
+            } else {
+                throw CSPWireError(.badTLVValue(type: CSPTLVType.flow.rawValue), at: typeOffset)
+            }
+        case .lifetime(let v), .epoch(let v): out.appendBigEndian(v)
+        case .timestamp(let v): out.appendBigEndian(v)
+        case .application(let s), .middleboxName(let s): appendText(s)
+        case .requestedAction(let a): out.append(a.rawValue)
+        case .reason(let r):
+            out.appendBigEndian(r.code)
+            out.appendBigEndian(r.retryAfter)
+            appendText(r.text)
+        case .redirectTarget(let e), .mappedAddress(let e), .hostAddress(let e), .newAddress(let e):
+            out.appendEndpoint(e)
+        case .identity(let k), .signature(let k):
+            out.append(k.keyType)
+            out.append(contentsOf: k.bytes)
+        case .challengeToken(let t): out.append(contentsOf: t)
+        case .path(let p):
+            out.append(p.pathID)
+            out.appendEndpoint(p.endpoint)
+        case .denySource(let d):
+            out.append(d.prefix.family.rawValue)
+            out.append(d.prefixLength)
+            out.append(d.proto.rawValue)
+            out.append(0)
+            out.appendBigEndian(d.port)
+            d.prefix.appendBytes(to: &out)
+        case .middleboxRecord(let r):
+            out.appendBigEndian(r.middleboxID)
+            out.appendBigEndian(r.epoch)
+            out.append(r.decision.rawValue)
+            out.append(0)
+            out.appendBigEndian(r.grantedLifetime)
+            for tlv in r.tlvs { try tlv.emit(into: &out) }
+        case .unknown(_, let value): out.append(contentsOf: value)
+        }
+        let length = out.count - valueStart
+        guard length <= Int(UInt16.max) else { throw CSPWireError(.messageTooLong, at: typeOffset) }
+        out.writeBigEndian(UInt16(length), at: typeOffset + 2)
+    }
+}
+
+extension IPAddress.Family {
+    public var addressLength: Int { self == .ipv4 ? 4 : 16 }
+}
+
+extension ByteCursor {
+    mutating func readAddress(length: Int) -> IPAddress? {
+        guard let raw = readBytes(length) else { return nil }
+        return IPAddress(bytes: raw)
+    }
+
+    /// family(1) reserved(1) port(2) address(4|16)
+    mutating func readEndpoint() -> CSPEndpoint? {
+        guard let family = readUInt8(), readUInt8() != nil, let port = readUInt16(),
+            let length = IPAddress.Family(rawValue: family)?.addressLength, let address = readAddress(length: length)
+        else { return nil }
+        return CSPEndpoint(address: address, port: port)
+    }
+}
+
+extension Array where Element == UInt8 {
+    mutating func appendEndpoint(_ e: CSPEndpoint) {
+        append(e.address.family.rawValue)
+        append(0)
+        appendBigEndian(e.port)
+        e.address.appendBytes(to: &self)
+    }
+}
+
+/// A zero-copy, validated view of a CSP message header over received bytes. Construction checks
+/// magic, version and length once; afterwards no accessor can fail.
+public struct CSPMessageView {
+    public let bytes: UnsafeRawBufferPointer
+
+    public init(_ bytes: UnsafeRawBufferPointer) throws(CSPWireError) {
+        guard bytes.count >= CSPMessage.headerLength else { throw CSPWireError(.truncated, at: bytes.count) }
+        guard bytes.loadBigEndianUInt16(at: 0) == CSPMessage.magic else { throw CSPWireError(.badMagic, at: 0) }
+        guard bytes[2] == CSPMessage.version else { throw CSPWireError(.unsupportedVersion(bytes[2]), at: 2) }
+        let declared = Int(bytes.loadBigEndianUInt16(at: 6))
+        // Trailing bytes beyond the declared length are an error, not padding: a middlebox that
+        // appends a record must rewrite the length, and a mismatch means someone did not.
+        guard declared == bytes.count, declared >= CSPMessage.headerLength else {
+            throw CSPWireError(.lengthMismatch(declared: declared, actual: bytes.count), at: 6)
+        }
+        self.bytes = bytes
+    }
+
+    public var type: CSPMessageType { CSPMessageType(rawValue: bytes[3]) }
+    public var flags: CSPFlags { CSPFlags(rawValue: bytes[4]) }
+    public var result: CSPResultCode { CSPResultCode(rawValue: bytes[5]) }
+    public var length: Int { Int(bytes.loadBigEndianUInt16(at: 6)) }
+    public var sessionID: UInt64 { UInt64(bytes.loadBigEndianUInt32(at: 8)) << 32 | UInt64(bytes.loadBigEndianUInt32(at: 12)) }
+    public var nonce: UInt64 { UInt64(bytes.loadBigEndianUInt32(at: 16)) << 32 | UInt64(bytes.loadBigEndianUInt32(at: 20)) }
+    public var sequence: UInt32 { bytes.loadBigEndianUInt32(at: 24) }
+
+    /// Cheap test used before any allocation: does this UDP payload look like CSP at all?
+    public static func looksLikeCSP(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        bytes.count >= CSPMessage.headerLength && bytes.loadBigEndianUInt16(at: 0) == CSPMessage.magic
+    }
+}

@@ -1,0 +1,195 @@
+/// A transport endpoint carried in REDIRECT-TARGET, MAPPED-ADDRESS, HOST-ADDRESS and NEW-ADDRESS.
+public struct CSPEndpoint: Hashable, Sendable, CustomStringConvertible {
+    public var address: IPAddress
+    public var port: UInt16
+    public init(address: IPAddress, port: UInt16) {
+        self.address = address
+        self.port = port
+    }
+
+    public var description: String { address.family == .ipv6 ? "[\(address)]:\(port)" : "\(address):\(port)" }
+}
+
+/// REASON: why a request failed, and when retrying may help.
+public struct CSPReason: Hashable, Sendable {
+    /// Operator-defined detail code (0 = none); the header's result code carries the class.
+    public var code: UInt16
+    /// Seconds after which the same request may succeed (0 = do not retry unchanged).
+    public var retryAfter: UInt32
+    public var text: String
+    public init(code: UInt16 = 0, retryAfter: UInt32 = 0, text: String) {
+        self.code = code
+        self.retryAfter = retryAfter
+        self.text = text
+    }
+}
+
+/// An additional path for multihoming (ADD-PATH / REMOVE-PATH).
+public struct CSPPath: Hashable, Sendable {
+    public var pathID: UInt8
+    public var endpoint: CSPEndpoint
+    public init(pathID: UInt8, endpoint: CSPEndpoint) {
+        self.pathID = pathID
+        self.endpoint = endpoint
+    }
+}
+
+/// DENY-SOURCE: the prefix (and optionally protocol/port) a victim asks upstream middleboxes to drop.
+public struct CSPDenySource: Hashable, Sendable {
+    public var prefix: IPAddress
+    public var prefixLength: UInt8
+    public var proto: IPProtocol
+    /// Destination port on the victim, 0 = any.
+    public var port: UInt16
+    public init(prefix: IPAddress, prefixLength: UInt8, proto: IPProtocol = IPProtocol(rawValue: 0), port: UInt16 = 0) {
+        self.prefix = prefix
+        self.prefixLength = prefixLength
+        self.proto = proto
+        self.port = port
+    }
+}
+
+/// A public key or signature. Key type 1 is Ed25519 (32-byte keys, 64-byte signatures).
+public struct CSPKeyMaterial: Hashable, Sendable {
+    public static let ed25519: UInt8 = 1
+    public var keyType: UInt8
+    public var bytes: [UInt8]
+    public init(keyType: UInt8 = CSPKeyMaterial.ed25519, bytes: [UInt8]) {
+        self.keyType = keyType
+        self.bytes = bytes
+    }
+}
+
+/// What one middlebox on the path decided and requires; appended in path order (n-way reporting).
+public struct CSPMiddleboxRecord: Hashable, Sendable {
+    /// Stable identifier of the middlebox (e.g. the first 8 bytes of a hash of its public key).
+    public var middleboxID: UInt64
+    /// Changes whenever the middlebox restarts and loses state; hosts re-signal when it changes.
+    public var epoch: UInt32
+    public var decision: CSPDecision
+    /// Seconds the middlebox will keep the state (its clamp of the requested lifetime).
+    public var grantedLifetime: UInt32
+    /// Details: REASON, REDIRECT-TARGET, MAPPED-ADDRESS, MIDDLEBOX-NAME, IDENTITY, SIGNATURE, ...
+    public var tlvs: [CSPTLV]
+
+    public init(middleboxID: UInt64, epoch: UInt32, decision: CSPDecision, grantedLifetime: UInt32, tlvs: [CSPTLV] = []) {
+        self.middleboxID = middleboxID
+        self.epoch = epoch
+        self.decision = decision
+        self.grantedLifetime = grantedLifetime
+        self.tlvs = tlvs
+    }
+}
+
+/// One type-length-value element of a CSP message body.
+public indirect enum CSPTLV: Hashable, Sendable {
+    case flow(FlowTuple)
+    case lifetime(UInt32)
+    case application(String)
+    case requestedAction(CSPRequestedAction)
+    case reason(CSPReason)
+    case redirectTarget(CSPEndpoint)
+    case mappedAddress(CSPEndpoint)
+    case hostAddress(CSPEndpoint)
+    case middleboxRecord(CSPMiddleboxRecord)
+    case epoch(UInt32)
+    case identity(CSPKeyMaterial)
+    case signature(CSPKeyMaterial)
+    case challengeToken([UInt8])
+    case newAddress(CSPEndpoint)
+    case path(CSPPath)
+    case denySource(CSPDenySource)
+    case middleboxName(String)
+    case timestamp(UInt64)
+    /// A TLV this implementation does not know; kept verbatim so middleboxes forward it unchanged.
+    case unknown(type: UInt16, value: [UInt8])
+
+    public var type: CSPTLVType {
+        switch self {
+        case .flow: .flow
+        case .lifetime: .lifetime
+        case .application: .application
+        case .requestedAction: .requestedAction
+        case .reason: .reason
+        case .redirectTarget: .redirectTarget
+        case .mappedAddress: .mappedAddress
+        case .hostAddress: .hostAddress
+        case .middleboxRecord: .middleboxRecord
+        case .epoch: .epoch
+        case .identity: .identity
+        case .signature: .signature
+        case .challengeToken: .challengeToken
+        case .newAddress: .newAddress
+        case .path: .path
+        case .denySource: .denySource
+        case .middleboxName: .middleboxName
+        case .timestamp: .timestamp
+        case .unknown(let type, _): CSPTLVType(rawValue: type)
+        }
+    }
+}
+
+/// A complete CSP message as a value: build it, `serialize()` it, or `parse` received bytes.
+public struct CSPMessage: Hashable, Sendable {
+    public static let magic: UInt16 = 0x4353  // "CS"
+    public static let version: UInt8 = 1
+    public static let headerLength = 28
+    /// The UDP port CSP uses by default (configurable on every implementation).
+    public static let defaultPort: UInt16 = 7227
+
+    public var type: CSPMessageType
+    public var flags: CSPFlags
+    public var result: CSPResultCode
+    /// Names the session end to end; survives address changes (mobility, NAT rebinding).
+    public var sessionID: UInt64
+    /// Chosen at random by the requester; replies echo it, which ties a reply to its request.
+    public var nonce: UInt64
+    /// Per-session counter of the sender, for the replay window.
+    public var sequence: UInt32
+    public var tlvs: [CSPTLV]
+
+    public init(
+        type: CSPMessageType, flags: CSPFlags = [], result: CSPResultCode = .success, sessionID: UInt64, nonce: UInt64,
+        sequence: UInt32 = 0, tlvs: [CSPTLV] = []
+    ) {
+        self.type = type
+        self.flags = flags
+        self.result = result
+        self.sessionID = sessionID
+        self.nonce = nonce
+        self.sequence = sequence
+        self.tlvs = tlvs
+    }
+
+    // MARK: typed accessors (first occurrence wins)
+
+    public var flow: FlowTuple? { tlvs.lazy.compactMap { if case .flow(let f) = $0 { f } else { nil } }.first }
+    public var lifetime: UInt32? { tlvs.lazy.compactMap { if case .lifetime(let v) = $0 { v } else { nil } }.first }
+    public var application: String? {
+        tlvs.lazy.compactMap { if case .application(let v) = $0 { v } else { nil } }.first
+    }
+    public var requestedAction: CSPRequestedAction? {
+        tlvs.lazy.compactMap { if case .requestedAction(let v) = $0 { v } else { nil } }.first
+    }
+    public var reason: CSPReason? { tlvs.lazy.compactMap { if case .reason(let v) = $0 { v } else { nil } }.first }
+    public var redirectTarget: CSPEndpoint? {
+        tlvs.lazy.compactMap { if case .redirectTarget(let v) = $0 { v } else { nil } }.first
+    }
+    public var mappedAddress: CSPEndpoint? {
+        tlvs.lazy.compactMap { if case .mappedAddress(let v) = $0 { v } else { nil } }.first
+    }
+    public var epoch: UInt32? { tlvs.lazy.compactMap { if case .epoch(let v) = $0 { v } else { nil } }.first }
+    public var newAddress: CSPEndpoint? {
+        tlvs.lazy.compactMap { if case .newAddress(let v) = $0 { v } else { nil } }.first
+    }
+    public var challengeToken: [UInt8]? {
+        tlvs.lazy.compactMap { if case .challengeToken(let v) = $0 { v } else { nil } }.first
+    }
+    public var denySource: CSPDenySource? {
+        tlvs.lazy.compactMap { if case .denySource(let v) = $0 { v } else { nil } }.first
+    }
+    /// Middlebox records in path order.
+    public var records: [CSPMiddleboxRecord] {
+        tlvs.compactMap { if case .middleboxRecord(let r) = $0 { r } else { nil } }
+    }
+}
