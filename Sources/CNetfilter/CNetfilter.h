@@ -1,1 +1,109 @@
+// Shim over libnetfilter_queue (libmnl-based API), libnftnl and libmnl for the Netfilter target.
+// Rules: every symbol defined here is prefixed `cnf_`; kernel macros that Swift cannot import become
+// static inline functions; every kernel struct whose layout we depend on is checked with _Static_assert.
+#ifndef CNETFILTER_H
+#define CNETFILTER_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <stdbool.h>
+#include <string.h>
+#include <errno.h>
+#include <poll.h>
+#include <unistd.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/eventfd.h>
+#include <arpa/inet.h>
+#include <linux/netlink.h>
+// The kernel's nfnetlink.h must come before libnetfilter_queue: both use the _NFNETLINK_H guard and the
+// kernel copy is the newer one (it has NFNL_SUBSYS_NFTABLES and the batch message types).
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/xt_NFQUEUE.h>
 #include <libmnl/libmnl.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+#include <libnftnl/batch.h>
+#include <libnftnl/common.h>
+#include <libnftnl/table.h>
+#include <libnftnl/chain.h>
+#include <libnftnl/rule.h>
+#include <libnftnl/expr.h>
+#include <libnftnl/set.h>
+
+// Layouts we read or write byte for byte.
+_Static_assert(sizeof(struct nlmsghdr) == 16, "struct nlmsghdr");
+_Static_assert(sizeof(struct nfgenmsg) == 4, "struct nfgenmsg");
+_Static_assert(sizeof(struct nlmsgerr) == 20, "struct nlmsgerr");
+_Static_assert(sizeof(struct nfqnl_msg_packet_hdr) == 7, "struct nfqnl_msg_packet_hdr is packed: be32 id, be16 proto, u8 hook");
+_Static_assert(sizeof(struct xt_NFQ_info_v3) == 6, "struct xt_NFQ_info_v3: u16 queuenum, u16 queues_total, u16 flags");
+
+// MARK: netlink message helpers
+
+/// Netlink message type of an nfnetlink message: subsystem in the high byte, message in the low byte.
+static inline uint16_t cnf_nfnl_msg_type(uint8_t subsys, uint8_t msg) {
+    return (uint16_t)(((uint16_t)subsys << 8) | msg);
+}
+
+/// Positive errno carried by an NLMSG_ERROR message (0 for an acknowledgement), or EBADMSG if truncated.
+static inline int cnf_nlmsg_error_code(const struct nlmsghdr *nlh) {
+    if (nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(int)) return EBADMSG;
+    const struct nlmsgerr *err = (const struct nlmsgerr *)mnl_nlmsg_get_payload(nlh);
+    return -err->error;
+}
+
+static inline uint32_t cnf_nlmsg_seq(const struct nlmsghdr *nlh) { return nlh->nlmsg_seq; }
+static inline uint16_t cnf_nlmsg_type(const struct nlmsghdr *nlh) { return nlh->nlmsg_type; }
+static inline uint16_t cnf_nlmsg_flags(const struct nlmsghdr *nlh) { return nlh->nlmsg_flags; }
+static inline void cnf_nlmsg_add_flags(struct nlmsghdr *nlh, uint16_t flags) { nlh->nlmsg_flags |= flags; }
+static inline void cnf_nlmsg_set_seq(struct nlmsghdr *nlh, uint32_t seq) { nlh->nlmsg_seq = seq; }
+
+/// MNL_SOCKET_BUFFER_SIZE (a macro over sysconf): the size libmnl recommends for netlink buffers.
+static inline int cnf_mnl_socket_buffer_size(void) { return (int)MNL_SOCKET_BUFFER_SIZE; }
+
+/// Overhead the kernel adds around a queued packet's payload (netlink + nfgenmsg + all non-payload attributes),
+/// rounded up generously: libnetfilter_queue's example uses 0xffff + (MNL_SOCKET_BUFFER_SIZE / 2).
+static inline size_t cnf_nfq_receive_overhead(void) { return MNL_SOCKET_BUFFER_SIZE / 2; }
+
+// MARK: NFQUEUE attribute readers (attributes are validated by nfq_nlmsg_parse before these are called)
+
+static inline uint32_t cnf_nfq_packet_id(const struct nlattr *hdr_attr) {
+    const struct nfqnl_msg_packet_hdr *ph = (const struct nfqnl_msg_packet_hdr *)mnl_attr_get_payload(hdr_attr);
+    return ntohl(ph->packet_id);
+}
+static inline uint16_t cnf_nfq_hw_protocol(const struct nlattr *hdr_attr) {
+    const struct nfqnl_msg_packet_hdr *ph = (const struct nfqnl_msg_packet_hdr *)mnl_attr_get_payload(hdr_attr);
+    return ntohs(ph->hw_protocol);
+}
+static inline uint8_t cnf_nfq_hook(const struct nlattr *hdr_attr) {
+    const struct nfqnl_msg_packet_hdr *ph = (const struct nfqnl_msg_packet_hdr *)mnl_attr_get_payload(hdr_attr);
+    return ph->hook;
+}
+/// A big-endian u32 attribute (NFQA_MARK, NFQA_IFINDEX_*, NFQA_CAP_LEN, NFQA_SKB_INFO) in host order.
+static inline uint32_t cnf_attr_get_be32(const struct nlattr *attr) { return ntohl(mnl_attr_get_u32(attr)); }
+
+/// Adds NFQA_CFG_FLAGS and NFQA_CFG_MASK (both big-endian) to a config message.
+static inline void cnf_nfq_cfg_put_flags(struct nlmsghdr *nlh, uint32_t flags, uint32_t mask) {
+    mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
+    mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(mask));
+}
+
+// MARK: nftables
+
+/// Size of the NFQUEUE target info nft_compat expects: XT_ALIGN(sizeof(struct xt_NFQ_info_v3)), as iptables-nft sends.
+static inline size_t cnf_xt_nfq_info_v3_size(void) { return (sizeof(struct xt_NFQ_info_v3) + 7) & ~(size_t)7; }
+
+/// Sets NFTNL_EXPR_TG_INFO of a "target" expression to an xt_NFQ_info_v3. libnftnl takes ownership of the info
+/// buffer (it frees it with the expression), so it must come from malloc. Returns -1 with errno ENOMEM on failure.
+static inline int cnf_nftnl_expr_set_nfqueue_v3(struct nftnl_expr *expr, uint16_t queuenum, uint16_t queues_total,
+                                                uint16_t flags) {
+    struct xt_NFQ_info_v3 *info = (struct xt_NFQ_info_v3 *)calloc(1, cnf_xt_nfq_info_v3_size());
+    if (info == NULL) { errno = ENOMEM; return -1; }
+    info->queuenum = queuenum;
+    info->queues_total = queues_total;
+    info->flags = flags;
+    return nftnl_expr_set(expr, NFTNL_EXPR_TG_INFO, info, (uint32_t)cnf_xt_nfq_info_v3_size());
+}
+
+#endif

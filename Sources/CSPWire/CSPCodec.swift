@@ -38,7 +38,7 @@ extension CSPMessage {
         out.appendBigEndian(sessionID)
         out.appendBigEndian(nonce)
         out.appendBigEndian(sequence)
-        for tlv in tlvs { try tlv.emit(into: &out) }
+        for tlv in tlvs { try tlv.emit(into: &out, depth: 0) }
         guard out.count <= Int(UInt16.max) else { throw CSPWireError(.messageTooLong, at: 0) }
         out.writeBigEndian(UInt16(out.count), at: 6)
         return out
@@ -160,12 +160,17 @@ extension CSPTLV {
         }
     }
 
-    func emit(into out: inout [UInt8]) throws(CSPWireError) {
+    /// Appends the TLV. Refuses values the decoder would reject, so that whatever serializes also
+    /// parses back equal: mixed-family flows, Ed25519 keys/signatures of the wrong length, challenge
+    /// tokens outside 8...32 octets, impossible prefix lengths, records inside records, and `.unknown`
+    /// carrying a type this implementation knows. Text longer than 255 octets is cut at a scalar boundary.
+    func emit(into out: inout [UInt8], depth: Int) throws(CSPWireError) {
         let typeOffset = out.count
+        let bad = CSPWireError(.badTLVValue(type: type.rawValue), at: typeOffset)
         out.appendBigEndian(type.rawValue)
         out.appendBigEndian(UInt16(0))  // length, patched below
         let valueStart = out.count
-        func appendText(_ s: String) { out.append(contentsOf: s.utf8.prefix(CSPMessage.maximumTextLength)) }
+        func appendText(_ s: String) { out.append(contentsOf: CSPMessage.truncatedUTF8(s)) }
         switch self {
         case .flow(let f):
             out.append(f.proto.rawValue)
@@ -190,13 +195,17 @@ extension CSPTLV {
         case .redirectTarget(let e), .mappedAddress(let e), .hostAddress(let e), .newAddress(let e):
             out.appendEndpoint(e)
         case .identity(let k), .signature(let k):
+            if k.keyType == CSPKeyMaterial.ed25519, k.bytes.count != (type == .identity ? 32 : 64) { throw bad }
             out.append(k.keyType)
             out.append(contentsOf: k.bytes)
-        case .challengeToken(let t): out.append(contentsOf: t)
+        case .challengeToken(let t):
+            guard (8...32).contains(t.count) else { throw bad }
+            out.append(contentsOf: t)
         case .path(let p):
             out.append(p.pathID)
             out.appendEndpoint(p.endpoint)
         case .denySource(let d):
+            guard Int(d.prefixLength) <= d.prefix.byteCount * 8 else { throw bad }
             out.append(d.prefix.family.rawValue)
             out.append(d.prefixLength)
             out.append(d.proto.rawValue)
@@ -204,17 +213,32 @@ extension CSPTLV {
             out.appendBigEndian(d.port)
             d.prefix.appendBytes(to: &out)
         case .middleboxRecord(let r):
+            guard depth < CSPMessage.maximumNesting else { throw CSPWireError(.nestingTooDeep, at: typeOffset) }
             out.appendBigEndian(r.middleboxID)
             out.appendBigEndian(r.epoch)
             out.append(r.decision.rawValue)
             out.append(0)
             out.appendBigEndian(r.grantedLifetime)
-            for tlv in r.tlvs { try tlv.emit(into: &out) }
-        case .unknown(_, let value): out.append(contentsOf: value)
+            for tlv in r.tlvs { try tlv.emit(into: &out, depth: depth + 1) }
+        case .unknown(let t, let value):
+            guard !CSPTLVType(rawValue: t).isKnown else { throw bad }
+            out.append(contentsOf: value)
         }
         let length = out.count - valueStart
         guard length <= Int(UInt16.max) else { throw CSPWireError(.messageTooLong, at: typeOffset) }
         out.writeBigEndian(UInt16(length), at: typeOffset + 2)
+    }
+}
+
+extension CSPMessage {
+    /// The UTF-8 of `text`, cut to at most 255 octets without splitting a scalar.
+    static func truncatedUTF8(_ text: String) -> ArraySlice<UInt8> {
+        let utf8 = Array(text.utf8)
+        guard utf8.count > maximumTextLength else { return utf8[...] }
+        var end = maximumTextLength
+        // Back up over continuation octets (10xxxxxx) to the start of the scalar that does not fit.
+        while end > 0, utf8[end] & 0xc0 == 0x80 { end -= 1 }
+        return utf8[..<end]
     }
 }
 

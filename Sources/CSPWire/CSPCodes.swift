@@ -164,6 +164,15 @@ public struct CSPTLVType: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let middleboxName = CSPTLVType(rawValue: 0x0011)
     public static let timestamp = CSPTLVType(rawValue: 0x0012)
 
+    /// The types this implementation decodes into a typed `CSPTLV` case.
+    public static let allKnown: [CSPTLVType] = [
+        .flow, .lifetime, .application, .requestedAction, .reason, .redirectTarget, .mappedAddress, .hostAddress,
+        .middleboxRecord, .epoch, .identity, .signature, .challengeToken, .newAddress, .path, .denySource,
+        .middleboxName, .timestamp,
+    ]
+
+    public var isKnown: Bool { Self.allKnown.contains(self) }
+
     public var description: String {
         switch self {
         case .flow: "FLOW"

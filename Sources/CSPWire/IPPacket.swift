@@ -71,6 +71,8 @@ public struct IPPacketView {
                     next = bytes[offset]
                     offset += 8
                     walked += 1
+                    // A non-initial fragment carries data, not the next header: stop walking.
+                    if nonInitial { break extensionWalk }
                 default:
                     break extensionWalk
                 }
@@ -157,6 +159,27 @@ public struct UDPDatagramView {
     public var payload: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(rebasing: packet.bytes[payloadOffset..<payloadOffset + payloadLength])
     }
+
+    /// True when the checksum verifies, or is 0 ("none", allowed for IPv4 only).
+    public var checksumIsValid: Bool {
+        let start = packet.transportOffset
+        let stored = packet.bytes.loadBigEndianUInt16(at: start + 6)
+        if stored == 0 { return packet.family == .ipv4 }
+        let datagram = packet.bytes[start..<payloadOffset + payloadLength]
+        let sum = PacketBuilder.onesComplementSum(
+            datagram,
+            initial: PacketBuilder.pseudoHeaderSum(
+                source: packet.source, destination: packet.destination, proto: 17, length: datagram.count))
+        return PacketBuilder.fold(sum) == 0
+    }
+}
+
+extension IPPacketView {
+    /// True for IPv6 (no header checksum) or an IPv4 header whose checksum verifies.
+    public var ipv4HeaderChecksumIsValid: Bool {
+        guard family == .ipv4 else { return true }
+        return PacketBuilder.fold(PacketBuilder.onesComplementSum(bytes[0..<transportOffset])) == 0
+    }
 }
 
 /// Internet checksum (RFC 1071) helpers and packet construction.
@@ -234,29 +257,18 @@ public enum PacketBuilder {
         return folded == 0 ? 0xffff : folded
     }
 
-    /// A complete IPv4 or IPv6 UDP packet (no options), for tests and raw-socket senders.
+    /// A complete IPv4 or IPv6 UDP packet, for tests and raw-socket senders. `ipv4Options` is
+    /// padded with EOL octets to a multiple of 4 (at most 40 octets are kept); `ipv6HopByHop` is a
+    /// complete hop-by-hop header (see `CSPDiscoveryOption.ipv6HopByHopHeader`) whose next-header
+    /// octet is overwritten.
     public static func udpPacket(
         source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16, payload: [UInt8],
-        ttl: UInt8 = 64, ipv4Options: [UInt8] = []
+        ttl: UInt8 = 64, ipv4Options: [UInt8] = [], ipv6HopByHop: [UInt8] = []
     ) -> [UInt8] {
-        var out: [UInt8] = []
+        var out = ipHeader(
+            source: source, destination: destination, proto: 17, payloadLength: 8 + payload.count, ttl: ttl,
+            ipv4Options: ipv4Options, ipv6HopByHop: ipv6HopByHop)
         let udpLength = 8 + payload.count
-        if source.family == .ipv4 {
-            let headerLength = 20 + ipv4Options.count
-            out += [0x40 | UInt8(headerLength / 4), 0]
-            out.appendBigEndian(UInt16(headerLength + udpLength))
-            out += [0, 0, 0x40, 0, ttl, 17, 0, 0]  // id, DF, ttl, proto, checksum
-            source.appendBytes(to: &out)
-            destination.appendBytes(to: &out)
-            out += ipv4Options
-            out.writeBigEndian(fold(onesComplementSum(out)), at: 10)
-        } else {
-            out += [0x60, 0, 0, 0]
-            out.appendBigEndian(UInt16(udpLength))
-            out += [17, ttl]
-            source.appendBytes(to: &out)
-            destination.appendBytes(to: &out)
-        }
         let udpStart = out.count
         out.appendBigEndian(sourcePort)
         out.appendBigEndian(destinationPort)
@@ -264,6 +276,74 @@ public enum PacketBuilder {
         out.appendBigEndian(UInt16(0))
         out += payload
         out.writeBigEndian(udpChecksum(source: source, destination: destination, udp: out[udpStart...]), at: udpStart + 6)
+        return out
+    }
+}
+
+extension PacketBuilder {
+    /// An IPv4 header (with options, padded) or an IPv6 header (with an optional hop-by-hop header)
+    /// for a payload of `payloadLength` transport octets.
+    static func ipHeader(
+        source: IPAddress, destination: IPAddress, proto: UInt8, payloadLength: Int, ttl: UInt8, ipv4Options: [UInt8],
+        ipv6HopByHop: [UInt8]
+    ) -> [UInt8] {
+        var out: [UInt8] = []
+        if source.family == .ipv4 {
+            var options = Array(ipv4Options.prefix(40))
+            options += repeatElement(0, count: (4 - options.count % 4) % 4)
+            let headerLength = 20 + options.count
+            out += [0x40 | UInt8(headerLength / 4), 0]
+            out.appendBigEndian(UInt16(truncatingIfNeeded: headerLength + payloadLength))
+            out += [0, 0, 0x40, 0, ttl, proto, 0, 0]  // id, DF, ttl, proto, checksum
+            source.appendBytes(to: &out)
+            destination.appendBytes(to: &out)
+            out += options
+            out.writeBigEndian(fold(onesComplementSum(out)), at: 10)
+        } else {
+            var hopByHop = ipv6HopByHop
+            out += [0x60, 0, 0, 0]
+            out.appendBigEndian(UInt16(truncatingIfNeeded: hopByHop.count + payloadLength))
+            if hopByHop.isEmpty {
+                out += [proto, ttl]
+            } else {
+                hopByHop[0] = proto
+                out += [0, ttl]
+            }
+            source.appendBytes(to: &out)
+            destination.appendBytes(to: &out)
+            out += hopByHop
+        }
+        return out
+    }
+
+    /// A complete IPv4 or IPv6 TCP segment with a valid checksum, for tests and raw-socket senders.
+    /// `options` is padded with EOL octets to a multiple of 4 (at most 40 octets are kept).
+    public static func tcpPacket(
+        source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16,
+        sequenceNumber: UInt32 = 0, acknowledgmentNumber: UInt32 = 0, flags: TCPFlags = .syn, window: UInt16 = 65535,
+        options: [UInt8] = [], payload: [UInt8] = [], ttl: UInt8 = 64, ipv4Options: [UInt8] = [],
+        ipv6HopByHop: [UInt8] = []
+    ) -> [UInt8] {
+        var tcpOptions = Array(options.prefix(40))
+        tcpOptions += repeatElement(0, count: (4 - tcpOptions.count % 4) % 4)
+        let tcpLength = 20 + tcpOptions.count + payload.count
+        var out = ipHeader(
+            source: source, destination: destination, proto: 6, payloadLength: tcpLength, ttl: ttl,
+            ipv4Options: ipv4Options, ipv6HopByHop: ipv6HopByHop)
+        let tcpStart = out.count
+        out.appendBigEndian(sourcePort)
+        out.appendBigEndian(destinationPort)
+        out.appendBigEndian(sequenceNumber)
+        out.appendBigEndian(acknowledgmentNumber)
+        out += [UInt8((20 + tcpOptions.count) / 4) << 4, flags.rawValue]
+        out.appendBigEndian(window)
+        out += [0, 0, 0, 0]  // checksum, urgent pointer
+        out += tcpOptions
+        out += payload
+        let sum = onesComplementSum(
+            out[tcpStart...],
+            initial: pseudoHeaderSum(source: source, destination: destination, proto: 6, length: tcpLength))
+        out.writeBigEndian(fold(sum), at: tcpStart + 16)
         return out
     }
 }

@@ -1,0 +1,173 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSPWire
+
+/// An error from a socket call, naming the call and the errno text.
+public struct SocketError: Error, CustomStringConvertible, Sendable {
+    public var operation: String
+    public var code: Int32
+    public var description: String { "\(operation) failed: \(String(cString: strerror(code))) (errno \(code))" }
+}
+
+/// Retries EINTR and turns -1 into a `SocketError`. `@inline(never)` keeps ARC traffic from
+/// running between the call and the read of errno.
+@inline(never)
+func checkedSocketCall<T: BinaryInteger>(_ operation: String, _ body: () -> T) throws(SocketError) -> T {
+    while true {
+        let result = body()
+        if result != -1 { return result }
+        let code = errno
+        if code == EINTR { continue }
+        throw SocketError(operation: operation, code: code)
+    }
+}
+
+/// A UDP socket for one address family. CSP hosts and middleboxes use it to send and receive
+/// signaling messages; it is not on the packet fast path.
+public final class UDPSocket: Sendable {
+    public let family: IPAddress.Family
+    let fd: Int32
+
+    /// Opens a socket bound to `address` (nil = any) and `port` (0 = ephemeral).
+    public init(family: IPAddress.Family, address: IPAddress? = nil, port: UInt16 = 0, reuseAddress: Bool = false)
+        throws(SocketError)
+    {
+        self.family = family
+        let domain = family == .ipv4 ? AF_INET : AF_INET6
+        fd = try checkedSocketCall("socket") { socket(domain, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        var one: Int32 = 1
+        if reuseAddress { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        let local = address ?? (family == .ipv4 ? IPAddress(ipv4: 0) : IPAddress(ipv6: 0, 0))
+        do {
+            try Self.withSockaddr(CSPEndpoint(address: local, port: port)) { sa, len throws(SocketError) in
+                _ = try checkedSocketCall("bind to \(CSPEndpoint(address: local, port: port))") { bind(fd, sa, len) }
+            }
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+
+    deinit { close(fd) }
+
+    /// The locally bound port (useful after binding port 0).
+    public var localPort: UInt16 {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return Self.endpoint(from: storage)?.port ?? 0
+    }
+
+    /// Sets a raw socket option (e.g. IP_OPTIONS for the discovery option).
+    public func setOption(level: Int32, name: Int32, bytes: [UInt8]) throws(SocketError) {
+        _ = try checkedSocketCall("setsockopt(\(level), \(name))") {
+            bytes.withUnsafeBytes { setsockopt(fd, level, name, $0.baseAddress, socklen_t($0.count)) }
+        }
+    }
+
+    public func send(_ bytes: [UInt8], to destination: CSPEndpoint) throws(SocketError) {
+        try Self.withSockaddr(destination) { sa, len throws(SocketError) in
+            _ = try checkedSocketCall("sendto \(destination)") {
+                bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, sa, len) }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for one datagram; nil on timeout.
+    public func receive(timeout: Duration, maximumLength: Int = 65535) throws(SocketError) -> (bytes: [UInt8], from: CSPEndpoint)? {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let (seconds, attoseconds) = timeout.components
+        let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+        let ready = try checkedSocketCall("poll") { poll(&pfd, 1, milliseconds) }
+        guard ready > 0 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: maximumLength)
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let count = try checkedSocketCall("recvfrom") {
+            buffer.withUnsafeMutableBytes { raw in
+                withUnsafeMutablePointer(to: &storage) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        recvfrom(fd, raw.baseAddress, raw.count, 0, $0, &length)
+                    }
+                }
+            }
+        }
+        guard let from = Self.endpoint(from: storage) else { return nil }
+        return (Array(buffer[0..<count]), from)
+    }
+
+    static func withSockaddr<R>(_ endpoint: CSPEndpoint, _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SocketError) -> R)
+        throws(SocketError) -> R
+    {
+        var storage = sockaddr_storage()
+        let bytes = endpoint.address.bytes
+        let length: Int
+        if endpoint.address.family == .ipv4 {
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = endpoint.port.bigEndian
+            withUnsafeMutableBytes(of: &sin.sin_addr) { $0.copyBytes(from: bytes) }
+            withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin) { dst.copyMemory(from: $0) } }
+            length = MemoryLayout<sockaddr_in>.size
+        } else {
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = endpoint.port.bigEndian
+            withUnsafeMutableBytes(of: &sin6.sin6_addr) { $0.copyBytes(from: bytes) }
+            withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin6) { dst.copyMemory(from: $0) } }
+            length = MemoryLayout<sockaddr_in6>.size
+        }
+        return try withUnsafePointer(to: &storage) { pointer throws(SocketError) -> R in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SocketError) -> R in
+                try body(sa, socklen_t(length))
+            }
+        }
+    }
+
+    static func endpoint(from storage: sockaddr_storage) -> CSPEndpoint? {
+        let family = Int32(storage.ss_family)
+        return withUnsafeBytes(of: storage) { raw -> CSPEndpoint? in
+            switch family {
+            case AF_INET:
+                let sin = raw.load(as: sockaddr_in.self)
+                let address = withUnsafeBytes(of: sin.sin_addr) { IPAddress(bytes: Array($0)) }
+                return address.map { CSPEndpoint(address: $0, port: UInt16(bigEndian: sin.sin_port)) }
+            case AF_INET6:
+                let sin6 = raw.load(as: sockaddr_in6.self)
+                let address = withUnsafeBytes(of: sin6.sin6_addr) { IPAddress(bytes: Array($0)) }
+                return address.map { CSPEndpoint(address: $0, port: UInt16(bigEndian: sin6.sin6_port)) }
+            default:
+                return nil
+            }
+        }
+    }
+}
+
+/// Cryptographically random 64-bit values (session IDs, nonces): the standard library's system
+/// generator reads the kernel's getrandom(2) on Linux.
+public func secureRandomUInt64() -> UInt64 {
+    var generator = SystemRandomNumberGenerator()
+    return generator.next()
+}
+
+extension UDPSocket {
+    /// The source address the kernel's routing would pick to reach `destination` (a connected
+    /// UDP socket sends nothing; getsockname reveals the choice).
+    public static func sourceAddress(toward destination: CSPEndpoint) throws(SocketError) -> IPAddress {
+        let probe = try UDPSocket(family: destination.address.family)
+        try withSockaddr(destination) { sa, len throws(SocketError) in
+            _ = try checkedSocketCall("connect to \(destination)") { connect(probe.fd, sa, len) }
+        }
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe.fd, $0, &length) }
+        }
+        guard let local = endpoint(from: storage) else { throw SocketError(operation: "getsockname", code: EINVAL) }
+        return local.address
+    }
+}

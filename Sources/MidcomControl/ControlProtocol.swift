@@ -1,0 +1,234 @@
+// The Midcom control protocol, version 1: how `midctl` (and scripts) talk to `midcomd`.
+//
+// Transport
+//   A SOCK_STREAM Unix-domain socket, by default /run/midcom/control.sock (systemd creates /run/midcom through
+//   RuntimeDirectory=midcom). The daemon creates the socket with mode 0660, so access is granted through the
+//   socket file's group.
+//
+// Framing
+//   Newline-delimited JSON: each request is one JSON object on one line terminated by "\n" (0x0A), and the daemon
+//   answers every request line with exactly one response line. JSON strings escape control characters, so a
+//   newline never appears inside a message. A client may send several requests on one connection; midctl sends one
+//   and closes. Empty lines are ignored. A request line longer than `ControlProtocol.maxRequestLineBytes` (64 KiB,
+//   not counting the newline) is answered with an error response and the connection is closed, because the
+//   daemon cannot tell where the next request would begin. Responses have no size limit on the wire; clients cap
+//   what they accept at `ControlProtocol.maxResponseBytes`.
+//
+// Timeouts
+//   The daemon serves one connection at a time, so it bounds each one: a connection that does not complete a
+//   request line within the server's connection timeout (2 s by default), or does not drain the response within
+//   it, is closed. Clients should bound their wait as well (midctl: 5 s).
+//
+// Request object (field names are the Swift property names below)
+//   version    integer, optional, default 1. A daemon rejects versions it does not speak with an error response
+//              naming the versions it supports. Additions that old peers can ignore keep the version; anything that
+//              changes the meaning of an existing field bumps it.
+//   command    "sessions" | "show" | "delete" | "flush" | "status"
+//   sessionID  string, 16 hex digits; required by "show" and "delete", ignored otherwise
+//   dryRun     boolean, optional, default false; for "delete" and "flush": report what would be deleted, change
+//              nothing (in the daemon's table or in the kernel)
+//
+// Response object
+//   ok         boolean
+//   error      string, present when ok is false: one sentence for the operator
+//   sessions   array of session records; "sessions" returns all, "show" returns exactly one
+//   status     daemon status object, for "status"
+//   affected   array of session ids: deleted, or with dryRun the ones that would be deleted ("delete", "flush")
+//   Absent optional values are omitted rather than encoded as null.
+//
+// Example
+//   > {"command":"show","sessionID":"00000000000000a1","version":1}
+//   < {"ok":true,"sessions":[{"action":"admit","ageSeconds":12.5,"destination":"2001:db8::2", ...}]}
+//   > {"command":"show","sessionID":"ffffffffffffffff"}
+//   < {"error":"no session with id ffffffffffffffff","ok":false}
+
+/// Constants of the control protocol.
+public enum ControlProtocol {
+    /// The protocol version this library speaks; sent in every request.
+    public static let version = 1
+    /// Where `midcomd` listens unless configured otherwise.
+    public static let defaultSocketPath = "/run/midcom/control.sock"
+    /// The longest request line a server accepts, newline excluded.
+    public static let maxRequestLineBytes = 64 * 1024
+    /// The longest response line a client accepts: room for well over 100 000 session records.
+    public static let maxResponseBytes = 64 * 1024 * 1024
+}
+
+/// What a request asks the daemon to do.
+public enum ControlCommand: String, Codable, Sendable, CaseIterable {
+    /// List every session.
+    case sessions
+    /// One session by id.
+    case show
+    /// Delete one session (and its kernel state) by id.
+    case delete
+    /// Delete every session.
+    case flush
+    /// Daemon status and counters.
+    case status
+
+    /// Whether the command names one session through `ControlRequest.sessionID`.
+    public var needsSessionID: Bool { self == .show || self == .delete }
+}
+
+/// One request line.
+public struct ControlRequest: Codable, Sendable, Equatable {
+    public var version: Int = ControlProtocol.version
+    public var command: ControlCommand
+    public var sessionID: String?
+    public var dryRun: Bool = false
+
+    public init(command: ControlCommand, sessionID: String? = nil, dryRun: Bool = false) {
+        self.command = command
+        self.sessionID = sessionID
+        self.dryRun = dryRun
+    }
+
+    private enum CodingKeys: String, CodingKey { case version, command, sessionID, dryRun }
+
+    // Written by hand so that `version` and `dryRun` may be omitted by hand-written requests (`socat`, scripts);
+    // the synthesized decoder would require every key.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        version = try container.decodeIfPresent(Int.self, forKey: .version) ?? ControlProtocol.version
+        command = try container.decode(ControlCommand.self, forKey: .command)
+        sessionID = try container.decodeIfPresent(String.self, forKey: .sessionID)
+        dryRun = try container.decodeIfPresent(Bool.self, forKey: .dryRun) ?? false
+    }
+
+    /// The reason this request cannot be served by a version-1 daemon, or nil if it is well formed.
+    /// Servers check this before calling their handler, so handlers may rely on it.
+    public var validationError: String? {
+        if version != ControlProtocol.version {
+            return "unsupported control protocol version \(version); this midcomd speaks version \(ControlProtocol.version)"
+        }
+        if command.needsSessionID {
+            guard let sessionID else {
+                return "command '\(command.rawValue)' needs a sessionID"
+            }
+            guard SessionRecord.normalizedID(sessionID) != nil else {
+                return "session id '\(sessionID)' is not 16 hex digits"
+            }
+        }
+        return nil
+    }
+}
+
+/// One signaled session as the daemon reports it.
+public struct SessionRecord: Codable, Sendable, Equatable {
+    /// 16 lowercase hex digits.
+    public var id: String
+    /// "udp", "tcp", ...
+    public var proto: String
+    public var source: String
+    public var sourcePort: UInt16
+    public var destination: String
+    public var destinationPort: UInt16
+    /// e.g. "pending", "admitted", "rejected", "redirected", "mapped".
+    public var state: String
+    /// What the gateway installed: "admit", "redirect", "nat", "deny", "none".
+    public var action: String
+    public var ageSeconds: Double
+    /// nil: the session does not expire.
+    public var remainingSeconds: Double?
+    /// From the kernel element counters; nil if unknown.
+    public var packets: UInt64?
+    public var bytes: UInt64?
+    public var application: String?
+    public var peerMiddleboxes: Int?
+
+    public init(
+        id: String, proto: String,
+        source: String, sourcePort: UInt16,
+        destination: String, destinationPort: UInt16,
+        state: String, action: String,
+        ageSeconds: Double, remainingSeconds: Double? = nil,
+        packets: UInt64? = nil, bytes: UInt64? = nil,
+        application: String? = nil, peerMiddleboxes: Int? = nil
+    ) {
+        self.id = id
+        self.proto = proto
+        self.source = source
+        self.sourcePort = sourcePort
+        self.destination = destination
+        self.destinationPort = destinationPort
+        self.state = state
+        self.action = action
+        self.ageSeconds = ageSeconds
+        self.remainingSeconds = remainingSeconds
+        self.packets = packets
+        self.bytes = bytes
+        self.application = application
+        self.peerMiddleboxes = peerMiddleboxes
+    }
+
+    /// `text` as a session id in canonical form (16 lowercase hex digits), or nil if it is not 16 hex digits.
+    /// Operators copy ids from tables and logs, so upper case is accepted.
+    public static func normalizedID(_ text: String) -> String? {
+        guard text.utf8.count == 16, text.utf8.allSatisfy({ isHexDigit($0) }) else { return nil }
+        return text.lowercased()
+    }
+
+    private static func isHexDigit(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"),
+            UInt8(ascii: "A")...UInt8(ascii: "F"):
+            return true
+        default:
+            return false
+        }
+    }
+}
+
+/// What `status` reports about the running daemon.
+public struct DaemonStatus: Codable, Sendable, Equatable {
+    public var version: String
+    public var pid: Int32
+    public var uptimeSeconds: Double
+    public var epoch: UInt32
+    public var queueNumbers: [UInt16]
+    public var queueEncoding: String
+    public var sessions: Int
+    /// Named event counters; printed in key order.
+    public var counters: [String: UInt64]
+
+    public init(
+        version: String, pid: Int32, uptimeSeconds: Double, epoch: UInt32,
+        queueNumbers: [UInt16], queueEncoding: String, sessions: Int, counters: [String: UInt64]
+    ) {
+        self.version = version
+        self.pid = pid
+        self.uptimeSeconds = uptimeSeconds
+        self.epoch = epoch
+        self.queueNumbers = queueNumbers
+        self.queueEncoding = queueEncoding
+        self.sessions = sessions
+        self.counters = counters
+    }
+}
+
+/// One response line.
+public struct ControlResponse: Codable, Sendable, Equatable {
+    public var ok: Bool
+    public var error: String?
+    public var sessions: [SessionRecord]?
+    public var status: DaemonStatus?
+    /// Ids deleted, or with `dryRun` the ids that would be deleted.
+    public var affected: [String]?
+
+    public init(
+        ok: Bool, error: String? = nil, sessions: [SessionRecord]? = nil,
+        status: DaemonStatus? = nil, affected: [String]? = nil
+    ) {
+        self.ok = ok
+        self.error = error
+        self.sessions = sessions
+        self.status = status
+        self.affected = affected
+    }
+
+    /// A failed request, with one sentence for the operator.
+    public static func failure(_ message: String) -> ControlResponse {
+        ControlResponse(ok: false, error: message)
+    }
+}

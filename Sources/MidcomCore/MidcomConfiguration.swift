@@ -1,0 +1,181 @@
+import CSPWire
+
+/// How `midcomd` behaves, read from `/etc/midcom/midcomd.conf` (see docs/CONFIGURATION in README).
+public struct MidcomConfiguration: Sendable, Equatable {
+    public enum QueueEncodingPreference: String, Sendable, CaseIterable { case auto, native, compat }
+
+    /// What the kernel does with packets that should be queued while no daemon listens.
+    public enum AbsentDaemonBehaviour: String, Sendable, CaseIterable {
+        /// Queue rule carries `bypass`: packets continue to the static ruleset's default policy.
+        case defaultPolicy = "default-policy"
+        /// No `bypass`: the kernel drops what it cannot queue (fail-closed).
+        case drop
+    }
+
+    /// What the daemon does with the first packet of a flow nobody signaled.
+    public enum UnsignaledBehaviour: String, Sendable, CaseIterable {
+        /// Drop it here (strict CSP gateway).
+        case drop
+        /// Let the static ruleset's default policy decide (legacy hosts keep working as before).
+        case defaultPolicy = "default-policy"
+        /// Admit it like a signaled flow with `legacy-lifetime`.
+        case admit
+    }
+
+    // [daemon]
+    public var queueNumber: UInt16 = 0
+    public var queueCount: UInt16 = 1
+    public var encoding: QueueEncodingPreference = .auto
+    public var onDaemonAbsent: AbsentDaemonBehaviour = .defaultPolicy
+    public var controlSocket = "/run/midcom/control.sock"
+    public var cspPort: UInt16 = CSPMessage.defaultPort
+    public var middleboxName = "midcom"
+    public var table = "midcom"
+
+    // [policy]
+    public var defaultAction: PolicyAction = .admit
+    public var unsignaled: UnsignaledBehaviour = .drop
+    public var defaultLifetime: UInt32 = 60
+    public var maximumLifetime: UInt32 = 3600
+    public var legacyLifetime: UInt32 = 30
+    /// How long a SETUP may wait for its answer before the pending session is forgotten.
+    public var pendingTimeout: UInt32 = 10
+    public var maximumSessions = 1_000_000
+    public var rules: [PolicyRule] = []
+
+    public init() {}
+
+    public static let defaultPath = "/etc/midcom/midcomd.conf"
+
+    /// Parses and validates a configuration file. Unknown sections and keys are errors (a typo
+    /// must not silently fall back to a default on a firewall).
+    public init(path: String, text: String) throws(ConfigError) {
+        self.init()
+        let file = try ConfigFile(path: path, text: text)
+        for section in file.tables {
+            var reader = TableReader(path: path, table: section)
+            switch section.name {
+            case "":
+                if let first = section.values.first {
+                    throw ConfigError(
+                        path: path, line: first.value.line, message: "'\(first.key)' is outside any section",
+                        fix: "put it under [daemon] or [policy]")
+                }
+            case "daemon":
+                queueNumber = try reader.integer("queue", default: queueNumber)
+                queueCount = try reader.integer("queue-count", default: queueCount, range: 1...64)
+                encoding = try reader.choice("nfqueue-encoding", default: encoding)
+                onDaemonAbsent = try reader.choice("on-daemon-absent", default: onDaemonAbsent)
+                controlSocket = try reader.string("control-socket", default: controlSocket)
+                cspPort = try reader.integer("csp-port", default: cspPort, range: 1...65535)
+                middleboxName = try reader.string("name", default: middleboxName)
+                table = try reader.string("table", default: table)
+                try reader.rejectUnknownKeys()
+            case "policy":
+                defaultAction = try reader.choice("default", default: defaultAction)
+                unsignaled = try reader.choice("unsignaled", default: unsignaled)
+                defaultLifetime = try reader.integer("default-lifetime", default: defaultLifetime, range: 1...86400)
+                maximumLifetime = try reader.integer("max-lifetime", default: maximumLifetime, range: 1...604800)
+                legacyLifetime = try reader.integer("legacy-lifetime", default: legacyLifetime, range: 1...86400)
+                pendingTimeout = try reader.integer("pending-timeout", default: pendingTimeout, range: 1...300)
+                maximumSessions = try reader.integer("max-sessions", default: maximumSessions, range: 1...50_000_000)
+                try reader.rejectUnknownKeys()
+                if defaultAction == .redirect {
+                    throw ConfigError(
+                        path: path, line: section.value("default")?.line ?? section.line,
+                        message: "the default action cannot be 'redirect' (it needs a target)",
+                        fix: "use admit or reject, and a [[rule]] with redirect-to")
+                }
+            case "rule":
+                rules.append(try PolicyRule(reading: &reader, index: rules.count))
+                try reader.rejectUnknownKeys()
+            default:
+                throw ConfigError(
+                    path: path, line: section.line, message: "unknown section [\(section.name)]",
+                    fix: "valid sections are [daemon], [policy] and [[rule]]")
+            }
+        }
+        if defaultLifetime > maximumLifetime {
+            throw ConfigError(
+                path: path, line: 0, message: "default-lifetime \(defaultLifetime) exceeds max-lifetime \(maximumLifetime)",
+                fix: "lower default-lifetime or raise max-lifetime in [policy]")
+        }
+    }
+}
+
+/// Reads typed values out of one table, remembering which keys were used.
+struct TableReader {
+    let path: String
+    let table: ConfigFile.Table
+    private(set) var used: Set<String> = []
+
+    init(path: String, table: ConfigFile.Table) {
+        self.path = path
+        self.table = table
+    }
+
+    mutating func raw(_ key: String) -> ConfigFile.Value? {
+        used.insert(key)
+        return table.value(key)
+    }
+
+    func error(_ value: ConfigFile.Value, _ message: String, fix: String) -> ConfigError {
+        ConfigError(path: path, line: value.line, message: message, fix: fix)
+    }
+
+    mutating func string(_ key: String, default fallback: String) throws(ConfigError) -> String {
+        guard let v = raw(key) else { return fallback }
+        guard !v.text.isEmpty else { throw error(v, "'\(key)' is empty", fix: "give it a value or remove the line") }
+        return v.text
+    }
+
+    mutating func optionalString(_ key: String) -> String? { raw(key)?.text }
+
+    mutating func integer<T: FixedWidthInteger>(_ key: String, default fallback: T, range: ClosedRange<T>? = nil)
+        throws(ConfigError) -> T
+    {
+        guard let v = raw(key) else { return fallback }
+        guard let n = T(v.text) else {
+            throw error(v, "'\(key)' must be a whole number, found '\(v.text)'", fix: "write e.g. \(key) = \(fallback)")
+        }
+        if let range, !range.contains(n) {
+            throw error(v, "'\(key)' = \(n) is out of range", fix: "use a value from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return n
+    }
+
+    mutating func choice<T: RawRepresentable & CaseIterable>(_ key: String, default fallback: T) throws(ConfigError) -> T
+    where T.RawValue == String {
+        guard let v = raw(key) else { return fallback }
+        guard let c = T(rawValue: v.text) else {
+            let options = T.allCases.map(\.rawValue).joined(separator: ", ")
+            throw error(v, "'\(key)' cannot be '\(v.text)'", fix: "use one of: \(options)")
+        }
+        return c
+    }
+
+    func rejectUnknownKeys() throws(ConfigError) {
+        for (key, value) in table.values where !used.contains(key) {
+            let known = used.sorted().joined(separator: ", ")
+            let suggestion = used.min { editDistance($0, key) < editDistance($1, key) }
+            let hint = suggestion.map { editDistance($0, key) <= 2 ? "did you mean '\($0)'? " : "" } ?? ""
+            throw ConfigError(
+                path: path, line: value.line, message: "unknown key '\(key)' in [\(table.name)]",
+                fix: "\(hint)valid keys here: \(known)")
+        }
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints on typos.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    var previous = Array(0...b.count)
+    for i in 1...max(a.count, 1) where !a.isEmpty {
+        var current = [i] + Array(repeating: 0, count: b.count)
+        for j in 1...max(b.count, 1) where !b.isEmpty {
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        previous = current
+    }
+    return a.isEmpty ? b.count : previous[b.count]
+}

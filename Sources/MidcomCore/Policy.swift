@@ -1,0 +1,184 @@
+import CSPWire
+
+/// What the gateway does with a signaled flow.
+public enum PolicyAction: String, Sendable, CaseIterable, Equatable {
+    case admit
+    case reject
+    case redirect
+}
+
+/// An address prefix such as `10.0.2.0/24` or `2001:db8::/32`.
+public struct IPPrefix: Sendable, Hashable, CustomStringConvertible {
+    public var address: IPAddress
+    public var length: Int
+
+    public init?(_ text: String) {
+        let parts = text.split(separator: "/", maxSplits: 1)
+        guard let first = parts.first, let address = IPAddress(String(first)) else { return nil }
+        let bits = address.family == .ipv4 ? 32 : 128
+        if parts.count == 2 {
+            guard let length = Int(parts[1]), (0...bits).contains(length) else { return nil }
+            self.length = length
+        } else {
+            self.length = bits
+        }
+        self.address = address
+    }
+
+    public func contains(_ other: IPAddress) -> Bool { other.isIn(address, prefixLength: length) }
+    public var description: String { "\(address)/\(length)" }
+}
+
+/// One `[[rule]]`: the first rule whose every given match holds decides.
+public struct PolicyRule: Sendable, Equatable {
+    public var name: String
+    public var proto: IPProtocol?
+    public var source: IPPrefix?
+    public var destination: IPPrefix?
+    public var ports: ClosedRange<UInt16>?
+    public var application: String?
+    /// Matches only SETUPs that open an incoming pinhole (requested action `listen`), or only outgoing ones.
+    public var incoming: Bool?
+    public var action: PolicyAction
+    public var reason: String?
+    public var redirectTarget: CSPEndpoint?
+    /// Upper bound on the lifetime this rule grants (on top of the global maximum).
+    public var maximumLifetime: UInt32?
+
+    public init(
+        name: String, proto: IPProtocol? = nil, source: IPPrefix? = nil, destination: IPPrefix? = nil,
+        ports: ClosedRange<UInt16>? = nil, application: String? = nil, incoming: Bool? = nil, action: PolicyAction,
+        reason: String? = nil, redirectTarget: CSPEndpoint? = nil, maximumLifetime: UInt32? = nil
+    ) {
+        self.name = name
+        self.proto = proto
+        self.source = source
+        self.destination = destination
+        self.ports = ports
+        self.application = application
+        self.incoming = incoming
+        self.action = action
+        self.reason = reason
+        self.redirectTarget = redirectTarget
+        self.maximumLifetime = maximumLifetime
+    }
+
+    public func matches(_ flow: FlowTuple, application app: String?, incoming isIncoming: Bool) -> Bool {
+        if let proto, proto != flow.proto { return false }
+        if let source, !source.contains(flow.source) { return false }
+        if let destination, !destination.contains(flow.destination) { return false }
+        if let ports, !ports.contains(flow.destinationPort) { return false }
+        if let application, application != app { return false }
+        if let incoming, incoming != isIncoming { return false }
+        return true
+    }
+
+    init(reading reader: inout TableReader, index: Int) throws(ConfigError) {
+        let path = reader.path
+        func fail(_ value: ConfigFile.Value, _ message: String, _ fix: String) -> ConfigError {
+            ConfigError(path: path, line: value.line, message: message, fix: fix)
+        }
+        name = reader.optionalString("name") ?? "rule-\(index + 1)"
+        if let v = reader.raw("proto") {
+            guard let p = IPProtocol(name: v.text) else { throw fail(v, "unknown protocol '\(v.text)'", "use tcp, udp, sctp or a number") }
+            proto = p
+        }
+        if let v = reader.raw("source") {
+            guard let p = IPPrefix(v.text) else { throw fail(v, "'\(v.text)' is not an address prefix", "write e.g. 10.0.1.0/24 or 2001:db8::/64") }
+            source = p
+        }
+        if let v = reader.raw("destination") {
+            guard let p = IPPrefix(v.text) else { throw fail(v, "'\(v.text)' is not an address prefix", "write e.g. 10.0.2.0/24 or 2001:db8::/64") }
+            destination = p
+        }
+        if let v = reader.raw("port") {
+            let bounds = v.text.split(separator: "-", maxSplits: 1).map { UInt16($0.trimmingSpaces) }
+            guard let low = bounds.first ?? nil, let high = bounds.last ?? nil, low <= high else {
+                throw fail(v, "'\(v.text)' is not a port or port range", "write e.g. port = 5000 or port = \"5000-5100\"")
+            }
+            ports = low...high
+        }
+        application = reader.optionalString("application")
+        if let v = reader.raw("direction") {
+            switch v.text {
+            case "incoming": incoming = true
+            case "outgoing": incoming = false
+            case "any": incoming = nil
+            default: throw fail(v, "direction cannot be '\(v.text)'", "use incoming, outgoing or any")
+            }
+        }
+        guard table(reader).value("action") != nil else {
+            throw ConfigError(path: path, line: reader.table.line, message: "[[rule]] '\(name)' has no action", fix: "add action = admit, reject or redirect")
+        }
+        action = try reader.choice("action", default: PolicyAction.admit)
+        reason = reader.optionalString("reason")
+        if let v = reader.raw("redirect-to") {
+            guard let e = CSPEndpoint(parsing: v.text) else {
+                throw fail(v, "'\(v.text)' is not an address:port", "write e.g. redirect-to = \"10.0.3.2:3128\" or \"[2001:db8::3]:3128\"")
+            }
+            redirectTarget = e
+        }
+        if action == .redirect, redirectTarget == nil {
+            throw ConfigError(path: path, line: reader.table.line, message: "[[rule]] '\(name)' redirects but has no target", fix: "add redirect-to = \"address:port\"")
+        }
+        if let v = reader.raw("max-lifetime") {
+            guard let n = UInt32(v.text), n > 0 else { throw fail(v, "max-lifetime must be a positive number of seconds", "write e.g. max-lifetime = 300") }
+            maximumLifetime = n
+        }
+    }
+}
+
+private func table(_ reader: TableReader) -> ConfigFile.Table { reader.table }
+
+extension CSPEndpoint {
+    /// Parses `1.2.3.4:80` or `[2001:db8::1]:80`.
+    public init?(parsing text: String) {
+        var host: Substring
+        var port: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            port = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        }
+        guard let address = IPAddress(String(host)), let p = UInt16(port) else { return nil }
+        self.init(address: address, port: p)
+    }
+}
+
+/// The decision of the policy for one SETUP.
+public struct PolicyDecision: Sendable, Equatable {
+    public var action: PolicyAction
+    public var ruleName: String?
+    public var lifetime: UInt32
+    public var reason: String?
+    public var redirectTarget: CSPEndpoint?
+}
+
+/// First-match rule evaluation with lifetime clamping (PCP-style: the middlebox, not the host,
+/// has the last word on how long state lives).
+public struct Policy: Sendable {
+    public var configuration: MidcomConfiguration
+
+    public init(configuration: MidcomConfiguration) { self.configuration = configuration }
+
+    public func decide(flow: FlowTuple, application: String?, incoming: Bool, requestedLifetime: UInt32?) -> PolicyDecision {
+        let rule = configuration.rules.first { $0.matches(flow, application: application, incoming: incoming) }
+        let action = rule?.action ?? configuration.defaultAction
+        var lifetime = requestedLifetime ?? configuration.defaultLifetime
+        if lifetime == 0 { lifetime = configuration.defaultLifetime }
+        lifetime = min(lifetime, configuration.maximumLifetime, rule?.maximumLifetime ?? .max)
+        let reason: String? =
+            switch action {
+            case .reject: rule?.reason ?? (rule == nil ? "not admitted by default policy" : "forbidden by rule '\(rule!.name)'")
+            default: rule?.reason
+            }
+        return PolicyDecision(
+            action: action, ruleName: rule?.name, lifetime: lifetime, reason: reason, redirectTarget: rule?.redirectTarget)
+    }
+}

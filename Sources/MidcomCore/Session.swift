@@ -1,0 +1,78 @@
+import CSPWire
+
+/// Monotonic time in nanoseconds, supplied by the caller so the core never reads a clock itself
+/// (tests drive time explicitly; the daemon passes `ContinuousClock` readings).
+public struct Instant: Comparable, Hashable, Sendable {
+    public var nanoseconds: UInt64
+    public init(nanoseconds: UInt64) { self.nanoseconds = nanoseconds }
+    public static func seconds(_ s: Double) -> Instant { Instant(nanoseconds: UInt64(s * 1e9)) }
+    public static func < (a: Instant, b: Instant) -> Bool { a.nanoseconds < b.nanoseconds }
+    public func adding(seconds: UInt32) -> Instant { Instant(nanoseconds: nanoseconds &+ UInt64(seconds) * 1_000_000_000) }
+    public func seconds(since earlier: Instant) -> Double {
+        nanoseconds >= earlier.nanoseconds ? Double(nanoseconds - earlier.nanoseconds) / 1e9 : -Double(earlier.nanoseconds - nanoseconds) / 1e9
+    }
+}
+
+/// Where a session stands on this middlebox.
+public enum SessionState: String, Sendable, Equatable {
+    /// SETUP seen and forwarded; waiting for the responder's answer.
+    case pending
+    /// The flow is admitted in the kernel.
+    case admitted
+    /// The host was told to use a proxy; a redirect is installed.
+    case redirected
+    /// Admitted without signaling under the `unsignaled = admit` policy.
+    case legacy
+}
+
+/// What this middlebox installed in the kernel for a session.
+public enum InstalledAction: Sendable, Equatable {
+    case none
+    case admit(FlowTuple)
+    case redirect(FlowTuple, to: CSPEndpoint)
+
+    public var name: String {
+        switch self {
+        case .none: "none"
+        case .admit: "admit"
+        case .redirect: "redirect"
+        }
+    }
+}
+
+/// One signaled (or legacy-admitted) flow known to this middlebox.
+public struct Session: Sendable, Equatable {
+    public var id: UInt64
+    /// The flow as signaled, from the initiator's point of view.
+    public var flow: FlowTuple
+    public var state: SessionState
+    public var installed: InstalledAction
+    public var application: String?
+    public var createdAt: Instant
+    public var updatedAt: Instant
+    /// When the session (and its kernel element) expires; nil never.
+    public var expiresAt: Instant?
+    public var grantedLifetime: UInt32
+    /// The nonce of the request we are waiting on, to match its reply.
+    public var pendingNonce: UInt64?
+    /// True when the responder (not the initiator) opened the session: an incoming pinhole.
+    public var incoming: Bool
+
+    public init(
+        id: UInt64, flow: FlowTuple, state: SessionState, installed: InstalledAction = .none, application: String? = nil,
+        createdAt: Instant, expiresAt: Instant?, grantedLifetime: UInt32, pendingNonce: UInt64? = nil,
+        incoming: Bool = false
+    ) {
+        self.id = id
+        self.flow = flow
+        self.state = state
+        self.installed = installed
+        self.application = application
+        self.createdAt = createdAt
+        self.updatedAt = createdAt
+        self.expiresAt = expiresAt
+        self.grantedLifetime = grantedLifetime
+        self.pendingNonce = pendingNonce
+        self.incoming = incoming
+    }
+}

@@ -1,0 +1,109 @@
+import CSPWire
+
+/// Sessions keyed by session ID and by flow, with expiry ordered by a min-heap so that expiring
+/// is O(log n) per session however large the table grows.
+///
+/// Heap entries are not removed when a session is refreshed or deleted; they carry the expiry
+/// they were pushed with and are discarded when they no longer match the session (lazy deletion).
+public struct SessionTable: Sendable {
+    private var byID: [UInt64: Session] = [:]
+    private var byFlow: [FlowTuple: UInt64] = [:]
+    private var expiryHeap = MinHeap<ExpiryEntry>()
+
+    struct ExpiryEntry: Comparable, Sendable {
+        var at: Instant
+        var id: UInt64
+        static func < (a: ExpiryEntry, b: ExpiryEntry) -> Bool { (a.at, a.id) < (b.at, b.id) }
+    }
+
+    public init() {}
+
+    public var count: Int { byID.count }
+    public var isEmpty: Bool { byID.isEmpty }
+    public var all: Dictionary<UInt64, Session>.Values { byID.values }
+
+    public subscript(id id: UInt64) -> Session? { byID[id] }
+
+    public func session(for flow: FlowTuple) -> Session? { byFlow[flow].flatMap { byID[$0] } }
+
+    /// Inserts or replaces a session, keeping the flow index and expiry heap consistent.
+    public mutating func upsert(_ session: Session) {
+        if let old = byID[session.id], old.flow != session.flow, byFlow[old.flow] == session.id {
+            byFlow[old.flow] = nil
+        }
+        byID[session.id] = session
+        byFlow[session.flow] = session.id
+        if let at = session.expiresAt { expiryHeap.push(ExpiryEntry(at: at, id: session.id)) }
+    }
+
+    @discardableResult
+    public mutating func remove(id: UInt64) -> Session? {
+        guard let session = byID.removeValue(forKey: id) else { return nil }
+        if byFlow[session.flow] == id { byFlow[session.flow] = nil }
+        return session
+    }
+
+    public mutating func removeAll() -> [Session] {
+        let sessions = Array(byID.values)
+        byID.removeAll()
+        byFlow.removeAll()
+        expiryHeap = MinHeap()
+        return sessions
+    }
+
+    /// Removes and returns every session whose expiry is at or before `now`.
+    public mutating func expire(now: Instant) -> [Session] {
+        var expired: [Session] = []
+        while let top = expiryHeap.peek, top.at <= now {
+            expiryHeap.pop()
+            guard let session = byID[top.id], session.expiresAt == top.at else { continue }
+            remove(id: top.id)
+            expired.append(session)
+        }
+        // Refreshes leave stale entries behind; rebuild when they dominate so memory stays bounded.
+        if expiryHeap.count > 4 * max(byID.count, 1024) { rebuildHeap() }
+        return expired
+    }
+
+    private mutating func rebuildHeap() {
+        expiryHeap = MinHeap()
+        for session in byID.values { if let at = session.expiresAt { expiryHeap.push(ExpiryEntry(at: at, id: session.id)) } }
+    }
+}
+
+/// A binary min-heap over an array.
+struct MinHeap<Element: Comparable & Sendable>: Sendable {
+    private var storage: [Element] = []
+
+    var count: Int { storage.count }
+    var peek: Element? { storage.first }
+
+    mutating func push(_ element: Element) {
+        storage.append(element)
+        var child = storage.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard storage[child] < storage[parent] else { break }
+            storage.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    @discardableResult
+    mutating func pop() -> Element? {
+        guard !storage.isEmpty else { return nil }
+        storage.swapAt(0, storage.count - 1)
+        let top = storage.removeLast()
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1, right = left + 1
+            var smallest = parent
+            if left < storage.count, storage[left] < storage[smallest] { smallest = left }
+            if right < storage.count, storage[right] < storage[smallest] { smallest = right }
+            guard smallest != parent else { break }
+            storage.swapAt(parent, smallest)
+            parent = smallest
+        }
+        return top
+    }
+}

@@ -1,0 +1,200 @@
+/// An nftables address family (the kernel's NFPROTO_* value).
+public enum NFTFamily: UInt8, Sendable, CustomStringConvertible {
+    case inet = 1
+    case ipv4 = 2
+    case ipv6 = 10
+
+    /// The name `nft` uses: `inet`, `ip`, `ip6`.
+    public var description: String {
+        switch self {
+        case .inet: "inet"
+        case .ipv4: "ip"
+        case .ipv6: "ip6"
+        }
+    }
+}
+
+/// The bytes of a set key or map value, built field by field as `nft` builds them.
+///
+/// A single field is stored at its natural length (`inet_proto` is 1 byte, `inet_service` 2). In a concatenation
+/// (`ipv4_addr . inet_proto . inet_service`) every field starts on a 4-byte register boundary, zero padded, which is
+/// how nft lays out concatenated keys (NFT_REG32_SIZE); so `bytes` pads only when there are two fields or more.
+public struct NFTSetKey: Hashable, Sendable, CustomStringConvertible {
+    private var fields: [[UInt8]] = []
+
+    public init() {}
+
+    /// Appends an `ipv4_addr` given in host order (0x0a000001 is 10.0.0.1); stored in network order.
+    public mutating func append(ipv4: UInt32) {
+        fields.append(withUnsafeBytes(of: ipv4.bigEndian) { Array($0) })
+    }
+
+    /// Appends an `ipv6_addr` given as its 16 network-order bytes.
+    public mutating func append(ipv6 bytes: [UInt8]) {
+        precondition(bytes.count == 16, "an ipv6_addr key field is 16 bytes, got \(bytes.count)")
+        fields.append(bytes)
+    }
+
+    /// Appends an `inet_proto` (IPPROTO_TCP is 6, IPPROTO_UDP 17).
+    public mutating func append(proto: UInt8) {
+        fields.append([proto])
+    }
+
+    /// Appends an `inet_service` given in host order; stored in network order.
+    public mutating func append(port: UInt16) {
+        fields.append(withUnsafeBytes(of: port.bigEndian) { Array($0) })
+    }
+
+    /// Appends a `mark`; nft keeps marks in host byte order.
+    public mutating func append(mark: UInt32) {
+        fields.append(withUnsafeBytes(of: mark) { Array($0) })
+    }
+
+    /// Appends raw bytes as one field (for types not covered above); padded like any field in a concatenation.
+    public mutating func append(raw bytes: [UInt8]) {
+        fields.append(bytes)
+    }
+
+    /// The key as the kernel expects it in NFTA_SET_ELEM_KEY / NFTA_SET_ELEM_DATA.
+    public var bytes: [UInt8] {
+        if fields.count == 1 { return fields[0] }
+        var result: [UInt8] = []
+        result.reserveCapacity(fields.reduce(0) { $0 + ($1.count + 3) & ~3 })
+        for field in fields {
+            result.append(contentsOf: field)
+            result.append(contentsOf: repeatElement(0, count: (4 - field.count % 4) % 4))
+        }
+        return result
+    }
+
+    /// The key in lowercase hex, as error messages print it.
+    public var description: String { NFTSetKey.hex(bytes) }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        let digits: [Character] = Array("0123456789abcdef")
+        var text = ""
+        text.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            text.append(digits[Int(byte >> 4)])
+            text.append(digits[Int(byte & 0xf)])
+        }
+        return text
+    }
+}
+
+/// A list of set-element changes applied by `NFTablesClient.apply` as one atomic netlink batch.
+public struct NFTChangeSet: Sendable {
+    /// One change, in the order it will be sent.
+    public enum Operation: Sendable, Equatable {
+        /// NFT_MSG_NEWSETELEM without NLM_F_EXCL: adds the element, or refreshes the timeout of an existing one.
+        case add(set: String, key: [UInt8], data: [UInt8]?, timeout: Duration?)
+        /// NFT_MSG_DELSETELEM: the batch fails (ENOENT) if the element is absent.
+        case delete(set: String, key: [UInt8])
+        /// NFT_MSG_DELSETELEM without elements: removes every element of the set.
+        case flush(set: String)
+    }
+
+    public let family: NFTFamily
+    public let table: String
+    public private(set) var operations: [Operation] = []
+
+    public init(family: NFTFamily = .inet, table: String = "midcom") {
+        self.family = family
+        self.table = table
+    }
+
+    /// Adds `key` (mapping to `data` in a map) to `set`; `timeout` overrides the set's default timeout and needs a
+    /// set declared with `flags timeout`. Re-adding an existing element refreshes its timeout.
+    public mutating func addElement(set: String, key: NFTSetKey, data: NFTSetKey? = nil, timeout: Duration? = nil) {
+        operations.append(.add(set: set, key: key.bytes, data: data?.bytes, timeout: timeout))
+    }
+
+    /// Deletes `key` from `set`. The whole change set fails if the element does not exist (it may have timed out).
+    public mutating func deleteElement(set: String, key: NFTSetKey) {
+        operations.append(.delete(set: set, key: key.bytes))
+    }
+
+    /// Removes every element of `set`.
+    public mutating func flushSet(_ set: String) {
+        operations.append(.flush(set: set))
+    }
+
+    public var isEmpty: Bool { operations.isEmpty }
+    public var count: Int { operations.count }
+}
+
+/// One element of a set as the kernel reports it.
+public struct NFTSetElement: Sendable, Equatable {
+    public var key: [UInt8]
+    /// The mapped value for maps, nil for plain sets.
+    public var data: [UInt8]?
+    /// The element's timeout (its own, or nil when it uses the set's default or has none).
+    public var timeout: Duration?
+    /// Time left before the kernel removes the element; nil when it does not expire.
+    public var expiresIn: Duration?
+    /// From the element's `counter` expression, present when the set was declared with `counter`.
+    public var packets: UInt64?
+    public var bytes: UInt64?
+
+    public init(key: [UInt8], data: [UInt8]? = nil, timeout: Duration? = nil, expiresIn: Duration? = nil,
+                packets: UInt64? = nil, bytes: UInt64? = nil) {
+        self.key = key
+        self.data = data
+        self.timeout = timeout
+        self.expiresIn = expiresIn
+        self.packets = packets
+        self.bytes = bytes
+    }
+}
+
+/// How a rule sends packets to an NFQUEUE.
+public enum QueueEncoding: String, Sendable {
+    /// The nf_tables `queue` expression (module nft_queue).
+    case native
+    /// The xtables NFQUEUE target, revision 3 (struct xt_NFQ_info_v3), through nft_compat. `nft list` shows it as
+    /// `queue num N bypass` and warns that the table "is managed by iptables-nft".
+    case compat
+}
+
+/// Which encoding `installQueueRule` should use.
+public enum QueueEncodingPreference: String, Sendable {
+    /// Native first; compat when the kernel answers ENOENT or EOPNOTSUPP for the `queue` expression.
+    case auto
+    case native
+    case compat
+}
+
+/// The queue a rule sends packets to.
+public struct QueueRuleSpec: Sendable, Equatable {
+    /// The first (or only) queue.
+    public var queueNumber: UInt16
+    /// When greater than 1 the kernel balances over queues queueNumber ..< queueNumber + queueCount. By default it
+    /// picks the queue from a symmetric hash of the addresses, so both directions of a flow reach the same reader.
+    public var queueCount: UInt16 = 1
+    /// Balance by the CPU that handles the packet instead of by flow hash (NFQ_FLAG_CPU_FANOUT). Only with queueCount > 1.
+    public var cpuFanout: Bool = false
+    /// Accept packets when no program is bound to the queue instead of dropping them (NFQ_FLAG_BYPASS).
+    public var bypass: Bool = false
+
+    public init(queueNumber: UInt16, queueCount: UInt16 = 1, cpuFanout: Bool = false, bypass: Bool = false) {
+        self.queueNumber = queueNumber
+        self.queueCount = queueCount
+        self.cpuFanout = cpuFanout
+        self.bypass = bypass
+    }
+
+    /// NFT_QUEUE_FLAG_* / NFQ_FLAG_* (same values).
+    var flags: UInt16 {
+        (bypass ? 0x01 : 0) | (cpuFanout && queueCount > 1 ? 0x02 : 0)
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded up so that a positive duration never becomes 0 ("no timeout").
+    var netfilterMilliseconds: UInt64 {
+        let (seconds, attoseconds) = components
+        if seconds < 0 { return 0 }
+        let fraction = (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        return UInt64(seconds) * 1000 + UInt64(fraction)
+    }
+}
