@@ -35,7 +35,7 @@ let package = Package(
         .executableTarget(
             name: "midcomd",
             dependencies: [
-                "Netfilter", "CSPWire", "MidcomCore", "MidcomControl",
+                "Netfilter", "CSPWire", "CSPHost", "MidcomCore", "MidcomControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -53,6 +53,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Fuzz harness for CSPWire; see Tests/wire/fuzz.sh. A plain build yields a corpus replay tool.
+        .executableTarget(name: "CSPWireFuzz", dependencies: ["CSPWire"]),
         .testTarget(name: "CSPWireTests", dependencies: ["CSPWire"], resources: [.copy("Vectors")]),
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),

@@ -149,10 +149,10 @@ public struct CSPDiscoveryOption: Hashable, Sendable {
     }
 
     /// A complete 16-octet hop-by-hop options header (next header, length 1 = 16 octets, the
-    /// option, a 2-octet PadN): the value for `setsockopt(IPPROTO_IPV6, IPV6_HOPOPTS)` (the kernel
-    /// overwrites `nextHeader`) or the header of a raw packet.
+    /// 14-octet option; no padding needed): the value for `setsockopt(IPPROTO_IPV6, IPV6_HOPOPTS)`
+    /// (the kernel overwrites `nextHeader`) or the header of a raw packet.
     public func ipv6HopByHopHeader(nextHeader: UInt8 = 0) -> [UInt8] {
-        [nextHeader, 1] + ipv6Option + [1, 0]
+        [nextHeader, 1] + ipv6Option
     }
 
     /// The 16-octet TCP option (kind 253, length 16, experiment ID, body). It fills four 32-bit

@@ -43,6 +43,7 @@ enum ControlLineCodec {
             let parent = context.codingPath.isEmpty ? "" : " in \(path(context))"
             return "missing field '\(key.stringValue)'\(parent)"
         case .typeMismatch(let type, let context):
+            if context.codingPath.isEmpty { return "not a JSON object" }
             return "\(path(context)) is not of type \(type)"
         case .valueNotFound(let type, let context):
             return "\(path(context)) is null, expected \(type)"

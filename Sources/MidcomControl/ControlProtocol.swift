@@ -37,7 +37,7 @@
 //   Absent optional values are omitted rather than encoded as null.
 //
 // Example
-//   > {"command":"show","sessionID":"00000000000000a1","version":1}
+//   > {"command":"show","dryRun":false,"sessionID":"00000000000000a1","version":1}
 //   < {"ok":true,"sessions":[{"action":"admit","ageSeconds":12.5,"destination":"2001:db8::2", ...}]}
 //   > {"command":"show","sessionID":"ffffffffffffffff"}
 //   < {"error":"no session with id ffffffffffffffff","ok":false}

@@ -107,12 +107,21 @@ final class NFTablesClientTests: XCTestCase {
         let json = try Host.nftJSON(["list", "set", "inet", table, "flows"])
         let set = try XCTUnwrap(json.compactMap { $0["set"] as? [String: Any] }.first)
         let elements = try XCTUnwrap(set["elem"] as? [[String: Any]])
-        let rendered = try elements.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }.sorted()
-        XCTAssertEqual(rendered.count, 2)
-        XCTAssertTrue(rendered[0].contains("\"10.0.0.1\",\"udp\",5000,\"10.0.0.2\",53") && rendered[0].contains("\"timeout\":60"), rendered[0])
-        XCTAssertTrue(rendered[1].contains("\"10.0.0.3\",\"tcp\",40000,\"10.0.0.4\",443") && rendered[1].contains("\"timeout\":30"), rendered[1])
+        let rendered = elements.map { item -> String in
+            let element = item["elem"] as? [String: Any]
+            let fields = ((element?["val"] as? [String: Any])?["concat"] as? [Any]) ?? []
+            return fields.map { "\($0)" }.joined(separator: " . ") + " timeout \(element?["timeout"] ?? "none")"
+        }.sorted()
+        XCTAssertEqual(rendered, ["10.0.0.1 . udp . 5000 . 10.0.0.2 . 53 timeout 60",
+                                  "10.0.0.3 . tcp . 40000 . 10.0.0.4 . 443 timeout 30"])
 
-        // Re-adding refreshes; deleting removes exactly one.
+        // Re-adding an element sets its new timeout.
+        var refresh = NFTChangeSet(table: table)
+        refresh.addElement(set: "flows", key: second, timeout: .seconds(120))
+        try client.apply(refresh)
+        XCTAssertEqual(try client.listElements(table: table, set: "flows").first { $0.key == second.bytes }?.timeout, .seconds(120))
+
+        // Deleting removes exactly one.
         var delete = NFTChangeSet(table: table)
         delete.deleteElement(set: "flows", key: first)
         try client.apply(delete)

@@ -14,42 +14,45 @@ enum Host {
     }
 
     /// Runs a program to completion (bounded by `timeout`), feeding `input` on stdin.
+    ///
+    /// posix_spawn + waitpid rather than Foundation.Process: in a fresh network namespace (lo down) Foundation cannot
+    /// create its CFSocket wakeup pair and Process never notices that the child exited.
     @discardableResult
     static func run(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 10) throws -> CommandResult {
-        // Output goes to temporary files, read after exit: no pipe can fill up and block the child.
-        let directory = FileManager.default.temporaryDirectory
-        let outURL = directory.appendingPathComponent("nftest-\(getpid())-\(UInt32.random(in: 0 ..< .max)).out")
-        let errURL = outURL.deletingPathExtension().appendingPathExtension("err")
-        FileManager.default.createFile(atPath: outURL.path, contents: nil)
-        FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        defer {
-            try? FileManager.default.removeItem(at: outURL)
-            try? FileManager.default.removeItem(at: errURL)
+        let base = "/tmp/nftest-\(getpid())-\(UInt32.random(in: 0 ..< .max))"
+        let paths = (input: base + ".in", out: base + ".out", err: base + ".err")
+        defer { for path in [paths.input, paths.out, paths.err] { unlink(path) } }
+        guard FileManager.default.createFile(atPath: paths.input, contents: Data((input ?? "").utf8)) else {
+            throw TestFailure("cannot write \(paths.input)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        let stdinPipe = Pipe()
-        let outHandle = try FileHandle(forWritingTo: outURL)
-        let errHandle = try FileHandle(forWritingTo: errURL)
-        process.standardInput = stdinPipe
-        process.standardOutput = outHandle
-        process.standardError = errHandle
-        try process.run()
-        if let input { stdinPipe.fileHandleForWriting.write(Data(input.utf8)) }
-        try stdinPipe.fileHandleForWriting.close()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, paths.input, O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, paths.out, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, paths.err, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawnp(&pid, arguments[0], &actions, nil, &argv, environ)
+        guard spawned == 0 else { throw TestFailure("cannot run \(arguments[0]): \(String(cString: strerror(spawned)))") }
         let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(5_000) }
-        if process.isRunning {
-            process.terminate()
-            throw TestFailure("\(arguments.joined(separator: " ")) did not finish within \(timeout) s")
+        var status: Int32 = 0
+        while true {
+            let waited = waitpid(pid, &status, WNOHANG)
+            if waited == pid { break }
+            if waited < 0 && errno != EINTR { throw TestFailure("waitpid: \(String(cString: strerror(errno)))") }
+            if Date() > deadline {
+                kill(pid, SIGKILL)
+                _ = waitpid(pid, &status, 0)
+                throw TestFailure("\(arguments.joined(separator: " ")) did not finish within \(timeout) s")
+            }
+            usleep(2_000)
         }
-        process.waitUntilExit()
-        try outHandle.close()
-        try errHandle.close()
-        return CommandResult(status: process.terminationStatus,
-                             stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
-                             stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self))
+        let exitStatus: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return CommandResult(status: exitStatus,
+                             stdout: (try? String(contentsOfFile: paths.out, encoding: .utf8)) ?? "",
+                             stderr: (try? String(contentsOfFile: paths.err, encoding: .utf8)) ?? "")
     }
 
     /// Loads an nft script (`nft -f -`) and fails with nft's own message if it is refused.
@@ -76,12 +79,12 @@ enum Host {
         return result.stdout
     }
 
-    /// Packets counted by the first `counter` of a rule of `chain` whose expression list contains `marker`
-    /// (matched against the JSON text of the rule).
+    /// Packets counted by the first `counter` of a rule of `chain` whose JSON text (expressions, comment) contains
+    /// `marker`.
     static func counterPackets(family: String, table: String, chain: String, ruleContaining marker: String) throws -> UInt64? {
         for item in try nftJSON(["list", "chain", family, table, chain]) {
             guard let rule = item["rule"] as? [String: Any], let expressions = rule["expr"] as? [[String: Any]] else { continue }
-            let text = String(decoding: try JSONSerialization.data(withJSONObject: expressions), as: UTF8.self)
+            let text = String(decoding: try JSONSerialization.data(withJSONObject: rule), as: UTF8.self)
             guard text.contains(marker) else { continue }
             for expression in expressions {
                 if let counter = expression["counter"] as? [String: Any], let packets = counter["packets"] as? NSNumber {

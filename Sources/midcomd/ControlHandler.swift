@@ -1,0 +1,127 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSPWire
+import MidcomControl
+import MidcomCore
+import Netfilter
+
+/// Answers `midctl` requests. Runs on the control thread; takes the engine lock only briefly
+/// and lists kernel counters outside it, so the packet loop is never blocked by a listing.
+extension Daemon {
+    func answer(_ request: ControlRequest) -> ControlResponse {
+        switch request.command {
+        case .sessions:
+            return ControlResponse(ok: true, sessions: sessionRecords(matching: nil))
+        case .show:
+            guard let id = request.sessionID.flatMap({ UInt64($0, radix: 16) }) else {
+                return .failure("'\(request.sessionID ?? "")' is not a session ID (16 hex digits)")
+            }
+            let records = sessionRecords(matching: id)
+            return records.isEmpty ? .failure("no session \(hex(id))") : ControlResponse(ok: true, sessions: records)
+        case .delete:
+            guard let id = request.sessionID.flatMap({ UInt64($0, radix: 16) }) else {
+                return .failure("'\(request.sessionID ?? "")' is not a session ID (16 hex digits)")
+            }
+            guard let (session, changes) = engine.withLock({ $0.delete(id: id, dryRun: request.dryRun) }) else {
+                return .failure("no session \(hex(id))")
+            }
+            if let error = applyOperatorChanges(changes, dryRun: request.dryRun) { return .failure(error) }
+            if !request.dryRun { log(.notice, "operator deleted session \(hex(id)) \(session.flow)") }
+            return ControlResponse(ok: true, affected: [hex(id)])
+        case .flush:
+            let (sessions, changes) = engine.withLock { $0.flush(dryRun: request.dryRun) }
+            if let error = applyOperatorChanges(changes, dryRun: request.dryRun) { return .failure(error) }
+            if !request.dryRun { log(.notice, "operator flushed \(sessions.count) session(s)") }
+            return ControlResponse(ok: true, affected: sessions.map { hex($0.id) }.sorted())
+        case .status:
+            return ControlResponse(ok: true, status: status())
+        }
+    }
+
+    func applyOperatorChanges(_ changes: [KernelChange], dryRun: Bool) -> String? {
+        guard !dryRun, !changes.isEmpty else { return nil }
+        var batch = NFTChangeSet(table: configuration.table)
+        for change in changes { batch.append(change) }
+        do {
+            try nft.apply(batch)
+            return nil
+        } catch {
+            return "session removed, but the kernel refused to remove its element: \(error)"
+        }
+    }
+
+    func sessionRecords(matching id: UInt64?) -> [SessionRecord] {
+        let now = self.now()
+        let sessions: [Session] = engine.withLock { engine in
+            if let id { return engine.sessions[id: id].map { [$0] } ?? [] }
+            return Array(engine.sessions.all)
+        }
+        // Packet and byte counts live in the kernel elements (`counter` sets); join them by key.
+        var counters: [AdmissionElement: (UInt64?, UInt64?)] = [:]
+        let sets = Set(sessions.compactMap { session -> String? in
+            if case .admit(let flow) = session.installed { return AdmissionElement(admitting: flow).set }
+            return nil
+        })
+        for set in sets {
+            for element in (try? nft.listElements(table: configuration.table, set: set)) ?? [] {
+                var key = NFTSetKey()
+                key.append(raw: element.key)
+                counters[AdmissionElement(set: set, rawKey: element.key)] = (element.packets, element.bytes)
+            }
+        }
+        return sessions.sorted { $0.createdAt < $1.createdAt }.map { session in
+            var packets: UInt64?
+            var bytes: UInt64?
+            if case .admit(let flow) = session.installed,
+                let found = counters[AdmissionElement(admitting: flow).normalized]
+            {
+                (packets, bytes) = found
+            }
+            return SessionRecord(
+                id: hex(session.id), proto: session.flow.proto.description, source: session.flow.source.description,
+                sourcePort: session.flow.sourcePort, destination: session.flow.destination.description,
+                destinationPort: session.flow.destinationPort, state: session.state.rawValue,
+                action: session.installed.name, ageSeconds: now.seconds(since: session.createdAt),
+                remainingSeconds: session.expiresAt.map { max(0, $0.seconds(since: now)) }, packets: packets, bytes: bytes,
+                application: session.application)
+        }
+    }
+
+    func status() -> DaemonStatus {
+        let (count, engineCounters, epoch) = engine.withLock { ($0.sessions.count, $0.counters, $0.identity.epoch) }
+        var counters = engineCounters.asDictionary
+        let q = queue.counters
+        counters["queue_received"] = q.received
+        counters["queue_accepted"] = q.accepted
+        counters["queue_dropped"] = q.dropped
+        counters["queue_modified"] = q.modified
+        counters["queue_enobufs"] = q.enobufs
+        counters["queue_truncated"] = q.truncated
+        counters["queue_verdict_errors"] = q.verdictErrors
+        counters["malformed_packets"] = malformedPackets.load(ordering: .relaxed)
+        counters["kernel_errors"] = kernelErrors.load(ordering: .relaxed)
+        if let kernel = NetfilterQueue.kernelStatistics(queueNumber: configuration.queueNumber) {
+            counters["kernel_queue_dropped"] = UInt64(kernel.queueDropped)
+            counters["kernel_user_dropped"] = UInt64(kernel.userDropped)
+        }
+        let uptime = started.duration(to: .now)
+        return DaemonStatus(
+            version: midcomVersion, pid: getpid(),
+            uptimeSeconds: Double(uptime.components.seconds) + Double(uptime.components.attoseconds) / 1e18, epoch: epoch,
+            queueNumbers: Array(configuration.queueNumber..<configuration.queueNumber + configuration.queueCount),
+            queueEncoding: encoding.rawValue, sessions: count, counters: counters)
+    }
+}
+
+extension AdmissionElement {
+    init(set: String, rawKey: [UInt8]) {
+        self.set = set
+        var key = NFTSetKey()
+        key.append(raw: rawKey)
+        self.key = key
+    }
+
+    /// The same element with its key as one raw field, comparable with listed elements.
+    var normalized: AdmissionElement { AdmissionElement(set: set, rawKey: key.bytes) }
+}

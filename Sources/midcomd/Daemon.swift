@@ -1,0 +1,234 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSPHost
+import CSPWire
+import Foundation
+import MidcomControl
+import MidcomCore
+import Netfilter
+import Synchronization
+
+/// Mark carried by signaling that midcomd processed and let through; `forward` accepts it
+/// (nft-rules/midcom.nft). 0x4d43 is "MC".
+let signalingMark: UInt32 = 0x4d43_0001
+/// Mark of a packet of an admitted flow; queue_hook sets the same on the fast path.
+let admittedMark: UInt32 = 0x4d43_0002
+
+/// The running gateway: wires the queue reader, the engine, the nft programmer and the control
+/// socket together. Start order: nft programmer (kernel state) first, then the control socket,
+/// then the queue; stop order is the reverse, so the programmer stops last.
+final class Daemon: Sendable {
+    let configuration: MidcomConfiguration
+    let log: Log
+    let engine: Mutex<GatewayEngine>
+    let nft: NFTablesClient
+    let queue: NetfilterQueue
+    let encoding: QueueEncoding
+    let control = Mutex<ControlServer?>(nil)
+    let replies: Mutex<[IPAddress.Family: UDPSocket]>
+    let notifier: SystemdNotifier
+    let started = ContinuousClock.now
+    let malformedPackets = Atomic<UInt64>(0)
+    let kernelErrors = Atomic<UInt64>(0)
+    let stopping = Atomic<Bool>(false)
+
+    init(configuration: MidcomConfiguration, log: Log, notifier: SystemdNotifier) throws {
+        self.configuration = configuration
+        self.log = log
+        self.notifier = notifier
+        let identity = MiddleboxIdentity(
+            id: secureRandomUInt64(), epoch: UInt32(truncatingIfNeeded: secureRandomUInt64()),
+            name: configuration.middleboxName)
+        engine = Mutex(GatewayEngine(configuration: configuration, identity: identity))
+
+        nft = try NFTablesClient()
+        guard try nft.tableExists(table: configuration.table) else {
+            throw DaemonError(
+                "table inet \(configuration.table) does not exist: load the Midcom ruleset first (nft -f /etc/nftables.d/midcom.nft)")
+        }
+        encoding = try nft.installQueueRule(
+            table: configuration.table, chain: "enqueue",
+            spec: QueueRuleSpec(
+                queueNumber: configuration.queueNumber, queueCount: configuration.queueCount,
+                cpuFanout: configuration.queueCount > 1, bypass: configuration.onDaemonAbsent == .defaultPolicy),
+            encoding: QueueEncodingPreference(rawValue: configuration.encoding.rawValue) ?? .auto)
+
+        var queueConfiguration = QueueConfiguration(queueNumber: configuration.queueNumber)
+        queueConfiguration.copyRange = 0xffff
+        do {
+            queue = try NetfilterQueue(queueConfiguration)
+        } catch {
+            try? nft.flushChain(table: configuration.table, chain: "enqueue")
+            throw error
+        }
+        replies = Mutex([:])
+        adoptKernelState()
+    }
+
+    // MARK: lifecycle
+
+    func run() throws {
+        let server = try ControlServer(path: configuration.controlSocket) { [weak self] request in
+            self?.answer(request) ?? .failure("midcomd is stopping")
+        }
+        control.withLock { $0 = server }
+        Thread.detachNewThread { server.run() }
+        log(.notice, "midcomd started: queue \(configuration.queueNumber) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")
+        notifier.notify("READY=1\nSTATUS=queue \(configuration.queueNumber), \(encoding.rawValue) encoding")
+        try queue.run(tickInterval: .milliseconds(250), tick: { [self] in tick() }) { [self] packet in
+            handle(packet)
+        }
+    }
+
+    func stop() {
+        guard !stopping.exchange(true, ordering: .relaxed) else { return }
+        notifier.notify("STOPPING=1")
+        log(.notice, "stopping: removing the queue rule; admitted flows keep their kernel timeouts")
+        queue.stop()
+    }
+
+    /// After run() returns: undo what start installed, in reverse order.
+    func shutdown() {
+        control.withLock { $0?.stop() }
+        do {
+            try nft.flushChain(table: configuration.table, chain: "enqueue")
+        } catch {
+            log(.error, "could not remove the queue rule: \(error)")
+        }
+    }
+
+    // MARK: packet path
+
+    func handle(_ packet: borrowing QueuedPacket) -> Verdict {
+        guard let ip = try? IPPacketView(packet.payload) else {
+            malformedPackets.add(1, ordering: .relaxed)
+            let length = packet.payload.count
+            log.limited(.warning, category: "malformed-ip", "dropped a queued packet that is not valid IPv4/IPv6 (\(length) bytes)")
+            return .drop
+        }
+        if ip.proto == .udp, let udp = try? UDPDatagramView(ip),
+            udp.destinationPort == configuration.cspPort || udp.sourcePort == configuration.cspPort
+        {
+            return handleSignaling(udp, truncated: packet.originalLength > packet.payload.count)
+        }
+        return handleFirstPacket(ip)
+    }
+
+    func handleSignaling(_ udp: UDPDatagramView, truncated: Bool) -> Verdict {
+        let source = CSPEndpoint(address: udp.packet.source, port: udp.sourcePort)
+        let destination = CSPEndpoint(address: udp.packet.destination, port: udp.destinationPort)
+        if truncated {
+            log.limited(.warning, category: "truncated", "signaling from \(source) truncated by the queue copy range: forwarded unprocessed")
+            return .accept(mark: signalingMark)
+        }
+        let now = self.now()
+        var outcome = engine.withLock { $0.handleSignaling(payload: udp.payload, source: source, destination: destination, now: now) }
+        if !outcome.kernel.isEmpty {
+            var changes = NFTChangeSet(table: configuration.table)
+            for change in outcome.kernel { changes.append(change) }
+            do {
+                try nft.apply(changes)
+            } catch {
+                kernelErrors.add(1, ordering: .relaxed)
+                log(.error, "kernel update failed: \(error)")
+                if let message = try? CSPMessage.parse(udp.payload) {
+                    outcome = engine.withLock {
+                        $0.kernelChangeFailed(
+                            sessionID: message.sessionID, replyTo: destination, nonce: message.nonce,
+                            reason: "middlebox could not install state")
+                    }
+                }
+            }
+        }
+        if let event = outcome.event { log.limited(.info, category: "signaling", event) }
+        if let reply = outcome.reply { send(reply) }
+        switch outcome.verdict {
+        case .forward:
+            return .accept(mark: signalingMark)
+        case .drop:
+            return .drop
+        case .forwardRewritten(let message):
+            guard let rewritten = try? PacketBuilder.replacingUDPPayload(of: udp, with: message) else {
+                return .accept(mark: signalingMark)
+            }
+            return .accept(mark: signalingMark, replacingPayloadWith: rewritten)
+        }
+    }
+
+    func handleFirstPacket(_ ip: IPPacketView) -> Verdict {
+        let flow = ip.flow
+        let decision = engine.withLock { $0.handleUnsignaled(flow: flow, now: now()) }
+        switch decision {
+        case .drop:
+            return .drop
+        case .defaultPolicy:
+            return .accept
+        case .admit(let change):
+            var changes = NFTChangeSet(table: configuration.table)
+            changes.append(change)
+            do {
+                try nft.apply(changes)
+            } catch {
+                kernelErrors.add(1, ordering: .relaxed)
+                log.limited(.error, category: "kernel", "could not admit legacy flow \(flow): \(error)")
+                return .accept
+            }
+            return .accept(mark: admittedMark)
+        }
+    }
+
+    func send(_ outgoing: OutgoingMessage) {
+        do {
+            let bytes = try outgoing.message.serialize()
+            let family = outgoing.destination.address.family
+            let socket = try replies.withLock { sockets throws -> UDPSocket in
+                if let s = sockets[family] { return s }
+                // Answers come from the CSP port, as a peer's agent would send them.
+                let s = try (try? UDPSocket(family: family, port: configuration.cspPort, reuseAddress: true)) ?? UDPSocket(family: family)
+                sockets[family] = s
+                return s
+            }
+            try socket.send(bytes, to: outgoing.destination)
+        } catch {
+            log.limited(.warning, category: "reply", "could not send \(outgoing.message.type) to \(outgoing.destination): \(error)")
+        }
+    }
+
+    // MARK: housekeeping
+
+    func now() -> Instant {
+        let elapsed = started.duration(to: .now)
+        return Instant(nanoseconds: UInt64(elapsed.components.seconds) * 1_000_000_000 + UInt64(elapsed.components.attoseconds / 1_000_000_000))
+    }
+
+    /// Called by the packet loop itself, so the watchdog fires only while packets can be served.
+    func tick() {
+        notifier.notify("WATCHDOG=1")
+        let expired = engine.withLock { $0.expire(now: now()) }
+        for session in expired where session.state != .pending {
+            log.limited(.info, category: "expiry", "session \(hex(session.id)) \(session.flow) expired")
+        }
+    }
+
+    /// Sessions admitted by a previous run are still in the kernel with their timeouts: adopt them.
+    func adoptKernelState() {
+        let now = self.now()
+        var adopted = 0
+        for set in AdmissionElement.allSets {
+            guard let elements = try? nft.listElements(table: configuration.table, set: set) else { continue }
+            for element in elements {
+                guard let flow = AdmissionElement.flow(set: set, key: element.key) else { continue }
+                let remaining = element.expiresIn.map { UInt32(clamping: $0.components.seconds) } ?? configuration.maximumLifetime
+                engine.withLock { $0.adopt(flow: flow, remaining: max(remaining, 1), now: now) }
+                adopted += 1
+            }
+        }
+        if adopted > 0 { log(.notice, "adopted \(adopted) admitted flow(s) left in the kernel by a previous run") }
+    }
+}
+
+struct DaemonError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

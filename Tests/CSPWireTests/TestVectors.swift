@@ -1,0 +1,157 @@
+import CSPWire
+import Foundation
+
+/// The published test vectors (docs/PROTOCOL.md, "Test vectors"). Each is stored as
+/// `Vectors/<name>.hex`; `VectorFileTests` checks the files are exactly what the codec emits.
+/// To regenerate after a deliberate wire change: `CSP_REGENERATE_VECTORS=1 swift test --filter VectorFileTests`.
+enum TestVectors {
+    struct Vector {
+        var name: String
+        var summary: String
+        var bytes: () throws -> [UInt8]
+    }
+
+    static let hostV4 = IPAddress("192.0.2.10")!
+    static let peerV4 = IPAddress("198.51.100.20")!
+    static let hostV6 = IPAddress("2001:db8:1::10")!
+    static let peerV6 = IPAddress("2001:db8:2::20")!
+    static let session: UInt64 = 0x0123_4567_89ab_cdef
+    static let nonce: UInt64 = 0x1122_3344_5566_7788
+
+    /// Placeholder key and signature octets (a counting pattern): the vectors fix the layout, not
+    /// a real Ed25519 signature.
+    static let hostKey = CSPKeyMaterial(bytes: (0..<32).map { UInt8($0) })
+    static let middleboxKey = CSPKeyMaterial(bytes: (0..<32).map { UInt8(0xa0 &+ $0) })
+    static let placeholderSignature = CSPKeyMaterial(bytes: (0..<64).map { UInt8(0x40 &+ $0) })
+    static let token: [UInt8] = [0x5a, 0x17, 0xc3, 0x9e, 0x04, 0x88, 0xd1, 0x2b, 0x6f, 0x90, 0x3e, 0xa5, 0x71, 0x0c, 0xe8, 0x42]
+
+    static let udpFlow = FlowTuple(proto: .udp, source: hostV4, sourcePort: 40000, destination: peerV4, destinationPort: 5004)
+    static let tcpFlow6 = FlowTuple(proto: .tcp, source: hostV6, sourcePort: 50000, destination: peerV6, destinationPort: 443)
+
+    static func record(_ id: UInt64, _ decision: CSPDecision, lifetime: UInt32, _ tlvs: [CSPTLV] = []) -> CSPTLV {
+        .middleboxRecord(CSPMiddleboxRecord(middleboxID: id, epoch: 0x0000_0007, decision: decision, grantedLifetime: lifetime, tlvs: tlvs))
+    }
+
+    static let messages: [(String, String, CSPMessage)] = [
+        ("setup-udp-ipv4", "SETUP, outgoing UDP over IPv4, signed end to end, record-route",
+         CSPMessage(type: .setup, flags: [.recordRoute, .signed], sessionID: session, nonce: nonce, sequence: 1, tlvs: [
+            .flow(udpFlow), .lifetime(300), .application("rtp"), .requestedAction([.admit, .allowRedirect, .wantMapping]),
+            .identity(hostKey), .timestamp(0x0000_0000_6553_f100), .signature(placeholderSignature),
+         ])),
+        ("setup-udp-ipv4-in-transit", "the same SETUP after one middlebox appended its record",
+         CSPMessage(type: .setup, flags: [.recordRoute, .signed], sessionID: session, nonce: nonce, sequence: 1, tlvs: [
+            .flow(udpFlow), .lifetime(300), .application("rtp"), .requestedAction([.admit, .allowRedirect, .wantMapping]),
+            .identity(hostKey), .timestamp(0x0000_0000_6553_f100), .signature(placeholderSignature),
+            record(0xfeed_0000_0000_0001, .forwarded, lifetime: 120),
+         ])),
+        ("setup-tcp-ipv6-listen", "SETUP for an incoming TCP flow over IPv6 (the host listens)",
+         CSPMessage(type: .setup, flags: [.recordRoute], sessionID: session, nonce: nonce, sequence: 1, tlvs: [
+            .flow(tcpFlow6.reversed), .lifetime(3600), .requestedAction([.admit, .listen]),
+         ])),
+        ("accept-two-records", "ACCEPT carrying the records of two middleboxes (nearest the responder first)",
+         CSPMessage(type: .accept, sessionID: session, nonce: nonce, sequence: 1, tlvs: [
+            .lifetime(300),
+            record(0xfeed_0000_0000_0002, .admitted, lifetime: 300, [.middleboxName("fw2.example")]),
+            record(0xfeed_0000_0000_0001, .admitted, lifetime: 120, [.middleboxName("fw1.example")]),
+         ])),
+        ("reject-from-middlebox", "REJECT originated by a firewall (policy, no retry)",
+         CSPMessage(type: .reject, flags: [.fromMiddlebox], result: .policyDenied, sessionID: session, nonce: nonce, tlvs: [
+            .reason(CSPReason(code: 17, retryAfter: 0, text: "port 5004 closed")),
+            record(0xfeed_0000_0000_0001, .rejected, lifetime: 0),
+         ])),
+        ("reject-retry", "REJECT for lack of resources, retry after 30 s",
+         CSPMessage(type: .reject, flags: [.fromMiddlebox], result: .resourcesExhausted, sessionID: session, nonce: nonce, tlvs: [
+            .reason(CSPReason(code: 0, retryAfter: 30, text: "")),
+            record(0xfeed_0000_0000_0001, .rejected, lifetime: 0),
+         ])),
+        ("redirect", "REDIRECT to an off-path proxy",
+         CSPMessage(type: .redirect, flags: [.fromMiddlebox], sessionID: session, nonce: nonce, tlvs: [
+            .redirectTarget(CSPEndpoint(address: IPAddress("203.0.113.5")!, port: 3128)),
+            record(0xfeed_0000_0000_0001, .redirected, lifetime: 300, [.redirectTarget(CSPEndpoint(address: IPAddress("203.0.113.5")!, port: 3128))]),
+         ])),
+        ("mapped", "MAPPED: a NAT reports the public endpoint it allocated",
+         CSPMessage(type: .mapped, sessionID: session, nonce: nonce, sequence: 1, tlvs: [
+            .lifetime(300),
+            .mappedAddress(CSPEndpoint(address: IPAddress("198.18.0.1")!, port: 61000)),
+            record(0xfeed_0000_0000_0003, .mapped, lifetime: 300, [.mappedAddress(CSPEndpoint(address: IPAddress("198.18.0.1")!, port: 61000))]),
+         ])),
+        ("challenge", "CHALLENGE: return-routability check for an unvalidated address",
+         CSPMessage(type: .challenge, flags: [.fromMiddlebox], result: .challengeRequired, sessionID: session, nonce: nonce, tlvs: [
+            .challengeToken(token),
+            record(0xfeed_0000_0000_0001, .challenged, lifetime: 10),
+         ])),
+        ("response", "RESPONSE echoing the challenge token",
+         CSPMessage(type: .response, sessionID: session, nonce: 0x99aa_bbcc_ddee_ff00, sequence: 2, tlvs: [
+            .challengeToken(token), .hostAddress(CSPEndpoint(address: hostV4, port: 40000)),
+         ])),
+        ("rebind-ipv6", "REBIND: a mobile host moved to a new address",
+         CSPMessage(type: .rebind, flags: [.recordRoute, .signed], sessionID: session, nonce: 0x0102_0304_0506_0708, sequence: 5, tlvs: [
+            .flow(tcpFlow6), .newAddress(CSPEndpoint(address: IPAddress("2001:db8:3::10")!, port: 50000)),
+            .timestamp(0x0000_0000_6553_f200), .signature(placeholderSignature),
+         ])),
+        ("add-path", "ADD-PATH: a second path for multihoming",
+         CSPMessage(type: .addPath, flags: [.recordRoute], sessionID: session, nonce: 0x0a0b_0c0d_0e0f_1011, sequence: 6, tlvs: [
+            .path(CSPPath(pathID: 2, endpoint: CSPEndpoint(address: IPAddress("192.0.2.77")!, port: 40000))),
+            .lifetime(300),
+         ])),
+        ("remove-path", "REMOVE-PATH: drop path 2",
+         CSPMessage(type: .removePath, sessionID: session, nonce: 0x1213_1415_1617_1819, sequence: 7, tlvs: [
+            .path(CSPPath(pathID: 2, endpoint: CSPEndpoint(address: IPAddress("192.0.2.77")!, port: 40000))),
+         ])),
+        ("deny", "DENY: a victim asks upstream middleboxes to drop 203.0.113.0/24 UDP to port 53",
+         CSPMessage(type: .deny, flags: [.recordRoute, .signed], sessionID: 0x7777_0000_0000_0001, nonce: 0x2021_2223_2425_2627, sequence: 1, tlvs: [
+            .denySource(CSPDenySource(prefix: IPAddress("203.0.113.0")!, prefixLength: 24, proto: .udp, port: 53)),
+            .lifetime(600), .identity(hostKey), .timestamp(0x0000_0000_6553_f300), .signature(placeholderSignature),
+         ])),
+        ("refresh", "REFRESH: extend the session to 300 s",
+         CSPMessage(type: .refresh, sessionID: session, nonce: 0x3031_3233_3435_3637, sequence: 3, tlvs: [.lifetime(300)])),
+        ("refresh-delete", "REFRESH with lifetime 0: delete the state now",
+         CSPMessage(type: .refresh, sessionID: session, nonce: 0x3839_3a3b_3c3d_3e3f, sequence: 4, tlvs: [.lifetime(0)])),
+        ("teardown", "TEARDOWN: no TLVs",
+         CSPMessage(type: .teardown, sessionID: session, nonce: 0x4041_4243_4445_4647, sequence: 8)),
+        ("announce", "ANNOUNCE: a middlebox answers a discovery option (nonce echoed)",
+         CSPMessage(type: .announce, flags: [.fromMiddlebox], sessionID: 0, nonce: 0xdead_beef_0bad_cafe, tlvs: [
+            record(0xfeed_0000_0000_0001, .forwarded, lifetime: 0, [.identity(middleboxKey), .middleboxName("fw1.example")]),
+         ])),
+        ("unknown-noncritical", "SETUP with an unknown non-critical TLV 0x0777 (kept verbatim)",
+         CSPMessage(type: .setup, sessionID: session, nonce: nonce, sequence: 1, tlvs: [
+            .flow(udpFlow), .unknown(type: 0x0777, value: [0xca, 0xfe]),
+         ])),
+    ]
+
+    static let discovery = CSPDiscoveryOption(flags: [.query, .capable], replyPort: 0, nonce: 0xdead_beef_0bad_cafe)
+
+    static var all: [Vector] {
+        messages.map { name, summary, message in Vector(name: name, summary: summary, bytes: { try message.serialize() }) }
+            + [
+                Vector(name: "discovery-ipv4-option", summary: "IPv4 options field: discovery option + 2 EOL",
+                       bytes: { discovery.ipv4OptionsField }),
+                Vector(name: "discovery-ipv6-hbh", summary: "IPv6 hop-by-hop header (next header 17) with the discovery option",
+                       bytes: { discovery.ipv6HopByHopHeader(nextHeader: 17) }),
+                Vector(name: "discovery-tcp-option", summary: "TCP option kind 253, ExID 0x4353",
+                       bytes: { discovery.tcpOption }),
+            ]
+    }
+
+    // MARK: file format: "# name: summary" lines, then hex, 16 octets per line
+
+    static func render(_ vector: Vector) throws -> String {
+        let bytes = try vector.bytes()
+        var text = "# \(vector.name): \(vector.summary)\n# \(bytes.count) octets\n"
+        for start in stride(from: 0, to: bytes.count, by: 16) {
+            text += bytes[start..<min(start + 16, bytes.count)].map { String(format: "%02x", $0) }.joined(separator: " ") + "\n"
+        }
+        return text
+    }
+
+    static func parseHex(_ text: String) -> [UInt8]? {
+        var out: [UInt8] = []
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            for word in line.split(separator: " ") {
+                guard word.count == 2, let b = UInt8(word, radix: 16) else { return nil }
+                out.append(b)
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,39 @@
+import CSPWire
+import Foundation
+import XCTest
+
+/// The files under Vectors/ (published in docs/PROTOCOL.md) are exactly what the codec emits, and
+/// every message vector parses back to its value.
+final class VectorFileTests: XCTestCase {
+    func vectorDirectory() throws -> URL {
+        try XCTUnwrap(Bundle.module.url(forResource: "Vectors", withExtension: nil))
+    }
+
+    func testFilesMatchTheCodec() throws {
+        if ProcessInfo.processInfo.environment["CSP_REGENERATE_VECTORS"] == "1" {
+            let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Vectors")
+            for vector in TestVectors.all {
+                try TestVectors.render(vector).write(to: source.appendingPathComponent(vector.name + ".hex"), atomically: true, encoding: .utf8)
+            }
+            return
+        }
+        let directory = try vectorDirectory()
+        for vector in TestVectors.all {
+            let url = directory.appendingPathComponent(vector.name + ".hex")
+            let text = try String(contentsOf: url, encoding: .utf8)
+            XCTAssertEqual(text, try TestVectors.render(vector), vector.name)
+            XCTAssertEqual(TestVectors.parseHex(text), try vector.bytes(), vector.name)
+        }
+        // No stale files.
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".hex") }
+        XCTAssertEqual(Set(names), Set(TestVectors.all.map { $0.name + ".hex" }))
+    }
+
+    func testMessageVectorsParse() throws {
+        let directory = try vectorDirectory()
+        for (name, _, message) in TestVectors.messages {
+            let bytes = try XCTUnwrap(TestVectors.parseHex(try String(contentsOf: directory.appendingPathComponent(name + ".hex"), encoding: .utf8)))
+            XCTAssertEqual(try CSPMessage.parse(bytes), message, name)
+        }
+    }
+}

@@ -1,0 +1,122 @@
+import CSPWire
+import XCTest
+
+@testable import MidcomCore
+
+final class ConfigurationTests: XCTestCase {
+    func testExampleConfigurationParses() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+            "../../docs/examples/midcomd.conf")
+        let text = try String(contentsOf: url, encoding: .utf8)
+        let config = try MidcomConfiguration(path: "midcomd.conf", text: text)
+        XCTAssertEqual(config.middleboxName, "gw1")
+        XCTAssertEqual(config.rules.count, 2)
+        XCTAssertEqual(config.rules[0].action, .reject)
+        XCTAssertEqual(config.rules[0].ports, 23...23)
+        XCTAssertEqual(config.rules[1].maximumLifetime, 30)
+        XCTAssertEqual(config.onDaemonAbsent, .defaultPolicy)
+    }
+
+    func testEmptyFileGivesDefaults() throws {
+        XCTAssertEqual(try MidcomConfiguration(path: "x", text: ""), MidcomConfiguration())
+    }
+
+    func assertConfigError(_ text: String, line: Int, contains fragment: String, file: StaticString = #filePath, lineNumber: UInt = #line) {
+        XCTAssertThrowsError(try MidcomConfiguration(path: "/etc/midcom/midcomd.conf", text: text), file: file, line: lineNumber) { error in
+            guard let error = error as? ConfigError else { return XCTFail("not a ConfigError: \(error)", file: file, line: lineNumber) }
+            XCTAssertEqual(error.line, line, "\(error)", file: file, line: lineNumber)
+            XCTAssertTrue(error.description.contains(fragment), "\(error)", file: file, line: lineNumber)
+            XCTAssertTrue(error.description.hasPrefix("/etc/midcom/midcomd.conf:"), "\(error)", file: file, line: lineNumber)
+        }
+    }
+
+    func testErrorsNameFileLineAndFix() {
+        assertConfigError("[daemon]\nqueue = 0\nqeue-count = 2\n", line: 3, contains: "unknown key 'qeue-count'")
+        assertConfigError("[daemon]\nqueue-cont = 2\n", line: 2, contains: "did you mean 'queue-count'")
+        assertConfigError("[daemon]\nqueue = many\n", line: 2, contains: "must be a whole number")
+        assertConfigError("[daemon]\nqueue = 70000\n", line: 2, contains: "must be a whole number")
+        assertConfigError("[daemon]\nqueue-count = 0\n", line: 2, contains: "use a value from 1 to 64")
+        assertConfigError("[policy]\nunsignaled = maybe\n", line: 2, contains: "use one of: drop, default-policy, admit")
+        assertConfigError("queue = 1\n", line: 1, contains: "outside any section")
+        assertConfigError("[daemon\n", line: 1, contains: "malformed section header")
+        assertConfigError("[deamon]\n", line: 1, contains: "unknown section [deamon]")
+        assertConfigError("[daemon]\nname = \"gw\n", line: 2, contains: "unterminated string")
+        assertConfigError("[daemon]\nname\n", line: 2, contains: "expected 'key = value'")
+        assertConfigError("\n\n[[rule]]\nproto = udp\n", line: 3, contains: "has no action")
+        assertConfigError("[[rule]]\naction = redirect\n", line: 1, contains: "has no target")
+        assertConfigError("[[rule]]\naction = admit\nproto = udpp\n", line: 3, contains: "unknown protocol")
+        assertConfigError("[[rule]]\naction = admit\ndestination = 10.0.0.0/33\n", line: 3, contains: "not an address prefix")
+        assertConfigError("[[rule]]\naction = admit\nport = 90-80\n", line: 3, contains: "port range")
+        assertConfigError("[[rule]]\naction = redirect\nredirect-to = \"10.0.0.1\"\n", line: 3, contains: "not an address:port")
+        assertConfigError("[policy]\ndefault-lifetime = 100\nmax-lifetime = 50\n", line: 0, contains: "exceeds max-lifetime")
+    }
+
+    func testCommentsAndQuotedHashes() throws {
+        let config = try MidcomConfiguration(path: "x", text: "[daemon]  # comment\nname = \"gw#1\" # trailing\n")
+        XCTAssertEqual(config.middleboxName, "gw#1")
+    }
+
+    func testRedirectRuleParsesIPv6Target() throws {
+        let config = try MidcomConfiguration(
+            path: "x", text: "[[rule]]\nproto = tcp\nport = \"80-81\"\naction = redirect\nredirect-to = \"[2001:db8::3]:3128\"\n")
+        XCTAssertEqual(config.rules[0].redirectTarget, CSPEndpoint(address: IPAddress("2001:db8::3")!, port: 3128))
+        XCTAssertEqual(config.rules[0].ports, 80...81)
+    }
+}
+
+final class PolicyTests: XCTestCase {
+    let client = IPAddress("10.0.1.2")!
+    let server = IPAddress("10.0.2.2")!
+
+    func flow(_ proto: IPProtocol = .udp, port: UInt16) -> FlowTuple {
+        FlowTuple(proto: proto, source: client, sourcePort: 4000, destination: server, destinationPort: port)
+    }
+
+    func testFirstMatchingRuleWins() throws {
+        var config = MidcomConfiguration()
+        config.rules = [
+            PolicyRule(name: "telnet", proto: .tcp, ports: 23...23, action: .reject, reason: "no telnet"),
+            PolicyRule(name: "all-tcp", proto: .tcp, action: .admit),
+        ]
+        let policy = Policy(configuration: config)
+        let telnet = policy.decide(flow: flow(.tcp, port: 23), application: nil, incoming: false, requestedLifetime: 10)
+        XCTAssertEqual(telnet.action, .reject)
+        XCTAssertEqual(telnet.reason, "no telnet")
+        XCTAssertEqual(policy.decide(flow: flow(.tcp, port: 22), application: nil, incoming: false, requestedLifetime: 10).ruleName, "all-tcp")
+    }
+
+    func testDefaultActionAndReason() {
+        var config = MidcomConfiguration()
+        config.defaultAction = .reject
+        let decision = Policy(configuration: config).decide(flow: flow(port: 1), application: nil, incoming: false, requestedLifetime: nil)
+        XCTAssertEqual(decision.action, .reject)
+        XCTAssertEqual(decision.reason, "not admitted by default policy")
+    }
+
+    func testLifetimeIsClampedAndZeroMeansDefault() {
+        var config = MidcomConfiguration()
+        config.defaultLifetime = 60
+        config.maximumLifetime = 600
+        config.rules = [PolicyRule(name: "dns", proto: .udp, ports: 53...53, action: .admit, maximumLifetime: 30)]
+        let policy = Policy(configuration: config)
+        XCTAssertEqual(policy.decide(flow: flow(port: 1), application: nil, incoming: false, requestedLifetime: 9999).lifetime, 600)
+        XCTAssertEqual(policy.decide(flow: flow(port: 1), application: nil, incoming: false, requestedLifetime: 0).lifetime, 60)
+        XCTAssertEqual(policy.decide(flow: flow(port: 1), application: nil, incoming: false, requestedLifetime: nil).lifetime, 60)
+        XCTAssertEqual(policy.decide(flow: flow(port: 53), application: nil, incoming: false, requestedLifetime: 300).lifetime, 30)
+    }
+
+    func testPrefixApplicationAndDirectionMatches() {
+        let rule = PolicyRule(
+            name: "r", source: IPPrefix("10.0.1.0/24"), destination: IPPrefix("10.0.2.0/25"), application: "voip",
+            incoming: false, action: .admit)
+        XCTAssertTrue(rule.matches(flow(port: 5), application: "voip", incoming: false))
+        XCTAssertFalse(rule.matches(flow(port: 5), application: "web", incoming: false))
+        XCTAssertFalse(rule.matches(flow(port: 5), application: "voip", incoming: true))
+        var other = flow(port: 5)
+        other.destination = IPAddress("10.0.2.200")!
+        XCTAssertFalse(rule.matches(other, application: "voip", incoming: false))
+        XCTAssertFalse(IPPrefix("10.0.0.0/8")!.contains(IPAddress("2001:db8::1")!))
+        XCTAssertTrue(IPPrefix("2001:db8::/32")!.contains(IPAddress("2001:db8:ffff::1")!))
+        XCTAssertTrue(IPPrefix("0.0.0.0/0")!.contains(client))
+    }
+}

@@ -1,0 +1,241 @@
+import CSPWire
+import XCTest
+
+@testable import MidcomCore
+
+final class SessionTableTests: XCTestCase {
+    let flowA = FlowTuple(proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 1, destination: IPAddress("10.0.2.2")!, destinationPort: 2)
+
+    func session(_ id: UInt64, flow: FlowTuple? = nil, expires: Double?) -> Session {
+        var f = flow ?? flowA
+        f.sourcePort = UInt16(truncatingIfNeeded: id)
+        return Session(id: id, flow: f, state: .admitted, createdAt: .seconds(0), expiresAt: expires.map { .seconds($0) }, grantedLifetime: 1)
+    }
+
+    func testLookupByIDAndFlow() {
+        var table = SessionTable()
+        let s = session(7, expires: 10)
+        table.upsert(s)
+        XCTAssertEqual(table[id: 7], s)
+        XCTAssertEqual(table.session(for: s.flow), s)
+        XCTAssertEqual(table.remove(id: 7), s)
+        XCTAssertNil(table.session(for: s.flow))
+        XCTAssertTrue(table.isEmpty)
+    }
+
+    func testExpiryInOrderAndRefreshPostpones() {
+        var table = SessionTable()
+        for id in 1...100 { table.upsert(session(UInt64(id), expires: Double(101 - id))) }
+        var refreshed = table[id: 100]!
+        refreshed.expiresAt = .seconds(500)
+        table.upsert(refreshed)
+        let firstBatch = table.expire(now: .seconds(10))
+        XCTAssertEqual(Set(firstBatch.map(\.id)), Set(91...99))  // expiry 2...10; 100 was refreshed
+        XCTAssertEqual(table.count, 91)
+        XCTAssertEqual(table.expire(now: .seconds(100)).count, 90)
+        XCTAssertEqual(table.count, 1)
+        XCTAssertEqual(table.expire(now: .seconds(500)).map(\.id), [100])
+        XCTAssertTrue(table.expire(now: .seconds(10_000)).isEmpty)
+    }
+
+    func testSessionsWithoutExpiryNeverExpire() {
+        var table = SessionTable()
+        table.upsert(session(1, expires: nil))
+        XCTAssertTrue(table.expire(now: .seconds(1e6)).isEmpty)
+        XCTAssertEqual(table.count, 1)
+    }
+
+    func testChangingFlowReindexes() {
+        var table = SessionTable()
+        var s = session(1, expires: 5)
+        table.upsert(s)
+        let old = s.flow
+        s.flow.destinationPort = 99
+        table.upsert(s)
+        XCTAssertNil(table.session(for: old))
+        XCTAssertEqual(table.session(for: s.flow)?.id, 1)
+    }
+}
+
+final class GatewayEngineTests: XCTestCase {
+    let client = CSPEndpoint(address: IPAddress("10.0.1.2")!, port: 40000)
+    let serverAgent = CSPEndpoint(address: IPAddress("10.0.2.2")!, port: 7227)
+    let identity = MiddleboxIdentity(id: 0xabc, epoch: 42, name: "gw1")
+    lazy var flow = FlowTuple(proto: .udp, source: client.address, sourcePort: 4000, destination: serverAgent.address, destinationPort: 5000)
+
+    func engine(_ configure: (inout MidcomConfiguration) -> Void = { _ in }) -> GatewayEngine {
+        var config = MidcomConfiguration()
+        configure(&config)
+        return GatewayEngine(configuration: config, identity: identity)
+    }
+
+    func setup(session: UInt64 = 1, nonce: UInt64 = 11, flow: FlowTuple? = nil, lifetime: UInt32 = 30, action: CSPRequestedAction = .admit) -> CSPMessage {
+        CSPMessage(type: .setup, flags: .recordRoute, sessionID: session, nonce: nonce, sequence: 1,
+                   tlvs: [.flow(flow ?? self.flow), .lifetime(lifetime), .requestedAction(action), .application("demo")])
+    }
+
+    func send(_ engine: inout GatewayEngine, _ message: CSPMessage, from: CSPEndpoint, to: CSPEndpoint, at seconds: Double = 0) -> SignalingOutcome {
+        let bytes = try! message.serialize()
+        return bytes.withUnsafeBytes { engine.handleSignaling(payload: $0, source: from, destination: to, now: .seconds(seconds)) }
+    }
+
+    func forwardedMessage(_ outcome: SignalingOutcome) -> CSPMessage? {
+        guard case .forwardRewritten(let bytes) = outcome.verdict else { return nil }
+        return try? CSPMessage.parse(bytes)
+    }
+
+    func testSetupThenAcceptAdmitsWithClampedLifetimeAndAppendsRecords() throws {
+        var e = engine { $0.maximumLifetime = 20 }
+        let out = send(&e, setup(lifetime: 30), from: client, to: serverAgent)
+        let forwarded = try XCTUnwrap(forwardedMessage(out))
+        XCTAssertEqual(forwarded.records.map(\.decision), [.forwarded])
+        XCTAssertEqual(forwarded.records.first?.grantedLifetime, 20)
+        XCTAssertTrue(out.kernel.isEmpty, "nothing is installed before the responder answers")
+        XCTAssertEqual(e.sessions[id: 1]?.state, .pending)
+
+        let accept = CSPMessage(type: .accept, sessionID: 1, nonce: 11, tlvs: [.lifetime(30)])
+        let reply = send(&e, accept, from: serverAgent, to: client, at: 1)
+        XCTAssertEqual(reply.kernel, [.admit(flow, lifetime: 20)])
+        let back = try XCTUnwrap(forwardedMessage(reply))
+        XCTAssertEqual(back.records.map(\.decision), [.admitted])
+        XCTAssertEqual(back.records.first?.epoch, 42)
+        XCTAssertEqual(e.sessions[id: 1]?.state, .admitted)
+        XCTAssertEqual(e.sessions[id: 1]?.expiresAt, .seconds(21))
+        XCTAssertEqual(e.counters.admitted, 1)
+    }
+
+    func testRejectedByPolicyAnswersTheHostAndInstallsNothing() throws {
+        var e = engine { $0.rules = [PolicyRule(name: "no-udp-5000", ports: 5000...5000, action: .reject, reason: "closed")] }
+        let out = send(&e, setup(), from: client, to: serverAgent)
+        XCTAssertEqual(out.verdict, .drop)
+        XCTAssertTrue(out.kernel.isEmpty)
+        let reply = try XCTUnwrap(out.reply)
+        XCTAssertEqual(reply.destination, client)
+        XCTAssertEqual(reply.message.type, .reject)
+        XCTAssertEqual(reply.message.result, .policyDenied)
+        XCTAssertEqual(reply.message.nonce, 11)
+        XCTAssertTrue(reply.message.flags.contains(.fromMiddlebox))
+        XCTAssertEqual(reply.message.reason?.text, "closed")
+        XCTAssertTrue(e.sessions.isEmpty)
+    }
+
+    func testSpoofedFlowIsRejected() {
+        var e = engine()
+        var spoofed = flow
+        spoofed.source = IPAddress("10.0.1.99")!
+        let out = send(&e, setup(flow: spoofed), from: client, to: serverAgent)
+        XCTAssertEqual(out.reply?.message.result, .sourceDenied)
+        XCTAssertEqual(e.counters.spoofedFlows, 1)
+        XCTAssertTrue(e.sessions.isEmpty)
+    }
+
+    func testIncomingPinholeIsOwnedByTheResponder() {
+        var e = engine()
+        let pinhole = FlowTuple(proto: .tcp, source: IPAddress("0.0.0.0")!, sourcePort: 0, destination: client.address, destinationPort: 8080)
+        let out = send(&e, setup(flow: pinhole, action: [.admit, .listen]), from: client, to: serverAgent)
+        XCTAssertNotNil(forwardedMessage(out))
+        // Any peer: the answer may come from whoever received the SETUP.
+        let accept = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: serverAgent, to: client)
+        XCTAssertEqual(accept.kernel, [.admit(pinhole, lifetime: 30)])
+    }
+
+    func testMalformedAndForgedRepliesInstallNothing() {
+        var e = engine()
+        let garbage: [UInt8] = [0x43, 0x53, 1, 1, 0, 0, 0, 99] + Array(repeating: 0, count: 20)
+        let out = garbage.withUnsafeBytes { e.handleSignaling(payload: $0, source: client, destination: serverAgent, now: .seconds(0)) }
+        XCTAssertEqual(out.verdict, .drop)
+        XCTAssertNil(out.reply, "malformed input is never answered (no reflection)")
+        XCTAssertEqual(e.counters.malformedMessages, 1)
+
+        _ = send(&e, setup(), from: client, to: serverAgent)
+        let wrongNonce = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 12), from: serverAgent, to: client)
+        XCTAssertEqual(wrongNonce.verdict, .drop)
+        XCTAssertTrue(wrongNonce.kernel.isEmpty)
+        let wrongSource = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: CSPEndpoint(address: IPAddress("10.9.9.9")!, port: 7227), to: client)
+        XCTAssertTrue(wrongSource.kernel.isEmpty)
+        XCTAssertEqual(e.counters.mismatchedReplies, 2)
+        XCTAssertEqual(e.sessions[id: 1]?.state, .pending)
+    }
+
+    func testRefreshExtendsAndTeardownRevokes() {
+        var e = engine()
+        _ = send(&e, setup(lifetime: 10), from: client, to: serverAgent)
+        _ = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: serverAgent, to: client)
+        let refresh = CSPMessage(type: .refresh, sessionID: 1, nonce: 21, sequence: 2, tlvs: [.lifetime(15)])
+        XCTAssertEqual(send(&e, refresh, from: client, to: serverAgent, at: 8).verdict, .forward)
+        let accepted = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 21, tlvs: [.lifetime(15)]), from: serverAgent, to: client, at: 8)
+        XCTAssertEqual(accepted.kernel, [.admit(flow, lifetime: 15)])
+        XCTAssertEqual(e.sessions[id: 1]?.expiresAt, .seconds(23))
+        XCTAssertEqual(e.counters.refreshed, 1)
+        let teardown = send(&e, CSPMessage(type: .teardown, sessionID: 1, nonce: 31), from: client, to: serverAgent, at: 9)
+        XCTAssertEqual(teardown.kernel, [.revoke(flow)])
+        XCTAssertTrue(e.sessions.isEmpty)
+    }
+
+    func testRefreshForUnknownSessionIsAnswered() {
+        var e = engine()
+        let out = send(&e, CSPMessage(type: .refresh, sessionID: 5, nonce: 1, tlvs: [.lifetime(5)]), from: client, to: serverAgent)
+        XCTAssertEqual(out.reply?.message.result, .unknownSession)
+    }
+
+    func testPendingSessionsExpireAndAdmittedOnesExpireAtTheirLifetime() {
+        var e = engine { $0.pendingTimeout = 5 }
+        _ = send(&e, setup(session: 1), from: client, to: serverAgent)
+        var other = flow
+        other.sourcePort = 4001
+        _ = send(&e, setup(session: 2, nonce: 22, flow: other, lifetime: 8), from: client, to: serverAgent)
+        _ = send(&e, CSPMessage(type: .accept, sessionID: 2, nonce: 22), from: serverAgent, to: client, at: 1)
+        XCTAssertEqual(e.expire(now: .seconds(5)).map(\.id), [1])
+        XCTAssertEqual(e.expire(now: .seconds(9)).map(\.id), [2])
+        XCTAssertEqual(e.counters.expired, 2)
+    }
+
+    func testUnknownMessageTypesAreForwardedUntouched() {
+        var e = engine()
+        let future = CSPMessage(type: CSPMessageType(rawValue: 200), sessionID: 1, nonce: 1)
+        XCTAssertEqual(send(&e, future, from: client, to: serverAgent).verdict, .forward)
+        XCTAssertEqual(e.counters.unknownTypes, 1)
+    }
+
+    func testUnsignaledModes() {
+        var drop = engine()
+        XCTAssertEqual(drop.handleUnsignaled(flow: flow, now: .seconds(0)), .drop)
+        var pass = engine { $0.unsignaled = .defaultPolicy }
+        XCTAssertEqual(pass.handleUnsignaled(flow: flow, now: .seconds(0)), .defaultPolicy)
+        var admit = engine { $0.unsignaled = .admit; $0.legacyLifetime = 7 }
+        XCTAssertEqual(admit.handleUnsignaled(flow: flow, now: .seconds(0)), .admit(.admit(flow, lifetime: 7)))
+        XCTAssertEqual(admit.sessions.session(for: flow)?.state, .legacy)
+    }
+
+    func testFullTableRejectsWithRetry() {
+        var e = engine { $0.maximumSessions = 1 }
+        _ = send(&e, setup(session: 1), from: client, to: serverAgent)
+        var other = flow
+        other.sourcePort = 9
+        let out = send(&e, setup(session: 2, nonce: 2, flow: other), from: client, to: serverAgent)
+        XCTAssertEqual(out.reply?.message.result, .resourcesExhausted)
+        XCTAssertEqual(out.reply?.message.reason?.retryAfter, 30)
+        XCTAssertEqual(e.counters.tableFull, 1)
+    }
+
+    func testOperatorDeleteAndFlush() {
+        var e = engine()
+        _ = send(&e, setup(), from: client, to: serverAgent)
+        _ = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: serverAgent, to: client)
+        XCTAssertEqual(e.delete(id: 1, dryRun: true)?.1, [.revoke(flow)])
+        XCTAssertEqual(e.sessions.count, 1, "dry run changes nothing")
+        XCTAssertEqual(e.flush().1, [.revoke(flow)])
+        XCTAssertTrue(e.sessions.isEmpty)
+        XCTAssertNil(e.delete(id: 1))
+    }
+
+    func testKernelFailureTurnsIntoRejectForTheHost() {
+        var e = engine()
+        _ = send(&e, setup(), from: client, to: serverAgent)
+        _ = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: serverAgent, to: client)
+        let out = e.kernelChangeFailed(sessionID: 1, replyTo: client, nonce: 11, reason: "ENOMEM")
+        XCTAssertEqual(out.verdict, .drop)
+        XCTAssertEqual(out.reply?.message.result, .middleboxUnavailable)
+        XCTAssertTrue(e.sessions.isEmpty)
+    }
+}

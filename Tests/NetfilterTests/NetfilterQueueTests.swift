@@ -1,0 +1,329 @@
+import Foundation
+import Synchronization
+import XCTest
+
+@testable import Netfilter
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// NetfilterQueue end to end: UDP to 127.0.0.1 is queued by an `output` hook chain of a test table, the reader
+/// decides, and a UDP socket shows what got through. A later chain counts packets (and marks) that were accepted.
+final class NetfilterQueueTests: XCTestCase {
+    private static let mark: UInt32 = 0x4d43_0001
+    private var table = ""
+    private var receiver: Int32 = -1
+    private var sender: Int32 = -1
+    private var port: UInt16 = 0
+    private var queueNumber: UInt16 = 0
+
+    override func setUpWithError() throws {
+        guard Host.requireRoot() else { throw XCTSkip("not root (already reported as a failure)") }
+        try Host.loopbackUp()
+        table = Host.uniqueTableName("nfq")
+        queueNumber = UInt16.random(in: 1000 ..< 60000)
+        receiver = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        sender = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        XCTAssertGreaterThanOrEqual(receiver, 0)
+        XCTAssertGreaterThanOrEqual(sender, 0)
+        var address = Self.loopback(port: 0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(receiver, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        XCTAssertEqual(bound, 0)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(receiver, $0, &length) }
+        }
+        port = UInt16(bigEndian: address.sin_port)
+        let (name, receiverFD, senderFD) = (table, receiver, sender)
+        addTeardownBlock {
+            Host.deleteTable("inet", name)
+            close(receiverFD)
+            close(senderFD)
+        }
+        try Host.nft("""
+            table inet \(table) {
+                chain out {
+                    type filter hook output priority 0; policy accept;
+                    ip daddr 127.0.0.1 udp dport \(port) jump to_queue
+                }
+                chain to_queue { }
+                chain after {
+                    type filter hook output priority 10; policy accept;
+                    udp dport \(port) meta mark \(String(format: "0x%08x", Self.mark)) counter
+                    udp dport \(port) counter comment "all"
+                }
+            }
+            """)
+    }
+
+    // MARK: Helpers
+
+    private static func loopback(port: UInt16) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        return address
+    }
+
+    private func send(_ bytes: [UInt8]) {
+        var address = Self.loopback(port: port)
+        let sent = bytes.withUnsafeBytes { buffer in
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(sender, buffer.baseAddress, buffer.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+        XCTAssertEqual(sent, bytes.count)
+    }
+
+    /// Datagrams that reach the receiver until `count` arrived or `timeout` passed, then `grace` more to catch extras.
+    private func receive(count: Int, timeout: TimeInterval, grace: TimeInterval = 0.2) -> [[UInt8]] {
+        var datagrams: [[UInt8]] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var deadline = Date().addingTimeInterval(timeout)
+        var graceStarted = false
+        while true {
+            let remaining = deadline.timeIntervalSinceNow
+            if remaining <= 0 {
+                if graceStarted || datagrams.count < count { break }
+                graceStarted = true
+                deadline = Date().addingTimeInterval(grace)
+                continue
+            }
+            var descriptor = pollfd(fd: receiver, events: Int16(POLLIN), revents: 0)
+            if poll(&descriptor, 1, Int32(max(1, remaining * 1000))) <= 0 { continue }
+            let length = buffer.withUnsafeMutableBytes { recv(receiver, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if length >= 0 { datagrams.append(Array(buffer[0 ..< length])) }
+            if datagrams.count >= count && !graceStarted {
+                graceStarted = true
+                deadline = Date().addingTimeInterval(grace)
+            }
+        }
+        return datagrams
+    }
+
+    private func installQueueRule(bypass: Bool = false) throws {
+        let client = try NFTablesClient()
+        try client.installQueueRule(table: table, chain: "to_queue", spec: QueueRuleSpec(queueNumber: queueNumber, bypass: bypass))
+    }
+
+    /// Runs `queue` on its own thread; returns a function that stops it and waits (bounded) for run() to return,
+    /// giving how long that took.
+    private func start(_ queue: NetfilterQueue, tickInterval: Duration = .milliseconds(500), ticks: Counter? = nil,
+                       handler: @escaping @Sendable (borrowing QueuedPacket) -> Verdict) -> () -> TimeInterval {
+        let finished = DispatchSemaphore(value: 0)
+        let failure = Failure()
+        // Weak everywhere but during run(): a test may release the queue to unbind it.
+        let reference = WeakQueue(queue)
+        let thread = Thread {
+            do {
+                guard let queue = reference.queue else { _ = finished.signal(); return }
+                try queue.run(tickInterval: tickInterval, tick: { ticks?.increment() }, handler: handler)
+            } catch {
+                failure.record("\(error)")
+            }
+            finished.signal()
+        }
+        thread.start()
+        var stopped = false
+        let stopAndJoin = { () -> TimeInterval in
+            if stopped { return 0 }
+            stopped = true
+            let start = Date()
+            reference.queue?.stop()
+            let joined = finished.wait(timeout: .now() + 5) == .success
+            XCTAssertTrue(joined, "run() did not return within 5 s of stop()")
+            if let message = failure.message { XCTFail("run() threw: \(message)") }
+            return Date().timeIntervalSince(start)
+        }
+        addTeardownBlock { _ = stopAndJoin() }
+        return stopAndJoin
+    }
+
+    /// Byte `index` of the UDP payload of an IPv4 packet.
+    private static func udpPayloadByte(_ packet: UnsafeRawBufferPointer, _ index: Int = 0) -> UInt8? {
+        guard packet.count >= 20, packet[0] >> 4 == 4 else { return nil }
+        let offset = Int(packet[0] & 0x0f) * 4 + 8 + index
+        return offset < packet.count ? packet[offset] : nil
+    }
+
+    // MARK: Tests
+
+    func testAcceptsEvenDropsOddAndCountsThem() throws {
+        let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+        try installQueueRule()
+        let stop = start(queue) { packet in
+            guard packet.hwProtocol == 0x0800, let index = Self.udpPayloadByte(packet.payload) else { return .accept }
+            return index % 2 == 0 ? .accept : .drop
+        }
+        let statistics = try XCTUnwrap(NetfilterQueue.kernelStatistics(queueNumber: queueNumber))
+        XCTAssertEqual(statistics.copyRange, 0xffff - 4, "the kernel caps the copy range at 0xffff - NLA_HDRLEN")
+        XCTAssertNotEqual(statistics.portID, 0)
+
+        for index in 0 ..< 50 { send([UInt8(index), 0xaa, 0xbb]) }
+        let received = receive(count: 25, timeout: 5)
+        XCTAssertEqual(received.map { $0[0] }, Array(stride(from: 0, to: 50, by: 2)).map(UInt8.init))
+
+        XCTAssertTrue(Host.wait(timeout: 2) { queue.counters.received == 50 }, "counters: \(queue.counters)")
+        var expected = QueueCounters()
+        expected.received = 50
+        expected.accepted = 25
+        expected.dropped = 25
+        expected.verdictMessages = 50  // alternating verdicts cannot be batched
+        XCTAssertEqual(queue.counters, expected)
+        XCTAssertEqual(try Host.counterPackets(family: "inet", table: table, chain: "after", ruleContaining: "all"), 25)
+        XCTAssertEqual(NetfilterQueue.kernelStatistics(queueNumber: queueNumber)?.queueTotal, 0, "no packet left without a verdict")
+
+        let stopTime = stop()
+        XCTAssertLessThan(stopTime, 1.0, "stop() must wake run() promptly")
+    }
+
+    func testAcceptWithMarkIsVisibleToLaterRules() throws {
+        let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+        try installQueueRule()
+        let stop = start(queue) { _ in .accept(mark: Self.mark) }
+        for index in 0 ..< 5 { send([UInt8(index)]) }
+        XCTAssertEqual(receive(count: 5, timeout: 5).count, 5)
+        XCTAssertEqual(try Host.counterPackets(family: "inet", table: table, chain: "after", ruleContaining: "mark"), 5)
+        _ = stop()
+    }
+
+    func testReplacingThePayload() throws {
+        let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+        try installQueueRule()
+        let replacement = Array("replaced by midcom".utf8)
+        let stop = start(queue) { packet in
+            let original = Array(packet.payload)
+            return .accept(mark: nil, replacingPayloadWith: Self.ipv4UDP(original, withPayload: replacement))
+        }
+        send(Array("original".utf8))
+        XCTAssertEqual(receive(count: 1, timeout: 5), [replacement])
+        _ = stop()
+        XCTAssertEqual(queue.counters.modified, 1)
+    }
+
+    func testTickRunsWhileIdleAndStopIsPrompt() throws {
+        let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+        let ticks = Counter()
+        let stop = start(queue, tickInterval: .milliseconds(50), ticks: ticks) { _ in .accept }
+        usleep(600_000)
+        XCTAssertGreaterThanOrEqual(ticks.value, 5, "tick must run at least every tickInterval while idle")
+        XCTAssertLessThan(stop(), 0.5)
+    }
+
+    /// With the reader gone, a `bypass` rule lets packets continue; without bypass they are dropped.
+    func testBypassWhenNoReaderIsBound() throws {
+        do {
+            let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+            try installQueueRule(bypass: true)
+            let stop = start(queue) { _ in .accept }
+            _ = stop()
+        }  // the queue is released here: socket closed, queue unbound
+        XCTAssertNil(NetfilterQueue.kernelStatistics(queueNumber: queueNumber))
+        for index in 0 ..< 3 { send([UInt8(index)]) }
+        XCTAssertEqual(receive(count: 3, timeout: 3).count, 3)
+        XCTAssertEqual(try Host.counterPackets(family: "inet", table: table, chain: "after", ruleContaining: "all"), 3)
+
+        try installQueueRule(bypass: false)
+        send([9])
+        XCTAssertEqual(receive(count: 1, timeout: 0.5).count, 0, "without bypass an unbound queue drops")
+    }
+
+    /// A socket buffer too small for the burst: the kernel reports ENOBUFS (counted), and with fail-open it accepts
+    /// what it could not deliver.
+    func testENOBUFSIsCountedAndFailOpenAccepts() throws {
+        var configuration = QueueConfiguration(queueNumber: queueNumber)
+        configuration.receiveBufferBytes = 1  // the kernel rounds this up to its minimum: a few packets
+        configuration.failOpen = true
+        let queue = try NetfilterQueue(configuration)
+        try installQueueRule()
+        for index in 0 ..< 50 { send([UInt8(index)]) }  // nobody reads yet
+        let stop = start(queue) { _ in .accept }
+        XCTAssertEqual(Set(receive(count: 50, timeout: 5).map { $0[0] }).count, 50, "every packet gets through")
+        XCTAssertTrue(Host.wait(timeout: 2) { queue.counters.enobufs >= 1 }, "counters: \(queue.counters)")
+        XCTAssertLessThan(queue.counters.received, 50)
+        XCTAssertGreaterThan(queue.counters.received, 0)
+        // The packets that waited in the socket are accepted by batch verdicts.
+        XCTAssertLessThan(queue.counters.verdictMessages, queue.counters.received, "counters: \(queue.counters)")
+        XCTAssertEqual(NetfilterQueue.kernelStatistics(queueNumber: queueNumber)?.queueTotal, 0)
+        // user_dropped stays 0: with fail-open the kernel accepts what it cannot deliver instead of dropping it.
+        XCTAssertEqual(NetfilterQueue.kernelStatistics(queueNumber: queueNumber)?.userDropped, 0)
+        _ = stop()
+    }
+
+    func testSecondReaderOnTheSameQueueIsRefused() throws {
+        let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+        XCTAssertThrowsError(try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))) { error in
+            let error = error as! NetfilterError
+            XCTAssertEqual(error.operation, "NFQNL_CFG_CMD_BIND")
+            XCTAssertTrue(error.description.contains("queue \(self.queueNumber) is already bound by another process"), error.description)
+        }
+        withExtendedLifetime(queue) {}
+    }
+
+    func testKernelStatisticsLineParsing() {
+        let line = "  101  12345     2 2 65535     7     3      988  1"
+        XCTAssertEqual(KernelQueueStatistics(line: Substring(line)),
+                       KernelQueueStatistics(queueNumber: 101, portID: 12345, queueTotal: 2, copyMode: 2, copyRange: 65535,
+                                             queueDropped: 7, userDropped: 3, idSequence: 988))
+        XCTAssertNil(KernelQueueStatistics(line: "garbage"))
+    }
+
+    // MARK: Packet rewriting (test-only helper)
+
+    /// `packet` (IPv4 + UDP) with its UDP payload replaced; total length, UDP length and both checksums fixed.
+    static func ipv4UDP(_ packet: [UInt8], withPayload payload: [UInt8]) -> [UInt8] {
+        let headerLength = Int(packet[0] & 0x0f) * 4
+        var result = Array(packet[0 ..< headerLength + 8]) + payload
+        func put16(_ value: UInt16, at offset: Int) {
+            result[offset] = UInt8(value >> 8)
+            result[offset + 1] = UInt8(value & 0xff)
+        }
+        func checksum(_ bytes: [UInt8]) -> UInt16 {
+            var sum: UInt32 = 0
+            var index = 0
+            while index + 1 < bytes.count {
+                sum += UInt32(bytes[index]) << 8 | UInt32(bytes[index + 1])
+                index += 2
+            }
+            if index < bytes.count { sum += UInt32(bytes[index]) << 8 }
+            while sum > 0xffff { sum = (sum & 0xffff) + (sum >> 16) }
+            return ~UInt16(sum)
+        }
+        put16(UInt16(result.count), at: 2)
+        put16(0, at: 10)
+        put16(checksum(Array(result[0 ..< headerLength])), at: 10)
+        let udpLength = UInt16(8 + payload.count)
+        put16(udpLength, at: headerLength + 4)
+        put16(0, at: headerLength + 6)
+        let pseudo = Array(result[12 ..< 20]) + [0, 17, UInt8(udpLength >> 8), UInt8(udpLength & 0xff)]
+        let sum = checksum(pseudo + Array(result[headerLength...]))
+        put16(sum == 0 ? 0xffff : sum, at: headerLength + 6)
+        return result
+    }
+}
+
+/// Thread-safe test counters and failure slots (Mutex keeps them Sendable without @unchecked).
+final class Counter: Sendable {
+    private let storage = Mutex<Int>(0)
+    func increment() { storage.withLock { $0 += 1 } }
+    var value: Int { storage.withLock { $0 } }
+}
+
+final class WeakQueue: Sendable {
+    private let storage: Mutex<WeakBox>
+    private struct WeakBox { weak var queue: NetfilterQueue? }
+    init(_ queue: NetfilterQueue) { storage = Mutex(WeakBox(queue: queue)) }
+    var queue: NetfilterQueue? { storage.withLock { $0.queue } }
+}
+
+final class Failure: Sendable {
+    private let storage = Mutex<String?>(nil)
+    func record(_ message: String) { storage.withLock { $0 = message } }
+    var message: String? { storage.withLock { $0 } }
+}

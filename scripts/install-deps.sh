@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Midcom needs to build, run and test (idempotent; needs root).
+set -euo pipefail
+packages=(
+  libnetfilter-queue-dev libnftnl-dev libmnl-dev pkg-config  # build: the CNetfilter system library
+  nftables iptables iproute2 conntrack procps util-linux     # run: ruleset, lab namespaces, unshare
+  python3 python3-scapy socat tshark systemd                 # test: traffic, captures, unit checks
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: missing ${missing[*]}; run as root (sudo make ...)" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# tshark asks whether non-root users may capture; answer for it.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"
