@@ -106,4 +106,38 @@ static inline int cnf_nftnl_expr_set_nfqueue_v3(struct nftnl_expr *expr, uint16_
     return nftnl_expr_set(expr, NFTNL_EXPR_TG_INFO, info, (uint32_t)cnf_xt_nfq_info_v3_size());
 }
 
+// MARK: ctnetlink (conntrack)
+
+#include <linux/netfilter/nfnetlink_conntrack.h>
+
+// Bits of CTA_FILTER_ORIG_FLAGS: which fields of the CTA_TUPLE_ORIG sent with a dump the kernel compares.
+// The kernel defines them in net/netfilter/nf_internals.h, not in a uapi header, so they are spelled out here;
+// they are ABI all the same (conntrack-tools sends them). Supported since Linux 5.10.
+static const uint32_t cnf_cta_filter_ip_src = 1u << 0;
+static const uint32_t cnf_cta_filter_ip_dst = 1u << 1;
+static const uint32_t cnf_cta_filter_proto_num = 1u << 3;
+static const uint32_t cnf_cta_filter_proto_src_port = 1u << 4;
+static const uint32_t cnf_cta_filter_proto_dst_port = 1u << 5;
+
+/// Appends the nfgenmsg header of an nfnetlink request (family, NFNETLINK_V0, res_id 0) after `nlh`.
+static inline void cnf_nfnl_put_nfgenmsg(struct nlmsghdr *nlh, uint8_t family) {
+    struct nfgenmsg *nfg = (struct nfgenmsg *)mnl_nlmsg_put_extra_header(nlh, sizeof(struct nfgenmsg));
+    nfg->nfgen_family = family;
+    nfg->version = NFNETLINK_V0;
+    nfg->res_id = 0;
+}
+
+/// The family (nfgen_family) of an nfnetlink message, or 0 if it is too short to carry an nfgenmsg.
+static inline uint8_t cnf_nfnl_family(const struct nlmsghdr *nlh) {
+    if (nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(struct nfgenmsg)) return 0;
+    return ((const struct nfgenmsg *)mnl_nlmsg_get_payload(nlh))->nfgen_family;
+}
+
+/// The errno carried by NLMSG_DONE of a dump (0 when the dump ended normally).
+static inline int cnf_nlmsg_done_error(const struct nlmsghdr *nlh) {
+    if (nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(int)) return 0;
+    int code = *(const int *)mnl_nlmsg_get_payload(nlh);
+    return code < 0 ? -code : 0;
+}
+
 #endif

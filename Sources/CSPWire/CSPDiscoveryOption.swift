@@ -57,6 +57,24 @@ public struct CSPDiscoveryOption: Hashable, Sendable {
     /// Where ANNOUNCE goes for this option.
     public var effectiveReplyPort: UInt16 { replyPort == 0 ? CSPMessage.defaultPort : replyPort }
 
+    /// nftables match expressions that select packets carrying the option, so that only those are
+    /// queued to the daemon (verified with nft 1.0.6 on Linux 6.18; limits in PROTOCOL.md 9.3).
+    ///
+    /// In libnftnl terms: IPv4 is `payload network 0/1 & 0x0f > 5` plus `payload network 20/1 == 0x9e`;
+    /// IPv6 is `payload network 6/1 == 0` plus `payload network 42/1 == 0x1e`; TCP is an `exthdr`
+    /// expression with op TCPOPT, type 253, offset 2, length 2, compared with 0x4353 (the kernel
+    /// walks the options; only nft's parser rejects `tcp option @253,0,8 exists`).
+    public enum NFTPrefilter {
+        /// Matches only when the discovery option is the first IPv4 option.
+        public static let ipv4 = "ip hdrlength > 5 @nh,160,8 0x9e"
+        /// Matches only when the option is first in a hop-by-hop header right after the IPv6 header.
+        public static let ipv6 = "ip6 nexthdr 0 @nh,336,8 0x1e"
+        /// Any hop-by-hop header (coarser; includes MLD router alerts).
+        public static let ipv6AnyHopByHop = "exthdr hbh exists"
+        /// Kind 253 anywhere among the TCP options, but only the first kind-253 option is examined.
+        public static let tcp = "tcp option @253,16,16 0x4353"
+    }
+
     // MARK: parse
 
     /// Decodes a body (the option data after the container's own type/length/ExID octets).

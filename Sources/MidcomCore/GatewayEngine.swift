@@ -19,7 +19,14 @@ public enum KernelChange: Sendable, Equatable {
     /// Admit packets of the flow (initiator → responder); replies ride conntrack. Re-admitting an
     /// existing flow replaces its timeout.
     case admit(FlowTuple, lifetime: UInt32)
+    /// Remove the admission and the flow's conntrack entries, so an established flow stops too.
     case revoke(FlowTuple)
+    /// Translate the flow's source to `to` (outgoing NAT traversal).
+    case snat(FlowTuple, to: CSPEndpoint, lifetime: UInt32)
+    case removeSNAT(FlowTuple)
+    /// Translate packets to `external` into packets to `to` (incoming NAT traversal).
+    case dnat(IPProtocol, external: CSPEndpoint, to: CSPEndpoint, lifetime: UInt32)
+    case removeDNAT(IPProtocol, external: CSPEndpoint)
 }
 
 /// What to do with an intercepted signaling packet.
@@ -62,6 +69,11 @@ public struct EngineCounters: Sendable, Equatable {
     public var unsignaledAdmitted: UInt64 = 0
     public var expired: UInt64 = 0
     public var tableFull: UInt64 = 0
+    public var redirected: UInt64 = 0
+    public var mapped: UInt64 = 0
+    public var announced: UInt64 = 0
+    public var announceLimited: UInt64 = 0
+    public var localRequests: UInt64 = 0
 
     public var asDictionary: [String: UInt64] {
         [
@@ -70,6 +82,8 @@ public struct EngineCounters: Sendable, Equatable {
             "mismatched_replies": mismatchedReplies, "spoofed_flows": spoofedFlows, "unknown_types": unknownTypes,
             "unsignaled_dropped": unsignaledDropped, "unsignaled_passed": unsignaledPassed,
             "unsignaled_admitted": unsignaledAdmitted, "expired": expired, "table_full": tableFull,
+            "redirected": redirected, "mapped": mapped, "announced": announced, "announce_limited": announceLimited,
+            "local_requests": localRequests,
         ]
     }
 }
@@ -85,8 +99,14 @@ public enum UnsignaledDecision: Sendable, Equatable {
 /// The middlebox's signaling logic: pure, deterministic, no syscalls. The daemon feeds it
 /// intercepted packets and the time, and carries out the verdicts and kernel changes it returns.
 public struct GatewayEngine: Sendable {
-    public private(set) var sessions = SessionTable()
-    public private(set) var counters = EngineCounters()
+    public internal(set) var sessions = SessionTable()
+    public internal(set) var counters = EngineCounters()
+    /// External ports in use by NAT mappings, per protocol.
+    var natPortsInUse: [IPProtocol: Set<UInt16>] = [:]
+    var natPortCursor: UInt16 = 0
+    /// ANNOUNCEs sent in the current second: discovery must not turn the gateway into a reflector.
+    var announceWindow: (second: UInt64, count: Int) = (0, 0)
+    public static let announcesPerSecond = 100
     public let identity: MiddleboxIdentity
     public let policy: Policy
     var configuration: MidcomConfiguration { policy.configuration }
@@ -146,13 +166,14 @@ public struct GatewayEngine: Sendable {
         let decision = policy.decide(
             flow: flow, application: setup.application, incoming: incoming, requestedLifetime: setup.lifetime)
         switch decision.action {
-        case .reject, .redirect:
-            // Redirect needs the proxy path of a later issue; until then it is refused, never silently admitted.
+        case .reject:
             counters.rejected += 1
-            if let existing = sessions[id: setup.sessionID], existing.flow == flow { sessions.remove(id: existing.id) }
+            if let existing = sessions[id: setup.sessionID], existing.flow == flow { removeSession(existing.id) }
             return rejection(
                 of: setup, to: source, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
                 event: "rejected SETUP \(hex(setup.sessionID)) \(flow): \(decision.reason ?? "policy")")
+        case .redirect:
+            return redirect(setup, flow: flow, decision: decision, from: source, now: now)
         case .admit:
             if sessions[id: setup.sessionID] == nil, sessions.count >= configuration.maximumSessions {
                 counters.tableFull += 1
@@ -169,14 +190,74 @@ public struct GatewayEngine: Sendable {
             session.grantedLifetime = decision.lifetime
             session.updatedAt = now
             if session.state == .pending { session.expiresAt = now.adding(seconds: configuration.pendingTimeout) }
-            sessions.upsert(session)
+            // Outgoing NAT traversal: choose the mapping now, so the responder and every middlebox
+            // upstream see the flow as it will look after translation.
             var forwarded = setup
+            if !incoming, session.mapping == nil, let nat = configuration.nat, natApplies(nat, flow) {
+                let port = flow.sourcePort == 0 ? 0 : allocateNATPort(flow.proto, preferred: flow.sourcePort)
+                if let port {
+                    session.mapping = CSPEndpoint(address: nat.externalAddress, port: port)
+                } else {
+                    counters.tableFull += 1
+                    return rejection(
+                        of: setup, to: source, result: .resourcesExhausted, reason: "no free NAT port", retryAfter: 30,
+                        event: "NAT ports exhausted: rejected \(hex(setup.sessionID))")
+                }
+            }
+            sessions.upsert(session)
+            if let mapping = session.mapping {
+                var translated = flow
+                translated.source = mapping.address
+                if mapping.port != 0 { translated.sourcePort = mapping.port }
+                forwarded.tlvs = forwarded.tlvs.map { if case .flow = $0 { .flow(translated) } else { $0 } }
+            }
             if setup.flags.contains(.recordRoute) {
-                forwarded.tlvs.append(.middleboxRecord(record(.forwarded, lifetime: decision.lifetime)))
+                var record = record(session.mapping == nil ? .forwarded : .mapped, lifetime: decision.lifetime)
+                if let mapping = session.mapping { record.tlvs.append(.mappedAddress(mapping)) }
+                forwarded.tlvs.append(.middleboxRecord(record))
             }
             return SignalingOutcome(
                 verdict: rewritten(original: setup, forwarded), event: "SETUP \(hex(setup.sessionID)) \(flow) pending")
         }
+    }
+
+    /// The host must go through a proxy: answer REDIRECT and pre-admit the host → proxy flow, so the
+    /// host can reconnect at once without signaling again (docs/PROTOCOL.md, REDIRECT).
+    mutating func redirect(_ setup: CSPMessage, flow: FlowTuple, decision: PolicyDecision, from source: CSPEndpoint, now: Instant)
+        -> SignalingOutcome
+    {
+        guard let target = decision.redirectTarget, target.address.family == flow.source.family else {
+            counters.rejected += 1
+            return rejection(
+                of: setup, to: source, result: .policyDenied, reason: "flows of this kind must use a proxy of the other address family",
+                event: "cannot redirect \(flow): no proxy of its family")
+        }
+        guard setup.requestedAction?.contains(.allowRedirect) ?? true else {
+            counters.rejected += 1
+            return rejection(
+                of: setup, to: source, result: .policyDenied, reason: "flows of this kind must go through the proxy \(target)",
+                event: "rejected \(hex(setup.sessionID)) \(flow): host does not accept redirection")
+        }
+        counters.redirected += 1
+        let proxyFlow = FlowTuple(
+            proto: flow.proto, source: flow.source, sourcePort: 0, destination: target.address, destinationPort: target.port)
+        if let old = sessions[id: setup.sessionID] { removeSession(old.id) }
+        var session = Session(
+            id: setup.sessionID, flow: flow, state: .redirected, installed: [.admission(proxyFlow)],
+            application: setup.application, createdAt: now, expiresAt: now.adding(seconds: decision.lifetime),
+            grantedLifetime: decision.lifetime)
+        session.redirectTarget = target
+        sessions.upsert(session)
+        let reply = CSPMessage(
+            type: .redirect, flags: .fromMiddlebox, result: .success, sessionID: setup.sessionID, nonce: setup.nonce,
+            tlvs: [
+                .redirectTarget(target), .lifetime(decision.lifetime), .epoch(identity.epoch),
+                .middleboxRecord(record(.redirected, lifetime: decision.lifetime, extra: [.redirectTarget(target)])),
+            ])
+        return SignalingOutcome(
+            verdict: .drop, kernel: [.admit(proxyFlow, lifetime: decision.lifetime)],
+            reply: OutgoingMessage(message: reply, destination: source),
+            event: "redirected \(hex(setup.sessionID)) \(flow) to proxy \(target)")
     }
 
     mutating func handleAccept(_ accept: CSPMessage, from source: CSPEndpoint, to destination: CSPEndpoint, now: Instant)
@@ -192,19 +273,30 @@ public struct GatewayEngine: Sendable {
         }
         let wasAdmitted = session.state == .admitted
         let lifetime = min(session.grantedLifetime, accept.lifetime.map { $0 == 0 ? session.grantedLifetime : $0 } ?? .max)
+        var kernel: [KernelChange] = [.admit(session.flow, lifetime: lifetime)]
+        session.installed = [.admission(session.flow)]
+        if let mapping = session.mapping, mapping.port != 0 {
+            kernel.append(.snat(session.flow, to: mapping, lifetime: lifetime))
+            session.installed.append(.snat(session.flow, to: mapping))
+        }
         session.state = .admitted
-        session.installed = .admit(session.flow)
         session.pendingNonce = nil
         session.updatedAt = now
         session.grantedLifetime = lifetime
         session.expiresAt = now.adding(seconds: lifetime)
         sessions.upsert(session)
         if wasAdmitted { counters.refreshed += 1 } else { counters.admitted += 1 }
+        if session.mapping != nil, !wasAdmitted { counters.mapped += 1 }
         var forwarded = accept
-        forwarded.tlvs.append(.middleboxRecord(record(.admitted, lifetime: lifetime)))
+        if let mapping = session.mapping {
+            forwarded.tlvs.append(.middleboxRecord(record(.mapped, lifetime: lifetime, extra: [.mappedAddress(mapping)])))
+        } else {
+            forwarded.tlvs.append(.middleboxRecord(record(.admitted, lifetime: lifetime)))
+        }
+        let mappedNote = session.mapping.map { " mapped to \($0)" } ?? ""
         return SignalingOutcome(
-            verdict: rewritten(original: accept, forwarded), kernel: [.admit(session.flow, lifetime: lifetime)],
-            event: "\(wasAdmitted ? "refreshed" : "admitted") \(hex(session.id)) \(session.flow) for \(lifetime)s")
+            verdict: rewritten(original: accept, forwarded), kernel: kernel,
+            event: "\(wasAdmitted ? "refreshed" : "admitted") \(hex(session.id)) \(session.flow)\(mappedNote) for \(lifetime)s")
     }
 
     mutating func handleReject(_ reject: CSPMessage, from source: CSPEndpoint, to destination: CSPEndpoint) -> SignalingOutcome {
@@ -212,7 +304,7 @@ public struct GatewayEngine: Sendable {
             // Someone else's (e.g. an upstream middlebox's) REJECT for a session we never held: pass it on.
             return SignalingOutcome(verdict: .forward)
         }
-        sessions.remove(id: session.id)
+        removeSession(session.id)
         var forwarded = reject
         forwarded.tlvs.append(.middleboxRecord(record(.removed, lifetime: 0)))
         return SignalingOutcome(
@@ -242,7 +334,7 @@ public struct GatewayEngine: Sendable {
         guard let session = sessions[id: teardown.sessionID],
             owner(of: session) == source.address || responder(of: session) == source.address
         else { return SignalingOutcome(verdict: .forward) }
-        sessions.remove(id: session.id)
+        removeSession(session.id)
         counters.tornDown += 1
         return SignalingOutcome(
             verdict: .forward, kernel: revocation(of: session), event: "torn down \(hex(session.id)) \(session.flow)")
@@ -253,7 +345,7 @@ public struct GatewayEngine: Sendable {
     public mutating func kernelChangeFailed(sessionID: UInt64, replyTo destination: CSPEndpoint, nonce: UInt64, reason: String)
         -> SignalingOutcome
     {
-        sessions.remove(id: sessionID)
+        removeSession(sessionID)
         counters.admitted -= min(counters.admitted, 1)
         let reject = CSPMessage(
             type: .reject, flags: .fromMiddlebox, result: .middleboxUnavailable, sessionID: sessionID, nonce: nonce,
@@ -286,7 +378,7 @@ public struct GatewayEngine: Sendable {
             while let other = sessions[id: id], other.flow != flow { id &+= 1 }
             sessions.upsert(
                 Session(
-                    id: id, flow: flow, state: .legacy, installed: .admit(flow), createdAt: now,
+                    id: id, flow: flow, state: .legacy, installed: [.admission(flow)], createdAt: now,
                     expiresAt: now.adding(seconds: lifetime), grantedLifetime: lifetime))
             return .admit(.admit(flow, lifetime: lifetime))
         }
@@ -297,18 +389,20 @@ public struct GatewayEngine: Sendable {
     public mutating func expire(now: Instant) -> [Session] {
         let expired = sessions.expire(now: now)
         counters.expired += UInt64(expired.count)
+        for session in expired { releaseNATPorts(of: session) }
         return expired
     }
 
     /// Operator removal (`midctl delete`): the kernel changes that undo what was installed.
     public mutating func delete(id: UInt64, dryRun: Bool = false) -> (Session, [KernelChange])? {
         guard let session = sessions[id: id] else { return nil }
-        if !dryRun { sessions.remove(id: id) }
+        if !dryRun { removeSession(id) }
         return (session, revocation(of: session))
     }
 
     public mutating func flush(dryRun: Bool = false) -> ([Session], [KernelChange]) {
         let all = dryRun ? Array(sessions.all) : sessions.removeAll()
+        if !dryRun { natPortsInUse.removeAll() }
         return (all, all.flatMap(revocation(of:)))
     }
 
@@ -320,17 +414,53 @@ public struct GatewayEngine: Sendable {
         while sessions[id: id] != nil { id &+= 1 }
         sessions.upsert(
             Session(
-                id: id, flow: flow, state: .admitted, installed: .admit(flow), createdAt: now,
+                id: id, flow: flow, state: .admitted, installed: [.admission(flow)], createdAt: now,
                 expiresAt: now.adding(seconds: remaining), grantedLifetime: remaining))
     }
 
     // MARK: helpers
 
     func revocation(of session: Session) -> [KernelChange] {
-        switch session.installed {
-        case .none: []
-        case .admit(let flow), .redirect(let flow, _): [.revoke(flow)]
+        session.installed.map { object in
+            switch object {
+            case .admission(let flow): .revoke(flow)
+            case .snat(let flow, _): .removeSNAT(flow)
+            case .dnat(let proto, let external, _): .removeDNAT(proto, external: external)
+            }
         }
+    }
+
+    /// Removes a session and gives back its NAT ports.
+    mutating func removeSession(_ id: UInt64) {
+        guard let session = sessions.remove(id: id) else { return }
+        releaseNATPorts(of: session)
+    }
+
+    mutating func releaseNATPorts(of session: Session) {
+        guard let mapping = session.mapping, mapping.port != 0 else { return }
+        natPortsInUse[session.flow.proto]?.remove(mapping.port)
+    }
+
+    func natApplies(_ nat: NATConfiguration, _ flow: FlowTuple) -> Bool {
+        flow.source.family == .ipv4 && nat.isInternal(flow.source) && !nat.isInternal(flow.destination)
+    }
+
+    /// The host's own port when free (so port-preserving applications keep working), else the next
+    /// free port of the configured range.
+    mutating func allocateNATPort(_ proto: IPProtocol, preferred: UInt16) -> UInt16? {
+        guard let nat = configuration.nat else { return nil }
+        var used = natPortsInUse[proto] ?? []
+        defer { natPortsInUse[proto] = used }
+        if preferred != 0, used.insert(preferred).inserted { return preferred }
+        let size = Int(nat.ports.upperBound - nat.ports.lowerBound) + 1
+        for step in 0..<size {
+            let port = nat.ports.lowerBound &+ UInt16((Int(natPortCursor) + step) % size)
+            if used.insert(port).inserted {
+                natPortCursor = UInt16((Int(natPortCursor) + step + 1) % size)
+                return port
+            }
+        }
+        return nil
     }
 
     /// The address that signals for the session (and may refresh or tear it down).
@@ -342,10 +472,10 @@ public struct GatewayEngine: Sendable {
         return address.isUnspecified ? nil : address
     }
 
-    func record(_ decision: CSPDecision, lifetime: UInt32) -> CSPMiddleboxRecord {
+    func record(_ decision: CSPDecision, lifetime: UInt32, extra: [CSPTLV] = []) -> CSPMiddleboxRecord {
         CSPMiddleboxRecord(
             middleboxID: identity.id, epoch: identity.epoch, decision: decision, grantedLifetime: lifetime,
-            tlvs: [.middleboxName(identity.name)])
+            tlvs: [.middleboxName(identity.name)] + extra)
     }
 
     func rewritten(original: CSPMessage, _ forwarded: CSPMessage) -> SignalingVerdict {

@@ -43,6 +43,9 @@ public struct MidcomConfiguration: Sendable, Equatable {
     public var maximumSessions = 1_000_000
     public var rules: [PolicyRule] = []
 
+    // [nat]
+    public var nat: NATConfiguration?
+
     public init() {}
 
     public static let defaultPath = "/etc/midcom/midcomd.conf"
@@ -89,16 +92,67 @@ public struct MidcomConfiguration: Sendable, Equatable {
             case "rule":
                 rules.append(try PolicyRule(reading: &reader, index: rules.count))
                 try reader.rejectUnknownKeys()
+            case "nat":
+                nat = try NATConfiguration(reading: &reader)
+                try reader.rejectUnknownKeys()
             default:
                 throw ConfigError(
                     path: path, line: section.line, message: "unknown section [\(section.name)]",
-                    fix: "valid sections are [daemon], [policy] and [[rule]]")
+                    fix: "valid sections are [daemon], [policy], [nat] and [[rule]]")
             }
         }
         if defaultLifetime > maximumLifetime {
             throw ConfigError(
                 path: path, line: 0, message: "default-lifetime \(defaultLifetime) exceeds max-lifetime \(maximumLifetime)",
                 fix: "lower default-lifetime or raise max-lifetime in [policy]")
+        }
+    }
+}
+
+/// `[nat]`: this middlebox is an IPv4 NAT. Signaled flows from `internal` prefixes get an
+/// explicit mapping to `externalAddress` that the host learns through MAPPED-ADDRESS.
+public struct NATConfiguration: Sendable, Equatable {
+    public var externalAddress: IPAddress
+    /// Sources behind the NAT; flows between two internal addresses are not translated.
+    public var internalPrefixes: [IPPrefix]
+    /// External ports handed out when a host's own port is taken.
+    public var ports: ClosedRange<UInt16>
+
+    public init(externalAddress: IPAddress, internalPrefixes: [IPPrefix], ports: ClosedRange<UInt16> = 20000...29999) {
+        self.externalAddress = externalAddress
+        self.internalPrefixes = internalPrefixes
+        self.ports = ports
+    }
+
+    public func isInternal(_ address: IPAddress) -> Bool { internalPrefixes.contains { $0.contains(address) } }
+
+    init(reading reader: inout TableReader) throws(ConfigError) {
+        let path = reader.path
+        guard let v = reader.raw("external-address") else {
+            throw ConfigError(path: path, line: reader.table.line, message: "[nat] needs external-address", fix: "add external-address = \"<the gateway's outside IPv4 address>\"")
+        }
+        guard let address = IPAddress(v.text), address.family == .ipv4 else {
+            throw ConfigError(path: path, line: v.line, message: "'\(v.text)' is not an IPv4 address", fix: "NAT is IPv4 only: write e.g. external-address = \"198.51.100.1\"")
+        }
+        externalAddress = address
+        internalPrefixes = []
+        if let v = reader.raw("internal") {
+            for part in v.text.split(separator: ",") {
+                guard let prefix = IPPrefix(part.trimmingSpaces), prefix.address.family == .ipv4 else {
+                    throw ConfigError(path: path, line: v.line, message: "'\(part)' is not an IPv4 prefix", fix: "write e.g. internal = \"10.0.0.0/8, 192.168.0.0/16\"")
+                }
+                internalPrefixes.append(prefix)
+            }
+        } else {
+            internalPrefixes = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"].compactMap(IPPrefix.init)
+        }
+        ports = 20000...29999
+        if let v = reader.raw("port-range") {
+            let bounds = v.text.split(separator: "-").map { UInt16($0.trimmingSpaces) }
+            guard bounds.count == 2, let low = bounds[0], let high = bounds[1], low > 0, low <= high else {
+                throw ConfigError(path: path, line: v.line, message: "'\(v.text)' is not a port range", fix: "write e.g. port-range = \"20000-29999\"")
+            }
+            ports = low...high
         }
     }
 }

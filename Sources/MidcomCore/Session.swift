@@ -25,19 +25,28 @@ public enum SessionState: String, Sendable, Equatable {
     case legacy
 }
 
-/// What this middlebox installed in the kernel for a session.
-public enum InstalledAction: Sendable, Equatable {
-    case none
-    case admit(FlowTuple)
-    case redirect(FlowTuple, to: CSPEndpoint)
-
-    public var name: String {
-        switch self {
-        case .none: "none"
-        case .admit: "admit"
-        case .redirect: "redirect"
-        }
+extension Session {
+    /// What the session installed, in one word for `midctl`: redirect, nat, admit or none.
+    public var actionName: String {
+        if state == .redirected { return "redirect" }
+        if installed.contains(where: { if case .admission = $0 { false } else { true } }) { return "nat" }
+        return installed.isEmpty ? "none" : "admit"
     }
+
+    /// The admitted flows (for counters and conntrack clean-up).
+    public var admittedFlows: [FlowTuple] {
+        installed.compactMap { if case .admission(let f) = $0 { f } else { nil } }
+    }
+}
+
+/// One piece of kernel state a session owns; removing the session removes all of them.
+public enum InstalledObject: Sendable, Equatable {
+    /// An element in one of the admit/pinhole sets.
+    case admission(FlowTuple)
+    /// Source NAT of the flow's initiator to `to` (outgoing NAT traversal).
+    case snat(FlowTuple, to: CSPEndpoint)
+    /// Destination NAT of `external` to `to` (incoming NAT traversal).
+    case dnat(IPProtocol, external: CSPEndpoint, to: CSPEndpoint)
 }
 
 /// One signaled (or legacy-admitted) flow known to this middlebox.
@@ -46,7 +55,11 @@ public struct Session: Sendable, Equatable {
     /// The flow as signaled, from the initiator's point of view.
     public var flow: FlowTuple
     public var state: SessionState
-    public var installed: InstalledAction
+    public var installed: [InstalledObject]
+    /// The external endpoint a NAT on this middlebox maps the host to (reported in MAPPED-ADDRESS).
+    public var mapping: CSPEndpoint?
+    /// The proxy the host was sent to (REDIRECT).
+    public var redirectTarget: CSPEndpoint?
     public var application: String?
     public var createdAt: Instant
     public var updatedAt: Instant
@@ -59,7 +72,7 @@ public struct Session: Sendable, Equatable {
     public var incoming: Bool
 
     public init(
-        id: UInt64, flow: FlowTuple, state: SessionState, installed: InstalledAction = .none, application: String? = nil,
+        id: UInt64, flow: FlowTuple, state: SessionState, installed: [InstalledObject] = [], application: String? = nil,
         createdAt: Instant, expiresAt: Instant?, grantedLifetime: UInt32, pendingNonce: UInt64? = nil,
         incoming: Bool = false
     ) {
@@ -67,6 +80,8 @@ public struct Session: Sendable, Equatable {
         self.flow = flow
         self.state = state
         self.installed = installed
+        self.mapping = nil
+        self.redirectTarget = nil
         self.application = application
         self.createdAt = createdAt
         self.updatedAt = createdAt

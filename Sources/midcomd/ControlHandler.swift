@@ -41,13 +41,11 @@ extension Daemon {
 
     func applyOperatorChanges(_ changes: [KernelChange], dryRun: Bool) -> String? {
         guard !dryRun, !changes.isEmpty else { return nil }
-        var batch = NFTChangeSet(table: configuration.table)
-        for change in changes { batch.append(change) }
         do {
-            try nft.apply(batch)
+            try apply(changes)
             return nil
         } catch {
-            return "session removed, but the kernel refused to remove its element: \(error)"
+            return "session removed, but the kernel refused to remove its state: \(error)"
         }
     }
 
@@ -59,30 +57,23 @@ extension Daemon {
         }
         // Packet and byte counts live in the kernel elements (`counter` sets); join them by key.
         var counters: [AdmissionElement: (UInt64?, UInt64?)] = [:]
-        let sets = Set(sessions.compactMap { session -> String? in
-            if case .admit(let flow) = session.installed { return AdmissionElement(admitting: flow).set }
-            return nil
-        })
+        let sets = Set(sessions.flatMap { $0.admittedFlows.map { AdmissionElement(admitting: $0).set } })
         for set in sets {
             for element in (try? nft.listElements(table: configuration.table, set: set)) ?? [] {
-                var key = NFTSetKey()
-                key.append(raw: element.key)
                 counters[AdmissionElement(set: set, rawKey: element.key)] = (element.packets, element.bytes)
             }
         }
         return sessions.sorted { $0.createdAt < $1.createdAt }.map { session in
             var packets: UInt64?
             var bytes: UInt64?
-            if case .admit(let flow) = session.installed,
-                let found = counters[AdmissionElement(admitting: flow).normalized]
-            {
+            if let flow = session.admittedFlows.first, let found = counters[AdmissionElement(admitting: flow).normalized] {
                 (packets, bytes) = found
             }
             return SessionRecord(
                 id: hex(session.id), proto: session.flow.proto.description, source: session.flow.source.description,
                 sourcePort: session.flow.sourcePort, destination: session.flow.destination.description,
                 destinationPort: session.flow.destinationPort, state: session.state.rawValue,
-                action: session.installed.name, ageSeconds: now.seconds(since: session.createdAt),
+                action: session.actionName, ageSeconds: now.seconds(since: session.createdAt),
                 remainingSeconds: session.expiresAt.map { max(0, $0.seconds(since: now)) }, packets: packets, bytes: bytes,
                 application: session.application)
         }

@@ -26,7 +26,10 @@ final class Daemon: Sendable {
     let queue: NetfilterQueue
     let encoding: QueueEncoding
     let control = Mutex<ControlServer?>(nil)
-    let replies: Mutex<[IPAddress.Family: UDPSocket]>
+    /// The middlebox's own CSP sockets (one per family, bound to the CSP port): answers leave from
+    /// them, and requests addressed to the middlebox itself arrive on them.
+    let agents: [IPAddress.Family: UDPSocket]
+    let conntrack: ConntrackClient
     let notifier: SystemdNotifier
     let started = ContinuousClock.now
     let malformedPackets = Atomic<UInt64>(0)
@@ -62,7 +65,17 @@ final class Daemon: Sendable {
             try? nft.flushChain(table: configuration.table, chain: "enqueue")
             throw error
         }
-        replies = Mutex([:])
+        var agents: [IPAddress.Family: UDPSocket] = [:]
+        for family in [IPAddress.Family.ipv4, .ipv6] {
+            do {
+                agents[family] = try UDPSocket(family: family, port: configuration.cspPort, reuseAddress: true)
+            } catch {
+                log(.warning, "cannot bind the CSP port \(configuration.cspPort) for \(family): \(error); answering from an ephemeral port")
+                agents[family] = try? UDPSocket(family: family)
+            }
+        }
+        self.agents = agents
+        conntrack = try ConntrackClient()
         adoptKernelState()
     }
 
@@ -74,6 +87,9 @@ final class Daemon: Sendable {
         }
         control.withLock { $0 = server }
         Thread.detachNewThread { server.run() }
+        for socket in agents.values {
+            Thread.detachNewThread { [self] in self.serveLocalRequests(on: socket) }
+        }
         log(.notice, "midcomd started: queue \(configuration.queueNumber) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")
         notifier.notify("READY=1\nSTATUS=queue \(configuration.queueNumber), \(encoding.rawValue) encoding")
         try queue.run(tickInterval: .milliseconds(250), tick: { [self] in tick() }) { [self] packet in
@@ -125,13 +141,9 @@ final class Daemon: Sendable {
         let now = self.now()
         var outcome = engine.withLock { $0.handleSignaling(payload: udp.payload, source: source, destination: destination, now: now) }
         if !outcome.kernel.isEmpty {
-            var changes = NFTChangeSet(table: configuration.table)
-            for change in outcome.kernel { changes.append(change) }
             do {
-                try nft.apply(changes)
+                try apply(outcome.kernel)
             } catch {
-                kernelErrors.add(1, ordering: .relaxed)
-                log(.error, "kernel update failed: \(error)")
                 if let message = try? CSPMessage.parse(udp.payload) {
                     outcome = engine.withLock {
                         $0.kernelChangeFailed(
@@ -158,6 +170,16 @@ final class Daemon: Sendable {
 
     func handleFirstPacket(_ ip: IPPacketView) -> Verdict {
         let flow = ip.flow
+        // Discovery rides on first packets, which are queued anyway: answer, then decide the
+        // packet like any other. A malformed option list is not our business: the packet is
+        // judged on its flow alone.
+        if let found = try? CSPDiscoveryOption.find(in: ip), found.option.flags.contains(.query) {
+            let destination = CSPEndpoint(address: ip.source, port: found.option.effectiveReplyPort)
+            if let announce = engine.withLock({ $0.announce(to: destination, nonce: found.option.nonce, now: now()) }) {
+                send(announce)
+                log.limited(.info, category: "discovery", "ANNOUNCE to \(destination) (\(found.encoding) discovery option)")
+            }
+        }
         let decision = engine.withLock { $0.handleUnsignaled(flow: flow, now: now()) }
         switch decision {
         case .drop:
@@ -165,13 +187,9 @@ final class Daemon: Sendable {
         case .defaultPolicy:
             return .accept
         case .admit(let change):
-            var changes = NFTChangeSet(table: configuration.table)
-            changes.append(change)
             do {
-                try nft.apply(changes)
+                try apply([change])
             } catch {
-                kernelErrors.add(1, ordering: .relaxed)
-                log.limited(.error, category: "kernel", "could not admit legacy flow \(flow): \(error)")
                 return .accept
             }
             return .accept(mark: admittedMark)
@@ -181,17 +199,63 @@ final class Daemon: Sendable {
     func send(_ outgoing: OutgoingMessage) {
         do {
             let bytes = try outgoing.message.serialize()
-            let family = outgoing.destination.address.family
-            let socket = try replies.withLock { sockets throws -> UDPSocket in
-                if let s = sockets[family] { return s }
-                // Answers come from the CSP port, as a peer's agent would send them.
-                let s = try (try? UDPSocket(family: family, port: configuration.cspPort, reuseAddress: true)) ?? UDPSocket(family: family)
-                sockets[family] = s
-                return s
-            }
+            guard let socket = agents[outgoing.destination.address.family] else { return }
             try socket.send(bytes, to: outgoing.destination)
         } catch {
             log.limited(.warning, category: "reply", "could not send \(outgoing.message.type) to \(outgoing.destination): \(error)")
+        }
+    }
+
+    /// Programs one batch of engine decisions; revocations also delete the flows' conntrack
+    /// entries so that established traffic stops with its admission.
+    func apply(_ changes: [KernelChange]) throws {
+        var batch = NFTChangeSet(table: configuration.table)
+        for change in changes { batch.append(change) }
+        do {
+            try nft.apply(batch)
+        } catch {
+            kernelErrors.add(1, ordering: .relaxed)
+            log.limited(.error, category: "kernel", "kernel update failed: \(error)")
+            throw error
+        }
+        for case .revoke(let flow) in changes { forgetConnections(of: flow) }
+    }
+
+    func forgetConnections(of flow: FlowTuple) {
+        let filter = ConntrackFilter(
+            family: flow.source.family == .ipv4 ? 2 : 10, proto: flow.proto.rawValue, source: flow.source.bytes,
+            sourcePort: flow.sourcePort, destination: flow.destination.bytes, destinationPort: flow.destinationPort)
+        do {
+            _ = try conntrack.deleteEntries(matching: filter)
+        } catch {
+            kernelErrors.add(1, ordering: .relaxed)
+            log.limited(.warning, category: "conntrack", "could not delete conntrack entries of \(flow): \(error)")
+        }
+    }
+
+    /// Serves CSP requests addressed to this middlebox (incoming pinholes from any peer).
+    func serveLocalRequests(on socket: UDPSocket) {
+        while !stopping.load(ordering: .relaxed) {
+            guard let received = try? socket.receive(timeout: .milliseconds(250)) else { continue }
+            let now = self.now()
+            let outcome = received.bytes.withUnsafeBytes { payload in
+                engine.withLock { $0.handleLocalRequest(payload: payload, from: received.from, now: now) }
+            }
+            if !outcome.kernel.isEmpty {
+                do {
+                    try apply(outcome.kernel)
+                } catch {
+                    if let request = try? CSPMessage.parse(received.bytes) {
+                        let failed = engine.withLock {
+                            $0.kernelChangeFailed(sessionID: request.sessionID, replyTo: received.from, nonce: request.nonce, reason: "middlebox could not install state")
+                        }
+                        if let reply = failed.reply { send(reply) }
+                    }
+                    continue
+                }
+            }
+            if let event = outcome.event { log.limited(.info, category: "signaling", event) }
+            if let reply = outcome.reply { send(reply) }
         }
     }
 
@@ -208,6 +272,8 @@ final class Daemon: Sendable {
         let expired = engine.withLock { $0.expire(now: now()) }
         for session in expired where session.state != .pending {
             log.limited(.info, category: "expiry", "session \(hex(session.id)) \(session.flow) expired")
+            // The elements time out in the kernel by themselves; the connections they let in must go too.
+            for flow in session.admittedFlows { forgetConnections(of: flow) }
         }
     }
 

@@ -70,20 +70,63 @@ struct AdmissionElement: Hashable {
 }
 
 extension NFTChangeSet {
-    /// Translates the engine's decisions into one batch. Re-admitting replaces the timeout: the
+    /// Translates the engine's decisions into one batch. Re-installing replaces the timeout: the
     /// element is added (a no-op if present), deleted and added again with the new timeout, all in
-    /// the same atomic batch, so it never fails on "exists" or "does not exist".
+    /// the same atomic batch; removal adds before deleting. So neither ever fails on "exists" or
+    /// "does not exist" (e.g. when the element just timed out on its own).
     mutating func append(_ change: KernelChange) {
         switch change {
         case .admit(let flow, let lifetime):
             let element = AdmissionElement(admitting: flow)
-            addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
-            deleteElement(set: element.set, key: element.key)
-            addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
+            replace(set: element.set, key: element.key, data: nil, lifetime: lifetime)
         case .revoke(let flow):
             let element = AdmissionElement(admitting: flow)
-            addElement(set: element.set, key: element.key, timeout: .seconds(1))
-            deleteElement(set: element.set, key: element.key)
+            remove(set: element.set, key: element.key, data: nil)
+        case .snat(let flow, let to, let lifetime):
+            replace(set: "snat4", key: Self.snatKey(flow), data: Self.endpointData(to), lifetime: lifetime)
+        case .removeSNAT(let flow):
+            remove(set: "snat4", key: Self.snatKey(flow), data: Self.endpointData(CSPEndpoint(address: flow.source, port: 0)))
+        case .dnat(let proto, let external, let to, let lifetime):
+            replace(set: "dnat4", key: Self.dnatKey(proto, external), data: Self.endpointData(to), lifetime: lifetime)
+        case .removeDNAT(let proto, let external):
+            remove(set: "dnat4", key: Self.dnatKey(proto, external), data: Self.endpointData(external))
         }
+    }
+
+    private mutating func replace(set: String, key: NFTSetKey, data: NFTSetKey?, lifetime: UInt32) {
+        addElement(set: set, key: key, data: data, timeout: .seconds(lifetime))
+        deleteElement(set: set, key: key)
+        addElement(set: set, key: key, data: data, timeout: .seconds(lifetime))
+    }
+
+    private mutating func remove(set: String, key: NFTSetKey, data: NFTSetKey?) {
+        addElement(set: set, key: key, data: data, timeout: .seconds(1))
+        deleteElement(set: set, key: key)
+    }
+
+    /// snat4: ipv4_addr . inet_proto . inet_service (the internal source)
+    static func snatKey(_ flow: FlowTuple) -> NFTSetKey {
+        var key = NFTSetKey()
+        key.append(ipv4: flow.source.ipv4Value ?? 0)
+        key.append(proto: flow.proto.rawValue)
+        key.append(port: flow.sourcePort)
+        return key
+    }
+
+    /// dnat4: ipv4_addr . inet_proto . inet_service (the external destination)
+    static func dnatKey(_ proto: IPProtocol, _ external: CSPEndpoint) -> NFTSetKey {
+        var key = NFTSetKey()
+        key.append(ipv4: external.address.ipv4Value ?? 0)
+        key.append(proto: proto.rawValue)
+        key.append(port: external.port)
+        return key
+    }
+
+    /// Map data: ipv4_addr . inet_service
+    static func endpointData(_ endpoint: CSPEndpoint) -> NFTSetKey {
+        var data = NFTSetKey()
+        data.append(ipv4: endpoint.address.ipv4Value ?? 0)
+        data.append(port: endpoint.port)
+        return data
     }
 }

@@ -217,6 +217,19 @@ final class CSPMessageTests: XCTestCase {
         XCTAssertEqual(seen, Set(CSPMessageType.allKnown.map(\.rawValue)))
     }
 
+    func testVectorsFollowTheMessageRules() throws {
+        for (name, _, message) in TestVectors.messages { XCTAssertNil(message.ruleViolation, name) }
+        var setup = TestVectors.messages[0].2
+        setup.tlvs.removeAll { $0.type == .lifetime }
+        XCTAssertEqual(setup.ruleViolation, "SETUP requires LIFETIME")
+        var reject = TestVectors.messages[4].2
+        reject.result = .success
+        XCTAssertEqual(reject.ruleViolation, "REJECT requires a non-zero result")
+        reject = TestVectors.messages[4].2
+        reject.tlvs.removeAll { $0.type == .middleboxRecord }
+        XCTAssertEqual(reject.ruleViolation, "a middlebox-originated REJECT requires the middlebox's record")
+    }
+
     func testRandomizedRoundTrip() throws {
         var rng = SplitMix64(seed: 0x5eed_c5b0)
         for i in 0..<3000 {

@@ -80,9 +80,9 @@ enum TestVectors {
             .challengeToken(token),
             record(0xfeed_0000_0000_0001, .challenged, lifetime: 10),
          ])),
-        ("response", "RESPONSE echoing the challenge token",
+        ("response", "RESPONSE echoing the challenge token and repeating the challenged SETUP's TLVs",
          CSPMessage(type: .response, sessionID: session, nonce: 0x99aa_bbcc_ddee_ff00, sequence: 2, tlvs: [
-            .challengeToken(token), .hostAddress(CSPEndpoint(address: hostV4, port: 40000)),
+            .challengeToken(token), .flow(udpFlow), .lifetime(300), .requestedAction([.admit]),
          ])),
         ("rebind-ipv6", "REBIND: a mobile host moved to a new address",
          CSPMessage(type: .rebind, flags: [.recordRoute, .signed], sessionID: session, nonce: 0x0102_0304_0506_0708, sequence: 5, tlvs: [
@@ -90,9 +90,9 @@ enum TestVectors {
             .timestamp(0x0000_0000_6553_f200), .signature(placeholderSignature),
          ])),
         ("add-path", "ADD-PATH: a second path for multihoming",
-         CSPMessage(type: .addPath, flags: [.recordRoute], sessionID: session, nonce: 0x0a0b_0c0d_0e0f_1011, sequence: 6, tlvs: [
+         CSPMessage(type: .addPath, flags: [.recordRoute, .signed], sessionID: session, nonce: 0x0a0b_0c0d_0e0f_1011, sequence: 6, tlvs: [
             .path(CSPPath(pathID: 2, endpoint: CSPEndpoint(address: IPAddress("192.0.2.77")!, port: 40000))),
-            .lifetime(300),
+            .lifetime(300), .timestamp(0x0000_0000_6553_f250), .signature(placeholderSignature),
          ])),
         ("remove-path", "REMOVE-PATH: drop path 2",
          CSPMessage(type: .removePath, sessionID: session, nonce: 0x1213_1415_1617_1819, sequence: 7, tlvs: [
@@ -115,7 +115,7 @@ enum TestVectors {
          ])),
         ("unknown-noncritical", "SETUP with an unknown non-critical TLV 0x0777 (kept verbatim)",
          CSPMessage(type: .setup, sessionID: session, nonce: nonce, sequence: 1, tlvs: [
-            .flow(udpFlow), .unknown(type: 0x0777, value: [0xca, 0xfe]),
+            .flow(udpFlow), .lifetime(60), .unknown(type: 0x0777, value: [0xca, 0xfe]),
          ])),
     ]
 

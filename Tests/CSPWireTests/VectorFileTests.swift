@@ -36,4 +36,15 @@ final class VectorFileTests: XCTestCase {
             XCTAssertEqual(try CSPMessage.parse(bytes), message, name)
         }
     }
+
+    /// docs/PROTOCOL.md quotes every vector file verbatim (run Tests/wire/update-protocol-vectors.py).
+    func testProtocolDocumentQuotesEveryVector() throws {
+        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../docs/PROTOCOL.md")
+        guard let text = try? String(contentsOf: doc, encoding: .utf8) else {
+            throw XCTSkip("docs/PROTOCOL.md not reachable from \(doc.path)")
+        }
+        for vector in TestVectors.all {
+            XCTAssertTrue(text.contains("```\n" + (try TestVectors.render(vector)) + "```\n"), "PROTOCOL.md lacks vector \(vector.name)")
+        }
+    }
 }

@@ -153,3 +153,150 @@ lab_basic() {
   in_ns server ip -6 route add default via fd00:2::1
   lab_forwarding gw
 }
+
+# ---------------------------------------------------------------------------------------------
+# Scenario helpers (issue #3). Everything below only adds functions; the ones above keep their
+# behaviour (foundation.sh relies on them).
+
+FLOWS="$PY $ROOT/Tests/integration/flows.py"
+
+# indent: prefix every line with six spaces (for echoing tool output under a step).
+indent() { sed 's/^/      /'; }
+
+# csp_run NS ARGS...: run csp in a namespace without tripping `set -e`; leaves the combined
+# output in CSP_OUT and the exit status in CSP_RC, and echoes the output indented.
+csp_run() {
+  local n=$1; shift
+  set +e; CSP_OUT=$(in_ns "$n" "$BIN/csp" "$@" 2>&1); CSP_RC=$?; set -e
+  indent <<<"$CSP_OUT"
+}
+
+# session_of TEXT: the 16-hex-digit session ID from csp's "session ID: ..." line.
+session_of() { sed -n 's/^session \([0-9a-f]\{16\}\):.*/\1/p' <<<"$1" | head -1; }
+
+# wait_for_match FILE REGEX SECONDS: wait (bounded) until a line of FILE matches; fails otherwise.
+wait_for_match() {
+  local file=$1 regex=$2 seconds=$3 i
+  for ((i = 0; i < seconds * 10; i++)); do
+    grep -Eq -- "$regex" "$file" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  fail "waited ${seconds}s for /$regex/ in $(basename "$file"): $(cat "$file" 2>/dev/null)"
+}
+
+# now_s: the wall clock in seconds with fractions; sleep_until T: sleep until now_s >= T.
+now_s() { date +%s.%N; }
+sleep_until() {
+  local d; d=$(awk -v t="$1" -v n="$(now_s)" 'BEGIN { d = t - n; if (d < 0) d = 0; if (d > 120) d = 120; printf "%.3f", d }')
+  sleep "$d"
+}
+# after T SECONDS: the time SECONDS after T (for sleep_until).
+after() { awk -v t="$1" -v s="$2" 'BEGIN { printf "%.3f", t + s }'; }
+
+# nft_set NS SET: `nft list set inet midcom SET` in a namespace.
+nft_set() { in_ns "$1" nft list set inet midcom "$2"; }
+
+# nft_element_count NS [SET...]: how many elements the midcom sets hold (default: all six
+# admission sets; sets that do not exist count 0).
+nft_element_count() {
+  local n=$1; shift
+  local sets=("$@")
+  [ ${#sets[@]} -eq 0 ] && sets=(admit4 admit6 admit4_anyport admit6_anyport pinhole4 pinhole6)
+  local total=0 set c
+  for set in "${sets[@]}"; do
+    c=$(in_ns "$n" nft -j list set inet midcom "$set" 2>/dev/null | $PY -c '
+import json, sys
+try:
+    doc = json.load(sys.stdin)
+except ValueError:
+    print(0); sys.exit()
+print(sum(len(o["set"].get("elem", [])) for o in doc["nftables"] if "set" in o))')
+    total=$((total + c))
+  done
+  echo "$total"
+}
+
+# lab_conf NAME: write stdin (a midcomd.conf) to $LAB_DIR/NAME.conf and print the path.
+lab_conf() {
+  local file="$LAB_DIR/$1.conf"
+  cat >"$file"
+  echo "$file"
+}
+
+# lab_line A GW B: A — GW — B with the addresses of lab_basic (A 10.200.1.2 / fd00:1::2,
+# B 10.200.2.2 / fd00:2::2, GW .1 / ::1 on both), for scenarios whose hosts are not "client"
+# and "server".
+lab_line() {
+  local a=$1 g=$2 b=$3
+  lab_ns "$a"; lab_ns "$g"; lab_ns "$b"
+  lab_link "$a" "$g"; lab_link "$g" "$b"
+  lab_addr "$a" "to-$g" 10.200.1.2/24; lab_addr "$a" "to-$g" fd00:1::2/64
+  lab_addr "$g" "to-$a" 10.200.1.1/24; lab_addr "$g" "to-$a" fd00:1::1/64
+  lab_addr "$g" "to-$b" 10.200.2.1/24; lab_addr "$g" "to-$b" fd00:2::1/64
+  lab_addr "$b" "to-$g" 10.200.2.2/24; lab_addr "$b" "to-$g" fd00:2::2/64
+  in_ns "$a" ip route add default via 10.200.1.1
+  in_ns "$a" ip -6 route add default via fd00:1::1
+  in_ns "$b" ip route add default via 10.200.2.1
+  in_ns "$b" ip -6 route add default via fd00:2::1
+  lab_forwarding "$g"
+}
+
+# lab_host GW NAME N: one more host NAME on its own interface of gateway GW:
+# NAME 10.200.N.2/24 + fd00:N::2/64, GW 10.200.N.1 + fd00:N::1, default routes via GW.
+lab_host() {
+  local g=$1 h=$2 i=$3
+  lab_ns "$h"; lab_link "$g" "$h"
+  lab_addr "$g" "to-$h" "10.200.$i.1/24"; lab_addr "$g" "to-$h" "fd00:$i::1/64"
+  lab_addr "$h" "to-$g" "10.200.$i.2/24"; lab_addr "$h" "to-$g" "fd00:$i::2/64"
+  in_ns "$h" ip route add default via "10.200.$i.1"
+  in_ns "$h" ip -6 route add default via "fd00:$i::1"
+}
+
+# lab_proxy: lab_basic plus an off-path proxy host on a third interface of gw:
+# proxy 10.200.3.2 / fd00:3::2 (gw 10.200.3.1 / fd00:3::1). Client–server traffic never crosses it.
+lab_proxy() {
+  lab_basic
+  lab_host gw proxy 3
+}
+
+# lab_nat: inside — nat — outside. Inside 192.168.1.0/24: inside .2 (and .3, a second host
+# address), nat .1. Outside 203.0.113.0/24: nat .1 (its external address), outside .2. The
+# outside host has no route to 192.168.1.0/24: only what the NAT translates reaches it and
+# comes back.
+lab_nat() {
+  lab_ns inside; lab_ns nat; lab_ns outside
+  lab_link inside nat; lab_link nat outside
+  lab_addr inside to-nat 192.168.1.2/24; lab_addr inside to-nat 192.168.1.3/24
+  lab_addr nat to-inside 192.168.1.1/24
+  lab_addr nat to-outside 203.0.113.1/24
+  lab_addr outside to-nat 203.0.113.2/24
+  in_ns inside ip route add default via 192.168.1.1
+  lab_forwarding nat
+}
+
+# lab_nat_signaling NS IFACE: the operator's masquerade, limited to CSP signaling (UDP 7227)
+# leaving through IFACE, in the operator's own table. An operator would masquerade all LAN
+# traffic; restricting it here means a data flow can only be translated by midcomd's own SNAT.
+lab_nat_signaling() {
+  in_ns "$1" nft add table ip operator_nat
+  in_ns "$1" nft add chain ip operator_nat postrouting '{ type nat hook postrouting priority srcnat + 10; policy accept; }'
+  in_ns "$1" nft add rule ip operator_nat postrouting oifname "$2" udp dport 7227 masquerade
+}
+
+# lab_series: client — fw — isp — server: a site firewall and an ISP NAT in series, each
+# with its own midcomd. client 10.200.1.2, fw 10.200.1.1 | 100.64.0.2, isp 100.64.0.1 |
+# 203.0.113.1 (external), server 203.0.113.2 (no route back to the inside).
+lab_series() {
+  lab_ns client; lab_ns fw; lab_ns isp; lab_ns server
+  lab_link client fw; lab_link fw isp; lab_link isp server
+  lab_addr client to-fw 10.200.1.2/24
+  lab_addr fw to-client 10.200.1.1/24
+  lab_addr fw to-isp 100.64.0.2/24
+  lab_addr isp to-fw 100.64.0.1/24
+  lab_addr isp to-server 203.0.113.1/24
+  lab_addr server to-isp 203.0.113.2/24
+  in_ns client ip route add default via 10.200.1.1
+  in_ns fw ip route add default via 100.64.0.1
+  in_ns isp ip route add 10.200.1.0/24 via 100.64.0.2
+  lab_forwarding fw; lab_forwarding isp
+}

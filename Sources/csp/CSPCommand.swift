@@ -14,9 +14,9 @@ struct CSPCommand: ParsableCommand {
         abstract: "Signal connections to the middleboxes on the path (Connection Signaling Protocol).",
         discussion: """
             Exit codes: 0 the request was accepted, 1 it was rejected (the reason is printed), \
-            3 no answer, 2 usage error.
+            3 no answer, 4 redirected to a proxy (the target is printed), 2 usage error.
             """,
-        subcommands: [Setup.self, Refresh.self, Teardown.self, Listen.self]
+        subcommands: [Setup.self, Refresh.self, Teardown.self, Listen.self, Discover.self]
     )
 }
 
@@ -35,6 +35,7 @@ enum ExitStatus {
     static let accepted: Int32 = 0
     static let rejected: Int32 = 1
     static let noAnswer: Int32 = 3
+    static let redirected: Int32 = 4
 }
 
 func parseProtocol(_ text: String) throws -> IPProtocol {
@@ -83,7 +84,11 @@ func run(_ request: CSPMessage, to peer: IPAddress, common: Common) throws -> In
     do {
         let result = try client.exchange(request, with: destination)
         print(describe(result, machine: common.machine))
-        return result.reply.type == .accept ? ExitStatus.accepted : ExitStatus.rejected
+        switch result.reply.type {
+        case .accept: return ExitStatus.accepted
+        case .redirect: return ExitStatus.redirected
+        default: return ExitStatus.rejected
+        }
     } catch {
         printError("\(error)")
         return ExitStatus.noAnswer
@@ -99,6 +104,8 @@ func describe(_ result: SignalingResult, machine: Bool) -> String {
             "middlebox=\(middlebox)",
         ]
         if let lifetime = reply.lifetime { fields.append("lifetime=\(lifetime)") }
+        if let target = reply.redirectTarget { fields.append("redirect=\(target)") }
+        if let mapped = mappedAddress(of: reply) { fields.append("mapped=\(mapped)") }
         if let reason = reply.reason { fields.append("reason=\"\(reason.text)\"") }
         fields.append("records=\(reply.records.count)")
         return fields.joined(separator: " ")
@@ -109,7 +116,9 @@ func describe(_ result: SignalingResult, machine: Bool) -> String {
     if reply.type != .accept { head += ": \(reply.result)" }
     if let reason = reply.reason { head += ": \(reason.text)" + (reason.retryAfter > 0 ? " (retry after \(reason.retryAfter)s)" : "") }
     if reply.type == .accept, let lifetime = reply.lifetime { head += ", lifetime \(lifetime)s" }
+    if let target = reply.redirectTarget { head += ": redirect to \(target)" }
     lines.append(head)
+    if let mapped = mappedAddress(of: reply) { lines.append("  mapped to \(mapped)") }
     for record in reply.records {
         let name = record.tlvs.lazy.compactMap { if case .middleboxName(let n) = $0 { n } else { nil } }.first ?? "?"
         var line = "  middlebox \(name) id \(hex(record.middleboxID)) epoch \(record.epoch): \(record.decision)"
@@ -117,6 +126,16 @@ func describe(_ result: SignalingResult, machine: Bool) -> String {
         lines.append(line)
     }
     return lines.joined(separator: "\n")
+}
+
+/// The external address a NAT on the path applied: in the reply itself when the NAT answered,
+/// else in the record of the NAT nearest to the host (the last one appended on the way back).
+func mappedAddress(of reply: CSPMessage) -> CSPEndpoint? {
+    if let direct = reply.mappedAddress { return direct }
+    for record in reply.records.reversed() {
+        for case .mappedAddress(let endpoint) in record.tlvs { return endpoint }
+    }
+    return nil
 }
 
 func printError(_ message: String) {
@@ -152,8 +171,10 @@ extension CSPCommand {
         var app: String?
         @Flag(help: "Open an incoming pinhole: this host is the responder of the flow.")
         var incoming = false
-        @Option(help: "Incoming: the peer allowed to connect (address or address:port).")
+        @Option(help: "Incoming: the peer allowed to connect (address, address:port, or 'any').")
         var peer: String?
+        @Option(help: "Incoming from any peer: the middlebox to ask (there is no peer to send the SETUP to).")
+        var via: String?
         @Option(help: "Incoming: the local port peers connect to.")
         var localPort: UInt16?
         @Option(help: "Session ID as 16 hex digits (default: random).")
@@ -164,14 +185,24 @@ extension CSPCommand {
             let proto = try parseProtocol(self.proto)
             let flow: FlowTuple
             let signalTo: IPAddress
-            var action: CSPRequestedAction = [.admit]
+            var action: CSPRequestedAction = [.admit, .allowRedirect]
             if incoming {
                 guard let peer, let localPort else { throw ValidationError("--incoming needs --peer and --local-port") }
-                let peerEndpoint = CSPEndpoint(parsing: peer) ?? IPAddress(peer).map { CSPEndpoint(address: $0, port: 0) }
-                guard let peerEndpoint else { throw ValidationError("--peer '\(peer)' is not an address") }
-                let local = try source.flatMap(IPAddress.init) ?? UDPSocket.sourceAddress(toward: CSPEndpoint(address: peerEndpoint.address, port: common.cspPort))
-                flow = FlowTuple(proto: proto, source: peerEndpoint.address, sourcePort: peerEndpoint.port, destination: local, destinationPort: localPort)
-                signalTo = peerEndpoint.address
+                if peer == "any" {
+                    guard let via, let middlebox = IPAddress(via) else {
+                        throw ValidationError("--peer any needs --via MIDDLEBOX-ADDRESS (find it with `csp discover`)")
+                    }
+                    let local = try source.flatMap(IPAddress.init) ?? UDPSocket.sourceAddress(toward: CSPEndpoint(address: middlebox, port: common.cspPort))
+                    let any = middlebox.family == .ipv4 ? IPAddress(ipv4: 0) : IPAddress(ipv6: 0, 0)
+                    flow = FlowTuple(proto: proto, source: any, sourcePort: 0, destination: local, destinationPort: localPort)
+                    signalTo = middlebox
+                } else {
+                    let peerEndpoint = CSPEndpoint(parsing: peer) ?? IPAddress(peer).map { CSPEndpoint(address: $0, port: 0) }
+                    guard let peerEndpoint else { throw ValidationError("--peer '\(peer)' is not an address") }
+                    let local = try source.flatMap(IPAddress.init) ?? UDPSocket.sourceAddress(toward: CSPEndpoint(address: peerEndpoint.address, port: common.cspPort))
+                    flow = FlowTuple(proto: proto, source: peerEndpoint.address, sourcePort: peerEndpoint.port, destination: local, destinationPort: localPort)
+                    signalTo = via.flatMap(IPAddress.init) ?? peerEndpoint.address
+                }
                 action.insert(.listen)
             } else {
                 guard let destination else { throw ValidationError("give the responder as address:port") }

@@ -1,0 +1,229 @@
+// udpblast: bounded UDP load for the Midcom benchmark (sendmmsg / recvmmsg).
+//
+//   udpblast send DST PORT [-s IPSIZE] [-r PPS] [-d SECONDS] [-S SPORT]
+//       One flow SPORT -> DST:PORT, IPv4 packets of IPSIZE bytes (default 64; payload = IPSIZE - 28, at least 16),
+//       at PPS packets/s (0 = as fast as possible) for SECONDS. Every payload carries a sequence number and the
+//       CLOCK_MONOTONIC send time, so a receiver in another namespace of this machine can measure one-way latency.
+//   udpblast flows DST PORTBASE -f FLOWS [-k PKTS_PER_FLOW] [-l LAG] [-r FLOWS_PER_S] [-S SPORT] [-d SECONDS]
+//       FLOWS distinct flows (SPORT+n . DST . PORTBASE+m, 60000 destination ports per source port). The first
+//       packet of flow j is sent at step j, its k-th packet at step j + (k-1)*LAG, so a gateway has LAG steps to
+//       admit a flow before its next packet arrives.
+//   udpblast recv PORT [-d SECONDS]
+//       Counts datagrams on PORT until SECONDS pass (or 1 s of silence after the first datagram) and prints
+//       packets, the rate between the first and the last datagram, and one-way latency percentiles.
+// Everything prints one JSON line on stdout. Run time is bounded by -d in every mode.
+#include "benchutil.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define VLEN 32
+
+struct stamp { uint64_t seq; uint64_t sent_ns; };
+
+static int udp_socket(uint16_t sport) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (fd < 0) bu_die("socket");
+    int size = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
+    if (sport) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(sport)};
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0) bu_die("bind");
+    }
+    return fd;
+}
+
+/// Sleeps until `target` (busy-waits the last 50 µs); used for rate limiting.
+static void wait_until(uint64_t target) {
+    for (;;) {
+        uint64_t now = bu_now_ns();
+        if (now >= target) return;
+        if (target - now > 60000) {
+            struct timespec ts = {0, (long)(target - now - 50000)};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+static int cmd_send(int argc, char **argv) {
+    if (argc < 4) return 2;
+    const char *dst = argv[2];
+    uint16_t port = (uint16_t)atoi(argv[3]);
+    int ipsize = 64;
+    double pps = 0, seconds = 5;
+    uint16_t sport = 40000;
+    int opt;
+    optind = 4;
+    while ((opt = getopt(argc, argv, "s:r:d:S:")) != -1) {
+        switch (opt) {
+        case 's': ipsize = atoi(optarg); break;
+        case 'r': pps = atof(optarg); break;
+        case 'd': seconds = atof(optarg); break;
+        case 'S': sport = (uint16_t)atoi(optarg); break;
+        default: return 2;
+        }
+    }
+    int payload = ipsize - 28;
+    if (payload < (int)sizeof(struct stamp)) payload = sizeof(struct stamp);
+    int fd = udp_socket(sport);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, dst, &to.sin_addr);
+    if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0) bu_die("connect");
+    char *bufs = calloc(VLEN, (size_t)payload);
+    struct mmsghdr msgs[VLEN];
+    struct iovec iov[VLEN];
+    memset(msgs, 0, sizeof msgs);
+    for (int i = 0; i < VLEN; i++) {
+        iov[i].iov_base = bufs + (size_t)i * (size_t)payload;
+        iov[i].iov_len = (size_t)payload;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    bu_install_signals();
+    uint64_t start = bu_now_ns(), end = start + (uint64_t)(seconds * 1e9), seq = 0, sent = 0, errors = 0;
+    // At a fixed rate, send in small bursts (8 packets) so that latency is measured on an even load.
+    int burst = pps > 0 ? (pps < 20000 ? 1 : 8) : VLEN;
+    while (!bu_stop) {
+        uint64_t now = bu_now_ns();
+        if (now >= end) break;
+        if (pps > 0) wait_until(start + (uint64_t)((double)seq * 1e9 / pps));
+        uint64_t t = bu_now_ns();
+        for (int i = 0; i < burst; i++) {
+            struct stamp s = {seq + (uint64_t)i, t};
+            memcpy(iov[i].iov_base, &s, sizeof s);
+        }
+        int n = sendmmsg(fd, msgs, (unsigned)burst, 0);
+        if (n < 0) {
+            errors++;
+            if (errno == ENOBUFS || errno == EAGAIN || errno == ECONNREFUSED) continue;
+            if (errno == EINTR) continue;
+            bu_die("sendmmsg");
+        }
+        seq += (uint64_t)n;
+        sent += (uint64_t)n;
+    }
+    double elapsed = (double)(bu_now_ns() - start) / 1e9;
+    printf("{\"sent\":%llu,\"errors\":%llu,\"seconds\":%.3f,\"offered_pps\":%.0f}\n", (unsigned long long)sent,
+           (unsigned long long)errors, elapsed, (double)sent / elapsed);
+    return 0;
+}
+
+static int cmd_flows(int argc, char **argv) {
+    if (argc < 4) return 2;
+    const char *dst = argv[2];
+    uint16_t portbase = (uint16_t)atoi(argv[3]);
+    long flows = 10000, k = 1, lag = 256;
+    double rate = 0, seconds = 30;
+    uint16_t sport = 20000;
+    int opt;
+    optind = 4;
+    while ((opt = getopt(argc, argv, "f:k:l:r:S:d:")) != -1) {
+        switch (opt) {
+        case 'f': flows = atol(optarg); break;
+        case 'k': k = atol(optarg); break;
+        case 'l': lag = atol(optarg); break;
+        case 'r': rate = atof(optarg); break;
+        case 'S': sport = (uint16_t)atoi(optarg); break;
+        case 'd': seconds = atof(optarg); break;
+        default: return 2;
+        }
+    }
+    const long per_socket = 60000;
+    if (portbase + 0L + per_socket > 65535) portbase = 65535 - per_socket;
+    int nsock = (int)((flows + per_socket - 1) / per_socket);
+    int *fds = calloc((size_t)nsock, sizeof(int));
+    for (int i = 0; i < nsock; i++) fds[i] = udp_socket((uint16_t)(sport + i));
+    struct in_addr daddr;
+    inet_pton(AF_INET, dst, &daddr);
+    bu_install_signals();
+    char payload[36] = {0};
+    uint64_t start = bu_now_ns(), end = start + (uint64_t)(seconds * 1e9), sent = 0, errors = 0;
+    long steps = flows + (k - 1) * lag, step;
+    for (step = 0; step < steps && !bu_stop; step++) {
+        if ((step & 255) == 0 && bu_now_ns() >= end) break;
+        if (rate > 0) wait_until(start + (uint64_t)((double)step * 1e9 / rate));
+        for (long p = 0; p < k; p++) {
+            long flow = step - p * lag;
+            if (flow < 0 || flow >= flows) continue;
+            struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr = daddr,
+                                     .sin_port = htons((uint16_t)(portbase + flow % per_socket))};
+            struct stamp s = {(uint64_t)flow, bu_now_ns()};
+            memcpy(payload, &s, sizeof s);
+            if (sendto(fds[flow / per_socket], payload, sizeof payload, 0, (struct sockaddr *)&to, sizeof to) < 0) errors++;
+            else sent++;
+        }
+    }
+    double elapsed = (double)(bu_now_ns() - start) / 1e9;
+    long flows_started = step < flows ? step : flows;
+    printf("{\"flows\":%ld,\"packets\":%llu,\"errors\":%llu,\"seconds\":%.3f,\"offered_flows_per_s\":%.0f}\n",
+           flows_started, (unsigned long long)sent, (unsigned long long)errors, elapsed, (double)flows_started / elapsed);
+    return 0;
+}
+
+static int cmd_recv(int argc, char **argv) {
+    if (argc < 3) return 2;
+    uint16_t port = (uint16_t)atoi(argv[2]);
+    double seconds = 10;
+    int opt;
+    optind = 3;
+    while ((opt = getopt(argc, argv, "d:")) != -1) {
+        if (opt == 'd') seconds = atof(optarg);
+        else return 2;
+    }
+    int fd = udp_socket(port);
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 100000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    static char bufs[VLEN][2048];
+    struct mmsghdr msgs[VLEN];
+    struct iovec iov[VLEN];
+    memset(msgs, 0, sizeof msgs);
+    for (int i = 0; i < VLEN; i++) {
+        iov[i].iov_base = bufs[i];
+        iov[i].iov_len = sizeof bufs[i];
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    static bu_hist hist;
+    bu_install_signals();
+    uint64_t start = bu_now_ns(), end = start + (uint64_t)(seconds * 1e9), first = 0, last = 0, count = 0, bytes = 0;
+    printf("ready\n");
+    fflush(stdout);
+    while (!bu_stop) {
+        uint64_t now = bu_now_ns();
+        if (now >= end || (count > 0 && now - last > 1000000000ull)) break;
+        int n = recvmmsg(fd, msgs, VLEN, MSG_WAITFORONE, NULL);
+        if (n <= 0) continue;
+        now = bu_now_ns();
+        if (count == 0) first = now;
+        last = now;
+        for (int i = 0; i < n; i++) {
+            count++;
+            bytes += msgs[i].msg_len;
+            if (msgs[i].msg_len >= sizeof(struct stamp)) {
+                struct stamp s;
+                memcpy(&s, bufs[i], sizeof s);
+                if (s.sent_ns <= now) bu_hist_record(&hist, now - s.sent_ns);
+            }
+        }
+    }
+    double window = count > 1 ? (double)(last - first) / 1e9 : 0;
+    printf("{\"received\":%llu,\"bytes\":%llu,\"window_s\":%.3f,\"pps\":%.0f,\"lat_p50_ns\":%.0f,\"lat_p99_ns\":%.0f,"
+           "\"lat_p999_ns\":%.0f,\"lat_max_ns\":%llu}\n",
+           (unsigned long long)count, (unsigned long long)bytes, window, window > 0 ? (double)count / window : 0,
+           bu_hist_percentile(&hist, 50), bu_hist_percentile(&hist, 99), bu_hist_percentile(&hist, 99.9),
+           (unsigned long long)hist.max);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "send") == 0) return cmd_send(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "flows") == 0) return cmd_flows(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "recv") == 0) return cmd_recv(argc, argv);
+    fprintf(stderr, "usage: udpblast send DST PORT [-s IPSIZE] [-r PPS] [-d S] [-S SPORT] | flows DST PORTBASE -f N [-k K] [-l LAG] [-r R] | recv PORT [-d S]\n");
+    return 2;
+}

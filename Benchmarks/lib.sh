@@ -1,0 +1,155 @@
+# Benchmark lab helpers (sourced by Benchmarks/bench.sh). The shape follows Tests/integration/lib.sh:
+# every namespace, process and table the bench makes is registered and removed by an EXIT trap, also
+# when a run fails half-way. Namespaces are named after the bench's PID, so a crashed run never collides.
+#
+# Topology (IPv4 only; all addresses exist only inside namespaces this bench creates):
+#   client 10.201.1.2 ── gw 10.201.1.1 | 10.201.2.1 ── server 10.201.2.2
+# CPU placement: the gateway's queue reader (midcomd or nfqref) runs on CPU 1; traffic generators and
+# receivers run on CPU 0. veth delivery runs in the softirq of the sending CPU, and a reinjected packet
+# continues in the context of the verdict's sendmsg, i.e. on the reader's CPU.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR="$ROOT/Benchmarks"
+RESULTS="$BENCH_DIR/results"
+BIN="$RESULTS/bin"
+SWIFT_BIN="$ROOT/.build-bench/release"
+READER_CPU=${READER_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+
+BL_TAG="mcb$$"
+BL_NAMESPACES=()
+BL_PIDS=()
+BL_DIR=$(mktemp -d /tmp/midcom-bench.XXXXXX)
+
+bl_cleanup() {
+  local rc=$?
+  for pid in "${BL_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${BL_PIDS[@]}"; do
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  for n in "${BL_NAMESPACES[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  if [ $rc -ne 0 ]; then
+    for f in "$BL_DIR"/*.log; do [ -f "$f" ] && { echo "----- $(basename "$f") (last 20 lines)" >&2; tail -n 20 "$f" >&2; }; done
+  fi
+  rm -rf "$BL_DIR"
+  exit $rc
+}
+trap bl_cleanup EXIT
+
+ns() { echo "${BL_TAG}-$1"; }
+in_ns() { local n; n=$(ns "$1"); shift; ip netns exec "$n" "$@"; }
+
+bl_ns() {
+  local n; n=$(ns "$1")
+  ip netns add "$n"
+  BL_NAMESPACES+=("$n")
+  ip -n "$n" link set lo up
+}
+
+BL_LINKS=0
+bl_link() {
+  local a=$1 b=$2
+  BL_LINKS=$((BL_LINKS + 1))
+  local ia="mba$$x$BL_LINKS" ib="mbb$$x$BL_LINKS"
+  ip link add "$ia" type veth peer name "$ib"
+  ip link set "$ia" netns "$(ns "$a")"
+  ip link set "$ib" netns "$(ns "$b")"
+  in_ns "$a" ip link set "$ia" name "to-$b"
+  in_ns "$b" ip link set "$ib" name "to-$a"
+  in_ns "$a" ip link set "to-$b" up
+  in_ns "$b" ip link set "to-$a" up
+}
+
+# bl_bg NS LOG CMD...: background process in a namespace, remembered for cleanup; PID in BL_LAST_PID.
+bl_bg() {
+  local n=$1 logfile=$2; shift 2
+  ip netns exec "$(ns "$n")" "$@" >"$logfile" 2>&1 &
+  BL_LAST_PID=$!
+  BL_PIDS+=("$BL_LAST_PID")
+}
+
+# bl_stop PID: SIGTERM, wait up to 5 s, then SIGKILL.
+bl_stop() {
+  local pid=$1
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# bl_lab: a fresh client — gw — server lab (namespaces deleted first if a previous lab exists).
+bl_lab() {
+  for n in "${BL_NAMESPACES[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  BL_NAMESPACES=()
+  BL_TAG="mcb$$r$RANDOM"
+  bl_ns client; bl_ns gw; bl_ns server
+  bl_link client gw; bl_link gw server
+  in_ns client ip addr add 10.201.1.2/24 dev to-gw
+  in_ns gw ip addr add 10.201.1.1/24 dev to-client
+  in_ns gw ip addr add 10.201.2.1/24 dev to-server
+  in_ns server ip addr add 10.201.2.2/24 dev to-gw
+  in_ns client ip route add default via 10.201.1.1
+  in_ns server ip route add default via 10.201.2.1
+  in_ns gw sysctl -qw net.ipv4.ip_forward=1
+  in_ns gw sysctl -qw net.netfilter.nf_conntrack_max=2000000 2>/dev/null || true
+  # Resolve neighbours once so the first timed packet does not wait for ARP (no ping on a minimal host).
+  in_ns gw ip neigh replace 10.201.1.2 lladdr "$(in_ns client cat /sys/class/net/to-gw/address)" dev to-client nud permanent
+  in_ns gw ip neigh replace 10.201.2.2 lladdr "$(in_ns server cat /sys/class/net/to-gw/address)" dev to-server nud permanent
+  in_ns client ip neigh replace 10.201.1.1 lladdr "$(in_ns gw cat /sys/class/net/to-client/address)" dev to-gw nud permanent
+  in_ns server ip neigh replace 10.201.2.1 lladdr "$(in_ns gw cat /sys/class/net/to-server/address)" dev to-gw nud permanent
+}
+
+# bl_ruleset [ACCEPT_PORT]: load nft-rules/midcom.nft into gw; with a port, the operator-owned
+# default_policy chain accepts UDP to the server on that port (so "no daemon" forwards the traffic too).
+bl_ruleset() {
+  in_ns gw nft -f "$ROOT/nft-rules/midcom.nft"
+  if [ -n "${1:-}" ]; then
+    in_ns gw nft insert rule inet midcom default_policy ip daddr 10.201.2.2 udp dport "$1" accept
+  fi
+}
+
+# bl_midcomd CONFIG_BODY: start midcomd in gw pinned to READER_CPU; waits for its control socket.
+bl_midcomd() {
+  printf '%s\n' "$1" >"$BL_DIR/midcomd.conf"
+  bl_bg gw "$BL_DIR/midcomd.log" taskset -c "$READER_CPU" "$SWIFT_BIN/midcomd" --config "$BL_DIR/midcomd.conf" \
+    --control-socket "$BL_DIR/gw.sock" --log-level warning
+  MIDCOMD_PID=$BL_LAST_PID
+  for _ in $(seq 1 100); do
+    if "$SWIFT_BIN/midctl" --socket "$BL_DIR/gw.sock" status >/dev/null 2>&1; then return 0; fi
+    kill -0 "$MIDCOMD_PID" 2>/dev/null || { cat "$BL_DIR/midcomd.log" >&2; echo "midcomd exited at start" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "midcomd did not answer within 10 s" >&2
+  return 1
+}
+
+bl_midctl() { "$SWIFT_BIN/midctl" --socket "$BL_DIR/gw.sock" "$@"; }
+
+# bl_nfqref MODE [ARGS]: install the queue rule and start the C reference reader in gw on READER_CPU.
+bl_nfqref() {
+  local mode=$1; shift
+  ENCODING=$(in_ns gw "$BIN/nfqref" rule 0 1)
+  bl_bg gw "$BL_DIR/nfqref.json" taskset -c "$READER_CPU" "$BIN/nfqref" "$mode" -d 120 "$@"
+  NFQREF_PID=$BL_LAST_PID
+  sleep 0.3
+}
+
+# bl_proc_cpu_ns PID: user+system CPU time of a process (all threads), in nanoseconds.
+bl_proc_cpu_ns() {
+  local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
+  echo $((ticks * 1000000000 / $(getconf CLK_TCK)))
+}
+
+# bl_kernel_queue: "queue_dropped user_dropped" of queue 0 in gw (0 0 when unbound).
+bl_kernel_queue() {
+  in_ns gw awk '$1 == 0 {print $6, $7; found=1} END {if (!found) print 0, 0}' /proc/net/netfilter/nfnetlink_queue 2>/dev/null || echo "0 0"
+}
+
+# record FIG CASE METRIC RUN VALUE: one raw measurement line.
+record() {
+  printf '{"fig":"%s","case":"%s","metric":"%s","run":%s,"value":%s}\n' "$1" "$2" "$3" "$4" "$5" >>"$RAW"
+}
+
+json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])['$1'])"; }
