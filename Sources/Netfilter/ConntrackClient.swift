@@ -233,10 +233,12 @@ public final class ConntrackClient: @unchecked Sendable {
                         build: { nlh in Self.putTuple(nlh, filter, fields: .all) },
                         reply: { nlh in
                             guard let entry = Self.parseEntry(nlh) else { return EBADMSG }
+                            print("DEBUG get entry", entry)
                             found = entry
                             return 0
                         })
         } catch {
+            print("DEBUG get error", error)
             if error.errno == ENOENT { return nil }
             throw error
         }
@@ -289,6 +291,7 @@ public final class ConntrackClient: @unchecked Sendable {
                         reply: { _ in 0 })
             return true
         } catch {
+            print("DEBUG delete error", error)
             if error.errno == ENOENT { return false }
             throw error
         }

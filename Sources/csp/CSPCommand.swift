@@ -113,7 +113,7 @@ func describe(_ result: SignalingResult, machine: Bool) -> String {
     var lines: [String] = []
     let rtt = (result.roundTripSeconds * 10000).rounded() / 10
     var head = "\(reply.type) from \(result.from)\(middlebox ? " (middlebox)" : "") in \(rtt) ms"
-    if reply.type != .accept { head += ": \(reply.result)" }
+    if reply.result != .success { head += ": \(reply.result)" }
     if let reason = reply.reason { head += ": \(reason.text)" + (reason.retryAfter > 0 ? " (retry after \(reason.retryAfter)s)" : "") }
     if reply.type == .accept, let lifetime = reply.lifetime { head += ", lifetime \(lifetime)s" }
     if let target = reply.redirectTarget { head += ": redirect to \(target)" }

@@ -1,0 +1,122 @@
+// midcom-bench: the Swift half of the Midcom benchmark. Prints one JSON object per line.
+//
+//   MidcomBench table N [N...]            SessionTable at N sessions: bytes per session (malloc'd bytes),
+//                                         lookup by flow and by id (ns), upsert (ns), expiry (ns per session)
+//   MidcomBench nft add|del N MODE        admit4 elements through NFTablesClient, as midcomd programs them:
+//                                         MODE per-change = one transaction per admission (add, delete, add:
+//                                         the daemon's KernelMapping) or per revocation (add 1 s, delete);
+//                                         MODE bulk = 1000 elements per transaction. Keys as Benchmarks/c/nftload.c.
+import CSPWire
+import Glibc
+import MidcomCore
+import Netfilter
+
+func nowNS() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+func mallocBytes() -> Int { Int(mallinfo2().uordblks) }
+
+/// Flow i, as in Benchmarks/c/nftload.c: udp 10.(202+i>>16).(i>>8).(i) : 1024+i%60000 -> 10.201.2.2 : 10000+i/60000.
+func flow(_ i: Int) -> FlowTuple {
+    let source = UInt32(10) << 24 | UInt32(202 + (i >> 16)) << 16 | UInt32((i >> 8) & 0xff) << 8 | UInt32(i & 0xff)
+    return FlowTuple(proto: .udp, source: IPAddress(ipv4: source), sourcePort: UInt16(1024 + i % 60000),
+                     destination: IPAddress(ipv4: 0x0ac9_0202), destinationPort: UInt16(10000 + i / 60000))
+}
+
+func key(_ f: FlowTuple) -> NFTSetKey {
+    var key = NFTSetKey()
+    key.append(ipv4: f.source.ipv4Value!)
+    key.append(proto: f.proto.rawValue)
+    key.append(port: f.sourcePort)
+    key.append(ipv4: f.destination.ipv4Value!)
+    key.append(port: f.destinationPort)
+    return key
+}
+
+func benchTable(_ n: Int) {
+    let flows = (0..<n).map(flow)
+    let base = mallocBytes()
+    var table = SessionTable()
+    var t = nowNS()
+    for i in 0..<n {
+        let start = Instant(nanoseconds: UInt64(i))
+        table.upsert(Session(id: UInt64(i) &* 0x9e37_79b9_7f4a_7c15 | 1, flow: flows[i], state: .admitted,
+                             installed: .admit(flows[i]), createdAt: start,
+                             expiresAt: start.adding(seconds: UInt32(60 + i % 600)), grantedLifetime: 60))
+    }
+    let upsertNS = Double(nowNS() - t) / Double(n)
+    let bytesPerSession = Double(mallocBytes() - base) / Double(n)
+
+    let lookups = 1_000_000
+    var rng = SystemRandomNumberGenerator()
+    let probes = (0..<4096).map { _ in Int.random(in: 0..<n, using: &rng) }
+    var hits = 0
+    t = nowNS()
+    for j in 0..<lookups { if table.session(for: flows[probes[j & 4095]]) != nil { hits += 1 } }
+    let byFlowNS = Double(nowNS() - t) / Double(lookups)
+    t = nowNS()
+    for j in 0..<lookups { if table[id: UInt64(probes[j & 4095]) &* 0x9e37_79b9_7f4a_7c15 | 1] != nil { hits += 1 } }
+    let byIDNS = Double(nowNS() - t) / Double(lookups)
+    precondition(hits == 2 * lookups)
+
+    // Expiry: the expirer runs every 250 ms; here a tenth of the table becomes due per call.
+    var expired = 0
+    t = nowNS()
+    for step in 1...10 {
+        expired += table.expire(now: Instant(nanoseconds: UInt64(n)).adding(seconds: UInt32(60 + 60 * step))).count
+    }
+    let expiryNS = Double(nowNS() - t) / Double(max(expired, 1))
+    print("{\"sessions\":\(n),\"bytes_per_session\":\(Int(bytesPerSession)),\"upsert_ns\":\(Int(upsertNS)),\"lookup_flow_ns\":\(Int(byFlowNS)),\"lookup_id_ns\":\(Int(byIDNS)),\"expire_ns_per_session\":\(Int(expiryNS)),\"expired\":\(expired)}")
+}
+
+func benchNFT(add: Bool, n: Int, perChange: Bool) throws {
+    let client = try NFTablesClient()
+    let t = nowNS()
+    if perChange {
+        for i in 0..<n {
+            var changes = NFTChangeSet(table: "midcom")
+            let k = key(flow(i))
+            if add {
+                changes.addElement(set: "admit4", key: k, timeout: .seconds(600))
+                changes.deleteElement(set: "admit4", key: k)
+                changes.addElement(set: "admit4", key: k, timeout: .seconds(600))
+            } else {
+                changes.addElement(set: "admit4", key: k, timeout: .seconds(1))
+                changes.deleteElement(set: "admit4", key: k)
+            }
+            try client.apply(changes)
+        }
+    } else {
+        var first = 0
+        while first < n {
+            var changes = NFTChangeSet(table: "midcom")
+            for i in first..<min(first + 1000, n) {
+                if add { changes.addElement(set: "admit4", key: key(flow(i)), timeout: .seconds(600)) }
+                else { changes.deleteElement(set: "admit4", key: key(flow(i))) }
+            }
+            try client.apply(changes)
+            first += 1000
+        }
+    }
+    let seconds = Double(nowNS() - t) / 1e9
+    print("{\"elements\":\(n),\"seconds\":\(seconds),\"per_s\":\(Int(Double(n) / seconds))}")
+}
+
+let arguments = CommandLine.arguments
+switch arguments.count > 1 ? arguments[1] : "" {
+case "table":
+    for n in arguments.dropFirst(2).compactMap({ Int($0) }) { benchTable(n) }
+case "nft" where arguments.count == 5:
+    do {
+        try benchNFT(add: arguments[2] == "add", n: Int(arguments[3]) ?? 1000, perChange: arguments[4] == "per-change")
+    } catch {
+        fputs("MidcomBench nft: \(error)\n", stderr)
+        exit(1)
+    }
+default:
+    fputs("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|bulk\n", stderr)
+    exit(2)
+}
