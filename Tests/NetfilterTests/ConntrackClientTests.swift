@@ -134,12 +134,6 @@ final class ConntrackClientTests: XCTestCase {
         var anySource = udp(first, receiver)
         anySource.source = [UInt8](repeating: 0, count: 16)
         anySource.sourcePort = 0
-        print("DEBUG raw", try client.dumpedEntries(anySource, kernelSide: false))
-        var f = anySource; print("DEBUG k1", try client.dumpedEntries(f, kernelSide: true))
-        f.destination = anySource.source; print("DEBUG k2 (no addr)", try client.dumpedEntries(f, kernelSide: true))
-        f.destinationPort = 0; print("DEBUG k3 (proto only)", try client.dumpedEntries(f, kernelSide: true))
-        f = udp(first, receiver); print("DEBUG k4 exact", try client.dumpedEntries(f, kernelSide: true))
-        print("DEBUG get", try Host.run(["conntrack", "-G", "-p", "udp", "-s", "::1", "-d", "::1", "--sport", "\(first.port)", "--dport", "\(receiver.port)"]))
         XCTAssertEqual(Set(try client.entries(matching: anySource).map(\.sourcePort)), [first.port, second.port])
 
         XCTAssertEqual(try client.deleteEntries(matching: udp(first, receiver)), 1)
