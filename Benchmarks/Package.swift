@@ -13,6 +13,7 @@ let package = Package(
         .target(name: "Netfilter", dependencies: ["CNetfilter"]),
         .target(name: "CSPWire"),
         .target(name: "MidcomCore", dependencies: ["CSPWire"]),
-        .executableTarget(name: "MidcomBench", dependencies: ["MidcomCore", "Netfilter", "CSPWire"]),
+        .target(name: "CBenchSupport"),
+        .executableTarget(name: "MidcomBench", dependencies: ["MidcomCore", "Netfilter", "CSPWire", "CBenchSupport"]),
     ]
 )

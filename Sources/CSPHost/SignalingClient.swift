@@ -94,6 +94,6 @@ public struct ResponderPolicy: Sendable {
     }
 
     func answer(_ request: CSPMessage, type: CSPMessageType, result: CSPResultCode, tlvs: [CSPTLV]) -> CSPMessage {
-        CSPMessage(type: type, result: result, sessionID: request.sessionID, nonce: request.nonce, sequence: 0, tlvs: tlvs)
+        CSPMessage(type: type, result: result, sessionID: request.sessionID, nonce: request.nonce, sequence: request.sequence, tlvs: tlvs)
     }
 }

@@ -30,15 +30,27 @@ public final class UDPSocket: Sendable {
     let fd: Int32
 
     /// Opens a socket bound to `address` (nil = any) and `port` (0 = ephemeral).
-    public init(family: IPAddress.Family, address: IPAddress? = nil, port: UInt16 = 0, reuseAddress: Bool = false)
-        throws(SocketError)
-    {
+    /// `transparent` (IP_TRANSPARENT / IPV6_TRANSPARENT, needs CAP_NET_ADMIN) allows binding a
+    /// non-local address: a middlebox answering in a peer's place sends from the peer's address.
+    public init(
+        family: IPAddress.Family, address: IPAddress? = nil, port: UInt16 = 0, reuseAddress: Bool = false,
+        transparent: Bool = false
+    ) throws(SocketError) {
         self.family = family
         let domain = family == .ipv4 ? AF_INET : AF_INET6
         fd = try checkedSocketCall("socket") { socket(domain, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         var one: Int32 = 1
         if reuseAddress { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
         if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        if transparent {
+            // IP_TRANSPARENT = 19 (SOL_IP), IPV6_TRANSPARENT = 75 (SOL_IPV6): linux/in.h, linux/in6.h.
+            let (level, name) = family == .ipv4 ? (Int32(IPPROTO_IP), Int32(19)) : (Int32(IPPROTO_IPV6), Int32(75))
+            if setsockopt(fd, level, name, &one, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+                let code = errno
+                close(fd)
+                throw SocketError(operation: "setsockopt(IP_TRANSPARENT) (needs CAP_NET_ADMIN)", code: code)
+            }
+        }
         let local = address ?? (family == .ipv4 ? IPAddress(ipv4: 0) : IPAddress(ipv6: 0, 0))
         do {
             try Self.withSockaddr(CSPEndpoint(address: local, port: port)) { sa, len throws(SocketError) in

@@ -42,6 +42,10 @@ public enum SignalingVerdict: Sendable, Equatable {
 public struct OutgoingMessage: Sendable, Equatable {
     public var message: CSPMessage
     public var destination: CSPEndpoint
+    /// The source to send from: the responder's address and CSP port when the middlebox answers an
+    /// intercepted request in the responder's place (docs/PROTOCOL.md 2.3), so the reply passes the
+    /// conntrack and NAT state between the host and us; nil = the middlebox's own address.
+    public var source: CSPEndpoint? = nil
 }
 
 public struct SignalingOutcome: Sendable, Equatable {
@@ -131,11 +135,15 @@ public struct GatewayEngine: Sendable {
             // Answering garbage would make us a reflector; malformed signaling is dropped and counted.
             return SignalingOutcome(verdict: .drop, event: "dropped malformed CSP from \(source): \(error)")
         }
+        // A request that already carries our record came round a routing loop.
+        if message.records.contains(where: { $0.middleboxID == identity.id }), !message.type.isReply {
+            return SignalingOutcome(verdict: .drop, event: "dropped \(message.type) \(hex(message.sessionID)): routing loop (our record is in it)")
+        }
         switch message.type {
-        case .setup: return handleSetup(message, from: source, now: now)
-        case .accept: return handleAccept(message, from: source, to: destination, now: now)
-        case .reject: return handleReject(message, from: source, to: destination)
-        case .refresh: return handleRefresh(message, from: source, now: now)
+        case .setup: return handleSetup(message, from: source, to: destination, now: now)
+        case .accept, .mapped: return handleAccept(message, from: source, to: destination, now: now)
+        case .reject, .redirect, .challenge: return handleReject(message, from: source, to: destination)
+        case .refresh: return handleRefresh(message, from: source, to: destination, now: now)
         case .teardown: return handleTeardown(message, from: source)
         default:
             if !CSPMessageType.allKnown.contains(message.type) { counters.unknownTypes += 1 }
@@ -145,21 +153,27 @@ public struct GatewayEngine: Sendable {
         }
     }
 
-    mutating func handleSetup(_ setup: CSPMessage, from source: CSPEndpoint, now: Instant) -> SignalingOutcome {
+    mutating func handleSetup(_ setup: CSPMessage, from source: CSPEndpoint, to destination: CSPEndpoint, now: Instant)
+        -> SignalingOutcome
+    {
         counters.setups += 1
-        guard let flow = setup.flow else {
+        guard let signaled = setup.flow else {
             counters.malformedMessages += 1
             return rejection(
-                of: setup, to: source, result: .malformedMessage, reason: "SETUP without FLOW", event: "SETUP without FLOW from \(source)")
+                of: setup, to: source, as: destination, result: .malformedMessage, reason: "SETUP without FLOW",
+                event: "SETUP without FLOW from \(source)")
         }
         let incoming = setup.requestedAction?.contains(.listen) ?? false
+        // FLOW is never rewritten (it may be signed): NATs nearer the host report their
+        // translation in their records, and the flow as it looks here is FLOW with those applied.
+        let flow = Self.effectiveFlow(signaled, records: setup.records, incoming: incoming)
         // Anti-spoofing: a host may only signal flows it takes part in, as the data sender
         // (outgoing) or the receiver (incoming pinhole).
         let owner = incoming ? flow.destination : flow.source
         guard owner == source.address else {
             counters.spoofedFlows += 1
             return rejection(
-                of: setup, to: source, result: .sourceDenied,
+                of: setup, to: source, as: destination, result: .sourceDenied,
                 reason: "flow \(flow) does not belong to signaling host \(source.address)",
                 event: "rejected spoofed SETUP \(hex(setup.sessionID)) from \(source): flow \(flow)")
         }
@@ -170,16 +184,16 @@ public struct GatewayEngine: Sendable {
             counters.rejected += 1
             if let existing = sessions[id: setup.sessionID], existing.flow == flow { removeSession(existing.id) }
             return rejection(
-                of: setup, to: source, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
+                of: setup, to: source, as: destination, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
                 event: "rejected SETUP \(hex(setup.sessionID)) \(flow): \(decision.reason ?? "policy")")
         case .redirect:
-            return redirect(setup, flow: flow, decision: decision, from: source, now: now)
+            return redirect(setup, flow: flow, decision: decision, from: source, to: destination, now: now)
         case .admit:
             if sessions[id: setup.sessionID] == nil, sessions.count >= configuration.maximumSessions {
                 counters.tableFull += 1
                 return rejection(
-                    of: setup, to: source, result: .resourcesExhausted, reason: "session table full", retryAfter: 30,
-                    event: "session table full: rejected \(hex(setup.sessionID))")
+                    of: setup, to: source, as: destination, result: .resourcesExhausted, reason: "session table full",
+                    retryAfter: 30, event: "session table full: rejected \(hex(setup.sessionID))")
             }
             var session = sessions[id: setup.sessionID]
                 ?? Session(
@@ -200,19 +214,16 @@ public struct GatewayEngine: Sendable {
                 } else {
                     counters.tableFull += 1
                     return rejection(
-                        of: setup, to: source, result: .resourcesExhausted, reason: "no free NAT port", retryAfter: 30,
+                        of: setup, to: source, as: destination, result: .resourcesExhausted, reason: "no free NAT port",
+                        retryAfter: 30,
                         event: "NAT ports exhausted: rejected \(hex(setup.sessionID))")
                 }
             }
             sessions.upsert(session)
-            if let mapping = session.mapping {
-                var translated = flow
-                translated.source = mapping.address
-                if mapping.port != 0 { translated.sourcePort = mapping.port }
-                forwarded.tlvs = forwarded.tlvs.map { if case .flow = $0 { .flow(translated) } else { $0 } }
-            }
-            if setup.flags.contains(.recordRoute) {
-                var record = record(session.mapping == nil ? .forwarded : .mapped, lifetime: decision.lifetime)
+            // The record is appended even without recordRoute when we translate: middleboxes
+            // beyond us need the MAPPED-ADDRESS to see the flow as it will look there.
+            if setup.flags.contains(.recordRoute) || session.mapping != nil {
+                var record = record(.forwarded, lifetime: decision.lifetime)
                 if let mapping = session.mapping { record.tlvs.append(.mappedAddress(mapping)) }
                 forwarded.tlvs.append(.middleboxRecord(record))
             }
@@ -223,19 +234,22 @@ public struct GatewayEngine: Sendable {
 
     /// The host must go through a proxy: answer REDIRECT and pre-admit the host → proxy flow, so the
     /// host can reconnect at once without signaling again (docs/PROTOCOL.md, REDIRECT).
-    mutating func redirect(_ setup: CSPMessage, flow: FlowTuple, decision: PolicyDecision, from source: CSPEndpoint, now: Instant)
-        -> SignalingOutcome
-    {
+    mutating func redirect(
+        _ setup: CSPMessage, flow: FlowTuple, decision: PolicyDecision, from source: CSPEndpoint, to destination: CSPEndpoint,
+        now: Instant
+    ) -> SignalingOutcome {
         guard let target = decision.redirectTarget, target.address.family == flow.source.family else {
             counters.rejected += 1
             return rejection(
-                of: setup, to: source, result: .policyDenied, reason: "flows of this kind must use a proxy of the other address family",
+                of: setup, to: source, as: destination, result: .policyDenied,
+                reason: "flows of this kind must use a proxy of the other address family",
                 event: "cannot redirect \(flow): no proxy of its family")
         }
         guard setup.requestedAction?.contains(.allowRedirect) ?? true else {
             counters.rejected += 1
             return rejection(
-                of: setup, to: source, result: .policyDenied, reason: "flows of this kind must go through the proxy \(target)",
+                of: setup, to: source, as: destination, result: .policyDenied,
+                reason: "flows of this kind must go through the proxy \(target)",
                 event: "rejected \(hex(setup.sessionID)) \(flow): host does not accept redirection")
         }
         counters.redirected += 1
@@ -250,13 +264,14 @@ public struct GatewayEngine: Sendable {
         sessions.upsert(session)
         let reply = CSPMessage(
             type: .redirect, flags: .fromMiddlebox, result: .success, sessionID: setup.sessionID, nonce: setup.nonce,
+            sequence: setup.sequence,
             tlvs: [
                 .redirectTarget(target), .lifetime(decision.lifetime), .epoch(identity.epoch),
                 .middleboxRecord(record(.redirected, lifetime: decision.lifetime, extra: [.redirectTarget(target)])),
             ])
         return SignalingOutcome(
             verdict: .drop, kernel: [.admit(proxyFlow, lifetime: decision.lifetime)],
-            reply: OutgoingMessage(message: reply, destination: source),
+            reply: OutgoingMessage(message: reply, destination: source, source: CSPEndpoint(address: destination.address, port: destination.port)),
             event: "redirected \(hex(setup.sessionID)) \(flow) to proxy \(target)")
     }
 
@@ -267,9 +282,10 @@ public struct GatewayEngine: Sendable {
             responder(of: session).map({ $0 == source.address }) ?? true
         else {
             counters.mismatchedReplies += 1
-            // An ACCEPT we did not see the request for (or a forgery) must not open anything.
+            // A reply we hold no pending request for (asymmetric route, our restart, or a forgery)
+            // opens nothing here; it is passed on unchanged for the hosts to judge.
             return SignalingOutcome(
-                verdict: .drop, event: "dropped ACCEPT \(hex(accept.sessionID)) from \(source): no matching request")
+                verdict: .forward, event: "ACCEPT \(hex(accept.sessionID)) from \(source) matches no request here: passed on, nothing installed")
         }
         let wasAdmitted = session.state == .admitted
         let lifetime = min(session.grantedLifetime, accept.lifetime.map { $0 == 0 ? session.grantedLifetime : $0 } ?? .max)
@@ -304,19 +320,23 @@ public struct GatewayEngine: Sendable {
             // Someone else's (e.g. an upstream middlebox's) REJECT for a session we never held: pass it on.
             return SignalingOutcome(verdict: .forward)
         }
+        // A pending session is simply released; an admitted one whose refresh was refused loses
+        // what it installed.
         removeSession(session.id)
         var forwarded = reject
-        forwarded.tlvs.append(.middleboxRecord(record(.removed, lifetime: 0)))
+        forwarded.tlvs.append(.middleboxRecord(record(.forwarded, lifetime: 0)))
         return SignalingOutcome(
             verdict: rewritten(original: reject, forwarded), kernel: revocation(of: session),
-            event: "peer rejected \(hex(session.id)) \(session.flow)")
+            event: "\(reject.type) for \(hex(session.id)) \(session.flow) from upstream: released")
     }
 
-    mutating func handleRefresh(_ refresh: CSPMessage, from source: CSPEndpoint, now: Instant) -> SignalingOutcome {
+    mutating func handleRefresh(_ refresh: CSPMessage, from source: CSPEndpoint, to destination: CSPEndpoint, now: Instant)
+        -> SignalingOutcome
+    {
         guard var session = sessions[id: refresh.sessionID], owner(of: session) == source.address else {
             counters.mismatchedReplies += 1
             return rejection(
-                of: refresh, to: source, result: .unknownSession, reason: "no session \(hex(refresh.sessionID)) here",
+                of: refresh, to: source, as: destination, result: .unknownSession, reason: "no session \(hex(refresh.sessionID)) here",
                 event: "REFRESH for unknown session \(hex(refresh.sessionID)) from \(source)")
         }
         // The refresh takes effect when the responder ACCEPTs it; lifetime 0 means delete (PCP-style).
@@ -483,18 +503,39 @@ public struct GatewayEngine: Sendable {
         return .forwardRewritten(bytes)
     }
 
+    /// REJECT for `request`, sent to `destination`; `responder` (the request's destination) is
+    /// the address it is sent from when we answer an intercepted request in the peer's place.
     func rejection(
-        of request: CSPMessage, to destination: CSPEndpoint, result: CSPResultCode, reason: String,
-        retryAfter: UInt32 = 0, event: String
+        of request: CSPMessage, to destination: CSPEndpoint, as responder: CSPEndpoint? = nil, result: CSPResultCode,
+        reason: String, retryAfter: UInt32 = 0, event: String
     ) -> SignalingOutcome {
         let reject = CSPMessage(
             type: .reject, flags: .fromMiddlebox, result: result, sessionID: request.sessionID, nonce: request.nonce,
-            sequence: 0,
+            sequence: request.sequence,
             tlvs: [
                 .reason(CSPReason(retryAfter: retryAfter, text: reason)), .epoch(identity.epoch),
                 .middleboxRecord(record(.rejected, lifetime: 0)),
             ])
-        return SignalingOutcome(verdict: .drop, reply: OutgoingMessage(message: reject, destination: destination), event: event)
+        return SignalingOutcome(
+            verdict: .drop, reply: OutgoingMessage(message: reject, destination: destination, source: responder), event: event)
+    }
+
+    /// FLOW as it looks at this middlebox: the MAPPED-ADDRESSes that NATs nearer the host put in
+    /// their records, applied in path order, to the source (outgoing) or destination (incoming).
+    static func effectiveFlow(_ flow: FlowTuple, records: [CSPMiddleboxRecord], incoming: Bool) -> FlowTuple {
+        var result = flow
+        for record in records {
+            for case .mappedAddress(let mapped) in record.tlvs where mapped.address.family == flow.source.family {
+                if incoming {
+                    result.destination = mapped.address
+                    if mapped.port != 0 { result.destinationPort = mapped.port }
+                } else {
+                    result.source = mapped.address
+                    if mapped.port != 0 { result.sourcePort = mapped.port }
+                }
+            }
+        }
+        return result
     }
 }
 

@@ -39,7 +39,7 @@ public struct MidcomConfiguration: Sendable, Equatable {
     public var maximumLifetime: UInt32 = 3600
     public var legacyLifetime: UInt32 = 30
     /// How long a SETUP may wait for its answer before the pending session is forgotten.
-    public var pendingTimeout: UInt32 = 10
+    public var pendingTimeout: UInt32 = 30
     public var maximumSessions = 1_000_000
     public var rules: [PolicyRule] = []
 

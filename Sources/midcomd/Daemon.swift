@@ -199,7 +199,20 @@ final class Daemon: Sendable {
     func send(_ outgoing: OutgoingMessage) {
         do {
             let bytes = try outgoing.message.serialize()
-            guard let socket = agents[outgoing.destination.address.family] else { return }
+            let family = outgoing.destination.address.family
+            if let source = outgoing.source, source.address.family == family {
+                // Answering in the responder's place: from its address, so the reply passes the
+                // conntrack/NAT state of the middleboxes nearer the host (docs/PROTOCOL.md 2.3).
+                // One socket per reply: these are refusals, not the data path.
+                do {
+                    let socket = try UDPSocket(family: family, address: source.address, port: source.port, reuseAddress: true, transparent: true)
+                    try socket.send(bytes, to: outgoing.destination)
+                    return
+                } catch {
+                    log.limited(.warning, category: "reply", "cannot answer as \(source) (\(error)); answering from our own address")
+                }
+            }
+            guard let socket = agents[family] else { return }
             try socket.send(bytes, to: outgoing.destination)
         } catch {
             log.limited(.warning, category: "reply", "could not send \(outgoing.message.type) to \(outgoing.destination): \(error)")

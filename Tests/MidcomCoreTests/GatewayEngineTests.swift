@@ -111,6 +111,8 @@ final class GatewayEngineTests: XCTestCase {
         XCTAssertTrue(out.kernel.isEmpty)
         let reply = try XCTUnwrap(out.reply)
         XCTAssertEqual(reply.destination, client)
+        XCTAssertEqual(reply.source, serverAgent, "answered as if from the responder")
+        XCTAssertEqual(reply.message.sequence, 1, "the request's sequence is echoed")
         XCTAssertEqual(reply.message.type, .reject)
         XCTAssertEqual(reply.message.result, .policyDenied)
         XCTAssertEqual(reply.message.nonce, 11)
@@ -149,7 +151,7 @@ final class GatewayEngineTests: XCTestCase {
 
         _ = send(&e, setup(), from: client, to: serverAgent)
         let wrongNonce = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 12), from: serverAgent, to: client)
-        XCTAssertEqual(wrongNonce.verdict, .drop)
+        XCTAssertEqual(wrongNonce.verdict, .forward, "passed on unchanged for the host to judge")
         XCTAssertTrue(wrongNonce.kernel.isEmpty)
         let wrongSource = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: CSPEndpoint(address: IPAddress("10.9.9.9")!, port: 7227), to: client)
         XCTAssertTrue(wrongSource.kernel.isEmpty)
@@ -188,6 +190,30 @@ final class GatewayEngineTests: XCTestCase {
         XCTAssertEqual(e.expire(now: .seconds(5)).map(\.id), [1])
         XCTAssertEqual(e.expire(now: .seconds(9)).map(\.id), [2])
         XCTAssertEqual(e.counters.expired, 2)
+    }
+
+    func testRoutingLoopIsDropped() {
+        var e = engine()
+        var looped = setup()
+        looped.tlvs.append(.middleboxRecord(CSPMiddleboxRecord(middleboxID: identity.id, epoch: 42, decision: .forwarded, grantedLifetime: 30)))
+        XCTAssertEqual(send(&e, looped, from: client, to: serverAgent).verdict, .drop)
+        XCTAssertTrue(e.sessions.isEmpty)
+    }
+
+    func testUpstreamNATRecordGivesTheEffectiveFlow() throws {
+        // A NAT nearer the host mapped 10.0.1.2:4000 to 198.51.100.1:61000; we sit beyond it and see
+        // the signaling from the mapped address.
+        var e = engine()
+        let mapped = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 61000)
+        var request = setup()
+        request.tlvs.append(.middleboxRecord(CSPMiddleboxRecord(middleboxID: 99, epoch: 1, decision: .forwarded, grantedLifetime: 30, tlvs: [.mappedAddress(mapped)])))
+        let out = send(&e, request, from: CSPEndpoint(address: mapped.address, port: 1024), to: serverAgent)
+        let forwarded = try XCTUnwrap(forwardedMessage(out))
+        XCTAssertEqual(forwarded.flow, flow, "FLOW itself is never rewritten")
+        var expected = flow
+        expected.source = mapped.address
+        expected.sourcePort = 61000
+        XCTAssertEqual(e.sessions[id: 1]?.flow, expected)
     }
 
     func testUnknownMessageTypesAreForwardedUntouched() {

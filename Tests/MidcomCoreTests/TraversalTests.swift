@@ -39,9 +39,10 @@ final class TraversalTests: XCTestCase {
         let out = intercept(&e, setup(flow()), from: client, to: serverAgent)
         guard case .forwardRewritten(let bytes) = out.verdict else { return XCTFail("SETUP not rewritten") }
         let forwarded = try CSPMessage.parse(bytes)
-        XCTAssertEqual(forwarded.flow?.source, external, "upstream sees the translated flow")
-        XCTAssertEqual(forwarded.flow?.sourcePort, 4000, "the host's own port is kept when free")
-        XCTAssertEqual(forwarded.records.first?.decision, .mapped)
+        XCTAssertEqual(forwarded.flow, flow(), "FLOW is never rewritten")
+        XCTAssertEqual(forwarded.records.first?.decision, .forwarded)
+        XCTAssertEqual(forwarded.records.first?.tlvs.last, .mappedAddress(CSPEndpoint(address: external, port: 4000)),
+                       "the record tells upstream middleboxes the translation; the host's own port is kept when free")
 
         let accept = try CSPMessage(type: .accept, sessionID: 1, nonce: 2).serialize()
         let reply = intercept(&e, accept, from: serverAgent, to: client)
@@ -61,7 +62,7 @@ final class TraversalTests: XCTestCase {
         second.source = other.address
         let out = intercept(&e, setup(second, session: 2), from: other, to: serverAgent)
         guard case .forwardRewritten(let bytes) = out.verdict else { return XCTFail() }
-        XCTAssertEqual(try CSPMessage.parse(bytes).flow?.sourcePort, 20000)
+        XCTAssertEqual(try CSPMessage.parse(bytes).records.first?.tlvs.last, .mappedAddress(CSPEndpoint(address: external, port: 20000)))
         other.address = IPAddress("10.0.1.4")!
         second.source = other.address
         _ = intercept(&e, setup(second, session: 3), from: other, to: serverAgent)
@@ -73,7 +74,7 @@ final class TraversalTests: XCTestCase {
         _ = e.expire(now: .seconds(1000))
         let again = intercept(&e, setup(second, session: 5), from: other, to: serverAgent, at: 1000)
         guard case .forwardRewritten(let b2) = again.verdict else { return XCTFail() }
-        XCTAssertEqual(try CSPMessage.parse(b2).flow?.sourcePort, 4000)
+        XCTAssertEqual(try CSPMessage.parse(b2).records.first?.tlvs.last, .mappedAddress(CSPEndpoint(address: external, port: 4000)))
     }
 
     func testRedirectPreAdmitsTheProxyAndAnswersTheHost() throws {

@@ -81,11 +81,11 @@ assert row["packets"] >= 50 and 0 < row["remainingSeconds"] <= 6, row
 assert row["application"] == "demo", row
 PYEOF
 
-step "forbidden flow: csp setup tcp 10.200.2.2:23 gets REJECT with the reason"
+step "forbidden flow: csp setup tcp 10.200.2.2:23 gets REJECT with the reason (sent by the gateway in the server's name)"
 set +e; out=$(in_ns client "$BIN/csp" setup tcp 10.200.2.2:23 --sport 4023); rc=$?; set -e
 echo "$out" | sed 's/^/      /'
 expect_eq "$rc" 1 "csp exit status for REJECT"
-expect_match "$out" "REJECT from 10.200.1.1:7227 \(middlebox\) in [0-9.]+ ms: policy-denied: telnet is forbidden by site policy" "reject reason"
+expect_match "$out" "REJECT from 10.200.2.2:7227 \(middlebox\) in [0-9.]+ ms: policy-denied: telnet is forbidden by site policy" "reject reason"
 expect_no_match "$(in_ns gw nft list set inet midcom admit4)" "\. 23 " "no element for the rejected flow"
 
 step "IPv6: csp setup udp [fd00:2::2]:5000 --sport 4000, then data"

@@ -6,6 +6,7 @@
 //                                         MODE per-change = one transaction per admission (add, delete, add:
 //                                         the daemon's KernelMapping) or per revocation (add 1 s, delete);
 //                                         MODE bulk = 1000 elements per transaction. Keys as Benchmarks/c/nftload.c.
+import CBenchSupport
 import CSPWire
 import Glibc
 import MidcomCore
@@ -17,7 +18,7 @@ func nowNS() -> UInt64 {
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
-func mallocBytes() -> Int { Int(mallinfo2().uordblks) }
+func mallocBytes() -> Int { Int(cbs_malloc_in_use()) }
 
 /// Flow i, as in Benchmarks/c/nftload.c: udp 10.(202+i>>16).(i>>8).(i) : 1024+i%60000 -> 10.201.2.2 : 10000+i/60000.
 func flow(_ i: Int) -> FlowTuple {
@@ -44,7 +45,7 @@ func benchTable(_ n: Int) {
     for i in 0..<n {
         let start = Instant(nanoseconds: UInt64(i))
         table.upsert(Session(id: UInt64(i) &* 0x9e37_79b9_7f4a_7c15 | 1, flow: flows[i], state: .admitted,
-                             installed: .admit(flows[i]), createdAt: start,
+                             installed: [.admission(flows[i])], createdAt: start,
                              expiresAt: start.adding(seconds: UInt32(60 + i % 600)), grantedLifetime: 60))
     }
     let upsertNS = Double(nowNS() - t) / Double(n)
@@ -113,10 +114,10 @@ case "nft" where arguments.count == 5:
     do {
         try benchNFT(add: arguments[2] == "add", n: Int(arguments[3]) ?? 1000, perChange: arguments[4] == "per-change")
     } catch {
-        fputs("MidcomBench nft: \(error)\n", stderr)
+        cbs_error("MidcomBench nft: \(error)\n")
         exit(1)
     }
 default:
-    fputs("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|bulk\n", stderr)
+    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|bulk\n")
     exit(2)
 }
