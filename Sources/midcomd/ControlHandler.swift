@@ -82,19 +82,22 @@ extension Daemon {
     func status() -> DaemonStatus {
         let (count, engineCounters, epoch) = engine.withLock { ($0.sessions.count, $0.counters, $0.identity.epoch) }
         var counters = engineCounters.asDictionary
-        let q = queue.counters
-        counters["queue_received"] = q.received
-        counters["queue_accepted"] = q.accepted
-        counters["queue_dropped"] = q.dropped
-        counters["queue_modified"] = q.modified
-        counters["queue_enobufs"] = q.enobufs
-        counters["queue_truncated"] = q.truncated
-        counters["queue_verdict_errors"] = q.verdictErrors
+        for q in queues.map(\.counters) {
+            counters["queue_received", default: 0] += q.received
+            counters["queue_accepted", default: 0] += q.accepted
+            counters["queue_dropped", default: 0] += q.dropped
+            counters["queue_modified", default: 0] += q.modified
+            counters["queue_enobufs", default: 0] += q.enobufs
+            counters["queue_truncated", default: 0] += q.truncated
+            counters["queue_verdict_errors", default: 0] += q.verdictErrors
+        }
         counters["malformed_packets"] = malformedPackets.load(ordering: .relaxed)
         counters["kernel_errors"] = kernelErrors.load(ordering: .relaxed)
-        if let kernel = NetfilterQueue.kernelStatistics(queueNumber: configuration.queueNumber) {
-            counters["kernel_queue_dropped"] = UInt64(kernel.queueDropped)
-            counters["kernel_user_dropped"] = UInt64(kernel.userDropped)
+        for number in configuration.queueNumber..<configuration.queueNumber + configuration.queueCount {
+            if let kernel = NetfilterQueue.kernelStatistics(queueNumber: number) {
+                counters["kernel_queue_dropped", default: 0] += UInt64(kernel.queueDropped)
+                counters["kernel_user_dropped", default: 0] += UInt64(kernel.userDropped)
+            }
         }
         let uptime = started.duration(to: .now)
         return DaemonStatus(

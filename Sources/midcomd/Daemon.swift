@@ -23,7 +23,8 @@ final class Daemon: Sendable {
     let log: Log
     let engine: Mutex<GatewayEngine>
     let nft: NFTablesClient
-    let queue: NetfilterQueue
+    /// One reader per queue of the fan-out (`queue-count`); the first runs on the main thread.
+    let queues: [NetfilterQueue]
     let encoding: QueueEncoding
     let control = Mutex<ControlServer?>(nil)
     /// The middlebox's own CSP sockets (one per family, bound to the CSP port): answers leave from
@@ -50,21 +51,19 @@ final class Daemon: Sendable {
             throw DaemonError(
                 "table inet \(configuration.table) does not exist: load the Midcom ruleset first (nft -f /etc/nftables.d/midcom.nft)")
         }
+        // Bind the queue before touching the queue rule: if another midcomd holds the queue, we
+        // must fail without replacing (and then removing) the rule it depends on.
+        queues = try (0..<configuration.queueCount).map { offset in
+            var queueConfiguration = QueueConfiguration(queueNumber: configuration.queueNumber + offset)
+            queueConfiguration.copyRange = 0xffff
+            return try NetfilterQueue(queueConfiguration)
+        }
         encoding = try nft.installQueueRule(
             table: configuration.table, chain: "enqueue",
             spec: QueueRuleSpec(
                 queueNumber: configuration.queueNumber, queueCount: configuration.queueCount,
-                cpuFanout: configuration.queueCount > 1, bypass: configuration.onDaemonAbsent == .defaultPolicy),
+                cpuFanout: false, bypass: configuration.onDaemonAbsent == .defaultPolicy),
             encoding: QueueEncodingPreference(rawValue: configuration.encoding.rawValue) ?? .auto)
-
-        var queueConfiguration = QueueConfiguration(queueNumber: configuration.queueNumber)
-        queueConfiguration.copyRange = 0xffff
-        do {
-            queue = try NetfilterQueue(queueConfiguration)
-        } catch {
-            try? nft.flushChain(table: configuration.table, chain: "enqueue")
-            throw error
-        }
         var agents: [IPAddress.Family: UDPSocket] = [:]
         for family in [IPAddress.Family.ipv4, .ipv6] {
             do {
@@ -90,18 +89,34 @@ final class Daemon: Sendable {
         for socket in agents.values {
             Thread.detachNewThread { [self] in self.serveLocalRequests(on: socket) }
         }
-        log(.notice, "midcomd started: queue \(configuration.queueNumber) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")
-        notifier.notify("READY=1\nSTATUS=queue \(configuration.queueNumber), \(encoding.rawValue) encoding")
-        try queue.run(tickInterval: .milliseconds(250), tick: { [self] in tick() }) { [self] packet in
+        log(.notice, "midcomd started: queue \(queueDescription) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")
+        notifier.notify("READY=1\nSTATUS=queue \(queueDescription), \(encoding.rawValue) encoding")
+        for extra in queues.dropFirst() {
+            Thread.detachNewThread { [self] in
+                do {
+                    try extra.run { packet in self.handle(packet) }
+                } catch {
+                    log(.error, "queue reader failed: \(error)")
+                    stop()
+                }
+            }
+        }
+        try queues[0].run(tickInterval: .milliseconds(250), tick: { [self] in tick() }) { [self] packet in
             handle(packet)
         }
+    }
+
+    var queueDescription: String {
+        configuration.queueCount == 1
+            ? "\(configuration.queueNumber)"
+            : "\(configuration.queueNumber)-\(configuration.queueNumber + configuration.queueCount - 1) (fan-out by flow hash)"
     }
 
     func stop() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
         notifier.notify("STOPPING=1")
         log(.notice, "stopping: removing the queue rule; admitted flows keep their kernel timeouts")
-        queue.stop()
+        for queue in queues { queue.stop() }
     }
 
     /// After run() returns: undo what start installed, in reverse order.

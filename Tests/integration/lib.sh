@@ -259,19 +259,27 @@ lab_proxy() {
   lab_host gw proxy 3
 }
 
-# lab_nat: inside — nat — outside. Inside 192.168.1.0/24: inside .2 (and .3, a second host
-# address), nat .1. Outside 203.0.113.0/24: nat .1 (its external address), outside .2. The
-# outside host has no route to 192.168.1.0/24: only what the NAT translates reaches it and
-# comes back.
+# lab_nat: inside — nat — outside. Inside 192.168.1.0/24: inside .2, nat .1. Outside
+# 203.0.113.0/24: nat .1 (its external address), outside .2. The outside host has no route to
+# the inside: only what the NAT translates reaches it and comes back.
 lab_nat() {
   lab_ns inside; lab_ns nat; lab_ns outside
   lab_link inside nat; lab_link nat outside
-  lab_addr inside to-nat 192.168.1.2/24; lab_addr inside to-nat 192.168.1.3/24
+  lab_addr inside to-nat 192.168.1.2/24
   lab_addr nat to-inside 192.168.1.1/24
   lab_addr nat to-outside 203.0.113.1/24
   lab_addr outside to-nat 203.0.113.2/24
   in_ns inside ip route add default via 192.168.1.1
   lab_forwarding nat
+}
+
+# lab_nat_host NAME N: one more inside host NAME behind the NAT of lab_nat, on its own interface:
+# NAME 192.168.N.2/24, nat 192.168.N.1.
+lab_nat_host() {
+  lab_ns "$1"; lab_link nat "$1"
+  lab_addr nat "to-$1" "192.168.$2.1/24"
+  lab_addr "$1" to-nat "192.168.$2.2/24"
+  in_ns "$1" ip route add default via "192.168.$2.1"
 }
 
 # lab_nat_signaling NS IFACE: the operator's masquerade, limited to CSP signaling (UDP 7227)
