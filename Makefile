@@ -2,7 +2,7 @@
 SWIFT ?= swift
 BUILD := .build/debug
 
-.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests fuzz install clean check-root
+.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests fuzz install clean check-root bench
 
 all: build
 
@@ -46,6 +46,10 @@ install: check-root
 	install -D -m 0644 nft-rules/midcom.nft /etc/nftables.d/midcom.nft
 	install -D -m 0644 systemd/midcomd.service /etc/systemd/system/midcomd.service
 	[ -f /etc/midcom/midcomd.conf ] || install -D -m 0644 docs/examples/midcomd.conf /etc/midcom/midcomd.conf
+
+## bench: benchmark suite (≈15 min; BENCH_QUICK=1 ≈3 min): prints the table, writes Benchmarks/results/latest.json
+bench: check-root
+	@bash Benchmarks/bench.sh
 
 clean:
 	rm -rf .build

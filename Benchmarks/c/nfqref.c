@@ -2,8 +2,8 @@
 //
 //   nfqref rule QUEUE TOTAL [TABLE]     install the queue rule into chain `enqueue` of `table inet TABLE`
 //                                       (native `queue` expression, else the xtables NFQUEUE target via
-//                                       nft_compat, as midcomd does; prints which), with bypass (+ fanout
-//                                       when TOTAL > 1)
+//                                       nft_compat, as midcomd does; prints which), with bypass (flows spread
+//                                       over TOTAL queues by hash)
 //   nfqref batch   [options]            accept everything: recvmmsg, one NFQNL_MSG_VERDICT_BATCH per drained socket
 //   nfqref perpkt  [options]            accept everything: recvmmsg, one NFQNL_MSG_VERDICT per packet
 //   nfqref admit   [options]            like batch, but first inserts one `admit4` element per queued flow
@@ -166,7 +166,8 @@ static int install_rule(uint16_t qnum, uint16_t total, int native) {
     nftnl_rule_free(flush);
     mnl_nlmsg_batch_next(b);
 
-    uint16_t flags = NFQ_FLAG_BYPASS | (total > 1 ? NFQ_FLAG_CPU_FANOUT : 0);
+    // More than one queue: balanced by flow hash (no cpu-fanout: one sending CPU would fill one queue only).
+    uint16_t flags = NFQ_FLAG_BYPASS;
     struct nftnl_rule *r = nftnl_rule_alloc();
     nftnl_rule_set_str(r, NFTNL_RULE_TABLE, table_name);
     nftnl_rule_set_str(r, NFTNL_RULE_CHAIN, "enqueue");

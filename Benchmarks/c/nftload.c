@@ -108,7 +108,9 @@ int main(int argc, char **argv) {
         while ((got = recv(fd, rbuf, sizeof rbuf, MSG_DONTWAIT)) > 0) {
             int len = (int)got;
             for (struct nlmsghdr *m = (struct nlmsghdr *)rbuf; mnl_nlmsg_ok(m, len); m = mnl_nlmsg_next(m, &len))
-                if (m->nlmsg_type == NLMSG_ERROR && ((struct nlmsgerr *)mnl_nlmsg_get_payload(m))->error != 0) errors++;
+                if (m->nlmsg_type == NLMSG_ERROR && ((struct nlmsgerr *)mnl_nlmsg_get_payload(m))->error != 0) {
+                    if (errors++ == 0) fprintf(stderr, "nftload: kernel error %s (batch at element %ld)\n", strerror(-((struct nlmsgerr *)mnl_nlmsg_get_payload(m))->error), first);
+                }
         }
     }
     double seconds = (double)(bu_now_ns() - start) / 1e9;

@@ -27,6 +27,9 @@ public enum KernelChange: Sendable, Equatable {
     /// Translate packets to `external` into packets to `to` (incoming NAT traversal).
     case dnat(IPProtocol, external: CSPEndpoint, to: CSPEndpoint, lifetime: UInt32)
     case removeDNAT(IPProtocol, external: CSPEndpoint)
+    /// Drop the flow's packets in the kernel for a while (the drop cache): an unsignaled flow that
+    /// was refused once must not send every further packet to user space.
+    case block(FlowTuple, lifetime: UInt32)
 }
 
 /// What to do with an intercepted signaling packet.
@@ -94,7 +97,8 @@ public struct EngineCounters: Sendable, Equatable {
 
 /// What the gateway does with the first packet of a flow nobody signaled.
 public enum UnsignaledDecision: Sendable, Equatable {
-    case drop
+    /// Drop this packet; `cache` (if any) drops the rest of the flow in the kernel.
+    case drop(cache: KernelChange?)
     /// Leave it to the static ruleset's default policy.
     case defaultPolicy
     case admit(KernelChange)
@@ -383,14 +387,15 @@ public struct GatewayEngine: Sendable {
         switch configuration.unsignaled {
         case .drop:
             counters.unsignaledDropped += 1
-            return .drop
+            let cacheable = [IPProtocol.tcp, .udp, .sctp].contains(flow.proto) && configuration.dropCacheLifetime > 0
+            return .drop(cache: cacheable ? .block(flow, lifetime: configuration.dropCacheLifetime) : nil)
         case .defaultPolicy:
             counters.unsignaledPassed += 1
             return .defaultPolicy
         case .admit:
             guard sessions.count < configuration.maximumSessions else {
                 counters.tableFull += 1
-                return .drop
+                return .drop(cache: nil)
             }
             counters.unsignaledAdmitted += 1
             let lifetime = configuration.legacyLifetime

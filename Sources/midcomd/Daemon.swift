@@ -197,7 +197,9 @@ final class Daemon: Sendable {
         }
         let decision = engine.withLock { $0.handleUnsignaled(flow: flow, now: now()) }
         switch decision {
-        case .drop:
+        case .drop(let cache):
+            // The kernel drops the rest of the flow; a failure only costs more queued packets.
+            if let cache { try? apply([cache]) }
             return .drop
         case .defaultPolicy:
             return .accept

@@ -38,6 +38,12 @@ struct AdmissionElement: Hashable {
 
     static let allSets = ["admit4", "admit6", "admit4_anyport", "admit6_anyport", "pinhole4", "pinhole6"]
 
+    /// The drop-cache element of a refused unsignaled flow (same key layout as admit4/admit6).
+    init(blocking flow: FlowTuple) {
+        self.init(admitting: flow)
+        set = flow.source.family == .ipv4 ? "drop4" : "drop6"
+    }
+
     /// Decodes a key listed from the kernel back into the flow it admits (the inverse of init).
     static func flow(set: String, key: [UInt8]) -> FlowTuple? {
         let v4 = set.hasSuffix("4") || set == "admit4_anyport"
@@ -90,6 +96,9 @@ extension NFTChangeSet {
             replace(set: "dnat4", key: Self.dnatKey(proto, external), data: Self.endpointData(to), lifetime: lifetime)
         case .removeDNAT(let proto, let external):
             remove(set: "dnat4", key: Self.dnatKey(proto, external), data: Self.endpointData(external))
+        case .block(let flow, let lifetime):
+            let element = AdmissionElement(blocking: flow)
+            addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
         }
     }
 

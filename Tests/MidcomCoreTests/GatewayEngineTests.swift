@@ -225,7 +225,12 @@ final class GatewayEngineTests: XCTestCase {
 
     func testUnsignaledModes() {
         var drop = engine()
-        XCTAssertEqual(drop.handleUnsignaled(flow: flow, now: .seconds(0)), .drop)
+        XCTAssertEqual(drop.handleUnsignaled(flow: flow, now: .seconds(0)), .drop(cache: .block(flow, lifetime: 10)))
+        var icmp = flow
+        icmp.proto = .icmp
+        XCTAssertEqual(drop.handleUnsignaled(flow: icmp, now: .seconds(0)), .drop(cache: nil), "portless flows cannot be cached by 5-tuple")
+        var noCache = engine { $0.dropCacheLifetime = 0 }
+        XCTAssertEqual(noCache.handleUnsignaled(flow: flow, now: .seconds(0)), .drop(cache: nil))
         var pass = engine { $0.unsignaled = .defaultPolicy }
         XCTAssertEqual(pass.handleUnsignaled(flow: flow, now: .seconds(0)), .defaultPolicy)
         var admit = engine { $0.unsignaled = .admit; $0.legacyLifetime = 7 }

@@ -22,10 +22,10 @@ CONF
 lab_midcomd gw "$conf"
 lab_bg server "$LAB_DIR/listen4.log" "$BIN/csp" listen --duration 60
 lab_bg server "$LAB_DIR/listen6.log" "$BIN/csp" listen --address :: --duration 60
-lab_bg server "$LAB_DIR/tcp4.log" $FLOWS tcp-serve 8080 --duration 60
-lab_bg server "$LAB_DIR/tcp6.log" $FLOWS tcp-serve 8080 --bind :: --duration 60
-lab_bg server "$LAB_DIR/udp4.log" $FLOWS udp-echo 5000 --duration 60
-lab_bg server "$LAB_DIR/udp6.log" $FLOWS udp-echo 5000 --bind :: --duration 60
+lab_serve server "$LAB_DIR/tcp4.log" $FLOWS tcp-serve 8080 --duration 60
+lab_serve server "$LAB_DIR/tcp6.log" $FLOWS tcp-serve 8080 --bind :: --duration 60
+lab_serve server "$LAB_DIR/udp4.log" $FLOWS udp-echo 5000 --duration 60
+lab_serve server "$LAB_DIR/udp6.log" $FLOWS udp-echo 5000 --bind :: --duration 60
 sleep 0.5
 
 # signal_and_send LABEL PROTO DEST SETUP-ARGS... : SETUP must be ACCEPTed with gw1's record, and
@@ -91,7 +91,7 @@ expect_eq "$rc" 1 "tcp-send exit status for the unsignaled connection"
 expect_match "$out" "connect failed: timed out" "unsignaled connection"
 queued=$(( $(status_counter gw queue_received) - before ))
 [ "$queued" -ge 1 ] || fail "the unsignaled SYN should have been queued to midcomd (queued $queued)"
-expect_eq "$(( $(status_counter gw unsignaled_dropped) - dropped ))" "$queued" "unsignaled packets dropped by midcomd (one per SYN sent)"
+expect_eq "$(( $(status_counter gw unsignaled_dropped) - dropped ))" "$queued" "unsignaled packets queued to midcomd and dropped by it"
 step "queued for the unsignaled connection: $queued SYN(s), all dropped"
 
 step "midctl sessions: four admitted sessions with the traffic counted by the kernel"

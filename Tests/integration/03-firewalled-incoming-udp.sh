@@ -35,9 +35,9 @@ lab_midcomd gw "$conf"
 lab_bg peer "$LAB_DIR/listen4.log" "$BIN/csp" listen --duration 60
 lab_bg peer "$LAB_DIR/listen6.log" "$BIN/csp" listen --address :: --duration 60
 for port in 5004 5005 5006 5007; do
-  lab_bg host "$LAB_DIR/echo4-$port.log" $FLOWS udp-echo "$port" --duration 60
+  lab_serve host "$LAB_DIR/echo4-$port.log" $FLOWS udp-echo "$port" --duration 60
 done
-lab_bg host "$LAB_DIR/echo6-5004.log" $FLOWS udp-echo 5004 --bind :: --duration 60
+lab_serve host "$LAB_DIR/echo6-5004.log" $FLOWS udp-echo 5004 --bind :: --duration 60
 sleep 0.5
 
 # ping FROM-NS DEST PORT SPORT: 3 datagrams, prints "sent 3 replies N from ...".

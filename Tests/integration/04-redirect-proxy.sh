@@ -47,10 +47,10 @@ in_ns gw nft insert rule inet midcom default_policy ip6 saddr fd00:3::2 accept
 lab_midcomd gw "$conf"
 lab_bg server "$LAB_DIR/listen4.log" "$BIN/csp" listen --duration 60
 lab_bg server "$LAB_DIR/listen6.log" "$BIN/csp" listen --address :: --duration 60
-lab_bg server "$LAB_DIR/web4.log" $FLOWS tcp-serve 8080 --duration 60
-lab_bg server "$LAB_DIR/web6.log" $FLOWS tcp-serve 8080 --bind :: --duration 60
-lab_bg proxy "$LAB_DIR/proxy4.log" $FLOWS tcp-proxy 3128 --duration 60
-lab_bg proxy "$LAB_DIR/proxy6.log" $FLOWS tcp-proxy 3128 --bind :: --duration 60
+lab_serve server "$LAB_DIR/web4.log" $FLOWS tcp-serve 8080 --duration 60
+lab_serve server "$LAB_DIR/web6.log" $FLOWS tcp-serve 8080 --bind :: --duration 60
+lab_serve proxy "$LAB_DIR/proxy4.log" $FLOWS tcp-proxy 3128 --duration 60
+lab_serve proxy "$LAB_DIR/proxy6.log" $FLOWS tcp-proxy 3128 --bind :: --duration 60
 sleep 0.5
 
 direct_fails() {

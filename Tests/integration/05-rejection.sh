@@ -39,7 +39,7 @@ lab_midcomd gw "$conf"
 # The server's own agent accepts only port 5000.
 lab_bg server "$LAB_DIR/listen4.log" "$BIN/csp" listen --accept-ports 5000 --duration 60
 lab_bg server "$LAB_DIR/listen6.log" "$BIN/csp" listen --address :: --duration 60
-lab_bg server "$LAB_DIR/telnet.log" $FLOWS tcp-serve 23 --duration 60
+lab_serve server "$LAB_DIR/telnet.log" $FLOWS tcp-serve 23 --duration 60
 sleep 0.5
 
 # no_state LABEL SESSION: nothing installed and nothing remembered for SESSION.

@@ -26,10 +26,10 @@ in_ns gw nft insert rule inet midcom default_policy iifname to-legacy oifname to
 lab_midcomd gw "$conf"
 lab_bg server "$LAB_DIR/listen4.log" "$BIN/csp" listen --duration 60
 for b in 0.0.0.0 ::; do
-  lab_bg server "$LAB_DIR/udp-server-$b.log" $FLOWS udp-echo 5000 --bind "$b" --duration 60
-  lab_bg server "$LAB_DIR/tcp-server-$b.log" $FLOWS tcp-serve 8080 --bind "$b" --duration 60
-  lab_bg legacy "$LAB_DIR/udp-legacy-$b.log" $FLOWS udp-echo 5000 --bind "$b" --duration 60
-  lab_bg legacy "$LAB_DIR/tcp-legacy-$b.log" $FLOWS tcp-serve 8080 --bind "$b" --duration 60
+  lab_serve server "$LAB_DIR/udp-server-$b.log" $FLOWS udp-echo 5000 --bind "$b" --duration 60
+  lab_serve server "$LAB_DIR/tcp-server-$b.log" $FLOWS tcp-serve 8080 --bind "$b" --duration 60
+  lab_serve legacy "$LAB_DIR/udp-legacy-$b.log" $FLOWS udp-echo 5000 --bind "$b" --duration 60
+  lab_serve legacy "$LAB_DIR/tcp-legacy-$b.log" $FLOWS tcp-serve 8080 --bind "$b" --duration 60
 done
 sleep 0.5
 

@@ -2,6 +2,8 @@
 """Bounded two-way traffic for the scenario tests (stdlib only). Every mode ends on its own:
 servers after --duration (at most 120 s), clients after --timeout.
 
+  Servers print "listening on ..." (sniff: "capturing on ...") once ready (lib.sh: lab_serve).
+
   flows.py udp-echo PORT --duration S [--bind ADDR]
       echoes every datagram; prints "echo from ADDR:PORT" for each new peer, then
       "echoed N from ADDR:PORT ..." at the end
@@ -16,6 +18,9 @@ servers after --duration (at most 120 s), clients after --timeout.
       connection cannot be made, exit 2 when the echo is short
   flows.py tcp-proxy PORT --duration S [--bind ADDR]
       an HTTP CONNECT proxy: "proxy ADDR:PORT -> HOST:PORT up N down M" per finished connection
+  flows.py sniff IFACE --duration S
+      captures on IFACE (AF_PACKET) and prints one line per received IP packet that carries
+      options: "ipv4 SRC > DST ipopts HEX", "ipv6 SRC > DST hbh HEX", "... tcpopts HEX"
 """
 import argparse
 import socket
@@ -66,6 +71,7 @@ def deadline_of(duration):
 def udp_echo(args):
     s = bound_socket(args.bind, socket.SOCK_DGRAM)
     s.bind((args.bind or "0.0.0.0", args.port))
+    say(f"listening on udp {args.bind or '0.0.0.0'} {args.port}")
     deadline = deadline_of(args.duration)
     count, peers = 0, []
     while (left := deadline - time.monotonic()) > 0:
@@ -114,6 +120,7 @@ def serve(args, handler):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((args.bind or "0.0.0.0", args.port))
     s.listen(16)
+    say(f"listening on tcp {args.bind or '0.0.0.0'} {args.port}")
     deadline = deadline_of(args.duration)
     while (left := deadline - time.monotonic()) > 0:
         s.settimeout(left)
@@ -236,6 +243,50 @@ def tcp_send(args):
     sys.exit(0 if echoed == args.bytes else 2)
 
 
+# --- capture ---------------------------------------------------------------------------------
+
+def sniff(args):
+    ETH_P_ALL = 0x0003
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((args.iface, 0))
+    say(f"capturing on {args.iface}")
+    deadline = deadline_of(args.duration)
+    printed = 0
+    while printed < 1000 and (left := deadline - time.monotonic()) > 0:
+        s.settimeout(left)
+        try:
+            frame, addr = s.recvfrom(65535)
+        except socket.timeout:
+            break
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        ethertype = int.from_bytes(frame[12:14], "big")
+        ip = frame[14:]
+        parts = []
+        if ethertype == 0x0800 and len(ip) >= 20:
+            ihl = (ip[0] & 0x0F) * 4
+            proto = ip[9]
+            parts.append(f"ipv4 {socket.inet_ntop(socket.AF_INET, ip[12:16])} > {socket.inet_ntop(socket.AF_INET, ip[16:20])}")
+            if ihl > 20:
+                parts.append(f"ipopts {ip[20:ihl].hex()}")
+            l4 = ip[ihl:]
+        elif ethertype == 0x86DD and len(ip) >= 40:
+            proto = ip[6]
+            parts.append(f"ipv6 {socket.inet_ntop(socket.AF_INET6, ip[8:24])} > {socket.inet_ntop(socket.AF_INET6, ip[24:40])}")
+            l4 = ip[40:]
+            if proto == 0 and len(l4) >= 8:
+                hbh_len = (l4[1] + 1) * 8
+                parts.append(f"hbh {l4[:hbh_len].hex()}")
+                proto, l4 = l4[0], l4[hbh_len:]
+        else:
+            continue
+        if proto == 6 and len(l4) >= 20 and (l4[12] >> 4) > 5:
+            parts.append(f"tcpopts {l4[20:(l4[12] >> 4) * 4].hex()}")
+        if len(parts) > 1:
+            say(" ".join(parts))
+            printed += 1
+
+
 parser = argparse.ArgumentParser()
 sub = parser.add_subparsers(dest="cmd", required=True)
 p = sub.add_parser("udp-echo")
@@ -268,5 +319,9 @@ p.add_argument("--bind")
 p.add_argument("--timeout", type=float, default=3.0)
 p.add_argument("--connect", help="HOST:PORT to ask an HTTP CONNECT proxy for")
 p.set_defaults(fn=tcp_send)
+p = sub.add_parser("sniff")
+p.add_argument("iface")
+p.add_argument("--duration", type=float, default=10.0)
+p.set_defaults(fn=sniff)
 args = parser.parse_args()
 args.fn(args)

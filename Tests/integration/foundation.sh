@@ -38,13 +38,16 @@ lab_bg server "$LAB_DIR/listen4.log" "$BIN/csp" listen --duration 120
 lab_bg server "$LAB_DIR/listen6.log" "$BIN/csp" listen --address :: --duration 120
 sleep 0.3
 
-step "unsignaled UDP 10.200.1.2:4001 -> 10.200.2.2:5001 must be dropped"
+step "unsignaled UDP 10.200.1.2:4001 -> 10.200.2.2:5001 must be dropped; after the first packet, by the kernel"
 lab_bg server "$LAB_DIR/recv-unsignaled.log" $UDP recv 5001 --duration 2
 sleep 0.2
-in_ns client $UDP send 10.200.2.2 5001 --sport 4001 --count 5 >/dev/null
-sleep 2.2
+in_ns client $UDP send 10.200.2.2 5001 --sport 4001 --count 1 >/dev/null
+sleep 0.3
+in_ns client $UDP send 10.200.2.2 5001 --sport 4001 --count 4 >/dev/null
+sleep 1.9
 expect_match "$(cat "$LAB_DIR/recv-unsignaled.log")" "^received 0 " "unsignaled flow"
-expect_eq "$(status_counter gw unsignaled_dropped)" 5 "unsignaled packets dropped by midcomd"
+expect_eq "$(status_counter gw unsignaled_dropped)" 1 "unsignaled packets judged (and dropped) by midcomd"
+expect_match "$(in_ns gw nft list set inet midcom drop4)" "10.200.1.2 . udp . 4001 . 10.200.2.2 . 5001 counter packets 4 " "drop-cache element dropped the other 4 in the kernel"
 
 step "csp setup udp 10.200.2.2:5000 --sport 4000 --lifetime 6"
 out=$(in_ns client "$BIN/csp" setup udp 10.200.2.2:5000 --sport 4000 --lifetime 6 --app demo) || fail "csp setup was not accepted: $out"

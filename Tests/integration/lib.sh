@@ -115,6 +115,10 @@ step() { echo "  - $*"; }
 
 lab_cleanup() {
   local rc=$?
+  # Best effort from here on: a reader that went away (`... | head`) must not end the cleanup
+  # half-way (SIGPIPE, or a failed write under `set -e`) and leave namespaces and daemons behind.
+  trap '' PIPE
+  set +e
   if [ $rc -ne 0 ] || [ $LAB_FAILED -ne 0 ]; then
     # On failure show what the gateway knew: its log, its table and its sessions.
     for f in "$LAB_DIR"/*-midcomd.log; do
@@ -162,6 +166,13 @@ FLOWS="$PY $ROOT/Tests/integration/flows.py"
 
 # indent: prefix every line with six spaces (for echoing tool output under a step).
 indent() { sed 's/^/      /'; }
+
+# lab_serve NS LOGFILE CMD...: lab_bg for a flows.py server, then wait (at most 5 s) until it
+# reports that it listens, so the first test packet never races its bind().
+lab_serve() {
+  lab_bg "$@"
+  wait_for_match "$2" "^(listening|capturing) on " 5
+}
 
 # csp_run NS ARGS...: run csp in a namespace without tripping `set -e`; leaves the combined
 # output in CSP_OUT and the exit status in CSP_RC, and echoes the output indented.

@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# Midcom benchmark suite (issue #4): `sudo make bench` (≈15 min) or `sudo BENCH_QUICK=1 make bench` (≈3 min).
+# Every figure is measured against a reference measured in the same run on the same machine, ≥ 5 runs
+# (3 in quick mode), median and spread; see docs/PERFORMANCE.md for what each figure means.
+# Prints the table and writes Benchmarks/results/latest.json. Benchmarks, not tests: nothing here fails on a
+# number; the script fails only when a measurement could not be made.
+#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), shorter runs
+#   BENCH_RUNS=N        runs per figure (default 5, quick 3)
+#   BENCH_FIGURES="1 3" only these figures
+source "$(dirname "$0")/lib.sh"
+
+[ "$(id -u)" = 0 ] || { echo "bench: needs root (namespaces, nftables, NFQUEUE): sudo make bench" >&2; exit 1; }
+QUICK=${BENCH_QUICK:-0}
+if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7"}
+else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9"}; fi
+mkdir -p "$RESULTS" "$BIN"
+RAW="$RESULTS/raw.jsonl"
+: >"$RAW"
+META="$RESULTS/meta.json"
+
+# MARK: build (C references with gcc -O2; midcomd release build in its own scratch path)
+for p in nfqref udpblast cspload nftload natpmpload; do
+  if [ ! -x "$BIN/$p" ] || [ "$BENCH_DIR/c/$p.c" -nt "$BIN/$p" ] || [ "$BENCH_DIR/c/benchutil.h" -nt "$BIN/$p" ]; then
+    gcc -O2 -Wall -o "$BIN/$p" "$BENCH_DIR/c/$p.c" -lnetfilter_queue -lnftnl -lmnl
+  fi
+done
+(cd "$ROOT" && swift build -c release --scratch-path .build-bench 2>&1 | tail -1)
+(cd "$BENCH_DIR" && swift build -c release --scratch-path "$ROOT/.build-bench/benchpkg" 2>&1 | tail -1)
+SWIFT_BENCH="$ROOT/.build-bench/benchpkg/release/MidcomBench"
+modprobe nfnetlink_queue 2>/dev/null || true
+modprobe xt_NFQUEUE 2>/dev/null || true
+
+ENCODING=unknown
+say() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
+
+# udp_run SIZE RATE SECONDS [SPORT]: receiver (server, LOAD_CPU) + sender (client, LOAD_CPU); sets RECV and SEND.
+udp_run() {
+  local size=$1 rate=$2 secs=$3 sport=${4:-40000}
+  bl_bg server "$BL_DIR/recv.log" taskset -c "$LOAD_CPU" "$BIN/udpblast" recv 9000 -d "$(echo "$secs + 3" | bc)"
+  local r=$BL_LAST_PID
+  sleep 0.2
+  SEND=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" send 10.201.2.2 9000 -s "$size" -r "$rate" -d "$secs" -S "$sport")
+  wait "$r" || true
+  RECV=$(tail -1 "$BL_DIR/recv.log")
+}
+
+midcomd_counter() { bl_midctl status --json | python3 -c "import json,sys; print(json.load(sys.stdin)['counters'].get('$1', 0))"; }
+midcomd_status() { bl_midctl status --json | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+# reader_start CASE: the gateway for one queue case, the ruleset already loaded. Sets READER_PID.
+reader_start() {
+  case $1 in
+    none|ruleset) READER_PID= ;;
+    cbatch) bl_nfqref batch; READER_PID=$NFQREF_PID ;;
+    cperpkt) bl_nfqref perpkt; READER_PID=$NFQREF_PID ;;
+    midcomd) bl_midcomd $'[policy]\nunsignaled = default-policy'; READER_PID=$MIDCOMD_PID; ENCODING=$(midcomd_status queueEncoding) ;;
+  esac
+}
+# reader_stop CASE: prints "drops" (kernel queue_dropped + user_dropped) read before the reader unbinds.
+reader_stop() {
+  local kq; kq=$(bl_kernel_queue)
+  [ -n "$READER_PID" ] && bl_stop "$READER_PID"
+  in_ns gw nft flush chain inet midcom enqueue 2>/dev/null || true
+  echo "$kq" | awk '{print $1 + $2}'
+}
+gateway_for() {
+  if [ "$1" = none ]; then in_ns gw nft delete table inet midcom 2>/dev/null || true; else bl_ruleset 9000; fi
+}
+
+# MARK: figure 1 — queue throughput (max offered load) and CPU per packet at a fixed load
+fig1() {
+  bl_lab
+  local sizes="64 1400"; [ "$QUICK" = 1 ] && sizes=64
+  for run in $(seq 1 "$RUNS"); do
+    for size in $sizes; do
+      for c in none ruleset cbatch cperpkt midcomd; do
+        gateway_for $c; reader_start $c
+        udp_run "$size" 0 "$D"
+        local drops; drops=$(reader_stop $c)
+        record 1 "$c-$size" pps "$run" "$(echo "$RECV" | json_field pps)"
+        record 1 "$c-$size" offered_pps "$run" "$(echo "$SEND" | json_field offered_pps)"
+        record 1 "$c-$size" kernel_drops "$run" "$drops"
+      done
+    done
+    for c in cbatch cperpkt midcomd; do  # CPU per packet at 50 kpps (below every reader's capacity)
+      gateway_for $c; reader_start $c
+      local c0; c0=$(bl_proc_cpu_ns "$READER_PID")
+      udp_run 64 50000 "$D"
+      local c1; c1=$(bl_proc_cpu_ns "$READER_PID")
+      local drops; drops=$(reader_stop $c)
+      record 1 "$c-50k" cpu_ns_per_packet "$run" "$(( (c1 - c0) / $(echo "$RECV" | json_field received | awk '{print ($1 > 0 ? $1 : 1)}') ))"
+      record 1 "$c-50k" kernel_drops "$run" "$drops"
+    done
+    say "figure 1 run $run/$RUNS done"
+  done
+}
+
+# MARK: figure 2 — added latency of a queued packet at 10 kpps (one-way, sender and receiver on LOAD_CPU)
+fig2() {
+  bl_lab
+  for run in $(seq 1 "$RUNS"); do
+    for c in ruleset cbatch midcomd; do
+      gateway_for $c; reader_start $c
+      udp_run 64 10000 "$D"
+      reader_stop $c >/dev/null
+      record 2 "$c" lat_p50_ns "$run" "$(echo "$RECV" | json_field lat_p50_ns)"
+      record 2 "$c" lat_p99_ns "$run" "$(echo "$RECV" | json_field lat_p99_ns)"
+    done
+    say "figure 2 run $run/$RUNS done"
+  done
+}
+
+# MARK: figure 3 — new-flow admission (C admission vs midcomd `unsignaled = admit`)
+fig3() {
+  bl_lab
+  in_ns server nft add table inet sink
+  in_ns server nft add chain inet sink input '{ type filter hook input priority 0; policy accept; }'
+  in_ns server nft add rule inet sink input udp dport 1-65535 counter drop
+  local conf=$'[policy]\nunsignaled = admit\nlegacy-lifetime = 60\nmax-sessions = 4000000'
+  for run in $(seq 1 "$RUNS"); do
+    for c in cadmit midcomd; do
+      # Throughput: new flows offered as fast as one core can send them, for D seconds.
+      bl_ruleset
+      if [ $c = cadmit ]; then bl_nfqref admit -t 60; READER_PID=$NFQREF_PID; else bl_midcomd "$conf"; READER_PID=$MIDCOMD_PID; fi
+      local c0; c0=$(bl_proc_cpu_ns "$READER_PID")
+      local out; out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" flows 10.201.2.2 5000 -f 3000000 -k 1 -d "$D" -S 20000)
+      sleep 0.5
+      local c1; c1=$(bl_proc_cpu_ns "$READER_PID")
+      local admitted
+      if [ $c = cadmit ]; then reader_stop $c >/dev/null; admitted=$(json_field elements_added <"$BL_DIR/nfqref.json")
+      else admitted=$(midcomd_counter unsignaled_admitted); reader_stop $c >/dev/null; fi
+      local secs; secs=$(echo "$out" | json_field seconds)
+      record 3 "$c" flows_per_s "$run" "$(echo "$admitted / $secs" | bc -l)"
+      record 3 "$c" cpu_ns_per_flow "$run" "$(( (c1 - c0) / (admitted > 0 ? admitted : 1) ))"
+      # Packets per flow that reached user space: 3 packets per flow, 100 ms apart, 5000 new flows/s.
+      bl_ruleset
+      if [ $c = cadmit ]; then bl_nfqref admit -t 60; READER_PID=$NFQREF_PID; else bl_midcomd "$conf"; READER_PID=$MIDCOMD_PID; fi
+      in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" flows 10.201.2.2 5000 -f 10000 -k 3 -l 500 -r 5000 -S 30000 >/dev/null
+      sleep 0.3
+      local queued
+      if [ $c = cadmit ]; then reader_stop $c >/dev/null; queued=$(json_field received <"$BL_DIR/nfqref.json")
+      else queued=$(midcomd_counter queue_received); reader_stop $c >/dev/null; fi
+      record 3 "$c" packets_per_flow "$run" "$(echo "$queued / 10000" | bc -l)"
+    done
+    say "figure 3 run $run/$RUNS done"
+  done
+}
+
+# MARK: figure 4 — signaled session setup (cspload), gateway-added latency = midcomd − kernel forwarding
+fig4() {
+  bl_lab
+  for run in $(seq 1 "$RUNS"); do
+    for c in kernel midcomd; do
+      if [ $c = kernel ]; then in_ns gw nft delete table inet midcom 2>/dev/null || true
+      else bl_ruleset; bl_midcomd $'[policy]\ndefault = admit\nunsignaled = drop\nmax-sessions = 4000000'; ENCODING=$(midcomd_status queueEncoding); fi
+      for w in 64 1; do
+        local s=8; [ $w = 1 ] && s=1
+        bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -d "$(echo "$D + 5" | bc)"
+        local r=$BL_LAST_PID
+        sleep 0.2
+        local out; out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/cspload" setup 10.201.2.2 -w $w -s $s -d "$D")
+        bl_stop "$r"
+        record 4 "$c-w$w" sessions_per_s "$run" "$(echo "$out" | json_field sessions_per_s)"
+        record 4 "$c-w$w" lost "$run" "$(echo "$out" | json_field lost)"
+        for p in p50 p99 p999; do record 4 "$c-w$w" "rtt_${p}_ns" "$run" "$(echo "$out" | json_field rtt_${p}_ns)"; done
+      done
+      [ $c = midcomd ] && bl_stop "$MIDCOMD_PID"
+    done
+    say "figure 4 run $run/$RUNS done"
+  done
+}
+
+# MARK: figure 5 — fast path of an admitted flow: midcomd running vs the same ruleset without a daemon
+fig5() {
+  bl_lab
+  bl_bg server "$BL_DIR/iperf-server.log" taskset -c "$LOAD_CPU" iperf3 -s -p 5201
+  sleep 0.3
+  for run in $(seq 1 "$RUNS"); do
+    for c in ruleset midcomd; do
+      bl_ruleset
+      in_ns gw nft add element inet midcom admit4_anyport "{ 10.201.1.2 . tcp . 10.201.2.2 . 5201 timeout 1h, 10.201.1.2 . udp . 10.201.2.2 . 9000 timeout 1h }"
+      local q0=0
+      if [ $c = midcomd ]; then bl_midcomd $'[policy]\nunsignaled = drop'; q0=$(midcomd_counter queue_received); fi
+      local bps; bps=$(in_ns client taskset -c "$LOAD_CPU" iperf3 -c 10.201.2.2 -p 5201 -t "$D" -J | python3 -c "import json,sys; print(json.load(sys.stdin)['end']['sum_received']['bits_per_second'])")
+      udp_run 64 0 "$D"
+      record 5 "$c" tcp_bps "$run" "$bps"
+      record 5 "$c" udp_pps "$run" "$(echo "$RECV" | json_field pps)"
+      if [ $c = midcomd ]; then
+        record 5 "$c" queued_during_run "$run" "$(( $(midcomd_counter queue_received) - q0 ))"
+        bl_stop "$MIDCOMD_PID"
+      fi
+    done
+    say "figure 5 run $run/$RUNS done"
+  done
+}
+
+# MARK: figure 6 — nft programming: elements/s through midcomd's NFTablesClient vs nft -f vs C libnftnl
+fig6() {
+  bl_lab
+  local n=20000; [ "$QUICK" = 1 ] && n=5000
+  local pc=$((n / 4))
+  { echo "add element inet midcom admit4 {"; "$BIN/nftload" keys $n | sed 's/,$//; s/$/ timeout 600s,/; $ s/,$//'; echo "}"; } >"$BL_DIR/add.nft"
+  { echo "delete element inet midcom admit4 {"; "$BIN/nftload" keys $n; echo "}"; } >"$BL_DIR/del.nft"
+  for run in $(seq 1 "$RUNS"); do
+    bl_ruleset
+    local t0 t1
+    t0=$(date +%s%N); in_ns gw nft -f "$BL_DIR/add.nft"; t1=$(date +%s%N)
+    record 6 nft-f add_per_s "$run" "$(echo "$n * 1000000000 / ($t1 - $t0)" | bc -l)"
+    t0=$(date +%s%N); in_ns gw nft -f "$BL_DIR/del.nft"; t1=$(date +%s%N)
+    record 6 nft-f del_per_s "$run" "$(echo "$n * 1000000000 / ($t1 - $t0)" | bc -l)"
+    record 6 c add_per_s "$run" "$(in_ns gw "$BIN/nftload" add $n -b 1000 | json_field per_s)"
+    record 6 c del_per_s "$run" "$(in_ns gw "$BIN/nftload" del $n -b 1000 | json_field per_s)"
+    record 6 midcomd-bulk add_per_s "$run" "$(in_ns gw "$SWIFT_BENCH" nft add $n bulk | json_field per_s)"
+    record 6 midcomd-bulk del_per_s "$run" "$(in_ns gw "$SWIFT_BENCH" nft del $n bulk | json_field per_s)"
+    record 6 midcomd-per-change add_per_s "$run" "$(in_ns gw "$SWIFT_BENCH" nft add $pc per-change | json_field per_s)"
+    record 6 midcomd-per-change del_per_s "$run" "$(in_ns gw "$SWIFT_BENCH" nft del $pc per-change | json_field per_s)"
+    record 6 c-per-change add_per_s "$run" "$(in_ns gw "$BIN/nftload" add $pc -b 1 | json_field per_s)"
+    record 6 c-per-change del_per_s "$run" "$(in_ns gw "$BIN/nftload" del $pc -b 1 | json_field per_s)"
+    say "figure 6 run $run/$RUNS done"
+  done
+}
+
+# MARK: figure 7 — scale: SessionTable per size; midcomd holding N adopted sessions, `midctl sessions` time
+fig7() {
+  local sizes="10000 100000 1000000" big=1000000
+  [ "$QUICK" = 1 ] && { sizes="10000 100000"; big=100000; }
+  for run in $(seq 1 "$RUNS"); do
+    taskset -c "$READER_CPU" "$SWIFT_BENCH" table $sizes | while read -r line; do
+      local n; n=$(echo "$line" | json_field sessions)
+      for m in bytes_per_session upsert_ns lookup_flow_ns lookup_id_ns expire_ns_per_session; do
+        record 7 "table-$n" $m "$run" "$(echo "$line" | json_field $m)"
+      done
+    done
+    say "figure 7 table run $run/$RUNS done"
+  done
+  bl_lab
+  bl_ruleset
+  bl_midcomd $'[policy]\nunsignaled = drop\nmax-sessions = 4000000'
+  local rss0; rss0=$(awk '/VmRSS/ {print $2}' "/proc/$MIDCOMD_PID/status")
+  bl_stop "$MIDCOMD_PID"
+  in_ns gw "$BIN/nftload" add $big -b 1000 -t 3600 >/dev/null || say "nftload reported kernel errors while preloading"
+  local t0; t0=$(date +%s%N)
+  bl_midcomd $'[policy]\nunsignaled = drop\nmax-sessions = 4000000'
+  for _ in $(seq 1 600); do [ "$(midcomd_status sessions)" -ge $big ] && break; sleep 0.2; done
+  record 7 "daemon-$big" adopt_s 1 "$(echo "($(date +%s%N) - $t0) / 1000000000" | bc -l)"
+  local rss1; rss1=$(awk '/VmRSS/ {print $2}' "/proc/$MIDCOMD_PID/status")
+  record 7 "daemon-$big" rss_bytes_per_session 1 "$(( (rss1 - rss0) * 1024 / big ))"
+  for run in $(seq 1 "$RUNS"); do
+    local a b
+    a=$(date +%s%N); timeout 60 "$SWIFT_BIN/midctl" --socket "$BL_DIR/gw.sock" sessions >/dev/null; b=$(date +%s%N)
+    record 7 "daemon-$big" midctl_sessions_s "$run" "$(echo "($b - $a) / 1000000000" | bc -l)"
+    a=$(date +%s%N); timeout 60 "$SWIFT_BIN/midctl" --socket "$BL_DIR/gw.sock" sessions --json >/dev/null; b=$(date +%s%N)
+    record 7 "daemon-$big" midctl_sessions_json_s "$run" "$(echo "($b - $a) / 1000000000" | bc -l)"
+  done
+  bl_stop "$MIDCOMD_PID"
+}
+
+# MARK: figure 8 — pinholes created and removed per second: midcomd (signaled) vs miniupnpd (NAT-PMP)
+fig8() {
+  bl_lab
+  bl_ruleset
+  bl_midcomd $'[policy]\ndefault = admit\nunsignaled = drop\nmax-sessions = 4000000'
+  for run in $(seq 1 "$RUNS"); do
+    # The listening host is the server; the rendezvous answering its SETUPs sits on the client side.
+    bl_bg client "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -d "$(echo "$D + 5" | bc)"
+    local r=$BL_LAST_PID
+    sleep 0.2
+    local out; out=$(in_ns server taskset -c "$LOAD_CPU" "$BIN/cspload" setup 10.201.1.2 -w 64 -s 8 -d "$D" -L -t)
+    bl_stop "$r"
+    record 8 midcomd pinholes_per_s "$run" "$(echo "$out" | json_field sessions_per_s)"
+    record 8 midcomd lost "$run" "$(echo "$out" | json_field lost)"
+  done
+  bl_stop "$MIDCOMD_PID"
+  # miniupnpd (Debian miniupnpd-nftables) in its own namespace, NAT-PMP over a veth pair inside it.
+  if command -v miniupnpd >/dev/null; then
+    bl_ns upnp
+    in_ns upnp ip link add ext0 type veth peer name ext1
+    in_ns upnp ip link add lan0 type veth peer name lan1
+    for i in ext0 ext1 lan0 lan1; do in_ns upnp ip link set $i up; done
+    in_ns upnp ip addr add 10.203.0.1/24 dev ext0
+    in_ns upnp ip addr add 10.203.1.1/24 dev lan0
+    in_ns upnp nft -f - <<'NFT'
+table ip filter {
+  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+  chain miniupnpd { }
+}
+table ip nat {
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+}
+NFT
+    printf '%s\n' ext_ifname=ext0 listening_ip=lan0 enable_natpmp=yes enable_upnp=no secure_mode=no \
+      upnp_nat_table_name=nat 'allow 1024-65535 0.0.0.0/0 1024-65535' >"$BL_DIR/miniupnpd.conf"
+    bl_bg upnp "$BL_DIR/miniupnpd.log" taskset -c "$READER_CPU" miniupnpd -d -f "$BL_DIR/miniupnpd.conf" -P "$BL_DIR/miniupnpd.pid"
+    local mpid=$BL_LAST_PID
+    sleep 1
+    for run in $(seq 1 "$RUNS"); do
+      local out; out=$(in_ns upnp taskset -c "$LOAD_CPU" "$BIN/natpmpload" 10.203.1.1 -d "$D")
+      record 8 miniupnpd cycles_per_s "$run" "$(echo "$out" | json_field per_s)"
+      record 8 miniupnpd errors "$run" "$(echo "$out" | json_field errors)"
+    done
+    bl_stop "$mpid"
+    grep -m1 -E "Failed to add|Port forwarding is impossible" "$BL_DIR/miniupnpd.log" >"$RESULTS/miniupnpd-note.txt" || true
+  fi
+}
+
+# MARK: figure 9 — multiqueue: 1 vs 2 queues (C reader per queue, flows balanced by hash)
+fig9() {
+  bl_lab
+  for run in $(seq 1 "$RUNS"); do
+    for q in 1 2; do
+      bl_ruleset 9000
+      in_ns gw "$BIN/nfqref" rule 0 $q >/dev/null
+      # 2 queues: flows balanced by hash (no cpu-fanout: one sending CPU would put every packet in one queue)
+      local pids=()
+      bl_bg gw "$BL_DIR/q0.json" taskset -c "$READER_CPU" "$BIN/nfqref" batch -q 0 -d 60; pids+=("$BL_LAST_PID")
+      [ $q = 2 ] && { bl_bg gw "$BL_DIR/q1.json" taskset -c "$LOAD_CPU" "$BIN/nfqref" batch -q 1 -d 60; pids+=("$BL_LAST_PID"); }
+      sleep 0.3
+      bl_bg server "$BL_DIR/recv.log" taskset -c "$LOAD_CPU" "$BIN/udpblast" recv 9000 -d "$(echo "$D + 3" | bc)"
+      local r=$BL_LAST_PID
+      sleep 0.2
+      local senders=()
+      for sp in 40000 40001 40002 40003; do
+        in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" send 10.201.2.2 9000 -s 64 -d "$D" -S $sp >/dev/null &
+        senders+=($!)
+      done
+      wait "${senders[@]}" || true
+      wait "$r" || true
+      for p in "${pids[@]}"; do bl_stop "$p"; done
+      record 9 "c-${q}q" pps "$run" "$(tail -1 "$BL_DIR/recv.log" | json_field pps)"
+    done
+    say "figure 9 run $run/$RUNS done"
+  done
+}
+
+START=$(date +%s)
+for f in $FIGS; do say "figure $f"; "fig$f"; done
+python3 - "$META" <<PYEOF
+import json, os, subprocess, sys
+meta = {"kernel": os.uname().release, "cpus": os.cpu_count(), "runs": $RUNS, "quick": $QUICK == 1,
+        "seconds_per_run": $D, "nfqueue_encoding": "$ENCODING", "reader_cpu": $READER_CPU, "load_cpu": $LOAD_CPU,
+        "elapsed_s": $(date +%s) - $START, "commit": subprocess.run(["git", "-C", "$ROOT", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
+json.dump(meta, open(sys.argv[1], "w"))
+PYEOF
+python3 "$BENCH_DIR/report.py" "$RAW" "$META" "$RESULTS/latest.json"

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Turns Benchmarks/results/raw.jsonl into the benchmark table (stdout) and latest.json.
+
+Every row is `value ÷ reference`, both medians over the runs of the same bench invocation; spread is
+min–max over the runs. Direction says whether higher or lower is better. Targets come from issue #4.
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+raw_path, meta_path, out_path = sys.argv[1:4]
+meta = json.load(open(meta_path))
+values = defaultdict(list)
+for line in open(raw_path):
+    line = line.strip()
+    if not line:
+        continue
+    r = json.loads(line)
+    try:
+        values[(r["fig"], r["case"], r["metric"])].append(float(r["value"]))
+    except (TypeError, ValueError):
+        pass
+
+
+def stat(fig, case, metric):
+    v = values.get((str(fig), case, metric))
+    if not v:
+        return None
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": len(v)}
+
+
+rows = []
+
+
+def row(fig, name, value, reference=None, unit="", target=None, higher_is_better=True, note=""):
+    """value/reference: stat dicts (or plain numbers); target: ratio (or absolute value when no reference)."""
+    if value is None:
+        rows.append({"fig": fig, "name": name, "missing": True, "note": note or "not measured"})
+        return
+    v = value if isinstance(value, dict) else {"median": value, "min": value, "max": value, "runs": 1}
+    r = None
+    if reference is not None:
+        r = reference if isinstance(reference, dict) else {"median": reference, "min": reference, "max": reference, "runs": 1}
+    ratio = v["median"] / r["median"] if r and r["median"] else None
+    met = None
+    if target is not None:
+        x = ratio if reference is not None else v["median"]
+        if x is not None:
+            met = x >= target if higher_is_better else x <= target
+    rows.append({"fig": fig, "name": name, "value": v, "reference": r, "ratio": ratio, "unit": unit,
+                 "target": target, "higher_is_better": higher_is_better, "met": met, "note": note})
+
+
+def diff(a, b):
+    """a − b of medians (for added latency), as a plain stat."""
+    if a is None or b is None:
+        return None
+    d = a["median"] - b["median"]
+    return {"median": d, "min": a["min"] - b["max"], "max": a["max"] - b["min"], "runs": min(a["runs"], b["runs"])}
+
+
+# 1 queue throughput
+for size in ("64", "1400"):
+    m = stat(1, f"midcomd-{size}", "pps")
+    row(1, f"queue pps {size} B: midcomd ÷ best C loop (batch)", m, stat(1, f"cbatch-{size}", "pps"), "pps", 0.95)
+    row(1, f"queue pps {size} B: midcomd ÷ C per-packet verdicts", m, stat(1, f"cperpkt-{size}", "pps"), "pps")
+    row(1, f"queue pps {size} B: midcomd ÷ kernel only, ruleset no daemon", m, stat(1, f"ruleset-{size}", "pps"), "pps")
+    row(1, f"queue pps {size} B: midcomd ÷ kernel only, no table", m, stat(1, f"none-{size}", "pps"), "pps")
+    row(1, f"queue drops at max load {size} B: midcomd vs C batch", stat(1, f"midcomd-{size}", "kernel_drops"),
+        stat(1, f"cbatch-{size}", "kernel_drops"), "pkts", higher_is_better=False)
+row(1, "reader CPU per packet at 50 kpps: midcomd ÷ C batch", stat(1, "midcomd-50k", "cpu_ns_per_packet"),
+    stat(1, "cbatch-50k", "cpu_ns_per_packet"), "ns", higher_is_better=False)
+row(1, "reader CPU per packet at 50 kpps: midcomd ÷ C per-packet", stat(1, "midcomd-50k", "cpu_ns_per_packet"),
+    stat(1, "cperpkt-50k", "cpu_ns_per_packet"), "ns", higher_is_better=False)
+row(1, "queue drops at 50 kpps: midcomd (C batch as reference)", stat(1, "midcomd-50k", "kernel_drops"),
+    stat(1, "cbatch-50k", "kernel_drops"), "pkts", higher_is_better=False)
+
+# 2 latency
+for p in ("p50", "p99"):
+    k = stat(2, "ruleset", f"lat_{p}_ns")
+    row(2, f"added one-way latency {p} at 10 kpps: midcomd ÷ C batch", diff(stat(2, "midcomd", f"lat_{p}_ns"), k),
+        diff(stat(2, "cbatch", f"lat_{p}_ns"), k), "ns", higher_is_better=False)
+
+# 3 admission
+row(3, "new-flow admission flows/s: midcomd ÷ C admission", stat(3, "midcomd", "flows_per_s"), stat(3, "cadmit", "flows_per_s"), "flows/s", 0.95)
+row(3, "CPU per admitted flow: midcomd ÷ C admission", stat(3, "midcomd", "cpu_ns_per_flow"), stat(3, "cadmit", "cpu_ns_per_flow"), "ns", higher_is_better=False)
+row(3, "packets per flow reaching user space: midcomd (target 1.0)", stat(3, "midcomd", "packets_per_flow"), None, "pkts", 1.0, higher_is_better=False)
+row(3, "packets per flow reaching user space: C admission", stat(3, "cadmit", "packets_per_flow"), None, "pkts", 1.0, higher_is_better=False)
+
+# 4 signaled setup
+row(4, "signaled sessions/s, window 64 (target 100k)", stat(4, "midcomd-w64", "sessions_per_s"), None, "sessions/s", 100000)
+row(4, "signaled sessions/s ÷ kernel forwarding of the same signaling", stat(4, "midcomd-w64", "sessions_per_s"), stat(4, "kernel-w64", "sessions_per_s"), "sessions/s")
+for w in ("1", "64"):
+    for p in ("p50", "p99", "p999"):
+        tgt = 50000 if p == "p99" else None
+        row(4, f"gateway-added setup latency {p}, window {w} (midcomd − kernel)",
+            diff(stat(4, f"midcomd-w{w}", f"rtt_{p}_ns"), stat(4, f"kernel-w{w}", f"rtt_{p}_ns")), None, "ns", tgt, higher_is_better=False)
+
+# 5 fast path
+row(5, "fast path TCP (iperf3): midcomd running ÷ no daemon", stat(5, "midcomd", "tcp_bps"), stat(5, "ruleset", "tcp_bps"), "bit/s", 0.99)
+row(5, "fast path UDP 64 B pps: midcomd running ÷ no daemon", stat(5, "midcomd", "udp_pps"), stat(5, "ruleset", "udp_pps"), "pps", 0.99)
+row(5, "packets queued during the fast-path runs (target 0)", stat(5, "midcomd", "queued_during_run"), None, "pkts", 0, higher_is_better=False)
+
+# 6 nft programming
+for op in ("add", "del"):
+    m = stat(6, "midcomd-per-change", f"{op}_per_s")
+    b = stat(6, "midcomd-bulk", f"{op}_per_s")
+    row(6, f"elements/s {op}, midcomd per-change batches ÷ nft -f", m, stat(6, "nft-f", f"{op}_per_s"), "elem/s", 5)
+    row(6, f"elements/s {op}, midcomd per-change batches ÷ C per-change", m, stat(6, "c-per-change", f"{op}_per_s"), "elem/s", 0.9)
+    row(6, f"elements/s {op}, NFTablesClient 1000/batch ÷ nft -f", b, stat(6, "nft-f", f"{op}_per_s"), "elem/s", 5)
+    row(6, f"elements/s {op}, NFTablesClient 1000/batch ÷ C 1000/batch", b, stat(6, "c", f"{op}_per_s"), "elem/s", 0.9)
+
+# 7 scale
+for n in ("10000", "100000", "1000000"):
+    if stat(7, f"table-{n}", "bytes_per_session") is None:
+        continue
+    row(7, f"SessionTable bytes/session at {n}", stat(7, f"table-{n}", "bytes_per_session"), None, "B", 512, higher_is_better=False)
+    row(7, f"SessionTable lookup by flow at {n}", stat(7, f"table-{n}", "lookup_flow_ns"), stat(7, "table-10000", "lookup_flow_ns"), "ns", higher_is_better=False)
+    row(7, f"SessionTable lookup by id at {n}", stat(7, f"table-{n}", "lookup_id_ns"), stat(7, "table-10000", "lookup_id_ns"), "ns", higher_is_better=False)
+    row(7, f"SessionTable upsert at {n}", stat(7, f"table-{n}", "upsert_ns"), stat(7, "table-10000", "upsert_ns"), "ns", higher_is_better=False)
+    row(7, f"SessionTable expiry per session at {n}", stat(7, f"table-{n}", "expire_ns_per_session"), stat(7, "table-10000", "expire_ns_per_session"), "ns", higher_is_better=False)
+for n in ("1000000", "100000"):
+    if stat(7, f"daemon-{n}", "rss_bytes_per_session") is None:
+        continue
+    row(7, f"midcomd RSS per adopted session at {n}", stat(7, f"daemon-{n}", "rss_bytes_per_session"), None, "B", 512, higher_is_better=False)
+    row(7, f"midcomd start-up adoption of {n} kernel elements", stat(7, f"daemon-{n}", "adopt_s"), None, "s", higher_is_better=False)
+    row(7, f"`midctl sessions` at {n}", stat(7, f"daemon-{n}", "midctl_sessions_s"), None, "s", 2.0, higher_is_better=False)
+    row(7, f"`midctl sessions --json` at {n}", stat(7, f"daemon-{n}", "midctl_sessions_json_s"), None, "s", 2.0, higher_is_better=False)
+
+# 8 pinholes
+mini = stat(8, "miniupnpd", "cycles_per_s")
+mini_err = stat(8, "miniupnpd", "errors")
+note = ""
+if mini_err and mini_err["median"] > 0:
+    note = "miniupnpd answered every mapping with an error (no public external address in the lab): its rate is of refusals"
+row(8, "pinholes/s created+removed: midcomd (signaled) ÷ miniupnpd (NAT-PMP)", stat(8, "midcomd", "pinholes_per_s"), mini, "pinholes/s", 10, note=note)
+
+# 9 multiqueue
+row(9, "C reader: 2 queues ÷ 1 queue (64 B, 4 flows, hash balanced)", stat(9, "c-2q", "pps"), stat(9, "c-1q", "pps"), "pps")
+
+
+def fmt(x, unit=""):
+    if x is None:
+        return "–"
+    a = abs(x)
+    if unit in ("B", "pkts") and a < 100:
+        return f"{x:.3g}"
+    if a >= 1e9:
+        return f"{x / 1e9:.2f}G"
+    if a >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    if a >= 1e4:
+        return f"{x / 1e3:.1f}k"
+    if a >= 100:
+        return f"{x:.0f}"
+    return f"{x:.3g}"
+
+
+def cell(s, unit):
+    if s is None:
+        return "–"
+    if s["runs"] > 1 and s["min"] != s["max"]:
+        return f"{fmt(s['median'], unit)} [{fmt(s['min'], unit)}–{fmt(s['max'], unit)}]"
+    return fmt(s["median"], unit)
+
+
+lines = []
+lines.append(f"Midcom benchmark — kernel {meta['kernel']}, {meta['cpus']} CPUs, NFQUEUE encoding: {meta['nfqueue_encoding']}, "
+             f"reader on CPU {meta['reader_cpu']}, load on CPU {meta['load_cpu']}, {meta['runs']} runs × {meta['seconds_per_run']} s"
+             f"{' (QUICK)' if meta['quick'] else ''}, commit {meta['commit']}")
+lines.append("| fig | figure | value median [min–max] | reference median [min–max] | ratio | target | met |")
+lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    if r.get("missing"):
+        lines.append(f"| {r['fig']} | {r['name']} | – | – | – | – | {r['note']} |")
+        continue
+    tgt = "–"
+    if r["target"] is not None:
+        op = "≥" if r["higher_is_better"] else "≤"
+        tgt = f"{op} {r['target']}×" if r["reference"] is not None else f"{op} {fmt(r['target'], r['unit'])} {r['unit']}"
+    met = {True: "yes", False: "NO", None: ""}[r["met"]]
+    if r["note"]:
+        met = (met + " — " if met else "") + r["note"]
+    ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "–"
+    lines.append(f"| {r['fig']} | {r['name']} | {cell(r['value'], r['unit'])} {r['unit']} | "
+                 f"{cell(r['reference'], r['unit']) if r['reference'] else '–'} | {ratio} | {tgt} | {met} |")
+print("\n".join(lines))
+json.dump({"meta": meta, "rows": rows, "raw": {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in values.items()}},
+          open(out_path, "w"), indent=1)
+print(f"\nwritten: {out_path}")

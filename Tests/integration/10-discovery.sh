@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Scenario 10 (issue #3): discovery. The client sends a packet carrying the discovery option
+# toward a host beyond the gateway, in each encoding: IPv4 option, IPv6 hop-by-hop option, TCP
+# option (IPv4 and IPv6 SYN). The gateway answers ANNOUNCE with its name, identity and epoch (the
+# same it writes into its records), and forwards the probe with the option unchanged. Without the
+# daemon nobody answers (csp exit 3); after a restart the epoch differs, which is how hosts notice
+# lost state.
+#
+#   client 10.200.1.2 ── gw (midcomd gw1) ── server 10.200.2.2   (fd00:1::2 / fd00:2::2)
+source "$(dirname "$0")/lib.sh"
+lab_init discover
+
+step "lab: client — gw — server; the operator lets the LAN out, so probes travel on"
+lab_basic
+conf=$(lab_conf gw <<'CONF'
+[daemon]
+name = "gw1"
+
+[policy]
+default = admit
+unsignaled = default-policy
+CONF
+)
+in_ns gw nft -f "$ROOT/nft-rules/midcom.nft"
+in_ns gw nft insert rule inet midcom default_policy iifname to-client oifname to-server accept
+lab_midcomd gw "$conf"
+lab_bg server "$LAB_DIR/listen.log" "$BIN/csp" listen --duration 60
+lab_serve server "$LAB_DIR/sniff.log" $FLOWS sniff to-gw --duration 60
+sleep 0.5
+
+step "reference: gw1's identity and epoch as its record in an ACCEPT shows them"
+csp_run client setup udp 10.200.2.2:5000 --sport 4000 --lifetime 30
+expect_eq "$CSP_RC" 0 "setup exit status"
+identity=$(sed -n 's/.*middlebox gw1 id \([0-9a-f]\{16\}\) epoch \([0-9]*\):.*/\1 \2/p' <<<"$CSP_OUT")
+id=${identity% *}; epoch=${identity#* }
+[ -n "$id" ] && [ -n "$epoch" ] || fail "no gw1 record in: $CSP_OUT"
+expect_eq "$(midctl gw status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["epoch"])')" "$epoch" "epoch in midctl status"
+
+# discover LABEL DEST ENCODING GW-ADDRESS: one ANNOUNCE from gw1 with the reference identity.
+discover() {
+  step "$1: csp discover $2 --encoding $3"
+  csp_run client discover "$2" --encoding "$3" --timeout 1
+  expect_eq "$CSP_RC" 0 "$1: csp exit status"
+  expect_eq "$(grep -c '^ANNOUNCE' <<<"$CSP_OUT")" 1 "$1: ANNOUNCEs"
+  expect_match "$CSP_OUT" "^ANNOUNCE from $4: middlebox gw1 id $id epoch $epoch$" "$1: ANNOUNCE"
+}
+discover "IPv4 option" 10.200.2.2 ipv4 "10\.200\.1\.1"
+discover "IPv6 hop-by-hop option" fd00:2::2 ipv6 "fd00:1::1"
+discover "TCP option (IPv4 SYN)" 10.200.2.2:80 tcp "10\.200\.1\.1"
+discover "TCP option (IPv6 SYN)" '[fd00:2::2]:80' tcp "fd00:1::1"
+expect_eq "$(status_counter gw announced)" 4 "announced counter"
+
+step "each probe reached the server with its option unchanged"
+wait_for_match "$LAB_DIR/sniff.log" "^ipv4 10\.200\.1\.2 > 10\.200\.2\.2 ipopts 9e0e" 2
+wait_for_match "$LAB_DIR/sniff.log" "^ipv6 fd00:1::2 > fd00:2::2 hbh [0-9a-f]{2}011e0c" 2
+wait_for_match "$LAB_DIR/sniff.log" "^ipv4 10\.200\.1\.2 > 10\.200\.2\.2 tcpopts (([0-9a-f]{2})*)fd104353" 2
+wait_for_match "$LAB_DIR/sniff.log" "^ipv6 fd00:1::2 > fd00:2::2 tcpopts (([0-9a-f]{2})*)fd104353" 2
+indent <"$LAB_DIR/sniff.log"
+
+step "midcomd stopped: no middlebox answers (exit 3)"
+kill -TERM "$MIDCOMD_PID"
+for _ in $(seq 1 50); do kill -0 "$MIDCOMD_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$MIDCOMD_PID" 2>/dev/null && fail "midcomd did not stop within 5 s of SIGTERM"
+csp_run client discover 10.200.2.2 --encoding ipv4 --timeout 1
+expect_eq "$CSP_RC" 3 "csp exit status without a middlebox"
+expect_match "$CSP_OUT" "no CSP middlebox answered" "csp message without a middlebox"
+
+step "midcomd restarted: ANNOUNCE again, with a new epoch"
+lab_midcomd gw "$conf"
+csp_run client discover 10.200.2.2 --encoding ipv4 --timeout 1
+expect_eq "$CSP_RC" 0 "csp exit status after the restart"
+expect_match "$CSP_OUT" "^ANNOUNCE from 10\.200\.1\.1: middlebox gw1 id [0-9a-f]{16} epoch [0-9]+$" "ANNOUNCE after the restart"
+epoch2=$(sed -n 's/.* epoch \([0-9]*\)$/\1/p' <<<"$CSP_OUT")
+[ "$epoch2" != "$epoch" ] || fail "the epoch did not change across the restart ($epoch)"
+echo "10-discovery: all checks passed"
