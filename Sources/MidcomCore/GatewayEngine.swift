@@ -23,10 +23,12 @@ public enum KernelChange: Sendable, Equatable {
     case revoke(FlowTuple)
     /// Translate the flow's source to `to` (outgoing NAT traversal).
     case snat(FlowTuple, to: CSPEndpoint, lifetime: UInt32)
-    case removeSNAT(FlowTuple)
+    case removeSNAT(FlowTuple, to: CSPEndpoint)
     /// Translate packets to `external` into packets to `to` (incoming NAT traversal).
+    /// Installing it also deletes conntrack entries already addressed to `external` (e.g. a peer
+    /// that tried before the mapping existed), which would otherwise never be translated.
     case dnat(IPProtocol, external: CSPEndpoint, to: CSPEndpoint, lifetime: UInt32)
-    case removeDNAT(IPProtocol, external: CSPEndpoint)
+    case removeDNAT(IPProtocol, external: CSPEndpoint, to: CSPEndpoint)
     /// Drop the flow's packets in the kernel for a while (the drop cache): an unsignaled flow that
     /// was refused once must not send every further packet to user space.
     case block(FlowTuple, lifetime: UInt32)
@@ -449,8 +451,8 @@ public struct GatewayEngine: Sendable {
         session.installed.map { object in
             switch object {
             case .admission(let flow): .revoke(flow)
-            case .snat(let flow, _): .removeSNAT(flow)
-            case .dnat(let proto, let external, _): .removeDNAT(proto, external: external)
+            case .snat(let flow, let to): .removeSNAT(flow, to: to)
+            case .dnat(let proto, let external, let to): .removeDNAT(proto, external: external, to: to)
             }
         }
     }

@@ -30,6 +30,8 @@ public struct MidcomConfiguration: Sendable, Equatable {
     public var controlSocket = "/run/midcom/control.sock"
     public var cspPort: UInt16 = CSPMessage.defaultPort
     public var middleboxName = "midcom"
+    /// Stable middlebox ID for records (PROTOCOL.md: SHOULD survive restarts); nil = random per start.
+    public var middleboxID: UInt64?
     public var table = "midcom"
 
     // [policy]
@@ -75,6 +77,12 @@ public struct MidcomConfiguration: Sendable, Equatable {
                 controlSocket = try reader.string("control-socket", default: controlSocket)
                 cspPort = try reader.integer("csp-port", default: cspPort, range: 1...65535)
                 middleboxName = try reader.string("name", default: middleboxName)
+                if let v = reader.raw("id") {
+                    guard v.text.count == 16, let id = UInt64(v.text, radix: 16) else {
+                        throw reader.error(v, "id must be 16 hex digits, found '\(v.text)'", fix: "write e.g. id = \"4d6964636f6d0001\" (unique per middlebox)")
+                    }
+                    middleboxID = id
+                }
                 table = try reader.string("table", default: table)
                 try reader.rejectUnknownKeys()
             case "policy":

@@ -76,8 +76,9 @@ func hex(_ id: UInt64) -> String {
 }
 
 /// Sends `request` to `peer`'s CSP agent and prints what came back; returns the exit status.
-func run(_ request: CSPMessage, to peer: IPAddress, common: Common) throws -> Int32 {
-    let socket = try UDPSocket(family: peer.family)
+func run(_ request: CSPMessage, to peer: IPAddress, from source: IPAddress? = nil, common: Common) throws -> Int32 {
+    // Sent from the flow's own address: middleboxes check that a host signals only its own flows.
+    let socket = try UDPSocket(family: peer.family, address: source)
     var client = SignalingClient(socket: socket)
     client.attempts = common.attempts
     let destination = CSPEndpoint(address: peer, port: common.cspPort)
@@ -103,7 +104,7 @@ func describe(_ result: SignalingResult, machine: Bool) -> String {
             "type=\(reply.type)", "result=\(reply.result)", "session=\(hex(reply.sessionID))", "from=\(result.from)",
             "middlebox=\(middlebox)",
         ]
-        if let lifetime = reply.lifetime { fields.append("lifetime=\(lifetime)") }
+        if let lifetime = effectiveLifetime(of: reply) { fields.append("lifetime=\(lifetime)") }
         if let target = reply.redirectTarget { fields.append("redirect=\(target)") }
         if let mapped = mappedAddress(of: reply) { fields.append("mapped=\(mapped)") }
         if let reason = reply.reason { fields.append("reason=\"\(reason.text)\"") }
@@ -115,7 +116,7 @@ func describe(_ result: SignalingResult, machine: Bool) -> String {
     var head = "\(reply.type) from \(result.from)\(middlebox ? " (middlebox)" : "") in \(rtt) ms"
     if reply.result != .success { head += ": \(reply.result)" }
     if let reason = reply.reason { head += ": \(reason.text)" + (reason.retryAfter > 0 ? " (retry after \(reason.retryAfter)s)" : "") }
-    if reply.type == .accept, let lifetime = reply.lifetime { head += ", lifetime \(lifetime)s" }
+    if reply.type == .accept, let lifetime = effectiveLifetime(of: reply) { head += ", lifetime \(lifetime)s" }
     if let target = reply.redirectTarget { head += ": redirect to \(target)" }
     lines.append(head)
     if let mapped = mappedAddress(of: reply) { lines.append("  mapped to \(mapped)") }
@@ -126,6 +127,14 @@ func describe(_ result: SignalingResult, machine: Bool) -> String {
         lines.append(line)
     }
     return lines.joined(separator: "\n")
+}
+
+/// The lifetime the whole path agreed to: the minimum of the reply's LIFETIME and every
+/// middlebox's granted lifetime (docs/PROTOCOL.md 6.4); records granting 0 hold no state.
+func effectiveLifetime(of reply: CSPMessage) -> UInt32? {
+    let granted = reply.records.map(\.grantedLifetime).filter { $0 > 0 }
+    let all = (reply.lifetime.map { [$0] } ?? []) + granted
+    return all.min()
 }
 
 /// The external address a NAT on the path applied: in the reply itself when the NAT answered,
@@ -220,7 +229,7 @@ extension CSPCommand {
             let request = CSPMessage(
                 type: .setup, flags: .recordRoute, sessionID: sessionID, nonce: secureRandomUInt64(), sequence: 1, tlvs: tlvs)
             if !common.machine { print("session \(hex(sessionID)): \(flow)") }
-            throw ExitCode(try CSPHost_run(request, to: signalTo, common: common))
+            throw ExitCode(try CSPHost_run(request, to: signalTo, from: source.flatMap(IPAddress.init), common: common))
         }
     }
 
@@ -310,6 +319,6 @@ extension CSPCommand {
 }
 
 // Keeps the free function name distinct from ParsableCommand.run().
-func CSPHost_run(_ request: CSPMessage, to peer: IPAddress, common: Common) throws -> Int32 {
-    try run(request, to: peer, common: common)
+func CSPHost_run(_ request: CSPMessage, to peer: IPAddress, from source: IPAddress? = nil, common: Common) throws -> Int32 {
+    try run(request, to: peer, from: source, common: common)
 }

@@ -42,7 +42,7 @@ final class Daemon: Sendable {
         self.log = log
         self.notifier = notifier
         let identity = MiddleboxIdentity(
-            id: secureRandomUInt64(), epoch: UInt32(truncatingIfNeeded: secureRandomUInt64()),
+            id: configuration.middleboxID ?? secureRandomUInt64(), epoch: UInt32(truncatingIfNeeded: secureRandomUInt64()),
             name: configuration.middleboxName)
         engine = Mutex(GatewayEngine(configuration: configuration, identity: identity))
 
@@ -159,12 +159,15 @@ final class Daemon: Sendable {
             do {
                 try apply(outcome.kernel)
             } catch {
-                if let message = try? CSPMessage.parse(udp.payload) {
+                // An ACCEPT for state we could not install must not reach the host as success;
+                // a failed removal only leaves elements that time out by themselves.
+                if let message = try? CSPMessage.parse(udp.payload), message.type == .accept || message.type == .mapped {
                     outcome = engine.withLock {
                         $0.kernelChangeFailed(
                             sessionID: message.sessionID, replyTo: destination, nonce: message.nonce,
                             reason: "middlebox could not install state")
                     }
+                    outcome.reply?.source = source
                 }
             }
         }
@@ -248,7 +251,20 @@ final class Daemon: Sendable {
             log.limited(.error, category: "kernel", "kernel update failed: \(error)")
             throw error
         }
-        for case .revoke(let flow) in changes { forgetConnections(of: flow) }
+        for change in changes {
+            switch change {
+            case .revoke(let flow):
+                forgetConnections(of: flow)
+            case .dnat(let proto, let external, _, _), .removeDNAT(let proto, let external, _):
+                // Conntrack keys translated connections by their original (external) tuple. On
+                // install: entries made before the mapping (a peer that tried early) would never
+                // be translated; on removal: connections through the mapping must stop with it.
+                let any = IPAddress(ipv4: 0)
+                forgetConnections(of: FlowTuple(proto: proto, source: any, sourcePort: 0, destination: external.address, destinationPort: external.port))
+            default:
+                break
+            }
+        }
     }
 
     func forgetConnections(of flow: FlowTuple) {
@@ -275,7 +291,7 @@ final class Daemon: Sendable {
                 do {
                     try apply(outcome.kernel)
                 } catch {
-                    if let request = try? CSPMessage.parse(received.bytes) {
+                    if let request = try? CSPMessage.parse(received.bytes), request.type == .setup {
                         let failed = engine.withLock {
                             $0.kernelChangeFailed(sessionID: request.sessionID, replyTo: received.from, nonce: request.nonce, reason: "middlebox could not install state")
                         }

@@ -90,12 +90,13 @@ extension NFTChangeSet {
             remove(set: element.set, key: element.key, data: nil)
         case .snat(let flow, let to, let lifetime):
             replace(set: "snat4", key: Self.snatKey(flow), data: Self.endpointData(to), lifetime: lifetime)
-        case .removeSNAT(let flow):
-            remove(set: "snat4", key: Self.snatKey(flow), data: Self.endpointData(CSPEndpoint(address: flow.source, port: 0)))
+        case .removeSNAT(let flow, let to):
+            // Re-adding a map element only succeeds with the data it has, hence `to`.
+            remove(set: "snat4", key: Self.snatKey(flow), data: Self.endpointData(to))
         case .dnat(let proto, let external, let to, let lifetime):
             replace(set: "dnat4", key: Self.dnatKey(proto, external), data: Self.endpointData(to), lifetime: lifetime)
-        case .removeDNAT(let proto, let external):
-            remove(set: "dnat4", key: Self.dnatKey(proto, external), data: Self.endpointData(external))
+        case .removeDNAT(let proto, let external, let to):
+            remove(set: "dnat4", key: Self.dnatKey(proto, external), data: Self.endpointData(to))
         case .block(let flow, let lifetime):
             let element = AdmissionElement(blocking: flow)
             addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))

@@ -107,7 +107,7 @@ final class TraversalTests: XCTestCase {
         // Lifetime 0 in a REFRESH deletes everything the pinhole installed.
         let refresh = try CSPMessage(type: .refresh, sessionID: 1, nonce: 3, tlvs: [.lifetime(0)]).serialize()
         let removed = local(&e, refresh, from: client)
-        XCTAssertEqual(removed.kernel, [.revoke(any), .removeDNAT(.udp, external: mapping)])
+        XCTAssertEqual(removed.kernel, [.revoke(any), .removeDNAT(.udp, external: mapping, to: CSPEndpoint(address: client.address, port: 6000))])
         XCTAssertTrue(e.sessions.isEmpty)
     }
 
