@@ -60,40 +60,46 @@ final class MidctlTests: XCTestCase {
         }
         let stdoutPath = directory.path + "/stdout"
         let stderrPath = directory.path + "/stderr"
-        for path in [stdoutPath, stderrPath] {
-            XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: nil), path, file: file, line: line)
-        }
-        let stdout = try FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
-        let stderr = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
-        defer {
-            try? stdout.close()
-            try? stderr.close()
-        }
-
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: wrapper.first ?? executable)
-        process.arguments = wrapper.isEmpty ? arguments : wrapper.dropFirst() + [executable] + arguments
         var childEnvironment = ProcessInfo.processInfo.environment
         childEnvironment["MIDCOM_SOCKET"] = nil
         childEnvironment["COLUMNS"] = "80"
         childEnvironment.merge(environment) { $1 }
-        process.environment = childEnvironment
-        // Files, not pipes: a chatty child can never block on a full pipe while we wait for it.
-        process.standardOutput = stdout
-        process.standardError = stderr
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        let argv = (wrapper.isEmpty ? [executable] : wrapper + [executable]) + arguments
 
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
-        if process.isRunning {
-            process.terminate()
-            XCTFail("midctl \(arguments.joined(separator: " ")) did not exit within \(timeout) s", file: file, line: line)
-            Thread.sleep(forTimeInterval: 0.2)
+        // posix_spawn + waitpid, not Foundation.Process: `make test` runs the suites in a fresh
+        // network namespace (unshare -n, lo down), where Process cannot create its wake-up socket
+        // pair and may never notice that the child exited. Output goes to files, not pipes, so a
+        // chatty child never blocks on a full pipe while we wait for it.
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        var cArguments: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        var cEnvironment: [UnsafeMutablePointer<CChar>?] = childEnvironment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { (cArguments + cEnvironment).forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, argv[0], &actions, nil, &cArguments, &cEnvironment)
+        guard spawned == 0 else {
+            XCTFail("cannot run \(argv[0]): \(String(cString: strerror(spawned)))", file: file, line: line)
+            throw MidctlNotBuilt(searched: [argv[0]])
         }
-        process.waitUntilExit()
+        let deadline = Date().addingTimeInterval(timeout)
+        var status: Int32 = 0
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if Date() >= deadline {
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                XCTFail("midctl \(arguments.joined(separator: " ")) did not exit within \(timeout) s", file: file, line: line)
+                break
+            }
+            usleep(5_000)
+        }
+        // WIFEXITED / WEXITSTATUS are macros: decode the wait status by hand.
+        let exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         return Result(
-            status: process.terminationStatus,
+            status: exitStatus,
             stdout: try String(contentsOfFile: stdoutPath, encoding: .utf8),
             stderr: try String(contentsOfFile: stderrPath, encoding: .utf8))
     }
