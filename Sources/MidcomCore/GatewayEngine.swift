@@ -116,6 +116,8 @@ public struct GatewayEngine: Sendable {
     var natPortCursor: UInt16 = 0
     /// ANNOUNCEs sent in the current second: discovery must not turn the gateway into a reflector.
     var announceWindow: (second: UInt64, count: Int) = (0, 0)
+    /// Sources answered in the current second (at most one ANNOUNCE per source per second).
+    var announcedSources: Set<IPAddress> = []
     public static let announcesPerSecond = 100
     public let identity: MiddleboxIdentity
     public let policy: Policy

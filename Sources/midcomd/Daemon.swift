@@ -193,7 +193,7 @@ final class Daemon: Sendable {
         // judged on its flow alone.
         if let found = try? CSPDiscoveryOption.find(in: ip), found.option.flags.contains(.query) {
             let destination = CSPEndpoint(address: ip.source, port: found.option.effectiveReplyPort)
-            if let announce = engine.withLock({ $0.announce(to: destination, nonce: found.option.nonce, now: now()) }) {
+            if let announce = engine.withLock({ $0.announce(to: destination, nonce: found.option.nonce, triggerLength: ip.totalLength, now: now()) }) {
                 send(announce)
                 log.limited(.info, category: "discovery", "ANNOUNCE to \(destination) (\(found.encoding) discovery option)")
             }

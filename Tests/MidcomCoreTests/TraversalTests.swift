@@ -121,18 +121,28 @@ final class TraversalTests: XCTestCase {
         XCTAssertTrue(e.sessions.isEmpty)
     }
 
-    func testAnnounceIsRateLimited() {
+    func testAnnounceIsLimitedPerSourceInAllAndBySize() {
         var e = engine()
-        var sent = 0
-        for _ in 0..<(GatewayEngine.announcesPerSecond + 5) {
-            if e.announce(to: client, nonce: 1, now: .seconds(1)) != nil { sent += 1 }
-        }
-        XCTAssertEqual(sent, GatewayEngine.announcesPerSecond)
-        XCTAssertEqual(e.counters.announceLimited, 5)
-        let next = e.announce(to: client, nonce: 42, now: .seconds(2))
+        XCTAssertNotNil(e.announce(to: client, nonce: 1, triggerLength: 60, now: .seconds(1)))
+        XCTAssertNil(e.announce(to: client, nonce: 2, triggerLength: 60, now: .seconds(1.5)), "one per source per second")
+        let next = e.announce(to: client, nonce: 42, triggerLength: 60, now: .seconds(2))
         XCTAssertEqual(next?.message.type, .announce)
         XCTAssertEqual(next?.message.nonce, 42)
         XCTAssertEqual(next?.message.epoch, 9)
+        XCTAssertTrue(next?.message.tlvs.contains(.middleboxName("nat1")) ?? false)
+
+        var sent = 0
+        for host in 0..<(GatewayEngine.announcesPerSecond + 5) {
+            let source = CSPEndpoint(address: IPAddress(ipv4: 0x0a00_0000 + UInt32(host)), port: 7227)
+            if e.announce(to: source, nonce: 1, triggerLength: 60, now: .seconds(3)) != nil { sent += 1 }
+        }
+        XCTAssertEqual(sent, GatewayEngine.announcesPerSecond, "budget for all sources")
+
+        // A tiny trigger: the name goes first; below that nothing is sent (no amplification > 3x).
+        let small = e.announce(to: serverAgent, nonce: 5, triggerLength: 30, now: .seconds(4))
+        XCTAssertNotNil(small)
+        XCTAssertFalse(small?.message.tlvs.contains(.middleboxName("nat1")) ?? true)
+        XCTAssertNil(e.announce(to: client, nonce: 6, triggerLength: 20, now: .seconds(5)))
     }
 
     func testNATConfigurationErrors() {
