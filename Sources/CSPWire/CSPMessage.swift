@@ -8,6 +8,25 @@ public struct CSPEndpoint: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { address.family == .ipv6 ? "[\(address)]:\(port)" : "\(address):\(port)" }
+
+    /// Parses the `description` form: `1.2.3.4:80` or `[2001:db8::1]:80`.
+    public init?(parsing text: String) {
+        let host: Substring
+        let port: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            port = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        }
+        guard let address = IPAddress(String(host)), let number = UInt16(port) else { return nil }
+        self.init(address: address, port: number)
+    }
 }
 
 /// REASON: why a request failed, and when retrying may help.

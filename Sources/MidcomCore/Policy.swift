@@ -130,27 +130,6 @@ public struct PolicyRule: Sendable, Equatable {
 
 private func table(_ reader: TableReader) -> ConfigFile.Table { reader.table }
 
-extension CSPEndpoint {
-    /// Parses `1.2.3.4:80` or `[2001:db8::1]:80`.
-    public init?(parsing text: String) {
-        var host: Substring
-        var port: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { return nil }
-            host = text[text.index(after: text.startIndex)..<close]
-            let rest = text[text.index(after: close)...]
-            guard rest.hasPrefix(":") else { return nil }
-            port = rest.dropFirst()
-        } else {
-            guard let colon = text.lastIndex(of: ":") else { return nil }
-            host = text[..<colon]
-            port = text[text.index(after: colon)...]
-        }
-        guard let address = IPAddress(String(host)), let p = UInt16(port) else { return nil }
-        self.init(address: address, port: p)
-    }
-}
-
 /// The decision of the policy for one SETUP.
 public struct PolicyDecision: Sendable, Equatable {
     public var action: PolicyAction

@@ -48,28 +48,6 @@ func parseEndpoint(_ text: String) throws -> CSPEndpoint {
     throw ValidationError("'\(text)' is not address:port (IPv6 as [addr]:port)")
 }
 
-/// Parses "1.2.3.4:80" or "[::1]:80"; duplicated from MidcomCore's helper on purpose: the host
-/// tool must not link the gateway core.
-extension CSPEndpoint {
-    init?(parsing text: String) {
-        var host: Substring
-        var port: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { return nil }
-            host = text[text.index(after: text.startIndex)..<close]
-            let rest = text[text.index(after: close)...]
-            guard rest.hasPrefix(":") else { return nil }
-            port = rest.dropFirst()
-        } else {
-            guard let colon = text.lastIndex(of: ":") else { return nil }
-            host = text[..<colon]
-            port = text[text.index(after: colon)...]
-        }
-        guard let address = IPAddress(String(host)), let p = UInt16(port) else { return nil }
-        self.init(address: address, port: p)
-    }
-}
-
 func hex(_ id: UInt64) -> String {
     let digits = String(id, radix: 16)
     return String(repeating: "0", count: max(0, 16 - digits.count)) + digits

@@ -240,3 +240,14 @@ final class PacketViewTests: XCTestCase {
         }
     }
 }
+
+final class EndpointParsingTests: XCTestCase {
+    func testParsesWhatDescriptionPrints() {
+        for text in ["10.0.0.1:80", "[2001:db8::1]:443", "[::]:0", "255.255.255.255:65535"] {
+            XCTAssertEqual(CSPEndpoint(parsing: text)?.description, text)
+        }
+        for bad in ["10.0.0.1", "10.0.0.1:", "10.0.0.1:65536", "[2001:db8::1]", "2001:db8::1:80x", "[::1:80", "host:80", ""] {
+            XCTAssertNil(CSPEndpoint(parsing: bad), bad)
+        }
+    }
+}
