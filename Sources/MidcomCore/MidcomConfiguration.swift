@@ -28,6 +28,12 @@ public struct MidcomConfiguration: Sendable, Equatable {
     public var encoding: QueueEncodingPreference = .auto
     public var onDaemonAbsent: AbsentDaemonBehaviour = .defaultPolicy
     public var controlSocket = "/run/midcom/control.sock"
+    /// Packets the kernel holds for us per queue before it drops (or, with `queueFailOpen`, accepts).
+    public var queueMaximumLength: UInt32 = 4096
+    /// NFQA_CFG_F_FAIL_OPEN: when the queue is full the kernel accepts instead of dropping.
+    public var queueFailOpen = false
+    /// Netlink receive buffer per queue socket, bytes.
+    public var queueReceiveBuffer = 8 << 20
     public var cspPort: UInt16 = CSPMessage.defaultPort
     public var middleboxName = "midcom"
     /// Stable middlebox ID for records (PROTOCOL.md: SHOULD survive restarts); nil = random per start.
@@ -75,6 +81,9 @@ public struct MidcomConfiguration: Sendable, Equatable {
                 encoding = try reader.choice("nfqueue-encoding", default: encoding)
                 onDaemonAbsent = try reader.choice("on-daemon-absent", default: onDaemonAbsent)
                 controlSocket = try reader.string("control-socket", default: controlSocket)
+                queueMaximumLength = try reader.integer("queue-max-length", default: queueMaximumLength, range: 16...1_048_576)
+                queueFailOpen = try reader.boolean("queue-fail-open", default: queueFailOpen)
+                queueReceiveBuffer = try reader.integer("queue-receive-buffer", default: queueReceiveBuffer, range: 65536...(1 << 30))
                 cspPort = try reader.integer("csp-port", default: cspPort, range: 1...65535)
                 middleboxName = try reader.string("name", default: middleboxName)
                 if let v = reader.raw("id") {
@@ -208,6 +217,15 @@ struct TableReader {
             throw error(v, "'\(key)' = \(n) is out of range", fix: "use a value from \(range.lowerBound) to \(range.upperBound)")
         }
         return n
+    }
+
+    mutating func boolean(_ key: String, default fallback: Bool) throws(ConfigError) -> Bool {
+        guard let v = raw(key) else { return fallback }
+        switch v.text {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: throw error(v, "'\(key)' must be true or false, found '\(v.text)'", fix: "write \(key) = true or \(key) = false")
+        }
     }
 
     mutating func choice<T: RawRepresentable & CaseIterable>(_ key: String, default fallback: T) throws(ConfigError) -> T

@@ -56,6 +56,9 @@ final class Daemon: Sendable {
         queues = try (0..<configuration.queueCount).map { offset in
             var queueConfiguration = QueueConfiguration(queueNumber: configuration.queueNumber + offset)
             queueConfiguration.copyRange = 0xffff
+            queueConfiguration.maxQueueLength = configuration.queueMaximumLength
+            queueConfiguration.failOpen = configuration.queueFailOpen
+            queueConfiguration.receiveBufferBytes = configuration.queueReceiveBuffer
             return try NetfilterQueue(queueConfiguration)
         }
         encoding = try nft.installQueueRule(

@@ -15,6 +15,14 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(config.rules[0].ports, 23...23)
         XCTAssertEqual(config.rules[1].maximumLifetime, 30)
         XCTAssertEqual(config.onDaemonAbsent, .defaultPolicy)
+        XCTAssertEqual(config.queueMaximumLength, 4096)
+        XCTAssertFalse(config.queueFailOpen)
+        XCTAssertEqual(config.dropCacheLifetime, 10)
+    }
+
+    func testBooleans() throws {
+        XCTAssertTrue(try MidcomConfiguration(path: "x", text: "[daemon]\nqueue-fail-open = yes\n").queueFailOpen)
+        assertConfigError("[daemon]\nqueue-fail-open = maybe\n", line: 2, contains: "must be true or false")
     }
 
     func testEmptyFileGivesDefaults() throws {
