@@ -47,7 +47,7 @@ install: check-root
 	install -D -m 0644 systemd/midcomd.service /etc/systemd/system/midcomd.service
 	[ -f /etc/midcom/midcomd.conf ] || install -D -m 0644 docs/examples/midcomd.conf /etc/midcom/midcomd.conf
 
-## bench: benchmark suite (≈15 min; BENCH_QUICK=1 ≈3 min): prints the table, writes Benchmarks/results/latest.json
+## bench: benchmark suite (≈ 20 min; BENCH_QUICK=1 ≈ 5 min): prints the table, writes Benchmarks/results/latest.json
 bench: check-root
 	@bash Benchmarks/bench.sh
 

@@ -110,18 +110,23 @@ bl_ruleset() {
   fi
 }
 
-# bl_midcomd CONFIG_BODY: start midcomd in gw pinned to READER_CPU; waits for its control socket.
+# bl_midcomd CONFIG_BODY [WAIT_S]: start midcomd in gw pinned to READER_CPU; waits (10 s by default) for its
+# control socket, which opens only after start-up (adopting kernel state can take a while at 1M elements).
 bl_midcomd() {
   printf '%s\n' "$1" >"$BL_DIR/midcomd.conf"
   bl_bg gw "$BL_DIR/midcomd.log" taskset -c "$READER_CPU" "$SWIFT_BIN/midcomd" --config "$BL_DIR/midcomd.conf" \
     --control-socket "$BL_DIR/gw.sock" --log-level warning
   MIDCOMD_PID=$BL_LAST_PID
-  for _ in $(seq 1 100); do
-    if "$SWIFT_BIN/midctl" --socket "$BL_DIR/gw.sock" status >/dev/null 2>&1; then return 0; fi
+  local wait=${2:-10}
+  for _ in $(seq 1 $((wait * 10))); do
+    if "$SWIFT_BIN/midctl" --socket "$BL_DIR/gw.sock" status --json >"$BL_DIR/status.json" 2>/dev/null; then
+      ENCODING=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['queueEncoding'])" "$BL_DIR/status.json")
+      return 0
+    fi
     kill -0 "$MIDCOMD_PID" 2>/dev/null || { cat "$BL_DIR/midcomd.log" >&2; echo "midcomd exited at start" >&2; return 1; }
     sleep 0.1
   done
-  echo "midcomd did not answer within 10 s" >&2
+  echo "midcomd did not answer within $wait s" >&2
   return 1
 }
 
