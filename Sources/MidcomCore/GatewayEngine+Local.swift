@@ -37,7 +37,7 @@ extension GatewayEngine {
             sessions.upsert(session)
             counters.refreshed += 1
             return SignalingOutcome(
-                verdict: .drop, kernel: installation(of: session, lifetime: decision.lifetime),
+                verdict: .drop, kernel: installation(of: session, lifetime: decision.lifetime, replacing: true),
                 reply: answer(request, to: source, lifetime: decision.lifetime, session: session),
                 event: "refreshed \(hex(session.id)) \(session.flow) for \(decision.lifetime)s")
         case .teardown:
@@ -110,10 +110,10 @@ extension GatewayEngine {
     }
 
     /// The kernel changes that (re)install everything a session owns with a new lifetime.
-    func installation(of session: Session, lifetime: UInt32) -> [KernelChange] {
+    func installation(of session: Session, lifetime: UInt32, replacing: Bool = false) -> [KernelChange] {
         session.installed.map { object in
             switch object {
-            case .admission(let flow): .admit(flow, lifetime: lifetime)
+            case .admission(let flow): replacing ? .readmit(flow, lifetime: lifetime) : .admit(flow, lifetime: lifetime)
             case .snat(let flow, let to): .snat(flow, to: to, lifetime: lifetime)
             case .dnat(let proto, let external, let to): .dnat(proto, external: external, to: to, lifetime: lifetime)
             }

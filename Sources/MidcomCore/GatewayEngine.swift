@@ -19,6 +19,9 @@ public enum KernelChange: Sendable, Equatable {
     /// Admit packets of the flow (initiator → responder); replies ride conntrack. Re-admitting an
     /// existing flow replaces its timeout.
     case admit(FlowTuple, lifetime: UInt32)
+    /// The same for a flow already admitted (a refresh): the kernel element's timeout is replaced,
+    /// which costs more than a first admission on kernels that do not update timeouts on re-add.
+    case readmit(FlowTuple, lifetime: UInt32)
     /// Remove the admission and the flow's conntrack entries, so an established flow stops too.
     case revoke(FlowTuple)
     /// Translate the flow's source to `to` (outgoing NAT traversal).
@@ -297,7 +300,7 @@ public struct GatewayEngine: Sendable {
         }
         let wasAdmitted = session.state == .admitted
         let lifetime = min(session.grantedLifetime, accept.lifetime.map { $0 == 0 ? session.grantedLifetime : $0 } ?? .max)
-        var kernel: [KernelChange] = [.admit(session.flow, lifetime: lifetime)]
+        var kernel: [KernelChange] = [wasAdmitted ? .readmit(session.flow, lifetime: lifetime) : .admit(session.flow, lifetime: lifetime)]
         session.installed = [.admission(session.flow)]
         if let mapping = session.mapping, mapping.port != 0 {
             kernel.append(.snat(session.flow, to: mapping, lifetime: lifetime))

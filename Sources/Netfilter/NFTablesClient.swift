@@ -367,8 +367,10 @@ private final class Batch {
 
     /// Starts a batch with NFNL_MSG_BATCH_BEGIN; sequence numbers are taken from (and written back to) `counter`.
     init(sequence counter: inout UInt32) throws(NetfilterError) {
-        // Pages of 128 KiB; a single message may overrun a page by up to MNL_SOCKET_BUFFER_SIZE.
-        let allocated = syscallHandle { nftnl_batch_alloc(128 << 10, UInt32(cnf_mnl_socket_buffer_size())) }
+        // Pages of 16 KiB (more are chained for big batches); a single message may overrun a page by
+        // up to MNL_SOCKET_BUFFER_SIZE. Small pages matter: most batches carry one admission, and
+        // a 128 KiB page is above glibc's mmap threshold, i.e. an mmap/munmap per transaction.
+        let allocated = syscallHandle { nftnl_batch_alloc(16 << 10, UInt32(cnf_mnl_socket_buffer_size())) }
         guard let handle = allocated.handle else {
             throw NetfilterError(operation: "nftnl_batch_alloc", object: "nftables batch", errno: allocated.errno)
         }

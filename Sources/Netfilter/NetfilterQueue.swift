@@ -213,6 +213,7 @@ public final class NetfilterQueue: @unchecked Sendable {
         var counters: QueueCounters
         /// A run of plain verdicts not sent yet: ids up to `lastID` all get `kind`.
         var pendingKind: Verdict.Kind = .accept
+        var pendingMark: UInt32? = nil
         var pendingLastID: UInt32 = 0
         var pendingCount = 0
     }
@@ -280,10 +281,14 @@ public final class NetfilterQueue: @unchecked Sendable {
         if verdict.isBatchable {
             // A batch verdict covers every queued id up to the last one (wrap-around aware in the kernel); extend the
             // run only while ids increase and the verdict is the same.
-            if loop.pendingCount > 0 && (loop.pendingKind != verdict.kind || Int32(bitPattern: id &- loop.pendingLastID) <= 0) {
+            if loop.pendingCount > 0
+                && (loop.pendingKind != verdict.kind || loop.pendingMark != verdict.mark
+                    || Int32(bitPattern: id &- loop.pendingLastID) <= 0)
+            {
                 flushPending(&loop)
             }
             loop.pendingKind = verdict.kind
+            loop.pendingMark = verdict.mark
             loop.pendingLastID = id
             loop.pendingCount += 1
             return
@@ -303,7 +308,13 @@ public final class NetfilterQueue: @unchecked Sendable {
         guard loop.pendingCount > 0 else { return }
         let batch = loop.pendingCount > 1
         loop.pendingCount = 0
-        send(verdict: loop.pendingKind == .accept ? .accept : .drop, id: loop.pendingLastID, batch: batch, loop: &loop)
+        let verdict: Verdict =
+            switch (loop.pendingKind, loop.pendingMark) {
+            case (.accept, let mark?): .accept(mark: mark)
+            case (.accept, nil): .accept
+            default: .drop
+            }
+        send(verdict: verdict, id: loop.pendingLastID, batch: batch, loop: &loop)
     }
 
     /// Builds one verdict message in the preallocated send buffer and sends it.

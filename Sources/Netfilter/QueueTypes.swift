@@ -77,8 +77,9 @@ public struct Verdict: Sendable, Equatable {
         Verdict(kind: .repeat, mark: mark, payload: nil)
     }
 
-    /// Plain accepts and drops of consecutive ids can share one NFQNL_MSG_VERDICT_BATCH.
-    var isBatchable: Bool { mark == nil && payload == nil && kind != .repeat }
+    /// Accepts and drops of consecutive ids with the same mark (or none) can share one
+    /// NFQNL_MSG_VERDICT_BATCH: the kernel applies a batch verdict's mark to every packet it covers.
+    var isBatchable: Bool { payload == nil && kind != .repeat }
 }
 
 /// One packet handed to the `NetfilterQueue` handler.

@@ -55,7 +55,9 @@ final class Daemon: Sendable {
         // must fail without replacing (and then removing) the rule it depends on.
         queues = try (0..<configuration.queueCount).map { offset in
             var queueConfiguration = QueueConfiguration(queueNumber: configuration.queueNumber + offset)
-            queueConfiguration.copyRange = 0xffff
+            // CSP messages SHOULD fit in 1200 octets (PROTOCOL.md 2.1) and first packets are judged
+            // on their headers: 2 KiB copies all of that; larger signaling is forwarded unprocessed.
+            queueConfiguration.copyRange = 2048
             queueConfiguration.maxQueueLength = configuration.queueMaximumLength
             queueConfiguration.failOpen = configuration.queueFailOpen
             queueConfiguration.receiveBufferBytes = configuration.queueReceiveBuffer

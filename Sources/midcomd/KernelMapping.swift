@@ -83,6 +83,11 @@ extension NFTChangeSet {
     mutating func append(_ change: KernelChange) {
         switch change {
         case .admit(let flow, let lifetime):
+            // A new element: one add. (If a stale one exists, the add still succeeds; kernels
+            // from 6.10 on even take the new timeout.)
+            let element = AdmissionElement(admitting: flow)
+            addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
+        case .readmit(let flow, let lifetime):
             let element = AdmissionElement(admitting: flow)
             replace(set: element.set, key: element.key, data: nil, lifetime: lifetime)
         case .revoke(let flow):

@@ -166,7 +166,7 @@ final class GatewayEngineTests: XCTestCase {
         let refresh = CSPMessage(type: .refresh, sessionID: 1, nonce: 21, sequence: 2, tlvs: [.lifetime(15)])
         XCTAssertEqual(send(&e, refresh, from: client, to: serverAgent, at: 8).verdict, .forward)
         let accepted = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 21, tlvs: [.lifetime(15)]), from: serverAgent, to: client, at: 8)
-        XCTAssertEqual(accepted.kernel, [.admit(flow, lifetime: 15)])
+        XCTAssertEqual(accepted.kernel, [.readmit(flow, lifetime: 15)], "a refresh replaces the element's timeout")
         XCTAssertEqual(e.sessions[id: 1]?.expiresAt, .seconds(23))
         XCTAssertEqual(e.counters.refreshed, 1)
         let teardown = send(&e, CSPMessage(type: .teardown, sessionID: 1, nonce: 31), from: client, to: serverAgent, at: 9)
