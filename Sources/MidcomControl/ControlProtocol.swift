@@ -17,7 +17,7 @@
 // Timeouts
 //   The daemon serves one connection at a time, so it bounds each one: a connection that does not complete a
 //   request line within the server's connection timeout (2 s by default), or does not drain the response within
-//   it, is closed. Clients should bound their wait as well (midctl: 5 s).
+//   it, is closed. Clients should bound their wait as well (midctl: 5 s, 120 s for `sessions`).
 //
 // Request object (field names are the Swift property names below)
 //   version    integer, optional, default 1. A daemon rejects versions it does not speak with an error response
@@ -51,7 +51,8 @@ public enum ControlProtocol {
     /// The longest request line a server accepts, newline excluded.
     public static let maxRequestLineBytes = 64 * 1024
     /// The longest response line a client accepts: room for well over 100 000 session records.
-    public static let maxResponseBytes = 64 * 1024 * 1024
+    /// About 4 million sessions as JSON: a cap against a runaway peer, not a working limit.
+    public static let maxResponseBytes = 1024 * 1024 * 1024
 }
 
 /// What a request asks the daemon to do.

@@ -67,7 +67,10 @@ struct ConnectionOptions: ParsableArguments {
     func perform(_ request: ControlRequest) throws -> ControlResponse {
         let response: ControlResponse
         do {
-            response = try ControlClient(path: socketPath).send(request)
+            // Listing a very large table takes the daemon a while (about 3 s per 100k sessions in a
+            // debug build); everything else must answer quickly or the daemon is stuck.
+            let timeout: Duration = request.command == .sessions ? .seconds(120) : .seconds(5)
+            response = try ControlClient(path: socketPath, timeout: timeout).send(request)
         } catch {
             printError(error.description)
             throw ExitCode(3)
