@@ -132,7 +132,13 @@ public final class NetfilterQueue: @unchecked Sendable {
     /// Blocks the calling thread until `stop()`. Calls `handler` for every packet and sends exactly one verdict per
     /// packet id; calls `tick` at least every `tickInterval`, also when idle. Throws only when the socket fails
     /// for another reason than ENOBUFS (counted) or EINTR (retried).
+    ///
+    /// Verdicts are held until the burst of packets read in one go has been handled; then
+    /// `beforeVerdicts` runs and may replace some of them (by packet id), and the burst's verdicts go
+    /// out in id order. This lets a caller program the kernel once per burst, before any packet whose
+    /// handling depends on that programming is let through.
     public func run(tickInterval: Duration = .milliseconds(500), tick: () -> Void = {},
+                    beforeVerdicts: () -> [(id: UInt32, verdict: Verdict)] = { [] },
                     handler: (borrowing QueuedPacket) -> Verdict) throws(NetfilterError) {
         guard running.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
             preconditionFailure("NetfilterQueue.run called while it is already running on another thread")
@@ -140,6 +146,7 @@ public final class NetfilterQueue: @unchecked Sendable {
         defer { running.store(false, ordering: .releasing) }
 
         var loop = LoopState(counters: counters)
+        loop.burst.reserveCapacity(256)
         let clock = ContinuousClock()
         var nextTick = clock.now.advanced(by: tickInterval)
         var descriptors = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
@@ -160,12 +167,12 @@ public final class NetfilterQueue: @unchecked Sendable {
                     loop.counters.enobufs &+= 1
                     continue
                 case .failure(let code):
-                    flushPending(&loop)
+                    releaseBurst(&loop, beforeVerdicts: beforeVerdicts)
                     throw NetfilterError(operation: "recv", object: "queue \(configuration.queueNumber)", errno: code)
                 }
                 if drained || stopRequested.load(ordering: .relaxed) { break }
             }
-            flushPending(&loop)
+            releaseBurst(&loop, beforeVerdicts: beforeVerdicts)
             publish(loop.counters)
 
             let now = clock.now
@@ -216,6 +223,24 @@ public final class NetfilterQueue: @unchecked Sendable {
         var pendingMark: UInt32? = nil
         var pendingLastID: UInt32 = 0
         var pendingCount = 0
+        /// Verdicts of the current burst, in arrival (= id) order, not sent yet.
+        var burst: [(id: UInt32, verdict: Verdict)] = []
+    }
+
+    /// Sends the held verdicts of a burst, after `beforeVerdicts` had its say.
+    private func releaseBurst(_ loop: inout LoopState, beforeVerdicts: () -> [(id: UInt32, verdict: Verdict)]) {
+        if !loop.burst.isEmpty {
+            for override in beforeVerdicts() {
+                if let index = loop.burst.firstIndex(where: { $0.id == override.id }) {
+                    loop.burst[index].verdict = override.verdict
+                }
+            }
+            // In id order: a batch verdict covers every queued id up to its own, so an earlier packet
+            // with its own verdict must be answered first (issue/flushPending keep that invariant).
+            for entry in loop.burst { issue(entry.verdict, id: entry.id, loop: &loop) }
+            loop.burst.removeAll(keepingCapacity: true)
+        }
+        flushPending(&loop)
     }
 
     private func publish(_ counters: QueueCounters) {
@@ -267,8 +292,7 @@ public final class NetfilterQueue: @unchecked Sendable {
                 hook: cnf_nfq_hook(header),
                 skbInfo: attributes[Int(NFQA_SKB_INFO.rawValue)].map { cnf_attr_get_be32($0) } ?? 0)
             loop.counters.received &+= 1
-            let verdict = handler(packet)
-            issue(verdict, id: id, loop: &loop)
+            loop.burst.append((id, handler(packet)))
         }
     }
 

@@ -98,16 +98,20 @@ final class Daemon: Sendable {
         notifier.notify("READY=1\nSTATUS=queue \(queueDescription), \(encoding.rawValue) encoding")
         for extra in queues.dropFirst() {
             Thread.detachNewThread { [self] in
+                let work = BurstWork()
                 do {
-                    try extra.run { packet in self.handle(packet) }
+                    try extra.run(beforeVerdicts: { self.flush(work) }) { packet in self.handle(packet, work: work) }
                 } catch {
                     log(.error, "queue reader failed: \(error)")
                     stop()
                 }
             }
         }
-        try queues[0].run(tickInterval: .milliseconds(250), tick: { [self] in tick() }) { [self] packet in
-            handle(packet)
+        let work = BurstWork()
+        try queues[0].run(
+            tickInterval: .milliseconds(250), tick: { [self] in tick() }, beforeVerdicts: { [self] in flush(work) }
+        ) { [self] packet in
+            handle(packet, work: work)
         }
     }
 
@@ -136,7 +140,7 @@ final class Daemon: Sendable {
 
     // MARK: packet path
 
-    func handle(_ packet: borrowing QueuedPacket) -> Verdict {
+    func handle(_ packet: borrowing QueuedPacket, work: BurstWork) -> Verdict {
         guard let ip = try? IPPacketView(packet.payload) else {
             malformedPackets.add(1, ordering: .relaxed)
             let length = packet.payload.count
@@ -146,12 +150,12 @@ final class Daemon: Sendable {
         if ip.proto == .udp, let udp = try? UDPDatagramView(ip),
             udp.destinationPort == configuration.cspPort || udp.sourcePort == configuration.cspPort
         {
-            return handleSignaling(udp, truncated: packet.originalLength > packet.payload.count)
+            return handleSignaling(udp, truncated: packet.originalLength > packet.payload.count, id: packet.id, work: work)
         }
-        return handleFirstPacket(ip)
+        return handleFirstPacket(ip, id: packet.id, work: work)
     }
 
-    func handleSignaling(_ udp: UDPDatagramView, truncated: Bool) -> Verdict {
+    func handleSignaling(_ udp: UDPDatagramView, truncated: Bool, id: UInt32, work: BurstWork) -> Verdict {
         let source = CSPEndpoint(address: udp.packet.source, port: udp.sourcePort)
         let destination = CSPEndpoint(address: udp.packet.destination, port: udp.destinationPort)
         if truncated {
@@ -159,25 +163,21 @@ final class Daemon: Sendable {
             return .accept(mark: signalingMark)
         }
         let now = self.now()
-        var outcome = engine.withLock { $0.handleSignaling(payload: udp.payload, source: source, destination: destination, now: now) }
+        let outcome = engine.withLock { $0.handleSignaling(payload: udp.payload, source: source, destination: destination, now: now) }
         if !outcome.kernel.isEmpty {
-            do {
-                try apply(outcome.kernel)
-            } catch {
-                // An ACCEPT for state we could not install must not reach the host as success;
-                // a failed removal only leaves elements that time out by themselves.
-                if let message = try? CSPMessage.parse(udp.payload), message.type == .accept || message.type == .mapped {
-                    outcome = engine.withLock {
-                        $0.kernelChangeFailed(
-                            sessionID: message.sessionID, replyTo: destination, nonce: message.nonce,
-                            reason: "middlebox could not install state")
-                    }
-                    outcome.reply?.source = source
-                }
+            // Programmed with the rest of the burst, before any verdict of it leaves; the reply
+            // (e.g. REDIRECT) waits too, so the host never acts on state that is not there yet.
+            var fallback: BurstWork.Failure = .none
+            // An ACCEPT for state we could not install must not reach the host as success; a
+            // failed removal only leaves elements that time out by themselves.
+            if let message = try? CSPMessage.parse(udp.payload), message.type == .accept || message.type == .mapped {
+                fallback = .refuseAccept(sessionID: message.sessionID, nonce: message.nonce, host: destination, responder: source)
             }
+            work.entries.append(.init(packetID: id, changes: outcome.kernel, reply: outcome.reply, failure: fallback))
+        } else if let reply = outcome.reply {
+            send(reply)
         }
         if let event = outcome.event { log.limited(.info, category: "signaling", event) }
-        if let reply = outcome.reply { send(reply) }
         switch outcome.verdict {
         case .forward:
             return .accept(mark: signalingMark)
@@ -191,7 +191,7 @@ final class Daemon: Sendable {
         }
     }
 
-    func handleFirstPacket(_ ip: IPPacketView) -> Verdict {
+    func handleFirstPacket(_ ip: IPPacketView, id: UInt32, work: BurstWork) -> Verdict {
         let flow = ip.flow
         // Discovery rides on first packets, which are queued anyway: answer, then decide the
         // packet like any other. A malformed option list is not our business: the packet is
@@ -207,18 +207,48 @@ final class Daemon: Sendable {
         switch decision {
         case .drop(let cache):
             // The kernel drops the rest of the flow; a failure only costs more queued packets.
-            if let cache { try? apply([cache]) }
+            if let cache { work.entries.append(.init(packetID: id, changes: [cache], reply: nil, failure: .none)) }
             return .drop
         case .defaultPolicy:
             return .accept
         case .admit(let change):
-            do {
-                try apply([change])
-            } catch {
-                return .accept
-            }
+            // If the element cannot be installed, the packet meets the default policy instead.
+            work.entries.append(.init(packetID: id, changes: [change], reply: nil, failure: .verdict(.accept)))
             return .accept(mark: admittedMark)
         }
+    }
+
+    /// Runs before a burst's verdicts leave: one netlink batch for all its kernel changes, then the
+    /// replies that waited for them. If the batch fails, each packet's changes are tried alone and
+    /// the packets whose changes fail get their fallback verdict.
+    func flush(_ work: BurstWork) -> [(id: UInt32, verdict: Verdict)] {
+        guard !work.entries.isEmpty else { return [] }
+        defer { work.entries.removeAll(keepingCapacity: true) }
+        if (try? apply(work.entries.flatMap(\.changes))) != nil {
+            for entry in work.entries { if let reply = entry.reply { send(reply) } }
+            return []
+        }
+        var overrides: [(id: UInt32, verdict: Verdict)] = []
+        for entry in work.entries {
+            if (try? apply(entry.changes)) != nil {
+                if let reply = entry.reply { send(reply) }
+                continue
+            }
+            switch entry.failure {
+            case .none:
+                if let reply = entry.reply { send(reply) }
+            case .verdict(let verdict):
+                overrides.append((entry.packetID, verdict))
+            case .refuseAccept(let sessionID, let nonce, let host, let responder):
+                var outcome = engine.withLock {
+                    $0.kernelChangeFailed(sessionID: sessionID, replyTo: host, nonce: nonce, reason: "middlebox could not install state")
+                }
+                outcome.reply?.source = responder
+                if let reply = outcome.reply { send(reply) }
+                overrides.append((entry.packetID, .drop))
+            }
+        }
+        return overrides
     }
 
     func send(_ outgoing: OutgoingMessage) {
@@ -343,6 +373,30 @@ final class Daemon: Sendable {
         }
         if adopted > 0 { log(.notice, "adopted \(adopted) admitted flow(s) left in the kernel by a previous run") }
     }
+}
+
+/// Kernel work collected while one queue reader handles a burst of packets; owned by that reader's
+/// thread (it never crosses threads, so it needs no lock).
+final class BurstWork {
+    enum Failure {
+        /// Nothing to undo (e.g. a drop-cache element).
+        case none
+        /// Give the packet this verdict instead.
+        case verdict(Verdict)
+        /// Drop the ACCEPT and tell the host, in the responder's name, that we could not install.
+        case refuseAccept(sessionID: UInt64, nonce: UInt64, host: CSPEndpoint, responder: CSPEndpoint)
+    }
+
+    struct Entry {
+        var packetID: UInt32
+        var changes: [KernelChange]
+        var reply: OutgoingMessage?
+        var failure: Failure
+    }
+
+    var entries: [Entry] = []
+
+    init() { entries.reserveCapacity(64) }
 }
 
 struct DaemonError: Error, CustomStringConvertible {

@@ -61,6 +61,16 @@ final class NetfilterQueueTests: XCTestCase {
 
     // MARK: Helpers
 
+    /// Packet ids the handler saw, handed to beforeVerdicts; shared between the two closures.
+    final class IDLog: Sendable {
+        private let entries = Mutex<[(id: UInt32, index: UInt8)]>([])
+        private let leak = Mutex(false)
+        func append(id: UInt32, index: UInt8) { entries.withLock { $0.append((id, index)) } }
+        func drain() -> [(id: UInt32, index: UInt8)] { entries.withLock { list in defer { list = [] }; return list } }
+        func leaked() { leak.withLock { $0 = true } }
+        var didLeak: Bool { leak.withLock { $0 } }
+    }
+
     private static func loopback(port: UInt16) -> sockaddr_in {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -115,6 +125,7 @@ final class NetfilterQueueTests: XCTestCase {
     /// Runs `queue` on its own thread; returns a function that stops it and waits (bounded) for run() to return,
     /// giving how long that took.
     private func start(_ queue: NetfilterQueue, tickInterval: Duration = .milliseconds(500), ticks: Counter? = nil,
+                       beforeVerdicts: @escaping @Sendable () -> [(id: UInt32, verdict: Verdict)] = { [] },
                        handler: @escaping @Sendable (borrowing QueuedPacket) -> Verdict) -> () -> TimeInterval {
         let finished = DispatchSemaphore(value: 0)
         let failure = Failure()
@@ -123,7 +134,7 @@ final class NetfilterQueueTests: XCTestCase {
         let thread = Thread {
             do {
                 guard let queue = reference.queue else { _ = finished.signal(); return }
-                try queue.run(tickInterval: tickInterval, tick: { ticks?.increment() }, handler: handler)
+                try queue.run(tickInterval: tickInterval, tick: { ticks?.increment() }, beforeVerdicts: beforeVerdicts, handler: handler)
             } catch {
                 failure.record("\(error)")
             }
@@ -181,6 +192,31 @@ final class NetfilterQueueTests: XCTestCase {
 
         let stopTime = stop()
         XCTAssertLessThan(stopTime, 1.0, "stop() must wake run() promptly")
+    }
+
+    /// The hook runs after a burst was handled and before any of its packets is let through, and it
+    /// can replace verdicts: here every odd packet the handler accepted is turned into a drop.
+    func testBeforeVerdictsSeesTheBurstFirstAndCanOverride() throws {
+        let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+        try installQueueRule()
+        let seen = IDLog()
+        let receiver = self.receiver
+        _ = start(queue, beforeVerdicts: {
+            // Nothing of this burst may have been delivered yet.
+            var byte: UInt8 = 0
+            if recv(receiver, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK)) >= 0 { seen.leaked() }
+            return seen.drain().filter { $0.index % 2 == 1 }.map { ($0.id, Verdict.drop) }
+        }) { packet in
+            guard packet.hwProtocol == 0x0800, let index = Self.udpPayloadByte(packet.payload) else { return .accept }
+            seen.append(id: packet.id, index: index)
+            return .accept(mark: 0x4d430001)
+        }
+        for index in 0 ..< 20 { send([UInt8(index)]) }
+        let received = receive(count: 10, timeout: 5)
+        XCTAssertEqual(received.map { $0[0] }, Array(stride(from: 0, to: 20, by: 2)).map(UInt8.init))
+        XCTAssertFalse(seen.didLeak, "a packet was delivered before beforeVerdicts ran for its burst")
+        XCTAssertTrue(Host.wait(timeout: 2) { queue.counters.dropped == 10 }, "counters: \(queue.counters)")
+        XCTAssertEqual(NetfilterQueue.kernelStatistics(queueNumber: queueNumber)?.queueTotal, 0, "no packet left without a verdict")
     }
 
     func testAcceptWithMarkIsVisibleToLaterRules() throws {
