@@ -49,6 +49,7 @@ install: check-root
 
 ## bench: benchmark suite (≈ 20 min; BENCH_QUICK=1 ≈ 5 min): prints the table, writes Benchmarks/results/latest.json
 bench: check-root
+	@scripts/install-deps.sh bench
 	@bash Benchmarks/bench.sh
 
 clean:

@@ -6,6 +6,10 @@ packages=(
   nftables iptables iproute2 conntrack procps util-linux     # run: ruleset, lab namespaces, unshare
   python3 python3-scapy socat tshark systemd                 # test: traffic, captures, unit checks
 )
+# `install-deps.sh bench`: also what `make bench` needs (load generators, the miniupnpd reference).
+if [ "${1:-}" = bench ]; then
+  packages+=(gcc bc iperf3 miniupnpd-nftables)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
