@@ -270,3 +270,38 @@ final class GatewayEngineTests: XCTestCase {
         XCTAssertTrue(e.sessions.isEmpty)
     }
 }
+
+final class SessionStorageTests: XCTestCase {
+    let flow = FlowTuple(proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 1, destination: IPAddress("10.0.2.2")!, destinationPort: 2)
+    let proxy = FlowTuple(proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 0, destination: IPAddress("10.0.3.2")!, destinationPort: 3128)
+
+    func testInstalledRoundTripsInAnyShape() {
+        var session = Session(id: 1, flow: flow, state: .admitted, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+        XCTAssertEqual(session.installed, [])
+        let mapping = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 4000)
+        for shape: [InstalledObject] in [[.admission(flow)], [.admission(proxy)], [.admission(flow), .snat(flow, to: mapping)], []] {
+            session.installed = shape
+            XCTAssertEqual(session.installed, shape)
+        }
+    }
+
+    func testChangingTheFlowKeepsWhatWasInstalled() {
+        var session = Session(id: 1, flow: flow, state: .admitted, installed: [.admission(flow)], createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+        var other = flow
+        other.destinationPort = 99
+        session.flow = other
+        XCTAssertEqual(session.installed, [.admission(flow)])
+    }
+
+    func testRareFieldsKeepValueSemantics() {
+        let original = Session(id: 1, flow: flow, state: .pending, application: "voip", createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1, pendingNonce: 7)
+        var copy = original
+        copy.pendingNonce = nil
+        copy.application = "web"
+        XCTAssertEqual(original.pendingNonce, 7)
+        XCTAssertEqual(original.application, "voip")
+        XCTAssertNotEqual(copy, original)
+        copy.application = nil
+        XCTAssertEqual(copy, Session(id: 1, flow: flow, state: .pending, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1))
+    }
+}
