@@ -51,6 +51,7 @@ final class Daemon: Sendable {
             throw DaemonError(
                 "table inet \(configuration.table) does not exist: load the Midcom ruleset first (nft -f /etc/nftables.d/midcom.nft)")
         }
+        conntrack = try ConntrackClient()
         // Bind the queue before touching the queue rule: if another midcomd holds the queue, we
         // must fail without replacing (and then removing) the rule it depends on.
         queues = try (0..<configuration.queueCount).map { offset in
@@ -79,7 +80,6 @@ final class Daemon: Sendable {
             }
         }
         self.agents = agents
-        conntrack = try ConntrackClient()
         adoptKernelState()
     }
 
