@@ -80,7 +80,12 @@ final class Daemon: Sendable {
             }
         }
         self.agents = agents
-        adoptKernelState()
+        do {
+            try adoptKernelState()
+        } catch {
+            try? nft.flushChain(table: configuration.table, chain: "enqueue")
+            throw error
+        }
     }
 
     // MARK: lifecycle
@@ -359,11 +364,20 @@ final class Daemon: Sendable {
     }
 
     /// Sessions admitted by a previous run are still in the kernel with their timeouts: adopt them.
-    func adoptKernelState() {
+    ///
+    /// Also checks that the loaded ruleset has every set and map this midcomd programs: a ruleset
+    /// from an older release would otherwise fail one batch after another at run time.
+    func adoptKernelState() throws {
         let now = self.now()
         var adopted = 0
-        for set in AdmissionElement.allSets {
-            guard let elements = try? nft.listElements(table: configuration.table, set: set) else { continue }
+        for set in AdmissionElement.allSets + ["drop4", "drop6", "snat4", "dnat4"] {
+            let listing = Result { () throws(NetfilterError) in try nft.listElements(table: configuration.table, set: set) }
+            if case .failure(let error) = listing, error.errno == ENOENT {
+                throw DaemonError(
+                    "table inet \(configuration.table) has no set \(set): it was loaded from an older ruleset; reload nft-rules/midcom.nft (nft -f /etc/nftables.d/midcom.nft) and start midcomd again")
+            }
+            let elements = try listing.get()
+            guard AdmissionElement.allSets.contains(set) else { continue }
             for element in elements {
                 guard let flow = AdmissionElement.flow(set: set, key: element.key) else { continue }
                 let remaining = element.expiresIn.map { UInt32(clamping: $0.components.seconds) } ?? configuration.maximumLifetime

@@ -21,6 +21,15 @@ expect_eq "$rc" 1 "exit status without the ruleset"
 expect_match "$out" "table inet midcom does not exist: load the Midcom ruleset first" "missing table message"
 expect_eq "$(echo "$out" | wc -l)" 1 "one line"
 
+step "a ruleset from an older release (no drop-cache sets) is refused with the fix"
+sed '/set drop4 {/,/}/d; /set drop6 {/,/}/d; /@drop4/d; /@drop6/d' "$ROOT/nft-rules/midcom.nft" >"$LAB_DIR/old.nft"
+in_ns gw nft -f "$LAB_DIR/old.nft"
+run in_ns gw "$BIN/midcomd" --config /dev/null --control-socket "$LAB_DIR/gw.sock"
+expect_eq "$rc" 1 "exit status with an old ruleset"
+expect_match "$out" "has no set drop4: it was loaded from an older ruleset; reload nft-rules/midcom.nft" "old ruleset message"
+expect_eq "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null | grep -c 'queue num' || true)" 0 "no queue rule left behind"
+in_ns gw nft delete table inet midcom
+
 step "missing privilege"
 in_ns gw nft -f "$ROOT/nft-rules/midcom.nft"
 run in_ns gw setpriv --reuid=65534 --regid=65534 --clear-groups "$BIN/midcomd" --config /dev/null --control-socket "$LAB_DIR/x.sock"
