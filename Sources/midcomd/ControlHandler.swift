@@ -9,6 +9,8 @@ import Netfilter
 /// Answers `midctl` requests. Runs on the control thread; takes the engine lock only briefly
 /// and lists kernel counters outside it, so the packet loop is never blocked by a listing.
 extension Daemon {
+    static let countersLimit = 100_000
+
     func answer(_ request: ControlRequest) -> ControlResponse {
         switch request.command {
         case .sessions:
@@ -56,8 +58,13 @@ extension Daemon {
             return Array(engine.sessions.all)
         }
         // Packet and byte counts live in the kernel elements (`counter` sets); join them by key.
+        // The kernel dumps a set in chunks and restarts its walk for each chunk (quadratic in the
+        // set size), so above `countersLimit` sessions the counters are left out ("-") rather than
+        // making a listing take minutes; `nft list set inet midcom admit4` still shows them.
         var counters: [AdmissionElement: (UInt64?, UInt64?)] = [:]
-        let sets = Set(sessions.flatMap { $0.admittedFlows.map { AdmissionElement(admitting: $0).set } })
+        let sets = sessions.count > Self.countersLimit
+            ? []
+            : Set(sessions.flatMap { $0.admittedFlows.map { AdmissionElement(admitting: $0).set } })
         for set in sets {
             for element in (try? nft.listElements(table: configuration.table, set: set)) ?? [] {
                 counters[AdmissionElement(set: set, rawKey: element.key)] = (element.packets, element.bytes)

@@ -81,7 +81,7 @@ final class Daemon: Sendable {
         }
         self.agents = agents
         do {
-            try adoptKernelState()
+            try checkRuleset()
         } catch {
             try? nft.flushChain(table: configuration.table, chain: "enqueue")
             throw error
@@ -99,6 +99,7 @@ final class Daemon: Sendable {
         for socket in agents.values {
             Thread.detachNewThread { [self] in self.serveLocalRequests(on: socket) }
         }
+        Thread.detachNewThread { [self] in self.adoptKernelState() }
         log(.notice, "midcomd started: queue \(queueDescription) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")
         notifier.notify("READY=1\nSTATUS=queue \(queueDescription), \(encoding.rawValue) encoding")
         for extra in queues.dropFirst() {
@@ -363,21 +364,35 @@ final class Daemon: Sendable {
         }
     }
 
-    /// Sessions admitted by a previous run are still in the kernel with their timeouts: adopt them.
-    ///
-    /// Also checks that the loaded ruleset has every set and map this midcomd programs: a ruleset
-    /// from an older release would otherwise fail one batch after another at run time.
-    func adoptKernelState() throws {
-        let now = self.now()
-        var adopted = 0
-        for set in AdmissionElement.allSets + ["drop4", "drop6", "snat4", "dnat4"] {
+    /// Checks that the loaded ruleset has every set and map this midcomd programs: a ruleset from an
+    /// older release would otherwise fail one batch after another at run time. Listing the sets
+    /// that only this release has is cheap (they are small after a reload).
+    func checkRuleset() throws {
+        for set in ["drop4", "drop6", "snat4", "dnat4"] {
             let listing = Result { () throws(NetfilterError) in try nft.listElements(table: configuration.table, set: set) }
             if case .failure(let error) = listing, error.errno == ENOENT {
                 throw DaemonError(
                     "table inet \(configuration.table) has no set \(set): it was loaded from an older ruleset; reload nft-rules/midcom.nft (nft -f /etc/nftables.d/midcom.nft) and start midcomd again")
             }
-            let elements = try listing.get()
-            guard AdmissionElement.allSets.contains(set) else { continue }
+            _ = try listing.get()
+        }
+    }
+
+    /// Sessions admitted by a previous run are still in the kernel with their timeouts: adopt them.
+    /// Runs on its own thread after start-up: the kernel dumps a big set in quadratic time (tens of
+    /// seconds at a million elements), and the gateway must serve packets meanwhile; a session
+    /// signaled again before it is adopted simply wins.
+    func adoptKernelState() {
+        var adopted = 0
+        for set in AdmissionElement.allSets {
+            let elements: [NFTSetElement]
+            do {
+                elements = try nft.listElements(table: configuration.table, set: set)
+            } catch {
+                log(.warning, "cannot list set \(set) to adopt earlier sessions: \(error)")
+                continue
+            }
+            let now = self.now()
             for element in elements {
                 guard let flow = AdmissionElement.flow(set: set, key: element.key) else { continue }
                 let remaining = element.expiresIn.map { UInt32(clamping: $0.components.seconds) } ?? configuration.maximumLifetime

@@ -145,8 +145,16 @@ sleep 1.7
 expect_match "$(cat "$LAB_DIR/recv-6000.log")" "^received 5 " "legacy-allowed flow without daemon"
 expect_match "$(cat "$LAB_DIR/recv-6001.log")" "^received 0 " "other flow without daemon"
 
-step "SIGKILL: the queue rule stays (bypass) and the default policy still applies"
+step "restart: flows admitted in the kernel before (here the hand-written element) are adopted as sessions"
 lab_midcomd gw "$LAB_DIR/midcomd.conf"
+adopted=""
+for _ in $(seq 1 50); do
+  adopted=$(midctl gw sessions | grep -E "udp +10\.200\.1\.2:9999 +10\.200\.2\.2:9999 +admitted" || true)
+  [ -n "$adopted" ] && break; sleep 0.1
+done
+[ -n "$adopted" ] || fail "the kernel element 10.200.1.2:9999 -> 10.200.2.2:9999 was not adopted: $(midctl gw sessions)"
+
+step "SIGKILL: the queue rule stays (bypass) and the default policy still applies"
 expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "queue .*num 0.* bypass" "queue rule installed"
 kill -9 "$MIDCOMD_PID"; wait "$MIDCOMD_PID" 2>/dev/null || true
 expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "queue .*num 0.* bypass" "queue rule after SIGKILL"
