@@ -188,6 +188,15 @@ public struct GatewayEngine: Sendable {
                 reason: "flow \(flow) does not belong to signaling host \(source.address)",
                 event: "rejected spoofed SETUP \(hex(setup.sessionID)) from \(source): flow \(flow)")
         }
+        // A session belongs to the host that created it: another host reusing its ID must not take
+        // it over (until signatures bind sessions to keys, the owner's address is the proof).
+        if let existing = sessions[id: setup.sessionID], self.owner(of: existing) != source.address {
+            counters.spoofedFlows += 1
+            return rejection(
+                of: setup, to: source, as: destination, result: .sourceDenied,
+                reason: "session \(hex(setup.sessionID)) belongs to another host",
+                event: "rejected SETUP \(hex(setup.sessionID)) from \(source): session owned by \(self.owner(of: existing))")
+        }
         let decision = policy.decide(
             flow: flow, application: setup.application, incoming: incoming, requestedLifetime: setup.lifetime)
         switch decision.action {

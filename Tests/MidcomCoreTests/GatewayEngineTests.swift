@@ -131,6 +131,18 @@ final class GatewayEngineTests: XCTestCase {
         XCTAssertTrue(e.sessions.isEmpty)
     }
 
+    func testAnotherHostCannotTakeOverASession() {
+        var e = engine()
+        _ = send(&e, setup(), from: client, to: serverAgent)
+        let intruder = CSPEndpoint(address: IPAddress("10.0.1.66")!, port: 40000)
+        var theirs = flow
+        theirs.source = intruder.address
+        let out = send(&e, setup(nonce: 99, flow: theirs), from: intruder, to: serverAgent)
+        XCTAssertEqual(out.reply?.message.result, .sourceDenied)
+        XCTAssertEqual(e.sessions[id: 1]?.flow, flow, "the owner's session is untouched")
+        XCTAssertEqual(e.sessions[id: 1]?.pendingNonce, 11)
+    }
+
     func testIncomingPinholeIsOwnedByTheResponder() {
         var e = engine()
         let pinhole = FlowTuple(proto: .tcp, source: IPAddress("0.0.0.0")!, sourcePort: 0, destination: client.address, destinationPort: 8080)
