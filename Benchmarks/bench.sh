@@ -286,20 +286,22 @@ fig8() {
     for i in ext0 ext1 lan0 lan1; do in_ns upnp ip link set $i up; done
     in_ns upnp ip addr add 10.203.0.1/24 dev ext0
     in_ns upnp ip addr add 10.203.1.1/24 dev lan0
+    # miniupnpd 2.3.1's nftables backend programs `table inet filter` (chains below, its defaults).
     in_ns upnp nft -f - <<'NFT'
-table ip filter {
+table inet filter {
   chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
   chain miniupnpd { }
-}
-table ip nat {
   chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
   chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
   chain prerouting_miniupnpd { }
   chain postrouting_miniupnpd { }
 }
 NFT
-    printf '%s\n' ext_ifname=ext0 listening_ip=lan0 enable_natpmp=yes enable_upnp=no secure_mode=no \
-      upnp_nat_table_name=nat 'allow 1024-65535 0.0.0.0/0 1024-65535' >"$BL_DIR/miniupnpd.conf"
+    # miniupnpd refuses to map behind a private external address ("port forwarding is impossible"),
+    # so ext_ip names a public-looking one. It is only a label in NAT-PMP answers: no packet is ever
+    # sent to it, and nothing in this namespace routes anywhere outside it.
+    printf '%s\n' ext_ifname=ext0 ext_ip=11.22.33.44 listening_ip=lan0 enable_natpmp=yes enable_upnp=no secure_mode=no \
+      'allow 1024-65535 0.0.0.0/0 1024-65535' >"$BL_DIR/miniupnpd.conf"
     bl_bg upnp "$BL_DIR/miniupnpd.log" taskset -c "$READER_CPU" miniupnpd -d -f "$BL_DIR/miniupnpd.conf" -P "$BL_DIR/miniupnpd.pid"
     local mpid=$BL_LAST_PID
     sleep 1

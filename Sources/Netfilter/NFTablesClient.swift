@@ -81,6 +81,24 @@ public final class NFTablesClient: @unchecked Sendable {
 
     /// Lists the elements of a set (NFT_MSG_GETSETELEM dump).
     public func listElements(family: NFTFamily = .inet, table: String = "midcom", set: String) throws(NetfilterError) -> [NFTSetElement] {
+        try getElements(family: family, table: table, set: set, key: nil)
+    }
+
+    /// One element with its timeout, expiry and counters (NFT_MSG_GETSETELEM for one key, not a dump:
+    /// the kernel's set dump restarts its walk for every chunk, so listing a big set to learn about
+    /// one element costs seconds). Nil when the set has no such element.
+    public func element(family: NFTFamily = .inet, table: String = "midcom", set: String, key: NFTSetKey) throws(NetfilterError)
+        -> NFTSetElement?
+    {
+        do {
+            return try getElements(family: family, table: table, set: set, key: key).first
+        } catch where error.errno == ENOENT {
+            // Also when the set itself is missing: for the caller both mean "no such element".
+            return nil
+        }
+    }
+
+    private func getElements(family: NFTFamily, table: String, set: String, key: NFTSetKey?) throws(NetfilterError) -> [NFTSetElement] {
         try state.withLock { (state: inout State) throws(NetfilterError) -> [NFTSetElement] in
             let target = Target.listElements(family: family, table: table, set: set)
             let sequence = state.next()
@@ -88,14 +106,22 @@ public final class NFTablesClient: @unchecked Sendable {
             defer { nftnl_set_free(request) }
             nftnl_set_set_str(request, attr(NFTNL_SET_TABLE), table)
             nftnl_set_set_str(request, attr(NFTNL_SET_NAME), set)
+            if let key {
+                guard let element = nftnl_set_elem_alloc() else { throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM) }
+                key.bytes.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
+                nftnl_set_elem_add(request, element)  // the set owns the element from here
+            }
             guard let collected = nftnl_set_alloc() else { throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM) }
             defer { nftnl_set_free(collected) }
 
+            // A dump ends with NLMSG_DONE; a single GET is answered by the element and, asked for
+            // with NLM_F_ACK, an acknowledgement that ends the wait.
+            let flags = key == nil ? UInt16(NLM_F_DUMP) : UInt16(NLM_F_ACK)
             var message = [UInt8](repeating: 0, count: Int(cnf_mnl_socket_buffer_size()))
             let length = message.withUnsafeMutableBytes { buffer -> Int in
                 let nlh = nftnl_nlmsg_build_hdr(buffer.baseAddress!.assumingMemoryBound(to: CChar.self),
                                                 msgType(NFT_MSG_GETSETELEM), UInt16(family.rawValue),
-                                                UInt16(NLM_F_DUMP), sequence)!
+                                                flags, sequence)!
                 nftnl_set_elems_nlmsg_build_payload(nlh, request)
                 return Int(nlh.pointee.nlmsg_len)
             }

@@ -135,6 +135,21 @@ final class NFTablesClientTests: XCTestCase {
         try client.apply(NFTChangeSet(table: table))  // empty: nothing sent, no error
     }
 
+    /// One element by key (no dump): present with its timeout and counters, nil when absent.
+    func testGetOneElement() throws {
+        let client = try NFTablesClient()
+        let key = flowKey(0x0a00_0001, 17, 5000, 0x0a00_0002, 53)
+        var changes = NFTChangeSet(table: table)
+        changes.addElement(set: "flows", key: key, timeout: .seconds(60))
+        try client.apply(changes)
+        let element = try XCTUnwrap(try client.element(table: table, set: "flows", key: key))
+        XCTAssertEqual(element.key, key.bytes)
+        XCTAssertEqual(element.timeout, .seconds(60))
+        XCTAssertEqual(element.packets, 0)
+        XCTAssertNil(try client.element(table: table, set: "flows", key: flowKey(0x0a00_0009, 17, 1, 0x0a00_0002, 53)))
+        XCTAssertNil(try client.element(table: table, set: "no_such_set", key: key))
+    }
+
     func testOneSecondTimeoutExpires() throws {
         let client = try NFTablesClient()
         var changes = NFTChangeSet(table: table)

@@ -101,4 +101,14 @@ table=$(midctl gw sessions)
 indent <<<"$table"
 expect_match "$table" "$s4 +udp +10\.200\.2\.2:\* +10\.200\.1\.2:5004 +admitted" "given-peer session row"
 expect_eq "$(midctl gw sessions --json | $PY -c 'import json,sys; print(len(json.load(sys.stdin)))')" 3 "sessions in midctl"
+
+step "csp teardown of the any-peer pinhole: the element goes and so do its connections"
+s6006=$(midctl gw sessions | awk '/10\.200\.1\.2:5006/ {print $1}')
+[ -n "$s6006" ] || fail "no session for the any-peer pinhole"
+in_ns host "$BIN/csp" teardown "$s6006" 10.200.1.1 >/dev/null
+for _ in $(seq 1 30); do midctl gw sessions | grep -q "$s6006" || break; sleep 0.1; done
+expect_no_match "$(midctl gw sessions)" "$s6006" "session after teardown"
+expect_no_match "$(nft_set gw pinhole4)" "10\.200\.1\.2 \. 5006" "pinhole element after teardown"
+expect_eq "$(in_ns gw conntrack -L -p udp --orig-dst 10.200.1.2 --orig-port-dst 5006 2>/dev/null | wc -l)" 0 "conntrack entries through the removed pinhole"
+expect_replies other 10.200.1.2 5006 6004 0 "the other host's established flow after teardown"
 echo "03-firewalled-incoming-udp: all checks passed"
