@@ -340,6 +340,27 @@ fig9() {
       for p in "${pids[@]}"; do bl_stop "$p"; done
       record 9 "c-${q}q" pps "$run" "$(tail -1 "$BL_DIR/recv.log" | json_field pps)"
     done
+    # midcomd with queue-count 1 and 2 (one reader thread per queue; with 2 queues it may use both CPUs).
+    for q in 1 2; do
+      bl_ruleset 9000
+      local cpus=$READER_CPU
+      [ $q = 2 ] && cpus="$LOAD_CPU,$READER_CPU"
+      BL_MIDCOMD_CPUS=$cpus bl_midcomd "$(printf '[daemon]\nqueue-count = %s\n[policy]\nunsignaled = default-policy' "$q")"
+      local mpid=$MIDCOMD_PID
+      bl_bg server "$BL_DIR/recv.log" taskset -c "$LOAD_CPU" "$BIN/udpblast" recv 9000 -d "$(echo "$D + 3" | bc)"
+      local r=$BL_LAST_PID
+      sleep 0.2
+      local senders=()
+      for sp in 40000 40001 40002 40003; do
+        in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" send 10.201.2.2 9000 -s 64 -d "$D" -S $sp >/dev/null &
+        senders+=($!)
+      done
+      wait "${senders[@]}" || true
+      wait "$r" || true
+      bl_stop "$mpid"
+      in_ns gw nft flush chain inet midcom enqueue 2>/dev/null || true
+      record 9 "midcomd-${q}q" pps "$run" "$(tail -1 "$BL_DIR/recv.log" | json_field pps)"
+    done
     say "figure 9 run $run/$RUNS done"
   done
 }

@@ -114,7 +114,8 @@ bl_ruleset() {
 # control socket, which opens only after start-up (adopting kernel state can take a while at 1M elements).
 bl_midcomd() {
   printf '%s\n' "$1" >"$BL_DIR/midcomd.conf"
-  bl_bg gw "$BL_DIR/midcomd.log" taskset -c "$READER_CPU" "$SWIFT_BIN/midcomd" --config "$BL_DIR/midcomd.conf" \
+  # BL_MIDCOMD_CPUS: where midcomd's threads may run (default: the reader CPU only).
+  bl_bg gw "$BL_DIR/midcomd.log" taskset -c "${BL_MIDCOMD_CPUS:-$READER_CPU}" "$SWIFT_BIN/midcomd" --config "$BL_DIR/midcomd.conf" \
     --control-socket "$BL_DIR/gw.sock" --log-level warning
   MIDCOMD_PID=$BL_LAST_PID
   local wait=${2:-10}

@@ -145,6 +145,7 @@ row(8, "pinholes/s created+removed: midcomd (signaled) ÷ miniupnpd (NAT-PMP)", 
 
 # 9 multiqueue
 row(9, "C reader: 2 queues ÷ 1 queue (64 B, 4 flows, hash balanced)", stat(9, "c-2q", "pps"), stat(9, "c-1q", "pps"), "pps")
+row(9, "midcomd: queue-count 2 ÷ 1 (64 B, 4 flows, hash balanced)", stat(9, "midcomd-2q", "pps"), stat(9, "midcomd-1q", "pps"), "pps")
 
 
 def fmt(x, unit=""):
