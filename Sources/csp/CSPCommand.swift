@@ -54,7 +54,7 @@ func hex(_ id: UInt64) -> String {
 }
 
 /// Sends `request` to `peer`'s CSP agent and prints what came back; returns the exit status.
-func run(_ request: CSPMessage, to peer: IPAddress, from source: IPAddress? = nil, common: Common) throws -> Int32 {
+func exchange(_ request: CSPMessage, with peer: IPAddress, from source: IPAddress? = nil, common: Common) throws -> Int32 {
     // Sent from the flow's own address: middleboxes check that a host signals only its own flows.
     let socket = try UDPSocket(family: peer.family, address: source)
     var client = SignalingClient(socket: socket)
@@ -207,7 +207,7 @@ extension CSPCommand {
             let request = CSPMessage(
                 type: .setup, flags: .recordRoute, sessionID: sessionID, nonce: secureRandomUInt64(), sequence: 1, tlvs: tlvs)
             if !common.machine { print("session \(hex(sessionID)): \(flow)") }
-            throw ExitCode(try CSPHost_run(request, to: signalTo, from: source.flatMap(IPAddress.init), common: common))
+            throw ExitCode(try exchange(request, with: signalTo, from: source.flatMap(IPAddress.init), common: common))
         }
     }
 
@@ -224,7 +224,7 @@ extension CSPCommand {
             let request = CSPMessage(
                 type: .refresh, flags: .recordRoute, sessionID: id, nonce: secureRandomUInt64(), sequence: 2,
                 tlvs: [.lifetime(lifetime)])
-            throw ExitCode(try CSPHost_run(request, to: peerAddress, common: common))
+            throw ExitCode(try exchange(request, with: peerAddress, common: common))
         }
     }
 
@@ -296,7 +296,3 @@ extension CSPCommand {
     }
 }
 
-// Keeps the free function name distinct from ParsableCommand.run().
-func CSPHost_run(_ request: CSPMessage, to peer: IPAddress, from source: IPAddress? = nil, common: Common) throws -> Int32 {
-    try run(request, to: peer, from: source, common: common)
-}
