@@ -316,6 +316,21 @@ NFT
 }
 
 # MARK: figure 9 — multiqueue: 1 vs 2 queues (C reader per queue, flows balanced by hash)
+# fig9_load: four 64 B flows (hash-balanced over the queues) for $D seconds; the receiver's log
+# (last line: JSON with pps) is left in $BL_DIR/recv.log.
+fig9_load() {
+  bl_bg server "$BL_DIR/recv.log" taskset -c "$LOAD_CPU" "$BIN/udpblast" recv 9000 -d "$(echo "$D + 3" | bc)"
+  local r=$BL_LAST_PID
+  sleep 0.2
+  local senders=()
+  for sp in 40000 40001 40002 40003; do
+    in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" send 10.201.2.2 9000 -s 64 -d "$D" -S $sp >/dev/null &
+    senders+=($!)
+  done
+  wait "${senders[@]}" || true
+  wait "$r" || true
+}
+
 fig9() {
   bl_lab
   for run in $(seq 1 "$RUNS"); do
@@ -327,16 +342,7 @@ fig9() {
       bl_bg gw "$BL_DIR/q0.json" taskset -c "$READER_CPU" "$BIN/nfqref" batch -q 0 -d 60; pids+=("$BL_LAST_PID")
       [ $q = 2 ] && { bl_bg gw "$BL_DIR/q1.json" taskset -c "$LOAD_CPU" "$BIN/nfqref" batch -q 1 -d 60; pids+=("$BL_LAST_PID"); }
       sleep 0.3
-      bl_bg server "$BL_DIR/recv.log" taskset -c "$LOAD_CPU" "$BIN/udpblast" recv 9000 -d "$(echo "$D + 3" | bc)"
-      local r=$BL_LAST_PID
-      sleep 0.2
-      local senders=()
-      for sp in 40000 40001 40002 40003; do
-        in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" send 10.201.2.2 9000 -s 64 -d "$D" -S $sp >/dev/null &
-        senders+=($!)
-      done
-      wait "${senders[@]}" || true
-      wait "$r" || true
+      fig9_load
       for p in "${pids[@]}"; do bl_stop "$p"; done
       record 9 "c-${q}q" pps "$run" "$(tail -1 "$BL_DIR/recv.log" | json_field pps)"
     done
@@ -347,16 +353,7 @@ fig9() {
       [ $q = 2 ] && cpus="$LOAD_CPU,$READER_CPU"
       BL_MIDCOMD_CPUS=$cpus bl_midcomd "$(printf '[daemon]\nqueue-count = %s\n[policy]\nunsignaled = default-policy' "$q")"
       local mpid=$MIDCOMD_PID
-      bl_bg server "$BL_DIR/recv.log" taskset -c "$LOAD_CPU" "$BIN/udpblast" recv 9000 -d "$(echo "$D + 3" | bc)"
-      local r=$BL_LAST_PID
-      sleep 0.2
-      local senders=()
-      for sp in 40000 40001 40002 40003; do
-        in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" send 10.201.2.2 9000 -s 64 -d "$D" -S $sp >/dev/null &
-        senders+=($!)
-      done
-      wait "${senders[@]}" || true
-      wait "$r" || true
+      fig9_load
       bl_stop "$mpid"
       in_ns gw nft flush chain inet midcom enqueue 2>/dev/null || true
       record 9 "midcomd-${q}q" pps "$run" "$(tail -1 "$BL_DIR/recv.log" | json_field pps)"

@@ -212,3 +212,9 @@ public struct CSPMessage: Hashable, Sendable {
         tlvs.compactMap { if case .middleboxRecord(let r) = $0 { r } else { nil } }
     }
 }
+
+/// A session ID (or any 64-bit identifier) as the 16 hex digits hosts, logs and midctl show.
+public func hex(_ id: UInt64) -> String {
+    let digits = String(id, radix: 16)
+    return String(repeating: "0", count: max(0, 16 - digits.count)) + digits
+}

@@ -560,10 +560,6 @@ public struct GatewayEngine: Sendable {
     }
 }
 
-public func hex(_ id: UInt64) -> String {
-    let digits = String(id, radix: 16)
-    return String(repeating: "0", count: max(0, 16 - digits.count)) + digits
-}
 
 extension IPAddress {
     /// 0.0.0.0 or ::, used in FLOW for "any peer".

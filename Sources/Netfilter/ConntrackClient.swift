@@ -142,17 +142,7 @@ public final class ConntrackClient: @unchecked Sendable {
 
     /// Opens and binds a NETLINK_NETFILTER socket.
     public init() throws(NetfilterError) {
-        let opened = syscallHandle { mnl_socket_open2(NETLINK_NETFILTER, Int32(SOCK_CLOEXEC.rawValue)) }
-        guard let socket = opened.handle else {
-            throw NetfilterError(operation: "socket(AF_NETLINK, NETLINK_NETFILTER)", object: "conntrack", errno: opened.errno)
-        }
-        if case .failure(let code) = syscall({ mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) }) {
-            mnl_socket_close(socket)
-            throw NetfilterError(operation: "bind(AF_NETLINK)", object: "conntrack", errno: code)
-        }
-        // Errors carry only the header of the failed request, not a copy of it.
-        var one: Int32 = 1
-        _ = setsockopt(mnl_socket_get_fd(socket), SOL_NETLINK, NETLINK_CAP_ACK, &one, socklen_t(MemoryLayout<Int32>.size))
+        let socket = try openNetfilterSocket(object: "conntrack")
         self.socket = socket
         // Dump messages are at most 32 KiB; twice that leaves room.
         self.receiveBuffer = .allocate(byteCount: 64 << 10, alignment: 16)

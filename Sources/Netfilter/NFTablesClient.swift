@@ -34,18 +34,7 @@ public final class NFTablesClient: @unchecked Sendable {
 
     /// Opens and binds a NETLINK_NETFILTER socket.
     public init() throws(NetfilterError) {
-        let opened = syscallHandle { mnl_socket_open2(NETLINK_NETFILTER, Int32(SOCK_CLOEXEC.rawValue)) }
-        guard let socket = opened.handle else {
-            throw NetfilterError(operation: "socket(AF_NETLINK, NETLINK_NETFILTER)", object: "nftables", errno: opened.errno)
-        }
-        if case .failure(let code) = syscall({ mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) }) {
-            mnl_socket_close(socket)
-            throw NetfilterError(operation: "bind(AF_NETLINK)", object: "nftables", errno: code)
-        }
-        // Errors then carry only the header of the failed message, not a copy of it: small replies, no ENOBUFS
-        // when a large batch fails on every element.
-        var one: Int32 = 1
-        _ = setsockopt(mnl_socket_get_fd(socket), SOL_NETLINK, NETLINK_CAP_ACK, &one, socklen_t(MemoryLayout<Int32>.size))
+        let socket = try openNetfilterSocket(object: "nftables")
         self.socket = socket
         self.portID = mnl_socket_get_portid(socket)
         // Dumps arrive in messages of up to 32 KiB (MNL_SOCKET_DUMP_SIZE); twice that leaves room.

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CNetfilter
 
 /// The outcome of one system call: its non-negative result, or the errno it set.
 ///
@@ -45,4 +46,21 @@ func syscallHandle<Handle>(_ body: () -> Handle?) -> (handle: Handle?, errno: In
         if code == EINTR { continue }
         return (nil, code == 0 ? ENOMEM : code)
     }
+}
+
+/// Opens and binds a NETLINK_NETFILTER socket (both clients use one). NETLINK_CAP_ACK: errors then
+/// carry only the header of the failed message, not a copy of it — small replies, and no ENOBUFS
+/// when a large batch fails on every element. `object` names the client in errors.
+func openNetfilterSocket(object: String) throws(NetfilterError) -> OpaquePointer {
+    let opened = syscallHandle { mnl_socket_open2(NETLINK_NETFILTER, Int32(SOCK_CLOEXEC.rawValue)) }
+    guard let socket = opened.handle else {
+        throw NetfilterError(operation: "socket(AF_NETLINK, NETLINK_NETFILTER)", object: object, errno: opened.errno)
+    }
+    if case .failure(let code) = syscall({ mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) }) {
+        mnl_socket_close(socket)
+        throw NetfilterError(operation: "bind(AF_NETLINK)", object: object, errno: code)
+    }
+    var one: Int32 = 1
+    _ = setsockopt(mnl_socket_get_fd(socket), SOL_NETLINK, NETLINK_CAP_ACK, &one, socklen_t(MemoryLayout<Int32>.size))
+    return socket
 }

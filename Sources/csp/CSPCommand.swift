@@ -48,10 +48,6 @@ func parseEndpoint(_ text: String) throws -> CSPEndpoint {
     throw ValidationError("'\(text)' is not address:port (IPv6 as [addr]:port)")
 }
 
-func hex(_ id: UInt64) -> String {
-    let digits = String(id, radix: 16)
-    return String(repeating: "0", count: max(0, 16 - digits.count)) + digits
-}
 
 /// Sends `request` to `peer`'s CSP agent and prints what came back; returns the exit status.
 func exchange(_ request: CSPMessage, with peer: IPAddress, from source: IPAddress? = nil, common: Common) throws -> Int32 {
