@@ -6,6 +6,8 @@ import PackageDescription
 //   Netfilter      kernel adapters: the only target that imports CNetfilter
 //   CSPWire        wire codecs: pure, zero-copy packet views and CSP messages
 //   MidcomCore     core logic: sessions, policy, config; pure, injectable clock, no syscalls
+//   MidcomKernel   the kernel seam: NFTSchema (sets and key layouts, once), KernelProgrammer (real
+//                  nftables/conntrack + a recording fake in tests), bursts, connection clean-up
 //   MidcomControl  control protocol shared by midcomd (server) and midctl (client)
 //   CSPHost        host-side signaling library used by the `csp` tool
 let package = Package(
@@ -30,12 +32,13 @@ let package = Package(
         .target(name: "Netfilter", dependencies: ["CNetfilter"]),
         .target(name: "CSPWire"),
         .target(name: "MidcomCore", dependencies: ["CSPWire"]),
+        .target(name: "MidcomKernel", dependencies: ["MidcomCore", "Netfilter", "CSPWire"]),
         .target(name: "MidcomControl"),
         .target(name: "CSPHost", dependencies: ["CSPWire"]),
         .executableTarget(
             name: "midcomd",
             dependencies: [
-                "Netfilter", "CSPWire", "CSPHost", "MidcomCore", "MidcomControl",
+                "Netfilter", "CSPWire", "CSPHost", "MidcomCore", "MidcomKernel", "MidcomControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -58,6 +61,11 @@ let package = Package(
         .testTarget(name: "CSPWireTests", dependencies: ["CSPWire"], resources: [.copy("Vectors")]),
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
-        .testTarget(name: "NetfilterTests", dependencies: ["Netfilter"]),
+        // Runs commands (nft, ip) for the tests that use the real kernel; linked by test targets only.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "TestSupport"]),
+        .testTarget(
+            name: "MidcomKernelTests", dependencies: ["MidcomKernel", "MidcomCore", "Netfilter", "CSPWire", "TestSupport"],
+            resources: [.copy("Golden")]),
     ]
 )

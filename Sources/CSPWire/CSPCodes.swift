@@ -76,6 +76,8 @@ public struct CSPResultCode: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let unknownSession = CSPResultCode(rawValue: 4)
     public static let authenticationFailed = CSPResultCode(rawValue: 5)
     public static let challengeRequired = CSPResultCode(rawValue: 6)
+    /// A translating middlebox cannot map "any source port": the host signals the exact port.
+    public static let sourcePortRequired = CSPResultCode(rawValue: 7)
     public static let policyDenied = CSPResultCode(rawValue: 64)
     public static let administrativelyProhibited = CSPResultCode(rawValue: 65)
     public static let sourceDenied = CSPResultCode(rawValue: 66)
@@ -91,6 +93,7 @@ public struct CSPResultCode: RawRepresentable, Hashable, Sendable, CustomStringC
         case .unknownSession: "unknown-session"
         case .authenticationFailed: "authentication-failed"
         case .challengeRequired: "challenge-required"
+        case .sourcePortRequired: "source-port-required"
         case .policyDenied: "policy-denied"
         case .administrativelyProhibited: "administratively-prohibited"
         case .sourceDenied: "source-denied"

@@ -11,8 +11,12 @@ public struct IPPacketView {
     public let proto: IPProtocol
     /// Offset of the transport header.
     public let transportOffset: Int
-    /// Bytes of the packet according to its own length fields (may be less than `bytes.count`).
+    /// Bytes of the packet according to its own length fields (may be less than `bytes.count`);
+    /// for a truncated capture, the bytes captured.
     public let totalLength: Int
+    /// The capture holds only the packet's first `totalLength` octets (NFQUEUE copy range): headers
+    /// and ports can be read, the payload is incomplete.
+    public let isTruncated: Bool
     /// IPv4 options (between the fixed header and the transport header), empty for IPv6.
     public let ipv4Options: Range<Int>
     /// IPv6 hop-by-hop options data (after next-header and length octets), empty if absent.
@@ -22,13 +26,21 @@ public struct IPPacketView {
 
     static let maximumExtensionHeaders = 8
 
-    public init(_ bytes: UnsafeRawBufferPointer) throws(CSPWireError) {
+    /// `allowingTruncation`: the bytes are a capture cut short on purpose (NFQUEUE reports the
+    /// packet's original length beyond the copy range); lengths are then checked against what was
+    /// captured and `isTruncated` tells the payload is incomplete.
+    public init(_ bytes: UnsafeRawBufferPointer, allowingTruncation: Bool = false) throws(CSPWireError) {
         guard bytes.count >= 1 else { throw CSPWireError(.truncated, at: 0) }
+        var truncated = false
         switch bytes[0] >> 4 {
         case 4:
             guard bytes.count >= 20 else { throw CSPWireError(.truncated, at: bytes.count) }
             let headerLength = Int(bytes[0] & 0x0f) * 4
-            let total = Int(bytes.loadBigEndianUInt16(at: 2))
+            var total = Int(bytes.loadBigEndianUInt16(at: 2))
+            if allowingTruncation, total > bytes.count {
+                total = bytes.count
+                truncated = true
+            }
             guard headerLength >= 20, total >= headerLength, total <= bytes.count else {
                 throw CSPWireError(.badIPHeader, at: 0)
             }
@@ -42,7 +54,11 @@ public struct IPPacketView {
             isNonInitialFragment = fragmentOffset != 0
         case 6:
             guard bytes.count >= 40 else { throw CSPWireError(.truncated, at: bytes.count) }
-            let total = 40 + Int(bytes.loadBigEndianUInt16(at: 4))
+            var total = 40 + Int(bytes.loadBigEndianUInt16(at: 4))
+            if allowingTruncation, total > bytes.count {
+                total = bytes.count
+                truncated = true
+            }
             guard total <= bytes.count else { throw CSPWireError(.badIPHeader, at: 4) }
             var next = bytes[6]
             var offset = 40
@@ -88,6 +104,7 @@ public struct IPPacketView {
             throw CSPWireError(.badIPHeader, at: 0)
         }
         self.bytes = bytes
+        isTruncated = truncated
     }
 
     public var source: IPAddress {

@@ -2,146 +2,201 @@ import CSPWire
 import MidcomCore
 import Netfilter
 
-/// Where a flow's admission lives in `table inet midcom` (see nft-rules/midcom.nft): the set that
-/// matches its shape and the key in that set's field order.
-struct AdmissionElement: Hashable {
-    var set: String
-    var key: NFTSetKey
+/// The sets and maps of `table inet midcom` that midcomd programs, defined once: their names, the
+/// nft types of their keys (and data), and how a `KernelObject` becomes an element and back.
+/// `NFTSchemaTests` loads nft-rules/midcom.nft and checks every set here exists with these types.
+public enum NFTSchema {
+    /// One field of a concatenated key, as `nft` names its type.
+    public enum Field: String, Sendable {
+        case ipv4 = "ipv4_addr"
+        case ipv6 = "ipv6_addr"
+        case proto = "inet_proto"
+        case port = "inet_service"
 
-    init(admitting flow: FlowTuple) {
+        /// Octets the field takes in a key (each field is padded to 4 octets).
+        public var paddedLength: Int { self == .ipv6 ? 16 : 4 }
+    }
+
+    public struct SetSpec: Sendable {
+        public var name: String
+        public var key: [Field]
+        /// The mapped value's fields for a map, nil for a set.
+        public var data: [Field]?
+        public var keyLength: Int { key.reduce(0) { $0 + $1.paddedLength } }
+    }
+
+    public static let admit4 = SetSpec(name: "admit4", key: [.ipv4, .proto, .port, .ipv4, .port])
+    public static let admit6 = SetSpec(name: "admit6", key: [.ipv6, .proto, .port, .ipv6, .port])
+    public static let admit4AnyPort = SetSpec(name: "admit4_anyport", key: [.ipv4, .proto, .ipv4, .port])
+    public static let admit6AnyPort = SetSpec(name: "admit6_anyport", key: [.ipv6, .proto, .ipv6, .port])
+    public static let pinhole4 = SetSpec(name: "pinhole4", key: [.proto, .ipv4, .port])
+    public static let pinhole6 = SetSpec(name: "pinhole6", key: [.proto, .ipv6, .port])
+    public static let drop4 = SetSpec(name: "drop4", key: admit4.key)
+    public static let drop6 = SetSpec(name: "drop6", key: admit6.key)
+    public static let snat4 = SetSpec(name: "snat4", key: [.ipv4, .proto, .port], data: [.ipv4, .port])
+    public static let dnat4 = SetSpec(name: "dnat4", key: [.ipv4, .proto, .port], data: [.ipv4, .port])
+
+    /// The sets holding admissions, in the order adoption reads them.
+    public static let admissionSets = [admit4, admit6, admit4AnyPort, admit6AnyPort, pinhole4, pinhole6]
+    /// Everything midcomd programs. Admissions come before the NAT maps: adoption needs that order.
+    public static let all = admissionSets + [drop4, drop6, snat4, dnat4]
+
+    /// A set element: where an object lives and its key (and data, for a map).
+    public struct Element: Hashable, Sendable {
+        public var set: String
+        public var key: NFTSetKey
+        public var data: NFTSetKey?
+    }
+
+    public static func element(for object: KernelObject) -> Element {
+        switch object {
+        case .admission(let flow):
+            return admission(flow)
+        case .sourceNAT(let rule):
+            return Element(set: snat4.name, key: natKey(rule.internal, rule.proto), data: natData(rule.external))
+        case .destinationNAT(let rule):
+            return Element(set: dnat4.name, key: natKey(rule.external, rule.proto), data: natData(rule.internal))
+        }
+    }
+
+    /// The drop-cache element of a refused unsignaled flow (same key layout as admit4/admit6).
+    public static func blocking(_ flow: FlowTuple) -> Element {
+        var element = admission(FlowTuple(
+            proto: flow.proto, source: flow.source, sourcePort: flow.sourcePort, destination: flow.destination,
+            destinationPort: flow.destinationPort))
+        element.set = flow.source.family == .ipv4 ? drop4.name : drop6.name
+        return element
+    }
+
+    static func admission(_ flow: FlowTuple) -> Element {
         let v4 = flow.source.family == .ipv4
         var key = NFTSetKey()
         func address(_ a: IPAddress) {
             if let value = a.ipv4Value { key.append(ipv4: value) } else { key.append(ipv6: a.bytes) }
         }
+        let set: SetSpec
         if flow.source.isUnspecified {
-            set = v4 ? "pinhole4" : "pinhole6"
+            set = v4 ? pinhole4 : pinhole6
             key.append(proto: flow.proto.rawValue)
             address(flow.destination)
             key.append(port: flow.destinationPort)
         } else if flow.sourcePort == 0 {
-            set = v4 ? "admit4_anyport" : "admit6_anyport"
+            set = v4 ? admit4AnyPort : admit6AnyPort
             address(flow.source)
             key.append(proto: flow.proto.rawValue)
             address(flow.destination)
             key.append(port: flow.destinationPort)
         } else {
-            set = v4 ? "admit4" : "admit6"
+            set = v4 ? admit4 : admit6
             address(flow.source)
             key.append(proto: flow.proto.rawValue)
             key.append(port: flow.sourcePort)
             address(flow.destination)
             key.append(port: flow.destinationPort)
         }
-        self.key = key
+        return Element(set: set.name, key: key, data: nil)
     }
 
-    static let allSets = ["admit4", "admit6", "admit4_anyport", "admit6_anyport", "pinhole4", "pinhole6"]
-
-    /// The drop-cache element of a refused unsignaled flow (same key layout as admit4/admit6).
-    init(blocking flow: FlowTuple) {
-        self.init(admitting: flow)
-        set = flow.source.family == .ipv4 ? "drop4" : "drop6"
+    static func natKey(_ endpoint: IPv4Endpoint, _ proto: IPProtocol) -> NFTSetKey {
+        var key = NFTSetKey()
+        key.append(ipv4: endpoint.address)
+        key.append(proto: proto.rawValue)
+        key.append(port: endpoint.port)
+        return key
     }
 
-    /// Decodes a key listed from the kernel back into the flow it admits (the inverse of init).
-    static func flow(set: String, key: [UInt8]) -> FlowTuple? {
-        let v4 = set.hasSuffix("4") || set == "admit4_anyport"
-        let width = v4 ? 4 : 16
-        var offset = 0
-        func take(_ n: Int, padded: Bool = true) -> ArraySlice<UInt8>? {
-            let stride = (n + 3) / 4 * 4
-            guard offset + stride <= key.count else { return nil }
-            defer { offset += stride }
-            return key[offset..<offset + n]
-        }
-        func address() -> IPAddress? { take(width).flatMap { IPAddress(bytes: $0) } }
-        func port() -> UInt16? { take(2).map { UInt16($0.first!) << 8 | UInt16($0.last!) } }
-        func proto() -> IPProtocol? { take(1).map { IPProtocol(rawValue: $0.first!) } }
-        let any = v4 ? IPAddress(ipv4: 0) : IPAddress(ipv6: 0, 0)
+    static func natData(_ endpoint: IPv4Endpoint) -> NFTSetKey {
+        var data = NFTSetKey()
+        data.append(ipv4: endpoint.address)
+        data.append(port: endpoint.port)
+        return data
+    }
+
+    /// Decodes an element listed from the kernel back into the object it holds (the inverse of
+    /// `element(for:)`); nil for a set this schema does not know or a key of the wrong length.
+    public static func object(set: String, key: [UInt8], data: [UInt8]?) -> KernelObject? {
+        guard let spec = all.first(where: { $0.name == set }), key.count == spec.keyLength else { return nil }
+        var reader = FieldReader(bytes: key)
+        let any = spec.key.contains(.ipv6) ? IPAddress(ipv6: 0, 0) : IPAddress(ipv4: 0)
         switch set {
-        case "admit4", "admit6":
-            guard let s = address(), let p = proto(), let sp = port(), let d = address(), let dp = port() else { return nil }
-            return FlowTuple(proto: p, source: s, sourcePort: sp, destination: d, destinationPort: dp)
-        case "admit4_anyport", "admit6_anyport":
-            guard let s = address(), let p = proto(), let d = address(), let dp = port() else { return nil }
-            return FlowTuple(proto: p, source: s, sourcePort: 0, destination: d, destinationPort: dp)
-        case "pinhole4", "pinhole6":
-            guard let p = proto(), let d = address(), let dp = port() else { return nil }
-            return FlowTuple(proto: p, source: any, sourcePort: 0, destination: d, destinationPort: dp)
+        case admit4.name, admit6.name:
+            let s = reader.address(spec.key[0]), p = reader.proto(), sp = reader.port(), d = reader.address(spec.key[3])
+            return .admission(FlowTuple(proto: p, source: s, sourcePort: sp, destination: d, destinationPort: reader.port()))
+        case admit4AnyPort.name, admit6AnyPort.name:
+            let s = reader.address(spec.key[0]), p = reader.proto(), d = reader.address(spec.key[2])
+            return .admission(FlowTuple(proto: p, source: s, sourcePort: 0, destination: d, destinationPort: reader.port()))
+        case pinhole4.name, pinhole6.name:
+            let p = reader.proto(), d = reader.address(spec.key[1])
+            return .admission(FlowTuple(proto: p, source: any, sourcePort: 0, destination: d, destinationPort: reader.port()))
+        case snat4.name, dnat4.name:
+            guard let data, data.count == 8 else { return nil }
+            let keyEndpoint = IPv4Endpoint(address: reader.ipv4(), port: 0)
+            let proto = reader.proto()
+            let keyPort = reader.port()
+            var dataReader = FieldReader(bytes: data)
+            let value = IPv4Endpoint(address: dataReader.ipv4(), port: dataReader.port())
+            let keyed = IPv4Endpoint(address: keyEndpoint.address, port: keyPort)
+            return set == snat4.name
+                ? .sourceNAT(SourceNAT(proto: proto, internal: keyed, external: value))
+                : .destinationNAT(DestinationNAT(proto: proto, external: keyed, internal: value))
         default:
             return nil
+        }
+    }
+
+    /// Reads padded key fields in order; the caller checked the key's length against the schema.
+    private struct FieldReader {
+        let bytes: [UInt8]
+        var offset = 0
+
+        mutating func take(_ count: Int) -> ArraySlice<UInt8> {
+            defer { offset += (count + 3) / 4 * 4 }
+            return bytes[offset..<offset + count]
+        }
+        mutating func ipv4() -> UInt32 { take(4).reduce(0) { $0 << 8 | UInt32($1) } }
+        mutating func address(_ field: Field) -> IPAddress {
+            field == .ipv6 ? IPAddress(bytes: take(16))! : IPAddress(ipv4: ipv4())
+        }
+        mutating func proto() -> IPProtocol { IPProtocol(rawValue: take(1).first!) }
+        mutating func port() -> UInt16 {
+            let two = take(2)
+            return UInt16(two.first!) << 8 | UInt16(two.last!)
         }
     }
 }
 
 extension NFTChangeSet {
-    /// Translates the engine's decisions into one batch. Re-installing replaces the timeout: the
-    /// element is added (a no-op if present), deleted and added again with the new timeout, all in
-    /// the same atomic batch; removal adds before deleting. So neither ever fails on "exists" or
-    /// "does not exist" (e.g. when the element just timed out on its own).
-    mutating func append(_ change: KernelChange) {
+    /// Translates engine decisions into this batch. A refresh replaces the element (add, delete,
+    /// add with the new timeout, atomically: kernels before 6.10 keep the old timeout on a re-add);
+    /// removal adds before deleting. So neither fails on "exists" or "does not exist" (e.g. when
+    /// the element just timed out on its own). Elements carry their session's tag as comment.
+    public mutating func append(_ change: KernelChange) {
         switch change {
-        case .admit(let flow, let lifetime):
-            // A new element: one add. (If a stale one exists, the add still succeeds; kernels
-            // from 6.10 on even take the new timeout.)
-            let element = AdmissionElement(admitting: flow)
-            addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
-        case .readmit(let flow, let lifetime):
-            let element = AdmissionElement(admitting: flow)
-            replace(set: element.set, key: element.key, data: nil, lifetime: lifetime)
-        case .revoke(let flow):
-            let element = AdmissionElement(admitting: flow)
-            remove(set: element.set, key: element.key, data: nil)
-        case .snat(let flow, let to, let lifetime):
-            replace(set: "snat4", key: Self.snatKey(flow), data: Self.endpointData(to), lifetime: lifetime)
-        case .removeSNAT(let flow, let to):
-            // Re-adding a map element only succeeds with the data it has, hence `to`.
-            remove(set: "snat4", key: Self.snatKey(flow), data: Self.endpointData(to))
-        case .dnat(let proto, let external, let to, let lifetime):
-            replace(set: "dnat4", key: Self.dnatKey(proto, external), data: Self.endpointData(to), lifetime: lifetime)
-        case .removeDNAT(let proto, let external, let to):
-            remove(set: "dnat4", key: Self.dnatKey(proto, external), data: Self.endpointData(to))
+        case .install(let object, let lifetime, let tag):
+            let element = NFTSchema.element(for: object)
+            if case .admission = object {
+                // A new admission: one add (a stale element of the same flow takes the new timeout
+                // from 6.10 on; before, it keeps its own, which only ever follows an earlier expiry).
+                addElement(set: element.set, key: element.key, timeout: .seconds(lifetime), comment: tag?.comment)
+            } else {
+                // A map element that exists with other data cannot be added again: replace it.
+                replace(element, lifetime: lifetime, comment: tag?.comment)
+            }
+        case .refresh(let object, let lifetime, let tag):
+            replace(NFTSchema.element(for: object), lifetime: lifetime, comment: tag?.comment)
+        case .remove(let object):
+            let element = NFTSchema.element(for: object)
+            addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(1))
+            deleteElement(set: element.set, key: element.key)
         case .block(let flow, let lifetime):
-            let element = AdmissionElement(blocking: flow)
+            let element = NFTSchema.blocking(flow)
             addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
         }
     }
 
-    private mutating func replace(set: String, key: NFTSetKey, data: NFTSetKey?, lifetime: UInt32) {
-        addElement(set: set, key: key, data: data, timeout: .seconds(lifetime))
-        deleteElement(set: set, key: key)
-        addElement(set: set, key: key, data: data, timeout: .seconds(lifetime))
-    }
-
-    private mutating func remove(set: String, key: NFTSetKey, data: NFTSetKey?) {
-        addElement(set: set, key: key, data: data, timeout: .seconds(1))
-        deleteElement(set: set, key: key)
-    }
-
-    /// snat4: ipv4_addr . inet_proto . inet_service (the internal source)
-    static func snatKey(_ flow: FlowTuple) -> NFTSetKey {
-        var key = NFTSetKey()
-        key.append(ipv4: flow.source.ipv4Value ?? 0)
-        key.append(proto: flow.proto.rawValue)
-        key.append(port: flow.sourcePort)
-        return key
-    }
-
-    /// dnat4: ipv4_addr . inet_proto . inet_service (the external destination)
-    static func dnatKey(_ proto: IPProtocol, _ external: CSPEndpoint) -> NFTSetKey {
-        var key = NFTSetKey()
-        key.append(ipv4: external.address.ipv4Value ?? 0)
-        key.append(proto: proto.rawValue)
-        key.append(port: external.port)
-        return key
-    }
-
-    /// Map data: ipv4_addr . inet_service
-    static func endpointData(_ endpoint: CSPEndpoint) -> NFTSetKey {
-        var data = NFTSetKey()
-        data.append(ipv4: endpoint.address.ipv4Value ?? 0)
-        data.append(port: endpoint.port)
-        return data
+    private mutating func replace(_ element: NFTSchema.Element, lifetime: UInt32, comment: String?) {
+        addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment)
+        deleteElement(set: element.set, key: element.key)
+        addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment)
     }
 }

@@ -179,6 +179,42 @@ public final class ConntrackClient: @unchecked Sendable {
         }
     }
 
+    /// Deletes every entry that matches any of the filters; returns how many were deleted.
+    ///
+    /// Exact filters are looked up one by one; all wildcard filters of a family share ONE dump of the
+    /// table, matched in user space through an index on (protocol, destination, destination port) when
+    /// every wildcard filter has those fields. So a mass expiry of N wildcard admissions costs one pass
+    /// over the conntrack table instead of N.
+    public func deleteEntries(matchingAny filters: [ConntrackFilter]) throws(NetfilterError) -> Int {
+        for filter in filters { try check(filter, operation: Operation.delete) }
+        return try state.withLock { (state: inout State) throws(NetfilterError) -> Int in
+            var deleted = 0
+            var wildcards: [UInt8: [ConntrackFilter]] = [:]
+            for filter in filters {
+                if filter.isExact {
+                    if let entry = try self.get(filter, state: &state), filter.matches(entry.tuple),
+                       try self.delete(entry, state: &state) { deleted += 1 }
+                } else {
+                    wildcards[filter.family, default: []].append(filter)
+                }
+            }
+            for (family, group) in wildcards {
+                let index = WildcardIndex(group)
+                // One filter narrows the dump in the kernel; many are matched here.
+                let dumpFilter = group.count == 1
+                    ? group[0]
+                    : ConntrackFilter(family: family, proto: 0, source: [UInt8](repeating: 0, count: group[0].source.count),
+                                      sourcePort: 0, destination: [UInt8](repeating: 0, count: group[0].destination.count),
+                                      destinationPort: 0)
+                for entry in try self.dump(dumpFilter, kernelSide: group.count == 1, state: &state)
+                where index.matches(entry.tuple) {
+                    if try self.delete(entry, state: &state) { deleted += 1 }
+                }
+            }
+            return deleted
+        }
+    }
+
     /// Lists entries (original tuples) matching the filter.
     public func entries(matching filter: ConntrackFilter) throws(NetfilterError) -> [ConntrackFilter] {
         try check(filter, operation: Operation.dump)
@@ -486,5 +522,35 @@ public final class ConntrackClient: @unchecked Sendable {
             guard let next = mnl_attr_next(current) else { return }
             current = UnsafePointer(next)
         }
+    }
+}
+
+/// Wildcard filters indexed by what conntrack filters of admissions always name: protocol, destination
+/// address and destination port. Filters without those fields are matched one by one.
+private struct WildcardIndex {
+    struct Key: Hashable {
+        var proto: UInt8
+        var destination: [UInt8]
+        var port: UInt16
+    }
+
+    var indexed: [Key: [ConntrackFilter]] = [:]
+    var others: [ConntrackFilter] = []
+
+    init(_ filters: [ConntrackFilter]) {
+        for filter in filters {
+            if filter.proto != 0, filter.destinationPort != 0, !filter.destination.allSatisfy({ $0 == 0 }) {
+                indexed[Key(proto: filter.proto, destination: filter.destination, port: filter.destinationPort), default: []]
+                    .append(filter)
+            } else {
+                others.append(filter)
+            }
+        }
+    }
+
+    func matches(_ tuple: ConntrackFilter) -> Bool {
+        let key = Key(proto: tuple.proto, destination: tuple.destination, port: tuple.destinationPort)
+        if let candidates = indexed[key], candidates.contains(where: { $0.matches(tuple) }) { return true }
+        return others.contains { $0.matches(tuple) }
     }
 }

@@ -87,7 +87,7 @@ public struct NFTChangeSet: Sendable {
     /// One change, in the order it will be sent.
     public enum Operation: Sendable, Equatable {
         /// NFT_MSG_NEWSETELEM without NLM_F_EXCL: adds the element, or refreshes the timeout of an existing one.
-        case add(set: String, key: [UInt8], data: [UInt8]?, timeout: Duration?)
+        case add(set: String, key: [UInt8], data: [UInt8]?, timeout: Duration?, comment: String? = nil)
         /// NFT_MSG_DELSETELEM: the batch fails (ENOENT) if the element is absent.
         case delete(set: String, key: [UInt8])
         /// NFT_MSG_DELSETELEM without elements: removes every element of the set.
@@ -105,8 +105,10 @@ public struct NFTChangeSet: Sendable {
 
     /// Adds `key` (mapping to `data` in a map) to `set`; `timeout` overrides the set's default timeout and needs a
     /// set declared with `flags timeout`. Re-adding an existing element refreshes its timeout.
-    public mutating func addElement(set: String, key: NFTSetKey, data: NFTSetKey? = nil, timeout: Duration? = nil) {
-        operations.append(.add(set: set, key: key.bytes, data: data?.bytes, timeout: timeout))
+    /// `comment` is stored with the element (as `nft` stores `comment "..."`) and read back by `listElements`.
+    public mutating func addElement(set: String, key: NFTSetKey, data: NFTSetKey? = nil, timeout: Duration? = nil,
+                                    comment: String? = nil) {
+        operations.append(.add(set: set, key: key.bytes, data: data?.bytes, timeout: timeout, comment: comment))
     }
 
     /// Deletes `key` from `set`. The whole change set fails if the element does not exist (it may have timed out).
@@ -135,9 +137,12 @@ public struct NFTSetElement: Sendable, Equatable {
     /// From the element's `counter` expression, present when the set was declared with `counter`.
     public var packets: UInt64?
     public var bytes: UInt64?
+    /// The element's comment, if it has one.
+    public var comment: String?
 
     public init(key: [UInt8], data: [UInt8]? = nil, timeout: Duration? = nil, expiresIn: Duration? = nil,
-                packets: UInt64? = nil, bytes: UInt64? = nil) {
+                packets: UInt64? = nil, bytes: UInt64? = nil, comment: String? = nil) {
+        self.comment = comment
         self.key = key
         self.data = data
         self.timeout = timeout
@@ -196,5 +201,32 @@ extension Duration {
         if seconds < 0 { return 0 }
         let fraction = (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
         return UInt64(seconds) * 1000 + UInt64(fraction)
+    }
+}
+
+/// The element user data `nft` writes and reads: type-length-value records, the comment being type 0
+/// (NFTNL_UDATA_SET_ELEM_COMMENT) holding a NUL-terminated string of at most 127 octets.
+enum ElementUserData {
+    static let commentType: UInt8 = 0
+    static let maximumCommentLength = 127
+
+    static func encode(comment: String) -> [UInt8] {
+        let text = Array(comment.utf8.prefix(maximumCommentLength))
+        return [commentType, UInt8(text.count + 1)] + text + [0]
+    }
+
+    static func comment(in bytes: [UInt8]) -> String? {
+        var offset = 0
+        while offset + 2 <= bytes.count {
+            let type = bytes[offset], length = Int(bytes[offset + 1])
+            let end = offset + 2 + length
+            guard end <= bytes.count else { return nil }
+            if type == commentType {
+                let value = bytes[(offset + 2)..<end].prefix { $0 != 0 }
+                return String(decoding: value, as: UTF8.self)
+            }
+            offset = end
+        }
+        return nil
     }
 }

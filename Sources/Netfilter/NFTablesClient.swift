@@ -197,6 +197,28 @@ public final class NFTablesClient: @unchecked Sendable {
 
     // MARK: Transport
 
+    /// The netlink bytes `apply` would send for `changes` (BATCH_BEGIN, one message per operation,
+    /// BATCH_END), numbered from `firstSequence`. No socket is involved: tests compare these bytes with
+    /// golden files, as google/nftables does.
+    public static func encodedBatch(_ changes: NFTChangeSet, firstSequence: UInt32) throws(NetfilterError) -> [UInt8] {
+        var sequence = firstSequence &- 1
+        let batch = try Batch(sequence: &sequence)
+        let family = UInt16(changes.family.rawValue)
+        for operation in changes.operations {
+            try batch.appendElementOperation(operation, family: family, table: changes.table,
+                                             familyName: changes.family.description)
+        }
+        try batch.finish()
+        let count = Int(nftnl_batch_iovec_len(batch.handle))
+        var iovecs = [iovec](repeating: iovec(), count: count)
+        nftnl_batch_iovec(batch.handle, &iovecs, UInt32(count))
+        var bytes: [UInt8] = []
+        for vector in iovecs {
+            bytes += UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len)
+        }
+        return bytes
+    }
+
     /// Sends a batch in one sendmsg and returns the errors the kernel reported for it, in sequence order.
     private func send(_ batch: Batch, state: inout State) throws(NetfilterError) -> [(target: Target, error: NetfilterError)] {
         try batch.finish()
@@ -426,8 +448,10 @@ private final class Batch {
         var key: [UInt8]? = nil
         var data: [UInt8]? = nil
         var timeout: UInt64? = nil
+        var userData: [UInt8]? = nil
         switch operation {
-        case .add(let set, let elementKey, let elementData, let elementTimeout):
+        case .add(let set, let elementKey, let elementData, let elementTimeout, let comment):
+            userData = comment.map(ElementUserData.encode(comment:))
             let milliseconds = elementTimeout?.netfilterMilliseconds
             target = .addElement(family: familyName, table: table, set: set, key: NFTSetKey.hex(elementKey),
                                  hasTimeout: milliseconds != nil, keyLength: elementKey.count)
@@ -458,6 +482,9 @@ private final class Batch {
                 data.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
             }
             if let timeout { nftnl_set_elem_set_u64(element, attr(NFTNL_SET_ELEM_TIMEOUT), timeout) }
+            if let userData {
+                userData.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_USERDATA), $0.baseAddress, UInt32($0.count)) }
+            }
             nftnl_set_elem_add(set, element)  // the set owns the element from here
         }
         try append(target) { buffer, sequence in
@@ -573,7 +600,8 @@ private final class SetElementReader {
             timeout: milliseconds(attr(NFTNL_SET_ELEM_TIMEOUT)),
             expiresIn: milliseconds(attr(NFTNL_SET_ELEM_EXPIRATION)),
             packets: packets,
-            bytes: bytes))
+            bytes: bytes,
+            comment: bytesOf(attr(NFTNL_SET_ELEM_USERDATA)).flatMap(ElementUserData.comment(in:))))
     }
 }
 

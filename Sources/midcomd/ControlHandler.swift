@@ -4,6 +4,7 @@ import Glibc
 import CSPWire
 import MidcomControl
 import MidcomCore
+import MidcomKernel
 import Netfilter
 
 /// Answers `midctl` requests. Runs on the control thread; takes the engine lock only briefly
@@ -61,19 +62,25 @@ extension Daemon {
         // The kernel dumps a set in chunks and restarts its walk for each chunk (quadratic in the
         // set size), so above `countersLimit` sessions the counters are left out ("-") rather than
         // making a listing take minutes; `nft list set inet midcom admit4` still shows them.
-        var counters: [AdmissionElement: (UInt64?, UInt64?)] = [:]
+        var counters: [CountedKey: (UInt64?, UInt64?)] = [:]
         let sets = sessions.count > Self.countersLimit
             ? []
-            : Set(sessions.flatMap { $0.admittedFlows.map { AdmissionElement(admitting: $0).set } })
+            : Set(sessions.flatMap { $0.admittedFlows.map { NFTSchema.element(for: .admission($0)).set } })
         for set in sets {
-            for element in (try? nft.listElements(table: configuration.table, set: set)) ?? [] {
-                counters[AdmissionElement(set: set, rawKey: element.key)] = (element.packets, element.bytes)
+            do {
+                for element in try kernel.listElements(set: set) {
+                    counters[CountedKey(set: set, key: element.key)] = (element.packets, element.bytes)
+                }
+            } catch {
+                log.limited(.warning, category: "control", "cannot list set \(set) for its counters: \(error)")
             }
         }
         return sessions.sorted { $0.createdAt < $1.createdAt }.map { session in
             var packets: UInt64?
             var bytes: UInt64?
-            if let flow = session.admittedFlows.first, let found = counters[AdmissionElement(admitting: flow).normalized] {
+            if let flow = session.admittedFlows.first,
+                let found = counters[CountedKey(NFTSchema.element(for: .admission(flow)))]
+            {
                 (packets, bytes) = found
             }
             return SessionRecord(
@@ -100,6 +107,11 @@ extension Daemon {
         }
         counters["malformed_packets"] = malformedPackets.load(ordering: .relaxed)
         counters["kernel_errors"] = kernelErrors.load(ordering: .relaxed)
+        counters["replies_failed"] = failedReplies.load(ordering: .relaxed)
+        let cleaned = cleanup.counters
+        counters["conntrack_deleted"] = cleaned.deleted
+        counters["conntrack_cleanup_failures"] = cleaned.failures
+        counters["conntrack_cleanup_overflowed"] = cleaned.overflowed
         for number in configuration.queueNumber..<configuration.queueNumber + configuration.queueCount {
             if let kernel = NetfilterQueue.kernelStatistics(queueNumber: number) {
                 counters["kernel_queue_dropped", default: 0] += UInt64(kernel.queueDropped)
@@ -115,14 +127,15 @@ extension Daemon {
     }
 }
 
-extension AdmissionElement {
-    init(set: String, rawKey: [UInt8]) {
+/// A listed element's identity (set and raw key), to join kernel counters with sessions.
+struct CountedKey: Hashable {
+    var set: String
+    var key: [UInt8]
+
+    init(set: String, key: [UInt8]) {
         self.set = set
-        var key = NFTSetKey()
-        key.append(raw: rawKey)
         self.key = key
     }
 
-    /// The same element with its key as one raw field, comparable with listed elements.
-    var normalized: AdmissionElement { AdmissionElement(set: set, rawKey: key.bytes) }
+    init(_ element: NFTSchema.Element) { self.init(set: element.set, key: element.key.bytes) }
 }

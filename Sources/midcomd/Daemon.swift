@@ -6,6 +6,7 @@ import CSPWire
 import Foundation
 import MidcomControl
 import MidcomCore
+import MidcomKernel
 import Netfilter
 import Synchronization
 
@@ -14,15 +15,24 @@ import Synchronization
 let signalingMark: UInt32 = 0x4d43_0001
 /// Mark of a packet of an admitted flow; queue_hook sets the same on the fast path.
 let admittedMark: UInt32 = 0x4d43_0002
+/// Set by queue_hook on a datagram from a CSP port inside a conntrack entry (the answer to a
+/// request that went out): only such datagrams are treated as CSP replies. A datagram from port
+/// 7227 without it is an ordinary first packet, so the port cannot open any inside port.
+let cspReplyMark: UInt32 = 0x4d43_0003
 
-/// The running gateway: wires the queue reader, the engine, the nft programmer and the control
-/// socket together. Start order: nft programmer (kernel state) first, then the control socket,
-/// then the queue; stop order is the reverse, so the programmer stops last.
+/// The running gateway: wires the queue readers, the engine, the kernel programmer, the clean-up
+/// service and the control socket together. Start order: table lock, kernel clients, queue bind,
+/// queue rule, ruleset check, then the services; stop order is the reverse, so the kernel
+/// programmer stops last.
 final class Daemon: Sendable {
     let configuration: MidcomConfiguration
     let log: Log
     let engine: Mutex<GatewayEngine>
+    /// Held for the daemon's life: one midcomd per table and network namespace.
+    let lock: TableLock
     let nft: NFTablesClient
+    let kernel: NFTKernelProgrammer
+    let cleanup: ConnectionCleanup
     /// One reader per queue of the fan-out (`queue-count`); the first runs on the main thread.
     let queues: [NetfilterQueue]
     let encoding: QueueEncoding
@@ -30,11 +40,11 @@ final class Daemon: Sendable {
     /// The middlebox's own CSP sockets (one per family, bound to the CSP port): answers leave from
     /// them, and requests addressed to the middlebox itself arrive on them.
     let agents: [IPAddress.Family: UDPSocket]
-    let conntrack: ConntrackClient
     let notifier: SystemdNotifier
     let started = ContinuousClock.now
     let malformedPackets = Atomic<UInt64>(0)
     let kernelErrors = Atomic<UInt64>(0)
+    let failedReplies = Atomic<UInt64>(0)
     let stopping = Atomic<Bool>(false)
 
     init(configuration: MidcomConfiguration, log: Log, notifier: SystemdNotifier) throws {
@@ -45,14 +55,16 @@ final class Daemon: Sendable {
             id: configuration.middleboxID ?? secureRandomUInt64(), epoch: UInt32(truncatingIfNeeded: secureRandomUInt64()),
             name: configuration.middleboxName)
         engine = Mutex(GatewayEngine(configuration: configuration, identity: identity))
-
+        // First of all: a second daemon must fail before it touches anything the first one uses.
+        lock = try TableLock(table: configuration.table)
         nft = try NFTablesClient()
         guard try nft.tableExists(table: configuration.table) else {
             throw DaemonError(
                 "table inet \(configuration.table) does not exist: load the Midcom ruleset first (nft -f /etc/nftables.d/midcom.nft)")
         }
-        conntrack = try ConntrackClient()
-        // Bind the queue before touching the queue rule: if another midcomd holds the queue, we
+        kernel = NFTKernelProgrammer(nft: nft, conntrack: try ConntrackClient(), table: configuration.table)
+        cleanup = ConnectionCleanup(kernel: kernel)
+        // Bind the queue before touching the queue rule: if another process holds the queue, we
         // must fail without replacing (and then removing) the rule it depends on.
         queues = try (0..<configuration.queueCount).map { offset in
             var queueConfiguration = QueueConfiguration(queueNumber: configuration.queueNumber + offset)
@@ -96,6 +108,12 @@ final class Daemon: Sendable {
         }
         control.withLock { $0 = server }
         Thread.detachNewThread { server.run() }
+        Thread.detachNewThread { [self] in
+            cleanup.run(shouldStop: { stopping.load(ordering: .relaxed) }) { error in
+                kernelErrors.add(1, ordering: .relaxed)
+                log.limited(.warning, category: "conntrack", "could not delete conntrack entries of removed admissions: \(error)")
+            }
+        }
         for socket in agents.values {
             Thread.detachNewThread { [self] in self.serveLocalRequests(on: socket) }
         }
@@ -104,21 +122,33 @@ final class Daemon: Sendable {
         notifier.notify("READY=1\nSTATUS=queue \(queueDescription), \(encoding.rawValue) encoding")
         for extra in queues.dropFirst() {
             Thread.detachNewThread { [self] in
-                let work = BurstWork()
+                let burst = makeBurst()
                 do {
-                    try extra.run(beforeVerdicts: { self.flush(work) }) { packet in self.handle(packet, work: work) }
+                    try extra.run(beforeVerdicts: { burst.flush() }) { packet in self.handle(packet, burst: burst) }
                 } catch {
                     log(.error, "queue reader failed: \(error)")
                     stop()
                 }
             }
         }
-        let work = BurstWork()
+        let burst = makeBurst()
         try queues[0].run(
-            tickInterval: .milliseconds(250), tick: { [self] in tick() }, beforeVerdicts: { [self] in flush(work) }
+            tickInterval: .milliseconds(250), tick: { [self] in tick() }, beforeVerdicts: { burst.flush() }
         ) { [self] packet in
-            handle(packet, work: work)
+            handle(packet, burst: burst)
         }
+    }
+
+    func makeBurst() -> BurstBatcher {
+        BurstBatcher(
+            kernel: kernel, cleanup: cleanup,
+            hooks: .init(
+                send: { [self] in send($0) },
+                forgetSession: { [self] id in engine.withLock { $0.forgetFailed(sessionID: id) } },
+                failed: { [self] error, single in
+                    kernelErrors.add(1, ordering: .relaxed)
+                    log.limited(.error, category: "kernel", "kernel update failed\(single ? " (one packet's changes)" : ""): \(error)")
+                }))
     }
 
     var queueDescription: String {
@@ -134,7 +164,8 @@ final class Daemon: Sendable {
         for queue in queues { queue.stop() }
     }
 
-    /// After run() returns: undo what start installed, in reverse order.
+    /// After run() returns: undo what start installed, in reverse order. The chain is ours to
+    /// flush: the table lock keeps every other midcomd away from it.
     func shutdown() {
         control.withLock { $0?.stop() }
         do {
@@ -144,215 +175,19 @@ final class Daemon: Sendable {
         }
     }
 
-    // MARK: packet path
-
-    func handle(_ packet: borrowing QueuedPacket, work: BurstWork) -> Verdict {
-        guard let ip = try? IPPacketView(packet.payload) else {
-            malformedPackets.add(1, ordering: .relaxed)
-            let length = packet.payload.count
-            log.limited(.warning, category: "malformed-ip", "dropped a queued packet that is not valid IPv4/IPv6 (\(length) bytes)")
-            return .drop
-        }
-        if ip.proto == .udp, let udp = try? UDPDatagramView(ip),
-            udp.destinationPort == configuration.cspPort || udp.sourcePort == configuration.cspPort
-        {
-            return handleSignaling(udp, truncated: packet.originalLength > packet.payload.count, id: packet.id, work: work)
-        }
-        return handleFirstPacket(ip, id: packet.id, work: work)
-    }
-
-    func handleSignaling(_ udp: UDPDatagramView, truncated: Bool, id: UInt32, work: BurstWork) -> Verdict {
-        let source = CSPEndpoint(address: udp.packet.source, port: udp.sourcePort)
-        let destination = CSPEndpoint(address: udp.packet.destination, port: udp.destinationPort)
-        if truncated {
-            log.limited(.warning, category: "truncated", "signaling from \(source) truncated by the queue copy range: forwarded unprocessed")
-            return .accept(mark: signalingMark)
-        }
-        let now = self.now()
-        let outcome = engine.withLock { $0.handleSignaling(payload: udp.payload, source: source, destination: destination, now: now) }
-        if !outcome.kernel.isEmpty {
-            // Programmed with the rest of the burst, before any verdict of it leaves; the reply
-            // (e.g. REDIRECT) waits too, so the host never acts on state that is not there yet.
-            var fallback: BurstWork.Failure = .none
-            // An ACCEPT for state we could not install must not reach the host as success; a
-            // failed removal only leaves elements that time out by themselves.
-            if let message = try? CSPMessage.parse(udp.payload), message.type == .accept || message.type == .mapped {
-                fallback = .refuseAccept(sessionID: message.sessionID, nonce: message.nonce, host: destination, responder: source)
-            }
-            work.entries.append(.init(packetID: id, changes: outcome.kernel, reply: outcome.reply, failure: fallback))
-        } else if let reply = outcome.reply {
-            send(reply)
-        }
-        if let event = outcome.event { log.limited(.info, category: "signaling", event) }
-        switch outcome.verdict {
-        case .forward:
-            return .accept(mark: signalingMark)
-        case .drop:
-            return .drop
-        case .forwardRewritten(let message):
-            guard let rewritten = try? PacketBuilder.replacingUDPPayload(of: udp, with: message) else {
-                return .accept(mark: signalingMark)
-            }
-            return .accept(mark: signalingMark, replacingPayloadWith: rewritten)
-        }
-    }
-
-    func handleFirstPacket(_ ip: IPPacketView, id: UInt32, work: BurstWork) -> Verdict {
-        let flow = ip.flow
-        // Discovery rides on first packets, which are queued anyway: answer, then decide the
-        // packet like any other. A malformed option list is not our business: the packet is
-        // judged on its flow alone.
-        if let found = try? CSPDiscoveryOption.find(in: ip), found.option.flags.contains(.query) {
-            let destination = CSPEndpoint(address: ip.source, port: found.option.effectiveReplyPort)
-            if let announce = engine.withLock({ $0.announce(to: destination, nonce: found.option.nonce, triggerLength: ip.totalLength, now: now()) }) {
-                send(announce)
-                log.limited(.info, category: "discovery", "ANNOUNCE to \(destination) (\(found.encoding) discovery option)")
-            }
-        }
-        let decision = engine.withLock { $0.handleUnsignaled(flow: flow, now: now()) }
-        switch decision {
-        case .drop(let cache):
-            // The kernel drops the rest of the flow; a failure only costs more queued packets.
-            if let cache { work.entries.append(.init(packetID: id, changes: [cache], reply: nil, failure: .none)) }
-            return .drop
-        case .defaultPolicy:
-            return .accept
-        case .admit(let change):
-            // If the element cannot be installed, the packet meets the default policy instead.
-            work.entries.append(.init(packetID: id, changes: [change], reply: nil, failure: .verdict(.accept)))
-            return .accept(mark: admittedMark)
-        }
-    }
-
-    /// Runs before a burst's verdicts leave: one netlink batch for all its kernel changes, then the
-    /// replies that waited for them. If the batch fails, each packet's changes are tried alone and
-    /// the packets whose changes fail get their fallback verdict.
-    func flush(_ work: BurstWork) -> [(id: UInt32, verdict: Verdict)] {
-        guard !work.entries.isEmpty else { return [] }
-        defer { work.entries.removeAll(keepingCapacity: true) }
-        if (try? apply(work.entries.flatMap(\.changes))) != nil {
-            for entry in work.entries { if let reply = entry.reply { send(reply) } }
-            return []
-        }
-        var overrides: [(id: UInt32, verdict: Verdict)] = []
-        for entry in work.entries {
-            if (try? apply(entry.changes)) != nil {
-                if let reply = entry.reply { send(reply) }
-                continue
-            }
-            switch entry.failure {
-            case .none:
-                if let reply = entry.reply { send(reply) }
-            case .verdict(let verdict):
-                overrides.append((entry.packetID, verdict))
-            case .refuseAccept(let sessionID, let nonce, let host, let responder):
-                var outcome = engine.withLock {
-                    $0.kernelChangeFailed(sessionID: sessionID, replyTo: host, nonce: nonce, reason: "middlebox could not install state")
-                }
-                outcome.reply?.source = responder
-                if let reply = outcome.reply { send(reply) }
-                overrides.append((entry.packetID, .drop))
-            }
-        }
-        return overrides
-    }
-
-    func send(_ outgoing: OutgoingMessage) {
-        do {
-            let bytes = try outgoing.message.serialize()
-            let family = outgoing.destination.address.family
-            if let source = outgoing.source, source.address.family == family {
-                // Answering in the responder's place: from its address, so the reply passes the
-                // conntrack/NAT state of the middleboxes nearer the host (docs/PROTOCOL.md 2.3).
-                // One socket per reply: these are refusals, not the data path.
-                do {
-                    let socket = try UDPSocket(family: family, address: source.address, port: source.port, reuseAddress: true, transparent: true)
-                    try socket.send(bytes, to: outgoing.destination)
-                    return
-                } catch {
-                    log.limited(.warning, category: "reply", "cannot answer as \(source) (\(error)); answering from our own address")
-                }
-            }
-            guard let socket = agents[family] else { return }
-            try socket.send(bytes, to: outgoing.destination)
-        } catch {
-            log.limited(.warning, category: "reply", "could not send \(outgoing.message.type) to \(outgoing.destination): \(error)")
-        }
-    }
-
-    /// Programs one batch of engine decisions; revocations also delete the flows' conntrack
-    /// entries so that established traffic stops with its admission.
+    /// Programs changes outside a burst (agent requests, operator actions, expiry) and queues the
+    /// connection clean-up they need.
     func apply(_ changes: [KernelChange]) throws {
-        // Deleting the conntrack entries of a wildcard flow means dumping the whole conntrack table
-        // (about 5 ms even when it is nearly empty). A pinhole whose element never matched a packet
-        // let no connection in: ask its counter first, while the element still exists.
-        var unused: Set<FlowTuple> = []
-        for case .revoke(let flow) in changes where flow.sourcePort == 0 || flow.source.isUnspecified {
-            let element = AdmissionElement(admitting: flow)
-            if let found = try? nft.element(table: configuration.table, set: element.set, key: element.key), found.packets == 0 {
-                unused.insert(flow)
-            }
-        }
-        var batch = NFTChangeSet(table: configuration.table)
-        for change in changes { batch.append(change) }
+        guard !changes.isEmpty else { return }
         do {
-            try nft.apply(batch)
+            try kernel.apply(changes)
         } catch {
             kernelErrors.add(1, ordering: .relaxed)
             log.limited(.error, category: "kernel", "kernel update failed: \(error)")
             throw error
         }
-        for change in changes {
-            switch change {
-            case .revoke(let flow) where !unused.contains(flow):
-                forgetConnections(of: flow)
-            case .dnat(let proto, let external, _, _), .removeDNAT(let proto, let external, _):
-                // Conntrack keys translated connections by their original (external) tuple. On
-                // install: entries made before the mapping (a peer that tried early) would never
-                // be translated; on removal: connections through the mapping must stop with it.
-                let any = IPAddress(ipv4: 0)
-                forgetConnections(of: FlowTuple(proto: proto, source: any, sourcePort: 0, destination: external.address, destinationPort: external.port))
-            default:
-                break
-            }
-        }
-    }
-
-    func forgetConnections(of flow: FlowTuple) {
-        let filter = ConntrackFilter(
-            family: flow.source.family == .ipv4 ? 2 : 10, proto: flow.proto.rawValue, source: flow.source.bytes,
-            sourcePort: flow.sourcePort, destination: flow.destination.bytes, destinationPort: flow.destinationPort)
-        do {
-            _ = try conntrack.deleteEntries(matching: filter)
-        } catch {
-            kernelErrors.add(1, ordering: .relaxed)
-            log.limited(.warning, category: "conntrack", "could not delete conntrack entries of \(flow): \(error)")
-        }
-    }
-
-    /// Serves CSP requests addressed to this middlebox (incoming pinholes from any peer).
-    func serveLocalRequests(on socket: UDPSocket) {
-        while !stopping.load(ordering: .relaxed) {
-            guard let received = try? socket.receive(timeout: .milliseconds(250)) else { continue }
-            let now = self.now()
-            let outcome = received.bytes.withUnsafeBytes { payload in
-                engine.withLock { $0.handleLocalRequest(payload: payload, from: received.from, now: now) }
-            }
-            if !outcome.kernel.isEmpty {
-                do {
-                    try apply(outcome.kernel)
-                } catch {
-                    if let request = try? CSPMessage.parse(received.bytes), request.type == .setup {
-                        let failed = engine.withLock {
-                            $0.kernelChangeFailed(sessionID: request.sessionID, replyTo: received.from, nonce: request.nonce, reason: "middlebox could not install state")
-                        }
-                        if let reply = failed.reply { send(reply) }
-                    }
-                    continue
-                }
-            }
-            if let event = outcome.event { log.limited(.info, category: "signaling", event) }
-            if let reply = outcome.reply { send(reply) }
+        if !cleanup.enqueue(connectionsToForget(after: changes)) {
+            log.limited(.warning, category: "conntrack", "connection clean-up queue full: some removed flows' connections end by their own timeouts")
         }
     }
 
@@ -364,78 +199,53 @@ final class Daemon: Sendable {
     }
 
     /// Called by the packet loop itself, so the watchdog fires only while packets can be served.
+    /// Expiry costs one nft batch here; the conntrack walk it implies runs on the clean-up thread.
     func tick() {
         notifier.notify("WATCHDOG=1")
-        let expired = engine.withLock { $0.expire(now: now()) }
-        for session in expired where session.state != .pending {
-            log.limited(.info, category: "expiry", "session \(hex(session.id)) \(session.flow) expired")
-            // The elements time out in the kernel by themselves; the connections they let in must go too.
-            for flow in session.admittedFlows { forgetConnections(of: flow) }
+        let (expired, changes) = engine.withLock { $0.expire(now: now()) }
+        guard !expired.isEmpty else { return }
+        if expired.count <= 3 {
+            for session in expired where session.state != .pending {
+                log.limited(.info, category: "expiry", "session \(hex(session.id)) \(session.flow) expired")
+            }
+        } else {
+            log.limited(.info, category: "expiry", "\(expired.count) sessions expired")
         }
+        try? apply(changes)  // counted and logged by apply; the elements time out anyway
     }
 
     /// Checks that the loaded ruleset has every set and map this midcomd programs: a ruleset from an
-    /// older release would otherwise fail one batch after another at run time. Listing the sets
-    /// that only this release has is cheap (they are small after a reload).
+    /// older release would otherwise fail one batch after another at run time.
     func checkRuleset() throws {
-        for set in ["drop4", "drop6", "snat4", "dnat4"] {
-            let listing = Result { () throws(NetfilterError) in try nft.listElements(table: configuration.table, set: set) }
+        for spec in NFTSchema.all {
+            let listing = Result { () throws(NetfilterError) in try nft.listElements(table: configuration.table, set: spec.name) }
             if case .failure(let error) = listing, error.errno == ENOENT {
                 throw DaemonError(
-                    "table inet \(configuration.table) has no set \(set): it was loaded from an older ruleset; reload nft-rules/midcom.nft (nft -f /etc/nftables.d/midcom.nft) and start midcomd again")
+                    "table inet \(configuration.table) has no set \(spec.name): it was loaded from an older ruleset; reload nft-rules/midcom.nft (nft -f /etc/nftables.d/midcom.nft) and start midcomd again")
             }
             _ = try listing.get()
         }
     }
 
-    /// Sessions admitted by a previous run are still in the kernel with their timeouts: adopt them.
+    /// Sessions admitted by a previous run are still in the kernel with their timeouts and tags:
+    /// adopt them, with their NAT mappings (whose ports are then never handed out twice).
     /// Runs on its own thread after start-up: the kernel dumps a big set in quadratic time (tens of
     /// seconds at a million elements), and the gateway must serve packets meanwhile; a session
     /// signaled again before it is adopted simply wins.
     func adoptKernelState() {
-        var adopted = 0
-        for set in AdmissionElement.allSets {
-            let elements: [NFTSetElement]
-            do {
-                elements = try nft.listElements(table: configuration.table, set: set)
-            } catch {
-                log(.warning, "cannot list set \(set) to adopt earlier sessions: \(error)")
-                continue
-            }
-            let now = self.now()
-            for element in elements {
-                guard let flow = AdmissionElement.flow(set: set, key: element.key) else { continue }
-                let remaining = element.expiresIn.map { UInt32(clamping: $0.components.seconds) } ?? configuration.maximumLifetime
-                engine.withLock { $0.adopt(flow: flow, remaining: max(remaining, 1), now: now) }
-                adopted += 1
-            }
+        let elements = kernel.adoptableElements { set, error in
+            log(.warning, "cannot list set \(set) to adopt earlier sessions: \(error)")
         }
-        if adopted > 0 { log(.notice, "adopted \(adopted) admitted flow(s) left in the kernel by a previous run") }
+        let now = self.now()
+        for chunk in stride(from: 0, to: elements.count, by: 4096) {
+            let slice = elements[chunk..<min(chunk + 4096, elements.count)]
+            engine.withLock { engine in for element in slice { engine.adopt(element, now: now) } }
+        }
+        let tagged = elements.filter { $0.tag != nil }.count
+        if !elements.isEmpty {
+            log(.notice, "adopted \(elements.count) kernel element(s) left by a previous run (\(tagged) with their session ID)")
+        }
     }
-}
-
-/// Kernel work collected while one queue reader handles a burst of packets; owned by that reader's
-/// thread (it never crosses threads, so it needs no lock).
-final class BurstWork {
-    enum Failure {
-        /// Nothing to undo (e.g. a drop-cache element).
-        case none
-        /// Give the packet this verdict instead.
-        case verdict(Verdict)
-        /// Drop the ACCEPT and tell the host, in the responder's name, that we could not install.
-        case refuseAccept(sessionID: UInt64, nonce: UInt64, host: CSPEndpoint, responder: CSPEndpoint)
-    }
-
-    struct Entry {
-        var packetID: UInt32
-        var changes: [KernelChange]
-        var reply: OutgoingMessage?
-        var failure: Failure
-    }
-
-    var entries: [Entry] = []
-
-    init() { entries.reserveCapacity(64) }
 }
 
 struct DaemonError: Error, CustomStringConvertible {

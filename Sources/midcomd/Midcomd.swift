@@ -70,7 +70,18 @@ struct Midcomd: ParsableCommand {
             source.resume()
             return source
         }
-        defer { sources.forEach { $0.cancel() } }
+        // Reload is not implemented yet (docs: operations issue). SIGHUP used to kill the daemon
+        // (exit 129) and leave its queue rule behind; until reload exists it is ignored, loudly.
+        signal(SIGHUP, SIG_IGN)
+        let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        hangup.setEventHandler {
+            log(.notice, "SIGHUP ignored: reloading is not implemented yet; restart midcomd to apply a new configuration")
+        }
+        hangup.resume()
+        defer {
+            sources.forEach { $0.cancel() }
+            hangup.cancel()
+        }
         do {
             try daemon.run()
         } catch {

@@ -95,7 +95,7 @@ final class GatewayEngineTests: XCTestCase {
 
         let accept = CSPMessage(type: .accept, sessionID: 1, nonce: 11, tlvs: [.lifetime(30)])
         let reply = send(&e, accept, from: serverAgent, to: client, at: 1)
-        XCTAssertEqual(reply.kernel, [.admit(flow, lifetime: 20)])
+        XCTAssertEqual(reply.kernel.untagged, [admit(flow, lifetime: 20)])
         let back = try XCTUnwrap(forwardedMessage(reply))
         XCTAssertEqual(back.records.map(\.decision), [.admitted])
         XCTAssertEqual(back.records.first?.epoch, 42)
@@ -140,7 +140,7 @@ final class GatewayEngineTests: XCTestCase {
         let out = send(&e, setup(nonce: 99, flow: theirs), from: intruder, to: serverAgent)
         XCTAssertEqual(out.reply?.message.result, .sourceDenied)
         XCTAssertEqual(e.sessions[id: 1]?.flow, flow, "the owner's session is untouched")
-        XCTAssertEqual(e.sessions[id: 1]?.pendingNonce, 11)
+        XCTAssertEqual(e.sessions[id: 1]?.pending?.nonce, 11)
     }
 
     func testIncomingPinholeIsOwnedByTheResponder() {
@@ -150,7 +150,7 @@ final class GatewayEngineTests: XCTestCase {
         XCTAssertNotNil(forwardedMessage(out))
         // Any peer: the answer may come from whoever received the SETUP.
         let accept = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: serverAgent, to: client)
-        XCTAssertEqual(accept.kernel, [.admit(pinhole, lifetime: 30)])
+        XCTAssertEqual(accept.kernel.untagged, [admit(pinhole, lifetime: 30)])
     }
 
     func testMalformedAndForgedRepliesInstallNothing() {
@@ -178,11 +178,11 @@ final class GatewayEngineTests: XCTestCase {
         let refresh = CSPMessage(type: .refresh, sessionID: 1, nonce: 21, sequence: 2, tlvs: [.lifetime(15)])
         XCTAssertEqual(send(&e, refresh, from: client, to: serverAgent, at: 8).verdict, .forward)
         let accepted = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 21, tlvs: [.lifetime(15)]), from: serverAgent, to: client, at: 8)
-        XCTAssertEqual(accepted.kernel, [.readmit(flow, lifetime: 15)], "a refresh replaces the element's timeout")
+        XCTAssertEqual(accepted.kernel.untagged, [readmit(flow, lifetime: 15)], "a refresh replaces the element's timeout")
         XCTAssertEqual(e.sessions[id: 1]?.expiresAt, .seconds(23))
         XCTAssertEqual(e.counters.refreshed, 1)
         let teardown = send(&e, CSPMessage(type: .teardown, sessionID: 1, nonce: 31), from: client, to: serverAgent, at: 9)
-        XCTAssertEqual(teardown.kernel, [.revoke(flow)])
+        XCTAssertEqual(teardown.kernel.untagged, [revoke(flow)])
         XCTAssertTrue(e.sessions.isEmpty)
     }
 
@@ -199,8 +199,8 @@ final class GatewayEngineTests: XCTestCase {
         other.sourcePort = 4001
         _ = send(&e, setup(session: 2, nonce: 22, flow: other, lifetime: 8), from: client, to: serverAgent)
         _ = send(&e, CSPMessage(type: .accept, sessionID: 2, nonce: 22), from: serverAgent, to: client, at: 1)
-        XCTAssertEqual(e.expire(now: .seconds(5)).map(\.id), [1])
-        XCTAssertEqual(e.expire(now: .seconds(9)).map(\.id), [2])
+        XCTAssertEqual(e.expire(now: .seconds(5)).sessions.map(\.id), [1])
+        XCTAssertEqual(e.expire(now: .seconds(9)).sessions.map(\.id), [2])
         XCTAssertEqual(e.counters.expired, 2)
     }
 
@@ -235,7 +235,7 @@ final class GatewayEngineTests: XCTestCase {
         XCTAssertEqual(e.counters.unknownTypes, 1)
     }
 
-    func testUnsignaledModes() {
+    func testUnsignaledModes() throws {
         var drop = engine()
         XCTAssertEqual(drop.handleUnsignaled(flow: flow, now: .seconds(0)), .drop(cache: .block(flow, lifetime: 10)))
         var icmp = flow
@@ -246,8 +246,10 @@ final class GatewayEngineTests: XCTestCase {
         var pass = engine { $0.unsignaled = .defaultPolicy }
         XCTAssertEqual(pass.handleUnsignaled(flow: flow, now: .seconds(0)), .defaultPolicy)
         var admit = engine { $0.unsignaled = .admit; $0.legacyLifetime = 7 }
-        XCTAssertEqual(admit.handleUnsignaled(flow: flow, now: .seconds(0)), .admit(.admit(flow, lifetime: 7)))
-        XCTAssertEqual(admit.sessions.session(for: flow)?.state, .legacy)
+        let legacy = admit.handleUnsignaled(flow: flow, now: .seconds(0))
+        let session = try XCTUnwrap(admit.sessions.session(for: flow))
+        XCTAssertEqual(session.state, .legacy)
+        XCTAssertEqual(legacy, .admit(.install(.admission(flow), lifetime: 7, tag: ElementTag(sessionID: session.id, kind: .legacy))))
     }
 
     func testFullTableRejectsWithRetry() {
@@ -265,52 +267,80 @@ final class GatewayEngineTests: XCTestCase {
         var e = engine()
         _ = send(&e, setup(), from: client, to: serverAgent)
         _ = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: serverAgent, to: client)
-        XCTAssertEqual(e.delete(id: 1, dryRun: true)?.1, [.revoke(flow)])
+        XCTAssertEqual(e.delete(id: 1, dryRun: true)?.1.untagged, [revoke(flow)])
         XCTAssertEqual(e.sessions.count, 1, "dry run changes nothing")
-        XCTAssertEqual(e.flush().1, [.revoke(flow)])
+        XCTAssertEqual(e.flush().1.untagged, [revoke(flow)])
         XCTAssertTrue(e.sessions.isEmpty)
         XCTAssertNil(e.delete(id: 1))
     }
 
-    func testKernelFailureTurnsIntoRejectForTheHost() {
+    func testKernelFailurePlanRefusesInTheRespondersNameAndForgetsTheSession() throws {
         var e = engine()
         _ = send(&e, setup(), from: client, to: serverAgent)
-        _ = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: serverAgent, to: client)
-        let out = e.kernelChangeFailed(sessionID: 1, replyTo: client, nonce: 11, reason: "ENOMEM")
-        XCTAssertEqual(out.verdict, .drop)
-        XCTAssertEqual(out.reply?.message.result, .middleboxUnavailable)
+        let accept = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: serverAgent, to: client)
+        guard case .refuse(let id, let refusal) = accept.onKernelFailure else { return XCTFail("no failure plan") }
+        XCTAssertEqual(id, 1)
+        let reply = try XCTUnwrap(refusal)
+        XCTAssertEqual(reply.message.result, .middleboxUnavailable)
+        XCTAssertEqual(reply.destination, client)
+        XCTAssertEqual(reply.source, serverAgent, "sent as from the responder, like the ACCEPT it replaces")
+        XCTAssertEqual(e.forgetFailed(sessionID: 1).untagged, [revoke(flow)], "undo whatever the session may hold")
         XCTAssertTrue(e.sessions.isEmpty)
+        XCTAssertEqual(e.counters.kernelFailures, 1)
     }
 }
 
 final class SessionStorageTests: XCTestCase {
     let flow = FlowTuple(proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 1, destination: IPAddress("10.0.2.2")!, destinationPort: 2)
-    let proxy = FlowTuple(proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 0, destination: IPAddress("10.0.3.2")!, destinationPort: 3128)
 
-    func testInstalledRoundTripsInAnyShape() {
-        var session = Session(id: 1, flow: flow, state: .admitted, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
-        XCTAssertEqual(session.installed, [])
-        let mapping = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 4000)
-        for shape: [InstalledObject] in [[.admission(flow)], [.admission(proxy)], [.admission(flow), .snat(flow, to: mapping)], []] {
-            session.installed = shape
-            XCTAssertEqual(session.installed, shape)
-        }
+    func testKernelObjectsFollowTheState() {
+        var session = Session(id: 1, flow: flow, state: .pending, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+        XCTAssertEqual(session.kernelObjects, [], "nothing is installed while pending")
+        session.state = .admitted
+        XCTAssertEqual(session.kernelObjects, [.admission(flow)])
+        var second = flow
+        second.destinationPort = 3
+        session.setPath(1, second)
+        XCTAssertEqual(session.kernelObjects, [.admission(flow), .admission(second)], "one admission per path")
+        session.mapping = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 4000)
+        XCTAssertEqual(session.actionName, "nat")
+        session.state = .redirected
+        session.redirectTarget = CSPEndpoint(address: IPAddress("10.0.3.2")!, port: 3128)
+        XCTAssertEqual(session.kernelObjects, [.admission(session.proxyFlow!)])
     }
 
-    func testChangingTheFlowKeepsWhatWasInstalled() {
-        var session = Session(id: 1, flow: flow, state: .admitted, installed: [.admission(flow)], createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+    func testIPv6SessionsNeverGetANATRule() {
+        let v6 = FlowTuple(proto: .udp, source: IPAddress("fd00::2")!, sourcePort: 1, destination: IPAddress("fd00:1::2")!, destinationPort: 2)
+        var session = Session(id: 1, flow: v6, state: .admitted, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+        session.mapping = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 4000)
+        XCTAssertEqual(session.kernelObjects, [.admission(v6)], "the NAT maps are IPv4 by schema")
+        XCTAssertNil(IPv4Endpoint(CSPEndpoint(address: IPAddress("fd00::2")!, port: 1)))
+    }
+
+    func testDiffRemovesFirstThenInstallsAndRefreshesWhatItKeeps() {
         var other = flow
-        other.destinationPort = 99
-        session.flow = other
-        XCTAssertEqual(session.installed, [.admission(flow)])
+        other.destinationPort = 9
+        let changes = KernelChange.diff(from: [.admission(flow)], to: [.admission(flow), .admission(other)], lifetime: 5, tag: nil, refreshKept: true)
+        XCTAssertEqual(changes, [readmit(flow, lifetime: 5), admit(other, lifetime: 5)])
+        XCTAssertEqual(KernelChange.diff(from: [.admission(flow)], to: [.admission(other)], lifetime: 5, tag: nil, refreshKept: false),
+                       [revoke(flow), admit(other, lifetime: 5)])
+    }
+
+    func testTagsRoundTripThroughTheComment() {
+        let tag = ElementTag(sessionID: 0xad0b_7ed1_d000_0001, kind: .incoming, application: "voip call")
+        XCTAssertEqual(tag.comment, "csp ad0b7ed1d0000001 i voip call")
+        XCTAssertEqual(ElementTag(comment: tag.comment), tag)
+        XCTAssertNil(ElementTag(comment: "operator's own element"))
+        XCTAssertLessThanOrEqual(ElementTag(sessionID: 1, kind: .outgoing, application: String(repeating: "x", count: 500)).comment.utf8.count, 127)
     }
 
     func testRareFieldsKeepValueSemantics() {
-        let original = Session(id: 1, flow: flow, state: .pending, application: "voip", createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1, pendingNonce: 7)
+        var original = Session(id: 1, flow: flow, state: .pending, application: "voip", createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+        original.pending = PendingRequest(nonce: 7, flow: flow, lifetime: 1, recordRoute: true)
         var copy = original
-        copy.pendingNonce = nil
+        copy.pending = nil
         copy.application = "web"
-        XCTAssertEqual(original.pendingNonce, 7)
+        XCTAssertEqual(original.pending?.nonce, 7)
         XCTAssertEqual(original.application, "voip")
         XCTAssertNotEqual(copy, original)
         copy.application = nil

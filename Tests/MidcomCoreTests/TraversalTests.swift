@@ -47,7 +47,10 @@ final class TraversalTests: XCTestCase {
         let accept = try CSPMessage(type: .accept, sessionID: 1, nonce: 2).serialize()
         let reply = intercept(&e, accept, from: serverAgent, to: client)
         let mapping = CSPEndpoint(address: external, port: 4000)
-        XCTAssertEqual(reply.kernel, [.admit(flow(), lifetime: 30), .snat(flow(), to: mapping, lifetime: 30)])
+        let snat = SourceNAT(proto: .udp, internal: IPv4Endpoint(CSPEndpoint(address: client.address, port: 4000))!, external: IPv4Endpoint(mapping)!)
+        XCTAssertEqual(reply.kernel.untagged, [admit(flow(), lifetime: 30), .install(.sourceNAT(snat), lifetime: 30, tag: nil)])
+        XCTAssertEqual(reply.kernel.first, .install(.admission(flow()), lifetime: 30, tag: ElementTag(sessionID: 1, kind: .outgoing)),
+                       "elements carry their session's tag")
         guard case .forwardRewritten(let back) = reply.verdict else { return XCTFail("ACCEPT not rewritten") }
         let record = try XCTUnwrap(CSPMessage.parse(back).records.first)
         XCTAssertTrue(record.tlvs.contains(.mappedAddress(mapping)))
@@ -83,11 +86,11 @@ final class TraversalTests: XCTestCase {
         let out = intercept(&e, setup(flow(.tcp, sport: 0, dport: 80)), from: client, to: serverAgent)
         XCTAssertEqual(out.verdict, .drop, "the SETUP does not reach the server")
         let proxyFlow = FlowTuple(proto: .tcp, source: client.address, sourcePort: 0, destination: proxy.address, destinationPort: 3128)
-        XCTAssertEqual(out.kernel, [.admit(proxyFlow, lifetime: 30)])
+        XCTAssertEqual(out.kernel.untagged, [admit(proxyFlow, lifetime: 30)])
         XCTAssertEqual(out.reply?.message.type, .redirect)
         XCTAssertEqual(out.reply?.message.redirectTarget, proxy)
         XCTAssertEqual(e.sessions[id: 1]?.state, .redirected)
-        XCTAssertEqual(e.delete(id: 1)?.1, [.revoke(proxyFlow)])
+        XCTAssertEqual(e.delete(id: 1)?.1.untagged, [revoke(proxyFlow)])
 
         let refused = intercept(&e, setup(flow(.tcp, sport: 0, dport: 80), session: 2, action: .admit), from: client, to: serverAgent)
         XCTAssertEqual(refused.reply?.message.type, .reject, "a host that does not accept redirection is refused")
@@ -99,7 +102,9 @@ final class TraversalTests: XCTestCase {
         let any = FlowTuple(proto: .udp, source: IPAddress(ipv4: 0), sourcePort: 0, destination: client.address, destinationPort: 6000)
         let out = local(&e, setup(any, action: [.admit, .listen]), from: client)
         let mapping = CSPEndpoint(address: external, port: 6000)
-        XCTAssertEqual(out.kernel, [.admit(any, lifetime: 30), .dnat(.udp, external: mapping, to: CSPEndpoint(address: client.address, port: 6000), lifetime: 30)])
+        let dnat = KernelObject.destinationNAT(DestinationNAT(
+            proto: .udp, external: IPv4Endpoint(mapping)!, internal: IPv4Endpoint(CSPEndpoint(address: client.address, port: 6000))!))
+        XCTAssertEqual(out.kernel.untagged, [admit(any, lifetime: 30), .install(dnat, lifetime: 30, tag: nil)])
         let reply = try XCTUnwrap(out.reply)
         XCTAssertEqual(reply.destination, client)
         XCTAssertEqual(reply.message.type, .accept)
@@ -107,7 +112,7 @@ final class TraversalTests: XCTestCase {
         // Lifetime 0 in a REFRESH deletes everything the pinhole installed.
         let refresh = try CSPMessage(type: .refresh, sessionID: 1, nonce: 3, tlvs: [.lifetime(0)]).serialize()
         let removed = local(&e, refresh, from: client)
-        XCTAssertEqual(removed.kernel, [.revoke(any), .removeDNAT(.udp, external: mapping, to: CSPEndpoint(address: client.address, port: 6000))])
+        XCTAssertEqual(removed.kernel.untagged, [revoke(any), .remove(dnat)])
         XCTAssertTrue(e.sessions.isEmpty)
     }
 

@@ -39,14 +39,14 @@ step "A: csp setup udp 203.0.113.2:5000 --sport 4000 → mapped to 203.0.113.1:4
 csp_run inside setup udp 203.0.113.2:5000 --sport 4000 --lifetime 120
 expect_eq "$CSP_RC" 0 "A's outgoing csp exit status"
 expect_match "$CSP_OUT" "^  mapped to 203\.0\.113\.1:4000$" "A's outgoing mapping (own port, it is free)"
-snat_a='192\.168\.1\.2 \. udp \. 4000 (timeout [0-9a-z]+ )?(expires [0-9a-z]+ )?: 203\.0\.113\.1 \. 4000([,} ]|$)'
+snat_a='192\.168\.1\.2 \. udp \. 4000 (timeout [0-9a-z]+ )?(expires [0-9a-z]+ )?(comment "[^"]*" )?: 203\.0\.113\.1 \. 4000([,} ]|$)'
 expect_match "$(in_ns nat nft list map inet midcom snat4)" "$snat_a" "A's SNAT element"
 
 step "A: csp setup udp --incoming --peer any --local-port 6000 --via 192.168.1.1 → mapped to 203.0.113.1:6000"
 csp_run inside setup udp --incoming --peer any --local-port 6000 --via 192.168.1.1 --lifetime 120
 expect_eq "$CSP_RC" 0 "A's pinhole csp exit status"
 expect_match "$CSP_OUT" "^  mapped to 203\.0\.113\.1:6000$" "A's incoming mapping (own port, it is free)"
-dnat_a='203\.0\.113\.1 \. udp \. 6000 (timeout [0-9a-z]+ )?(expires [0-9a-z]+ )?: 192\.168\.1\.2 \. 6000([,} ]|$)'
+dnat_a='203\.0\.113\.1 \. udp \. 6000 (timeout [0-9a-z]+ )?(expires [0-9a-z]+ )?(comment "[^"]*" )?: 192\.168\.1\.2 \. 6000([,} ]|$)'
 expect_match "$(in_ns nat nft list map inet midcom dnat4)" "$dnat_a" "A's DNAT element"
 
 step "restart midcomd (SIGTERM, wait, start again); wait until it adopted A's flows"

@@ -37,11 +37,25 @@ expect_eq "$rc" 1 "exit status without privilege"
 expect_match "$out" "needs CAP_NET_ADMIN" "privilege message"
 expect_eq "$(echo "$out" | wc -l)" 1 "one line"
 
-step "a second daemon on the same queue is refused, the first keeps working"
+step "a second daemon on the same table is refused, the first keeps working"
 lab_midcomd gw
 run in_ns gw "$BIN/midcomd" --config /dev/null --control-socket "$LAB_DIR/second.sock"
 expect_eq "$rc" 1 "exit status of the second daemon"
+expect_match "$out" "another midcomd already serves table inet midcom" "table lock message"
+expect_eq "$(echo "$out" | wc -l)" 1 "one line"
+
+step "a daemon on another table but the same queue is refused by the queue bind"
+in_ns gw nft -f - <<'NFT'
+table inet other {
+	set csp_ports { type inet_service; }
+	chain enqueue { }
+}
+NFT
+printf '[daemon]\ntable = "other"\n' >"$LAB_DIR/other.conf"
+run in_ns gw "$BIN/midcomd" --config "$LAB_DIR/other.conf" --control-socket "$LAB_DIR/third.sock"
+expect_eq "$rc" 1 "exit status of the third daemon"
 expect_match "$out" "already bound by another process" "queue busy message"
+in_ns gw nft delete table inet other
 expect_match "$(midctl gw status)" "queue encoding: (compat|native)" "first daemon still answers"
 expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "queue .*num 0" "queue rule of the first daemon kept"
 

@@ -17,7 +17,7 @@ local message_types = {
 }
 local result_codes = {
     [0] = "success", [1] = "unsupported-version", [2] = "malformed-message", [3] = "unknown-critical-tlv",
-    [4] = "unknown-session", [5] = "authentication-failed", [6] = "challenge-required",
+    [4] = "unknown-session", [5] = "authentication-failed", [6] = "challenge-required", [7] = "source-port-required",
     [64] = "policy-denied", [65] = "administratively-prohibited", [66] = "source-denied",
     [128] = "resources-exhausted", [129] = "middlebox-unavailable",
 }

@@ -15,76 +15,65 @@ public struct Instant: Comparable, Hashable, Sendable {
 
 /// Where a session stands on this middlebox.
 public enum SessionState: String, Sendable, Equatable {
-    /// SETUP seen and forwarded; waiting for the responder's answer.
+    /// SETUP seen and forwarded; waiting for the responder's answer. Nothing is installed.
     case pending
     /// The flow is admitted in the kernel.
     case admitted
-    /// The host was told to use a proxy; a redirect is installed.
+    /// The host was told to use a proxy; the host → proxy flow is admitted.
     case redirected
     /// Admitted without signaling under the `unsignaled = admit` policy.
     case legacy
 }
 
-extension Session {
-    /// What the session installed, in one word for `midctl`: redirect, nat, admit or none.
-    public var actionName: String {
-        if state == .redirected { return "redirect" }
-        if installed.contains(where: { if case .admission = $0 { false } else { true } }) { return "nat" }
-        return installed.isEmpty ? "none" : "admit"
-    }
+/// A request forwarded on the session's behalf whose answer has not come back yet (a SETUP, a
+/// re-SETUP with another flow, or a REFRESH). It takes effect when the responder ACCEPTs it.
+public struct PendingRequest: Sendable, Equatable {
+    /// Ties the answer to the request.
+    public var nonce: UInt64
+    /// The flow the session will admit once ACCEPTed.
+    public var flow: FlowTuple
+    /// What policy granted; the answer may only shorten it.
+    public var lifetime: UInt32
+    /// The request asked for records: its answer gets ours too (docs/PROTOCOL.md 4.2).
+    public var recordRoute: Bool
 
-    /// The admitted flows (for counters and conntrack clean-up).
-    public var admittedFlows: [FlowTuple] {
-        installed.compactMap { if case .admission(let f) = $0 { f } else { nil } }
+    public init(nonce: UInt64, flow: FlowTuple, lifetime: UInt32, recordRoute: Bool) {
+        self.nonce = nonce
+        self.flow = flow
+        self.lifetime = lifetime
+        self.recordRoute = recordRoute
     }
 }
 
-/// One piece of kernel state a session owns; removing the session removes all of them.
-public enum InstalledObject: Sendable, Equatable {
-    /// An element in one of the admit/pinhole sets.
-    case admission(FlowTuple)
-    /// Source NAT of the flow's initiator to `to` (outgoing NAT traversal).
-    case snat(FlowTuple, to: CSPEndpoint)
-    /// Destination NAT of `external` to `to` (incoming NAT traversal).
-    case dnat(IPProtocol, external: CSPEndpoint, to: CSPEndpoint)
-}
+/// Identifies one flow of a session; path 0 is the flow the session was set up with.
+public typealias PathID = UInt8
 
-/// One signaled (or legacy-admitted) flow known to this middlebox.
+/// One signaled (or legacy-admitted) session known to this middlebox.
+///
+/// A session owns one or more paths (path ID → flow); what it needs in the kernel is derived from
+/// its state (`kernelObjects`), so every change of state yields the exact kernel diff.
 ///
 /// Layout matters at a million sessions (docs/PERFORMANCE.md, figure 7): what every session has is
-/// stored inline; what few sessions have (a NAT mapping, a redirect target, an application name, a
-/// request in flight) lives in one shared, immutable box that exists only when one of them is set,
-/// and the kernel objects are at most one admission and one translation, stored inline rather than
-/// in an array.
+/// stored inline (path 0 among it); what few sessions have (further paths, a NAT mapping, a
+/// redirect target, an application name, a request in flight) lives in one shared, immutable box
+/// that exists only when one of them is set.
 public struct Session: Sendable, Equatable {
     public var id: UInt64
-    /// The flow as signaled, from the initiator's point of view.
-    public var flow: FlowTuple {
-        didSet {
-            // What is installed does not change with the flow: keep the old admission as it was.
-            if admitsOwnFlow, oldValue != flow {
-                admitsOwnFlow = false
-                updateExtras { $0.otherAdmission = oldValue }
-            }
-        }
-    }
+    /// Path 0, from the initiator's point of view.
+    public var flow: FlowTuple
     public var state: SessionState
     public var createdAt: Instant
     public var updatedAt: Instant
-    /// When the session (and its kernel element) expires; nil never.
+    /// When the session (and its kernel elements) expire; nil never.
     public var expiresAt: Instant?
     public var grantedLifetime: UInt32
     /// True when the responder (not the initiator) opened the session: an incoming pinhole.
     public var incoming: Bool
-
-    /// The common case of `installed`: the session admits its own flow.
-    private var admitsOwnFlow = false
     private var extras: ExtrasBox?
 
     public init(
-        id: UInt64, flow: FlowTuple, state: SessionState, installed: [InstalledObject] = [], application: String? = nil,
-        createdAt: Instant, expiresAt: Instant?, grantedLifetime: UInt32, pendingNonce: UInt64? = nil,
-        incoming: Bool = false
+        id: UInt64, flow: FlowTuple, state: SessionState, application: String? = nil, createdAt: Instant,
+        expiresAt: Instant?, grantedLifetime: UInt32, incoming: Bool = false
     ) {
         self.id = id
         self.flow = flow
@@ -94,39 +83,30 @@ public struct Session: Sendable, Equatable {
         self.expiresAt = expiresAt
         self.grantedLifetime = grantedLifetime
         self.incoming = incoming
-        self.installed = installed
         self.application = application
-        self.pendingNonce = pendingNonce
     }
 
-    /// What the session installed in the kernel: at most one admission and one NAT translation.
-    public var installed: [InstalledObject] {
-        get {
-            var objects: [InstalledObject] = []
-            if admitsOwnFlow { objects.append(.admission(flow)) }
-            if let other = extras?.value.otherAdmission { objects.append(.admission(other)) }
-            if let translation = extras?.value.translation { objects.append(translation) }
-            return objects
-        }
-        set {
-            var ownFlow = false
-            var other: FlowTuple?
-            var translation: InstalledObject?
-            for object in newValue {
-                if case .admission(let admitted) = object {
-                    precondition(!ownFlow && other == nil, "a session owns at most one admission")
-                    if admitted == flow { ownFlow = true } else { other = admitted }
-                } else {
-                    precondition(translation == nil, "a session owns at most one NAT translation")
-                    translation = object
-                }
-            }
-            admitsOwnFlow = ownFlow
-            updateExtras {
-                $0.otherAdmission = other
-                $0.translation = translation
-            }
-        }
+    /// The address that signals for the session (and may refresh, re-signal or tear it down).
+    public var owner: IPAddress { incoming ? flow.destination : flow.source }
+
+    /// The address that answers the session's requests, nil when it is a wildcard.
+    public var responder: IPAddress? {
+        let address = incoming ? flow.source : flow.destination
+        return address.isUnspecified ? nil : address
+    }
+
+    /// Every path, path 0 first.
+    public var paths: [(id: PathID, flow: FlowTuple)] {
+        [(0, flow)] + (extras?.value.extraPaths ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+
+    /// How many paths the session has (without building the list).
+    public var pathCount: Int { 1 + (extras?.value.extraPaths.count ?? 0) }
+
+    /// Adds or replaces path `id` (> 0); nil removes it.
+    public mutating func setPath(_ id: PathID, _ flow: FlowTuple?) {
+        precondition(id != 0, "path 0 is the session's flow")
+        updateExtras { $0.extraPaths[id] = flow }
     }
 
     /// The external endpoint a NAT on this middlebox maps the host to (reported in MAPPED-ADDRESS).
@@ -143,20 +123,18 @@ public struct Session: Sendable, Equatable {
         get { extras?.value.application }
         set { updateExtras { $0.application = newValue } }
     }
-    /// The nonce of the request we are waiting on, to match its reply.
-    public var pendingNonce: UInt64? {
-        get { extras?.value.pendingNonce }
-        set { updateExtras { $0.pendingNonce = newValue } }
+    /// The request we are waiting on, to match its answer.
+    public var pending: PendingRequest? {
+        get { extras?.value.pending }
+        set { updateExtras { $0.pending = newValue } }
     }
 
     struct Extras: Sendable, Equatable {
         var mapping: CSPEndpoint?
         var redirectTarget: CSPEndpoint?
         var application: String?
-        var pendingNonce: UInt64?
-        /// An admission of another flow than the session's own (a redirect's host → proxy flow).
-        var otherAdmission: FlowTuple?
-        var translation: InstalledObject?
+        var pending: PendingRequest?
+        var extraPaths: [PathID: FlowTuple] = [:]
     }
 
     /// Immutable, so sharing it between copies of a session keeps value semantics.
@@ -170,5 +148,66 @@ public struct Session: Sendable, Equatable {
         var value = extras?.value ?? Extras()
         change(&value)
         extras = value == Extras() ? nil : ExtrasBox(value)
+    }
+}
+
+extension Session {
+    /// The host → proxy flow a redirected session admits.
+    public var proxyFlow: FlowTuple? {
+        redirectTarget.map {
+            FlowTuple(proto: flow.proto, source: flow.source, sourcePort: 0, destination: $0.address, destinationPort: $0.port)
+        }
+    }
+
+    /// What the session needs in the kernel, derived from its state alone.
+    public var kernelObjects: [KernelObject] {
+        switch state {
+        case .pending:
+            return []
+        case .legacy:
+            return [.admission(flow)]
+        case .redirected:
+            return proxyFlow.map { [.admission($0)] } ?? []
+        case .admitted:
+            var objects = paths.map { KernelObject.admission($0.flow) }
+            if let translation { objects.append(translation) }
+            return objects
+        }
+    }
+
+    /// The NAT rule of a mapped session: SNAT of the initiator (outgoing) or DNAT to the host
+    /// (incoming). nil when unmapped, or when an endpoint is not IPv4 (the NAT maps are IPv4 only).
+    var translation: KernelObject? {
+        guard let mapping, let external = IPv4Endpoint(mapping) else { return nil }
+        if incoming {
+            guard let host = IPv4Endpoint(CSPEndpoint(address: flow.destination, port: flow.destinationPort)) else { return nil }
+            return .destinationNAT(DestinationNAT(proto: flow.proto, external: external, internal: host))
+        }
+        guard let host = IPv4Endpoint(CSPEndpoint(address: flow.source, port: flow.sourcePort)), host.port != 0 else { return nil }
+        return .sourceNAT(SourceNAT(proto: flow.proto, internal: host, external: external))
+    }
+
+    /// The comment the session's kernel elements carry.
+    public var tag: ElementTag {
+        let kind: ElementTag.Kind =
+            switch state {
+            case .legacy: .legacy
+            case .redirected: .redirect
+            case .pending, .admitted: incoming ? .incoming : .outgoing
+            }
+        return ElementTag(sessionID: id, kind: kind, application: application)
+    }
+
+    /// What the session installed, in one word for `midctl`: redirect, nat, admit or none.
+    public var actionName: String {
+        if state == .redirected { return "redirect" }
+        let objects = kernelObjects
+        if objects.contains(where: { if case .admission = $0 { false } else { true } }) { return "nat" }
+        return objects.isEmpty ? "none" : "admit"
+    }
+
+    /// The admitted flows (for counters and conntrack clean-up).
+    public var admittedFlows: [FlowTuple] {
+        kernelObjects.compactMap { if case .admission(let f) = $0 { f } else { nil } }
     }
 }

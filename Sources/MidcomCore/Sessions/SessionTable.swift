@@ -1,7 +1,8 @@
 import CSPWire
 
-/// Sessions keyed by session ID and by flow, with expiry ordered by a min-heap so that expiring
-/// is O(log n) per session however large the table grows.
+/// Sessions keyed by session ID and by flow (every path of a session: many flows → one session),
+/// with expiry ordered by a min-heap so that expiring is O(log n) per session however large the
+/// table grows.
 ///
 /// Heap entries are not removed when a session is refreshed or deleted; they carry the expiry
 /// they were pushed with and are discarded when they no longer match the session (lazy deletion).
@@ -28,19 +29,36 @@ public struct SessionTable: Sendable {
 
     /// Inserts or replaces a session, keeping the flow index and expiry heap consistent.
     public mutating func upsert(_ session: Session) {
-        if let old = byID[session.id], old.flow != session.flow, byFlow[old.flow] == session.id {
-            byFlow[old.flow] = nil
+        if let old = byID[session.id] {
+            if old.flow != session.flow || old.pathCount > 1 || session.pathCount > 1 { unindex(old) }
+            // Pushing an unchanged expiry again would only grow the heap.
+            if old.expiresAt != session.expiresAt, let at = session.expiresAt {
+                expiryHeap.push(ExpiryEntry(at: at, id: session.id))
+            }
+        } else if let at = session.expiresAt {
+            expiryHeap.push(ExpiryEntry(at: at, id: session.id))
         }
         byID[session.id] = session
-        byFlow[session.flow] = session.id
-        if let at = session.expiresAt { expiryHeap.push(ExpiryEntry(at: at, id: session.id)) }
+        if session.pathCount == 1 {
+            byFlow[session.flow] = session.id
+        } else {
+            for path in session.paths { byFlow[path.flow] = session.id }
+        }
     }
 
     @discardableResult
     public mutating func remove(id: UInt64) -> Session? {
         guard let session = byID.removeValue(forKey: id) else { return nil }
-        if byFlow[session.flow] == id { byFlow[session.flow] = nil }
+        unindex(session)
         return session
+    }
+
+    private mutating func unindex(_ session: Session) {
+        if session.pathCount == 1 {
+            if byFlow[session.flow] == session.id { byFlow[session.flow] = nil }
+            return
+        }
+        for path in session.paths where byFlow[path.flow] == session.id { byFlow[path.flow] = nil }
     }
 
     public mutating func removeAll() -> [Session] {

@@ -5,12 +5,13 @@ import XCTest
 import Glibc
 #endif
 
-/// Shared plumbing of the NetfilterTests: they run as root against the real kernel, inside `unshare -n`.
-enum Host {
-    struct CommandResult {
-        var status: Int32
-        var stdout: String
-        var stderr: String
+/// Shared plumbing of the tests that run as root against the real kernel, inside `unshare -n`
+/// (NetfilterTests, MidcomKernelTests).
+public enum Host {
+    public struct CommandResult {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
     }
 
     /// Runs a program to completion (bounded by `timeout`), feeding `input` on stdin.
@@ -18,7 +19,7 @@ enum Host {
     /// posix_spawn + waitpid rather than Foundation.Process: in a fresh network namespace (lo down) Foundation cannot
     /// create its CFSocket wakeup pair and Process never notices that the child exited.
     @discardableResult
-    static func run(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 10) throws -> CommandResult {
+    public static func run(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 10) throws -> CommandResult {
         let base = "/tmp/nftest-\(getpid())-\(UInt32.random(in: 0 ..< .max))"
         let paths = (input: base + ".in", out: base + ".out", err: base + ".err")
         defer { for path in [paths.input, paths.out, paths.err] { unlink(path) } }
@@ -56,13 +57,13 @@ enum Host {
     }
 
     /// Loads an nft script (`nft -f -`) and fails with nft's own message if it is refused.
-    static func nft(_ script: String) throws {
+    public static func nft(_ script: String) throws {
         let result = try run(["nft", "-f", "-"], input: script)
         guard result.status == 0 else { throw TestFailure("nft -f refused the script: \(result.stderr)\n\(script)") }
     }
 
     /// `nft -j <arguments>` decoded as JSON; returns the objects of the "nftables" array.
-    static func nftJSON(_ arguments: [String]) throws -> [[String: Any]] {
+    public static func nftJSON(_ arguments: [String]) throws -> [[String: Any]] {
         let result = try run(["nft", "-j"] + arguments)
         guard result.status == 0 else { throw TestFailure("nft -j \(arguments.joined(separator: " ")) failed: \(result.stderr)") }
         let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8))
@@ -73,7 +74,7 @@ enum Host {
     }
 
     /// `nft list ...` as text (stderr carries the iptables-nft warnings for compat expressions; ignored).
-    static func nftList(_ arguments: [String]) throws -> String {
+    public static func nftList(_ arguments: [String]) throws -> String {
         let result = try run(["nft", "list"] + arguments)
         guard result.status == 0 else { throw TestFailure("nft list \(arguments.joined(separator: " ")) failed: \(result.stderr)") }
         return result.stdout
@@ -81,7 +82,7 @@ enum Host {
 
     /// Packets counted by the first `counter` of a rule of `chain` whose JSON text (expressions, comment) contains
     /// `marker`.
-    static func counterPackets(family: String, table: String, chain: String, ruleContaining marker: String) throws -> UInt64? {
+    public static func counterPackets(family: String, table: String, chain: String, ruleContaining marker: String) throws -> UInt64? {
         for item in try nftJSON(["list", "chain", family, table, chain]) {
             guard let rule = item["rule"] as? [String: Any], let expressions = rule["expr"] as? [[String: Any]] else { continue }
             let text = String(decoding: try JSONSerialization.data(withJSONObject: rule), as: UTF8.self)
@@ -96,30 +97,30 @@ enum Host {
     }
 
     /// True when running as root: the tests need CAP_NET_ADMIN and must not pass silently without it.
-    static func requireRoot(file: StaticString = #filePath, line: UInt = #line) -> Bool {
+    public static func requireRoot(file: StaticString = #filePath, line: UInt = #line) -> Bool {
         if geteuid() == 0 { return true }
         XCTFail("NetfilterTests need root: run make test as root", file: file, line: line)
         return false
     }
 
     /// Brings `lo` up (a fresh `unshare -n` namespace has it down).
-    static func loopbackUp() throws {
+    public static func loopbackUp() throws {
         let result = try run(["ip", "link", "set", "lo", "up"])
         guard result.status == 0 else { throw TestFailure("ip link set lo up failed: \(result.stderr)") }
     }
 
     /// Deletes a table if it exists; used in teardown so failures do not leak tables.
-    static func deleteTable(_ family: String, _ name: String) {
+    public static func deleteTable(_ family: String, _ name: String) {
         _ = try? run(["nft", "delete", "table", family, name])
     }
 
     /// A table name unique within this test process.
-    static func uniqueTableName(_ prefix: String) -> String {
+    public static func uniqueTableName(_ prefix: String) -> String {
         "\(prefix)_\(getpid())_\(UInt32.random(in: 0 ..< .max))"
     }
 
     /// Polls `condition` every 20 ms until it is true or `timeout` passes.
-    static func wait(timeout: TimeInterval, _ condition: () throws -> Bool) rethrows -> Bool {
+    public static func wait(timeout: TimeInterval, _ condition: () throws -> Bool) rethrows -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         repeat {
             if try condition() { return true }
@@ -129,12 +130,12 @@ enum Host {
     }
 }
 
-struct TestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
+public struct TestFailure: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
 
 /// Bytes written as hex, for comparisons with keys the kernel reports.
-func hex(_ bytes: [UInt8]) -> String {
+public func hex(_ bytes: [UInt8]) -> String {
     bytes.map { String(format: "%02x", $0) }.joined()
 }

@@ -1,0 +1,44 @@
+/// Counters kept by the engine, exported through `midctl status`.
+public struct EngineCounters: Sendable, Equatable {
+    public var signalingMessages: UInt64 = 0
+    public var malformedMessages: UInt64 = 0
+    public var setups: UInt64 = 0
+    public var admitted: UInt64 = 0
+    public var rejected: UInt64 = 0
+    public var refreshed: UInt64 = 0
+    public var tornDown: UInt64 = 0
+    public var mismatchedReplies: UInt64 = 0
+    public var spoofedFlows: UInt64 = 0
+    public var unknownTypes: UInt64 = 0
+    /// REBIND, ADD/REMOVE-PATH, DENY, RESPONSE: passed on, not acted on yet.
+    public var notActedOn: UInt64 = 0
+    public var unsignaledDropped: UInt64 = 0
+    public var unsignaledPassed: UInt64 = 0
+    public var unsignaledAdmitted: UInt64 = 0
+    public var expired: UInt64 = 0
+    public var tableFull: UInt64 = 0
+    public var redirected: UInt64 = 0
+    public var mapped: UInt64 = 0
+    public var announced: UInt64 = 0
+    public var announceLimited: UInt64 = 0
+    public var localRequests: UInt64 = 0
+    /// Outcomes whose kernel changes (or packet rewrite) failed and whose session was forgotten.
+    public var kernelFailures: UInt64 = 0
+    /// Messages dropped because the record we append made them too large.
+    public var rewriteFailures: UInt64 = 0
+    public var adopted: UInt64 = 0
+
+    public var asDictionary: [String: UInt64] {
+        [
+            "signaling_messages": signalingMessages, "malformed_messages": malformedMessages, "setups": setups,
+            "admitted": admitted, "rejected": rejected, "refreshed": refreshed, "torn_down": tornDown,
+            "mismatched_replies": mismatchedReplies, "spoofed_flows": spoofedFlows, "unknown_types": unknownTypes,
+            "not_acted_on": notActedOn,
+            "unsignaled_dropped": unsignaledDropped, "unsignaled_passed": unsignaledPassed,
+            "unsignaled_admitted": unsignaledAdmitted, "expired": expired, "table_full": tableFull,
+            "redirected": redirected, "mapped": mapped, "announced": announced, "announce_limited": announceLimited,
+            "local_requests": localRequests, "kernel_failures": kernelFailures, "rewrite_failures": rewriteFailures,
+            "adopted": adopted,
+        ]
+    }
+}

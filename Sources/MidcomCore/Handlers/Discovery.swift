@@ -1,0 +1,38 @@
+import CSPWire
+
+/// Discovery (docs/PROTOCOL.md 9.3): the answer to a discovery option with the query flag.
+extension GatewayEngine {
+    /// ANNOUNCE for a packet of `triggerLength` IP octets that carried the discovery option with
+    /// the query flag (docs/PROTOCOL.md 9.3), or nil when it must not be sent: at most one per
+    /// source per second and `announcesPerSecond` in all, and never more than 3× the size of the
+    /// trigger (the name is left out first), so probes cannot turn the gateway into an amplifier.
+    public mutating func announce(to destination: CSPEndpoint, nonce: UInt64, triggerLength: Int, now: Instant)
+        -> OutgoingMessage?
+    {
+        let second = now.nanoseconds / 1_000_000_000
+        if announceWindow.second != second {
+            announceWindow = (second, 0)
+            announcedSources.removeAll(keepingCapacity: true)
+        }
+        guard announceWindow.count < Self.announcesPerSecond, !announcedSources.contains(destination.address) else {
+            counters.announceLimited += 1
+            return nil
+        }
+        let record = CSPMiddleboxRecord(middleboxID: identity.id, epoch: identity.epoch, decision: .forwarded, grantedLifetime: 0)
+        var message = CSPMessage(
+            type: .announce, flags: .fromMiddlebox, result: .success, sessionID: 0, nonce: nonce,
+            tlvs: [.epoch(identity.epoch), .middleboxName(identity.name), .middleboxRecord(record)])
+        let headers = destination.address.family == .ipv4 ? 28 : 48  // IP + UDP octets of our answer
+        if let size = try? message.serialize().count, size + headers > 3 * triggerLength {
+            message.tlvs.removeAll { $0.type == .middleboxName }
+        }
+        guard let size = try? message.serialize().count, size + headers <= 3 * triggerLength else {
+            counters.announceLimited += 1
+            return nil
+        }
+        announceWindow.count += 1
+        announcedSources.insert(destination.address)
+        counters.announced += 1
+        return OutgoingMessage(message: message, destination: destination)
+    }
+}

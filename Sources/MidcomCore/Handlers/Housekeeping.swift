@@ -1,0 +1,123 @@
+import CSPWire
+
+/// State that does not come from signaling: unsignaled flows, expiry, operator actions, and the
+/// kernel state a previous run left behind.
+extension GatewayEngine {
+    public mutating func handleUnsignaled(flow: FlowTuple, now: Instant) -> UnsignaledDecision {
+        switch configuration.unsignaled {
+        case .drop:
+            counters.unsignaledDropped += 1
+            let cacheable = [IPProtocol.tcp, .udp, .sctp].contains(flow.proto) && configuration.dropCacheLifetime > 0
+            return .drop(cache: cacheable ? .block(flow, lifetime: configuration.dropCacheLifetime) : nil)
+        case .defaultPolicy:
+            counters.unsignaledPassed += 1
+            return .defaultPolicy
+        case .admit:
+            guard sessions.count < configuration.maximumSessions else {
+                counters.tableFull += 1
+                return .drop(cache: nil)
+            }
+            counters.unsignaledAdmitted += 1
+            let lifetime = configuration.legacyLifetime
+            var id = UInt64(truncatingIfNeeded: flow.hashValue) | 1 << 63
+            while let other = sessions[id: id], other.flow != flow { id &+= 1 }
+            let session = Session(
+                id: id, flow: flow, state: .legacy, createdAt: now, expiresAt: now.adding(seconds: lifetime),
+                grantedLifetime: lifetime)
+            sessions.upsert(session)
+            return .admit(.install(.admission(flow), lifetime: lifetime, tag: session.tag))
+        }
+    }
+
+    /// Forgets sessions whose lifetime passed and returns them with the changes that remove what
+    /// they installed. The elements were given the same lifetime and are usually gone already;
+    /// removing them anyway (removal never fails on a missing element) keeps a refresh that raced
+    /// the expiry from leaving an element no session owns.
+    public mutating func expire(now: Instant) -> (sessions: [Session], kernel: [KernelChange]) {
+        let expired = sessions.expire(now: now)
+        guard !expired.isEmpty else { return ([], []) }
+        counters.expired += UInt64(expired.count)
+        var kernel: [KernelChange] = []
+        for session in expired { kernel += released(session) }
+        return (expired, kernel)
+    }
+
+    /// Operator removal (`midctl delete`): the kernel changes that undo what was installed.
+    public mutating func delete(id: UInt64, dryRun: Bool = false) -> (Session, [KernelChange])? {
+        guard let session = sessions[id: id] else { return nil }
+        if dryRun { return (session, session.kernelObjects.map { .remove($0) }) }
+        return (session, discard(id))
+    }
+
+    public mutating func flush(dryRun: Bool = false) -> ([Session], [KernelChange]) {
+        if dryRun {
+            let all = Array(sessions.all)
+            return (all, all.flatMap { $0.kernelObjects.map { KernelChange.remove($0) } })
+        }
+        let all = sessions.removeAll()
+        natPorts?.releaseAll()
+        return (all, all.flatMap { $0.kernelObjects.map { KernelChange.remove($0) } })
+    }
+}
+
+/// An element found in the kernel at start-up, decoded by the kernel adapter.
+public struct AdoptedElement: Sendable, Equatable {
+    public var object: KernelObject
+    /// Seconds until the kernel removes it.
+    public var remaining: UInt32
+    /// From the element's comment; nil for elements written by a release without tags.
+    public var tag: ElementTag?
+
+    public init(object: KernelObject, remaining: UInt32, tag: ElementTag?) {
+        self.object = object
+        self.remaining = remaining
+        self.tag = tag
+    }
+}
+
+extension GatewayEngine {
+    /// Adopts state found in the kernel at start-up (left by a previous run), so a restart neither
+    /// drops working flows, nor forgets them, nor hands their NAT ports to another host. Feed
+    /// admissions before NAT elements: a tagged translation joins the session its admission made.
+    /// A session signaled again before it is adopted wins.
+    public mutating func adopt(_ element: AdoptedElement, now: Instant) {
+        let remaining = max(min(element.remaining, configuration.maximumLifetime), 1)
+        switch element.object {
+        case .admission(let flow):
+            if let tag = element.tag {
+                guard sessions[id: tag.sessionID] == nil else { return }
+                guard sessions.session(for: flow) == nil else { return }
+                var session = Session(
+                    id: tag.sessionID, flow: flow, state: tag.kind == .legacy ? .legacy : .admitted,
+                    application: tag.application, createdAt: now, expiresAt: now.adding(seconds: remaining),
+                    grantedLifetime: remaining, incoming: tag.kind == .incoming)
+                if tag.kind == .redirect {
+                    // Admitted as itself: the host → proxy flow is what the kernel holds.
+                    session.state = .admitted
+                }
+                sessions.upsert(session)
+            } else {
+                guard sessions.session(for: flow) == nil else { return }
+                var id = UInt64(truncatingIfNeeded: flow.hashValue) | 1 << 62
+                while sessions[id: id] != nil { id &+= 1 }
+                sessions.upsert(
+                    Session(
+                        id: id, flow: flow, state: .admitted, createdAt: now, expiresAt: now.adding(seconds: remaining),
+                        grantedLifetime: remaining, incoming: flow.source.isUnspecified))
+            }
+            counters.adopted += 1
+        case .sourceNAT(let rule):
+            natPorts?.reserve(rule.proto, rule.external.port)
+            attach(mapping: rule.external, proto: rule.proto, to: element.tag)
+        case .destinationNAT(let rule):
+            natPorts?.reserve(rule.proto, rule.external.port)
+            attach(mapping: rule.external, proto: rule.proto, to: element.tag)
+        }
+    }
+
+    private mutating func attach(mapping: IPv4Endpoint, proto: IPProtocol, to tag: ElementTag?) {
+        guard let tag, var session = sessions[id: tag.sessionID], session.mapping == nil, session.flow.proto == proto else { return }
+        session.mapping = mapping.endpoint
+        sessions.upsert(session)
+    }
+}

@@ -1,0 +1,68 @@
+import CSPWire
+
+/// REFRESH and TEARDOWN from the session's owner (or, for TEARDOWN, its responder).
+extension GatewayEngine {
+    mutating func handleRefresh(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
+        let refresh = request.message
+        guard var session = sessions[id: refresh.sessionID], session.owner == request.source.address else {
+            counters.mismatchedReplies += 1
+            return rejection(
+                of: request, result: .unknownSession, reason: "no session \(hex(refresh.sessionID)) here",
+                event: "REFRESH for unknown session \(hex(refresh.sessionID)) from \(request.source)")
+        }
+        // Lifetime 0 means delete (PCP-style).
+        if refresh.lifetime == 0 { return handleTeardown(request) }
+        let decision = policy.decide(
+            flow: session.flow, application: session.application, incoming: session.incoming,
+            requestedLifetime: refresh.lifetime)
+        guard request.isAddressedToUs else {
+            // The refresh takes effect when the responder ACCEPTs it.
+            let previous = session
+            session.pending = PendingRequest(
+                nonce: refresh.nonce, flow: session.flow, lifetime: decision.lifetime,
+                recordRoute: refresh.flags.contains(.recordRoute))
+            let kernel = store(session, previous: previous)
+            return SignalingOutcome(verdict: .forward, kernel: kernel)
+        }
+        let previous = session
+        session.grantedLifetime = decision.lifetime
+        session.expiresAt = now.adding(seconds: decision.lifetime)
+        session.updatedAt = now
+        let kernel = store(session, previous: previous, refresh: true)
+        counters.refreshed += 1
+        return SignalingOutcome(
+            verdict: .drop, kernel: kernel, reply: answer(request, lifetime: decision.lifetime, session: session),
+            onKernelFailure: .refuse(sessionID: session.id, reply: nil),
+            event: "refreshed \(hex(session.id)) \(session.flow) for \(decision.lifetime)s")
+    }
+
+    /// TEARDOWN (or REFRESH with lifetime 0). Intercepted, it travels on to the peer; addressed to
+    /// us, we answer ACCEPT with lifetime 0 as the responder (docs/PROTOCOL.md 5.6).
+    mutating func handleTeardown(_ request: SignalingRequest) -> SignalingOutcome {
+        let teardown = request.message
+        let local = request.isAddressedToUs
+        guard let session = sessions[id: teardown.sessionID],
+            session.owner == request.source.address || (!local && session.responder == request.source.address)
+        else {
+            // Not ours to judge when intercepted; to us, an unknown session is simply gone already.
+            return SignalingOutcome(verdict: local ? .drop : .forward)
+        }
+        let kernel = discard(session.id)
+        counters.tornDown += 1
+        return SignalingOutcome(
+            verdict: local ? .drop : .forward, kernel: kernel,
+            reply: local ? answer(request, lifetime: 0, session: session) : nil,
+            event: "torn down \(hex(session.id)) \(session.flow)")
+    }
+
+    /// REBIND, ADD-PATH, REMOVE-PATH, DENY and RESPONSE are specified but not acted on yet: they
+    /// travel on unchanged (the far end still gets them), and to us they are refused.
+    mutating func handleNotActedOn(_ request: SignalingRequest) -> SignalingOutcome {
+        counters.notActedOn += 1
+        guard request.isAddressedToUs else { return SignalingOutcome(verdict: .forward) }
+        return rejection(
+            of: request, result: .unknownSession,
+            reason: "\(request.message.type) is not handled by this middlebox yet",
+            event: "\(request.message.type) addressed to us by \(request.source) refused")
+    }
+}

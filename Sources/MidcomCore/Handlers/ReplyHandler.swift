@@ -1,0 +1,90 @@
+import CSPWire
+
+/// Answers travelling back to the host: ACCEPT/MAPPED make a pending request take effect;
+/// REJECT/REDIRECT/CHALLENGE from further along release what it held.
+extension GatewayEngine {
+    mutating func handleAccept(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
+        let accept = request.message
+        guard let previous = sessions[id: accept.sessionID], let pending = previous.pending, pending.nonce == accept.nonce,
+            Self.responder(of: pending.flow, incoming: previous.incoming).map({ $0 == request.source.address }) ?? true
+        else {
+            counters.mismatchedReplies += 1
+            // A reply we hold no pending request for (asymmetric route, our restart, or a forgery)
+            // opens nothing here; it is passed on unchanged for the hosts to judge. The ruleset
+            // only lets such replies through inside a conntrack entry of a request that went out.
+            return SignalingOutcome(
+                verdict: .forward,
+                event: "ACCEPT \(hex(accept.sessionID)) from \(request.source) matches no request here: passed on, nothing installed")
+        }
+        var session = previous
+        let wasAdmitted = session.state == .admitted
+        let lifetime = min(pending.lifetime, accept.lifetime.map { $0 == 0 ? pending.lifetime : $0 } ?? .max)
+        session.flow = pending.flow
+        session.state = .admitted
+        session.pending = nil
+        session.updatedAt = now
+        session.grantedLifetime = lifetime
+        session.expiresAt = now.adding(seconds: lifetime)
+        let kernel = store(session, previous: previous, refresh: true)
+        if wasAdmitted { counters.refreshed += 1 } else { counters.admitted += 1 }
+        if session.mapping != nil, !wasAdmitted { counters.mapped += 1 }
+        var forwarded = accept
+        if pending.recordRoute || session.mapping != nil {
+            if let mapping = session.mapping {
+                forwarded.tlvs.append(.middleboxRecord(record(.mapped, lifetime: lifetime, extra: [.mappedAddress(mapping)])))
+            } else {
+                forwarded.tlvs.append(.middleboxRecord(record(.admitted, lifetime: lifetime)))
+            }
+        }
+        // An ACCEPT for state we could not install must not reach the host as success.
+        let refusal = CSPMessage(
+            type: .reject, flags: .fromMiddlebox, result: .middleboxUnavailable, sessionID: accept.sessionID,
+            nonce: accept.nonce, sequence: accept.sequence,
+            tlvs: [
+                .reason(CSPReason(retryAfter: 5, text: "middlebox could not install state")), .epoch(identity.epoch),
+                .middleboxRecord(record(.rejected, lifetime: 0)),
+            ])
+        let plan = KernelFailurePlan.refuse(
+            sessionID: session.id,
+            reply: request.destination.map { OutgoingMessage(message: refusal, destination: $0, source: request.source) })
+        let mappedNote = session.mapping.map { " mapped to \($0)" } ?? ""
+        return SignalingOutcome(
+            verdict: rewritten(original: accept, forwarded), kernel: kernel, onKernelFailure: plan,
+            event: "\(wasAdmitted ? "refreshed" : "admitted") \(hex(session.id)) \(session.flow)\(mappedNote) for \(lifetime)s")
+    }
+
+    /// REJECT, REDIRECT or CHALLENGE for a request we forwarded. A first SETUP's pending session
+    /// is released. An admitted session whose REFRESH or re-SETUP was refused keeps its admission
+    /// until its own lifetime ends (docs/PROTOCOL.md 6.3: a refusal releases pending state only);
+    /// the host decides whether to tear it down.
+    mutating func handleRefusal(_ request: SignalingRequest) -> SignalingOutcome {
+        let refusal = request.message
+        guard var session = sessions[id: refusal.sessionID], let pending = session.pending, pending.nonce == refusal.nonce
+        else {
+            // Someone else's (e.g. an upstream middlebox's) answer for a session we never held: pass it on.
+            return SignalingOutcome(verdict: .forward)
+        }
+        var kernel: [KernelChange] = []
+        let outcome: String
+        if session.state == .pending {
+            kernel = discard(session.id)
+            outcome = "released"
+        } else {
+            let previous = session
+            session.pending = nil
+            kernel = store(session, previous: previous)
+            outcome = "request refused, admission kept until it expires"
+        }
+        var forwarded = refusal
+        if pending.recordRoute { forwarded.tlvs.append(.middleboxRecord(record(.forwarded, lifetime: 0))) }
+        return SignalingOutcome(
+            verdict: rewritten(original: refusal, forwarded), kernel: kernel,
+            event: "\(refusal.type) for \(hex(session.id)) \(session.flow) from upstream: \(outcome)")
+    }
+
+    /// The address that answers requests about `flow`, nil when it is a wildcard.
+    static func responder(of flow: FlowTuple, incoming: Bool) -> IPAddress? {
+        let address = incoming ? flow.source : flow.destination
+        return address.isUnspecified ? nil : address
+    }
+}

@@ -1,0 +1,253 @@
+import CSPWire
+
+/// SETUP, intercepted or addressed to us. Both share every check (ownership, policy, table size,
+/// NAT); they differ only at the end: an intercepted SETUP becomes pending and travels on to the
+/// responder, one addressed to us is answered by the middlebox as the responder (an incoming
+/// pinhole from any peer, docs/PROTOCOL.md 2.4).
+extension GatewayEngine {
+    mutating func handleSetup(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
+        counters.setups += 1
+        let setup = request.message
+        let source = request.source
+        guard let signaled = setup.flow else {
+            counters.malformedMessages += 1
+            return rejection(
+                of: request, result: .malformedMessage, reason: "SETUP without FLOW", event: "SETUP without FLOW from \(source)")
+        }
+        let incoming = setup.requestedAction?.contains(.listen) ?? false
+        // Only an incoming pinhole makes sense at the middlebox: for outgoing flows the peer answers.
+        if request.isAddressedToUs, !incoming {
+            return rejection(
+                of: request, result: .malformedMessage,
+                reason: "send outgoing SETUPs to the peer; only incoming pinholes are requested from the middlebox",
+                event: "outgoing SETUP addressed to us by \(source) refused")
+        }
+        // FLOW is never rewritten (it may be signed): NATs nearer the host report their
+        // translation in their records, and the flow as it looks here is FLOW with those applied.
+        let flow = Self.effectiveFlow(signaled, records: setup.records, incoming: incoming)
+        if let refused = checkOwnership(of: request, flow: flow, incoming: incoming) { return refused }
+        let existing = sessions[id: setup.sessionID]
+        let decision = policy.decide(
+            flow: flow, application: setup.application, incoming: incoming, requestedLifetime: setup.lifetime)
+        switch decision.action {
+        case .reject:
+            counters.rejected += 1
+            // The owner asked to replace the session with a flow we refuse: the old one goes too.
+            let kernel = existing.map { discard($0.id) } ?? []
+            return rejection(
+                of: request, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
+                event: "rejected SETUP \(hex(setup.sessionID)) \(flow): \(decision.reason ?? "policy")", kernel: kernel)
+        case .redirect where !request.isAddressedToUs:
+            return redirect(request, flow: flow, decision: decision, now: now)
+        case .redirect, .admit:
+            break
+        }
+        if existing == nil, sessions.count >= configuration.maximumSessions {
+            counters.tableFull += 1
+            return rejection(
+                of: request, result: .resourcesExhausted, reason: "session table full", retryAfter: 30,
+                event: "session table full: rejected \(hex(setup.sessionID))")
+        }
+        var session =
+            existing
+            ?? Session(
+                id: setup.sessionID, flow: flow, state: .pending, application: setup.application, createdAt: now,
+                expiresAt: nil, grantedLifetime: decision.lifetime, incoming: incoming)
+        if session.state != .admitted { session.state = .pending }
+        session.incoming = incoming
+        session.application = setup.application ?? session.application
+        session.updatedAt = now
+        if let refused = mapThroughNAT(&session, flow: flow, request: request) { return refused }
+        if request.isAddressedToUs {
+            return answerAsResponder(request, session: session, previous: existing, flow: flow, lifetime: decision.lifetime, now: now)
+        }
+        return forwardSetup(request, session: session, previous: existing, flow: flow, lifetime: decision.lifetime, now: now)
+    }
+
+    /// Anti-spoofing: a host may only signal flows it takes part in, as the data sender
+    /// (outgoing) or the receiver (incoming pinhole), and a session belongs to the host that
+    /// created it: another host reusing its ID must not take it over (until signatures bind
+    /// sessions to keys, the owner's address is the proof).
+    mutating func checkOwnership(of request: SignalingRequest, flow: FlowTuple, incoming: Bool) -> SignalingOutcome? {
+        let source = request.source
+        let sessionID = request.message.sessionID
+        let flowOwner = incoming ? flow.destination : flow.source
+        guard flowOwner == source.address else {
+            return spoofed(
+                request, reason: "flow \(flow) does not belong to signaling host \(source.address)",
+                event: "rejected spoofed \(request.message.type) \(hex(sessionID)) from \(source): flow \(flow)")
+        }
+        if let existing = sessions[id: sessionID], existing.owner != source.address {
+            return spoofed(
+                request, reason: "session \(hex(sessionID)) belongs to another host",
+                event: "rejected \(request.message.type) \(hex(sessionID)) from \(source): session owned by \(existing.owner)")
+        }
+        return nil
+    }
+
+    private mutating func spoofed(_ request: SignalingRequest, reason: String, event: String) -> SignalingOutcome {
+        counters.spoofedFlows += 1
+        return rejection(of: request, result: .sourceDenied, reason: reason, event: event)
+    }
+
+    /// Chooses the session's NAT mapping, if this middlebox translates the flow: for outgoing
+    /// flows now, so the responder and every middlebox upstream see the flow as it will look after
+    /// translation; for pinholes requested from us, the external port peers connect to.
+    mutating func mapThroughNAT(_ session: inout Session, flow: FlowTuple, request: SignalingRequest) -> SignalingOutcome? {
+        guard let nat = configuration.nat else { return nil }
+        let incoming = session.incoming
+        let applies =
+            incoming
+            ? request.isAddressedToUs && flow.destination.family == .ipv4 && nat.isInternal(flow.destination)
+            : flow.source.family == .ipv4 && nat.isInternal(flow.source) && !nat.isInternal(flow.destination)
+        guard applies else {
+            session.mapping = nil
+            return nil
+        }
+        let hostPort = incoming ? flow.destinationPort : flow.sourcePort
+        // A translation is keyed by the host's port: "any source port" cannot be mapped (every
+        // connection would need the same external port), and must not be reported as mapped.
+        guard hostPort != 0 else {
+            counters.rejected += 1
+            return rejection(
+                of: request, result: .sourcePortRequired,
+                reason: "this middlebox translates addresses: signal the exact source port (bind the socket first)",
+                event: "rejected \(hex(request.message.sessionID)) \(flow): NAT needs the source port")
+        }
+        // Keep the mapping while the host keeps its port; a new port gets a new mapping.
+        let sameHostPort = incoming ? session.flow.destinationPort == hostPort : session.flow.sourcePort == hostPort
+        if session.mapping != nil, sameHostPort { return nil }
+        guard let port = natPorts?.allocate(flow.proto, preferred: hostPort) else {
+            counters.tableFull += 1
+            return rejection(
+                of: request, result: .resourcesExhausted, reason: "no free NAT port", retryAfter: 30,
+                event: "NAT ports exhausted: rejected \(hex(request.message.sessionID))")
+        }
+        if let old = session.mapping { natPorts?.release(flow.proto, old.port) }
+        session.mapping = CSPEndpoint(address: nat.externalAddress, port: port)
+        return nil
+    }
+
+    /// Intercepted SETUP: the session waits for the responder's answer; the SETUP travels on.
+    mutating func forwardSetup(
+        _ request: SignalingRequest, session: Session, previous: Session?, flow: FlowTuple, lifetime: UInt32, now: Instant
+    ) -> SignalingOutcome {
+        let setup = request.message
+        var session = session
+        let recordRoute = setup.flags.contains(.recordRoute)
+        session.pending = PendingRequest(nonce: setup.nonce, flow: flow, lifetime: lifetime, recordRoute: recordRoute)
+        if session.state == .pending {
+            session.flow = flow
+            session.grantedLifetime = lifetime
+            session.expiresAt = now.adding(seconds: configuration.pendingTimeout)
+        }
+        let kernel = store(session, previous: previous)
+        var forwarded = setup
+        // Our record goes in when asked for, and whenever we translate: middleboxes beyond us
+        // need the MAPPED-ADDRESS to see the flow as it will look there.
+        if recordRoute || session.mapping != nil {
+            var record = record(.forwarded, lifetime: lifetime)
+            if let mapping = session.mapping { record.tlvs.append(.mappedAddress(mapping)) }
+            forwarded.tlvs.append(.middleboxRecord(record))
+        }
+        return SignalingOutcome(
+            verdict: rewritten(original: setup, forwarded), kernel: kernel,
+            event: "SETUP \(hex(setup.sessionID)) \(flow) pending")
+    }
+
+    /// SETUP addressed to us: admit at once and answer ACCEPT as the responder.
+    mutating func answerAsResponder(
+        _ request: SignalingRequest, session: Session, previous: Session?, flow: FlowTuple, lifetime: UInt32, now: Instant
+    ) -> SignalingOutcome {
+        var session = session
+        let wasAdmitted = session.state == .admitted
+        session.flow = flow
+        session.state = .admitted
+        session.pending = nil
+        session.grantedLifetime = lifetime
+        session.expiresAt = now.adding(seconds: lifetime)
+        let kernel = store(session, previous: previous, refresh: true)
+        if wasAdmitted { counters.refreshed += 1 } else { counters.admitted += 1 }
+        if session.mapping != nil, !wasAdmitted { counters.mapped += 1 }
+        let mappedNote = session.mapping.map { " mapped from \($0)" } ?? ""
+        let refusal = rejection(
+            of: request, result: .middleboxUnavailable, reason: "middlebox could not install state", retryAfter: 5, event: "")
+        return SignalingOutcome(
+            verdict: .drop, kernel: kernel, reply: answer(request, lifetime: lifetime, session: session),
+            onKernelFailure: .refuse(sessionID: session.id, reply: refusal.reply),
+            event: "opened pinhole \(hex(session.id)) \(flow)\(mappedNote) for \(lifetime)s")
+    }
+
+    /// The host must go through a proxy: answer REDIRECT and pre-admit the host → proxy flow, so the
+    /// host can reconnect at once without signaling again (docs/PROTOCOL.md, REDIRECT).
+    mutating func redirect(_ request: SignalingRequest, flow: FlowTuple, decision: PolicyDecision, now: Instant)
+        -> SignalingOutcome
+    {
+        let setup = request.message
+        guard let target = decision.redirectTarget, target.address.family == flow.source.family else {
+            counters.rejected += 1
+            return rejection(
+                of: request, result: .policyDenied, reason: "flows of this kind must use a proxy of the other address family",
+                event: "cannot redirect \(flow): no proxy of its family")
+        }
+        guard setup.requestedAction?.contains(.allowRedirect) ?? true else {
+            counters.rejected += 1
+            return rejection(
+                of: request, result: .policyDenied, reason: "flows of this kind must go through the proxy \(target)",
+                event: "rejected \(hex(setup.sessionID)) \(flow): host does not accept redirection")
+        }
+        counters.redirected += 1
+        let previous = sessions[id: setup.sessionID]
+        var session = Session(
+            id: setup.sessionID, flow: flow, state: .redirected, application: setup.application, createdAt: now,
+            expiresAt: now.adding(seconds: decision.lifetime), grantedLifetime: decision.lifetime)
+        session.redirectTarget = target
+        let kernel = store(session, previous: previous)
+        let reply = CSPMessage(
+            type: .redirect, flags: .fromMiddlebox, result: .success, sessionID: setup.sessionID, nonce: setup.nonce,
+            sequence: setup.sequence,
+            tlvs: [
+                .redirectTarget(target), .lifetime(decision.lifetime), .epoch(identity.epoch),
+                .middleboxRecord(record(.redirected, lifetime: decision.lifetime, extra: [.redirectTarget(target)])),
+            ])
+        // If the proxy flow cannot be admitted, the host hears nothing it could act on in vain.
+        return SignalingOutcome(
+            verdict: .drop, kernel: kernel,
+            reply: OutgoingMessage(message: reply, destination: request.source, source: request.destination),
+            onKernelFailure: .refuse(sessionID: session.id, reply: nil),
+            event: "redirected \(hex(setup.sessionID)) \(flow) to proxy \(target)")
+    }
+
+    /// ACCEPT from the middlebox acting as the responder.
+    func answer(_ request: SignalingRequest, lifetime: UInt32, session: Session) -> OutgoingMessage {
+        var tlvs: [CSPTLV] = [.lifetime(lifetime), .epoch(identity.epoch)]
+        var extra: [CSPTLV] = []
+        if let mapping = session.mapping {
+            tlvs.append(.mappedAddress(mapping))
+            extra.append(.mappedAddress(mapping))
+        }
+        tlvs.append(.middleboxRecord(record(session.mapping == nil ? .admitted : .mapped, lifetime: lifetime, extra: extra)))
+        let accept = CSPMessage(
+            type: .accept, flags: .fromMiddlebox, result: .success, sessionID: request.message.sessionID,
+            nonce: request.message.nonce, sequence: request.message.sequence, tlvs: tlvs)
+        return OutgoingMessage(message: accept, destination: request.source)
+    }
+
+    /// FLOW as it looks at this middlebox: the MAPPED-ADDRESSes that NATs nearer the host put in
+    /// their records, applied in path order, to the source (outgoing) or destination (incoming).
+    static func effectiveFlow(_ flow: FlowTuple, records: [CSPMiddleboxRecord], incoming: Bool) -> FlowTuple {
+        var result = flow
+        for record in records {
+            for case .mappedAddress(let mapped) in record.tlvs where mapped.address.family == flow.source.family {
+                if incoming {
+                    result.destination = mapped.address
+                    if mapped.port != 0 { result.destinationPort = mapped.port }
+                } else {
+                    result.source = mapped.address
+                    if mapped.port != 0 { result.sourcePort = mapped.port }
+                }
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,132 @@
+import CSPWire
+
+/// An IPv4 address and port. The NAT maps of the ruleset are IPv4 by schema (`ipv4_addr .
+/// inet_service`), so NAT rules are built from this type: an IPv6 endpoint cannot become a NAT key
+/// (it used to turn into 0.0.0.0 silently).
+public struct IPv4Endpoint: Hashable, Sendable, CustomStringConvertible {
+    public var address: UInt32
+    public var port: UInt16
+
+    public init(address: UInt32, port: UInt16) {
+        self.address = address
+        self.port = port
+    }
+
+    /// nil for an IPv6 endpoint.
+    public init?(_ endpoint: CSPEndpoint) {
+        guard let value = endpoint.address.ipv4Value else { return nil }
+        self.init(address: value, port: endpoint.port)
+    }
+
+    public var endpoint: CSPEndpoint { CSPEndpoint(address: IPAddress(ipv4: address), port: port) }
+    public var description: String { endpoint.description }
+}
+
+/// Outgoing NAT traversal: packets from `internal` leave with the source `external`.
+public struct SourceNAT: Hashable, Sendable {
+    public var proto: IPProtocol
+    public var `internal`: IPv4Endpoint
+    public var external: IPv4Endpoint
+
+    public init(proto: IPProtocol, internal: IPv4Endpoint, external: IPv4Endpoint) {
+        self.proto = proto
+        self.internal = `internal`
+        self.external = external
+    }
+}
+
+/// Incoming NAT traversal: packets to `external` are delivered to `internal`.
+public struct DestinationNAT: Hashable, Sendable {
+    public var proto: IPProtocol
+    public var external: IPv4Endpoint
+    public var `internal`: IPv4Endpoint
+
+    public init(proto: IPProtocol, external: IPv4Endpoint, internal: IPv4Endpoint) {
+        self.proto = proto
+        self.external = external
+        self.internal = `internal`
+    }
+}
+
+/// One piece of kernel state a session needs. What a session needs is derived from its state
+/// (`Session.kernelObjects`), never stored beside it, so it cannot drift from what the engine knows.
+public enum KernelObject: Hashable, Sendable {
+    /// An element of one of the admit/pinhole sets: packets of the flow (initiator → responder)
+    /// pass; replies ride conntrack.
+    case admission(FlowTuple)
+    case sourceNAT(SourceNAT)
+    case destinationNAT(DestinationNAT)
+}
+
+/// Who an element belongs to, written into the element's comment so that a restarted midcomd
+/// adopts the session under its own ID (docs/ARCHITECTURE.md, "Restart").
+public struct ElementTag: Hashable, Sendable {
+    public enum Kind: Character, Sendable {
+        case outgoing = "o"
+        case incoming = "i"
+        case legacy = "l"
+        case redirect = "r"
+    }
+
+    public var sessionID: UInt64
+    public var kind: Kind
+    public var application: String?
+
+    public init(sessionID: UInt64, kind: Kind, application: String? = nil) {
+        self.sessionID = sessionID
+        self.kind = kind
+        self.application = application
+    }
+
+    /// nft limits a comment to 128 octets; the application is cut to keep the tag within it.
+    static let maximumApplicationLength = 96
+
+    /// "csp <16 hex digits> <kind>[ <application>]"; the application keeps printable ASCII only.
+    public var comment: String {
+        var text = "csp \(hex(sessionID)) \(kind.rawValue)"
+        if let application, !application.isEmpty {
+            let printable = application.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7f }
+            text += " " + String(String.UnicodeScalarView(printable.prefix(Self.maximumApplicationLength)))
+        }
+        return text
+    }
+
+    public init?(comment: String) {
+        let parts = comment.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
+        guard parts.count >= 3, parts[0] == "csp", parts[1].count == 16, let id = UInt64(parts[1], radix: 16),
+            parts[2].count == 1, let kind = Kind(rawValue: parts[2].first!)
+        else { return nil }
+        self.init(sessionID: id, kind: kind, application: parts.count == 4 ? String(parts[3]) : nil)
+    }
+}
+
+/// A change the kernel adapter must make. The engine decides; the daemon programs nftables.
+public enum KernelChange: Hashable, Sendable {
+    /// Put the object into the kernel with this lifetime (the first time for this session).
+    case install(KernelObject, lifetime: UInt32, tag: ElementTag?)
+    /// The object is already there: replace its timeout (a refresh).
+    case refresh(KernelObject, lifetime: UInt32, tag: ElementTag?)
+    /// Take it out. Removing an admission also ends the connections it let in (conntrack).
+    case remove(KernelObject)
+    /// Drop the flow's packets in the kernel for a while (the drop cache): an unsignaled flow that
+    /// was refused once must not send every further packet to user space.
+    case block(FlowTuple, lifetime: UInt32)
+
+    /// The changes that take the kernel from `old` to `new`: removals first (a NAT key that moves
+    /// to another host must be free before it is added again), then new objects; objects in both
+    /// are refreshed when `refreshKept`, else left alone.
+    public static func diff(
+        from old: [KernelObject], to new: [KernelObject], lifetime: UInt32, tag: ElementTag?, refreshKept: Bool
+    ) -> [KernelChange] {
+        var changes: [KernelChange] = []
+        for object in old where !new.contains(object) { changes.append(.remove(object)) }
+        for object in new {
+            if !old.contains(object) {
+                changes.append(.install(object, lifetime: lifetime, tag: tag))
+            } else if refreshKept {
+                changes.append(.refresh(object, lifetime: lifetime, tag: tag))
+            }
+        }
+        return changes
+    }
+}

@@ -1,0 +1,113 @@
+import MidcomCore
+import Netfilter
+
+/// Kernel work collected while one queue reader handles a burst of packets, programmed in one
+/// batch before the burst's verdicts leave (`flush`). Owned by that reader's thread: it never
+/// crosses threads, so it needs no lock.
+///
+/// If the batch fails, each packet's changes are tried alone, and the packets whose changes fail
+/// get what their outcome's `KernelFailurePlan` says — decided by the engine, carried out here.
+public final class BurstBatcher {
+    public struct Entry {
+        public var packetID: UInt32
+        public var changes: [KernelChange]
+        /// Sent once the changes are programmed.
+        public var reply: OutgoingMessage?
+        public var plan: KernelFailurePlan
+
+        public init(packetID: UInt32, changes: [KernelChange], reply: OutgoingMessage?, plan: KernelFailurePlan) {
+            self.packetID = packetID
+            self.changes = changes
+            self.reply = reply
+            self.plan = plan
+        }
+    }
+
+    /// What the batcher needs from the daemon; closures so that tests can record them.
+    public struct Hooks {
+        public var send: (OutgoingMessage) -> Void
+        /// `GatewayEngine.forgetFailed` under the engine's lock.
+        public var forgetSession: (UInt64) -> [KernelChange]
+        /// A batch or a single packet's changes failed (for counting and a rate-limited log line).
+        public var failed: (any Error, _ single: Bool) -> Void
+
+        public init(
+            send: @escaping (OutgoingMessage) -> Void, forgetSession: @escaping (UInt64) -> [KernelChange],
+            failed: @escaping (any Error, Bool) -> Void
+        ) {
+            self.send = send
+            self.forgetSession = forgetSession
+            self.failed = failed
+        }
+    }
+
+    let kernel: any KernelProgrammer
+    let cleanup: ConnectionCleanup
+    let hooks: Hooks
+    public private(set) var entries: [Entry] = []
+
+    public init(kernel: any KernelProgrammer, cleanup: ConnectionCleanup, hooks: Hooks) {
+        self.kernel = kernel
+        self.cleanup = cleanup
+        self.hooks = hooks
+        entries.reserveCapacity(64)
+    }
+
+    public func add(_ entry: Entry) { entries.append(entry) }
+
+    /// Programs the burst; returns the verdicts that replace the ones already given to packets
+    /// whose changes could not be programmed.
+    public func flush() -> [(id: UInt32, verdict: Verdict)] {
+        guard !entries.isEmpty else { return [] }
+        defer { entries.removeAll(keepingCapacity: true) }
+        let all = entries.count == 1 ? entries[0].changes : entries.flatMap(\.changes)
+        do {
+            try kernel.apply(all)
+            cleanup.enqueue(connectionsToForget(after: all))
+            for entry in entries { if let reply = entry.reply { hooks.send(reply) } }
+            return []
+        } catch {
+            hooks.failed(error, false)
+        }
+        var overrides: [(id: UInt32, verdict: Verdict)] = []
+        for entry in entries {
+            if let verdict = applyAlone(entry) { overrides.append((entry.packetID, verdict)) }
+        }
+        return overrides
+    }
+
+    /// One entry's changes on their own; the verdict that replaces the packet's, if any.
+    func applyAlone(_ entry: Entry) -> Verdict? {
+        do {
+            if entries.count > 1 { try kernel.apply(entry.changes) }  // a single entry already failed
+            cleanup.enqueue(connectionsToForget(after: entry.changes))
+            if let reply = entry.reply { hooks.send(reply) }
+            return nil
+        } catch {
+            if entries.count > 1 { hooks.failed(error, true) }
+        }
+        return carryOut(entry.plan, reply: entry.reply)
+    }
+
+    /// Carries out a failure plan (also used by the daemon when a packet cannot be rewritten);
+    /// returns the verdict the packet gets instead, nil to keep its own.
+    public func carryOut(_ plan: KernelFailurePlan, reply: OutgoingMessage?) -> Verdict? {
+        switch plan {
+        case .ignore:
+            // Nothing depends on the changes (they time out by themselves); the answer still goes.
+            if let reply { hooks.send(reply) }
+            return nil
+        case .defaultPolicy:
+            return .accept
+        case .refuse(let sessionID, let refusal):
+            let undo = hooks.forgetSession(sessionID)
+            if !undo.isEmpty {
+                // Best effort: what the session had before may still be there; elements time out anyway.
+                do { try kernel.apply(undo) } catch { hooks.failed(error, true) }
+                cleanup.enqueue(connectionsToForget(after: undo))
+            }
+            if let refusal { hooks.send(refusal) }
+            return .drop
+        }
+    }
+}

@@ -1,0 +1,87 @@
+import CSPWire
+import Dispatch
+import MidcomCore
+import Synchronization
+
+/// Ends the connections of removed admissions (conntrack), off the packet thread.
+///
+/// Deleting a wildcard flow's entries means walking the whole conntrack table; doing that once per
+/// expired session on the packet loop stalled verdicts and the watchdog during a mass expiry. Here
+/// flows wait in a bounded queue and a service thread handles everything queued in one pass
+/// (`KernelProgrammer.forgetConnections` walks the table once for all wildcard flows).
+public final class ConnectionCleanup: Sendable {
+    /// Flows waiting; beyond this many, new ones are counted and left to conntrack's own timeouts.
+    public let capacity: Int
+    let kernel: any KernelProgrammer
+    private let state = Mutex(State())
+    private let wake = DispatchSemaphore(value: 0)
+
+    struct State {
+        var waiting: [FlowTuple] = []
+        var counters = Counters()
+    }
+
+    public struct Counters: Sendable, Equatable {
+        /// Conntrack entries deleted.
+        public var deleted: UInt64 = 0
+        /// Passes over the queue, and passes that failed.
+        public var passes: UInt64 = 0
+        public var failures: UInt64 = 0
+        /// Flows not queued because the queue was full.
+        public var overflowed: UInt64 = 0
+    }
+
+    public init(kernel: any KernelProgrammer, capacity: Int = 1 << 16) {
+        self.kernel = kernel
+        self.capacity = capacity
+    }
+
+    public var counters: Counters { state.withLock { $0.counters } }
+    public var waiting: Int { state.withLock { $0.waiting.count } }
+
+    /// Queues flows without blocking; false when some did not fit.
+    @discardableResult
+    public func enqueue(_ flows: [FlowTuple]) -> Bool {
+        guard !flows.isEmpty else { return true }
+        let fitted = state.withLock { state -> Bool in
+            let room = max(capacity - state.waiting.count, 0)
+            state.waiting.append(contentsOf: flows.prefix(room))
+            state.counters.overflowed += UInt64(flows.count - min(room, flows.count))
+            return room >= flows.count
+        }
+        wake.signal()
+        return fitted
+    }
+
+    /// Handles everything queued so far in one pass; the error of a failed pass, if any.
+    @discardableResult
+    public func runOnce() -> (any Error)? {
+        let flows = state.withLock { state -> [FlowTuple] in
+            defer { state.waiting.removeAll(keepingCapacity: true) }
+            return Array(Set(state.waiting))
+        }
+        guard !flows.isEmpty else { return nil }
+        do {
+            let deleted = try kernel.forgetConnections(of: flows)
+            state.withLock {
+                $0.counters.passes += 1
+                $0.counters.deleted += UInt64(deleted)
+            }
+            return nil
+        } catch {
+            state.withLock {
+                $0.counters.passes += 1
+                $0.counters.failures += 1
+            }
+            return error
+        }
+    }
+
+    /// The service loop: waits for work (at most `poll` at a time, to notice `shouldStop`).
+    public func run(poll: DispatchTimeInterval = .milliseconds(250), shouldStop: () -> Bool, failed: (any Error) -> Void) {
+        while !shouldStop() {
+            _ = wake.wait(timeout: .now() + poll)
+            if let error = runOnce() { failed(error) }
+        }
+    }
+}

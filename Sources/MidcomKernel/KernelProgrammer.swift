@@ -1,0 +1,92 @@
+import CSPWire
+import MidcomCore
+import Netfilter
+
+/// The kernel as midcomd's glue sees it: program a batch of engine decisions, end the connections
+/// of removed admissions, list what is there. `NFTKernelProgrammer` is the real one; tests use a
+/// recording fake, so bursts, fallbacks, adoption and clean-up are tested without root.
+public protocol KernelProgrammer: AnyObject, Sendable {
+    /// Programs the changes as one atomic batch: all of them or none.
+    func apply(_ changes: [KernelChange]) throws
+    /// Deletes the conntrack entries whose original tuple falls under any of the flows (a zero
+    /// address or port is a wildcard); returns how many were deleted.
+    func forgetConnections(of flows: [FlowTuple]) throws -> Int
+    /// The elements of one set or map of the schema.
+    func listElements(set: String) throws -> [NFTSetElement]
+}
+
+extension KernelProgrammer {
+    /// The objects of every schema set with their remaining time and tag, admissions first (the
+    /// order `GatewayEngine.adopt` needs). Sets that cannot be listed are reported to `failed`.
+    public func adoptableElements(failed: (String, any Error) -> Void) -> [AdoptedElement] {
+        var found: [AdoptedElement] = []
+        for spec in NFTSchema.admissionSets + [NFTSchema.snat4, NFTSchema.dnat4] {
+            let elements: [NFTSetElement]
+            do {
+                elements = try listElements(set: spec.name)
+            } catch {
+                failed(spec.name, error)
+                continue
+            }
+            for element in elements {
+                guard let object = NFTSchema.object(set: spec.name, key: element.key, data: element.data) else { continue }
+                let remaining = element.expiresIn.map { UInt32(clamping: $0.components.seconds) } ?? UInt32.max
+                found.append(AdoptedElement(object: object, remaining: remaining, tag: element.comment.flatMap(ElementTag.init(comment:))))
+            }
+        }
+        return found
+    }
+}
+
+/// The flows whose connections must end when these changes are applied: removed admissions, and
+/// for a DNAT installed or removed every connection to its external endpoint (conntrack keys a
+/// translated connection by its original, external tuple: entries made before the mapping would
+/// never be translated, and connections through a removed mapping must stop with it).
+public func connectionsToForget(after changes: [KernelChange]) -> [FlowTuple] {
+    var flows: [FlowTuple] = []
+    for change in changes {
+        switch change {
+        case .remove(.admission(let flow)):
+            flows.append(flow)
+        case .install(.destinationNAT(let rule), _, _), .remove(.destinationNAT(let rule)):
+            flows.append(FlowTuple(
+                proto: rule.proto, source: IPAddress(ipv4: 0), sourcePort: 0, destination: rule.external.endpoint.address,
+                destinationPort: rule.external.port))
+        default:
+            break
+        }
+    }
+    return flows
+}
+
+/// The real kernel: nftables through `NFTablesClient`, conntrack through `ConntrackClient`.
+public final class NFTKernelProgrammer: KernelProgrammer {
+    let nft: NFTablesClient
+    let conntrack: ConntrackClient
+    let table: String
+
+    public init(nft: NFTablesClient, conntrack: ConntrackClient, table: String) {
+        self.nft = nft
+        self.conntrack = conntrack
+        self.table = table
+    }
+
+    public func apply(_ changes: [KernelChange]) throws {
+        var batch = NFTChangeSet(table: table)
+        for change in changes { batch.append(change) }
+        try nft.apply(batch)
+    }
+
+    public func forgetConnections(of flows: [FlowTuple]) throws -> Int {
+        let filters = flows.map { flow in
+            ConntrackFilter(
+                family: flow.source.family == .ipv4 ? 2 : 10, proto: flow.proto.rawValue, source: flow.source.bytes,
+                sourcePort: flow.sourcePort, destination: flow.destination.bytes, destinationPort: flow.destinationPort)
+        }
+        return try conntrack.deleteEntries(matchingAny: filters)
+    }
+
+    public func listElements(set: String) throws -> [NFTSetElement] {
+        try nft.listElements(table: table, set: set)
+    }
+}

@@ -1,0 +1,135 @@
+import CSPWire
+import MidcomCore
+import MidcomKernel
+import Netfilter
+import XCTest
+
+/// The burst glue: one batch for a burst, and when it fails, each packet's changes alone with the
+/// failure plan the engine chose (defect 5 of the engine v2 issue: this path had no test).
+final class BurstBatcherTests: XCTestCase {
+    let host = CSPEndpoint(address: IPAddress("10.0.1.2")!, port: 40000)
+    let peer = CSPEndpoint(address: IPAddress("10.0.2.2")!, port: 7227)
+
+    func flow(_ port: UInt16) -> FlowTuple {
+        FlowTuple(proto: .udp, source: host.address, sourcePort: port, destination: peer.address, destinationPort: 5000)
+    }
+
+    func message(_ type: CSPMessageType, _ session: UInt64) -> OutgoingMessage {
+        OutgoingMessage(message: CSPMessage(type: type, sessionID: session, nonce: 1), destination: host)
+    }
+
+    final class Recorder {
+        var sent: [OutgoingMessage] = []
+        var forgotten: [UInt64] = []
+        var failures: [Bool] = []
+    }
+
+    func batcher(_ kernel: RecordingKernel, _ recorder: Recorder, undo: [KernelChange] = []) -> (BurstBatcher, ConnectionCleanup) {
+        let cleanup = ConnectionCleanup(kernel: kernel)
+        let hooks = BurstBatcher.Hooks(
+            send: { recorder.sent.append($0) },
+            forgetSession: { recorder.forgotten.append($0); return undo },
+            failed: { _, single in recorder.failures.append(single) })
+        return (BurstBatcher(kernel: kernel, cleanup: cleanup, hooks: hooks), cleanup)
+    }
+
+    func testABurstIsOneBatchAndRepliesFollowIt() {
+        let kernel = RecordingKernel()
+        let recorder = Recorder()
+        let (burst, cleanup) = batcher(kernel, recorder)
+        burst.add(.init(packetID: 1, changes: [.install(.admission(flow(1)), lifetime: 5, tag: nil)], reply: message(.redirect, 1), plan: .ignore))
+        burst.add(.init(packetID: 2, changes: [.remove(.admission(flow(2)))], reply: nil, plan: .ignore))
+        XCTAssertTrue(burst.flush().isEmpty)
+        XCTAssertEqual(kernel.batches.count, 1)
+        XCTAssertEqual(kernel.batches.first?.count, 2)
+        XCTAssertEqual(recorder.sent.map(\.message.type), [.redirect])
+        XCTAssertEqual(cleanup.waiting, 1, "the removed admission's connections are queued for clean-up")
+        XCTAssertTrue(burst.entries.isEmpty)
+        XCTAssertTrue(burst.flush().isEmpty, "nothing left to program")
+        XCTAssertEqual(kernel.batches.count, 1)
+    }
+
+    func testAFailedBatchFallsBackPacketByPacketToEachPlan() throws {
+        let kernel = RecordingKernel()
+        let poisoned: Set<FlowTuple> = [flow(2), flow(3), flow(4)]
+        kernel.failing { changes in
+            changes.contains { change in
+                switch change {
+                case .install(.admission(let f), _, _), .refresh(.admission(let f), _, _): poisoned.contains(f)
+                default: false
+                }
+            }
+        }
+        let recorder = Recorder()
+        let undo: [KernelChange] = [.remove(.admission(flow(9)))]
+        let (burst, _) = batcher(kernel, recorder, undo: undo)
+        let refusal = message(.reject, 2)
+        burst.add(.init(packetID: 1, changes: [.install(.admission(flow(1)), lifetime: 5, tag: nil)], reply: message(.accept, 1), plan: .ignore))
+        burst.add(.init(packetID: 2, changes: [.refresh(.admission(flow(2)), lifetime: 5, tag: nil)], reply: nil, plan: .refuse(sessionID: 2, reply: refusal)))
+        burst.add(.init(packetID: 3, changes: [.install(.admission(flow(3)), lifetime: 5, tag: nil)], reply: nil, plan: .defaultPolicy))
+        burst.add(.init(packetID: 4, changes: [.install(.admission(flow(4)), lifetime: 5, tag: nil)], reply: message(.accept, 4), plan: .ignore))
+        let overrides = burst.flush()
+        XCTAssertEqual(overrides.map(\.id), [2, 3])
+        XCTAssertEqual(overrides.map(\.verdict), [.drop, .accept], "refused ACCEPT dropped; legacy packet meets the default policy")
+        XCTAssertEqual(recorder.forgotten, [2], "the engine forgets the session whose state is missing")
+        XCTAssertEqual(recorder.sent.map(\.message.type), [.accept, .reject, .accept],
+                       "packet 1's reply, the refusal instead of packet 2's, packet 4's (its plan ignores failures)")
+        // 1 whole batch + 4 single retries + the best-effort undo of the refused session.
+        XCTAssertEqual(kernel.batches.count, 6)
+        XCTAssertEqual(kernel.batches[3], undo, "the refused session's undo, right after its own attempt")
+        XCTAssertEqual(recorder.failures, [false, true, true, true], "the batch, then each packet that failed alone")
+    }
+
+    func testASingleEntryIsNotRetried() {
+        let kernel = RecordingKernel()
+        kernel.failing { _ in true }
+        let recorder = Recorder()
+        let (burst, _) = batcher(kernel, recorder)
+        burst.add(.init(packetID: 7, changes: [.block(flow(1), lifetime: 10)], reply: nil, plan: .ignore))
+        XCTAssertTrue(burst.flush().isEmpty, "a drop-cache element that fails keeps the packet's own verdict")
+        XCTAssertEqual(kernel.batches.count, 1)
+    }
+}
+
+final class ConnectionCleanupTests: XCTestCase {
+    let flow = FlowTuple(proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 0, destination: IPAddress("10.0.2.2")!, destinationPort: 5000)
+
+    func testOnePassForEverythingQueuedAndDuplicatesOnce() {
+        let kernel = RecordingKernel()
+        let cleanup = ConnectionCleanup(kernel: kernel)
+        var other = flow
+        other.destinationPort = 5001
+        cleanup.enqueue([flow, other])
+        cleanup.enqueue([flow])
+        XCTAssertNil(cleanup.runOnce())
+        XCTAssertEqual(kernel.forgotten.count, 1)
+        XCTAssertEqual(Set(kernel.forgotten[0]), [flow, other])
+        XCTAssertEqual(cleanup.counters.deleted, 2)
+        XCTAssertNil(cleanup.runOnce())
+        XCTAssertEqual(kernel.forgotten.count, 1, "an empty queue costs no pass")
+    }
+
+    func testTheQueueIsBoundedAndFailuresAreCounted() {
+        let kernel = RecordingKernel()
+        kernel.state.withLock { $0.failConntrack = true }
+        let cleanup = ConnectionCleanup(kernel: kernel, capacity: 2)
+        XCTAssertFalse(cleanup.enqueue([flow, flow, flow]))
+        XCTAssertEqual(cleanup.counters.overflowed, 1)
+        XCTAssertNotNil(cleanup.runOnce())
+        XCTAssertEqual(cleanup.counters.failures, 1)
+        XCTAssertEqual(cleanup.waiting, 0, "a failed pass is not retried forever: entries time out by themselves")
+    }
+
+    func testConnectionsToForgetCoverRevokedAdmissionsAndDNAT() {
+        let rule = DestinationNAT(
+            proto: .udp, external: IPv4Endpoint(address: 0xc633_6401, port: 6000), internal: IPv4Endpoint(address: 0x0a00_0102, port: 6000))
+        let flows = connectionsToForget(after: [
+            .install(.admission(flow), lifetime: 5, tag: nil), .remove(.admission(flow)),
+            .install(.destinationNAT(rule), lifetime: 5, tag: nil),
+        ])
+        XCTAssertEqual(flows.count, 2)
+        XCTAssertEqual(flows.first, flow)
+        XCTAssertEqual(flows.last?.destination, IPAddress("198.51.100.1"))
+        XCTAssertEqual(flows.last?.destinationPort, 6000)
+    }
+}

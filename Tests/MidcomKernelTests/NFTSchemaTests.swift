@@ -1,0 +1,117 @@
+import CSPWire
+import Foundation
+import MidcomCore
+import MidcomKernel
+import Netfilter
+import TestSupport
+import XCTest
+
+/// The schema against the shipped ruleset and the real kernel, the netlink bytes against golden
+/// files, and adoption from listed elements.
+final class NFTSchemaTests: XCTestCase {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    let v4 = FlowTuple(proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 4000, destination: IPAddress("10.0.2.2")!, destinationPort: 5000)
+    let v6 = FlowTuple(proto: .tcp, source: IPAddress("fd00:1::2")!, sourcePort: 4000, destination: IPAddress("fd00:2::2")!, destinationPort: 443)
+
+    /// One object for every set and map of the schema.
+    var samples: [KernelObject] {
+        var anyPort4 = v4
+        anyPort4.sourcePort = 0
+        var anyPort6 = v6
+        anyPort6.sourcePort = 0
+        let pinhole4 = FlowTuple(proto: .udp, source: IPAddress(ipv4: 0), sourcePort: 0, destination: v4.source, destinationPort: 6000)
+        let pinhole6 = FlowTuple(proto: .tcp, source: IPAddress(ipv6: 0, 0), sourcePort: 0, destination: v6.source, destinationPort: 22)
+        let host = IPv4Endpoint(address: 0x0a00_0102, port: 4000), external = IPv4Endpoint(address: 0xcb00_7101, port: 20001)
+        return [
+            .admission(v4), .admission(v6), .admission(anyPort4), .admission(anyPort6), .admission(pinhole4), .admission(pinhole6),
+            .sourceNAT(SourceNAT(proto: .udp, internal: host, external: external)),
+            .destinationNAT(DestinationNAT(proto: .tcp, external: external, internal: host)),
+        ]
+    }
+
+    func testEveryObjectRoundTripsThroughItsElement() {
+        for object in samples {
+            let element = NFTSchema.element(for: object)
+            let spec = NFTSchema.all.first { $0.name == element.set }!
+            XCTAssertEqual(element.key.bytes.count, spec.keyLength, "\(object)")
+            XCTAssertEqual(NFTSchema.object(set: element.set, key: element.key.bytes, data: element.data?.bytes), object)
+        }
+        XCTAssertNil(NFTSchema.object(set: "admit4", key: [1, 2, 3], data: nil), "a key of the wrong length is refused")
+        XCTAssertNil(NFTSchema.object(set: "operator_set", key: [], data: nil))
+        XCTAssertEqual(NFTSchema.blocking(v4).set, "drop4")
+    }
+
+    func testBatchBytesMatchTheGoldenFile() throws {
+        var changes = NFTChangeSet(table: "midcom")
+        let tag = ElementTag(sessionID: 0x0123_4567_89ab_cdef, kind: .outgoing, application: "voip")
+        for change: KernelChange in [
+            .install(.admission(v4), lifetime: 30, tag: tag), .refresh(samples[6], lifetime: 30, tag: tag), .remove(.admission(v6)),
+            .block(v4, lifetime: 10),
+        ] {
+            changes.append(change)
+        }
+        let bytes = try NFTablesClient.encodedBatch(changes, firstSequence: 1000)
+        let golden = Self.root.appendingPathComponent("Tests/MidcomKernelTests/Golden/element-batch.hex")
+        if ProcessInfo.processInfo.environment["MIDCOM_UPDATE_GOLDEN"] == "1" {
+            try (hex(bytes) + "\n").write(to: golden, atomically: true, encoding: .utf8)
+        }
+        let expected = try String(contentsOf: golden, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(hex(bytes), expected, "netlink bytes changed: check them, then MIDCOM_UPDATE_GOLDEN=1 swift test")
+    }
+
+    /// Runs as root inside `unshare -n` (make unit): loads nft-rules/midcom.nft and checks that every
+    /// set the code programs exists with the key (and data) types the code encodes, and that the
+    /// kernel takes every sample object with its tag and gives both back.
+    func testTheShippedRulesetHasEverySetWithTheEncodedTypes() throws {
+        guard Host.requireRoot() else { return }
+        let ruleset = try String(contentsOf: Self.root.appendingPathComponent("nft-rules/midcom.nft"), encoding: .utf8)
+        try Host.nft(ruleset)
+        defer { Host.deleteTable("inet", "midcom") }
+        for spec in NFTSchema.all {
+            let listed = try Host.nftJSON(["list", spec.data == nil ? "set" : "map", "inet", "midcom", spec.name])
+            let set = try XCTUnwrap(listed.compactMap { $0[spec.data == nil ? "set" : "map"] as? [String: Any] }.first, spec.name)
+            XCTAssertEqual(Self.types(set["type"]), spec.key.map(\.rawValue), "key of \(spec.name)")
+            if let data = spec.data { XCTAssertEqual(Self.types(set["map"]), data.map(\.rawValue), "data of \(spec.name)") }
+        }
+        let kernel = NFTKernelProgrammer(nft: try NFTablesClient(), conntrack: try ConntrackClient(), table: "midcom")
+        let tag = ElementTag(sessionID: 0xfeed, kind: .incoming, application: "ssh")
+        try kernel.apply(samples.map { .install($0, lifetime: 60, tag: tag) })
+        let adopted = kernel.adoptableElements { set, error in XCTFail("\(set): \(error)") }
+        XCTAssertEqual(Set(adopted.map(\.object)), Set(samples))
+        XCTAssertTrue(adopted.allSatisfy { $0.tag == tag && $0.remaining > 50 && $0.remaining <= 60 })
+        let firstNAT = try XCTUnwrap(adopted.firstIndex { if case .admission = $0.object { false } else { true } })
+        XCTAssertTrue(adopted[firstNAT...].allSatisfy { if case .admission = $0.object { false } else { true } }, "admissions first")
+        // Removal never fails on an element that is already gone.
+        try kernel.apply(samples.map { .remove($0) })
+        try kernel.apply(samples.map { .remove($0) })
+        XCTAssertTrue(kernel.adoptableElements { _, _ in }.isEmpty)
+    }
+
+    static func types(_ value: Any?) -> [String] {
+        // A concatenation is a list of types for keys, one "a . b" string for map data.
+        if let one = value as? String { return one.components(separatedBy: " . ") }
+        return (value as? [String]) ?? []
+    }
+
+    func testAdoptionThroughTheFakeKernelRestoresSessionsAndNATPorts() {
+        let kernel = RecordingKernel()
+        let tag = ElementTag(sessionID: 0xabc, kind: .outgoing, application: "voip")
+        let snat = NFTSchema.element(for: samples[6])
+        let admission = NFTSchema.element(for: .admission(FlowTuple(
+            proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 4000, destination: IPAddress("10.0.2.2")!, destinationPort: 5000)))
+        kernel.state.withLock {
+            $0.sets["snat4"] = [NFTSetElement(key: snat.key.bytes, data: snat.data?.bytes, expiresIn: .seconds(20), comment: tag.comment)]
+            $0.sets["admit4"] = [NFTSetElement(key: admission.key.bytes, expiresIn: .seconds(20), comment: tag.comment)]
+        }
+        var config = MidcomConfiguration()
+        config.nat = NATConfiguration(
+            externalAddress: IPAddress("203.0.113.1")!, internalPrefixes: [IPPrefix("10.0.0.0/8")!], ports: 20001...20002)
+        var engine = GatewayEngine(configuration: config, identity: MiddleboxIdentity(id: 1, epoch: 1, name: "gw"))
+        for element in kernel.adoptableElements(failed: { _, _ in }) { engine.adopt(element, now: .seconds(0)) }
+        let session = engine.sessions[id: 0xabc]
+        XCTAssertEqual(session?.application, "voip")
+        XCTAssertEqual(session?.mapping?.port, 20001)
+        XCTAssertEqual(engine.counters.adopted, 1)
+    }
+}
