@@ -140,4 +140,8 @@ static inline int cnf_nlmsg_done_error(const struct nlmsghdr *nlh) {
     return code < 0 ? -code : 0;
 }
 
+/* The socket type of TableLock: SOCK_STREAM | SOCK_CLOEXEC. glibc declares both as members of an enum that
+ * Swift resolves differently depending on which modules a target imports, so one function gives the value. */
+static inline int cnf_unix_stream_cloexec(void) { return SOCK_STREAM | SOCK_CLOEXEC; }
+
 #endif

@@ -29,7 +29,9 @@ public struct DiscoveryProbe: Sendable {
         // ANNOUNCEs come back to this socket: its port goes into the option as the reply port.
         let socket = try UDPSocket(family: family)
         let option = CSPDiscoveryOption(replyPort: socket.localPort, nonce: secureRandomUInt64())
-        let probe = Array("midcom discovery probe".utf8)
+        // An empty datagram: to a CSP port it is the pure probe of docs/PROTOCOL.md 9.2 (answered and
+        // forwarded, never mistaken for a malformed message); to any other port it carries nothing.
+        let probe: [UInt8] = []
         switch encoding {
         case .ipv4Option:
             try socket.setOption(level: Int32(IPPROTO_IP), name: IP_OPTIONS, bytes: option.ipv4OptionsField)

@@ -71,7 +71,8 @@ public struct ResponderPolicy: Sendable {
 
     public init(acceptedPorts: Set<UInt16>? = nil) { self.acceptedPorts = acceptedPorts }
 
-    /// The reply to a received request, or nil when none is due (replies, teardowns).
+    /// The reply to a received request, or nil when none is due (replies). TEARDOWN is answered with
+    /// ACCEPT and lifetime 0 (docs/PROTOCOL.md 5.6).
     public func reply(to request: CSPMessage) -> CSPMessage? {
         switch request.type {
         case .setup, .refresh:
@@ -88,6 +89,8 @@ public struct ResponderPolicy: Sendable {
             }
             let lifetime = min(request.lifetime ?? 60, maximumLifetime)
             return answer(request, type: .accept, result: .success, tlvs: [.lifetime(lifetime)])
+        case .teardown:
+            return answer(request, type: .accept, result: .success, tlvs: [.lifetime(0)])
         default:
             return nil
         }

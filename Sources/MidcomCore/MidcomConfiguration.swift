@@ -66,6 +66,7 @@ public struct MidcomConfiguration: Sendable, Equatable {
     public init(path: String, text: String) throws(ConfigError) {
         self.init()
         let file = try ConfigFile(path: path, text: text)
+        var defaultLifetimeLine: Int?
         for section in file.tables {
             var reader = TableReader(path: path, table: section)
             switch section.name {
@@ -104,6 +105,7 @@ public struct MidcomConfiguration: Sendable, Equatable {
                 dropCacheLifetime = try reader.integer("drop-cache", default: dropCacheLifetime, range: 0...3600)
                 maximumSessions = try reader.integer("max-sessions", default: maximumSessions, range: 1...50_000_000)
                 try reader.rejectUnknownKeys()
+                defaultLifetimeLine = section.value("default-lifetime")?.line
                 if defaultAction == .redirect {
                     throw ConfigError(
                         path: path, line: section.value("default")?.line ?? section.line,
@@ -123,8 +125,14 @@ public struct MidcomConfiguration: Sendable, Equatable {
             }
         }
         if defaultLifetime > maximumLifetime {
+            // An explicit default above the maximum is a contradiction; the built-in default simply
+            // follows a lower maximum (a max-lifetime of 30 must not need a default-lifetime line).
+            guard let line = defaultLifetimeLine else {
+                defaultLifetime = maximumLifetime
+                return
+            }
             throw ConfigError(
-                path: path, line: 0, message: "default-lifetime \(defaultLifetime) exceeds max-lifetime \(maximumLifetime)",
+                path: path, line: line, message: "default-lifetime \(defaultLifetime) exceeds max-lifetime \(maximumLifetime)",
                 fix: "lower default-lifetime or raise max-lifetime in [policy]")
         }
     }

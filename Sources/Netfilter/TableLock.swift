@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CNetfilter
 
 /// Proof that this process is the one midcomd serving an nft table in this network namespace.
 ///
@@ -20,7 +21,7 @@ public final class TableLock: Sendable {
         name = "midcomd/table/\(table)"
         let object = "abstract Unix socket @\(name)"
         let fd: Int32
-        switch syscall({ socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }) {
+        switch syscall({ socket(AF_UNIX, cnf_unix_stream_cloexec(), 0) }) {
         case .success(let value): fd = value
         case .failure(let code): throw NetfilterError(operation: "socket(AF_UNIX)", object: object, errno: code)
         }

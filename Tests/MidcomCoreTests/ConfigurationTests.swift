@@ -127,4 +127,12 @@ final class PolicyTests: XCTestCase {
         XCTAssertTrue(IPPrefix("2001:db8::/32")!.contains(IPAddress("2001:db8:ffff::1")!))
         XCTAssertTrue(IPPrefix("0.0.0.0/0")!.contains(client))
     }
+
+    func testTheBuiltInDefaultLifetimeFollowsALowerMaximum() throws {
+        let config = try MidcomConfiguration(path: "c", text: "[policy]\nmax-lifetime = 30\n")
+        XCTAssertEqual(config.defaultLifetime, 30)
+        XCTAssertThrowsError(try MidcomConfiguration(path: "c", text: "[policy]\ndefault-lifetime = 60\nmax-lifetime = 30\n")) { error in
+            XCTAssertTrue("\(error)".contains("c:2:"), "an explicit contradiction names its line: \(error)")
+        }
+    }
 }

@@ -48,7 +48,11 @@ discover "IPv4 option" 10.200.2.2 ipv4 "10\.200\.1\.1"
 discover "IPv6 hop-by-hop option" fd00:2::2 ipv6 "fd00:1::1"
 discover "TCP option (IPv4 SYN)" 10.200.2.2:80 tcp "10\.200\.1\.1"
 discover "TCP option (IPv6 SYN)" '[fd00:2::2]:80' tcp "fd00:1::1"
-expect_eq "$(status_counter gw announced)" 4 "announced counter"
+# The recommended probe (PROTOCOL.md 9.2): an empty datagram to the peer's CSP port with the option.
+# It is signaling by port, and must be answered, not dropped as malformed CSP.
+discover "IPv4 option, empty datagram to the CSP port" 10.200.2.2:7227 ipv4 "10\.200\.1\.1"
+expect_eq "$(status_counter gw announced)" 5 "announced counter"
+expect_eq "$(status_counter gw malformed_messages)" 0 "the empty probe is not malformed signaling"
 
 step "each probe reached the server with its option unchanged"
 wait_for_match "$LAB_DIR/sniff.log" "^ipv4 10\.200\.1\.2 > 10\.200\.2\.2 ipopts 9e0e" 2

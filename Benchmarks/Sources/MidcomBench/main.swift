@@ -45,7 +45,7 @@ func benchTable(_ n: Int) {
     for i in 0..<n {
         let start = Instant(nanoseconds: UInt64(i))
         table.upsert(Session(id: UInt64(i) &* 0x9e37_79b9_7f4a_7c15 | 1, flow: flows[i], state: .admitted,
-                             installed: [.admission(flows[i])], createdAt: start,
+                             createdAt: start,
                              expiresAt: start.adding(seconds: UInt32(60 + i % 600)), grantedLifetime: 60))
     }
     let upsertNS = Double(nowNS() - t) / Double(n)
