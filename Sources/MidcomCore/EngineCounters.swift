@@ -27,6 +27,8 @@ public struct EngineCounters: Sendable, Equatable {
     /// Messages dropped because the record we append made them too large.
     public var rewriteFailures: UInt64 = 0
     public var adopted: UInt64 = 0
+    /// Sessions replaced by a newer session of the same owner for the same flow.
+    public var superseded: UInt64 = 0
 
     public var asDictionary: [String: UInt64] {
         [
@@ -38,7 +40,7 @@ public struct EngineCounters: Sendable, Equatable {
             "unsignaled_admitted": unsignaledAdmitted, "expired": expired, "table_full": tableFull,
             "redirected": redirected, "mapped": mapped, "announced": announced, "announce_limited": announceLimited,
             "local_requests": localRequests, "kernel_failures": kernelFailures, "rewrite_failures": rewriteFailures,
-            "adopted": adopted,
+            "adopted": adopted, "superseded": superseded,
         ]
     }
 }

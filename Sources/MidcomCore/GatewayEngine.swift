@@ -160,10 +160,29 @@ public struct GatewayEngine: Sendable {
         if let old = previous?.mapping, old != session.mapping, let proto = previous?.flow.proto {
             natPorts?.release(proto, old.port)
         }
+        var before = previous?.kernelObjects ?? []
+        before += supersede(by: session)
         sessions.upsert(session)
         return KernelChange.diff(
-            from: previous?.kernelObjects ?? [], to: session.kernelObjects, lifetime: session.grantedLifetime,
-            tag: session.tag, refreshKept: refresh)
+            from: before, to: session.kernelObjects, lifetime: session.grantedLifetime, tag: session.tag,
+            refreshKept: refresh)
+    }
+
+    /// A flow belongs to one session: when its owner admits it under another session ID (say, a
+    /// restarted host, or a session adopted without its tag), the older session gives way. Its
+    /// objects are returned so the diff keeps what the new session shares with it instead of
+    /// removing an element the new session needs.
+    mutating func supersede(by session: Session) -> [KernelObject] {
+        guard session.state != .pending else { return [] }
+        var objects: [KernelObject] = []
+        for path in session.paths {
+            guard let other = sessions.session(for: path.flow), other.id != session.id, other.owner == session.owner else { continue }
+            sessions.remove(id: other.id)
+            if let mapping = other.mapping { natPorts?.release(other.flow.proto, mapping.port) }
+            objects += other.kernelObjects
+            counters.superseded += 1
+        }
+        return objects
     }
 
     /// Removes a session, gives back its NAT port, and returns the changes that undo what it

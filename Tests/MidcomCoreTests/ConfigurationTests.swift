@@ -56,7 +56,7 @@ final class ConfigurationTests: XCTestCase {
         assertConfigError("[[rule]]\naction = admit\ndestination = 10.0.0.0/33\n", line: 3, contains: "not an address prefix")
         assertConfigError("[[rule]]\naction = admit\nport = 90-80\n", line: 3, contains: "port range")
         assertConfigError("[[rule]]\naction = redirect\nredirect-to = \"10.0.0.1\"\n", line: 3, contains: "not an address:port")
-        assertConfigError("[policy]\ndefault-lifetime = 100\nmax-lifetime = 50\n", line: 0, contains: "exceeds max-lifetime")
+        assertConfigError("[policy]\ndefault-lifetime = 100\nmax-lifetime = 50\n", line: 2, contains: "exceeds max-lifetime")
     }
 
     func testCommentsAndQuotedHashes() throws {

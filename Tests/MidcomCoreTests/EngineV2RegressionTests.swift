@@ -184,4 +184,28 @@ final class EngineV2RegressionTests: XCTestCase {
         }
         XCTAssertEqual(e.counters.notActedOn, 4)
     }
+
+    // 5. A message that no longer fits after our record is dropped, never forwarded without it.
+    func testAMessageTooLargeForOurRecordIsDroppedAndCounted() {
+        var e = engine()
+        let big = [UInt8](repeating: 0x61, count: 64_950)
+        let out = intercept(&e, request(.setup, nonce: 1, [.flow(flow(from: hostA)), .unknown(type: 0x7001, value: big)]), from: hostA, to: server)
+        XCTAssertEqual(out.verdict, .drop)
+        XCTAssertEqual(e.counters.rewriteFailures, 1)
+    }
+
+    // A flow belongs to one session: the same owner admitting it under a new ID supersedes the old
+    // session without removing the element both need (the adopted twin after a restart).
+    func testANewSessionForTheSameFlowSupersedesTheOldOneAndKeepsItsElement() {
+        var e = engine()
+        let f = flow(from: hostA)
+        e.adopt(AdoptedElement(object: .admission(f), remaining: 20, tag: nil), now: .seconds(0))
+        XCTAssertEqual(e.sessions.count, 1)
+        _ = intercept(&e, request(.setup, session: 0x77, nonce: 1, [.flow(f), .lifetime(30)]), from: hostA, to: server)
+        let accept = intercept(&e, CSPMessage(type: .accept, sessionID: 0x77, nonce: 1), from: server, to: hostA)
+        XCTAssertEqual(accept.kernel.untagged, [readmit(f, lifetime: 30)], "kept and refreshed, never removed")
+        XCTAssertEqual(e.sessions.count, 1)
+        XCTAssertEqual(e.sessions.session(for: f)?.id, 0x77)
+        XCTAssertEqual(e.counters.superseded, 1)
+    }
 }

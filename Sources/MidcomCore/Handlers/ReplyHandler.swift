@@ -26,7 +26,9 @@ extension GatewayEngine {
         session.grantedLifetime = lifetime
         session.expiresAt = now.adding(seconds: lifetime)
         let kernel = store(session, previous: previous, refresh: true)
-        if wasAdmitted { counters.refreshed += 1 } else { counters.admitted += 1 }
+        // A re-SETUP that moved the session to another flow is a new admission, not a refresh.
+        let refreshed = wasAdmitted && previous.flow == session.flow
+        if refreshed { counters.refreshed += 1 } else { counters.admitted += 1 }
         if session.mapping != nil, !wasAdmitted { counters.mapped += 1 }
         var forwarded = accept
         if pending.recordRoute || session.mapping != nil {
@@ -50,7 +52,7 @@ extension GatewayEngine {
         let mappedNote = session.mapping.map { " mapped to \($0)" } ?? ""
         return SignalingOutcome(
             verdict: rewritten(original: accept, forwarded), kernel: kernel, onKernelFailure: plan,
-            event: "\(wasAdmitted ? "refreshed" : "admitted") \(hex(session.id)) \(session.flow)\(mappedNote) for \(lifetime)s")
+            event: "\(refreshed ? "refreshed" : "admitted") \(hex(session.id)) \(session.flow)\(mappedNote) for \(lifetime)s")
     }
 
     /// REJECT, REDIRECT or CHALLENGE for a request we forwarded. A first SETUP's pending session

@@ -40,10 +40,21 @@ public struct SessionTable: Sendable {
         }
         byID[session.id] = session
         if session.pathCount == 1 {
-            byFlow[session.flow] = session.id
+            index(session.flow, session)
         } else {
-            for path in session.paths { byFlow[path.flow] = session.id }
+            for path in session.paths { index(path.flow, session) }
         }
+    }
+
+    /// A pending session does not take the index from a session that holds the flow in the
+    /// kernel: that one stays findable until the new one is admitted and supersedes it.
+    private mutating func index(_ flow: FlowTuple, _ session: Session) {
+        if session.state == .pending, let holder = byFlow[flow], holder != session.id, let other = byID[holder],
+            other.state != .pending
+        {
+            return
+        }
+        byFlow[flow] = session.id
     }
 
     @discardableResult
