@@ -42,11 +42,11 @@ public final class BurstBatcher {
     }
 
     let kernel: any KernelProgrammer
-    let cleanup: ConnectionCleanup
+    let cleanup: CleanupService
     let hooks: Hooks
     public private(set) var entries: [Entry] = []
 
-    public init(kernel: any KernelProgrammer, cleanup: ConnectionCleanup, hooks: Hooks) {
+    public init(kernel: any KernelProgrammer, cleanup: CleanupService, hooks: Hooks) {
         self.kernel = kernel
         self.cleanup = cleanup
         self.hooks = hooks
@@ -54,6 +54,19 @@ public final class BurstBatcher {
     }
 
     public func add(_ entry: Entry) { entries.append(entry) }
+
+    /// Changes tied to no packet (expiry): programmed at once on the reader's thread, between
+    /// bursts, so they stay in order with the admissions of later bursts. They only remove what
+    /// times out anyway: a failure is reported and otherwise ignored.
+    public func programNow(_ changes: [KernelChange]) {
+        guard !changes.isEmpty else { return }
+        do {
+            try kernel.apply(changes)
+            cleanup.enqueue(connectionsToForget(after: changes))
+        } catch {
+            hooks.failed(error, false)
+        }
+    }
 
     /// Programs the burst; returns the verdicts that replace the ones already given to packets
     /// whose changes could not be programmed.

@@ -431,6 +431,9 @@ private final class Batch {
     private func append(_ target: Target, build: (UnsafeMutablePointer<CChar>, UInt32) -> Bool) throws(NetfilterError) {
         let current = sequence
         sequence &+= 1
+        // libmnl before 1.0.5 leaves attribute padding as it finds it: zero the room a message may
+        // use, so no heap garbage reaches the kernel and a batch's bytes are reproducible (golden tests).
+        if let room = nftnl_batch_buffer(handle) { memset(room, 0, Int(cnf_mnl_socket_buffer_size())) }
         guard let buffer = nftnl_batch_buffer(handle), build(buffer.assumingMemoryBound(to: CChar.self), current),
               nftnl_batch_update(handle) >= 0 else {
             throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM,

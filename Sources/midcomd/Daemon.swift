@@ -32,7 +32,7 @@ final class Daemon: Sendable {
     let lock: TableLock
     let nft: NFTablesClient
     let kernel: NFTKernelProgrammer
-    let cleanup: ConnectionCleanup
+    let cleanup: CleanupService
     /// One reader per queue of the fan-out (`queue-count`); the first runs on the main thread.
     let queues: [NetfilterQueue]
     let encoding: QueueEncoding
@@ -41,6 +41,9 @@ final class Daemon: Sendable {
     /// them, and requests addressed to the middlebox itself arrive on them.
     let agents: [IPAddress.Family: UDPSocket]
     let notifier: SystemdNotifier
+    /// Answers leave from here: their sockets (IP_TRANSPARENT ones included) are not the packet
+    /// thread's business.
+    let replies = ReplyQueue()
     let started = ContinuousClock.now
     let malformedPackets = Atomic<UInt64>(0)
     let kernelErrors = Atomic<UInt64>(0)
@@ -63,7 +66,7 @@ final class Daemon: Sendable {
                 "table inet \(configuration.table) does not exist: load the Midcom ruleset first (nft -f /etc/nftables.d/midcom.nft)")
         }
         kernel = NFTKernelProgrammer(nft: nft, conntrack: try ConntrackClient(), table: configuration.table)
-        cleanup = ConnectionCleanup(kernel: kernel)
+        cleanup = CleanupService(kernel: kernel)
         // Bind the queue before touching the queue rule: if another process holds the queue, we
         // must fail without replacing (and then removing) the rule it depends on.
         queues = try (0..<configuration.queueCount).map { offset in
@@ -117,6 +120,9 @@ final class Daemon: Sendable {
         for socket in agents.values {
             Thread.detachNewThread { [self] in self.serveLocalRequests(on: socket) }
         }
+        Thread.detachNewThread { [self] in
+            replies.run(shouldStop: { stopping.load(ordering: .relaxed) }) { transmit($0) }
+        }
         Thread.detachNewThread { [self] in self.adoptKernelState() }
         log(.notice, "midcomd started: queue \(queueDescription) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")
         notifier.notify("READY=1\nSTATUS=queue \(queueDescription), \(encoding.rawValue) encoding")
@@ -133,7 +139,7 @@ final class Daemon: Sendable {
         }
         let burst = makeBurst()
         try queues[0].run(
-            tickInterval: .milliseconds(250), tick: { [self] in tick() }, beforeVerdicts: { burst.flush() }
+            tickInterval: .milliseconds(250), tick: { [self] in tick(burst) }, beforeVerdicts: { burst.flush() }
         ) { [self] packet in
             handle(packet, burst: burst)
         }
@@ -199,8 +205,9 @@ final class Daemon: Sendable {
     }
 
     /// Called by the packet loop itself, so the watchdog fires only while packets can be served.
-    /// Expiry costs one nft batch here; the conntrack walk it implies runs on the clean-up thread.
-    func tick() {
+    /// Expiry costs one nft batch here, in order with the bursts; the conntrack walk it implies runs
+    /// on the clean-up thread.
+    func tick(_ burst: BurstBatcher) {
         notifier.notify("WATCHDOG=1")
         let (expired, changes) = engine.withLock { $0.expire(now: now()) }
         guard !expired.isEmpty else { return }
@@ -211,7 +218,7 @@ final class Daemon: Sendable {
         } else {
             log.limited(.info, category: "expiry", "\(expired.count) sessions expired")
         }
-        try? apply(changes)  // counted and logged by apply; the elements time out anyway
+        burst.programNow(changes)
     }
 
     /// Checks that the loaded ruleset has every set and map this midcomd programs: a ruleset from an

@@ -122,7 +122,16 @@ extension Daemon {
         }
     }
 
+    /// Queues an answer for the reply thread (bounded: a flood of answers is counted, not queued).
     func send(_ outgoing: OutgoingMessage) {
+        if !replies.enqueue(outgoing) {
+            failedReplies.add(1, ordering: .relaxed)
+            log.limited(.warning, category: "reply", "reply queue full: \(outgoing.message.type) to \(outgoing.destination) not sent")
+        }
+    }
+
+    /// Sends one answer; runs on the reply thread.
+    func transmit(_ outgoing: OutgoingMessage) {
         do {
             let bytes = try outgoing.message.serialize()
             let family = outgoing.destination.address.family

@@ -24,8 +24,8 @@ final class BurstBatcherTests: XCTestCase {
         var failures: [Bool] = []
     }
 
-    func batcher(_ kernel: RecordingKernel, _ recorder: Recorder, undo: [KernelChange] = []) -> (BurstBatcher, ConnectionCleanup) {
-        let cleanup = ConnectionCleanup(kernel: kernel)
+    func batcher(_ kernel: RecordingKernel, _ recorder: Recorder, undo: [KernelChange] = []) -> (BurstBatcher, CleanupService) {
+        let cleanup = CleanupService(kernel: kernel)
         let hooks = BurstBatcher.Hooks(
             send: { recorder.sent.append($0) },
             forgetSession: { recorder.forgotten.append($0); return undo },
@@ -80,6 +80,19 @@ final class BurstBatcherTests: XCTestCase {
         XCTAssertEqual(recorder.failures, [false, true, true, true], "the batch, then each packet that failed alone")
     }
 
+    func testExpiryIsProgrammedAtOnceAndItsConnectionsQueued() {
+        let kernel = RecordingKernel()
+        let recorder = Recorder()
+        let (burst, cleanup) = batcher(kernel, recorder)
+        burst.programNow([.remove(.admission(flow(1))), .remove(.admission(flow(2)))])
+        XCTAssertEqual(kernel.batches.count, 1, "one batch for all expired sessions")
+        XCTAssertEqual(cleanup.waiting, 2)
+        kernel.failing { _ in true }
+        burst.programNow([.remove(.admission(flow(3)))])
+        XCTAssertEqual(recorder.failures, [false], "reported; the elements time out anyway")
+        XCTAssertEqual(cleanup.waiting, 2, "nothing removed, no connections to end")
+    }
+
     func testASingleEntryIsNotRetried() {
         let kernel = RecordingKernel()
         kernel.failing { _ in true }
@@ -91,12 +104,12 @@ final class BurstBatcherTests: XCTestCase {
     }
 }
 
-final class ConnectionCleanupTests: XCTestCase {
+final class CleanupServiceTests: XCTestCase {
     let flow = FlowTuple(proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 0, destination: IPAddress("10.0.2.2")!, destinationPort: 5000)
 
     func testOnePassForEverythingQueuedAndDuplicatesOnce() {
         let kernel = RecordingKernel()
-        let cleanup = ConnectionCleanup(kernel: kernel)
+        let cleanup = CleanupService(kernel: kernel)
         var other = flow
         other.destinationPort = 5001
         cleanup.enqueue([flow, other])
@@ -112,7 +125,7 @@ final class ConnectionCleanupTests: XCTestCase {
     func testTheQueueIsBoundedAndFailuresAreCounted() {
         let kernel = RecordingKernel()
         kernel.state.withLock { $0.failConntrack = true }
-        let cleanup = ConnectionCleanup(kernel: kernel, capacity: 2)
+        let cleanup = CleanupService(kernel: kernel, capacity: 2)
         XCTAssertFalse(cleanup.enqueue([flow, flow, flow]))
         XCTAssertEqual(cleanup.counters.overflowed, 1)
         XCTAssertNotNil(cleanup.runOnce())

@@ -9,7 +9,10 @@ import Synchronization
 /// expired session on the packet loop stalled verdicts and the watchdog during a mass expiry. Here
 /// flows wait in a bounded queue and a service thread handles everything queued in one pass
 /// (`KernelProgrammer.forgetConnections` walks the table once for all wildcard flows).
-public final class ConnectionCleanup: Sendable {
+///
+/// Element removals are not done here: they stay on the queue reader's thread, in order with the
+/// admissions of later bursts, so a late removal can never delete a newer admission of the flow.
+public final class CleanupService: Sendable {
     /// Flows waiting; beyond this many, new ones are counted and left to conntrack's own timeouts.
     public let capacity: Int
     let kernel: any KernelProgrammer

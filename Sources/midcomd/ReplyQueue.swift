@@ -1,0 +1,37 @@
+import Dispatch
+import MidcomCore
+import Synchronization
+
+/// Answers waiting for the reply thread. The packet thread only appends; sockets (one per reply
+/// sent in a responder's name) are opened on the reply thread, so a burst of refusals cannot slow
+/// verdicts. Bounded: past `capacity` waiting answers, new ones are refused and counted by the caller.
+final class ReplyQueue: Sendable {
+    let capacity: Int
+    private let waiting = Mutex<[OutgoingMessage]>([])
+    private let wake = DispatchSemaphore(value: 0)
+
+    init(capacity: Int = 4096) { self.capacity = capacity }
+
+    /// False when the queue is full.
+    func enqueue(_ message: OutgoingMessage) -> Bool {
+        let queued = waiting.withLock { queue -> Bool in
+            guard queue.count < capacity else { return false }
+            queue.append(message)
+            return true
+        }
+        if queued { wake.signal() }
+        return queued
+    }
+
+    /// The reply thread: sends everything queued, in order, until `shouldStop`.
+    func run(shouldStop: () -> Bool, send: (OutgoingMessage) -> Void) {
+        while !shouldStop() {
+            _ = wake.wait(timeout: .now() + .milliseconds(250))
+            let batch = waiting.withLock { queue -> [OutgoingMessage] in
+                defer { queue.removeAll(keepingCapacity: true) }
+                return queue
+            }
+            for message in batch { send(message) }
+        }
+    }
+}
