@@ -61,6 +61,7 @@ let package = Package(
         .testTarget(name: "CSPWireTests", dependencies: ["CSPWire"], resources: [.copy("Vectors")]),
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
+        .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire"]),
         // Runs commands (nft, ip) for the tests that use the real kernel; linked by test targets only.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "TestSupport"]),

@@ -77,41 +77,10 @@ public struct MidcomConfiguration: Sendable, Equatable {
                         fix: "put it under [daemon] or [policy]")
                 }
             case "daemon":
-                queueNumber = try reader.integer("queue", default: queueNumber)
-                queueCount = try reader.integer("queue-count", default: queueCount, range: 1...64)
-                encoding = try reader.choice("nfqueue-encoding", default: encoding)
-                onDaemonAbsent = try reader.choice("on-daemon-absent", default: onDaemonAbsent)
-                controlSocket = try reader.string("control-socket", default: controlSocket)
-                queueMaximumLength = try reader.integer("queue-max-length", default: queueMaximumLength, range: 16...1_048_576)
-                queueFailOpen = try reader.boolean("queue-fail-open", default: queueFailOpen)
-                queueReceiveBuffer = try reader.integer("queue-receive-buffer", default: queueReceiveBuffer, range: 65536...(1 << 30))
-                cspPort = try reader.integer("csp-port", default: cspPort, range: 1...65535)
-                middleboxName = try reader.string("name", default: middleboxName)
-                if let v = reader.raw("id") {
-                    guard v.text.count == 16, let id = UInt64(v.text, radix: 16) else {
-                        throw reader.error(v, "id must be 16 hex digits, found '\(v.text)'", fix: "write e.g. id = \"4d6964636f6d0001\" (unique per middlebox)")
-                    }
-                    middleboxID = id
-                }
-                table = try reader.string("table", default: table)
-                try reader.rejectUnknownKeys()
+                try readDaemon(&reader)
             case "policy":
-                defaultAction = try reader.choice("default", default: defaultAction)
-                unsignaled = try reader.choice("unsignaled", default: unsignaled)
-                defaultLifetime = try reader.integer("default-lifetime", default: defaultLifetime, range: 1...86400)
-                maximumLifetime = try reader.integer("max-lifetime", default: maximumLifetime, range: 1...604800)
-                legacyLifetime = try reader.integer("legacy-lifetime", default: legacyLifetime, range: 1...86400)
-                pendingTimeout = try reader.integer("pending-timeout", default: pendingTimeout, range: 1...300)
-                dropCacheLifetime = try reader.integer("drop-cache", default: dropCacheLifetime, range: 0...3600)
-                maximumSessions = try reader.integer("max-sessions", default: maximumSessions, range: 1...50_000_000)
-                try reader.rejectUnknownKeys()
+                try readPolicy(&reader, section)
                 defaultLifetimeLine = section.value("default-lifetime")?.line
-                if defaultAction == .redirect {
-                    throw ConfigError(
-                        path: path, line: section.value("default")?.line ?? section.line,
-                        message: "the default action cannot be 'redirect' (it needs a target)",
-                        fix: "use admit or reject, and a [[rule]] with redirect-to")
-                }
             case "rule":
                 rules.append(try PolicyRule(reading: &reader, index: rules.count))
                 try reader.rejectUnknownKeys()
@@ -134,6 +103,47 @@ public struct MidcomConfiguration: Sendable, Equatable {
             throw ConfigError(
                 path: path, line: line, message: "default-lifetime \(defaultLifetime) exceeds max-lifetime \(maximumLifetime)",
                 fix: "lower default-lifetime or raise max-lifetime in [policy]")
+        }
+    }
+
+    /// `[daemon]`: queue, sockets, identity, table.
+    private mutating func readDaemon(_ reader: inout TableReader) throws(ConfigError) {
+        queueNumber = try reader.integer("queue", default: queueNumber)
+        queueCount = try reader.integer("queue-count", default: queueCount, range: 1...64)
+        encoding = try reader.choice("nfqueue-encoding", default: encoding)
+        onDaemonAbsent = try reader.choice("on-daemon-absent", default: onDaemonAbsent)
+        controlSocket = try reader.string("control-socket", default: controlSocket)
+        queueMaximumLength = try reader.integer("queue-max-length", default: queueMaximumLength, range: 16...1_048_576)
+        queueFailOpen = try reader.boolean("queue-fail-open", default: queueFailOpen)
+        queueReceiveBuffer = try reader.integer("queue-receive-buffer", default: queueReceiveBuffer, range: 65536...(1 << 30))
+        cspPort = try reader.integer("csp-port", default: cspPort, range: 1...65535)
+        middleboxName = try reader.string("name", default: middleboxName)
+        if let v = reader.raw("id") {
+            guard v.text.count == 16, let id = UInt64(v.text, radix: 16) else {
+                throw reader.error(v, "id must be 16 hex digits, found '\(v.text)'", fix: "write e.g. id = \"4d6964636f6d0001\" (unique per middlebox)")
+            }
+            middleboxID = id
+        }
+        table = try reader.string("table", default: table)
+        try reader.rejectUnknownKeys()
+    }
+
+    /// `[policy]`: defaults, lifetimes, limits.
+    private mutating func readPolicy(_ reader: inout TableReader, _ section: ConfigFile.Table) throws(ConfigError) {
+        defaultAction = try reader.choice("default", default: defaultAction)
+        unsignaled = try reader.choice("unsignaled", default: unsignaled)
+        defaultLifetime = try reader.integer("default-lifetime", default: defaultLifetime, range: 1...86400)
+        maximumLifetime = try reader.integer("max-lifetime", default: maximumLifetime, range: 1...604800)
+        legacyLifetime = try reader.integer("legacy-lifetime", default: legacyLifetime, range: 1...86400)
+        pendingTimeout = try reader.integer("pending-timeout", default: pendingTimeout, range: 1...300)
+        dropCacheLifetime = try reader.integer("drop-cache", default: dropCacheLifetime, range: 0...3600)
+        maximumSessions = try reader.integer("max-sessions", default: maximumSessions, range: 1...50_000_000)
+        try reader.rejectUnknownKeys()
+        if defaultAction == .redirect {
+            throw ConfigError(
+                path: reader.path, line: section.value("default")?.line ?? section.line,
+                message: "the default action cannot be 'redirect' (it needs a target)",
+                fix: "use admit or reject, and a [[rule]] with redirect-to")
         }
     }
 }
