@@ -2,6 +2,7 @@
 import PackageDescription
 
 // Targets have one role each (see docs/ARCHITECTURE.md):
+//   SystemSupport  the one syscall layer: EINTR retry, errno capture, SystemCallError, FileDescriptor
 //   CNetfilter     C interop: system library over libnetfilter_queue, libnftnl, libmnl + tiny shim
 //   Netfilter      kernel adapters: the only target that imports CNetfilter
 //   CSPWire        wire codecs: pure, zero-copy packet views and CSP messages
@@ -29,12 +30,13 @@ let package = Package(
             pkgConfig: "libnetfilter_queue",
             providers: [.apt(["libnetfilter-queue-dev", "libnftnl-dev", "libmnl-dev"])]
         ),
-        .target(name: "Netfilter", dependencies: ["CNetfilter"]),
+        .target(name: "SystemSupport"),
+        .target(name: "Netfilter", dependencies: ["CNetfilter", "SystemSupport"]),
         .target(name: "CSPWire"),
         .target(name: "MidcomCore", dependencies: ["CSPWire"]),
         .target(name: "MidcomKernel", dependencies: ["MidcomCore", "Netfilter", "CSPWire"]),
-        .target(name: "MidcomControl"),
-        .target(name: "CSPHost", dependencies: ["CSPWire"]),
+        .target(name: "MidcomControl", dependencies: ["SystemSupport"]),
+        .target(name: "CSPHost", dependencies: ["CSPWire", "SystemSupport"]),
         .executableTarget(
             name: "midcomd",
             dependencies: [
@@ -62,6 +64,7 @@ let package = Package(
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
         .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire"]),
+        .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"]),
         // Runs commands (nft, ip) for the tests that use the real kernel; linked by test targets only.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "TestSupport"]),

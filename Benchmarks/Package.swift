@@ -10,7 +10,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     targets: [
         .systemLibrary(name: "CNetfilter", pkgConfig: "libnetfilter_queue"),
-        .target(name: "Netfilter", dependencies: ["CNetfilter"]),
+        .target(name: "SystemSupport"),
+        .target(name: "Netfilter", dependencies: ["CNetfilter", "SystemSupport"]),
         .target(name: "CSPWire"),
         .target(name: "MidcomCore", dependencies: ["CSPWire"]),
         .target(name: "CBenchSupport"),

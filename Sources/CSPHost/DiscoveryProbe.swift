@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CSPWire
+import SystemSupport
 
 /// Sends one packet carrying the discovery option toward a destination and collects the
 /// ANNOUNCEs that CSP middleboxes on the path send back.
@@ -24,7 +25,7 @@ public struct DiscoveryProbe: Sendable {
         self.encoding = encoding
     }
 
-    public func run() throws(SocketError) -> [Answer] {
+    public func run() throws(SystemCallError) -> [Answer] {
         let family = destination.address.family
         // ANNOUNCEs come back to this socket: its port goes into the option as the reply port.
         let socket = try UDPSocket(family: family)
@@ -66,18 +67,18 @@ final class RawIPSocket: Sendable {
     let fd: Int32
     let family: IPAddress.Family
 
-    init(family: IPAddress.Family) throws(SocketError) {
+    init(family: IPAddress.Family) throws(SystemCallError) {
         self.family = family
-        fd = try checkedSocketCall("socket(SOCK_RAW) (needs CAP_NET_RAW)") {
+        fd = try systemCall("socket(SOCK_RAW) (needs CAP_NET_RAW)") {
             socket(family == .ipv4 ? AF_INET : AF_INET6, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_RAW))
         }
     }
 
     deinit { close(fd) }
 
-    func send(_ packet: [UInt8], to destination: IPAddress) throws(SocketError) {
-        try UDPSocket.withSockaddr(CSPEndpoint(address: destination, port: 0)) { sa, len throws(SocketError) in
-            _ = try checkedSocketCall("sendto (raw) \(destination)") {
+    func send(_ packet: [UInt8], to destination: IPAddress) throws(SystemCallError) {
+        try UDPSocket.withSockaddr(CSPEndpoint(address: destination, port: 0)) { sa, len throws(SystemCallError) in
+            _ = try systemCall("sendto (raw) \(destination)") {
                 packet.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, sa, len) }
             }
         }

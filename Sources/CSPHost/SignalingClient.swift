@@ -1,4 +1,5 @@
 import CSPWire
+import SystemSupport
 
 /// The outcome of one signaling exchange, as the initiating host sees it.
 public struct SignalingResult: Sendable {
@@ -11,7 +12,7 @@ public struct SignalingResult: Sendable {
 
 public enum SignalingError: Error, CustomStringConvertible, Sendable {
     case noAnswer(destination: CSPEndpoint, attempts: Int)
-    case socket(SocketError)
+    case socket(SystemCallError)
     case encoding(CSPWireError)
 
     public var description: String {

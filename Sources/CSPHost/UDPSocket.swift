@@ -2,26 +2,7 @@
 import Glibc
 #endif
 import CSPWire
-
-/// An error from a socket call, naming the call and the errno text.
-public struct SocketError: Error, CustomStringConvertible, Sendable {
-    public var operation: String
-    public var code: Int32
-    public var description: String { "\(operation) failed: \(String(cString: strerror(code))) (errno \(code))" }
-}
-
-/// Retries EINTR and turns -1 into a `SocketError`. `@inline(never)` keeps ARC traffic from
-/// running between the call and the read of errno.
-@inline(never)
-func checkedSocketCall<T: BinaryInteger>(_ operation: String, _ body: () -> T) throws(SocketError) -> T {
-    while true {
-        let result = body()
-        if result != -1 { return result }
-        let code = errno
-        if code == EINTR { continue }
-        throw SocketError(operation: operation, code: code)
-    }
-}
+import SystemSupport
 
 /// A UDP socket for one address family. CSP hosts and middleboxes use it to send and receive
 /// signaling messages; it is not on the packet fast path.
@@ -35,31 +16,29 @@ public final class UDPSocket: Sendable {
     public init(
         family: IPAddress.Family, address: IPAddress? = nil, port: UInt16 = 0, reuseAddress: Bool = false,
         transparent: Bool = false
-    ) throws(SocketError) {
+    ) throws(SystemCallError) {
         self.family = family
+        // The socket is configured through a local owner and handed to `fd` only when it is ready: a
+        // class whose init throws after `fd` is set would also run deinit, closing the descriptor a
+        // second time (possibly one another thread just opened).
         let domain = family == .ipv4 ? AF_INET : AF_INET6
-        fd = try checkedSocketCall("socket") { socket(domain, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let socket = FileDescriptor(adopting: try systemCall("socket") {
+            Glibc.socket(domain, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        })
         var one: Int32 = 1
-        if reuseAddress { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
-        if family == .ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        if reuseAddress { _ = try systemCall("setsockopt(SO_REUSEADDR)") { setsockopt(socket.rawValue, SOL_SOCKET, SO_REUSEADDR, &one, size) } }
+        if family == .ipv6 { _ = try systemCall("setsockopt(IPV6_V6ONLY)") { setsockopt(socket.rawValue, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) } }
         if transparent {
             // IP_TRANSPARENT = 19 (SOL_IP), IPV6_TRANSPARENT = 75 (SOL_IPV6): linux/in.h, linux/in6.h.
             let (level, name) = family == .ipv4 ? (Int32(IPPROTO_IP), Int32(19)) : (Int32(IPPROTO_IPV6), Int32(75))
-            if setsockopt(fd, level, name, &one, socklen_t(MemoryLayout<Int32>.size)) != 0 {
-                let code = errno
-                close(fd)
-                throw SocketError(operation: "setsockopt(IP_TRANSPARENT) (needs CAP_NET_ADMIN)", code: code)
-            }
+            _ = try systemCall("setsockopt(IP_TRANSPARENT) (needs CAP_NET_ADMIN)") { setsockopt(socket.rawValue, level, name, &one, size) }
         }
-        let local = address ?? (family == .ipv4 ? IPAddress(ipv4: 0) : IPAddress(ipv6: 0, 0))
-        do {
-            try Self.withSockaddr(CSPEndpoint(address: local, port: port)) { sa, len throws(SocketError) in
-                _ = try checkedSocketCall("bind to \(CSPEndpoint(address: local, port: port))") { bind(fd, sa, len) }
-            }
-        } catch {
-            close(fd)
-            throw error
+        let local = CSPEndpoint(address: address ?? (family == .ipv4 ? IPAddress(ipv4: 0) : IPAddress(ipv6: 0, 0)), port: port)
+        try Self.withSockaddr(local) { sa, len throws(SystemCallError) in
+            _ = try systemCall("bind to \(local)") { bind(socket.rawValue, sa, len) }
         }
+        fd = socket.release()
     }
 
     deinit { close(fd) }
@@ -75,31 +54,31 @@ public final class UDPSocket: Sendable {
     }
 
     /// Sets a raw socket option (e.g. IP_OPTIONS for the discovery option).
-    public func setOption(level: Int32, name: Int32, bytes: [UInt8]) throws(SocketError) {
-        _ = try checkedSocketCall("setsockopt(\(level), \(name))") {
+    public func setOption(level: Int32, name: Int32, bytes: [UInt8]) throws(SystemCallError) {
+        _ = try systemCall("setsockopt(\(level), \(name))") {
             bytes.withUnsafeBytes { setsockopt(fd, level, name, $0.baseAddress, socklen_t($0.count)) }
         }
     }
 
-    public func send(_ bytes: [UInt8], to destination: CSPEndpoint) throws(SocketError) {
-        try Self.withSockaddr(destination) { sa, len throws(SocketError) in
-            _ = try checkedSocketCall("sendto \(destination)") {
+    public func send(_ bytes: [UInt8], to destination: CSPEndpoint) throws(SystemCallError) {
+        try Self.withSockaddr(destination) { sa, len throws(SystemCallError) in
+            _ = try systemCall("sendto \(destination)") {
                 bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, sa, len) }
             }
         }
     }
 
     /// Waits up to `timeout` for one datagram; nil on timeout.
-    public func receive(timeout: Duration, maximumLength: Int = 65535) throws(SocketError) -> (bytes: [UInt8], from: CSPEndpoint)? {
+    public func receive(timeout: Duration, maximumLength: Int = 65535) throws(SystemCallError) -> (bytes: [UInt8], from: CSPEndpoint)? {
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         let (seconds, attoseconds) = timeout.components
         let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
-        let ready = try checkedSocketCall("poll") { poll(&pfd, 1, milliseconds) }
+        let ready = try systemCall("poll") { poll(&pfd, 1, milliseconds) }
         guard ready > 0 else { return nil }
         var buffer = [UInt8](repeating: 0, count: maximumLength)
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let count = try checkedSocketCall("recvfrom") {
+        let count = try systemCall("recvfrom") {
             buffer.withUnsafeMutableBytes { raw in
                 withUnsafeMutablePointer(to: &storage) {
                     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -112,8 +91,8 @@ public final class UDPSocket: Sendable {
         return (Array(buffer[0..<count]), from)
     }
 
-    static func withSockaddr<R>(_ endpoint: CSPEndpoint, _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SocketError) -> R)
-        throws(SocketError) -> R
+    static func withSockaddr<R>(_ endpoint: CSPEndpoint, _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> R)
+        throws(SystemCallError) -> R
     {
         var storage = sockaddr_storage()
         let bytes = endpoint.address.bytes
@@ -133,8 +112,8 @@ public final class UDPSocket: Sendable {
             withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin6) { dst.copyMemory(from: $0) } }
             length = MemoryLayout<sockaddr_in6>.size
         }
-        return try withUnsafePointer(to: &storage) { pointer throws(SocketError) -> R in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SocketError) -> R in
+        return try withUnsafePointer(to: &storage) { pointer throws(SystemCallError) -> R in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SystemCallError) -> R in
                 try body(sa, socklen_t(length))
             }
         }
@@ -169,17 +148,17 @@ public func secureRandomUInt64() -> UInt64 {
 extension UDPSocket {
     /// The source address the kernel's routing would pick to reach `destination` (a connected
     /// UDP socket sends nothing; getsockname reveals the choice).
-    public static func sourceAddress(toward destination: CSPEndpoint) throws(SocketError) -> IPAddress {
+    public static func sourceAddress(toward destination: CSPEndpoint) throws(SystemCallError) -> IPAddress {
         let probe = try UDPSocket(family: destination.address.family)
-        try withSockaddr(destination) { sa, len throws(SocketError) in
-            _ = try checkedSocketCall("connect to \(destination)") { connect(probe.fd, sa, len) }
+        try withSockaddr(destination) { sa, len throws(SystemCallError) in
+            _ = try systemCall("connect to \(destination)") { connect(probe.fd, sa, len) }
         }
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         _ = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe.fd, $0, &length) }
         }
-        guard let local = endpoint(from: storage) else { throw SocketError(operation: "getsockname", code: EINVAL) }
+        guard let local = endpoint(from: storage) else { throw SystemCallError(call: "getsockname", errno: EINVAL) }
         return local.address
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import SystemSupport
 
 /// The client side of the control socket (protocol in ControlProtocol.swift): one connection per request.
 public struct ControlClient: Sendable {

@@ -1,4 +1,5 @@
 import Glibc
+import SystemSupport
 import Synchronization
 
 /// The daemon side of the control socket (protocol in ControlProtocol.swift).

@@ -1,27 +1,10 @@
 import Glibc
+import SystemSupport
 
 // The only code in MidcomControl that makes system calls. STYLE.md keeps C calls in the kernel-adapter target, but
 // the control socket is plain POSIX that both midcomd and midctl need, and midctl must not link libnetfilter_queue;
-// so the Glibc calls live here, in one file, behind these few internal types.
-
-/// A failed system call: which one, and its errno. Callers turn it into a `ControlError` that names the socket path.
-struct SystemCallError: Error, Equatable {
-    var call: String
-    var errno: Int32
-}
-
-/// Runs `body` until it succeeds or fails with something other than EINTR; -1 means failure, as for every call
-/// wrapped here. `@inline(never)` so that no retain/release, which may clobber errno, lands between the call and
-/// the read of errno.
-@inline(never)
-func retryingEINTR<Result: BinaryInteger>(_ call: String, _ body: () -> Result) throws(SystemCallError) -> Result {
-    while true {
-        let result = body()
-        if result != -1 { return result }
-        let code = Glibc.errno
-        if code != EINTR { throw SystemCallError(call: call, errno: code) }
-    }
-}
+// so the Glibc calls live here, in one file, behind these few internal types, through SystemSupport's one
+// EINTR-retrying helper (`systemCall`) and its one error type (`SystemCallError`).
 
 /// A `sockaddr_un` for a filesystem path.
 struct UnixSocketAddress {
@@ -63,24 +46,24 @@ struct UnixStreamSocket: ~Copyable, Sendable {
     /// The corresponding C function is `socket`.
     static func make() throws(SystemCallError) -> UnixStreamSocket {
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-        return UnixStreamSocket(adopting: try retryingEINTR("socket") { Glibc.socket(AF_UNIX, type, 0) })
+        return UnixStreamSocket(adopting: try systemCall("socket") { Glibc.socket(AF_UNIX, type, 0) })
     }
 
     /// The corresponding C function is `bind`.
     func bind(to address: UnixSocketAddress) throws(SystemCallError) {
-        _ = try retryingEINTR("bind") { address.withSockaddr { Glibc.bind(fd, $0, $1) } }
+        _ = try systemCall("bind") { address.withSockaddr { Glibc.bind(fd, $0, $1) } }
     }
 
     /// The corresponding C function is `listen`.
     func listen(backlog: Int32) throws(SystemCallError) {
-        _ = try retryingEINTR("listen") { Glibc.listen(fd, backlog) }
+        _ = try systemCall("listen") { Glibc.listen(fd, backlog) }
     }
 
     /// Connects, bounded by the send timeout (Linux applies SO_SNDTIMEO to a Unix-domain connect that waits for
     /// room in the listener's backlog). The corresponding C function is `connect`.
     func connect(to address: UnixSocketAddress) throws(SystemCallError) {
         do {
-            _ = try retryingEINTR("connect") { address.withSockaddr { Glibc.connect(fd, $0, $1) } }
+            _ = try systemCall("connect") { address.withSockaddr { Glibc.connect(fd, $0, $1) } }
         } catch where error.errno == EISCONN {
             // A retry after EINTR finds the first attempt already completed.
         }
@@ -91,15 +74,15 @@ struct UnixStreamSocket: ~Copyable, Sendable {
     func accept() throws(SystemCallError) -> UnixStreamSocket {
         // Glibc's module map hides accept4 (_GNU_SOURCE), so FD_CLOEXEC is set just after: a child forked by
         // another thread in between could inherit the descriptor, which costs it nothing but a stray fd.
-        let connection = UnixStreamSocket(adopting: try retryingEINTR("accept") { Glibc.accept(fd, nil, nil) })
-        _ = try retryingEINTR("fcntl") { Glibc.fcntl(connection.fd, F_SETFD, FD_CLOEXEC) }
+        let connection = UnixStreamSocket(adopting: try systemCall("accept") { Glibc.accept(fd, nil, nil) })
+        _ = try systemCall("fcntl") { Glibc.fcntl(connection.fd, F_SETFD, FD_CLOEXEC) }
         return connection
     }
 
     /// The corresponding C function is `fcntl`.
     func setNonBlocking() throws(SystemCallError) {
-        let flags = try retryingEINTR("fcntl") { Glibc.fcntl(fd, F_GETFL) }
-        _ = try retryingEINTR("fcntl") { Glibc.fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+        let flags = try systemCall("fcntl") { Glibc.fcntl(fd, F_GETFL) }
+        _ = try systemCall("fcntl") { Glibc.fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
     }
 
     /// Bounds every blocking send and receive (and connect) to `timeout`; they then fail with EAGAIN.
@@ -110,7 +93,7 @@ struct UnixStreamSocket: ~Copyable, Sendable {
         if value.tv_sec == 0 && value.tv_usec == 0 { value.tv_usec = 1 }  // zero would mean "no timeout"
         let length = socklen_t(MemoryLayout<timeval>.size)
         for option in [SO_RCVTIMEO, SO_SNDTIMEO] {
-            _ = try retryingEINTR("setsockopt") { Glibc.setsockopt(fd, SOL_SOCKET, option, &value, length) }
+            _ = try systemCall("setsockopt") { Glibc.setsockopt(fd, SOL_SOCKET, option, &value, length) }
         }
     }
 
@@ -119,7 +102,7 @@ struct UnixStreamSocket: ~Copyable, Sendable {
     func sendAll(_ bytes: [UInt8]) throws(SystemCallError) {
         var offset = 0
         while offset < bytes.count {
-            let sent = try retryingEINTR("send") {
+            let sent = try systemCall("send") {
                 bytes.withUnsafeBytes { raw in
                     Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
                 }
@@ -134,7 +117,7 @@ struct UnixStreamSocket: ~Copyable, Sendable {
         let start = buffer.count
         buffer.append(contentsOf: repeatElement(0, count: limit))
         do {
-            let received = try retryingEINTR("recv") {
+            let received = try systemCall("recv") {
                 buffer.withUnsafeMutableBytes { raw in Glibc.recv(fd, raw.baseAddress! + start, limit, 0) }
             }
             buffer.removeLast(limit - received)
@@ -156,11 +139,11 @@ struct WakeupPipe: ~Copyable, Sendable {
     /// The corresponding C functions are `pipe` and `fcntl`.
     init() throws(SystemCallError) {
         var ends: [Int32] = [-1, -1]
-        _ = try retryingEINTR("pipe") { Glibc.pipe(&ends) }
+        _ = try systemCall("pipe") { Glibc.pipe(&ends) }
         do {
             for end in ends {
-                _ = try retryingEINTR("fcntl") { Glibc.fcntl(end, F_SETFD, FD_CLOEXEC) }
-                _ = try retryingEINTR("fcntl") { Glibc.fcntl(end, F_SETFL, O_NONBLOCK) }
+                _ = try systemCall("fcntl") { Glibc.fcntl(end, F_SETFD, FD_CLOEXEC) }
+                _ = try systemCall("fcntl") { Glibc.fcntl(end, F_SETFL, O_NONBLOCK) }
             }
         } catch {
             _ = Glibc.close(ends[0])
@@ -180,7 +163,7 @@ struct WakeupPipe: ~Copyable, Sendable {
     func signal() {
         // EAGAIN means the pipe is full, and then it is already readable.
         var byte: UInt8 = 1
-        _ = try? retryingEINTR("write") { Glibc.write(writeEnd, &byte, 1) }
+        _ = try? systemCall("write") { Glibc.write(writeEnd, &byte, 1) }
     }
 }
 
@@ -195,7 +178,7 @@ func pollReadable(_ descriptors: [Int32], timeout: Duration?) throws(SystemCallE
         // Round a positive sub-millisecond remainder up, so that callers looping on a deadline do not spin.
         milliseconds = Int32(clamping: total == 0 && timeout > .zero ? 1 : total)
     }
-    let count = try retryingEINTR("poll") { Glibc.poll(&entries, nfds_t(entries.count), milliseconds) }
+    let count = try systemCall("poll") { Glibc.poll(&entries, nfds_t(entries.count), milliseconds) }
     if count == 0 { return nil }
     let ready = Int16(POLLIN) | Int16(POLLHUP) | Int16(POLLERR)
     return entries.map { $0.revents & ready != 0 }
@@ -211,7 +194,7 @@ struct FileIdentity: Equatable, Sendable {
     static func of(path: String) throws(SystemCallError) -> FileIdentity? {
         var info = stat()
         do {
-            _ = try retryingEINTR("lstat") { Glibc.lstat(path, &info) }
+            _ = try systemCall("lstat") { Glibc.lstat(path, &info) }
         } catch where error.errno == ENOENT {
             return nil
         }
@@ -222,10 +205,10 @@ struct FileIdentity: Equatable, Sendable {
 
 /// The corresponding C function is `unlink`.
 func unlinkFile(_ path: String) throws(SystemCallError) {
-    _ = try retryingEINTR("unlink") { Glibc.unlink(path) }
+    _ = try systemCall("unlink") { Glibc.unlink(path) }
 }
 
 /// The corresponding C function is `chmod`.
 func changeMode(_ path: String, _ mode: mode_t) throws(SystemCallError) {
-    _ = try retryingEINTR("chmod") { Glibc.chmod(path, mode) }
+    _ = try systemCall("chmod") { Glibc.chmod(path, mode) }
 }

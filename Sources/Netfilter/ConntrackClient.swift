@@ -6,6 +6,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import SystemSupport
 
 /// Which conntrack entries to act on, by their ORIGINAL-direction tuple (for a NATed flow: the pre-NAT tuple).
 ///

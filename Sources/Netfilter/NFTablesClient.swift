@@ -6,6 +6,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import SystemSupport
 
 /// Programs nftables through one netlink socket (libmnl) with messages built by libnftnl.
 ///

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import SystemSupport
 
 /// A failed kernel interaction: which netlink operation (or syscall), on which object, with which errno.
 ///

@@ -6,6 +6,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import SystemSupport
 
 /// Reads packets from one NFQUEUE (libnetfilter_queue's libmnl-based API) and returns a verdict for each.
 ///

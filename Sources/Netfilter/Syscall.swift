@@ -4,47 +4,15 @@ import Glibc
 import Musl
 #endif
 import CNetfilter
+import SystemSupport
 
-/// The outcome of one system call: its non-negative result, or the errno it set.
-///
-/// Every syscall of this target goes through `syscall(_:)`, which retries EINTR and captures errno right after
-/// the call. Callers decide what an errno means (EAGAIN is "drained", ENOBUFS is "count and continue" on the
-/// queue socket) and turn the rest into a `NetfilterError` naming the operation and object.
-enum SyscallResult<Value: BinaryInteger> {
-    case success(Value)
-    case failure(Int32)
-
+extension SyscallResult {
     /// The value, or a `NetfilterError` naming `operation` on `object`.
     func get(_ operation: @autoclosure () -> String, _ object: @autoclosure () -> String) throws(NetfilterError) -> Value {
         switch self {
         case .success(let value): return value
         case .failure(let code): throw NetfilterError(operation: operation(), object: object(), errno: code)
         }
-    }
-}
-
-/// Runs `body` (one C call that returns -1 and sets errno on failure), retrying while it fails with EINTR.
-///
-/// `@inline(never)` keeps ARC traffic of the caller out of the window between the C call and the errno read.
-@inline(never)
-func syscall<Value: BinaryInteger>(_ body: () -> Value) -> SyscallResult<Value> {
-    while true {
-        let result = body()
-        if result >= 0 { return .success(result) }
-        let code = errno
-        if code == EINTR { continue }
-        return .failure(code)
-    }
-}
-
-/// Like `syscall(_:)` for C calls that return a pointer (or an opaque handle) and set errno when it is nil.
-@inline(never)
-func syscallHandle<Handle>(_ body: () -> Handle?) -> (handle: Handle?, errno: Int32) {
-    while true {
-        if let handle = body() { return (handle, 0) }
-        let code = errno
-        if code == EINTR { continue }
-        return (nil, code == 0 ? ENOMEM : code)
     }
 }
 

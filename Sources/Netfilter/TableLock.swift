@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CNetfilter
+import SystemSupport
 
 /// Proof that this process is the one midcomd serving an nft table in this network namespace.
 ///
