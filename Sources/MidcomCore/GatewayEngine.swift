@@ -178,6 +178,7 @@ public struct GatewayEngine: Sendable {
         for path in session.paths {
             guard let other = sessions.session(for: path.flow), other.id != session.id, other.owner == session.owner else { continue }
             sessions.remove(id: other.id)
+            releasePendingMapping(of: other)
             if let mapping = other.mapping { natPorts?.release(other.flow.proto, mapping.port) }
             objects += other.kernelObjects
             counters.superseded += 1
@@ -194,6 +195,7 @@ public struct GatewayEngine: Sendable {
     }
 
     mutating func released(_ session: Session) -> [KernelChange] {
+        releasePendingMapping(of: session)
         if let mapping = session.mapping { natPorts?.release(session.flow.proto, mapping.port) }
         return session.kernelObjects.map { .remove($0) }
     }

@@ -16,10 +16,15 @@ public protocol KernelProgrammer: AnyObject, Sendable {
 }
 
 extension KernelProgrammer {
-    /// The objects of every schema set with their remaining time and tag, admissions first (the
-    /// order `GatewayEngine.adopt` needs). Sets that cannot be listed are reported to `failed`.
-    public func adoptableElements(failed: (String, any Error) -> Void) -> [AdoptedElement] {
-        var found: [AdoptedElement] = []
+    /// Hands every object of the schema's sets to `body` in chunks of at most `chunk`, one set at a
+    /// time (admissions first: the order `GatewayEngine.adopt` needs), with its remaining time and
+    /// tag. Decoding chunk by chunk keeps a million listed elements from sitting in memory twice.
+    /// Sets that cannot be listed are reported to `failed`.
+    public func forEachAdoptableSet(
+        chunk: Int = 4096, failed: (String, any Error) -> Void, _ body: (ArraySlice<AdoptedElement>) -> Void
+    ) {
+        var decoded: [AdoptedElement] = []
+        decoded.reserveCapacity(chunk)
         for spec in NFTSchema.admissionSets + [NFTSchema.snat4, NFTSchema.dnat4] {
             let elements: [NFTSetElement]
             do {
@@ -31,10 +36,24 @@ extension KernelProgrammer {
             for element in elements {
                 guard let object = NFTSchema.object(set: spec.name, key: element.key, data: element.data) else { continue }
                 let remaining = element.expiresIn.map { UInt32(clamping: $0.components.seconds) } ?? UInt32.max
-                found.append(AdoptedElement(object: object, remaining: remaining, tag: element.comment.flatMap(ElementTag.init(comment:))))
+                decoded.append(AdoptedElement(object: object, remaining: remaining, tag: element.comment.flatMap(ElementTag.init(comment:))))
+                if decoded.count == chunk {
+                    body(decoded[...])
+                    decoded.removeAll(keepingCapacity: true)
+                }
+            }
+            if !decoded.isEmpty {
+                body(decoded[...])
+                decoded.removeAll(keepingCapacity: true)
             }
         }
-        return found
+    }
+
+    /// All adoptable elements at once (tests and small tables).
+    public func adoptableElements(failed: (String, any Error) -> Void) -> [AdoptedElement] {
+        var all: [AdoptedElement] = []
+        forEachAdoptableSet(failed: failed) { all += $0 }
+        return all
     }
 }
 

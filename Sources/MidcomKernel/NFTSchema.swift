@@ -6,6 +6,18 @@ import Netfilter
 /// nft types of their keys (and data), and how a `KernelObject` becomes an element and back.
 /// `NFTSchemaTests` loads nft-rules/midcom.nft and checks every set here exists with these types.
 public enum NFTSchema {
+    /// The revision of nft-rules/midcom.nft this midcomd needs, carried in the table's comment
+    /// ("midcom ruleset revision N"). Raised when the rules change in a way the daemon relies on
+    /// (2: answers from a CSP port are enqueued only inside conntrack, with mark 0x4d430003).
+    public static let rulesetRevision = 2
+
+    /// The revision a table comment names; 1 for a table without one (rulesets before revisions).
+    public static func revision(ofTableComment comment: String) -> Int {
+        let prefix = "midcom ruleset revision "
+        guard comment.hasPrefix(prefix), let number = Int(comment.dropFirst(prefix.count)) else { return 1 }
+        return number
+    }
+
     /// One field of a concatenated key, as `nft` names its type.
     public enum Field: String, Sendable {
         case ipv4 = "ipv4_addr"

@@ -204,9 +204,10 @@ extension Duration {
     }
 }
 
-/// The element user data `nft` writes and reads: type-length-value records, the comment being type 0
-/// (NFTNL_UDATA_SET_ELEM_COMMENT) holding a NUL-terminated string of at most 127 octets.
-enum ElementUserData {
+/// The user data `nft` writes and reads on tables and set elements: type-length-value records, the
+/// comment being type 0 (NFTNL_UDATA_TABLE_COMMENT, NFTNL_UDATA_SET_ELEM_COMMENT) holding a
+/// NUL-terminated string of at most 127 octets.
+enum UserData {
     static let commentType: UInt8 = 0
     static let maximumCommentLength = 127
 

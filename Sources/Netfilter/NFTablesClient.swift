@@ -128,7 +128,13 @@ public final class NFTablesClient: @unchecked Sendable {
 
     /// Whether `table` exists in `family` (NFT_MSG_GETTABLE).
     public func tableExists(family: NFTFamily = .inet, table: String) throws(NetfilterError) -> Bool {
-        try state.withLock { (state: inout State) throws(NetfilterError) -> Bool in
+        try tableComment(family: family, table: table) != nil
+    }
+
+    /// The table's comment (`table inet midcom { comment "…" }`): "" when it has none, nil when the
+    /// table does not exist.
+    public func tableComment(family: NFTFamily = .inet, table: String) throws(NetfilterError) -> String? {
+        try state.withLock { (state: inout State) throws(NetfilterError) -> String? in
             let target = Target.getTable(family: family, table: table)
             let sequence = state.next()
             guard let request = nftnl_table_alloc() else { throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM) }
@@ -143,11 +149,24 @@ public final class NFTablesClient: @unchecked Sendable {
                 return Int(nlh.pointee.nlmsg_len)
             }
             try self.sendRequest(message, length: length, target: target)
+            var comment = ""
             do throws(NetfilterError) {
-                try self.receiveReplies(sequence: sequence, target: target) { _ in 0 }
-                return true
+                try self.receiveReplies(sequence: sequence, target: target) { nlh in
+                    guard let found = nftnl_table_alloc() else { return ENOMEM }
+                    defer { nftnl_table_free(found) }
+                    guard nftnl_table_nlmsg_parse(nlh, found) >= 0 else { return EBADMSG }
+                    if nftnl_table_is_set(found, attr(NFTNL_TABLE_USERDATA)) {
+                        var length: UInt32 = 0
+                        if let data = nftnl_table_get_data(found, attr(NFTNL_TABLE_USERDATA), &length) {
+                            let bytes = Array(UnsafeRawBufferPointer(start: data, count: Int(length)))
+                            comment = UserData.comment(in: bytes) ?? ""
+                        }
+                    }
+                    return 0
+                }
+                return comment
             } catch {
-                if error.errno == ENOENT { return false }
+                if error.errno == ENOENT { return nil }
                 throw error
             }
         }
@@ -455,7 +474,7 @@ private final class Batch {
         var userData: [UInt8]? = nil
         switch operation {
         case .add(let set, let elementKey, let elementData, let elementTimeout, let comment):
-            userData = comment.map(ElementUserData.encode(comment:))
+            userData = comment.map(UserData.encode(comment:))
             let milliseconds = elementTimeout?.netfilterMilliseconds
             target = .addElement(family: familyName, table: table, set: set, key: NFTSetKey.hex(elementKey),
                                  hasTimeout: milliseconds != nil, keyLength: elementKey.count)
@@ -605,7 +624,7 @@ private final class SetElementReader {
             expiresIn: milliseconds(attr(NFTNL_SET_ELEM_EXPIRATION)),
             packets: packets,
             bytes: bytes,
-            comment: bytesOf(attr(NFTNL_SET_ELEM_USERDATA)).flatMap(ElementUserData.comment(in:))))
+            comment: bytesOf(attr(NFTNL_SET_ELEM_USERDATA)).flatMap(UserData.comment(in:))))
     }
 }
 

@@ -61,9 +61,14 @@ final class Daemon: Sendable {
         // First of all: a second daemon must fail before it touches anything the first one uses.
         lock = try TableLock(table: configuration.table)
         nft = try NFTablesClient()
-        guard try nft.tableExists(table: configuration.table) else {
+        guard let comment = try nft.tableComment(table: configuration.table) else {
             throw DaemonError(
                 "table inet \(configuration.table) does not exist: load the Midcom ruleset first (nft -f /etc/nftables.d/midcom.nft)")
+        }
+        let revision = NFTSchema.revision(ofTableComment: comment)
+        guard revision == NFTSchema.rulesetRevision else {
+            throw DaemonError(
+                "table inet \(configuration.table) was loaded from ruleset revision \(revision), this midcomd needs revision \(NFTSchema.rulesetRevision): reload nft-rules/midcom.nft of this release (nft -f /etc/nftables.d/midcom.nft) and start midcomd again")
         }
         kernel = NFTKernelProgrammer(nft: nft, conntrack: try ConntrackClient(), table: configuration.table)
         cleanup = CleanupService(kernel: kernel)
@@ -91,14 +96,22 @@ final class Daemon: Sendable {
                 agents[family] = try UDPSocket(family: family, port: configuration.cspPort, reuseAddress: true)
             } catch {
                 log(.warning, "cannot bind the CSP port \(configuration.cspPort) for \(family): \(error); answering from an ephemeral port")
-                agents[family] = try? UDPSocket(family: family)
+                do {
+                    agents[family] = try UDPSocket(family: family)
+                } catch {
+                    log(.warning, "no CSP socket for \(family) at all (\(error)): answers to \(family) hosts are counted as failed replies")
+                }
             }
         }
         self.agents = agents
         do {
             try checkRuleset()
         } catch {
-            try? nft.flushChain(table: configuration.table, chain: "enqueue")
+            do {
+                try nft.flushChain(table: configuration.table, chain: "enqueue")
+            } catch let flushError {
+                log(.error, "could not remove the queue rule again: \(flushError)")
+            }
             throw error
         }
     }
@@ -240,17 +253,18 @@ final class Daemon: Sendable {
     /// seconds at a million elements), and the gateway must serve packets meanwhile; a session
     /// signaled again before it is adopted simply wins.
     func adoptKernelState() {
-        let elements = kernel.adoptableElements { set, error in
-            log(.warning, "cannot list set \(set) to adopt earlier sessions: \(error)")
-        }
         let now = self.now()
-        for chunk in stride(from: 0, to: elements.count, by: 4096) {
-            let slice = elements[chunk..<min(chunk + 4096, elements.count)]
-            engine.withLock { engine in for element in slice { engine.adopt(element, now: now) } }
+        var adopted = 0
+        var tagged = 0
+        kernel.forEachAdoptableSet(failed: { set, error in
+            log(.warning, "cannot list set \(set) to adopt earlier sessions: \(error)")
+        }) { chunk in
+            adopted += chunk.count
+            tagged += chunk.reduce(0) { $0 + ($1.tag == nil ? 0 : 1) }
+            engine.withLock { engine in for element in chunk { engine.adopt(element, now: now) } }
         }
-        let tagged = elements.filter { $0.tag != nil }.count
-        if !elements.isEmpty {
-            log(.notice, "adopted \(elements.count) kernel element(s) left by a previous run (\(tagged) with their session ID)")
+        if adopted > 0 {
+            log(.notice, "adopted \(adopted) kernel element(s) left by a previous run (\(tagged) with their session ID)")
         }
     }
 }

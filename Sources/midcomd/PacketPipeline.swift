@@ -20,11 +20,19 @@ extension Daemon {
         }
         if ip.proto == .udp, !ip.isNonInitialFragment, let ports = ip.ports, isSignaling(ports, mark: packet.mark) {
             let source = CSPEndpoint(address: ip.source, port: ports.source)
-            guard !ip.isTruncated, let udp = try? UDPDatagramView(ip) else {
+            guard !ip.isTruncated else {
                 // Larger than the copy range: nothing here can be judged; it travels on unprocessed
                 // and creates no state (an answer to it will match nothing pending here).
                 log.limited(.warning, category: "truncated", "signaling from \(source) larger than the queue copy range: forwarded unprocessed")
                 return .accept(mark: signalingMark)
+            }
+            let udp: UDPDatagramView
+            do {
+                udp = try UDPDatagramView(ip)
+            } catch {
+                malformedPackets.add(1, ordering: .relaxed)
+                log.limited(.warning, category: "malformed-ip", "dropped signaling from \(source) with a bad UDP header: \(error)")
+                return .drop
             }
             return handleSignaling(udp, id: packet.id, burst: burst)
         }
@@ -62,13 +70,14 @@ extension Daemon {
         case .drop:
             verdict = .drop
         case .forwardRewritten(let message):
-            guard let rewritten = try? PacketBuilder.replacingUDPPayload(of: udp, with: message) else {
+            do {
+                verdict = .accept(mark: signalingMark, replacingPayloadWith: try PacketBuilder.replacingUDPPayload(of: udp, with: message))
+            } catch {
                 // Forwarding the original would pass on a message without the record the engine
                 // believes it carries: the outcome's failure plan applies instead.
-                log.limited(.warning, category: "rewrite", "could not rewrite signaling from \(source): dropped")
+                log.limited(.warning, category: "rewrite", "could not rewrite signaling from \(source) (\(error)): dropped")
                 return rewriteFailed(outcome, burst: burst)
             }
-            verdict = .accept(mark: signalingMark, replacingPayloadWith: rewritten)
         }
         if !outcome.kernel.isEmpty {
             // Programmed with the rest of the burst, before any verdict of it leaves; the reply

@@ -208,4 +208,49 @@ final class EngineV2RegressionTests: XCTestCase {
         XCTAssertEqual(e.sessions.session(for: f)?.id, 0x77)
         XCTAssertEqual(e.counters.superseded, 1)
     }
+
+    // A NAT session re-signaled from another source port keeps its translation until the answer,
+    // then swaps it; a refresh keeps it.
+    func testNATMappingChangesOnlyWithTheAnswerAndRefreshKeepsIt() throws {
+        var e = engine(nat: true)
+        admitted(&e, flow(from: hostA), from: hostA)
+        let first = try XCTUnwrap(e.sessions[id: 1]?.mapping)
+        XCTAssertEqual(first.port, 4000)
+        let snatBefore = e.sessions[id: 1]!.kernelObjects
+        XCTAssertEqual(snatBefore.count, 2)
+
+        let moved = flow(from: hostA, sport: 4001)
+        let setup = intercept(&e, request(.setup, nonce: 2, [.flow(moved), .lifetime(30)]), from: hostA, to: server)
+        XCTAssertTrue(setup.kernel.isEmpty, "nothing changes before the answer")
+        XCTAssertEqual(e.sessions[id: 1]?.mapping, first)
+        let accept = intercept(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 2), from: server, to: hostA)
+        XCTAssertEqual(accept.kernel.filter { if case .remove = $0 { true } else { false } }.count, 2, "old admission and SNAT out")
+        XCTAssertEqual(e.sessions[id: 1]?.mapping?.port, 4001)
+
+        _ = intercept(&e, request(.refresh, nonce: 3, [.lifetime(30)]), from: hostA, to: server)
+        let refreshed = intercept(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 3), from: server, to: hostA)
+        XCTAssertEqual(e.sessions[id: 1]?.mapping?.port, 4001, "a refresh keeps the mapping")
+        XCTAssertTrue(refreshed.kernel.allSatisfy { if case .refresh = $0 { true } else { false } }, "\(refreshed.kernel)")
+        XCTAssertEqual(refreshed.kernel.count, 2)
+
+        // Port 4000 was given back: another host gets it.
+        let b = intercept(&e, request(.setup, session: 2, nonce: 1, [.flow(flow(from: hostB))]), from: hostB, to: server)
+        guard case .forwardRewritten(let bytes) = b.verdict, let forwarded = try? CSPMessage.parse(bytes) else {
+            return XCTFail("not forwarded")
+        }
+        XCTAssertEqual(forwarded.records.last?.tlvs.last, .mappedAddress(CSPEndpoint(address: external, port: 4000)))
+    }
+
+    func testARefusedReSetupGivesItsReservedPortBack() {
+        var e = engine(nat: true)
+        admitted(&e, flow(from: hostA), from: hostA)
+        _ = intercept(&e, request(.setup, nonce: 2, [.flow(flow(from: hostA, sport: 4001))]), from: hostA, to: server)
+        _ = intercept(&e, CSPMessage(type: .reject, result: .policyDenied, sessionID: 1, nonce: 2), from: server, to: hostA)
+        XCTAssertEqual(e.sessions[id: 1]?.mapping?.port, 4000, "the admission keeps its own mapping")
+        let b = intercept(&e, request(.setup, session: 2, nonce: 1, [.flow(flow(from: hostB, sport: 4001))]), from: hostB, to: server)
+        guard case .forwardRewritten(let bytes) = b.verdict, let forwarded = try? CSPMessage.parse(bytes) else {
+            return XCTFail("not forwarded")
+        }
+        XCTAssertEqual(forwarded.records.last?.tlvs.last, .mappedAddress(CSPEndpoint(address: external, port: 4001)))
+    }
 }

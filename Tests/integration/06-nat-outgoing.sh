@@ -16,19 +16,7 @@ lab_init natout
 step "lab: inside, inside2 — nat — outside; the outside host has no route to the inside"
 lab_nat
 lab_nat_host inside2 2
-conf=$(lab_conf nat <<'CONF'
-[daemon]
-name = "nat1"
-
-[policy]
-default = admit
-unsignaled = drop
-
-[nat]
-external-address = "203.0.113.1"
-port-range = "20000-29999"
-CONF
-)
+conf=$(lab_nat_conf)
 lab_nat_signaling nat to-outside
 lab_midcomd nat "$conf"
 lab_bg outside "$LAB_DIR/listen.log" "$BIN/csp" listen --duration 60

@@ -15,19 +15,7 @@ lab_init natin
 step "lab: inside, inside2 — nat — outside"
 lab_nat
 lab_nat_host inside2 2
-conf=$(lab_conf nat <<'CONF'
-[daemon]
-name = "nat1"
-
-[policy]
-default = admit
-unsignaled = drop
-
-[nat]
-external-address = "203.0.113.1"
-port-range = "20000-29999"
-CONF
-)
+conf=$(lab_nat_conf)
 lab_midcomd nat "$conf"
 lab_serve inside "$LAB_DIR/udp-inside.log" $FLOWS udp-echo 5004 --duration 60
 lab_serve inside "$LAB_DIR/tcp-inside.log" $FLOWS tcp-serve 8080 --duration 60

@@ -12,19 +12,7 @@ lab_init enatany
 
 step "lab: inside — nat — outside"
 lab_nat
-conf=$(lab_conf nat <<'CONF'
-[daemon]
-name = "nat1"
-
-[policy]
-default = admit
-unsignaled = drop
-
-[nat]
-external-address = "203.0.113.1"
-port-range = "20000-29999"
-CONF
-)
+conf=$(lab_nat_conf)
 lab_nat_signaling nat to-outside
 lab_midcomd nat "$conf"
 lab_bg outside "$LAB_DIR/listen.log" "$BIN/csp" listen --duration 60

@@ -293,6 +293,23 @@ lab_nat_host() {
   in_ns "$1" ip route add default via "192.168.$2.1"
 }
 
+# lab_nat_conf: the NAT gateway configuration the NAT scenarios share (midcomd nat1, signaled flows
+# admitted, unsignaled dropped, NAT to 203.0.113.1 with ports 20000-29999); prints the file's path.
+lab_nat_conf() {
+  lab_conf nat <<'CONF'
+[daemon]
+name = "nat1"
+
+[policy]
+default = admit
+unsignaled = drop
+
+[nat]
+external-address = "203.0.113.1"
+port-range = "20000-29999"
+CONF
+}
+
 # lab_nat_signaling NS IFACE: the operator's masquerade, limited to CSP signaling (UDP 7227)
 # leaving through IFACE, in the operator's own table. An operator would masquerade all LAN
 # traffic; restricting it here means a data flow can only be translated by midcomd's own SNAT.

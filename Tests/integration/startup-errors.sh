@@ -21,7 +21,16 @@ expect_eq "$rc" 1 "exit status without the ruleset"
 expect_match "$out" "table inet midcom does not exist: load the Midcom ruleset first" "missing table message"
 expect_eq "$(echo "$out" | wc -l)" 1 "one line"
 
-step "a ruleset from an older release (no drop-cache sets) is refused with the fix"
+step "a ruleset of an older revision (no revision comment: port-7227 answers not tied to conntrack) is refused"
+sed '/comment "midcom ruleset revision/d' "$ROOT/nft-rules/midcom.nft" >"$LAB_DIR/rev1.nft"
+in_ns gw nft -f "$LAB_DIR/rev1.nft"
+run in_ns gw "$BIN/midcomd" --config /dev/null --control-socket "$LAB_DIR/gw.sock"
+expect_eq "$rc" 1 "exit status with a revision-1 ruleset"
+expect_match "$out" "was loaded from ruleset revision 1, this midcomd needs revision 2: reload nft-rules/midcom.nft" "revision message"
+expect_eq "$(echo "$out" | wc -l)" 1 "one line"
+in_ns gw nft delete table inet midcom
+
+step "a ruleset that lacks a set this midcomd programs (drop-cache sets) is refused with the fix"
 sed '/set drop4 {/,/}/d; /set drop6 {/,/}/d; /@drop4/d; /@drop6/d' "$ROOT/nft-rules/midcom.nft" >"$LAB_DIR/old.nft"
 in_ns gw nft -f "$LAB_DIR/old.nft"
 run in_ns gw "$BIN/midcomd" --config /dev/null --control-socket "$LAB_DIR/gw.sock"
@@ -47,6 +56,7 @@ expect_eq "$(echo "$out" | wc -l)" 1 "one line"
 step "a daemon on another table but the same queue is refused by the queue bind"
 in_ns gw nft -f - <<'NFT'
 table inet other {
+	comment "midcom ruleset revision 2"
 	set csp_ports { type inet_service; }
 	chain enqueue { }
 }

@@ -18,9 +18,10 @@ extension GatewayEngine {
         guard request.isAddressedToUs else {
             // The refresh takes effect when the responder ACCEPTs it.
             let previous = session
+            releasePendingMapping(of: session)
             session.pending = PendingRequest(
                 nonce: refresh.nonce, flow: session.flow, lifetime: decision.lifetime,
-                recordRoute: refresh.flags.contains(.recordRoute))
+                recordRoute: refresh.flags.contains(.recordRoute), mapping: session.mapping)
             let kernel = store(session, previous: previous)
             return SignalingOutcome(verdict: .forward, kernel: kernel)
         }

@@ -20,6 +20,7 @@ extension GatewayEngine {
         let wasAdmitted = session.state == .admitted
         let lifetime = min(pending.lifetime, accept.lifetime.map { $0 == 0 ? pending.lifetime : $0 } ?? .max)
         session.flow = pending.flow
+        session.mapping = pending.mapping
         session.state = .admitted
         session.pending = nil
         session.updatedAt = now
@@ -73,6 +74,7 @@ extension GatewayEngine {
             outcome = "released"
         } else {
             let previous = session
+            releasePendingMapping(of: session)
             session.pending = nil
             kernel = store(session, previous: previous)
             outcome = "request refused, admission kept until it expires"

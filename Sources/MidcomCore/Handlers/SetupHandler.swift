@@ -57,11 +57,17 @@ extension GatewayEngine {
         session.incoming = incoming
         session.application = setup.application ?? session.application
         session.updatedAt = now
-        if let refused = mapThroughNAT(&session, flow: flow, request: request) { return refused }
+        let mapping: CSPEndpoint?
+        switch chooseMapping(for: session, flow: flow, request: request) {
+        case .success(let chosen): mapping = chosen
+        case .failure(let refusal): return refusal.outcome
+        }
         if request.isAddressedToUs {
+            session.mapping = mapping
             return answerAsResponder(request, session: session, previous: existing, flow: flow, lifetime: decision.lifetime, now: now)
         }
-        return forwardSetup(request, session: session, previous: existing, flow: flow, lifetime: decision.lifetime, now: now)
+        return forwardSetup(
+            request, session: session, previous: existing, flow: flow, mapping: mapping, lifetime: decision.lifetime, now: now)
     }
 
     /// Anti-spoofing: a host may only signal flows it takes part in, as the data sender
@@ -90,64 +96,81 @@ extension GatewayEngine {
         return rejection(of: request, result: .sourceDenied, reason: reason, event: event)
     }
 
-    /// Chooses the session's NAT mapping, if this middlebox translates the flow: for outgoing
-    /// flows now, so the responder and every middlebox upstream see the flow as it will look after
-    /// translation; for pinholes requested from us, the external port peers connect to.
-    mutating func mapThroughNAT(_ session: inout Session, flow: FlowTuple, request: SignalingRequest) -> SignalingOutcome? {
-        guard let nat = configuration.nat else { return nil }
+    /// A refusal as an error value, so the NAT choice can be a `Result`.
+    struct Refusal: Error {
+        var outcome: SignalingOutcome
+    }
+
+    /// The NAT mapping the session will have once `flow` is admitted, if this middlebox translates
+    /// the flow: for outgoing flows chosen now, so the responder and every middlebox upstream see
+    /// the flow as it will look after translation; for pinholes requested from us, the external
+    /// port peers connect to. A new port is reserved at once; the old one is released when the
+    /// session stops using it (`store`, `released`).
+    mutating func chooseMapping(for session: Session, flow: FlowTuple, request: SignalingRequest)
+        -> Result<CSPEndpoint?, Refusal>
+    {
+        guard let nat = configuration.nat else { return .success(nil) }
         let incoming = session.incoming
         let applies =
             incoming
             ? request.isAddressedToUs && flow.destination.family == .ipv4 && nat.isInternal(flow.destination)
             : flow.source.family == .ipv4 && nat.isInternal(flow.source) && !nat.isInternal(flow.destination)
-        guard applies else {
-            session.mapping = nil
-            return nil
-        }
+        guard applies else { return .success(nil) }
         let hostPort = incoming ? flow.destinationPort : flow.sourcePort
         // A translation is keyed by the host's port: "any source port" cannot be mapped (every
         // connection would need the same external port), and must not be reported as mapped.
         guard hostPort != 0 else {
             counters.rejected += 1
-            return rejection(
+            return .failure(Refusal(outcome: rejection(
                 of: request, result: .sourcePortRequired,
                 reason: "this middlebox translates addresses: signal the exact source port (bind the socket first)",
-                event: "rejected \(hex(request.message.sessionID)) \(flow): NAT needs the source port")
+                event: "rejected \(hex(request.message.sessionID)) \(flow): NAT needs the source port")))
         }
-        // Keep the mapping while the host keeps its port; a new port gets a new mapping.
-        let sameHostPort = incoming ? session.flow.destinationPort == hostPort : session.flow.sourcePort == hostPort
-        if session.mapping != nil, sameHostPort { return nil }
+        // The mapping stays while the host keeps its port; a new port gets a new mapping.
+        let current = session.pending?.mapping ?? session.mapping
+        let currentFlow = session.pending?.flow ?? session.flow
+        let currentPort = incoming ? currentFlow.destinationPort : currentFlow.sourcePort
+        if let current, currentPort == hostPort, currentFlow.proto == flow.proto { return .success(current) }
         guard let port = natPorts?.allocate(flow.proto, preferred: hostPort) else {
             counters.tableFull += 1
-            return rejection(
+            return .failure(Refusal(outcome: rejection(
                 of: request, result: .resourcesExhausted, reason: "no free NAT port", retryAfter: 30,
-                event: "NAT ports exhausted: rejected \(hex(request.message.sessionID))")
+                event: "NAT ports exhausted: rejected \(hex(request.message.sessionID))")))
         }
-        if let old = session.mapping { natPorts?.release(flow.proto, old.port) }
-        session.mapping = CSPEndpoint(address: nat.externalAddress, port: port)
-        return nil
+        return .success(CSPEndpoint(address: nat.externalAddress, port: port))
     }
 
-    /// Intercepted SETUP: the session waits for the responder's answer; the SETUP travels on.
+    /// Gives back the port of a pending request's mapping that the session does not use (a
+    /// refused, replaced or abandoned re-SETUP).
+    mutating func releasePendingMapping(of session: Session, keeping kept: CSPEndpoint? = nil) {
+        guard let pending = session.pending?.mapping, pending != session.mapping, pending != kept else { return }
+        natPorts?.release(session.pending?.flow.proto ?? session.flow.proto, pending.port)
+    }
+
+    /// Intercepted SETUP: the session waits for the responder's answer; the SETUP travels on. An
+    /// admitted session keeps what it has installed until the answer comes (flow and mapping alike).
     mutating func forwardSetup(
-        _ request: SignalingRequest, session: Session, previous: Session?, flow: FlowTuple, lifetime: UInt32, now: Instant
+        _ request: SignalingRequest, session: Session, previous: Session?, flow: FlowTuple, mapping: CSPEndpoint?,
+        lifetime: UInt32, now: Instant
     ) -> SignalingOutcome {
         let setup = request.message
         var session = session
         let recordRoute = setup.flags.contains(.recordRoute)
-        session.pending = PendingRequest(nonce: setup.nonce, flow: flow, lifetime: lifetime, recordRoute: recordRoute)
+        releasePendingMapping(of: session, keeping: mapping)
         if session.state == .pending {
             session.flow = flow
+            session.mapping = mapping
             session.grantedLifetime = lifetime
             session.expiresAt = now.adding(seconds: configuration.pendingTimeout)
         }
+        session.pending = PendingRequest(nonce: setup.nonce, flow: flow, lifetime: lifetime, recordRoute: recordRoute, mapping: mapping)
         let kernel = store(session, previous: previous)
         var forwarded = setup
         // Our record goes in when asked for, and whenever we translate: middleboxes beyond us
         // need the MAPPED-ADDRESS to see the flow as it will look there.
-        if recordRoute || session.mapping != nil {
+        if recordRoute || mapping != nil {
             var record = record(.forwarded, lifetime: lifetime)
-            if let mapping = session.mapping { record.tlvs.append(.mappedAddress(mapping)) }
+            if let mapping { record.tlvs.append(.mappedAddress(mapping)) }
             forwarded.tlvs.append(.middleboxRecord(record))
         }
         return SignalingOutcome(
@@ -161,6 +184,7 @@ extension GatewayEngine {
     ) -> SignalingOutcome {
         var session = session
         let wasAdmitted = session.state == .admitted
+        releasePendingMapping(of: session, keeping: session.mapping)
         session.flow = flow
         session.state = .admitted
         session.pending = nil

@@ -36,12 +36,15 @@ public struct PendingRequest: Sendable, Equatable {
     public var lifetime: UInt32
     /// The request asked for records: its answer gets ours too (docs/PROTOCOL.md 4.2).
     public var recordRoute: Bool
+    /// The NAT mapping the session will have with `flow` (reserved already), nil when unmapped.
+    public var mapping: CSPEndpoint?
 
-    public init(nonce: UInt64, flow: FlowTuple, lifetime: UInt32, recordRoute: Bool) {
+    public init(nonce: UInt64, flow: FlowTuple, lifetime: UInt32, recordRoute: Bool, mapping: CSPEndpoint? = nil) {
         self.nonce = nonce
         self.flow = flow
         self.lifetime = lifetime
         self.recordRoute = recordRoute
+        self.mapping = mapping
     }
 }
 
