@@ -35,6 +35,7 @@ public enum NFTSchema {
         /// The mapped value's fields for a map, nil for a set.
         public var data: [Field]?
         public var keyLength: Int { key.reduce(0) { $0 + $1.paddedLength } }
+        public var dataLength: Int? { data.map { $0.reduce(0) { $0 + $1.paddedLength } } }
     }
 
     public static let admit4 = SetSpec(name: "admit4", key: [.ipv4, .proto, .port, .ipv4, .port])

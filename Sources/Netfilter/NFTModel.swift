@@ -125,6 +125,19 @@ public struct NFTChangeSet: Sendable {
     public var count: Int { operations.count }
 }
 
+/// The shape of a set as the kernel reports it: key and data lengths in octets (each field of a
+/// concatenation padded to 4).
+public struct NFTSetLayout: Sendable, Equatable {
+    public var keyLength: Int
+    /// nil for a plain set, the mapped value's length for a map.
+    public var dataLength: Int?
+
+    public init(keyLength: Int, dataLength: Int?) {
+        self.keyLength = keyLength
+        self.dataLength = dataLength
+    }
+}
+
 /// One element of a set as the kernel reports it.
 public struct NFTSetElement: Sendable, Equatable {
     public var key: [UInt8]

@@ -217,6 +217,44 @@ public final class NFTablesClient: @unchecked Sendable {
 
     // MARK: Transport
 
+    /// The key and data lengths (octets) of a set or map (NFT_MSG_GETSET for that one object: its
+    /// elements are not listed, so this is cheap however large the set is); nil when it does not exist.
+    public func setLayout(family: NFTFamily = .inet, table: String, set: String) throws(NetfilterError) -> NFTSetLayout? {
+        try state.withLock { (state: inout State) throws(NetfilterError) -> NFTSetLayout? in
+            let target = Target.getSet(family: family, table: table, set: set)
+            let sequence = state.next()
+            guard let request = nftnl_set_alloc() else { throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM) }
+            defer { nftnl_set_free(request) }
+            nftnl_set_set_str(request, attr(NFTNL_SET_TABLE), table)
+            nftnl_set_set_str(request, attr(NFTNL_SET_NAME), set)
+            var message = [UInt8](repeating: 0, count: Int(cnf_mnl_socket_buffer_size()))
+            let length = message.withUnsafeMutableBytes { buffer -> Int in
+                let nlh = nftnl_nlmsg_build_hdr(buffer.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                                msgType(NFT_MSG_GETSET), UInt16(family.rawValue), UInt16(NLM_F_ACK), sequence)!
+                nftnl_set_nlmsg_build_payload(nlh, request)
+                return Int(nlh.pointee.nlmsg_len)
+            }
+            try self.sendRequest(message, length: length, target: target)
+            var layout: NFTSetLayout?
+            do throws(NetfilterError) {
+                try self.receiveReplies(sequence: sequence, target: target) { nlh in
+                    guard let found = nftnl_set_alloc() else { return ENOMEM }
+                    defer { nftnl_set_free(found) }
+                    guard nftnl_set_nlmsg_parse(nlh, found) >= 0 else { return EBADMSG }
+                    let hasData = nftnl_set_is_set(found, attr(NFTNL_SET_DATA_LEN))
+                    layout = NFTSetLayout(
+                        keyLength: Int(nftnl_set_get_u32(found, attr(NFTNL_SET_KEY_LEN))),
+                        dataLength: hasData ? Int(nftnl_set_get_u32(found, attr(NFTNL_SET_DATA_LEN))) : nil)
+                    return 0
+                }
+                return layout
+            } catch {
+                if error.errno == ENOENT { return nil }
+                throw error
+            }
+        }
+    }
+
     /// The netlink bytes `apply` would send for `changes` (BATCH_BEGIN, one message per operation,
     /// BATCH_END), numbered from `firstSequence`. No socket is involved: tests compare these bytes with
     /// golden files, as google/nftables does.
@@ -351,6 +389,7 @@ enum Target {
     case queueRule(family: NFTFamily, table: String, chain: String, encoding: QueueEncoding)
     case listElements(family: NFTFamily, table: String, set: String)
     case getTable(family: NFTFamily, table: String)
+    case getSet(family: NFTFamily, table: String, set: String)
 
     var operation: String {
         switch self {
@@ -362,6 +401,7 @@ enum Target {
         case .queueRule(_, _, _, let encoding): "NFT_MSG_NEWRULE (\(encoding == .native ? "queue expression" : "xt NFQUEUE target rev 3"))"
         case .listElements: "NFT_MSG_GETSETELEM"
         case .getTable: "NFT_MSG_GETTABLE"
+        case .getSet: "NFT_MSG_GETSET"
         }
     }
 
@@ -375,6 +415,7 @@ enum Target {
             "chain \(family) \(table) \(chain)"
         case .listElements(let family, let table, let set): "set \(family) \(table) \(set)"
         case .getTable(let family, let table): "table \(family) \(table)"
+        case .getSet(let family, let table, let set): "set \(family) \(table) \(set)"
         }
     }
 
@@ -408,6 +449,8 @@ enum Target {
             return "set \(set) is full: raise its size in nft-rules/midcom.nft or shorten timeouts"
         case (.getTable, ENOENT):
             return "the table does not exist"
+        case (.getSet, ENOENT):
+            return "the set does not exist"
         case (.batchBegin, _):
             return "the kernel refused the whole batch (\(NetfilterError.errnoName(code)))"
         default:

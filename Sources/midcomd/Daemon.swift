@@ -234,16 +234,20 @@ final class Daemon: Sendable {
         burst.programNow(changes)
     }
 
-    /// Checks that the loaded ruleset has every set and map this midcomd programs: a ruleset from an
-    /// older release would otherwise fail one batch after another at run time.
+    /// Checks that the loaded ruleset has every set and map this midcomd programs, with the key and
+    /// data lengths `NFTSchema` encodes: a ruleset from another release would otherwise fail one
+    /// batch after another at run time. One GETSET per set: no elements are listed (a set of a
+    /// million elements takes the kernel minutes to dump).
     func checkRuleset() throws {
         for spec in NFTSchema.all {
-            let listing = Result { () throws(NetfilterError) in try nft.listElements(table: configuration.table, set: spec.name) }
-            if case .failure(let error) = listing, error.errno == ENOENT {
+            guard let layout = try nft.setLayout(table: configuration.table, set: spec.name) else {
                 throw DaemonError(
                     "table inet \(configuration.table) has no set \(spec.name): it was loaded from an older ruleset; reload nft-rules/midcom.nft (nft -f /etc/nftables.d/midcom.nft) and start midcomd again")
             }
-            _ = try listing.get()
+            guard layout.keyLength == spec.keyLength, layout.dataLength == spec.dataLength else {
+                throw DaemonError(
+                    "set \(spec.name) of table inet \(configuration.table) has keys of \(layout.keyLength) octets (data \(layout.dataLength.map(String.init) ?? "none")), this midcomd encodes \(spec.keyLength) (\(spec.key.map(\.rawValue).joined(separator: " . "))): reload nft-rules/midcom.nft of this release")
+            }
         }
     }
 

@@ -74,7 +74,16 @@ final class NFTSchemaTests: XCTestCase {
             XCTAssertEqual(Self.types(set["type"]), spec.key.map(\.rawValue), "key of \(spec.name)")
             if let data = spec.data { XCTAssertEqual(Self.types(set["map"]), data.map(\.rawValue), "data of \(spec.name)") }
         }
-        let kernel = NFTKernelProgrammer(nft: try NFTablesClient(), conntrack: try ConntrackClient(), table: "midcom")
+        // What midcomd checks at start (one GETSET per set, no element dump).
+        let client = try NFTablesClient()
+        for spec in NFTSchema.all {
+            XCTAssertEqual(
+                try client.setLayout(table: "midcom", set: spec.name), NFTSetLayout(keyLength: spec.keyLength, dataLength: spec.dataLength),
+                spec.name)
+        }
+        XCTAssertNil(try client.setLayout(table: "midcom", set: "no_such_set"))
+        XCTAssertEqual(NFTSchema.revision(ofTableComment: try XCTUnwrap(client.tableComment(table: "midcom"))), NFTSchema.rulesetRevision)
+        let kernel = NFTKernelProgrammer(nft: client, conntrack: try ConntrackClient(), table: "midcom")
         let tag = ElementTag(sessionID: 0xfeed, kind: .incoming, application: "ssh")
         try kernel.apply(samples.map { .install($0, lifetime: 60, tag: tag) })
         let adopted = kernel.adoptableElements { set, error in XCTFail("\(set): \(error)") }
