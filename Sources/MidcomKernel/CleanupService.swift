@@ -1,5 +1,8 @@
 import CSPWire
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 import MidcomCore
 import Synchronization
 
@@ -80,11 +83,22 @@ public final class CleanupService: Sendable {
         }
     }
 
-    /// The service loop: waits for work (at most `poll` at a time, to notice `shouldStop`).
-    public func run(poll: DispatchTimeInterval = .milliseconds(250), shouldStop: () -> Bool, failed: (any Error) -> Void) {
+    /// The service loop: waits for work (at most `poll` at a time, to notice `shouldStop`), and
+    /// lets at least `gap` pass between two passes. A conntrack walk costs milliseconds even on a
+    /// nearly empty table (the kernel walks every hash bucket), so a pass per removal would keep a
+    /// core busy under a stream of teardowns; with the gap, removals made meanwhile share one walk
+    /// and connections end at most `gap` after their admission.
+    public func run(
+        poll: DispatchTimeInterval = .milliseconds(250), gap: Duration = .milliseconds(100), shouldStop: () -> Bool,
+        failed: (any Error) -> Void
+    ) {
         while !shouldStop() {
             _ = wake.wait(timeout: .now() + poll)
+            guard waiting > 0 else { continue }
             if let error = runOnce() { failed(error) }
+            // Earlier wake-ups were for flows this pass took already; later ones wait for the gap.
+            while wake.wait(timeout: .now()) == .success {}
+            usleep(UInt32(clamping: gap.components.seconds * 1_000_000 + gap.components.attoseconds / 1_000_000_000_000))
         }
     }
 }
