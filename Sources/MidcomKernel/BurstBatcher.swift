@@ -75,8 +75,12 @@ public final class BurstBatcher {
         defer { entries.removeAll(keepingCapacity: true) }
         let all = entries.count == 1 ? entries[0].changes : entries.flatMap(\.changes)
         do {
+            let forget = connectionsToForget(after: all)
+            // Asked while the elements still exist: a wildcard admission that never matched a
+            // packet let no connection in, and a conntrack walk for it would cost milliseconds.
+            let unused = forget.isEmpty ? [] : kernel.unusedWildcardAdmissions(among: forget)
             try kernel.apply(all)
-            cleanup.enqueue(connectionsToForget(after: all))
+            cleanup.enqueue(unused.isEmpty ? forget : forget.filter { !unused.contains($0) })
             for entry in entries { if let reply = entry.reply { hooks.send(reply) } }
             return []
         } catch {

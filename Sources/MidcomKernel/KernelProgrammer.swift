@@ -13,6 +13,9 @@ public protocol KernelProgrammer: AnyObject, Sendable {
     func forgetConnections(of flows: [FlowTuple]) throws -> Int
     /// The elements of one set or map of the schema.
     func listElements(set: String) throws -> [NFTSetElement]
+    /// Of these admissions (still in the kernel), the wildcard ones whose element never matched a
+    /// packet: they let no connection in, so removing them needs no conntrack walk.
+    func unusedWildcardAdmissions(among flows: [FlowTuple]) -> Set<FlowTuple>
 }
 
 extension KernelProgrammer {
@@ -107,5 +110,18 @@ public final class NFTKernelProgrammer: KernelProgrammer {
 
     public func listElements(set: String) throws -> [NFTSetElement] {
         try nft.listElements(table: table, set: set)
+    }
+
+    /// One element GET per wildcard flow (exact flows are cheap for conntrack: one lookup each).
+    public func unusedWildcardAdmissions(among flows: [FlowTuple]) -> Set<FlowTuple> {
+        var unused: Set<FlowTuple> = []
+        for flow in flows where flow.sourcePort == 0 || flow.source.isUnspecified {
+            let element = NFTSchema.element(for: .admission(flow))
+            // A failed look-up counts as used: the walk is the safe side.
+            if let found = try? nft.element(table: table, set: element.set, key: element.key), found.packets == 0 {
+                unused.insert(flow)
+            }
+        }
+        return unused
     }
 }

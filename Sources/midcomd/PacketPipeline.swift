@@ -199,7 +199,7 @@ extension Daemon {
                 agentFailure(outcome.onKernelFailure)
                 continue
             }
-            if let reply = outcome.reply { send(reply) }
+            if let reply = outcome.reply { transmit(reply) }  // this thread is not the packet loop
         }
     }
 
@@ -208,6 +208,6 @@ extension Daemon {
         guard case .refuse(let sessionID, let refusal) = plan else { return }
         let undo = engine.withLock { $0.forgetFailed(sessionID: sessionID) }
         try? apply(undo)  // best effort; counted and logged by apply
-        if let refusal { send(refusal) }
+        if let refusal { transmit(refusal) }
     }
 }

@@ -80,6 +80,18 @@ final class BurstBatcherTests: XCTestCase {
         XCTAssertEqual(recorder.failures, [false, true, true, true], "the batch, then each packet that failed alone")
     }
 
+    func testAnUnusedWildcardAdmissionNeedsNoConntrackWalk() {
+        let kernel = RecordingKernel()
+        var wildcard = flow(0)
+        wildcard.sourcePort = 0
+        kernel.state.withLock { $0.unused = [wildcard] }
+        let recorder = Recorder()
+        let (burst, cleanup) = batcher(kernel, recorder)
+        burst.add(.init(packetID: 1, changes: [.remove(.admission(wildcard)), .remove(.admission(flow(2)))], reply: nil, plan: .ignore))
+        XCTAssertTrue(burst.flush().isEmpty)
+        XCTAssertEqual(cleanup.waiting, 1, "only the exact flow waits for conntrack")
+    }
+
     func testExpiryIsProgrammedAtOnceAndItsConnectionsQueued() {
         let kernel = RecordingKernel()
         let recorder = Recorder()

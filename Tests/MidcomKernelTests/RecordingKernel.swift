@@ -16,6 +16,8 @@ final class RecordingKernel: KernelProgrammer {
         var failWhen: @Sendable ([KernelChange]) -> Bool = { _ in false }
         var failConntrack = false
         var sets: [String: [NFTSetElement]] = [:]
+        /// Flows whose elements the fake reports as never matched.
+        var unused: Set<FlowTuple> = []
     }
 
     let state = Mutex(State())
@@ -44,5 +46,9 @@ final class RecordingKernel: KernelProgrammer {
 
     func listElements(set: String) throws -> [NFTSetElement] {
         state.withLock { $0.sets[set] ?? [] }
+    }
+
+    func unusedWildcardAdmissions(among flows: [FlowTuple]) -> Set<FlowTuple> {
+        state.withLock { state in Set(flows.filter { state.unused.contains($0) }) }
     }
 }
