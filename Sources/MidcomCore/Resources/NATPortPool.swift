@@ -36,6 +36,4 @@ struct NATPortPool: Sendable {
     }
 
     mutating func releaseAll() { inUse.removeAll() }
-
-    func isInUse(_ proto: IPProtocol, _ port: UInt16) -> Bool { inUse[proto]?.contains(port) ?? false }
 }
