@@ -74,9 +74,7 @@ public enum NFTSchema {
 
     /// The drop-cache element of a refused unsignaled flow (same key layout as admit4/admit6).
     public static func blocking(_ flow: FlowTuple) -> Element {
-        var element = admission(FlowTuple(
-            proto: flow.proto, source: flow.source, sourcePort: flow.sourcePort, destination: flow.destination,
-            destinationPort: flow.destinationPort))
+        var element = admission(flow)
         element.set = flow.source.family == .ipv4 ? drop4.name : drop6.name
         return element
     }
