@@ -10,6 +10,7 @@ import PackageDescription
 //   MidcomKernel   the kernel seam: NFTSchema (sets and key layouts, once), KernelProgrammer (real
 //                  nftables/conntrack + a recording fake in tests), bursts, connection clean-up
 //   MidcomControl  control protocol shared by midcomd (server) and midctl (client)
+//   CSPTrust       keys, signatures, challenge tokens (swift-crypto); pure, no policy
 //   CSPHost        host-side signaling library used by the `csp` tool
 let package = Package(
     name: "midcom",
@@ -22,7 +23,10 @@ let package = Package(
         .library(name: "CSPWire", targets: ["CSPWire"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // Ed25519, SHA-256 and HMAC (docs/PROTOCOL.md 7): the maintained BoringSSL-backed
+        // implementation, never home-made primitives. 3.x builds offline here with swift-asn1 only.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(
@@ -33,10 +37,11 @@ let package = Package(
         .target(name: "SystemSupport"),
         .target(name: "Netfilter", dependencies: ["CNetfilter", "SystemSupport"]),
         .target(name: "CSPWire"),
-        .target(name: "MidcomCore", dependencies: ["CSPWire"]),
+        .target(name: "CSPTrust", dependencies: ["CSPWire", "SystemSupport", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "MidcomCore", dependencies: ["CSPWire", "CSPTrust"]),
         .target(name: "MidcomKernel", dependencies: ["MidcomCore", "Netfilter", "CSPWire"]),
         .target(name: "MidcomControl", dependencies: ["SystemSupport"]),
-        .target(name: "CSPHost", dependencies: ["CSPWire", "SystemSupport"]),
+        .target(name: "CSPHost", dependencies: ["CSPWire", "CSPTrust", "SystemSupport"]),
         .executableTarget(
             name: "midcomd",
             dependencies: [
@@ -64,6 +69,7 @@ let package = Package(
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
         .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire"]),
+        .testTarget(name: "CSPTrustTests", dependencies: ["CSPTrust", "CSPWire"]),
         .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"]),
         // Runs commands (nft, ip) for the tests that use the real kernel; linked by test targets only.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
