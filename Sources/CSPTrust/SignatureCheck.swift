@@ -38,6 +38,15 @@ public struct SignatureCheck: Sendable, Equatable {
     public var deferred: Deferred?
     public var records: [Record] = []
 
+    public init(status: Status, deferred: Deferred? = nil, records: [Record] = []) {
+        self.status = status
+        self.deferred = deferred
+        self.records = records
+    }
+
+    /// Nothing signed.
+    public static let unsigned = SignatureCheck(status: .absent)
+
     /// Checks the end-to-end signature of `message` (parsed from `bytes`), and with
     /// `checkRecords` every record's nested signature against the record's nested IDENTITY.
     public static func check(_ bytes: UnsafeRawBufferPointer, message: CSPMessage, checkRecords: Bool = false)

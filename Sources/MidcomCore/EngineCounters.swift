@@ -29,6 +29,20 @@ public struct EngineCounters: Sendable, Equatable {
     public var adopted: UInt64 = 0
     /// Sessions replaced by a newer session of the same owner for the same flow.
     public var superseded: UInt64 = 0
+    /// Signatures missing where required, wrong, stale, or of another key than the session's.
+    public var authenticationFailures: UInt64 = 0
+    /// Requests whose sequence was already seen (docs/PROTOCOL.md 7.3).
+    public var replays: UInt64 = 0
+    public var challengesSent: UInt64 = 0
+    public var challengesPassed: UInt64 = 0
+    /// RESPONSEs to us whose token was not ours, for that sender, or still valid.
+    public var challengesFailed: UInt64 = 0
+    /// Requests from unproved sources dropped because the reply budget was spent.
+    public var challengesLimited: UInt64 = 0
+    /// REJECTs not sent: reply budget spent, or larger than 3× the request.
+    public var repliesLimited: UInt64 = 0
+    /// SETUPs refused because their source holds too much pending state.
+    public var pendingLimited: UInt64 = 0
 
     public var asDictionary: [String: UInt64] {
         [
@@ -40,7 +54,10 @@ public struct EngineCounters: Sendable, Equatable {
             "unsignaled_admitted": unsignaledAdmitted, "expired": expired, "table_full": tableFull,
             "redirected": redirected, "mapped": mapped, "announced": announced, "announce_limited": announceLimited,
             "local_requests": localRequests, "kernel_failures": kernelFailures, "rewrite_failures": rewriteFailures,
-            "adopted": adopted, "superseded": superseded,
+            "adopted": adopted, "superseded": superseded, "authentication_failures": authenticationFailures,
+            "replays": replays, "challenges_sent": challengesSent, "challenges_passed": challengesPassed,
+            "challenges_failed": challengesFailed, "challenges_limited": challengesLimited,
+            "replies_limited": repliesLimited, "pending_limited": pendingLimited,
         ]
     }
 }

@@ -1,3 +1,4 @@
+import CSPTrust
 import CSPWire
 
 /// Who this middlebox is on the wire: its records and ANNOUNCEs carry these.
@@ -6,11 +7,18 @@ public struct MiddleboxIdentity: Sendable, Equatable {
     /// Chosen anew at every start; hosts that see it change know state was lost and re-signal.
     public var epoch: UInt32
     public var name: String
+    /// Signs our records (docs/PROTOCOL.md 7.2); nil: records go unsigned.
+    public var key: SigningKey?
 
-    public init(id: UInt64, epoch: UInt32, name: String) {
+    public init(id: UInt64, epoch: UInt32, name: String, key: SigningKey? = nil) {
         self.id = id
         self.epoch = epoch
         self.name = name
+        self.key = key
+    }
+
+    public static func == (a: MiddleboxIdentity, b: MiddleboxIdentity) -> Bool {
+        a.id == b.id && a.epoch == b.epoch && a.name == b.name && a.key?.publicKey == b.key?.publicKey
     }
 }
 
@@ -91,11 +99,33 @@ public struct GatewayEngine: Sendable {
     public let identity: MiddleboxIdentity
     public let policy: Policy
     var configuration: MidcomConfiguration { policy.configuration }
+    /// Stateless CHALLENGE tokens (docs/PROTOCOL.md 6.6).
+    let challengeTokens: ChallengeTokens
+    /// Addresses that answered a CHALLENGE, until when.
+    var validated: [ValidatedSource: Instant] = [:]
+    /// Replay windows of sessions that ended recently.
+    var tombstones: [UInt64: Tombstone] = [:]
+    var tombstoneOrder = FIFO<TombstoneEntry>()
+    /// What we may still send to unproved addresses this second.
+    var replyBudget: ReplyBudget
+    /// Wall-clock second of our start: signed requests stamped earlier are refused (7.3).
+    let startedAtWallClock: UInt64
 
-    public init(configuration: MidcomConfiguration, identity: MiddleboxIdentity) {
+    /// `challengeSecret`: 32 random octets for the challenge tokens (random when nil);
+    /// `startedAt`: the wall clock at start, seconds since 1970.
+    public init(
+        configuration: MidcomConfiguration, identity: MiddleboxIdentity, challengeSecret: [UInt8]? = nil,
+        startedAt: UInt64 = 0
+    ) {
         self.policy = Policy(configuration: configuration)
         self.identity = identity
         self.natPorts = configuration.nat.map { NATPortPool(range: $0.ports) }
+        var generator = SystemRandomNumberGenerator()
+        self.challengeTokens = ChallengeTokens(
+            secret: challengeSecret ?? (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        self.replyBudget = ReplyBudget(
+            perSource: configuration.trust.repliesPerSource, perSecond: configuration.trust.repliesPerSecond)
+        self.startedAtWallClock = startedAt
     }
 
     // MARK: the request pipeline
@@ -104,9 +134,24 @@ public struct GatewayEngine: Sendable {
     public mutating func handle(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         counters.signalingMessages += 1
         if request.isAddressedToUs { counters.localRequests += 1 }
-        if let refused = checkLoop(request) ?? authenticate(request) ?? checkReturnRoutability(request, now: now) {
-            return refused
-        }
+        if let refused = checkLoop(request) { return refused }
+        // A RESPONSE proves an address; it is not a request of its own (docs/PROTOCOL.md 6.6).
+        if request.message.type == .response { return handleResponse(request, now: now) }
+        var request = request
+        if let refused = authenticate(&request) { return refused }
+        if checkReturnRoutability(request, now: now) != nil { return challenge(request) }
+        let message = request.message
+        guard !message.type.isReply else { return dispatch(request, now: now) }
+        // Noted before the handler (a TEARDOWN's sequence must be in the window the session
+        // leaves behind) and after it (a new session starts with this request's sequence).
+        sessions.recordSequence(id: message.sessionID, sequence: message.sequence, nonce: message.nonce)
+        let outcome = dispatch(request, now: now)
+        sessions.recordSequence(id: message.sessionID, sequence: message.sequence, nonce: message.nonce)
+        return outcome
+    }
+
+    /// Step 5: the message's handler.
+    private mutating func dispatch(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         let type = request.message.type
         if request.isAddressedToUs, type.isReply {
             // Replies are never answered with an error (docs/PROTOCOL.md 8); one sent to us is stray.
@@ -117,8 +162,8 @@ public struct GatewayEngine: Sendable {
         case .accept, .mapped: return handleAccept(request, now: now)
         case .reject, .redirect, .challenge: return handleRefusal(request)
         case .refresh: return handleRefresh(request, now: now)
-        case .teardown: return handleTeardown(request)
-        case .rebind, .addPath, .removePath, .deny, .response: return handleNotActedOn(request)
+        case .teardown: return handleTeardown(request, now: now)
+        case .rebind, .addPath, .removePath, .deny: return handleNotActedOn(request)
         default:
             counters.unknownTypes += 1
             if request.isAddressedToUs { return SignalingOutcome(verdict: .drop) }
@@ -144,13 +189,6 @@ public struct GatewayEngine: Sendable {
         return SignalingOutcome(
             verdict: .drop, event: "dropped \(message.type) \(hex(message.sessionID)): routing loop (our record is in it)")
     }
-
-    /// Hook for the trust issue (signatures, trust policy, replay window): nil admits the request
-    /// to the next stage, an outcome refuses it.
-    func authenticate(_ request: SignalingRequest) -> SignalingOutcome? { nil }
-
-    /// Hook for return routability (CHALLENGE/RESPONSE, docs/PROTOCOL.md 6.6).
-    func checkReturnRoutability(_ request: SignalingRequest, now: Instant) -> SignalingOutcome? { nil }
 
     // MARK: sessions and their kernel state
 
@@ -189,12 +227,13 @@ public struct GatewayEngine: Sendable {
     /// Removes a session, gives back its NAT port, and returns the changes that undo what it
     /// installed. Every way a session ends goes through here.
     @discardableResult
-    mutating func discard(_ id: UInt64) -> [KernelChange] {
+    mutating func discard(_ id: UInt64, now: Instant? = nil) -> [KernelChange] {
         guard let session = sessions.remove(id: id) else { return [] }
-        return released(session)
+        return released(session, now: now)
     }
 
-    mutating func released(_ session: Session) -> [KernelChange] {
+    mutating func released(_ session: Session, now: Instant? = nil) -> [KernelChange] {
+        if let now { bury(session, now: now) }
         releasePendingMapping(of: session)
         if let mapping = session.mapping { natPorts?.release(session.flow.proto, mapping.port) }
         return session.kernelObjects.map { .remove($0) }
@@ -219,11 +258,28 @@ public struct GatewayEngine: Sendable {
             tlvs: [.middleboxName(identity.name)] + extra)
     }
 
+    /// `message` with our records signed (IDENTITY and SIGNATURE nested last, docs/PROTOCOL.md
+    /// 7.2), bound to its header. Only messages that travel to a host are sealed: replies and our
+    /// own answers, whose records the host checks against the key it pins.
+    func sealed(_ message: CSPMessage) -> CSPMessage {
+        guard let key = identity.key, configuration.trust.signRecords else { return message }
+        var sealed = message
+        let header = message.headerForSigning
+        sealed.tlvs = message.tlvs.map { tlv in
+            guard case .middleboxRecord(let record) = tlv, record.middleboxID == identity.id, record.identity == nil else {
+                return tlv
+            }
+            return .middleboxRecord(record.signed(by: key, header: header))
+        }
+        return sealed
+    }
+
     /// The verdict for a message we changed: the new bytes, or a drop when the message no longer
     /// fits a datagram (forwarding the original would let the peer see a message without the
     /// record the engine believes it carries).
     mutating func rewritten(original: CSPMessage, _ forwarded: CSPMessage) -> SignalingVerdict {
         guard forwarded != original else { return .forward }
+        let forwarded = forwarded.type.isReply ? sealed(forwarded) : forwarded
         guard let bytes = try? forwarded.serialize(), bytes.count <= Self.maximumMessageLength else {
             counters.rewriteFailures += 1
             return .drop
@@ -236,8 +292,9 @@ public struct GatewayEngine: Sendable {
     static let maximumMessageLength = 65_000
 
     /// REJECT for `request`. An intercepted request is answered in the responder's name (from
-    /// its address and port), a request to us from our own address.
-    func rejection(
+    /// its address and port), a request to us from our own address. The sender is not proved:
+    /// the REJECT is sent within the reply budget and 3× the request's size, or not at all.
+    mutating func rejection(
         of request: SignalingRequest, result: CSPResultCode, reason: String, retryAfter: UInt32 = 0, event: String,
         kernel: [KernelChange] = []
     ) -> SignalingOutcome {
@@ -249,9 +306,13 @@ public struct GatewayEngine: Sendable {
                 .reason(CSPReason(retryAfter: retryAfter, text: reason)), .epoch(identity.epoch),
                 .middleboxRecord(record(.rejected, lifetime: 0)),
             ])
+        guard let bounded = budgeted(sealed(reject), for: request) else {
+            counters.repliesLimited += 1
+            return SignalingOutcome(verdict: .drop, kernel: kernel, event: event.isEmpty ? nil : event + " (REJECT not sent: reply budget)")
+        }
         return SignalingOutcome(
             verdict: .drop, kernel: kernel,
-            reply: OutgoingMessage(message: reject, destination: request.source, source: request.destination),
+            reply: OutgoingMessage(message: bounded, destination: request.source, source: request.destination),
             event: event)
     }
 }

@@ -57,6 +57,9 @@ public struct MidcomConfiguration: Sendable, Equatable {
     // [nat]
     public var nat: NATConfiguration?
 
+    // [trust], [[known-key]]
+    public var trust = TrustConfiguration()
+
     public init() {}
 
     public static let defaultPath = "/etc/midcom/midcomd.conf"
@@ -87,11 +90,22 @@ public struct MidcomConfiguration: Sendable, Equatable {
             case "nat":
                 nat = try NATConfiguration(reading: &reader)
                 try reader.rejectUnknownKeys()
+            case "trust":
+                try trust.read(&reader)
+            case "known-key":
+                trust.knownKeys.append(try KnownKey(reading: &reader, index: trust.knownKeys.count))
             default:
                 throw ConfigError(
                     path: path, line: section.line, message: "unknown section [\(section.name)]",
-                    fix: "valid sections are [daemon], [policy], [nat] and [[rule]]")
+                    fix: "valid sections are [daemon], [policy], [nat], [trust], [[rule]] and [[known-key]]")
             }
+        }
+        let needsKeys = trust.signatures == .knownKeys || rules.contains { $0.signatures == .knownKeys }
+        if needsKeys, trust.knownKeys.isEmpty {
+            let line = file.tables.first { $0.name == "trust" }?.value("signatures")?.line ?? 0
+            throw ConfigError(
+                path: path, line: line, message: "signatures = known-keys, but no [[known-key]] is listed: nothing could pass",
+                fix: "add a [[known-key]] table with key = \"csp-ed25519 ...\" per trusted host, or use any-key")
         }
         if defaultLifetime > maximumLifetime {
             // An explicit default above the maximum is a contradiction; the built-in default simply

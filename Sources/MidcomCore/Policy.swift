@@ -44,6 +44,8 @@ public struct PolicyRule: Sendable, Equatable {
     public var redirectTarget: CSPEndpoint?
     /// Upper bound on the lifetime this rule grants (on top of the global maximum).
     public var maximumLifetime: UInt32?
+    /// Signatures the flows this rule matches need; nil: the [trust] setting.
+    public var signatures: SignatureRequirement?
 
     public init(
         name: String, proto: IPProtocol? = nil, source: IPPrefix? = nil, destination: IPPrefix? = nil,
@@ -125,6 +127,9 @@ public struct PolicyRule: Sendable, Equatable {
             guard let n = UInt32(v.text), n > 0 else { throw fail(v, "max-lifetime must be a positive number of seconds", "write e.g. max-lifetime = 300") }
             maximumLifetime = n
         }
+        if reader.table.value("signatures") != nil {
+            signatures = try reader.choice("signatures", default: SignatureRequirement.none)
+        }
     }
 }
 
@@ -137,6 +142,8 @@ public struct PolicyDecision: Sendable, Equatable {
     public var lifetime: UInt32
     public var reason: String?
     public var redirectTarget: CSPEndpoint?
+    /// What signatures the flow needs (the rule's, else the [trust] default).
+    public var signatures: SignatureRequirement = .none
 }
 
 /// First-match rule evaluation with lifetime clamping (PCP-style: the middlebox, not the host,
@@ -158,6 +165,7 @@ public struct Policy: Sendable {
             default: rule?.reason
             }
         return PolicyDecision(
-            action: action, ruleName: rule?.name, lifetime: lifetime, reason: reason, redirectTarget: rule?.redirectTarget)
+            action: action, ruleName: rule?.name, lifetime: lifetime, reason: reason, redirectTarget: rule?.redirectTarget,
+            signatures: rule?.signatures ?? configuration.trust.signatures)
     }
 }

@@ -8,7 +8,9 @@ extension GatewayEngine {
         -> SignalingOutcome
     {
         do {
-            return handle(try SignalingRequest(parsing: payload, source: source, entry: .intercepted(destination: destination)), now: now)
+            var request = try SignalingRequest(parsing: payload, source: source, entry: .intercepted(destination: destination))
+            request.message = request.message.sequencedLikeAHost
+            return handle(request, now: now)
         } catch {
             return malformed(from: source, addressedToUs: false, error: error)
         }
@@ -16,7 +18,9 @@ extension GatewayEngine {
 
     mutating func handleLocalRequest(payload: UnsafeRawBufferPointer, from source: CSPEndpoint, now: Instant) -> SignalingOutcome {
         do {
-            return handle(try SignalingRequest(parsing: payload, source: source, entry: .addressedToUs), now: now)
+            var request = try SignalingRequest(parsing: payload, source: source, entry: .addressedToUs)
+            request.message = request.message.sequencedLikeAHost
+            return handle(request, now: now)
         } catch {
             return malformed(from: source, addressedToUs: true, error: error)
         }
@@ -39,3 +43,15 @@ extension Array where Element == KernelChange {
 func admit(_ flow: FlowTuple, lifetime: UInt32) -> KernelChange { .install(.admission(flow), lifetime: lifetime, tag: nil) }
 func readmit(_ flow: FlowTuple, lifetime: UInt32) -> KernelChange { .refresh(.admission(flow), lifetime: lifetime, tag: nil) }
 func revoke(_ flow: FlowTuple) -> KernelChange { .remove(.admission(flow)) }
+
+extension CSPMessage {
+    /// The message as a host that counts its requests would send it: tests give each request a
+    /// new nonce, and a request without a sequence gets its nonce's low bits as one, so that the
+    /// replay window (docs/PROTOCOL.md 7.3) sees a new sequence per new request.
+    var sequencedLikeAHost: CSPMessage {
+        guard !type.isReply, sequence == 0 else { return self }
+        var copy = self
+        copy.sequence = UInt32(truncatingIfNeeded: nonce)
+        return copy
+    }
+}

@@ -65,6 +65,8 @@ final class GatewayEngineTests: XCTestCase {
 
     func engine(_ configure: (inout MidcomConfiguration) -> Void = { _ in }) -> GatewayEngine {
         var config = MidcomConfiguration()
+        // These tests are about what follows return routability (tested in TrustTests).
+        config.trust.challenge = .never
         configure(&config)
         return GatewayEngine(configuration: config, identity: identity)
     }

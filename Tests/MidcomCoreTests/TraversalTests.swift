@@ -12,6 +12,8 @@ final class TraversalTests: XCTestCase {
 
     func engine(_ configure: (inout MidcomConfiguration) -> Void = { _ in }) -> GatewayEngine {
         var config = MidcomConfiguration()
+        // These tests are about what follows return routability (tested in TrustTests).
+        config.trust.challenge = .never
         config.nat = NATConfiguration(externalAddress: external, internalPrefixes: [IPPrefix("10.0.0.0/8")!], ports: 20000...20001)
         configure(&config)
         return GatewayEngine(configuration: config, identity: identity)

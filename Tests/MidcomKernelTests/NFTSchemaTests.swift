@@ -114,6 +114,8 @@ final class NFTSchemaTests: XCTestCase {
             $0.sets["admit4"] = [NFTSetElement(key: admission.key.bytes, expiresIn: .seconds(20), comment: tag.comment)]
         }
         var config = MidcomConfiguration()
+        // These tests are about what follows return routability (tested in TrustTests).
+        config.trust.challenge = .never
         config.nat = NATConfiguration(
             externalAddress: IPAddress("203.0.113.1")!, internalPrefixes: [IPPrefix("10.0.0.0/8")!], ports: 20001...20002)
         var engine = GatewayEngine(configuration: config, identity: MiddleboxIdentity(id: 1, epoch: 1, name: "gw"))

@@ -34,11 +34,13 @@ extension GatewayEngine {
     /// removing them anyway (removal never fails on a missing element) keeps a refresh that raced
     /// the expiry from leaving an element no session owns.
     public mutating func expire(now: Instant) -> (sessions: [Session], kernel: [KernelChange]) {
+        expireTombstones(now: now)
+        if validated.count > 4096, now.nanoseconds / 1_000_000_000 % 10 == 0 { pruneValidated(now: now) }
         let expired = sessions.expire(now: now)
         guard !expired.isEmpty else { return ([], []) }
         counters.expired += UInt64(expired.count)
         var kernel: [KernelChange] = []
-        for session in expired { kernel += released(session) }
+        for session in expired { kernel += released(session, now: now) }
         return (expired, kernel)
     }
 

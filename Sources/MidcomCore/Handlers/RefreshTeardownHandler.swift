@@ -11,7 +11,7 @@ extension GatewayEngine {
                 event: "REFRESH for unknown session \(hex(refresh.sessionID)) from \(request.source)")
         }
         // Lifetime 0 means delete (PCP-style).
-        if refresh.lifetime == 0 { return handleTeardown(request) }
+        if refresh.lifetime == 0 { return handleTeardown(request, now: now) }
         let decision = policy.decide(
             flow: session.flow, application: session.application, incoming: session.incoming,
             requestedLifetime: refresh.lifetime)
@@ -39,21 +39,30 @@ extension GatewayEngine {
 
     /// TEARDOWN (or REFRESH with lifetime 0). Intercepted, it travels on to the peer; addressed to
     /// us, we answer ACCEPT with lifetime 0 as the responder (docs/PROTOCOL.md 5.6).
-    mutating func handleTeardown(_ request: SignalingRequest) -> SignalingOutcome {
+    mutating func handleTeardown(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         let teardown = request.message
         let local = request.isAddressedToUs
-        guard let session = sessions[id: teardown.sessionID],
-            session.owner == request.source.address || (!local && session.responder == request.source.address)
-        else {
+        if let session = sessions[id: teardown.sessionID], session.ownerKey != nil, !mayTearDown(session, request) {
+            counters.authenticationFailures += 1
+        }
+        guard let session = sessions[id: teardown.sessionID], mayTearDown(session, request) else {
             // Not ours to judge when intercepted; to us, an unknown session is simply gone already.
             return SignalingOutcome(verdict: local ? .drop : .forward)
         }
-        let kernel = discard(session.id)
+        let kernel = discard(session.id, now: now)
         counters.tornDown += 1
         return SignalingOutcome(
             verdict: local ? .drop : .forward, kernel: kernel,
             reply: local ? answer(request, lifetime: 0, session: session) : nil,
             event: "torn down \(hex(session.id)) \(session.flow)")
+    }
+
+    /// A signed session ends only by its key (the responder's TEARDOWN still travels to the
+    /// owner, who decides); an unsigned one by its owner's or responder's address.
+    func mayTearDown(_ session: Session, _ request: SignalingRequest) -> Bool {
+        if let key = session.ownerKey { return request.signer == key && session.owner == request.source.address }
+        return session.owner == request.source.address
+            || (!request.isAddressedToUs && session.responder == request.source.address)
     }
 
     /// REBIND, ADD-PATH, REMOVE-PATH, DENY and RESPONSE are specified but not acted on yet: they

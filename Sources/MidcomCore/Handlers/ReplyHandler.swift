@@ -67,6 +67,9 @@ extension GatewayEngine {
             // Someone else's (e.g. an upstream middlebox's) answer for a session we never held: pass it on.
             return SignalingOutcome(verdict: .forward)
         }
+        // A CHALLENGE from further along ends nothing: the host proves its address and repeats
+        // the same request, which then finds its pending state here.
+        if refusal.type == .challenge { return SignalingOutcome(verdict: .forward) }
         var kernel: [KernelChange] = []
         let outcome: String
         if session.state == .pending {

@@ -33,7 +33,7 @@ extension GatewayEngine {
         case .reject:
             counters.rejected += 1
             // The owner asked to replace the session with a flow we refuse: the old one goes too.
-            let kernel = existing.map { discard($0.id) } ?? []
+            let kernel = existing.map { discard($0.id, now: now) } ?? []
             return rejection(
                 of: request, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
                 event: "rejected SETUP \(hex(setup.sessionID)) \(flow): \(decision.reason ?? "policy")", kernel: kernel)
@@ -42,11 +42,33 @@ extension GatewayEngine {
         case .redirect, .admit:
             break
         }
+        // Which keys may open this flow is policy (the rule's `signatures`, else [trust]).
+        if !authorizes(decision.signatures, signer: request.signer, source: source.address, application: setup.application) {
+            counters.authenticationFailures += 1
+            let needed =
+                decision.signatures == .knownKeys
+                ? (request.signer == nil ? "a signature by a known key" : "a known key (\(request.signer!) is not listed)")
+                : "a signature"
+            let rule = decision.ruleName.map { " (rule '\($0)')" } ?? ""
+            return rejection(
+                of: request, result: .authenticationFailed, reason: "this flow needs \(needed)\(rule)",
+                event: "refused SETUP \(hex(setup.sessionID)) \(flow) from \(source): needs \(needed)\(rule)")
+        }
         if existing == nil, sessions.count >= configuration.maximumSessions {
             counters.tableFull += 1
             return rejection(
                 of: request, result: .resourcesExhausted, reason: "session table full", retryAfter: 30,
                 event: "session table full: rejected \(hex(setup.sessionID))")
+        }
+        // Pending state is what a flood of SETUPs costs us: bounded per source and in all.
+        if existing == nil || existing?.state == .pending {
+            let trust = configuration.trust
+            if sessions.pendingSessions(of: source.address) >= trust.pendingPerSource || sessions.pendingCount >= trust.maximumPending {
+                counters.pendingLimited += 1
+                return rejection(
+                    of: request, result: .resourcesExhausted, reason: "too many requests in flight", retryAfter: 5,
+                    event: "pending limit: rejected \(hex(setup.sessionID)) from \(source.address)")
+            }
         }
         var session =
             existing
@@ -54,6 +76,10 @@ extension GatewayEngine {
                 id: setup.sessionID, flow: flow, state: .pending, application: setup.application, createdAt: now,
                 expiresAt: nil, grantedLifetime: decision.lifetime, incoming: incoming)
         if session.state != .admitted { session.state = .pending }
+        if existing == nil, let buried = tombstones[setup.sessionID] { session.replay = buried.window }
+        // A signed session belongs to its key from now on (an unsigned one is upgraded by its
+        // owner signing a re-SETUP; authenticate() made sure no other key can).
+        if let signer = request.signer { session.ownerKey = signer }
         session.incoming = incoming
         session.application = setup.application ?? session.application
         session.updatedAt = now

@@ -1,7 +1,9 @@
+import CSPTrust
 import CSPWire
 
-/// A CSP message the middlebox must act on, parsed (and, with the trust issue, verified) before
-/// the engine's lock is taken: the engine never touches bytes.
+/// A CSP message the middlebox must act on, parsed and its signature verified before the
+/// engine's lock is taken: the engine never touches bytes, and never runs Ed25519 (except for a
+/// signed message that omits IDENTITY, checked against its session's key).
 public struct SignalingRequest: Sendable, Equatable {
     /// How the message reached us. Both kinds run through the same pipeline
     /// (`GatewayEngine.handle`); only the last step differs.
@@ -15,16 +17,33 @@ public struct SignalingRequest: Sendable, Equatable {
     public var message: CSPMessage
     public var source: CSPEndpoint
     public var entry: Entry
+    /// What the end-to-end signature proves (docs/PROTOCOL.md 7).
+    public var signature: SignatureCheck
+    /// The receiver's wall clock when the datagram arrived, seconds since 1970 (for TIMESTAMP
+    /// and challenge tokens; the engine's `Instant` is monotonic).
+    public var wallClock: UInt64
+    /// The datagram's CSP payload length: what the amplification bound is measured against.
+    public var wireLength: Int
 
-    public init(message: CSPMessage, source: CSPEndpoint, entry: Entry) {
+    public init(
+        message: CSPMessage, source: CSPEndpoint, entry: Entry, signature: SignatureCheck = SignatureCheck(status: .absent),
+        wallClock: UInt64 = 0, wireLength: Int? = nil
+    ) {
         self.message = message
         self.source = source
         self.entry = entry
+        self.signature = signature
+        self.wallClock = wallClock
+        self.wireLength = wireLength ?? ((try? message.serialize().count) ?? CSPMessage.headerLength)
     }
 
-    /// Parses a datagram's payload; throws the codec's error for malformed input.
-    public init(parsing payload: UnsafeRawBufferPointer, source: CSPEndpoint, entry: Entry) throws {
-        self.init(message: try CSPMessage.parse(payload), source: source, entry: entry)
+    /// Parses a datagram's payload and verifies its signature; throws the codec's error for
+    /// malformed input.
+    public init(parsing payload: UnsafeRawBufferPointer, source: CSPEndpoint, entry: Entry, wallClock: UInt64 = 0) throws {
+        let message = try CSPMessage.parse(payload)
+        self.init(
+            message: message, source: source, entry: entry, signature: SignatureCheck.check(payload, message: message),
+            wallClock: wallClock, wireLength: payload.count)
     }
 
     public var isAddressedToUs: Bool { entry == .addressedToUs }
@@ -32,6 +51,12 @@ public struct SignalingRequest: Sendable, Equatable {
     /// Where the message was going: the peer for intercepted messages, nil for messages to us.
     public var destination: CSPEndpoint? {
         if case .intercepted(let destination) = entry { return destination }
+        return nil
+    }
+
+    /// The key that signed the message, once verified (for `.needsSessionKey`, by the engine).
+    public var signer: PublicKey? {
+        if case .valid(let key) = signature.status { return key }
         return nil
     }
 }

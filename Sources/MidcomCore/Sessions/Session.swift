@@ -1,3 +1,4 @@
+import CSPTrust
 import CSPWire
 
 /// Monotonic time in nanoseconds, supplied by the caller so the core never reads a clock itself
@@ -72,6 +73,8 @@ public struct Session: Sendable, Equatable {
     public var grantedLifetime: UInt32
     /// True when the responder (not the initiator) opened the session: an incoming pinhole.
     public var incoming: Bool
+    /// Sequences of the owner's requests seen so far (docs/PROTOCOL.md 7.3).
+    public var replay = ReplayWindow()
     private var extras: ExtrasBox?
 
     public init(
@@ -126,6 +129,11 @@ public struct Session: Sendable, Equatable {
         get { extras?.value.application }
         set { updateExtras { $0.application = newValue } }
     }
+    /// The key the session belongs to (docs/PROTOCOL.md 6.7); nil: it belongs to its addresses.
+    public var ownerKey: PublicKey? {
+        get { extras?.value.ownerKey }
+        set { updateExtras { $0.ownerKey = newValue } }
+    }
     /// The request we are waiting on, to match its answer.
     public var pending: PendingRequest? {
         get { extras?.value.pending }
@@ -137,6 +145,7 @@ public struct Session: Sendable, Equatable {
         var redirectTarget: CSPEndpoint?
         var application: String?
         var pending: PendingRequest?
+        var ownerKey: PublicKey?
         var extraPaths: [PathID: FlowTuple] = [:]
     }
 

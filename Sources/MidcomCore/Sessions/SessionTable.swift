@@ -10,6 +10,10 @@ public struct SessionTable: Sendable {
     private var byID: [UInt64: Session] = [:]
     private var byFlow: [FlowTuple: UInt64] = [:]
     private var expiryHeap = MinHeap<ExpiryEntry>()
+    /// Pending sessions per owner address and in all: the per-source limit on pending state
+    /// (docs/PROTOCOL.md 11) needs them for every SETUP, so they are kept, not counted.
+    private var pendingByOwner: [IPAddress: Int32] = [:]
+    public private(set) var pendingCount = 0
 
     struct ExpiryEntry: Comparable, Sendable {
         var at: Instant
@@ -29,6 +33,8 @@ public struct SessionTable: Sendable {
 
     /// Inserts or replaces a session, keeping the flow index and expiry heap consistent.
     public mutating func upsert(_ session: Session) {
+        countPending(byID[session.id], -1)
+        countPending(session, +1)
         if let old = byID[session.id] {
             if old.flow != session.flow || old.pathCount > 1 || session.pathCount > 1 { unindex(old) }
             // Pushing an unchanged expiry again would only grow the heap.
@@ -60,8 +66,25 @@ public struct SessionTable: Sendable {
     @discardableResult
     public mutating func remove(id: UInt64) -> Session? {
         guard let session = byID.removeValue(forKey: id) else { return nil }
+        countPending(session, -1)
         unindex(session)
         return session
+    }
+
+    /// Pending sessions `owner` holds.
+    public func pendingSessions(of owner: IPAddress) -> Int { Int(pendingByOwner[owner] ?? 0) }
+
+    private mutating func countPending(_ session: Session?, _ delta: Int32) {
+        guard let session, session.state == .pending else { return }
+        let owner = session.owner
+        let count = (pendingByOwner[owner] ?? 0) + delta
+        pendingByOwner[owner] = count > 0 ? count : nil
+        pendingCount += Int(delta)
+    }
+
+    /// Notes a request's sequence in its session's replay window, in place.
+    public mutating func recordSequence(id: UInt64, sequence: UInt32, nonce: UInt64) {
+        byID[id]?.replay.record(sequence: sequence, nonce: nonce)
     }
 
     private mutating func unindex(_ session: Session) {
@@ -75,6 +98,8 @@ public struct SessionTable: Sendable {
     public mutating func removeAll() -> [Session] {
         let sessions = Array(byID.values)
         byID.removeAll()
+        pendingByOwner.removeAll()
+        pendingCount = 0
         byFlow.removeAll()
         expiryHeap = MinHeap()
         return sessions

@@ -1,0 +1,178 @@
+import CSPTrust
+import CSPWire
+
+/// Step 4 of the request pipeline (docs/PROTOCOL.md 6.6): before a message creates state for an
+/// address, the address proves it receives what is sent to it by echoing a CHALLENGE-TOKEN.
+///
+/// Challenged are the two messages that make this middlebox install state for an address: a
+/// SETUP (for its sender, the session's owner) and an ACCEPT (for its sender, the responder —
+/// else whoever wrote the SETUP could forge the responder's ACCEPT, having chosen its nonce).
+/// Tokens are stateless; what is kept is only the outcome of a proof: "this address answered for
+/// this key" (or, unsigned, "for this session"), for `validated-lifetime` seconds.
+extension GatewayEngine {
+    func checkReturnRoutability(_ request: SignalingRequest, now: Instant) -> ChallengeNeed? {
+        let trust = configuration.trust
+        switch trust.challenge {
+        case .never: return nil
+        case .auto where sessions.pendingCount < trust.challengeThreshold: return nil
+        case .auto, .newSources, .always: break
+        }
+        let message = request.message
+        let session = sessions[id: message.sessionID]
+        switch message.type {
+        case .setup:
+            if let session, session.owner == request.source.address {
+                // The session's own sender again: a retransmission of a request we already let
+                // through, or a re-SETUP of a session whose address was proved.
+                if session.state != .pending { return nil }
+                if session.pending?.nonce == message.nonce { return nil }
+            }
+        case .accept, .mapped:
+            // Only an ACCEPT that would install something here needs its sender proved: one for
+            // a request we forwarded, from a responder not proved for this session yet.
+            guard let session, let pending = session.pending, pending.nonce == message.nonce, !request.isAddressedToUs else {
+                return nil
+            }
+            if session.state != .pending,
+                Self.responder(of: pending.flow, incoming: session.incoming)
+                    == Self.responder(of: session.flow, incoming: session.incoming)
+            {
+                return nil  // a REFRESH or re-SETUP answered by the responder proved at admission
+            }
+        default:
+            return nil
+        }
+        if isValidated(request.source.address, key: request.signer, sessionID: message.sessionID, now: now) { return nil }
+        return ChallengeNeed()
+    }
+
+    /// Whether `address` proved itself for `key` (signed) or for this session (unsigned).
+    func isValidated(_ address: IPAddress, key: PublicKey?, sessionID: UInt64, now: Instant) -> Bool {
+        if let until = validated[ValidatedSource(address: address, key: key, sessionID: sessionID)], now < until {
+            return true
+        }
+        guard let key, configuration.trust.challenge != .always else { return false }
+        if let until = validated[ValidatedSource(address: address, key: key, sessionID: 0)], now < until { return true }
+        return false
+    }
+
+    /// CHALLENGE for `request`, sent to its sender in the name of the other end (so it passes
+    /// the conntrack and NAT state between us and the sender), within the reply budget and at
+    /// most 3× the request's size. The request itself goes no further: the sender repeats it
+    /// after its RESPONSE.
+    mutating func challenge(_ request: SignalingRequest) -> SignalingOutcome {
+        let message = request.message
+        let token = challengeTokens.mint(
+            sessionID: message.sessionID, nonce: message.nonce, address: request.source.address, port: request.source.port,
+            now: request.wallClock)
+        let record = CSPMiddleboxRecord(middleboxID: identity.id, epoch: identity.epoch, decision: .challenged, grantedLifetime: 0)
+        let challenge = CSPMessage(
+            type: .challenge, flags: .fromMiddlebox, result: .challengeRequired, sessionID: message.sessionID,
+            nonce: message.nonce, sequence: message.sequence, tlvs: [.challengeToken(token), .middleboxRecord(record)])
+        let what = "\(message.type) \(hex(message.sessionID)) from \(request.source)"
+        guard let reply = budgeted(challenge, for: request) else {
+            counters.challengesLimited += 1
+            return SignalingOutcome(verdict: .drop, event: "dropped \(what): unproved source, challenge budget spent")
+        }
+        counters.challengesSent += 1
+        return SignalingOutcome(
+            verdict: .drop,
+            reply: OutgoingMessage(message: reply, destination: request.source, source: request.destination),
+            event: "challenged \(what)")
+    }
+
+    /// RESPONSE: if its token is ours and was minted for this very sender, the sender's address
+    /// is proved; the RESPONSE ends here. Someone else's token (a middlebox further along, or
+    /// the peer) travels on unchanged.
+    mutating func handleResponse(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
+        let message = request.message
+        if case .invalid = request.signature.status {
+            counters.authenticationFailures += 1
+            return SignalingOutcome(verdict: .drop, event: "dropped RESPONSE \(hex(message.sessionID)) with a bad signature")
+        }
+        guard let token = message.challengeToken,
+            challengeTokens.verify(
+                token, sessionID: message.sessionID, nonce: message.nonce, address: request.source.address,
+                port: request.source.port, now: request.wallClock)
+        else {
+            if request.isAddressedToUs {
+                counters.challengesFailed += 1
+                return SignalingOutcome(verdict: .drop, event: "dropped RESPONSE \(hex(message.sessionID)) from \(request.source): not our token")
+            }
+            return SignalingOutcome(verdict: .forward)
+        }
+        let trust = configuration.trust
+        let until = now.adding(seconds: trust.validatedLifetime)
+        if validated.count >= Self.maximumValidated { pruneValidated(now: now) }
+        if validated.count < Self.maximumValidated {
+            let address = request.source.address
+            validated[ValidatedSource(address: address, key: request.signer, sessionID: message.sessionID)] =
+                now.adding(seconds: configuration.pendingTimeout)
+            if let key = request.signer { validated[ValidatedSource(address: address, key: key, sessionID: 0)] = until }
+        }
+        counters.challengesPassed += 1
+        let signer = request.signer.map { " for \($0)" } ?? ""
+        return SignalingOutcome(verdict: .drop, event: "\(request.source.address) proved its address\(signer)")
+    }
+
+    mutating func pruneValidated(now: Instant) {
+        validated = validated.filter { now < $0.value }
+    }
+
+    /// The most address proofs kept (about 100 octets each).
+    static let maximumValidated = 262_144
+
+    /// `reply` to the sender of `request` if the reply budget allows, trimmed to 3× the
+    /// request's size (docs/PROTOCOL.md 6.6): the record's name and signature go first, then
+    /// EPOCH, then REASON's text (a host can act on the result code alone). nil: nothing may be sent.
+    mutating func budgeted(_ reply: CSPMessage, for request: SignalingRequest) -> CSPMessage? {
+        let limit = 3 * request.wireLength
+        var trimmed = reply
+        var size = (try? trimmed.serialize().count) ?? .max
+        let cuts: [(inout CSPMessage) -> Void] = [
+            { m in m.tlvs = m.tlvs.map(Self.withoutRecordDetails) },
+            { m in m.tlvs.removeAll { if case .epoch = $0 { true } else { false } } },
+        ]
+        for cut in cuts where size > limit {
+            cut(&trimmed)
+            size = (try? trimmed.serialize().count) ?? .max
+        }
+        if size > limit {
+            // Last, REASON's text is shortened to what fits (a host can act on the code alone).
+            let excess = size - limit
+            trimmed.tlvs = trimmed.tlvs.map {
+                guard case .reason(var reason) = $0 else { return $0 }
+                var text = Substring(reason.text)
+                while !text.isEmpty, reason.text.utf8.count - text.utf8.count < excess { text = text.dropLast() }
+                reason.text = String(text)
+                return .reason(reason)
+            }
+            size = (try? trimmed.serialize().count) ?? .max
+        }
+        guard size <= limit else { return nil }
+        guard replyBudget.spend(to: request.source.address, atSecond: request.wallClock) else { return nil }
+        return trimmed
+    }
+
+    private static func withoutRecordDetails(_ tlv: CSPTLV) -> CSPTLV {
+        guard case .middleboxRecord(var record) = tlv else { return tlv }
+        record.tlvs.removeAll {
+            switch $0 {
+            case .middleboxName, .identity, .signature: true
+            default: false
+            }
+        }
+        return .middleboxRecord(record)
+    }
+}
+
+/// The request must be challenged before it may go on.
+struct ChallengeNeed {}
+
+/// An address that answered a CHALLENGE: for a key (sessionID 0, any session of that key), or
+/// for one session (unsigned requests have nothing else to bind the proof to).
+struct ValidatedSource: Hashable, Sendable {
+    var address: IPAddress
+    var key: PublicKey?
+    var sessionID: UInt64
+}
