@@ -45,7 +45,7 @@ let package = Package(
         .executableTarget(
             name: "midcomd",
             dependencies: [
-                "Netfilter", "CSPWire", "CSPHost", "MidcomCore", "MidcomKernel", "MidcomControl",
+                "Netfilter", "CSPWire", "CSPTrust", "CSPHost", "MidcomCore", "MidcomKernel", "MidcomControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -59,7 +59,7 @@ let package = Package(
         .executableTarget(
             name: "csp",
             dependencies: [
-                "CSPHost", "CSPWire",
+                "CSPHost", "CSPWire", "CSPTrust", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   libnetfilter-queue-dev libnftnl-dev libmnl-dev pkg-config  # build: the CNetfilter system library
   nftables iptables iproute2 conntrack procps util-linux     # run: ruleset, lab namespaces, unshare
-  python3 python3-scapy socat tshark systemd                 # test: traffic, captures, unit checks
+  python3 python3-scapy python3-cryptography socat tshark systemd  # test: traffic, captures, checks
 )
 # `install-deps.sh bench`: also what `make bench` needs (load generators, the miniupnpd reference).
 if [ "${1:-}" = bench ]; then

@@ -1,3 +1,4 @@
+import CSPTrust
 import CSPWire
 import SystemSupport
 
@@ -8,6 +9,10 @@ public struct SignalingResult: Sendable {
     public var from: CSPEndpoint
     public var attempts: Int
     public var roundTripSeconds: Double
+    /// Middleboxes that made us prove our address on the way (their IDs), in order.
+    public var challengedBy: [UInt64] = []
+    /// The reply's raw bytes (to check its signatures).
+    public var bytes: [UInt8] = []
 }
 
 public enum SignalingError: Error, CustomStringConvertible, Sendable {
@@ -35,32 +40,66 @@ public struct SignalingClient: Sendable {
     public init(socket: UDPSocket) { self.socket = socket }
 
     public func exchange(_ request: CSPMessage, with destination: CSPEndpoint) throws(SignalingError) -> SignalingResult {
+        try exchange(request, with: destination, signer: nil)
+    }
+
+    /// Sends `request` and waits for its answer. A CHALLENGE for it (docs/PROTOCOL.md 6.6) is
+    /// answered at once, transparently: RESPONSE with the token from this same socket (signed by
+    /// `signer` when given, so the middlebox binds the proof to our key), then the request again.
+    public func exchange(_ request: CSPMessage, with destination: CSPEndpoint, signer: SigningKey?) throws(SignalingError)
+        -> SignalingResult
+    {
         let bytes: [UInt8]
         do { bytes = try request.serialize() } catch { throw .encoding(error) }
         let clock = ContinuousClock()
         let start = clock.now
         var timeout = initialTimeout
-        for attempt in 1...attempts {
-            do {
-                try socket.send(bytes, to: destination)
-                let deadline = clock.now.advanced(by: timeout)
-                while clock.now < deadline {
-                    guard let (data, from) = try socket.receive(timeout: clock.now.duration(to: deadline)) else { break }
-                    guard let reply = try? CSPMessage.parse(data), reply.sessionID == request.sessionID,
-                        reply.nonce == request.nonce, reply.type != request.type
-                    else { continue }  // stray or forged datagrams do not end the exchange
-                    let elapsed = start.duration(to: clock.now)
-                    return SignalingResult(
-                        reply: reply, from: from, attempts: attempt,
-                        roundTripSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        var challengedBy: [UInt64] = []
+        var attempt = 1
+        do {
+            try socket.send(bytes, to: destination)
+            var deadline = clock.now.advanced(by: timeout)
+            while true {
+                guard let (data, from) = try socket.receive(timeout: max(.zero, clock.now.duration(to: deadline))) else {
+                    guard attempt < attempts else { break }
+                    attempt += 1
+                    timeout = timeout * 2
+                    try socket.send(bytes, to: destination)
+                    deadline = clock.now.advanced(by: timeout)
+                    continue
                 }
-            } catch {
-                throw .socket(error)
+                guard let reply = try? CSPMessage.parse(data), reply.sessionID == request.sessionID,
+                    reply.nonce == request.nonce, reply.type != request.type
+                else { continue }  // stray or forged datagrams do not end the exchange
+                if reply.type == .challenge, let token = reply.challengeToken, challengedBy.count < Self.maximumChallenges {
+                    challengedBy.append(reply.records.first?.middleboxID ?? 0)
+                    var response = CSPMessage(
+                        type: .response, sessionID: request.sessionID, nonce: request.nonce, sequence: request.sequence,
+                        tlvs: [.challengeToken(token)])
+                    if let signer, let timestamp = request.timestamp {
+                        response = try response.signed(by: signer, timestamp: timestamp)
+                    }
+                    try socket.send(try response.serialize(), to: from)
+                    try socket.send(bytes, to: destination)
+                    deadline = clock.now.advanced(by: timeout)
+                    continue
+                }
+                let elapsed = start.duration(to: clock.now)
+                return SignalingResult(
+                    reply: reply, from: from, attempts: attempt,
+                    roundTripSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+                    challengedBy: challengedBy, bytes: data)
             }
-            timeout = timeout * 2
+        } catch let error as SystemCallError {
+            throw .socket(error)
+        } catch {
+            throw .encoding(error as? CSPWireError ?? CSPWireError(.truncated, at: 0))
         }
         throw .noAnswer(destination: destination, attempts: attempts)
     }
+
+    /// At most this many CHALLENGEs answered per exchange (one per middlebox on a long path).
+    public static let maximumChallenges = 8
 }
 
 /// How a responding host answers requests (the `csp listen` agent): pure, so it is unit-tested.
@@ -95,6 +134,17 @@ public struct ResponderPolicy: Sendable {
         default:
             return nil
         }
+    }
+
+    /// The RESPONSE to a middlebox's CHALLENGE of a reply we sent (`sent`): same session, nonce
+    /// and sequence, the token echoed. The caller sends it to the CHALLENGE's source, then sends
+    /// `sent` again.
+    public static func response(to challenge: CSPMessage, for sent: CSPMessage) -> CSPMessage? {
+        guard challenge.type == .challenge, let token = challenge.challengeToken, challenge.sessionID == sent.sessionID,
+            challenge.nonce == sent.nonce
+        else { return nil }
+        return CSPMessage(
+            type: .response, sessionID: sent.sessionID, nonce: sent.nonce, sequence: sent.sequence, tlvs: [.challengeToken(token)])
     }
 
     func answer(_ request: CSPMessage, type: CSPMessageType, result: CSPResultCode, tlvs: [CSPTLV]) -> CSPMessage {

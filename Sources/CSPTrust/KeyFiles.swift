@@ -14,7 +14,7 @@ public enum KeyFile {
 
     public struct Problem: Error, CustomStringConvertible, Sendable {
         public var description: String
-        init(_ description: String) { self.description = description }
+        public init(_ description: String) { self.description = description }
     }
 
     public static func text(of key: SigningKey) -> String {

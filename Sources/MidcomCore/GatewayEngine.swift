@@ -108,6 +108,8 @@ public struct GatewayEngine: Sendable {
     var tombstoneOrder = FIFO<TombstoneEntry>()
     /// What we may still send to unproved addresses this second.
     var replyBudget: ReplyBudget
+    /// The time of the message being handled (for checks deep in the handlers).
+    var clock = Instant(nanoseconds: 0)
     /// Wall-clock second of our start: signed requests stamped earlier are refused (7.3).
     let startedAtWallClock: UInt64
 
@@ -133,6 +135,7 @@ public struct GatewayEngine: Sendable {
     /// Acts on one parsed CSP message.
     public mutating func handle(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         counters.signalingMessages += 1
+        clock = now
         if request.isAddressedToUs { counters.localRequests += 1 }
         if let refused = checkLoop(request) { return refused }
         // A RESPONSE proves an address; it is not a request of its own (docs/PROTOCOL.md 6.6).

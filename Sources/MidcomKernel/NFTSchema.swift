@@ -9,7 +9,7 @@ public enum NFTSchema {
     /// The revision of nft-rules/midcom.nft this midcomd needs, carried in the table's comment
     /// ("midcom ruleset revision N"). Raised when the rules change in a way the daemon relies on
     /// (2: answers from a CSP port are enqueued only inside conntrack, with mark 0x4d430003).
-    public static let rulesetRevision = 2
+    public static let rulesetRevision = 3
 
     /// The revision a table comment names; 1 for a table without one (rulesets before revisions).
     public static func revision(ofTableComment comment: String) -> Int {

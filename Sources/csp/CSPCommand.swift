@@ -1,6 +1,8 @@
 import ArgumentParser
 import CSPHost
+import CSPTrust
 import CSPWire
+import SystemSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -14,9 +16,11 @@ struct CSPCommand: ParsableCommand {
         abstract: "Signal connections to the middleboxes on the path (Connection Signaling Protocol).",
         discussion: """
             Exit codes: 0 the request was accepted, 1 it was rejected (the reason is printed), \
-            3 no answer, 4 redirected to a proxy (the target is printed), 2 usage error.
+            3 no answer, 4 redirected to a proxy (the target is printed), 5 a middlebox's record \
+            failed the trust check (forged, or signed by another key than pinned or remembered), \
+            2 usage error.
             """,
-        subcommands: [Setup.self, Refresh.self, Teardown.self, Listen.self, Discover.self]
+        subcommands: [Setup.self, Refresh.self, Teardown.self, Listen.self, Discover.self, Keygen.self]
     )
 }
 
@@ -29,6 +33,33 @@ struct Common: ParsableArguments {
 
     @Flag(help: "Print the reply as one line of key=value pairs (for scripts).")
     var machine = false
+
+    @Option(help: "Sign requests with this private key (made by `csp keygen`): the session belongs to it.")
+    var key: String?
+
+    @Option(help: "Trust only middleboxes whose records are signed by this key (csp-ed25519 <hex>; repeatable).")
+    var pin: [String] = []
+
+    @Option(help: "Remember each middlebox's key on first use in this file and report when it changes.")
+    var knownMiddleboxes: String?
+
+    @Option(help: "Where session sequence numbers are kept (default $CSP_STATE_DIR or ~/.local/state/csp).")
+    var stateDir: String?
+
+    func signingKey() throws -> SigningKey? {
+        guard let key else { return nil }
+        do { return try KeyFile.load(key) } catch { throw ValidationError("\(error)") }
+    }
+
+    func trust() throws -> MiddleboxTrust {
+        let pins = try pin.map { line throws -> PublicKey in
+            guard let key = PublicKey(text: line) else { throw ValidationError("--pin '\(line)' is not 'csp-ed25519 <64 hex digits>'") }
+            return key
+        }
+        do { return try MiddleboxTrust(pinned: pins, knownFile: knownMiddleboxes) } catch { throw ValidationError("\(error)") }
+    }
+
+    var sessions: SessionStore { SessionStore(directory: stateDir) }
 }
 
 enum ExitStatus {
@@ -36,6 +67,7 @@ enum ExitStatus {
     static let rejected: Int32 = 1
     static let noAnswer: Int32 = 3
     static let redirected: Int32 = 4
+    static let untrusted: Int32 = 5
 }
 
 func parseProtocol(_ text: String) throws -> IPProtocol {
@@ -49,28 +81,42 @@ func parseEndpoint(_ text: String) throws -> CSPEndpoint {
 }
 
 
-/// Sends `request` to `peer`'s CSP agent and prints what came back; returns the exit status.
+/// Sends `request` to `peer`'s CSP agent (signed with `--key`), answers CHALLENGEs on the way,
+/// checks the reply's middlebox records against the trust store, prints what came back, and
+/// returns the exit status.
 func exchange(_ request: CSPMessage, with peer: IPAddress, from source: IPAddress? = nil, common: Common) throws -> Int32 {
     // Sent from the flow's own address: middleboxes check that a host signals only its own flows.
     let socket = try UDPSocket(family: peer.family, address: source)
     var client = SignalingClient(socket: socket)
     client.attempts = common.attempts
     let destination = CSPEndpoint(address: peer, port: common.cspPort)
+    let key = try common.signingKey()
+    var trust = try common.trust()
+    var request = request
+    if let key { request = try request.signed(by: key, timestamp: wallClockSeconds()) }
     do {
-        let result = try client.exchange(request, with: destination)
-        print(describe(result, machine: common.machine))
+        let result = try client.exchange(request, with: destination, signer: key)
+        let verdicts = trust.judge(result.bytes, message: result.reply)
+        try trust.save()
+        print(describe(result, verdicts: verdicts.map(\.verdict), machine: common.machine))
+        if let failed = verdicts.first(where: { $0.verdict.isFailure }) {
+            printError("middlebox \(hex(failed.record.middleboxID)): \(failed.verdict)")
+            return ExitStatus.untrusted
+        }
         switch result.reply.type {
         case .accept: return ExitStatus.accepted
         case .redirect: return ExitStatus.redirected
         default: return ExitStatus.rejected
         }
-    } catch {
+    } catch let error as SignalingError {
         printError("\(error)")
         return ExitStatus.noAnswer
     }
 }
 
-func describe(_ result: SignalingResult, machine: Bool) -> String {
+func wallClockSeconds() -> UInt64 { UInt64(max(0, time(nil))) }
+
+func describe(_ result: SignalingResult, verdicts: [MiddleboxTrust.Verdict] = [], machine: Bool) -> String {
     let reply = result.reply
     let middlebox = reply.flags.contains(.fromMiddlebox)
     if machine {
@@ -83,6 +129,14 @@ func describe(_ result: SignalingResult, machine: Bool) -> String {
         if let mapped = mappedAddress(of: reply) { fields.append("mapped=\(mapped)") }
         if let reason = reply.reason { fields.append("reason=\"\(reason.text)\"") }
         fields.append("records=\(reply.records.count)")
+        if !verdicts.isEmpty {
+            let signers = zip(reply.records, verdicts).map { "\(hex($0.middleboxID)):\($1.word)" }
+            fields.append("signers=\(signers.joined(separator: ","))")
+        }
+        if !result.challengedBy.isEmpty { fields.append("challenges=\(result.challengedBy.count)") }
+        if case .valid(let key) = SignatureCheck.check(result.bytes, message: reply).status {
+            fields.append("peer-key=\(hex(key.fingerprint))")
+        }
         return fields.joined(separator: " ")
     }
     var lines: [String] = []
@@ -93,11 +147,18 @@ func describe(_ result: SignalingResult, machine: Bool) -> String {
     if reply.type == .accept, let lifetime = effectiveLifetime(of: reply) { head += ", lifetime \(lifetime)s" }
     if let target = reply.redirectTarget { head += ": redirect to \(target)" }
     lines.append(head)
+    for id in result.challengedBy { lines.append("  challenged by middlebox \(hex(id)): proved our address") }
+    switch SignatureCheck.check(result.bytes, message: reply).status {
+    case .valid(let key): lines.append("  reply signed by \(key)")
+    case .invalid(let why): lines.append("  reply signature INVALID: \(why)")
+    default: break
+    }
     if let mapped = mappedAddress(of: reply) { lines.append("  mapped to \(mapped)") }
-    for record in reply.records {
+    for (index, record) in reply.records.enumerated() {
         let name = record.tlvs.lazy.compactMap { if case .middleboxName(let n) = $0 { n } else { nil } }.first ?? "?"
         var line = "  middlebox \(name) id \(hex(record.middleboxID)) epoch \(record.epoch): \(record.decision)"
         if record.grantedLifetime > 0 { line += ", \(record.grantedLifetime)s" }
+        if index < verdicts.count { line += "; \(verdicts[index])" }
         lines.append(line)
     }
     return lines.joined(separator: "\n")
@@ -203,6 +264,7 @@ extension CSPCommand {
             let request = CSPMessage(
                 type: .setup, flags: .recordRoute, sessionID: sessionID, nonce: secureRandomUInt64(), sequence: 1, tlvs: tlvs)
             if !common.machine { print("session \(hex(sessionID)): \(flow)") }
+            common.sessions.save(SessionStore.Entry(sessionID: sessionID, lastSequence: 1, peer: signalTo))
             throw ExitCode(try exchange(request, with: signalTo, from: source.flatMap(IPAddress.init), common: common))
         }
     }
@@ -217,8 +279,9 @@ extension CSPCommand {
         mutating func run() throws {
             guard let id = UInt64(session, radix: 16) else { throw ValidationError("session must be 16 hex digits") }
             guard let peerAddress = IPAddress(peer) else { throw ValidationError("'\(peer)' is not an address") }
+            let sequence = common.sessions.nextSequence(for: id, peer: peerAddress)
             let request = CSPMessage(
-                type: .refresh, flags: .recordRoute, sessionID: id, nonce: secureRandomUInt64(), sequence: 2,
+                type: .refresh, flags: .recordRoute, sessionID: id, nonce: secureRandomUInt64(), sequence: sequence,
                 tlvs: [.lifetime(lifetime)])
             throw ExitCode(try exchange(request, with: peerAddress, common: common))
         }
@@ -233,9 +296,12 @@ extension CSPCommand {
         mutating func run() throws {
             guard let id = UInt64(session, radix: 16) else { throw ValidationError("session must be 16 hex digits") }
             guard let peerAddress = IPAddress(peer) else { throw ValidationError("'\(peer)' is not an address") }
-            let request = CSPMessage(type: .teardown, sessionID: id, nonce: secureRandomUInt64(), sequence: 3)
+            let sequence = common.sessions.nextSequence(for: id, peer: peerAddress)
+            var request = CSPMessage(type: .teardown, sessionID: id, nonce: secureRandomUInt64(), sequence: sequence)
+            if let key = try common.signingKey() { request = try request.signed(by: key, timestamp: wallClockSeconds()) }
             let socket = try UDPSocket(family: peerAddress.family)
             try socket.send(try request.serialize(), to: CSPEndpoint(address: peerAddress, port: common.cspPort))
+            common.sessions.forget(id)
             print("TEARDOWN sent for \(hex(id))")
         }
     }
@@ -268,6 +334,10 @@ extension CSPCommand {
             let clock = ContinuousClock()
             let deadline = duration > 0 ? clock.now.advanced(by: .milliseconds(Int64(duration * 1000))) : nil
             var answered = 0
+            let key = try common.signingKey()
+            // Replies sent lately, by session and nonce: a middlebox may CHALLENGE one (it must
+            // know the ACCEPT really comes from us) and we then send it again.
+            var sent: [SentKey: (reply: CSPMessage, bytes: [UInt8], to: CSPEndpoint)] = [:]
             while count == 0 || answered < count {
                 if let deadline, clock.now >= deadline { break }
                 guard let (bytes, from) = try socket.receive(timeout: .milliseconds(200)) else { continue }
@@ -275,15 +345,31 @@ extension CSPCommand {
                     print("ignored malformed datagram from \(from)")
                     continue
                 }
+                if request.type == .challenge {
+                    let slot = SentKey(session: request.sessionID, nonce: request.nonce)
+                    if let previous = sent[slot], let response = ResponderPolicy.response(to: request, for: previous.reply) {
+                        try socket.send(try response.serialize(), to: from)
+                        try socket.send(previous.bytes, to: previous.to)
+                        print("CHALLENGE \(hex(request.sessionID)) from \(from) -> RESPONSE, \(previous.reply.type) sent again")
+                    } else {
+                        print("ignored CHALLENGE \(hex(request.sessionID)) from \(from): no such reply of ours")
+                    }
+                    fflush(nil)
+                    continue
+                }
                 var line = "\(request.type) \(hex(request.sessionID)) from \(from)"
                 if let flow = request.flow { line += " \(flow)" }
                 if !request.records.isEmpty { line += " via \(request.records.count) middlebox(es)" }
-                guard let reply = policy.reply(to: request) else {
+                guard var reply = policy.reply(to: request) else {
                     print(line)
                     fflush(nil)
                     continue
                 }
-                try socket.send(try reply.serialize(), to: from)
+                if let key { reply = try reply.signed(by: key, timestamp: wallClockSeconds()) }
+                let replyBytes = try reply.serialize()
+                try socket.send(replyBytes, to: from)
+                if sent.count >= 4096 { sent.removeAll(keepingCapacity: true) }
+                sent[SentKey(session: reply.sessionID, nonce: reply.nonce)] = (reply, replyBytes, from)
                 print("\(line) -> \(reply.type)")
                 fflush(nil)  // tests and journald read this output line by line
                 answered += 1
@@ -292,3 +378,77 @@ extension CSPCommand {
     }
 }
 
+
+struct SentKey: Hashable {
+    var session: UInt64
+    var nonce: UInt64
+}
+
+extension CSPCommand {
+    struct Keygen: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create an Ed25519 key for signing requests and print its public key.",
+            discussion: """
+                The private key file (mode 0600) is never overwritten. The printed line \
+                (csp-ed25519 <64 hex digits>) is what an operator lists in a [[known-key]] of \
+                midcomd.conf. Use it with `csp setup --key FILE`.
+                """)
+        @Option(help: "Where to write the private key.") var key: String
+        @Flag(help: "Only print the public key of an existing key file.") var show = false
+
+        mutating func run() throws {
+            do {
+                let signing = show ? try KeyFile.load(key) : try KeyFile.create(key)
+                print("\(signing.publicKey.text) id \(hex(signing.publicKey.fingerprint))")
+            } catch {
+                printError("\(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+}
+
+/// Sequence numbers of the sessions this user signaled (docs/PROTOCOL.md 3.1: one per new
+/// request, increasing; middleboxes refuse a sequence they saw), one small file per session.
+struct SessionStore {
+    struct Entry {
+        var sessionID: UInt64
+        var lastSequence: UInt32
+        var peer: IPAddress
+    }
+
+    let directory: String
+
+    init(directory: String?) {
+        let environment = ProcessEnvironment.value("CSP_STATE_DIR")
+        let home = ProcessEnvironment.value("HOME") ?? "/tmp"
+        self.directory = directory ?? environment ?? "\(home)/.local/state/csp"
+    }
+
+    func path(_ id: UInt64) -> String { "\(directory)/\(hex(id)).session" }
+
+    func save(_ entry: Entry) {
+        try? SmallFile.makeDirectories(directory)
+        try? SmallFile.write(path(entry.sessionID), Array("sequence \(entry.lastSequence)\npeer \(entry.peer)\n".utf8), mode: 0o600)
+    }
+
+    /// The next sequence for a session (2 for one we have no record of: its SETUP was 1), recorded.
+    func nextSequence(for id: UInt64, peer: IPAddress) -> UInt32 {
+        var last: UInt32 = 1
+        if let contents = try? SmallFile.read(path(id), limit: 4096) {
+            for line in String(decoding: contents.bytes, as: UTF8.self).split(separator: "\n") {
+                let parts = line.split(separator: " ")
+                if parts.count == 2, parts[0] == "sequence", let n = UInt32(parts[1]) { last = n }
+            }
+        }
+        let next = last &+ 1
+        save(Entry(sessionID: id, lastSequence: next, peer: peer))
+        return next
+    }
+
+    func forget(_ id: UInt64) { _ = unlink(path(id)) }
+}
+
+enum ProcessEnvironment {
+    static func value(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+}

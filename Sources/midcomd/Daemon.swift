@@ -54,11 +54,8 @@ final class Daemon: Sendable {
         self.configuration = configuration
         self.log = log
         self.notifier = notifier
-        let identity = MiddleboxIdentity(
-            id: configuration.middleboxID ?? secureRandomUInt64(), epoch: UInt32(truncatingIfNeeded: secureRandomUInt64()),
-            name: configuration.middleboxName)
-        engine = Mutex(GatewayEngine(configuration: configuration, identity: identity))
-        // First of all: a second daemon must fail before it touches anything the first one uses.
+        // First of all: a second daemon must fail before it touches anything the first one uses
+        // (its epoch file among them).
         lock = try TableLock(table: configuration.table)
         nft = try NFTablesClient()
         guard let comment = try nft.tableComment(table: configuration.table) else {
@@ -70,6 +67,8 @@ final class Daemon: Sendable {
             throw DaemonError(
                 "table inet \(configuration.table) was loaded from ruleset revision \(revision), this midcomd needs revision \(NFTSchema.rulesetRevision): reload nft-rules/midcom.nft of this release (nft -f /etc/nftables.d/midcom.nft) and start midcomd again")
         }
+        let identity = try PersistentIdentity.load(configuration: configuration, directory: configuration.trust.stateDirectory)
+        engine = Mutex(GatewayEngine(configuration: configuration, identity: identity, startedAt: wallClockSeconds()))
         kernel = NFTKernelProgrammer(nft: nft, conntrack: try ConntrackClient(), table: configuration.table)
         cleanup = CleanupService(kernel: kernel)
         // Bind the queue before touching the queue rule: if another process holds the queue, we
@@ -137,6 +136,8 @@ final class Daemon: Sendable {
             replies.run(shouldStop: { stopping.load(ordering: .relaxed) }) { transmit($0) }
         }
         Thread.detachNewThread { [self] in self.adoptKernelState() }
+        let identity = engine.withLock { $0.identity }
+        log(.notice, "middlebox \(hex(identity.id)) key \(identity.key?.publicKey.text ?? "none") (challenge \(configuration.trust.challenge.rawValue), signatures \(configuration.trust.signatures.rawValue))")
         log(.notice, "midcomd started: queue \(queueDescription) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")
         notifier.notify("READY=1\nSTATUS=queue \(queueDescription), \(encoding.rawValue) encoding")
         for extra in queues.dropFirst() {
@@ -212,6 +213,9 @@ final class Daemon: Sendable {
 
     // MARK: housekeeping
 
+    /// Seconds since 1970 (TIMESTAMP and challenge tokens need the wall clock).
+    func wallClock() -> UInt64 { wallClockSeconds() }
+
     func now() -> Instant {
         let elapsed = started.duration(to: .now)
         return Instant(nanoseconds: UInt64(elapsed.components.seconds) * 1_000_000_000 + UInt64(elapsed.components.attoseconds / 1_000_000_000))
@@ -272,6 +276,9 @@ final class Daemon: Sendable {
         }
     }
 }
+
+/// Seconds since 1970.
+func wallClockSeconds() -> UInt64 { UInt64(max(0, time(nil))) }
 
 struct DaemonError: Error, CustomStringConvertible {
     var description: String

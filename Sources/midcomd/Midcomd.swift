@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import CSPWire
 import Dispatch
 import MidcomCore
 
@@ -33,6 +34,12 @@ struct Midcomd: ParsableCommand {
     @Option(help: "Log level: error, warning, notice, info, debug.")
     var logLevel: String = "info"
 
+    @Option(help: "Override the state directory (middlebox key and epoch; [trust] state-directory).")
+    var stateDir: String?
+
+    @Flag(help: "Print the middlebox's public key (creating it on first use) and exit.")
+    var showKey = false
+
     mutating func run() throws {
         let levels: [String: Log.Level] = ["error": .error, "warning": .warning, "notice": .notice, "info": .info, "debug": .debug]
         guard let level = levels[logLevel] else { throw ValidationError("--log-level must be one of error, warning, notice, info, debug") }
@@ -47,6 +54,17 @@ struct Midcomd: ParsableCommand {
         }
         if let controlSocket { configuration.controlSocket = controlSocket }
         if let queue { configuration.queueNumber = queue }
+        if let stateDir { configuration.trust.stateDirectory = stateDir }
+        if showKey {
+            do {
+                let key = try PersistentIdentity.loadKey(directory: configuration.trust.stateDirectory)
+                print("\(key.publicKey.text) midcomd \(configuration.middleboxName) id \(hex(configuration.middleboxID ?? key.publicKey.fingerprint))")
+            } catch {
+                log(.error, "\(error)")
+                throw ExitCode(1)
+            }
+            return
+        }
         if check {
             print("\(config): configuration OK (\(configuration.rules.count) rule(s), queue \(configuration.queueNumber))")
             return

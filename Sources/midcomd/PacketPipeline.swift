@@ -51,7 +51,9 @@ extension Daemon {
         let now = self.now()
         let outcome: SignalingOutcome
         do {
-            let request = try SignalingRequest(parsing: udp.payload, source: source, entry: .intercepted(destination: destination))
+            // Parsed and verified here, outside the engine's lock (Ed25519 costs tens of µs).
+            let request = try SignalingRequest(
+                parsing: udp.payload, source: source, entry: .intercepted(destination: destination), wallClock: wallClock())
             outcome = engine.withLock { $0.handle(request, now: now) }
         } catch {
             if udp.payload.isEmpty, let probe = discoveryProbe(udp.packet) {
@@ -139,6 +141,9 @@ extension Daemon {
         }
     }
 
+    /// The mark of answers sent in another host's name (0x4d43 "MC", 4).
+    static let answerMark: UInt32 = 0x4d43_0004
+
     /// Sends one answer; runs on the reply thread.
     func transmit(_ outgoing: OutgoingMessage) {
         do {
@@ -150,6 +155,10 @@ extension Daemon {
                 // One socket per reply: these are refusals, not the data path.
                 do {
                     let socket = try UDPSocket(family: family, address: source.address, port: source.port, reuseAddress: true, transparent: true)
+                    // Untracked (nft-rules/midcom.nft, chain answers_untracked): a conntrack entry
+                    // made by this datagram would capture the host's next packets of the same
+                    // 5-tuple, e.g. the SETUP it repeats after a CHALLENGE, and bypass NAT.
+                    try socket.setOption(level: SOL_SOCKET, name: SO_MARK, bytes: withUnsafeBytes(of: Self.answerMark) { Array($0) })
                     try socket.send(bytes, to: outgoing.destination)
                     return
                 } catch {
@@ -186,7 +195,7 @@ extension Daemon {
             let outcome: SignalingOutcome
             do {
                 let request = try received.bytes.withUnsafeBytes {
-                    try SignalingRequest(parsing: $0, source: received.from, entry: .addressedToUs)
+                    try SignalingRequest(parsing: $0, source: received.from, entry: .addressedToUs, wallClock: wallClock())
                 }
                 outcome = engine.withLock { $0.handle(request, now: now) }
             } catch {

@@ -79,7 +79,7 @@ lab_bg() {
 lab_midcomd() {
   local n=$1 config=${2:-}
   in_ns "$n" nft list table inet midcom >/dev/null 2>&1 || in_ns "$n" nft -f "$ROOT/nft-rules/midcom.nft"
-  local args=(--control-socket "$LAB_DIR/$n.sock" --log-level debug)
+  local args=(--control-socket "$LAB_DIR/$n.sock" --log-level debug --state-dir "$LAB_DIR/$n-state")
   [ -n "$config" ] && args+=(--config "$config")
   [ -z "$config" ] && args+=(--config /dev/null)
   lab_bg "$n" "$LAB_DIR/$n-midcomd.log" "$BIN/midcomd" "${args[@]}"

@@ -119,6 +119,18 @@ extension GatewayEngine {
         validated = validated.filter { now < $0.value }
     }
 
+    /// Whether the sender of `request` proved its address: by a CHALLENGE (for its key or this
+    /// session), or as the owner of a session that is past pending (admitted after its proof).
+    func isProved(_ request: SignalingRequest) -> Bool {
+        let id = request.message.sessionID
+        if configuration.trust.challenge != .never, let session = sessions[id: id], session.state != .pending,
+            session.owner == request.source.address
+        {
+            return true
+        }
+        return isValidated(request.source.address, key: request.signer, sessionID: id, now: clock)
+    }
+
     /// The most address proofs kept (about 100 octets each).
     static let maximumValidated = 262_144
 
@@ -126,6 +138,7 @@ extension GatewayEngine {
     /// request's size (docs/PROTOCOL.md 6.6): the record's name and signature go first, then
     /// EPOCH, then REASON's text (a host can act on the result code alone). nil: nothing may be sent.
     mutating func budgeted(_ reply: CSPMessage, for request: SignalingRequest) -> CSPMessage? {
+        if isProved(request) { return reply }
         let limit = 3 * request.wireLength
         var trimmed = reply
         var size = (try? trimmed.serialize().count) ?? .max
