@@ -261,10 +261,14 @@ extension CSPCommand {
             } ?? secureRandomUInt64()
             var tlvs: [CSPTLV] = [.flow(flow), .lifetime(lifetime), .requestedAction(action)]
             if let app { tlvs.append(.application(app)) }
+            // A re-SETUP of a session we signaled before continues its sequence (middleboxes
+            // refuse a sequence they saw: docs/PROTOCOL.md 7.3).
+            let sequence = session == nil ? 1 : common.sessions.nextSequence(for: sessionID, peer: signalTo)
             let request = CSPMessage(
-                type: .setup, flags: .recordRoute, sessionID: sessionID, nonce: secureRandomUInt64(), sequence: 1, tlvs: tlvs)
+                type: .setup, flags: .recordRoute, sessionID: sessionID, nonce: secureRandomUInt64(), sequence: sequence,
+                tlvs: tlvs)
             if !common.machine { print("session \(hex(sessionID)): \(flow)") }
-            common.sessions.save(SessionStore.Entry(sessionID: sessionID, lastSequence: 1, peer: signalTo))
+            if session == nil { common.sessions.save(SessionStore.Entry(sessionID: sessionID, lastSequence: 1, peer: signalTo)) }
             throw ExitCode(try exchange(request, with: signalTo, from: source.flatMap(IPAddress.init), common: common))
         }
     }
@@ -348,9 +352,13 @@ extension CSPCommand {
                 if request.type == .challenge {
                     let slot = SentKey(session: request.sessionID, nonce: request.nonce)
                     if let previous = sent[slot], let response = ResponderPolicy.response(to: request, for: previous.reply) {
-                        try socket.send(try response.serialize(), to: from)
-                        try socket.send(previous.bytes, to: previous.to)
-                        print("CHALLENGE \(hex(request.sessionID)) from \(from) -> RESPONSE, \(previous.reply.type) sent again")
+                        do {
+                            try socket.send(try response.serialize(), to: from)
+                            try socket.send(previous.bytes, to: previous.to)
+                            print("CHALLENGE \(hex(request.sessionID)) from \(from) -> RESPONSE, \(previous.reply.type) sent again")
+                        } catch {
+                            print("CHALLENGE \(hex(request.sessionID)) from \(from): cannot answer: \(error)")
+                        }
                     } else {
                         print("ignored CHALLENGE \(hex(request.sessionID)) from \(from): no such reply of ours")
                     }
@@ -367,7 +375,12 @@ extension CSPCommand {
                 }
                 if let key { reply = try reply.signed(by: key, timestamp: wallClockSeconds()) }
                 let replyBytes = try reply.serialize()
-                try socket.send(replyBytes, to: from)
+                do { try socket.send(replyBytes, to: from) } catch {
+                    // One unreachable requester must not stop the agent.
+                    print("\(line) -> \(reply.type) not sent: \(error)")
+                    fflush(nil)
+                    continue
+                }
                 if sent.count >= 4096 { sent.removeAll(keepingCapacity: true) }
                 sent[SentKey(session: reply.sessionID, nonce: reply.nonce)] = (reply, replyBytes, from)
                 print("\(line) -> \(reply.type)")

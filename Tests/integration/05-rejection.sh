@@ -52,7 +52,7 @@ step "tcp 10.200.2.2:23: the rule's REJECT with code and reason"
 csp_run client setup tcp 10.200.2.2:23 --lifetime 30
 expect_eq "$CSP_RC" 1 "csp exit status for REJECT"
 expect_match "$CSP_OUT" "REJECT from 10\.200\.2\.2:7227 \(middlebox\) in [0-9.]+ ms: policy-denied: telnet is forbidden by site policy" "reject line"
-expect_match "$CSP_OUT" "middlebox gw1 id [0-9a-f]{16} epoch [0-9]+: rejected$" "gw1's record"
+expect_match "$CSP_OUT" "middlebox gw1 id [0-9a-f]{16} epoch [0-9]+: rejected; signed by key [0-9a-f]{16}" "gw1's record, signed"
 telnet=$(session_of "$CSP_OUT")
 no_state "telnet" "$telnet"
 expect_no_match "$(cat "$LAB_DIR/listen4.log")" "$telnet" "the server's agent saw the rejected SETUP"
@@ -64,7 +64,7 @@ expect_no_match "$(cat "$LAB_DIR/telnet.log")" "conn from" "the server's telnet 
 step "the same for scripts: csp --machine"
 csp_run client setup tcp 10.200.2.2:23 --machine
 expect_eq "$CSP_RC" 1 "csp --machine exit status"
-expect_match "$CSP_OUT" "^type=REJECT result=policy-denied session=[0-9a-f]{16} from=10\.200\.2\.2:7227 middlebox=true .*reason=\"telnet is forbidden by site policy\" records=1$" "machine line"
+expect_match "$CSP_OUT" "^type=REJECT result=policy-denied session=[0-9a-f]{16} from=10\.200\.2\.2:7227 middlebox=true .*reason=\"telnet is forbidden by site policy\" records=1 signers=[0-9a-f]{16}:untrusted challenges=1$" "machine line"
 
 step "IPv6: tcp [fd00:2::2]:23 is rejected the same way"
 csp_run client setup tcp '[fd00:2::2]:23' --lifetime 30

@@ -5,6 +5,12 @@ import CSPWire
 extension GatewayEngine {
     mutating func handleAccept(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         let accept = request.message
+        if let session = sessions[id: accept.sessionID], session.pending == nil, session.state == .admitted,
+            session.replay.latestNonce == accept.nonce,
+            Self.responder(of: session.flow, incoming: session.incoming).map({ $0 == request.source.address }) ?? true
+        {
+            return repeatedAnswer(accept, session: session)
+        }
         guard let previous = sessions[id: accept.sessionID], let pending = previous.pending, pending.nonce == accept.nonce,
             Self.responder(of: pending.flow, incoming: previous.incoming).map({ $0 == request.source.address }) ?? true
         else {
@@ -23,6 +29,7 @@ extension GatewayEngine {
         session.mapping = pending.mapping
         session.state = .admitted
         session.pending = nil
+        session.recordRoute = pending.recordRoute
         session.updatedAt = now
         session.grantedLifetime = lifetime
         session.expiresAt = now.adding(seconds: lifetime)
@@ -54,6 +61,22 @@ extension GatewayEngine {
         return SignalingOutcome(
             verdict: rewritten(original: accept, forwarded), kernel: kernel, onKernelFailure: plan,
             event: "\(refreshed ? "refreshed" : "admitted") \(hex(session.id)) \(session.flow)\(mappedNote) for \(lifetime)s")
+    }
+
+    /// The answer that admitted `session`, sent again by the responder (it was CHALLENGEd by a
+    /// middlebox nearer the host, or the host retransmitted its request): it gets our record again
+    /// and travels on; nothing changes here (docs/PROTOCOL.md 6.2, idempotent retransmissions).
+    mutating func repeatedAnswer(_ accept: CSPMessage, session: Session) -> SignalingOutcome {
+        var forwarded = accept
+        if session.recordRoute || session.mapping != nil {
+            if let mapping = session.mapping {
+                forwarded.tlvs.append(.middleboxRecord(record(.mapped, lifetime: session.grantedLifetime, extra: [.mappedAddress(mapping)])))
+            } else {
+                forwarded.tlvs.append(.middleboxRecord(record(.admitted, lifetime: session.grantedLifetime)))
+            }
+        }
+        return SignalingOutcome(
+            verdict: rewritten(original: accept, forwarded), event: "\(accept.type) \(hex(session.id)) repeated: our record added again")
     }
 
     /// REJECT, REDIRECT or CHALLENGE for a request we forwarded. A first SETUP's pending session

@@ -75,6 +75,8 @@ public struct Session: Sendable, Equatable {
     public var incoming: Bool
     /// Sequences of the owner's requests seen so far (docs/PROTOCOL.md 7.3).
     public var replay = ReplayWindow()
+    /// The latest answered request asked for records (a repeated answer gets ours again).
+    public var recordRoute = false
     private var extras: ExtrasBox?
 
     public init(

@@ -12,7 +12,8 @@ public struct ReplayWindow: Sendable, Equatable {
     public private(set) var highest: UInt32 = 0
     /// Bit i: sequence `highest - i` was seen (bit 0 is `highest` itself once anything was seen).
     private var seen: UInt64 = 0
-    private var latestNonce: UInt64 = 0
+    /// The nonce of the latest request: its answer, seen again, is a retransmission.
+    public private(set) var latestNonce: UInt64 = 0
 
     public init() {}
 

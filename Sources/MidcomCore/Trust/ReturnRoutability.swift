@@ -62,9 +62,14 @@ extension GatewayEngine {
     /// after its RESPONSE.
     mutating func challenge(_ request: SignalingRequest) -> SignalingOutcome {
         let message = request.message
+        // A responder is challenged from our own address: in the initiator's name the CHALLENGE
+        // would carry an address the responder may have no route to (the inside address behind
+        // a NAT). Its RESPONSE then comes to us on a new 5-tuple, which a NAT on its side may
+        // map to another port: the token is bound to its address only.
+        let responder = message.type.isReply
         let token = challengeTokens.mint(
-            sessionID: message.sessionID, nonce: message.nonce, address: request.source.address, port: request.source.port,
-            now: request.wallClock)
+            sessionID: message.sessionID, nonce: message.nonce, address: request.source.address,
+            port: responder ? 0 : request.source.port, now: request.wallClock)
         let record = CSPMiddleboxRecord(middleboxID: identity.id, epoch: identity.epoch, decision: .challenged, grantedLifetime: 0)
         let challenge = CSPMessage(
             type: .challenge, flags: .fromMiddlebox, result: .challengeRequired, sessionID: message.sessionID,
@@ -77,7 +82,7 @@ extension GatewayEngine {
         counters.challengesSent += 1
         return SignalingOutcome(
             verdict: .drop,
-            reply: OutgoingMessage(message: reply, destination: request.source, source: request.destination),
+            reply: OutgoingMessage(message: reply, destination: request.source, source: responder ? nil : request.destination),
             event: "challenged \(what)")
     }
 
@@ -90,10 +95,13 @@ extension GatewayEngine {
             counters.authenticationFailures += 1
             return SignalingOutcome(verdict: .drop, event: "dropped RESPONSE \(hex(message.sessionID)) with a bad signature")
         }
+        let source = request.source
         guard let token = message.challengeToken,
-            challengeTokens.verify(
-                token, sessionID: message.sessionID, nonce: message.nonce, address: request.source.address,
-                port: request.source.port, now: request.wallClock)
+            [source.port, 0].contains(where: {
+                challengeTokens.verify(
+                    token, sessionID: message.sessionID, nonce: message.nonce, address: source.address, port: $0,
+                    now: request.wallClock)
+            })
         else {
             if request.isAddressedToUs {
                 counters.challengesFailed += 1
