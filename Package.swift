@@ -65,7 +65,7 @@ let package = Package(
         ),
         // Fuzz harness for CSPWire; see Tests/wire/fuzz.sh. A plain build yields a corpus replay tool.
         .executableTarget(name: "CSPWireFuzz", dependencies: ["CSPWire"]),
-        .testTarget(name: "CSPWireTests", dependencies: ["CSPWire"], resources: [.copy("Vectors")]),
+        .testTarget(name: "CSPWireTests", dependencies: ["CSPWire", "CSPTrust"], resources: [.copy("Vectors")]),
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore", "CSPTrust"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
         .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire"]),

@@ -17,6 +17,7 @@ public final class ControlServer: Sendable {
     private let log: @Sendable (String) -> Void
     private let connectionTimeout: Duration
     private let maxRequestLineBytes: Int
+    private let access: ControlAccess
     private let stopped = Atomic<Bool>(false)
 
     /// Creates the socket at `path` (mode 0660) and starts listening; connections wait in the backlog until `run()`.
@@ -34,6 +35,7 @@ public final class ControlServer: Sendable {
         path: String,
         connectionTimeout: Duration = .seconds(2),
         maxRequestLineBytes: Int = ControlProtocol.maxRequestLineBytes,
+        access: ControlAccess = ControlAccess(),
         log: @escaping @Sendable (String) -> Void = { _ in },
         handler: @escaping @Sendable (ControlRequest) -> ControlResponse
     ) throws(ControlError) {
@@ -46,7 +48,7 @@ public final class ControlServer: Sendable {
         } catch {
             throw Self.failure(error, path: path)
         }
-        let socket = try Self.makeListener(path: path, address: address)
+        let socket = try Self.makeListener(path: path, address: address, mode: access.isConfigured ? 0o666 : 0o660)
         do {
             self.identity = try FileIdentity.of(path: path)
         } catch {
@@ -54,6 +56,7 @@ public final class ControlServer: Sendable {
             throw Self.failure(error, path: path)
         }
         self.path = path
+        self.access = access
         self.listener = socket
         self.wakeup = notifier
         self.handler = handler
@@ -115,6 +118,13 @@ public final class ControlServer: Sendable {
             log("control socket \(path): setsockopt failed: \(ControlError.errnoText(error.errno))")
             return true
         }
+        let peer: PeerCredentials
+        do {
+            peer = try connection.peerCredentials()
+        } catch {
+            log("control socket \(path): cannot read the peer's credentials: \(error)")
+            return true
+        }
         let newline = ControlLineCodec.newline
         var pending: [UInt8] = []
         var deadline = ContinuousClock.now + connectionTimeout
@@ -123,7 +133,7 @@ public final class ControlServer: Sendable {
                 guard end <= maxRequestLineBytes else { return refuseOversizedLine(on: connection) }
                 let line = pending[..<end]
                 if !Self.isBlank(line) {
-                    guard respond(to: line, on: connection) else { return true }
+                    guard respond(to: line, on: connection, peer: peer) else { return true }
                 }
                 pending.removeSubrange(...end)
                 deadline = ContinuousClock.now + connectionTimeout
@@ -146,7 +156,7 @@ public final class ControlServer: Sendable {
                 let received = try connection.receive(appendingTo: &pending, limit: 4096)
                 if received == 0 {
                     // A last request without its newline (`printf '...' | socat`) is still answered.
-                    if !Self.isBlank(pending[...]) { _ = respond(to: pending[...], on: connection) }
+                    if !Self.isBlank(pending[...]) { _ = respond(to: pending[...], on: connection, peer: peer) }
                     return true
                 }
             } catch where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
@@ -158,12 +168,15 @@ public final class ControlServer: Sendable {
     }
 
     /// Decodes, validates and answers one line; false if the client can no longer be written to.
-    private func respond(to line: ArraySlice<UInt8>, on connection: borrowing UnixStreamSocket) -> Bool {
+    private func respond(to line: ArraySlice<UInt8>, on connection: borrowing UnixStreamSocket, peer: PeerCredentials) -> Bool {
         var response: ControlResponse
         do {
             var request = try ControlLineCodec.decode(ControlRequest.self, line: line, what: "request")
             if let problem = request.validationError {
                 response = .failure(problem)
+            } else if let refusal = access.refusal(of: request.command, by: peer) {
+                log("control socket \(path): \(refusal)")
+                response = .failure(refusal)
             } else {
                 if request.command.needsSessionID {
                     request.sessionID = request.sessionID.flatMap(SessionRecord.normalizedID)
@@ -223,7 +236,7 @@ public final class ControlServer: Sendable {
     }
 
     /// A listening, non-blocking socket bound at `path` with mode 0660; the file is removed again on failure.
-    private static func makeListener(path: String, address: UnixSocketAddress) throws(ControlError) -> UnixStreamSocket {
+    private static func makeListener(path: String, address: UnixSocketAddress, mode: mode_t) throws(ControlError) -> UnixStreamSocket {
         let socket: UnixStreamSocket
         do {
             socket = try UnixStreamSocket.make()
@@ -236,8 +249,9 @@ public final class ControlServer: Sendable {
             throw failure(error, path: path)
         }
         do {
-            // 0660: the operator grants access through the socket's group (see the systemd unit), never to all.
-            try changeMode(path, 0o660)
+            // 0660: only root and the daemon's group. 0666 only when control groups are configured:
+            // then every request is checked against the peer's credentials (ControlAccess).
+            try changeMode(path, mode)
             try socket.listen(backlog: 16)
             // Non-blocking so that accept() cannot hang when a client gives up between poll() and accept().
             try socket.setNonBlocking()

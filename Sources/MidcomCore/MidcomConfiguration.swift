@@ -28,6 +28,10 @@ public struct MidcomConfiguration: Sendable, Equatable {
     public var encoding: QueueEncodingPreference = .auto
     public var onDaemonAbsent: AbsentDaemonBehaviour = .defaultPolicy
     public var controlSocket = "/run/midcom/control.sock"
+    /// Groups (names or numbers) whose members may read (`midctl status`, `sessions`, `show`) or
+    /// also change (`delete`, `flush`) through the control socket; root always may.
+    public var controlReadGroup: String?
+    public var controlAdminGroup: String?
     /// Packets the kernel holds for us per queue before it drops (or, with `queueFailOpen`, accepts).
     public var queueMaximumLength: UInt32 = 4096
     /// NFQA_CFG_F_FAIL_OPEN: when the queue is full the kernel accepts instead of dropping.
@@ -127,6 +131,8 @@ public struct MidcomConfiguration: Sendable, Equatable {
         encoding = try reader.choice("nfqueue-encoding", default: encoding)
         onDaemonAbsent = try reader.choice("on-daemon-absent", default: onDaemonAbsent)
         controlSocket = try reader.string("control-socket", default: controlSocket)
+        controlReadGroup = reader.optionalString("control-read-group")
+        controlAdminGroup = reader.optionalString("control-admin-group")
         queueMaximumLength = try reader.integer("queue-max-length", default: queueMaximumLength, range: 16...1_048_576)
         queueFailOpen = try reader.boolean("queue-fail-open", default: queueFailOpen)
         queueReceiveBuffer = try reader.integer("queue-receive-buffer", default: queueReceiveBuffer, range: 65536...(1 << 30))

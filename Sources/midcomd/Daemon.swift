@@ -118,7 +118,9 @@ final class Daemon: Sendable {
     // MARK: lifecycle
 
     func run() throws {
-        let server = try ControlServer(path: configuration.controlSocket) { [weak self] request in
+        let access = try controlAccess(configuration)
+        let server = try ControlServer(path: configuration.controlSocket, access: access, log: { [log] in log(.warning, $0) }) {
+            [weak self] request in
             self?.answer(request) ?? .failure("midcomd is stopping")
         }
         control.withLock { $0 = server }
@@ -275,6 +277,22 @@ final class Daemon: Sendable {
             log(.notice, "adopted \(adopted) kernel element(s) left by a previous run (\(tagged) with their session ID)")
         }
     }
+}
+
+/// The control socket's access groups, resolved (a name must exist: a typo must not silently
+/// lock operators out, or let no one in).
+func controlAccess(_ configuration: MidcomConfiguration) throws -> ControlAccess {
+    func gid(_ text: String?, key: String) throws -> Set<UInt32> {
+        guard let text else { return [] }
+        if let number = UInt32(text) { return [number] }
+        guard let group = getgrnam(text) else {
+            throw DaemonError("\(key) '\(text)': no such group (create it with groupadd, or give a group number)")
+        }
+        return [group.pointee.gr_gid]
+    }
+    return ControlAccess(
+        readGroups: try gid(configuration.controlReadGroup, key: "control-read-group"),
+        adminGroups: try gid(configuration.controlAdminGroup, key: "control-admin-group"))
 }
 
 /// Seconds since 1970.

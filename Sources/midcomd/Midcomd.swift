@@ -66,6 +66,10 @@ struct Midcomd: ParsableCommand {
             return
         }
         if check {
+            do { _ = try controlAccess(configuration) } catch {
+                log(.error, "\(config): \(error)")
+                throw ExitCode(78)
+            }
             print("\(config): configuration OK (\(configuration.rules.count) rule(s), queue \(configuration.queueNumber))")
             return
         }

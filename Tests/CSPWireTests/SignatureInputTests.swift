@@ -4,21 +4,20 @@ import XCTest
 final class SignatureInputTests: XCTestCase {
     func testEndToEndInputSurvivesAppendedRecords() throws {
         var unsigned = TestVectors.messages[0].2
-        unsigned.tlvs.removeLast()  // the placeholder SIGNATURE
+        guard case .signature(let signature) = unsigned.tlvs.removeLast() else { return XCTFail("no SIGNATURE last") }
         unsigned.flags.remove(.signed)
         let input = try CSPSignatureInput.endToEnd(signing: unsigned)
         XCTAssertEqual(Array(input.prefix(9)), Array("CSP1 e2e".utf8) + [0])
         XCTAssertEqual(input[9 + 6], 0)
         XCTAssertEqual(input[9 + 7], 0)
-        let signed = unsigned.attachingEndToEndSignature(TestVectors.placeholderSignature)
+        let signed = unsigned.attachingEndToEndSignature(signature)
         XCTAssertEqual(signed, TestVectors.messages[0].2)
         // A middlebox appends its record in transit; the end-to-end input does not change.
         for message in [signed, TestVectors.messages[1].2] {
             let found = try message.serialize().withUnsafeBytes { try CSPSignatureInput.collect(from: $0) }
-            XCTAssertEqual(found.count, 1)
             XCTAssertEqual(found.first?.signer, .endToEnd)
             XCTAssertEqual(found.first?.input, input)
-            XCTAssertEqual(found.first?.signature, TestVectors.placeholderSignature)
+            XCTAssertEqual(found.first?.signature, signature)
         }
     }
 
@@ -43,9 +42,9 @@ final class SignatureInputTests: XCTestCase {
         forwarded.tlvs.append(.middleboxRecord(signedRecord))
         header = try forwarded.serialize()
         let found = try header.withUnsafeBytes { try CSPSignatureInput.collect(from: $0) }
-        XCTAssertEqual(found.count, 1)
-        XCTAssertEqual(found[0].signer, .middlebox(index: 2, middleboxID: 9))
-        XCTAssertEqual(found[0].input, input)
+        XCTAssertEqual(found.count, 2, "the vector's own signed record, and ours")
+        XCTAssertEqual(found.last?.signer, .middlebox(index: 2, middleboxID: 9))
+        XCTAssertEqual(found.last?.input, input)
         XCTAssertEqual(Array(input.prefix(9)), Array("CSP1 mbx".utf8) + [0])
     }
 }

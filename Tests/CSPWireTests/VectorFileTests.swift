@@ -1,3 +1,4 @@
+import CSPTrust
 import CSPWire
 import Foundation
 import XCTest
@@ -46,5 +47,41 @@ final class VectorFileTests: XCTestCase {
         for vector in TestVectors.all {
             XCTAssertTrue(text.contains("```\n" + (try TestVectors.render(vector)) + "```\n"), "PROTOCOL.md lacks vector \(vector.name)")
         }
+    }
+}
+
+/// The published vectors carry real signatures: each verifies with the vectors' public keys (and
+/// the primitive itself is checked against RFC 8032 in CSPTrustTests).
+final class SignedVectorTests: XCTestCase {
+    func testEverySignatureInTheVectorsVerifies() throws {
+        var endToEnd = 0
+        var records = 0
+        for (name, _, message) in TestVectors.messages {
+            let bytes = try message.serialize()
+            let check = SignatureCheck.check(bytes, message: message, checkRecords: true)
+            switch check.status {
+            case .absent: break
+            case .valid(let key):
+                XCTAssertEqual(key.material, TestVectors.hostKey, name)
+                endToEnd += 1
+            case .needsSessionKey:
+                XCTAssertTrue(try XCTUnwrap(check.deferred).verify(with: TestVectors.hostSigningKey.publicKey), name)
+                endToEnd += 1
+            case .invalid(let why):
+                XCTFail("\(name): \(why)")
+            }
+            for record in check.records {
+                switch record.status {
+                case .unsigned: break
+                case .valid(let key):
+                    XCTAssertEqual(key.material, TestVectors.middleboxKey, name)
+                    XCTAssertEqual(record.middleboxID, key.fingerprint, "\(name): the ID is the key's fingerprint")
+                    records += 1
+                case .invalid(let why): XCTFail("\(name): record: \(why)")
+                }
+            }
+        }
+        XCTAssertEqual(endToEnd, 6, "signed end to end: SETUP (2), RESPONSE, REBIND, ADD-PATH, DENY")
+        XCTAssertEqual(records, 4, "signed records: in transit, ACCEPT, REJECT, ANNOUNCE")
     }
 }

@@ -23,7 +23,16 @@ extension GatewayEngine {
             type: .announce, flags: .fromMiddlebox, result: .success, sessionID: 0, nonce: nonce,
             tlvs: [.epoch(identity.epoch), .middleboxName(identity.name), .middleboxRecord(record)])
         let headers = destination.address.family == .ipv4 ? 28 : 48  // IP + UDP octets of our answer
+        // Signed when it fits (IDENTITY and SIGNATURE in the record); the name goes first, then
+        // the signature: an unsigned ANNOUNCE only informs (docs/PROTOCOL.md 5.7).
+        let unsigned = message
+        message = sealed(message)
         if let size = try? message.serialize().count, size + headers > 3 * triggerLength {
+            message.tlvs.removeAll { $0.type == .middleboxName }
+            message = sealed(message.withoutRecordSignatures)
+        }
+        if let size = try? message.serialize().count, size + headers > 3 * triggerLength {
+            message = unsigned
             message.tlvs.removeAll { $0.type == .middleboxName }
         }
         guard let size = try? message.serialize().count, size + headers <= 3 * triggerLength else {
@@ -34,5 +43,23 @@ extension GatewayEngine {
         announcedSources.insert(destination.address)
         counters.announced += 1
         return OutgoingMessage(message: message, destination: destination)
+    }
+}
+
+extension CSPMessage {
+    /// The message with the IDENTITY and SIGNATURE of every record removed (to re-sign it).
+    var withoutRecordSignatures: CSPMessage {
+        var copy = self
+        copy.tlvs = tlvs.map { tlv in
+            guard case .middleboxRecord(var record) = tlv else { return tlv }
+            record.tlvs.removeAll {
+                switch $0 {
+                case .identity, .signature: true
+                default: false
+                }
+            }
+            return .middleboxRecord(record)
+        }
+        return copy
     }
 }
