@@ -135,7 +135,8 @@ final class Daemon: Sendable {
             Thread.detachNewThread { [self] in self.serveLocalRequests(on: socket) }
         }
         Thread.detachNewThread { [self] in
-            replies.run(shouldStop: { stopping.load(ordering: .relaxed) }) { transmit($0) }
+            var sockets = TransparentSockets()
+            replies.run(shouldStop: { stopping.load(ordering: .relaxed) }) { transmit($0, sockets: &sockets) }
         }
         Thread.detachNewThread { [self] in self.adoptKernelState() }
         let identity = engine.withLock { $0.identity }

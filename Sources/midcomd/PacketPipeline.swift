@@ -145,21 +145,17 @@ extension Daemon {
     static let answerMark: UInt32 = 0x4d43_0004
 
     /// Sends one answer; runs on the reply thread.
-    func transmit(_ outgoing: OutgoingMessage) {
+    func transmit(_ outgoing: OutgoingMessage, sockets: inout TransparentSockets) {
         do {
             let bytes = try outgoing.message.serialize()
             let family = outgoing.destination.address.family
             if let source = outgoing.source, source.address.family == family {
                 // Answering in the responder's place: from its address, so the reply passes the
                 // conntrack/NAT state of the middleboxes nearer the host (docs/PROTOCOL.md 2.3).
-                // One socket per reply: these are refusals, not the data path.
+                // One socket per answering endpoint, kept: a flood of CHALLENGEs to spoofed sources
+                // all leave in the name of the few servers they were addressed to.
                 do {
-                    let socket = try UDPSocket(family: family, address: source.address, port: source.port, reuseAddress: true, transparent: true)
-                    // Untracked (nft-rules/midcom.nft, chain answers_untracked): a conntrack entry
-                    // made by this datagram would capture the host's next packets of the same
-                    // 5-tuple, e.g. the SETUP it repeats after a CHALLENGE, and bypass NAT.
-                    try socket.setOption(level: SOL_SOCKET, name: SO_MARK, bytes: withUnsafeBytes(of: Self.answerMark) { Array($0) })
-                    try socket.send(bytes, to: outgoing.destination)
+                    try sockets.socket(for: source).send(bytes, to: outgoing.destination)
                     return
                 } catch {
                     log.limited(.warning, category: "reply", "cannot answer as \(source) (\(error)); answering from our own address")
@@ -208,7 +204,7 @@ extension Daemon {
                 agentFailure(outcome.onKernelFailure)
                 continue
             }
-            if let reply = outcome.reply { transmit(reply) }  // this thread is not the packet loop
+            if let reply = outcome.reply { send(reply) }
         }
     }
 
@@ -217,6 +213,26 @@ extension Daemon {
         guard case .refuse(let sessionID, let refusal) = plan else { return }
         let undo = engine.withLock { $0.forgetFailed(sessionID: sessionID) }
         try? apply(undo)  // best effort; counted and logged by apply
-        if let refusal { transmit(refusal) }
+        if let refusal { send(refusal) }
+    }
+}
+
+/// The reply thread's IP_TRANSPARENT sockets, one per endpoint we answer in the name of (bounded;
+/// all are closed when the bound is reached, which a flood of distinct responders can cause).
+struct TransparentSockets {
+    private var byEndpoint: [CSPEndpoint: UDPSocket] = [:]
+    static let limit = 256
+
+    mutating func socket(for endpoint: CSPEndpoint) throws -> UDPSocket {
+        if let socket = byEndpoint[endpoint] { return socket }
+        if byEndpoint.count >= Self.limit { byEndpoint.removeAll() }
+        let socket = try UDPSocket(
+            family: endpoint.address.family, address: endpoint.address, port: endpoint.port, reuseAddress: true, transparent: true)
+        // Untracked (nft-rules/midcom.nft, chain answers_untracked): a conntrack entry made by
+        // these datagrams would capture the host's next packets of the same 5-tuple, e.g. the
+        // SETUP it repeats after a CHALLENGE, and keep them from NAT.
+        try socket.setOption(level: SOL_SOCKET, name: SO_MARK, bytes: withUnsafeBytes(of: Daemon.answerMark) { Array($0) })
+        byEndpoint[endpoint] = socket
+        return socket
     }
 }

@@ -36,12 +36,13 @@ CONF
 )
 lab_midcomd gw "$conf"
 lab_bg server "$LAB_DIR/listen.log" "$BIN/csp" listen --duration 85
-for _ in $(seq 1 50); do in_ns server ss -Hlun 'sport = :7227' | grep -q . && break; sleep 0.1; done
+for _ in $(seq 1 50); do [ -n "$(in_ns server ss -Hlun 'sport = :7227')" ] && break; sleep 0.1; done
 lab_serve gw "$LAB_DIR/capture.log" $CRAFT capture --out "$CAPTURE" --duration 85
 
 counter() { status_counter gw "$1"; }
 session_row() { midctl gw sessions | grep -E "^$1 " || true; }
-admit4_has() { nft_set gw admit4 | grep -Eq "10\.200\.1\.2 \. udp \. $1 \. 10\.200\.2\.2 \. 5000 "; }
+# (no pipe into grep -q: nft may still be writing when grep has its match, and pipefail would see SIGPIPE)
+admit4_has() { grep -Eq "10\.200\.1\.2 \. udp \. $1 \. 10\.200\.2\.2 \. 5000 " <<<"$(nft_set gw admit4)"; }
 
 # captured TYPE SESSION SEQ IFACE: wait (bounded) until the tap has the datagram.
 captured() {
@@ -176,18 +177,24 @@ expect_eq "$(counter torn_down)" "$torn" "torn_down after the old TEARDOWN"
 expect_eq "$(counter replays)" "$((replays + 1))" "replays after the old TEARDOWN"
 
 # ---------------------------------------------------------------------------------------------
-step "d. expiry: csp setup --key A --lifetime 3 (sport 4102), wait until it expires, replay SETUP + ACCEPT"
+step "d. expiry: csp setup --key A --lifetime 3 (sport 4105), wait until it expires, replay SETUP + ACCEPT"
 expired=$(counter expired)
-signed_setup 4102 3
-s_b=$SESSION
-captured 1 "$s_b" 1 to-client; captured 2 "$s_b" 1 to-server
-for _ in $(seq 1 80); do [ -z "$(session_row "$s_b")" ] && break; sleep 0.1; done
-[ -z "$(session_row "$s_b")" ] || fail "session $s_b did not expire within 8 s: $(session_row "$s_b")"
+signed_setup 4105 3
+s_e=$SESSION
+captured 1 "$s_e" 1 to-client; captured 2 "$s_e" 1 to-server
+for _ in $(seq 1 80); do [ -z "$(session_row "$s_e")" ] && break; sleep 0.1; done
+[ -z "$(session_row "$s_e")" ] || fail "session $s_e did not expire within 8 s: $(session_row "$s_e")"
 expect_eq "$(counter expired)" "$((expired + 1))" "expired counter"
 replays=$(counter replays); admitted=$(counter admitted)
-replay_setup "$s_b"
+out=$(in_ns client $CRAFT replay "$CAPTURE" --type 1 --session "$s_e" --seq 1 --if to-client --wait 0.5)
+indent <<<"$out"
+in_ns server $CRAFT replay "$CAPTURE" --type 2 --session "$s_e" --seq 1 --if to-server --wait 0.5 | indent
 sleep 0.3
-expect_gone "$s_b" 4102 "signed SETUP + ACCEPT replayed after expiry"
+if grep -Eq "^reply .* type 2 session $s_e result 0 " <<<"$out"; then
+  fail "the SETUP of expired session $s_e, replayed, reached the responder and was ACCEPTed: the gateway let it through" \
+    "(it is byte for byte the session's latest request, i.e. what a retransmission looks like); now: $(session_row "$s_e")"
+fi
+expect_gone "$s_e" 4105 "signed SETUP + ACCEPT replayed after expiry"
 expect_eq "$(counter admitted)" "$admitted" "admitted counter after the replay of an expired session"
 expect_eq "$(counter replays)" "$((replays + 1))" "replays after the SETUP replay (the expired session's window)"
 

@@ -43,7 +43,7 @@ out=$("$BIN/midcomd" --check --config "$conf_any" 2>&1) ||
   fail "midcomd refuses '[trust] signatures = any-key': the gateway cannot be told to require signed requests: $out"
 lab_midcomd gw "$conf_any"
 lab_bg server "$LAB_DIR/listen.log" "$BIN/csp" listen --duration 85
-for _ in $(seq 1 50); do in_ns server ss -Hlun 'sport = :7227' | grep -q . && break; sleep 0.1; done
+for _ in $(seq 1 50); do [ -n "$(in_ns server ss -Hlun 'sport = :7227')" ] && break; sleep 0.1; done
 # Every CSP datagram the gateway's interfaces carry, as it arrived (for the altered copy in a.4).
 lab_serve gw "$LAB_DIR/capture.log" $CRAFT capture --out "$LAB_DIR/capture.jsonl" --duration 85
 
@@ -73,7 +73,8 @@ indent <<<"gw1: $gw_line (key $GW_FP)"
 session_row() { midctl gw sessions | grep -E "^$1 " || true; }
 expect_admitted() { expect_match "$(session_row "$1")" " admitted" "$2: session $1 in midctl sessions"; }
 expect_no_session() { expect_eq "$(session_row "$1")" "" "$2: midctl sessions row of $1"; }
-admit4_has() { nft_set gw admit4 | grep -Eq "10\.200\.1\.2 \. udp \. $1 \. 10\.200\.2\.2 \. $2 "; }
+# (no pipe into grep -q: nft may still be writing when grep has its match, and pipefail would see SIGPIPE)
+admit4_has() { grep -Eq "10\.200\.1\.2 \. udp \. $1 \. 10\.200\.2\.2 \. $2 " <<<"$(nft_set gw admit4)"; }
 counter() { status_counter gw "$1"; }
 
 # ---------------------------------------------------------------------------------------------
