@@ -147,10 +147,24 @@ public struct GatewayEngine: Sendable {
         guard !message.type.isReply else { return dispatch(request, now: now) }
         // Noted before the handler (a TEARDOWN's sequence must be in the window the session
         // leaves behind) and after it (a new session starts with this request's sequence).
-        sessions.recordSequence(id: message.sessionID, sequence: message.sequence, nonce: message.nonce)
+        // Only the owner's requests move the window: a refused TEARDOWN from the owner's address
+        // but not its key must not burn the owner's sequences.
+        if isFromOwner(request) {
+            sessions.recordSequence(id: message.sessionID, sequence: message.sequence, nonce: message.nonce)
+        }
         let outcome = dispatch(request, now: now)
-        sessions.recordSequence(id: message.sessionID, sequence: message.sequence, nonce: message.nonce)
+        if isFromOwner(request) {
+            sessions.recordSequence(id: message.sessionID, sequence: message.sequence, nonce: message.nonce)
+        }
         return outcome
+    }
+
+    /// Whether `request` comes from its session's owner: its key for a signed session, its
+    /// address for an unsigned one (true when there is no session yet).
+    func isFromOwner(_ request: SignalingRequest) -> Bool {
+        guard let session = sessions[id: request.message.sessionID] else { return true }
+        if let key = session.ownerKey { return request.signer == key }
+        return session.owner == request.source.address
     }
 
     /// Step 5: the message's handler.
@@ -219,6 +233,7 @@ public struct GatewayEngine: Sendable {
         for path in session.paths {
             guard let other = sessions.session(for: path.flow), other.id != session.id, other.owner == session.owner else { continue }
             sessions.remove(id: other.id)
+            bury(other, now: clock)
             releasePendingMapping(of: other)
             if let mapping = other.mapping { natPorts?.release(other.flow.proto, mapping.port) }
             objects += other.kernelObjects
@@ -236,7 +251,7 @@ public struct GatewayEngine: Sendable {
     }
 
     mutating func released(_ session: Session, now: Instant? = nil) -> [KernelChange] {
-        if let now { bury(session, now: now) }
+        bury(session, now: now ?? clock)
         releasePendingMapping(of: session)
         if let mapping = session.mapping { natPorts?.release(session.flow.proto, mapping.port) }
         return session.kernelObjects.map { .remove($0) }

@@ -101,6 +101,16 @@ func exchange(_ request: CSPMessage, with peer: IPAddress, from source: IPAddres
         print(describe(result, verdicts: verdicts.map(\.verdict), machine: common.machine))
         if let failed = verdicts.first(where: { $0.verdict.isFailure }) {
             printError("middlebox \(hex(failed.record.middleboxID)): \(failed.verdict)")
+            if result.reply.type == .accept || result.reply.type == .mapped {
+                // Whatever the untrusted path installed for us goes again: we will not use it.
+                var teardown = CSPMessage(
+                    type: .teardown, sessionID: request.sessionID, nonce: secureRandomUInt64(),
+                    sequence: common.sessions.nextSequence(for: request.sessionID, peer: peer))
+                if let key { teardown = try teardown.signed(by: key, timestamp: wallClockSeconds()) }
+                try? socket.send(try teardown.serialize(), to: destination)
+                common.sessions.forget(request.sessionID)
+                printError("session \(hex(request.sessionID)) torn down")
+            }
             return ExitStatus.untrusted
         }
         switch result.reply.type {
@@ -335,6 +345,7 @@ extension CSPCommand {
                 family: bindAddress?.family ?? .ipv4, address: bindAddress, port: common.cspPort, reuseAddress: true)
             defer { fflush(nil) }
             print("listening on \(bindAddress.map { CSPEndpoint(address: $0, port: common.cspPort).description } ?? "*:\(common.cspPort)")")
+            fflush(nil)
             let clock = ContinuousClock()
             let deadline = duration > 0 ? clock.now.advanced(by: .milliseconds(Int64(duration * 1000))) : nil
             var answered = 0

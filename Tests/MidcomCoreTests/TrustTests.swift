@@ -250,6 +250,46 @@ final class TrustTests: XCTestCase {
         XCTAssertEqual(e.counters.replays, 0)
     }
 
+    /// Found by the replay scenario: a TEARDOWN refused for its key still moved the window, so
+    /// one datagram with sequence 0xffffffff from the owner's address locked the owner out.
+    func testARefusedRequestDoesNotBurnTheOwnersSequences() {
+        let owner = SigningKey()
+        var e = engine { $0.trust.challenge = .never }
+        _ = arrive(&e, setup(flow(inside), nonce: 1, sequence: 1), from: inside, to: server, signedBy: owner)
+        _ = arrive(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 1, tlvs: [.lifetime(60)]), from: server, to: inside)
+        _ = arrive(&e, CSPMessage(type: .teardown, sessionID: 1, nonce: 2, sequence: .max), from: inside, to: server)
+        let refresh = CSPMessage(type: .refresh, sessionID: 1, nonce: 3, sequence: 2, tlvs: [.lifetime(60)])
+        XCTAssertEqual(arrive(&e, refresh, from: inside, to: server, signedBy: owner).verdict, .forward)
+        XCTAssertEqual(e.counters.replays, 0)
+    }
+
+    /// Found by the replay scenario: a session that expired with its SETUP as the latest request
+    /// came back from that one captured SETUP (the tombstone took it for a retransmission).
+    func testTheLatestRequestOfAnEndedSessionIsAReplay() {
+        var e = engine { $0.trust.challenge = .never }
+        let captured = setup(flow(inside), nonce: 1, sequence: 1)
+        _ = arrive(&e, captured, from: inside, to: server)
+        _ = arrive(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 1, tlvs: [.lifetime(3)]), from: server, to: inside)
+        _ = e.expire(now: .seconds(4))
+        XCTAssertTrue(e.sessions.isEmpty)
+        XCTAssertEqual(arrive(&e, captured, from: inside, to: server, at: 5).reply?.message.result, .authenticationFailed)
+        XCTAssertTrue(e.sessions.isEmpty)
+    }
+
+    /// Found by the replay scenario: a superseded session left no window behind, so its SETUP
+    /// replayed brought it back and displaced its successor.
+    func testASupersededSessionCannotBeReplayed() {
+        var e = engine { $0.trust.challenge = .never }
+        let old = setup(flow(inside), session: 1, nonce: 1, sequence: 1)
+        _ = arrive(&e, old, from: inside, to: server)
+        _ = arrive(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 1, tlvs: [.lifetime(60)]), from: server, to: inside)
+        _ = arrive(&e, setup(flow(inside), session: 2, nonce: 2, sequence: 1), from: inside, to: server)
+        _ = arrive(&e, CSPMessage(type: .accept, sessionID: 2, nonce: 2, tlvs: [.lifetime(60)]), from: server, to: inside)
+        XCTAssertNil(e.sessions[id: 1], "superseded")
+        XCTAssertEqual(arrive(&e, old, from: inside, to: server).reply?.message.result, .authenticationFailed)
+        XCTAssertEqual(e.sessions[id: 2]?.state, .admitted)
+    }
+
     func testReplayWindow() {
         var w = ReplayWindow()
         XCTAssertEqual(w.check(sequence: 5, nonce: 1), .new)

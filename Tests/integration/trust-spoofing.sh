@@ -116,8 +116,8 @@ expect_blocked() {
   local out; out=$(tcp_probe "$1" "$2" "$3"); indent <<<"$out"
   expect_match "$out" "connect failed" "$4"
 }
-# listen_setup SPORT ADDR: the spoofed "open an incoming pinhole from any peer to ADDR:22"
-# (REQUESTED-ACTION admit|listen, FLOW any → ADDR:22), with ADDR as its source.
+# listen_flow ADDR: FLOW of "open an incoming pinhole from any peer to ADDR:22" (sent with
+# REQUESTED-ACTION admit|listen, TLV 0x0004 = 09, to the gateway, forged with ADDR as source).
 listen_flow() { if [[ $1 == *:* ]]; then echo "tcp,::,0,$1,22"; else echo "tcp,0.0.0.0,0,$1,22"; fi; }
 
 if want a; then

@@ -42,7 +42,11 @@ extension GatewayEngine {
         // The window is the owner's: another host's request is refused by ownership instead.
         let fromOwner = session.map { $0.owner == request.source.address } ?? true
         let window = session?.replay ?? tombstones[id]?.window
-        if fromOwner, let window, window.check(sequence: message.sequence, nonce: message.nonce) == .replayed {
+        // A session that ended has nothing to retransmit into: its latest request seen again is
+        // a replay too (else a session that expired with its SETUP as the latest request would
+        // come back from one captured datagram).
+        let verdict = window?.check(sequence: message.sequence, nonce: message.nonce)
+        if fromOwner, verdict == .replayed || (session == nil && verdict == .retransmission) {
             counters.replays += 1
             return rejection(
                 of: request, result: .authenticationFailed, reason: "sequence \(message.sequence) already seen (replay)",
