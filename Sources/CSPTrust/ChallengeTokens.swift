@@ -14,13 +14,18 @@ public struct ChallengeTokens: Sendable {
     public static let validity: UInt64 = 30
     public static let tokenLength = 20
     private let secret: [UInt8]
+    /// The key of the latest generation used (deriving it costs an HMAC: once per rotation).
+    private var cached: (generation: UInt64, key: [UInt8])?
 
     /// `secret`: 32 random octets, new at every start (tokens need not survive a restart).
     public init(secret: [UInt8]) { self.secret = secret }
 
-    public func mint(sessionID: UInt64, nonce: UInt64, address: IPAddress, port: UInt16, now: UInt64) -> [UInt8] {
+    public mutating func mint(sessionID: UInt64, nonce: UInt64, address: IPAddress, port: UInt16, now: UInt64) -> [UInt8] {
         let expiry = UInt32(truncatingIfNeeded: now + Self.validity)
-        return bigEndian(expiry) + mac(sessionID: sessionID, nonce: nonce, address: address, port: port, expiry: expiry, now: now)
+        let generation = now / Self.rotation
+        if cached?.generation != generation { cached = (generation, key(generation)) }
+        return bigEndian(expiry)
+            + mac(sessionID: sessionID, nonce: nonce, address: address, port: port, expiry: expiry, key: cached!.key)
     }
 
     /// Whether `token` was minted by us, for exactly these values, and has not expired.
@@ -36,27 +41,25 @@ public struct ChallengeTokens: Sendable {
         let minted = now &+ UInt64(ahead) &- Self.validity
         // The expiry names the key generation the token was minted under: the current key or,
         // for a token minted just before a rotation, the previous one.
+        let generation = minted / Self.rotation
         let expected = mac(
             sessionID: sessionID, nonce: nonce, address: address, port: port, expiry: expiry,
-            generation: minted / Self.rotation)
+            key: cached?.generation == generation ? cached!.key : key(generation))
         return constantTimeEqual(Array(token[4...]), expected)
     }
 
-    private func mac(sessionID: UInt64, nonce: UInt64, address: IPAddress, port: UInt16, expiry: UInt32, now: UInt64)
-        -> [UInt8]
-    {
-        mac(sessionID: sessionID, nonce: nonce, address: address, port: port, expiry: expiry, generation: now / Self.rotation)
+    private func key(_ generation: UInt64) -> [UInt8] {
+        Array(HMAC<SHA256>.authenticationCode(for: bigEndian(generation), using: SymmetricKey(data: secret)))
     }
 
-    private func mac(
-        sessionID: UInt64, nonce: UInt64, address: IPAddress, port: UInt16, expiry: UInt32, generation: UInt64
-    ) -> [UInt8] {
-        let key = SymmetricKey(data: HMAC<SHA256>.authenticationCode(for: bigEndian(generation), using: SymmetricKey(data: secret)))
+    private func mac(sessionID: UInt64, nonce: UInt64, address: IPAddress, port: UInt16, expiry: UInt32, key: [UInt8])
+        -> [UInt8]
+    {
         var input = bigEndian(sessionID) + bigEndian(nonce)
         input.append(address.family == .ipv4 ? 4 : 6)
         input += address.bytes
         input += bigEndian(port) + bigEndian(expiry)
-        return Array(HMAC<SHA256>.authenticationCode(for: input, using: key).prefix(16))
+        return Array(HMAC<SHA256>.authenticationCode(for: input, using: SymmetricKey(data: key)).prefix(16))
     }
 }
 

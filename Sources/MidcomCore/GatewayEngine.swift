@@ -100,7 +100,10 @@ public struct GatewayEngine: Sendable {
     public let policy: Policy
     var configuration: MidcomConfiguration { policy.configuration }
     /// Stateless CHALLENGE tokens (docs/PROTOCOL.md 6.6).
-    let challengeTokens: ChallengeTokens
+    var challengeTokens: ChallengeTokens
+    /// CHALLENGEs described in the log this second: under a flood, building a line per spoofed
+    /// request would cost more than answering it.
+    var challengeLog: (second: UInt64, count: Int) = (0, 0)
     /// Addresses that answered a CHALLENGE, until when.
     var validated: [ValidatedSource: Instant] = [:]
     /// Replay windows of sessions that ended recently.

@@ -14,12 +14,15 @@ final class ReplyQueue: Sendable {
 
     /// False when the queue is full.
     func enqueue(_ message: OutgoingMessage) -> Bool {
-        let queued = waiting.withLock { queue -> Bool in
-            guard queue.count < capacity else { return false }
+        let (queued, first) = waiting.withLock { queue -> (Bool, Bool) in
+            guard queue.count < capacity else { return (false, false) }
             queue.append(message)
-            return true
+            return (true, queue.count == 1)
         }
-        if queued { wake.signal() }
+        // The reply thread drains the whole queue per wake-up: only the first answer of a batch
+        // needs to wake it (a wake-up per answer would cost the packet thread a futex call each
+        // under a CHALLENGE flood).
+        if first { wake.signal() }
         return queued
     }
 

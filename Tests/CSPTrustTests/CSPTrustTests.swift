@@ -144,6 +144,7 @@ final class ChallengeTokenTests: XCTestCase {
     let address = IPAddress("192.0.2.10")!
 
     func testTokenVerifiesOnlyForItsValuesAndUntilExpiry() {
+        var tokens = self.tokens
         let now: UInt64 = 1_700_000_059  // one second before a key rotation
         let token = tokens.mint(sessionID: 1, nonce: 2, address: address, port: 4000, now: now)
         XCTAssertEqual(token.count, ChallengeTokens.tokenLength)

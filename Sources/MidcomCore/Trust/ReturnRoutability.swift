@@ -74,16 +74,23 @@ extension GatewayEngine {
         let challenge = CSPMessage(
             type: .challenge, flags: .fromMiddlebox, result: .challengeRequired, sessionID: message.sessionID,
             nonce: message.nonce, sequence: message.sequence, tlvs: [.challengeToken(token), .middleboxRecord(record)])
-        let what = "\(message.type) \(hex(message.sessionID)) from \(request.source)"
-        guard let reply = budgeted(challenge, for: request) else {
+        // A CHALLENGE (at most 28 + 36 + 22 octets) is never larger than 3x a request that
+        // parsed (a SETUP has at least 46): only the budget applies.
+        let second = request.wallClock
+        if challengeLog.second != second { challengeLog = (second, 0) }
+        challengeLog.count += 1
+        let describe = challengeLog.count <= 10
+        guard replyBudget.spend(to: request.source.address, atSecond: request.wallClock) else {
             counters.challengesLimited += 1
-            return SignalingOutcome(verdict: .drop, event: "dropped \(what): unproved source, challenge budget spent")
+            return SignalingOutcome(
+                verdict: .drop,
+                event: describe ? "dropped \(message.type) \(hex(message.sessionID)) from \(request.source): unproved source, challenge budget spent" : nil)
         }
         counters.challengesSent += 1
         return SignalingOutcome(
             verdict: .drop,
-            reply: OutgoingMessage(message: reply, destination: request.source, source: responder ? nil : request.destination),
-            event: "challenged \(what)")
+            reply: OutgoingMessage(message: challenge, destination: request.source, source: responder ? nil : request.destination),
+            event: describe ? "challenged \(message.type) \(hex(message.sessionID)) from \(request.source)" : nil)
     }
 
     /// RESPONSE: if its token is ours and was minted for this very sender, the sender's address
