@@ -1,20 +1,25 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
-// The Swift side of the Midcom benchmark (figures 6 and 7): it measures MidcomCore's SessionTable and
-// Netfilter's NFTablesClient directly. A separate package, so that benchmarks never slow the main build.
-// The main package exports neither MidcomCore nor Netfilter as a product, so this package compiles the very
-// same source directories (symlinks in Sources/ to ../../Sources/...) instead of depending on it by path.
+// The Swift side of the Midcom benchmark (figures 6, 7 and 10): it measures MidcomCore's SessionTable,
+// Netfilter's NFTablesClient and CSPTrust's signatures directly. A separate package, so that benchmarks never
+// slow the main build. The main package exports none of these targets as a product, so this package compiles
+// the very same source directories (symlinks in Sources/ to ../../Sources/...) instead of depending on it by
+// path; the external dependency (swift-crypto, for CSPTrust) is declared as in the main Package.swift.
 let package = Package(
     name: "midcom-bench",
     platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+    ],
     targets: [
         .systemLibrary(name: "CNetfilter", pkgConfig: "libnetfilter_queue"),
         .target(name: "SystemSupport"),
         .target(name: "Netfilter", dependencies: ["CNetfilter", "SystemSupport"]),
         .target(name: "CSPWire"),
-        .target(name: "MidcomCore", dependencies: ["CSPWire"]),
+        .target(name: "CSPTrust", dependencies: ["CSPWire", "SystemSupport", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "MidcomCore", dependencies: ["CSPWire", "CSPTrust"]),
         .target(name: "CBenchSupport"),
-        .executableTarget(name: "MidcomBench", dependencies: ["MidcomCore", "Netfilter", "CSPWire", "CBenchSupport"]),
+        .executableTarget(name: "MidcomBench", dependencies: ["MidcomCore", "Netfilter", "CSPWire", "CSPTrust", "CBenchSupport"]),
     ]
 )

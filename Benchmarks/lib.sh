@@ -116,7 +116,7 @@ bl_midcomd() {
   printf '%s\n' "$1" >"$BL_DIR/midcomd.conf"
   # BL_MIDCOMD_CPUS: where midcomd's threads may run (default: the reader CPU only).
   bl_bg gw "$BL_DIR/midcomd.log" taskset -c "${BL_MIDCOMD_CPUS:-$READER_CPU}" "$SWIFT_BIN/midcomd" --config "$BL_DIR/midcomd.conf" \
-    --control-socket "$BL_DIR/gw.sock" --log-level warning
+    --control-socket "$BL_DIR/gw.sock" --log-level warning --state-dir "$BL_DIR/gw-state"
   MIDCOMD_PID=$BL_LAST_PID
   local wait=${2:-10}
   for _ in $(seq 1 $((wait * 10))); do

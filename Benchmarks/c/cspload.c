@@ -1,27 +1,52 @@
-// cspload: CSP signaling load for the Midcom benchmark (docs/PROTOCOL.md, sections 3 and 5).
+// cspload: CSP signaling load for the Midcom benchmark (docs/PROTOCOL.md, sections 3, 5, 6.6 and 7).
 //
-//   cspload respond [-p PORT] [-d SECONDS]
+//   cspload respond [-p PORT] [-d SECONDS] [-C]
 //       The responder: answers every SETUP with ACCEPT (same session ID, nonce and sequence, LIFETIME as
-//       requested) and counts TEARDOWNs. Replies leave in sendmmsg bursts.
-//   cspload setup DST [-w WINDOW] [-s SOCKETS] [-d SECONDS] [-l LIFETIME] [-L] [-t]
+//       requested) and counts TEARDOWNs. Replies leave in sendmmsg bursts. -C answers CHALLENGEs (6.6): a
+//       CHALLENGE for a session it ACCEPTed is answered with a RESPONSE (token echoed) to the CHALLENGE's
+//       source, then the ACCEPT is sent again (the last 65536 sessions are remembered, direct-mapped).
+//   cspload setup DST [-w WINDOW] [-s SOCKETS] [-d SECONDS] [-l LIFETIME] [-L] [-t] [-C] [-S [-n POOL] [-T S]]
 //       The initiators: SOCKETS signaling sockets keep WINDOW sessions in flight in total (many concurrent
 //       signalers); each ACCEPT completes a session (its round trip goes into the histogram) and starts the
 //       next. -L signals incoming pinholes (REQUESTED-ACTION listen, FLOW 0.0.0.0:0 -> self:port), -t sends a
 //       TEARDOWN after each ACCEPT (pinhole removed). A session unanswered after 500 ms is counted lost and
 //       replaced. Prints sessions/s and the setup round trip p50/p99/p99.9 (ns) as one JSON line.
-// Messages carry no signature and no recordRoute flag: the smallest valid SETUP (FLOW + LIFETIME, 54 octets).
+//       -C answers CHALLENGEs: a CHALLENGE for a session in flight (same session ID and nonce) gets a
+//       RESPONSE (the token echoed) to the CHALLENGE's source from the same socket, then the SETUP is sent
+//       again unchanged; the round trip is measured from the first SETUP.
+//       -S signs every SETUP (flags 0x04, IDENTITY, TIMESTAMP, SIGNATURE last; pure Ed25519 through OpenSSL's
+//       EVP, docs/PROTOCOL.md 7.2) with a key made at start. Signing is not in the timed window: POOL
+//       SETUPs (default 400000, a fresh session ID each, sequence 1) are built and signed first, for at most
+//       -T seconds (default 15: their TIMESTAMP, the time signing began, must still be within the gateway's
+//       30 s tolerance at the end of the window). When the pool runs out the window ends there
+//       ("pool_exhausted": 1, sessions/s over the shortened window). Signed flows use other destination
+//       ports (60001 and up) than unsigned ones, so a signed run never meets an unsigned run's flows.
+//   cspload flood DST PREFIX/LEN [-d SECONDS] [-p PORT] [-f FLOWPORT]
+//       Spoofed SETUPs to DST:PORT (7227) as fast as one core sends them: raw socket with IP_HDRINCL, every
+//       packet from a random address of PREFIX/LEN (IPv4) and a random source port, with a random session ID
+//       and nonce and a FLOW from that address to DST:FLOWPORT (5000). sendmmsg bursts of 64; the kernel fills
+//       the IP checksum, the UDP checksum is 0 (none). Prints sent, seconds and per_s as one JSON line.
+// Unsigned messages carry no recordRoute flag: the smallest valid SETUP (FLOW + LIFETIME, 54 octets).
 #include "benchutil.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/ip.h>
+#include <openssl/evp.h>
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CSP_PORT 7227
 #define T_SETUP 1
 #define T_ACCEPT 2
+#define T_REJECT 3
+#define T_CHALLENGE 6
+#define T_RESPONSE 7
 #define T_TEARDOWN 13
+#define TLV_CHALLENGE_TOKEN 0x800d
 
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)(v >> 16)); put16(p + 2, (uint16_t)v); }
@@ -39,14 +64,58 @@ static void header(uint8_t *m, uint8_t type, uint16_t length, uint64_t sid, uint
     put32(m + 24, seq);
 }
 
+static uint64_t random64(void) {
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != sizeof v) v = bu_now_ns() * 0x9e3779b97f4a7c15ull;
+    return v;
+}
+
+/// The CHALLENGE-TOKEN of a message of `n` octets (NULL if it has none or is malformed); its length in *len.
+static const uint8_t *find_token(const uint8_t *m, size_t n, uint16_t *len) {
+    size_t off = 28;
+    while (off + 4 <= n) {
+        uint16_t type = get16(m + off), l = get16(m + off + 2);
+        if (off + 4 + l > n) return NULL;
+        if (type == TLV_CHALLENGE_TOKEN) {
+            if (l < 8 || l > 32) return NULL;
+            *len = l;
+            return m + off + 4;
+        }
+        off += 4 + (size_t)l;
+    }
+    return NULL;
+}
+
+/// RESPONSE to the CHALLENGE `c` (docs/PROTOCOL.md 6.6): same session ID, nonce and sequence, the token
+/// echoed as the only TLV. Writes at most 64 octets to r; returns the length, 0 if `c` has no token.
+static uint16_t build_response(uint8_t *r, const uint8_t *c, size_t n) {
+    uint16_t tl;
+    const uint8_t *token = find_token(c, n, &tl);
+    if (!token) return 0;
+    uint16_t length = (uint16_t)(28 + 4 + tl);
+    header(r, T_RESPONSE, length, get64(c + 8), get64(c + 16), get32(c + 24));
+    put16(r + 28, TLV_CHALLENGE_TOKEN);
+    put16(r + 30, tl);
+    memcpy(r + 32, token, tl);
+    return length;
+}
+
+// MARK: respond
+
+/// What the responder remembers of a session it ACCEPTed, to send the ACCEPT again after a CHALLENGE.
+struct accepted { uint64_t sid, nonce; uint32_t seq, lifetime; struct sockaddr_in to; };
+#define ACCEPTED_SLOTS 65536
+
 static int cmd_respond(int argc, char **argv) {
     uint16_t port = CSP_PORT;
     double seconds = 30;
+    int answer_challenges = 0;
     int opt;
     optind = 2;
-    while ((opt = getopt(argc, argv, "p:d:")) != -1) {
+    while ((opt = getopt(argc, argv, "p:d:C")) != -1) {
         if (opt == 'p') port = (uint16_t)atoi(optarg);
         else if (opt == 'd') seconds = atof(optarg);
+        else if (opt == 'C') answer_challenges = 1;
         else return 2;
     }
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
@@ -59,10 +128,11 @@ static int cmd_respond(int argc, char **argv) {
     struct timeval tv = {0, 100000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     enum { V = 64 };
-    static uint8_t in[V][512], out[V][64];
+    static uint8_t in[V][512], out[2 * V][64];
     static struct sockaddr_in from[V];
-    struct mmsghdr rm[V], sm[V];
-    struct iovec riov[V], siov[V];
+    static struct accepted cache[ACCEPTED_SLOTS];
+    struct mmsghdr rm[V], sm[2 * V];
+    struct iovec riov[V], siov[2 * V];
     memset(rm, 0, sizeof rm);
     memset(sm, 0, sizeof sm);
     for (int i = 0; i < V; i++) {
@@ -74,6 +144,7 @@ static int cmd_respond(int argc, char **argv) {
     }
     bu_install_signals();
     uint64_t end = bu_now_ns() + (uint64_t)(seconds * 1e9), setups = 0, teardowns = 0, other = 0;
+    uint64_t challenges = 0, unknown_challenges = 0;
     printf("ready\n");
     fflush(stdout);
     while (!bu_stop && bu_now_ns() < end) {
@@ -85,38 +156,136 @@ static int cmd_respond(int argc, char **argv) {
             const uint8_t *m = in[i];
             if (rm[i].msg_len < 28 || m[0] != 'C' || m[1] != 'S') { other++; continue; }
             if (m[3] == T_TEARDOWN) { teardowns++; continue; }
+            uint64_t sid = get64(m + 8);
+            if (m[3] == T_CHALLENGE && answer_challenges) {
+                struct accepted *c = &cache[(sid * 0x9e3779b97f4a7c15ull) >> 48];
+                uint8_t *r = out[replies];
+                uint16_t rl;
+                if (c->sid != sid || c->nonce != get64(m + 16) || !(rl = build_response(r, m, rm[i].msg_len))) {
+                    unknown_challenges++;
+                    continue;
+                }
+                challenges++;
+                siov[replies] = (struct iovec){r, rl};
+                sm[replies].msg_hdr.msg_iov = &siov[replies];
+                sm[replies].msg_hdr.msg_iovlen = 1;
+                sm[replies].msg_hdr.msg_name = &from[i];
+                sm[replies].msg_hdr.msg_namelen = sizeof from[i];
+                replies++;
+                uint8_t *acc = out[replies];  // the ACCEPT again, unchanged
+                header(acc, T_ACCEPT, 36, c->sid, c->nonce, c->seq);
+                put16(acc + 28, 0x0002);
+                put16(acc + 30, 4);
+                put32(acc + 32, c->lifetime);
+                siov[replies] = (struct iovec){acc, 36};
+                sm[replies].msg_hdr.msg_iov = &siov[replies];
+                sm[replies].msg_hdr.msg_iovlen = 1;
+                sm[replies].msg_hdr.msg_name = &c->to;
+                sm[replies].msg_hdr.msg_namelen = sizeof c->to;
+                replies++;
+                continue;
+            }
             if (m[3] != T_SETUP) { other++; continue; }
             setups++;
+            uint32_t lifetime = 30;
             uint8_t *r = out[replies];
-            header(r, T_ACCEPT, 36, get64(m + 8), get64(m + 16), get32(m + 24));
+            header(r, T_ACCEPT, 36, sid, get64(m + 16), get32(m + 24));
             put16(r + 28, 0x0002);  // LIFETIME
             put16(r + 30, 4);
-            put32(r + 32, 30);
+            put32(r + 32, lifetime);
             siov[replies] = (struct iovec){r, 36};
             sm[replies].msg_hdr.msg_iov = &siov[replies];
             sm[replies].msg_hdr.msg_iovlen = 1;
             sm[replies].msg_hdr.msg_name = &from[i];
             sm[replies].msg_hdr.msg_namelen = sizeof from[i];
             replies++;
+            if (answer_challenges) {
+                struct accepted *c = &cache[(sid * 0x9e3779b97f4a7c15ull) >> 48];
+                *c = (struct accepted){sid, get64(m + 16), get32(m + 24), lifetime, from[i]};
+            }
         }
         if (replies) sendmmsg(fd, sm, (unsigned)replies, 0);
     }
-    printf("{\"setups\":%llu,\"teardowns\":%llu,\"other\":%llu}\n", (unsigned long long)setups,
-           (unsigned long long)teardowns, (unsigned long long)other);
+    printf("{\"setups\":%llu,\"teardowns\":%llu,\"other\":%llu,\"challenges\":%llu,\"unknown_challenges\":%llu}\n",
+           (unsigned long long)setups, (unsigned long long)teardowns, (unsigned long long)other,
+           (unsigned long long)challenges, (unsigned long long)unknown_challenges);
     return 0;
 }
 
-struct slot { uint64_t index; uint64_t sent_ns; int sock; };
+// MARK: setup
+
+/// A session in flight: `index` numbers the sessions this run started (the pool index with -S);
+/// `msg` points at the SETUP as sent (for -C, which sends it again unchanged).
+struct slot { uint64_t index; uint64_t sent_ns; uint64_t sid; uint64_t nonce; int sock; int idle; uint16_t len; uint8_t *msg; };
+
+/// SETUP: header + FLOW (0x8001, 14) + LIFETIME (0x0002, 4) [+ REQUESTED-ACTION (0x0004, 1) listen].
+/// Session `index`'s ports: source 1024 + index % 64000, destination dport_base + (index / 64000) % dport_span.
+/// Returns the length (at most 59 octets).
+static uint16_t build_setup(uint8_t *m, uint64_t index, uint64_t sid, uint64_t nonce, int listen_mode, uint32_t self,
+                            uint32_t remote, uint32_t lifetime, uint16_t dport_base, uint16_t dport_span) {
+    uint16_t length = (uint16_t)(28 + 18 + 8 + (listen_mode ? 5 : 0));
+    header(m, T_SETUP, length, sid, nonce, 1);
+    uint8_t *f = m + 28;
+    put16(f, 0x8001); put16(f + 2, 14);
+    f[4] = 17; f[5] = 4;  // udp, IPv4
+    uint16_t p1 = (uint16_t)(1024 + index % 64000), p2 = (uint16_t)(dport_base + (index / 64000) % dport_span);
+    if (listen_mode) {
+        put16(f + 6, 0);          // any source port
+        put16(f + 8, p1);         // our port
+        memset(f + 10, 0, 4);     // any peer
+        memcpy(f + 14, &self, 4);
+    } else {
+        put16(f + 6, p1);
+        put16(f + 8, p2);
+        memcpy(f + 10, &self, 4);
+        memcpy(f + 14, &remote, 4);
+    }
+    uint8_t *l = f + 18;
+    put16(l, 0x0002); put16(l + 2, 4); put32(l + 4, lifetime);
+    if (listen_mode) { put16(l + 8, 0x0004); put16(l + 10, 1); l[12] = 0x08; }
+    return length;
+}
+
+#define SIGNED_EXTRA (37 + 12 + 69)  // IDENTITY, TIMESTAMP, SIGNATURE
+#define POOL_STRIDE 192
+
+/// Signs the SETUP of `length` octets in m (room for SIGNED_EXTRA more) end to end: sets the signed flag,
+/// appends IDENTITY and TIMESTAMP, signs "CSP1 e2e" 0x00 || m[0 ..< s] with the length octets as 0, and
+/// appends SIGNATURE (docs/PROTOCOL.md 7.2). Returns the new length, 0 on failure.
+static uint16_t sign_setup(uint8_t *m, uint16_t length, EVP_PKEY *key, EVP_MD_CTX *ctx, const uint8_t pub[32],
+                           uint64_t timestamp) {
+    m[4] |= 0x04;
+    uint8_t *t = m + length;
+    put16(t, 0x000b); put16(t + 2, 33); t[4] = 0x01; memcpy(t + 5, pub, 32);  // IDENTITY
+    t += 37;
+    put16(t, 0x0012); put16(t + 2, 8); put64(t + 4, timestamp);                 // TIMESTAMP
+    t += 12;
+    uint16_t s = (uint16_t)(t - m), total = (uint16_t)(s + 69);
+    uint8_t input[9 + POOL_STRIDE];
+    memcpy(input, "CSP1 e2e", 9);  // with its 0x00
+    memcpy(input + 9, m, s);
+    input[9 + 6] = 0;
+    input[9 + 7] = 0;
+    uint8_t sig[64];
+    size_t siglen = sizeof sig;
+    if (EVP_DigestSignInit(ctx, NULL, NULL, NULL, key) != 1 || EVP_DigestSign(ctx, sig, &siglen, input, 9 + (size_t)s) != 1
+        || siglen != 64)
+        return 0;
+    put16(t, 0x000c); put16(t + 2, 65); t[4] = 0x01; memcpy(t + 5, sig, 64);   // SIGNATURE, last
+    put16(m + 6, total);
+    return total;
+}
 
 static int cmd_setup(int argc, char **argv) {
     if (argc < 3) return 2;
     const char *dst = argv[2];
-    int window = 64, nsock = 8, listen_mode = 0, teardown = 0;
-    double seconds = 5;
+    int window = 64, nsock = 8, listen_mode = 0, teardown = 0, answer_challenges = 0, sign = 0;
+    double seconds = 5, sign_limit_s = 15;
     uint32_t lifetime = 30;
+    uint64_t pool_want = 400000;
     int opt;
     optind = 3;
-    while ((opt = getopt(argc, argv, "w:s:d:l:Lt")) != -1) {
+    while ((opt = getopt(argc, argv, "w:s:d:l:LtCSn:T:")) != -1) {
         switch (opt) {
         case 'w': window = atoi(optarg); break;
         case 's': nsock = atoi(optarg); break;
@@ -124,10 +293,18 @@ static int cmd_setup(int argc, char **argv) {
         case 'l': lifetime = (uint32_t)atoi(optarg); break;
         case 'L': listen_mode = 1; break;
         case 't': teardown = 1; break;
+        case 'C': answer_challenges = 1; break;
+        case 'S': sign = 1; break;
+        case 'n': pool_want = strtoull(optarg, NULL, 10); break;
+        case 'T': sign_limit_s = atof(optarg); break;
         default: return 2;
         }
     }
     if (window < 1 || window > 65535 || nsock < 1 || nsock > 256) return 2;
+    // A signed request's RESPONSE would have to be signed too (the proof binds the address to the key):
+    // this load generator answers CHALLENGEs of unsigned sessions only.
+    if (sign && answer_challenges) { fprintf(stderr, "cspload: -S and -C together are not supported\n"); return 2; }
+    if (sign && (pool_want < 1 || pool_want > 0xffffffffull)) return 2;
     struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(CSP_PORT)};
     inet_pton(AF_INET, dst, &to.sin_addr);
     int *fds = calloc((size_t)nsock, sizeof(int));
@@ -143,58 +320,119 @@ static int cmd_setup(int argc, char **argv) {
         pfd[i] = (struct pollfd){fds[i], POLLIN, 0};
     }
     uint32_t remote = to.sin_addr.s_addr;
-    uint64_t tag = (bu_now_ns() & 0xffff) | 1;
+    uint64_t tag = (random64() & 0xffff) | 1;
     struct slot *slots = calloc((size_t)window, sizeof *slots);
+    uint8_t (*bufs)[64] = calloc((size_t)window, 64);
     static bu_hist hist;
-    uint64_t next_index = 0, completed = 0, lost = 0;
+    uint64_t next_index = 0, completed = 0, lost = 0, started = 0, challenges = 0, unknown_challenges = 0, rejects = 0;
 
-    // SETUP: header + FLOW (0x8001, 14) + LIFETIME (0x0002, 4) [+ REQUESTED-ACTION (0x0004, 1) listen]
+    // -S: the pool of signed SETUPs, built before the timed window.
+    uint8_t *pool = NULL;
+    int32_t *slot_of = NULL;  // pool index -> slot that sent it
+    uint64_t pool_n = 0;
+    double sign_s = 0;
+    if (sign) {
+        uint8_t seed[32], pub[32];
+        size_t publen = sizeof pub;
+        if (getrandom(seed, sizeof seed, 0) != sizeof seed) bu_die("getrandom");
+        EVP_PKEY *key = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, seed, sizeof seed);
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        if (!key || !ctx || EVP_PKEY_get_raw_public_key(key, pub, &publen) != 1 || publen != 32) {
+            fprintf(stderr, "cspload: OpenSSL has no Ed25519\n");
+            return 1;
+        }
+        pool = malloc((size_t)pool_want * POOL_STRIDE);
+        slot_of = malloc((size_t)pool_want * sizeof *slot_of);
+        if (!pool || !slot_of) bu_die("malloc");
+        // Seconds since 1970 when signing began: not older than the gateway's start (it runs already), and
+        // within its ±30 s tolerance until the window ends (signing stops after -T seconds).
+        uint64_t timestamp = (uint64_t)time(NULL);
+        uint64_t t0 = bu_now_ns(), limit = t0 + (uint64_t)(sign_limit_s * 1e9);
+        for (; pool_n < pool_want; pool_n++) {
+            if ((pool_n & 1023) == 0 && bu_now_ns() > limit) break;
+            uint8_t *m = pool + pool_n * POOL_STRIDE;
+            uint64_t sid = tag << 48 | (1ull << 47) | pool_n;
+            uint16_t len = build_setup(m, pool_n, sid, sid * 0x9e3779b97f4a7c15ull, listen_mode, self, remote, lifetime,
+                                       60001, 5000);
+            len = sign_setup(m, len, key, ctx, pub, timestamp);
+            if (!len) { fprintf(stderr, "cspload: EVP_DigestSign failed\n"); return 1; }
+        }
+        sign_s = (double)(bu_now_ns() - t0) / 1e9;
+        EVP_MD_CTX_free(ctx);
+        EVP_PKEY_free(key);
+    }
+    int pool_exhausted = 0;
+
     void start(int k) {
         struct slot *s = &slots[k];
-        s->index = next_index++;
         s->sock = k % nsock;
-        uint8_t m[64];
-        uint16_t length = (uint16_t)(28 + 18 + 8 + (listen_mode ? 5 : 0));
-        uint64_t sid = tag << 48 | (uint64_t)k << 32 | (s->index & 0xffffffffu);
-        header(m, T_SETUP, length, sid, sid * 0x9e3779b97f4a7c15ull, 1);
-        uint8_t *f = m + 28;
-        put16(f, 0x8001); put16(f + 2, 14);
-        f[4] = 17; f[5] = 4;  // udp, IPv4
-        if (listen_mode) {
-            put16(f + 6, 0);                                           // any source port
-            put16(f + 8, (uint16_t)(1024 + s->index % 64000));         // our port
-            memset(f + 10, 0, 4);                                      // any peer
-            memcpy(f + 14, &self, 4);
+        if (sign) {
+            if (next_index >= pool_n) { s->idle = 1; pool_exhausted = 1; return; }
+            s->index = next_index++;
+            s->msg = pool + s->index * POOL_STRIDE;
+            s->len = get16(s->msg + 6);
+            slot_of[s->index] = k;
         } else {
-            put16(f + 6, (uint16_t)(1024 + s->index % 64000));
-            put16(f + 8, (uint16_t)(10000 + (s->index / 64000) % 50000));
-            memcpy(f + 10, &self, 4);
-            memcpy(f + 14, &remote, 4);
+            s->index = next_index++;
+            s->msg = bufs[k];
+            uint64_t sid = tag << 48 | (uint64_t)k << 32 | (s->index & 0xffffffffu);
+            s->len = build_setup(s->msg, s->index, sid, sid * 0x9e3779b97f4a7c15ull, listen_mode, self, remote, lifetime,
+                                 10000, 50000);
         }
-        uint8_t *l = f + 18;
-        put16(l, 0x0002); put16(l + 2, 4); put32(l + 4, lifetime);
-        if (listen_mode) { put16(l + 8, 0x0004); put16(l + 10, 1); l[12] = 0x08; }
+        s->sid = get64(s->msg + 8);
+        s->nonce = get64(s->msg + 16);
         s->sent_ns = bu_now_ns();
-        send(fds[s->sock], m, length, 0);
+        started++;
+        send(fds[s->sock], s->msg, s->len, 0);
+    }
+
+    /// The slot whose session in flight is `sid`, -1 if none.
+    int slot_for(uint64_t sid) {
+        if ((sid >> 48) != tag) return -1;
+        int k;
+        if (sign) {
+            uint64_t i = sid & 0xffffffffu;
+            if (!(sid & (1ull << 47)) || i >= pool_n || i >= next_index) return -1;
+            k = slot_of[i];
+        } else {
+            k = (int)((sid >> 32) & 0xffff);
+        }
+        if (k >= window || slots[k].idle || slots[k].sid != sid) return -1;
+        return k;
     }
 
     bu_install_signals();
-    uint64_t begin = bu_now_ns(), end = begin + (uint64_t)(seconds * 1e9), last_scan = begin;
+    uint64_t begin = bu_now_ns(), end = begin + (uint64_t)(seconds * 1e9), last_scan = begin, stopped = 0;
     for (int k = 0; k < window; k++) start(k);
     uint8_t buf[1024];
-    while (!bu_stop) {
+    while (!bu_stop && !pool_exhausted) {
         uint64_t now = bu_now_ns();
         if (now >= end) break;
         if (poll(pfd, (nfds_t)nsock, 50) < 0 && errno != EINTR) bu_die("poll");
-        for (int i = 0; i < nsock; i++) {
+        for (int i = 0; i < nsock && !pool_exhausted; i++) {
             if (!(pfd[i].revents & POLLIN)) continue;
             for (int burst = 0; burst < 64; burst++) {
-                ssize_t n = recv(fds[i], buf, sizeof buf, 0);
+                struct sockaddr_in from;
+                socklen_t fromlen = sizeof from;
+                ssize_t n = recvfrom(fds[i], buf, sizeof buf, 0, (struct sockaddr *)&from, &fromlen);
                 if (n < 28) break;
-                if (buf[0] != 'C' || buf[1] != 'S' || buf[3] != T_ACCEPT) continue;
+                if (buf[0] != 'C' || buf[1] != 'S') continue;
                 uint64_t sid = get64(buf + 8);
-                int k = (int)((sid >> 32) & 0xffff);
-                if ((sid >> 48) != tag || k >= window || (slots[k].index & 0xffffffffu) != (sid & 0xffffffffu)) continue;
+                int k = slot_for(sid);
+                if (buf[3] == T_CHALLENGE && answer_challenges) {
+                    uint8_t r[64];
+                    uint16_t rl;
+                    if (k < 0 || slots[k].nonce != get64(buf + 16) || !(rl = build_response(r, buf, (size_t)n))) {
+                        unknown_challenges++;
+                        continue;
+                    }
+                    challenges++;
+                    sendto(fds[i], r, rl, 0, (struct sockaddr *)&from, fromlen);
+                    send(fds[slots[k].sock], slots[k].msg, slots[k].len, 0);
+                    continue;
+                }
+                if (buf[3] == T_REJECT && k >= 0) { rejects++; continue; }  // counted; the session is lost later
+                if (buf[3] != T_ACCEPT || k < 0) continue;
                 uint64_t t = bu_now_ns();
                 bu_hist_record(&hist, t - slots[k].sent_ns);
                 completed++;
@@ -204,27 +442,121 @@ static int cmd_setup(int argc, char **argv) {
                     send(fds[slots[k].sock], m, 28, 0);
                 }
                 start(k);
+                if (pool_exhausted) break;
             }
         }
         now = bu_now_ns();
         if (now - last_scan > 50000000ull) {
             last_scan = now;
-            for (int k = 0; k < window; k++)
-                if (now - slots[k].sent_ns > 500000000ull) { lost++; start(k); }
+            for (int k = 0; k < window && !pool_exhausted; k++)
+                if (!slots[k].idle && now - slots[k].sent_ns > 500000000ull) { lost++; start(k); }
         }
     }
-    double elapsed = (double)(bu_now_ns() - begin) / 1e9;
-    printf("{\"completed\":%llu,\"lost\":%llu,\"seconds\":%.3f,\"sessions_per_s\":%.0f,\"rtt_p50_ns\":%.0f,"
-           "\"rtt_p99_ns\":%.0f,\"rtt_p999_ns\":%.0f,\"rtt_max_ns\":%llu}\n",
-           (unsigned long long)completed, (unsigned long long)lost, elapsed, (double)completed / elapsed,
+    stopped = bu_now_ns();
+    double elapsed = (double)(stopped - begin) / 1e9;
+    printf("{\"completed\":%llu,\"lost\":%llu,\"started\":%llu,\"success_rate\":%.4f,\"seconds\":%.3f,\"sessions_per_s\":%.0f,"
+           "\"rtt_p50_ns\":%.0f,\"rtt_p99_ns\":%.0f,\"rtt_p999_ns\":%.0f,\"rtt_max_ns\":%llu,\"challenges\":%llu,"
+           "\"unknown_challenges\":%llu,\"rejects\":%llu,\"signed\":%d,\"pool\":%llu,\"pool_exhausted\":%d,\"sign_s\":%.3f}\n",
+           (unsigned long long)completed, (unsigned long long)lost, (unsigned long long)started,
+           started ? (double)completed / (double)started : 0.0, elapsed, (double)completed / elapsed,
            bu_hist_percentile(&hist, 50), bu_hist_percentile(&hist, 99), bu_hist_percentile(&hist, 99.9),
-           (unsigned long long)hist.max);
+           (unsigned long long)hist.max, (unsigned long long)challenges, (unsigned long long)unknown_challenges,
+           (unsigned long long)rejects, sign, (unsigned long long)pool_n, pool_exhausted, sign_s);
+    return 0;
+}
+
+// MARK: flood
+
+static int cmd_flood(int argc, char **argv) {
+    if (argc < 4) return 2;
+    const char *dst = argv[2];
+    char prefix_text[64];
+    snprintf(prefix_text, sizeof prefix_text, "%s", argv[3]);
+    char *slash = strchr(prefix_text, '/');
+    if (!slash) return 2;
+    *slash = 0;
+    int plen = atoi(slash + 1);
+    double seconds = 5;
+    uint16_t port = CSP_PORT, flow_port = 5000;
+    int opt;
+    optind = 4;
+    while ((opt = getopt(argc, argv, "d:p:f:")) != -1) {
+        if (opt == 'd') seconds = atof(optarg);
+        else if (opt == 'p') port = (uint16_t)atoi(optarg);
+        else if (opt == 'f') flow_port = (uint16_t)atoi(optarg);
+        else return 2;
+    }
+    struct in_addr base, daddr;
+    if (plen < 8 || plen > 30 || inet_pton(AF_INET, prefix_text, &base) != 1 || inet_pton(AF_INET, dst, &daddr) != 1) return 2;
+    uint32_t host_mask = (1u << (32 - plen)) - 1, net = ntohl(base.s_addr) & ~host_mask;
+    int fd = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
+    if (fd < 0) bu_die("socket(SOCK_RAW)");
+    int one = 1, size = 8 << 20;
+    setsockopt(fd, IPPROTO_IP, IP_HDRINCL, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr = daddr};
+    enum { V = 64, PAYLOAD = 54, PKT = 20 + 8 + PAYLOAD };
+    static uint8_t pkts[V][PKT];
+    struct mmsghdr sm[V];
+    struct iovec iov[V];
+    memset(sm, 0, sizeof sm);
+    for (int i = 0; i < V; i++) {
+        uint8_t *p = pkts[i];
+        p[0] = 0x45; p[1] = 0; put16(p + 2, PKT); put16(p + 4, 0); put16(p + 6, 0x4000);  // DF
+        p[8] = 64; p[9] = 17; put16(p + 10, 0);  // checksum: the kernel's
+        memcpy(p + 16, &daddr, 4);
+        uint8_t *u = p + 20;
+        put16(u + 2, port); put16(u + 4, 8 + PAYLOAD); put16(u + 6, 0);
+        uint8_t *m = u + 8;
+        header(m, T_SETUP, PAYLOAD, 0, 0, 1);
+        m[4] = 0x02;  // recordRoute, as a real host would
+        uint8_t *f = m + 28;
+        put16(f, 0x8001); put16(f + 2, 14); f[4] = 17; f[5] = 4;
+        put16(f + 8, flow_port);
+        memcpy(f + 14, &daddr, 4);
+        put16(f + 18, 0x0002); put16(f + 20, 4); put32(f + 22, 60);
+        iov[i] = (struct iovec){p, PKT};
+        sm[i].msg_hdr.msg_iov = &iov[i];
+        sm[i].msg_hdr.msg_iovlen = 1;
+        sm[i].msg_hdr.msg_name = &to;
+        sm[i].msg_hdr.msg_namelen = sizeof to;
+    }
+    uint64_t x = random64() | 1;  // xorshift64*
+#define NEXT() (x ^= x >> 12, x ^= x << 25, x ^= x >> 27, x * 0x2545f4914f6cdd1dull)
+    bu_install_signals();
+    uint64_t begin = bu_now_ns(), end = begin + (uint64_t)(seconds * 1e9), sent = 0, errors = 0;
+    while (!bu_stop && bu_now_ns() < end) {
+        for (int i = 0; i < V; i++) {
+            uint8_t *p = pkts[i];
+            uint64_t r = NEXT();
+            uint32_t host = (uint32_t)r & host_mask;
+            if (host == 0 || host == host_mask) host = 1;  // neither the network nor the broadcast address
+            uint32_t src = htonl(net | host);
+            memcpy(p + 12, &src, 4);
+            uint8_t *u = p + 20, *m = u + 8, *f = m + 28;
+            put16(u, (uint16_t)(1024 + (r >> 32) % 64000));
+            put64(m + 8, NEXT());
+            put64(m + 16, NEXT());
+            put16(f + 6, (uint16_t)(1024 + (r >> 48) % 64000));
+            memcpy(f + 10, &src, 4);
+        }
+        int n = sendmmsg(fd, sm, V, 0);
+        if (n > 0) sent += (uint64_t)n;
+        if (n < V) errors++;  // a full device queue: the flood is best effort
+    }
+#undef NEXT
+    double elapsed = (double)(bu_now_ns() - begin) / 1e9;
+    printf("{\"sent\":%llu,\"seconds\":%.3f,\"per_s\":%.0f,\"short_bursts\":%llu}\n", (unsigned long long)sent, elapsed,
+           (double)sent / elapsed, (unsigned long long)errors);
     return 0;
 }
 
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "respond") == 0) return cmd_respond(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "setup") == 0) return cmd_setup(argc, argv);
-    fprintf(stderr, "usage: cspload respond [-p PORT] [-d S] | cspload setup DST [-w WINDOW] [-s SOCKETS] [-d S] [-l LIFETIME] [-L] [-t]\n");
+    if (argc >= 2 && strcmp(argv[1], "flood") == 0) return cmd_flood(argc, argv);
+    fprintf(stderr, "usage: cspload respond [-p PORT] [-d S] [-C]\n"
+                    "       cspload setup DST [-w WINDOW] [-s SOCKETS] [-d S] [-l LIFETIME] [-L] [-t] [-C] [-S [-n POOL] [-T S]]\n"
+                    "       cspload flood DST PREFIX/LEN [-d S] [-p PORT] [-f FLOWPORT]\n");
     return 2;
 }

@@ -9,6 +9,16 @@
 #
 #   client 10.204.1.2 ── gw ── server 10.204.2.2 (csp listen)
 #                         └── attacker 10.204.3.2 (spoofs 172.16.0.0/12)
+# The gateway is the release build (`make build` makes it): a flood measures the deployed daemon.
+root=$(cd "$(dirname "$0")/../.." && pwd)
+if [ -z "${MIDCOM_BIN:-}" ]; then
+  [ -x "$root/.build/release/midcomd" ] || { echo "FAIL: run 'swift build -c release --product midcomd' first" >&2; exit 1; }
+  mkdir -p "$root/.build/flood-bin"
+  ln -sf "$root/.build/release/midcomd" "$root/.build/flood-bin/midcomd"
+  ln -sf "$root/.build/debug/midctl" "$root/.build/flood-bin/midctl"
+  ln -sf "$root/.build/debug/csp" "$root/.build/flood-bin/csp"
+  export MIDCOM_BIN="$root/.build/flood-bin"
+fi
 source "$(dirname "$0")/lib.sh"
 lab_init flood
 
@@ -77,9 +87,9 @@ echo "      legitimate setups accepted: $ok of 100; spoofed SETUPs met meanwhile
 
 step "no spoofed source got state; memory bounded; the queue never failed open"
 sessions=$(midctl gw sessions --json)
-spoofed=$($PY -c 'import json,sys; print(sum(1 for s in json.load(sys.stdin)["sessions"] if s["source"].startswith("172.")))' <<<"$sessions")
+spoofed=$($PY -c 'import json,sys; print(sum(1 for s in json.load(sys.stdin) if s["source"].startswith("172.")))' <<<"$sessions")
 expect_eq "$spoofed" 0 "sessions of spoofed sources"
-admitted=$($PY -c 'import json,sys; print(sum(1 for s in json.load(sys.stdin)["sessions"] if s["state"] == "admitted"))' <<<"$sessions")
+admitted=$($PY -c 'import json,sys; print(sum(1 for s in json.load(sys.stdin) if s["state"] == "admitted"))' <<<"$sessions")
 [ "$admitted" -ge 198 ] || fail "admitted legitimate sessions: $admitted, expected at least 198"
 rss_end=$(rss)
 echo "      midcomd RSS ${rss_start} kB at start, ${rss_end} kB after the floods"
@@ -88,5 +98,4 @@ echo "      midcomd RSS ${rss_start} kB at start, ${rss_end} kB after the floods
 [ "$rss_end" -le $((rss_start + 65536)) ] || fail "midcomd grew by $((rss_end - rss_start)) kB under the flood (bound: 64 MiB)"
 # queue-fail-open = false: an overflowing queue drops (the kernel counts it), it never accepts.
 echo "      kernel queue (/proc/net/netfilter/nfnetlink_queue): $(in_ns gw cat /proc/net/netfilter/nfnetlink_queue)"
-passed=$(status_counter gw challenges_passed)
-[ "$passed" -le $((2 * admitted + 20)) ] || fail "$passed address proofs for $admitted sessions: someone else proved an address"
+expect_eq "$(status_counter gw pending_limited)" 0 "SETUPs refused for pending state (spoofed ones never got any)"

@@ -6,7 +6,14 @@
 //                                         MODE per-change = one transaction per admission (add, delete, add:
 //                                         the daemon's KernelMapping) or per revocation (add 1 s, delete);
 //                                         MODE bulk = 1000 elements per transaction. Keys as Benchmarks/c/nftload.c.
+//   MidcomBench trust N                   the cost of trust (figure 10), single-threaded: N signed SETUPs
+//                                         (each its own key, as from N hosts) verified with SignatureCheck.check
+//                                         on their serialized bytes, as midcomd's packet thread does (ns each;
+//                                         ceiling = 1e9 / ns verifications per second per core), also with the
+//                                         parse before it; and signing one middlebox record as midcomd does for
+//                                         every reply (CSPMiddleboxRecord.signed(by:header:), ns each).
 import CBenchSupport
+import CSPTrust
 import CSPWire
 import Glibc
 import MidcomCore
@@ -106,6 +113,81 @@ func benchNFT(add: Bool, n: Int, perChange: Bool) throws {
     print("{\"elements\":\(n),\"seconds\":\(seconds),\"per_s\":\(Int(Double(n) / seconds))}")
 }
 
+/// Figure 10b: what a signature costs the gateway's CPU, without the queue around it.
+func benchTrust(_ n: Int) {
+    // N hosts' SETUPs as `csp setup --key` sends them (IDENTITY, TIMESTAMP, SIGNATURE last), each
+    // signed by its own key so that no cache of a decoded public key can help. Keys are reused
+    // round robin over 256 (making a key is not what is measured).
+    let keys = (0..<256).map { _ in SigningKey() }
+    let timestamp = UInt64(time(nil))
+    var datagrams: [[UInt8]] = []
+    datagrams.reserveCapacity(n)
+    for i in 0..<n {
+        let setup = CSPMessage(
+            type: .setup, sessionID: UInt64(i) &* 0x9e37_79b9_7f4a_7c15 | 1, nonce: UInt64(i) &+ 0x1122_3344, sequence: 1,
+            tlvs: [.flow(flow(i)), .lifetime(30)])
+        let signed = try! setup.signed(by: keys[i & 255], timestamp: timestamp)
+        datagrams.append(try! signed.serialize())
+    }
+    let messages = datagrams.map { try! $0.withUnsafeBytes { try CSPMessage.parse($0) } }
+
+    // SignatureCheck.check on pre-parsed messages: the verification midcomd adds per signed request.
+    var valid = 0
+    var t = nowNS()
+    for i in 0..<n {
+        let check = datagrams[i].withUnsafeBytes { SignatureCheck.check($0, message: messages[i]) }
+        if case .valid = check.status { valid += 1 }
+    }
+    let verifyNS = Double(nowNS() - t) / Double(n)
+    precondition(valid == n, "only \(valid) of \(n) signatures verified")
+
+    // The same with the parse midcomd does first (SignalingRequest(parsing:)), for scale.
+    t = nowNS()
+    for i in 0..<n {
+        let ok = datagrams[i].withUnsafeBytes { bytes -> Bool in
+            guard let message = try? CSPMessage.parse(bytes) else { return false }
+            if case .valid = SignatureCheck.check(bytes, message: message).status { return true }
+            return false
+        }
+        if ok { valid += 1 }
+    }
+    let parseVerifyNS = Double(nowNS() - t) / Double(n)
+    precondition(valid == 2 * n)
+
+    // Unsigned parse alone, the baseline every request pays.
+    let unsigned = (0..<min(n, 4096)).map { i in
+        try! CSPMessage(type: .setup, sessionID: UInt64(i) | 1, nonce: UInt64(i), sequence: 1, tlvs: [.flow(flow(i)), .lifetime(30)])
+            .serialize()
+    }
+    t = nowNS()
+    var parsed = 0
+    for i in 0..<n where unsigned[i % unsigned.count].withUnsafeBytes({ (try? CSPMessage.parse($0)) != nil }) { parsed += 1 }
+    let parseUnsignedNS = Double(nowNS() - t) / Double(n)
+
+    // midcomd signs its record in every reply it forwards (GatewayEngine.sealed): one Ed25519
+    // signature per ACCEPT, inside the engine's lock.
+    let gateway = SigningKey()
+    let accept = CSPMessage(type: .accept, sessionID: 0x0123_4567_89ab_cdef, nonce: 0x1122_3344_5566_7788, sequence: 1, tlvs: [.lifetime(30)])
+    let header = accept.headerForSigning
+    let record = CSPMiddleboxRecord(
+        middleboxID: gateway.publicKey.fingerprint, epoch: 7, decision: .admitted, grantedLifetime: 30,
+        tlvs: [.middleboxName("gw1")])
+    let signs = max(n / 4, 1000)
+    var sink = 0
+    t = nowNS()
+    for _ in 0..<signs { sink &+= record.signed(by: gateway, header: header).tlvs.count }
+    let recordSignNS = Double(nowNS() - t) / Double(signs)
+    let input = Array(repeating: UInt8(0x5a), count: 120)
+    t = nowNS()
+    for _ in 0..<signs { sink &+= gateway.sign(input).count }
+    let rawSignNS = Double(nowNS() - t) / Double(signs)
+    precondition(sink > 0 && parsed == n)
+    print(
+        "{\"verifications\":\(n),\"verify_ns\":\(Int(verifyNS)),\"verify_ceiling_per_s\":\(Int(1e9 / verifyNS)),"
+            + "\"parse_verify_ns\":\(Int(parseVerifyNS)),\"parse_unsigned_ns\":\(Int(parseUnsignedNS)),"
+            + "\"record_sign_ns\":\(Int(recordSignNS)),\"sign_ns\":\(Int(rawSignNS)),\"signed_setup_octets\":\(datagrams[0].count)}")
+}
+
 let arguments = CommandLine.arguments
 switch arguments.count > 1 ? arguments[1] : "" {
 case "table":
@@ -117,7 +199,9 @@ case "nft" where arguments.count == 5:
         cbs_error("MidcomBench nft: \(error)\n")
         exit(1)
     }
+case "trust":
+    benchTrust(arguments.count > 2 ? Int(arguments[2]) ?? 20000 : 20000)
 default:
-    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|bulk\n")
+    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|bulk | MidcomBench trust [N]\n")
     exit(2)
 }
