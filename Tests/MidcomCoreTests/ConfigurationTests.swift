@@ -59,6 +59,43 @@ final class ConfigurationTests: XCTestCase {
         assertConfigError("[policy]\ndefault-lifetime = 100\nmax-lifetime = 50\n", line: 2, contains: "exceeds max-lifetime")
     }
 
+    /// Before the trust work no key was accepted anywhere (`midcomd --check` rejected every one).
+    func testTrustSectionAndKnownKeys() throws {
+        let key = "csp-ed25519 8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
+        let text = """
+            [trust]
+            signatures = known-keys
+            challenge = auto
+            challenge-threshold = 500
+
+            [[rule]]
+            name = "open"
+            direction = outgoing
+            action = admit
+            signatures = none
+
+            [[known-key]]
+            name = "ana"
+            key = "\(key) ana's laptop"
+            source = "10.0.1.0/24"
+            application = "ssh"
+            """
+        let config = try MidcomConfiguration(path: "x", text: text)
+        XCTAssertEqual(config.trust.signatures, .knownKeys)
+        XCTAssertEqual(config.trust.challenge, .auto)
+        XCTAssertEqual(config.trust.challengeThreshold, 500)
+        XCTAssertEqual(config.rules.first?.signatures, SignatureRequirement.none)
+        XCTAssertEqual(config.trust.knownKeys.first?.name, "ana")
+        XCTAssertEqual(config.trust.knownKeys.first?.key.text, key)
+        XCTAssertEqual(config.trust.knownKeys.first?.source, IPPrefix("10.0.1.0/24"))
+        assertConfigError("[trust]\nsignatures = some\n", line: 2, contains: "use one of: none, any-key, known-keys")
+        assertConfigError("[trust]\nsignatures = known-keys\n", line: 2, contains: "no [[known-key]] is listed")
+        assertConfigError("[[known-key]]\nname = \"x\"\n", line: 1, contains: "has no key")
+        assertConfigError("[[known-key]]\nkey = \"ssh-ed25519 AAAA\"\n", line: 2, contains: "paste the line `csp keygen` printed")
+        assertConfigError("[[known-key]]\nkey = \"\(key)\"\nsource = \"10.0.1/24\"\n", line: 3, contains: "not an address prefix")
+        assertConfigError("[trust]\nchalenge = never\n", line: 2, contains: "did you mean 'challenge'")
+    }
+
     func testCommentsAndQuotedHashes() throws {
         let config = try MidcomConfiguration(path: "x", text: "[daemon]  # comment\nname = \"gw#1\" # trailing\n")
         XCTAssertEqual(config.middleboxName, "gw#1")

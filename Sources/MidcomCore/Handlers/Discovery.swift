@@ -4,8 +4,9 @@ import CSPWire
 extension GatewayEngine {
     /// ANNOUNCE for a packet of `triggerLength` IP octets that carried the discovery option with
     /// the query flag (docs/PROTOCOL.md 9.3), or nil when it must not be sent: at most one per
-    /// source per second and `announcesPerSecond` in all, and never more than 3× the size of the
-    /// trigger (the name is left out first), so probes cannot turn the gateway into an amplifier.
+    /// source per second and `announcesPerSecond` in all, within the reply budget it shares with
+    /// CHALLENGE and REJECT, and never more than 3× the size of the trigger (the name is left out
+    /// first, then the signature), so probes cannot turn the gateway into an amplifier.
     public mutating func announce(to destination: CSPEndpoint, nonce: UInt64, triggerLength: Int, now: Instant)
         -> OutgoingMessage?
     {
@@ -36,6 +37,12 @@ extension GatewayEngine {
             message.tlvs.removeAll { $0.type == .middleboxName }
         }
         guard let size = try? message.serialize().count, size + headers <= 3 * triggerLength else {
+            counters.announceLimited += 1
+            return nil
+        }
+        // The per-destination budget is shared with CHALLENGE and REJECT: together they may not
+        // aim more at one address than `replies-per-source` a second.
+        guard replyBudget.spend(to: destination.address, atSecond: now.wholeSeconds) else {
             counters.announceLimited += 1
             return nil
         }

@@ -8,6 +8,8 @@ public struct Instant: Comparable, Hashable, Sendable {
     public init(nanoseconds: UInt64) { self.nanoseconds = nanoseconds }
     public static func seconds(_ s: Double) -> Instant { Instant(nanoseconds: UInt64(s * 1e9)) }
     public static func < (a: Instant, b: Instant) -> Bool { a.nanoseconds < b.nanoseconds }
+    /// Whole seconds since the clock's origin (for per-second budgets).
+    public var wholeSeconds: UInt64 { nanoseconds / 1_000_000_000 }
     public func adding(seconds: UInt32) -> Instant { Instant(nanoseconds: nanoseconds &+ UInt64(seconds) * 1_000_000_000) }
     public func seconds(since earlier: Instant) -> Double {
         nanoseconds >= earlier.nanoseconds ? Double(nanoseconds - earlier.nanoseconds) / 1e9 : -Double(earlier.nanoseconds - nanoseconds) / 1e9

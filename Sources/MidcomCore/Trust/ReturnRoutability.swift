@@ -76,11 +76,11 @@ extension GatewayEngine {
             nonce: message.nonce, sequence: message.sequence, tlvs: [.challengeToken(token), .middleboxRecord(record)])
         // A CHALLENGE (at most 28 + 36 + 22 octets) is never larger than 3x a request that
         // parsed (a SETUP has at least 46): only the budget applies.
-        let second = request.wallClock
+        let second = clock.wholeSeconds
         if challengeLog.second != second { challengeLog = (second, 0) }
         challengeLog.count += 1
         let describe = challengeLog.count <= 10
-        guard replyBudget.spend(to: request.source.address, atSecond: request.wallClock) else {
+        guard replyBudget.spend(to: request.source.address, atSecond: clock.wholeSeconds) else {
             counters.challengesLimited += 1
             return SignalingOutcome(
                 verdict: .drop,
@@ -178,7 +178,7 @@ extension GatewayEngine {
             size = (try? trimmed.serialize().count) ?? .max
         }
         guard size <= limit else { return nil }
-        guard replyBudget.spend(to: request.source.address, atSecond: request.wallClock) else { return nil }
+        guard replyBudget.spend(to: request.source.address, atSecond: clock.wholeSeconds) else { return nil }
         return trimmed
     }
 
