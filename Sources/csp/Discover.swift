@@ -1,5 +1,6 @@
 import ArgumentParser
 import CSPHost
+import CSPTrust
 import CSPWire
 
 extension CSPCommand {
@@ -49,7 +50,19 @@ extension CSPCommand {
                 let name = answer.announce.tlvs.lazy.compactMap { if case .middleboxName(let n) = $0 { n } else { nil } }.first ?? "?"
                 let id = answer.announce.records.first.map { hex($0.middleboxID) } ?? "-"
                 let epoch = answer.announce.epoch.map(String.init) ?? "-"
-                print("ANNOUNCE from \(answer.from.address): middlebox \(name) id \(id) epoch \(epoch)")
+                // An ANNOUNCE informs; a signed one also says whose key it is (the ID is that key's
+                // fingerprint). The name is the first thing left out to fit 3x the probe.
+                var signer = "unsigned"
+                if let bytes = try? answer.announce.serialize(),
+                    let record = SignatureCheck.check(bytes, message: answer.announce, checkRecords: true).records.first
+                {
+                    switch record.status {
+                    case .valid(let key): signer = "signed by \(key)"
+                    case .invalid(let why): signer = "INVALID signature (\(why))"
+                    case .unsigned: break
+                    }
+                }
+                print("ANNOUNCE from \(answer.from.address): middlebox \(name) id \(id) epoch \(epoch); \(signer)")
             }
         }
     }

@@ -34,6 +34,8 @@ extension GatewayEngine {
         }
         if let size = try? message.serialize().count, size + headers > 3 * triggerLength {
             message = unsigned
+        }
+        if let size = try? message.serialize().count, size + headers > 3 * triggerLength {
             message.tlvs.removeAll { $0.type == .middleboxName }
         }
         guard let size = try? message.serialize().count, size + headers <= 3 * triggerLength else {
