@@ -4,24 +4,28 @@
 # (3 in quick mode), median and spread; see docs/PERFORMANCE.md for what each figure means.
 # Prints the table and writes Benchmarks/results/latest.json. Benchmarks, not tests: nothing here fails on a
 # number; the script fails only when a measurement could not be made.
-#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), shorter runs
+#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, shorter runs
 #   BENCH_RUNS=N        runs per figure (default 5, quick 3)
-#   BENCH_FIGURES="1 3" only these figures
+#   BENCH_FIGURES="1 3" only these figures (1–10; 10 = the cost of trust: signed ÷ unsigned setups/s with
+#                       challenge = never, CPU per Ed25519 verification, and a spoofed-source SETUP flood against
+#                       the default trust settings while an initiator that answers CHALLENGEs sets up sessions)
 source "$(dirname "$0")/lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (namespaces, nftables, NFQUEUE): sudo make bench" >&2; exit 1; }
 QUICK=${BENCH_QUICK:-0}
-if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7"}
-else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9"}; fi
+if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10"}
+else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10"}; fi
 mkdir -p "$RESULTS" "$BIN"
 RAW="$RESULTS/raw.jsonl"
 : >"$RAW"
 META="$RESULTS/meta.json"
 
 # MARK: build (C references with gcc -O2; midcomd release build in its own scratch path)
+# cspload signs SETUPs for figure 10 with OpenSSL's libcrypto (Debian libssl-dev).
 for p in nfqref udpblast cspload nftload natpmpload; do
   if [ ! -x "$BIN/$p" ] || [ "$BENCH_DIR/c/$p.c" -nt "$BIN/$p" ] || [ "$BENCH_DIR/c/benchutil.h" -nt "$BIN/$p" ]; then
-    gcc -O2 -Wall -o "$BIN/$p" "$BENCH_DIR/c/$p.c" -lnetfilter_queue -lnftnl -lmnl
+    extra=(); [ $p = cspload ] && extra=(-lcrypto)
+    gcc -O2 -Wall -o "$BIN/$p" "$BENCH_DIR/c/$p.c" -lnetfilter_queue -lnftnl -lmnl "${extra[@]}"
   fi
 done
 (cd "$ROOT" && swift build -c release --scratch-path .build-bench 2>&1 | tail -1)
@@ -361,6 +365,119 @@ fig9() {
       record 9 "midcomd-${q}q" pps "$run" "$(tail -1 "$BL_DIR/recv.log" | json_field pps)"
     done
     say "figure 9 run $run/$RUNS done"
+  done
+}
+
+# MARK: figure 10 — the cost of trust
+# a. signed ÷ unsigned signaled setups/s through midcomd with `challenge = never` (only the signature's cost
+#    shows): cspload setup, window 64 over 8 sockets as in figure 4; the signed SETUPs (fresh session ID each,
+#    sequence 1) are built and signed before the timed window, their pool sized from this run's unsigned count
+#    and the verification ceiling (b) — cspload reports when it ran out ("pool_exhausted").
+# b. CPU per verification: MidcomBench trust (SignatureCheck.check on serialized signed SETUPs, single thread on
+#    the reader CPU), and per record signature (midcomd signs its record in every reply it forwards); OpenSSL's
+#    `openssl speed ed25519` verify on the same CPU as the reference.
+# c. spoofed flood: midcomd with the default trust settings (challenge = new-sources); `cspload flood` sends
+#    SETUPs from random addresses of SPOOF_PREFIX (routed back to the client side, so the ruleset's anti-spoofing
+#    check passes and only return routability stops them) as fast as CPU 0 goes, while an initiator that answers
+#    CHALLENGEs (`cspload setup -C`, FLOOD_WINDOW sessions in flight) sets up sessions with a responder that
+#    answers them too (`cspload respond -C`). The same legitimate load runs first without the flood.
+SPOOF_PREFIX=10.250.0.0/16
+FLOOD_WINDOW=${BENCH_FLOOD_WINDOW:-1}
+fig10() {
+  bl_lab
+  in_ns gw ip route add "$SPOOF_PREFIX" via 10.201.1.2
+  local fd; fd=$(echo "$D * 2" | bc)  # the flood's window (legitimate runs take as long)
+  local never=$'[policy]\ndefault = admit\nunsignaled = drop\nmax-sessions = 4000000\n[trust]\nchallenge = never'
+  local defaults=$'[policy]\ndefault = admit\nunsignaled = drop\nmax-sessions = 4000000'
+  for run in $(seq 1 "$RUNS"); do
+    # b. CPU per verification and per record signature.
+    local out; out=$(taskset -c "$READER_CPU" "$SWIFT_BENCH" trust 20000)
+    for m in verify_ns verify_ceiling_per_s parse_verify_ns parse_unsigned_ns record_sign_ns sign_ns; do
+      record 10 swift "$m" "$run" "$(echo "$out" | json_field $m)"
+    done
+    local ceiling; ceiling=$(echo "$out" | json_field verify_ceiling_per_s)
+    if command -v openssl >/dev/null; then
+      local ossl; ossl=$(taskset -c "$READER_CPU" openssl speed -mr -seconds 1 ed25519 2>/dev/null | awk -F: '/^\+F6:/ {printf "%.0f", 1e9 / $6; exit}')
+      [ -n "$ossl" ] && record 10 openssl verify_ns "$run" "$ossl"
+    fi
+
+    # a. unsigned, then signed, through one midcomd (challenge = never); distinct flows (cspload -S).
+    bl_ruleset
+    bl_midcomd "$never"
+    bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -d 60
+    local r=$BL_LAST_PID
+    sleep 0.2
+    local c0 c1 case_args pool=0
+    for c in unsigned signed; do
+      case_args=()
+      if [ $c = signed ]; then
+        # Enough signed SETUPs for this window: signed setups/s cannot beat the unsigned ones nor the
+        # verification ceiling of one core (midcomd verifies on its one packet thread); generous margins.
+        pool=$(python3 -c "print(int(min(1.5 * ($(echo "$out" | json_field completed) + $(echo "$out" | json_field lost)), 3 * $ceiling * $D) + 5000))")
+        case_args=(-S -n "$pool" -T 15)
+      fi
+      c0=$(bl_proc_cpu_ns "$MIDCOMD_PID")
+      out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/cspload" setup 10.201.2.2 -w 64 -s 8 -d "$D" "${case_args[@]}")
+      c1=$(bl_proc_cpu_ns "$MIDCOMD_PID")
+      record 10 "$c-w64" sessions_per_s "$run" "$(echo "$out" | json_field sessions_per_s)"
+      record 10 "$c-w64" lost "$run" "$(echo "$out" | json_field lost)"
+      record 10 "$c-w64" rtt_p50_ns "$run" "$(echo "$out" | json_field rtt_p50_ns)"
+      local done_sessions; done_sessions=$(echo "$out" | json_field completed)
+      record 10 "$c-w64" cpu_ns_per_session "$run" "$(( (c1 - c0) / (done_sessions > 0 ? done_sessions : 1) ))"
+      if [ $c = signed ]; then
+        record 10 "$c-w64" pool "$run" "$pool"
+        record 10 "$c-w64" pool_exhausted "$run" "$(echo "$out" | json_field pool_exhausted)"
+        record 10 "$c-w64" sign_s "$run" "$(echo "$out" | json_field sign_s)"
+        record 10 "$c-w64" authentication_failures "$run" "$(midcomd_counter authentication_failures)"
+        [ "$(echo "$out" | json_field pool_exhausted)" = 1 ] && say "figure 10: the signed pool ($pool) ran out: window shortened"
+      fi
+    done
+    bl_stop "$r"
+    bl_stop "$MIDCOMD_PID"
+
+    # c. default trust settings: legitimate sessions without, then with, a spoofed flood.
+    bl_ruleset
+    bl_midcomd "$defaults"
+    bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -C -d 60
+    r=$BL_LAST_PID
+    sleep 0.2
+    local legit=(setup 10.201.2.2 -C -w "$FLOOD_WINDOW" -s "$FLOOD_WINDOW")
+    out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/cspload" "${legit[@]}" -d "$fd")
+    for m in sessions_per_s success_rate lost started challenges rtt_p50_ns; do
+      record 10 legit-noflood "$m" "$run" "$(echo "$out" | json_field $m)"
+    done
+    local rss0 rss1 kq0 kq1 sent0 sent1 lim0 lim1
+    rss0=$(awk '/VmRSS/ {print $2}' "/proc/$MIDCOMD_PID/status")
+    kq0=$(bl_kernel_queue)
+    sent0=$(midcomd_counter challenges_sent); lim0=$(midcomd_counter challenges_limited)
+    bl_bg client "$BL_DIR/flood.log" taskset -c "$LOAD_CPU" "$BIN/cspload" flood 10.201.2.2 "$SPOOF_PREFIX" -d "$fd"
+    local f=$BL_LAST_PID
+    sleep 0.2
+    out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/cspload" "${legit[@]}" -d "$(echo "$fd - 0.5" | bc)")
+    wait "$f" || true
+    sleep 0.3  # what the queue still holds is handled
+    sent1=$(midcomd_counter challenges_sent); lim1=$(midcomd_counter challenges_limited)
+    kq1=$(bl_kernel_queue)
+    rss1=$(awk '/VmRSS/ {print $2}' "/proc/$MIDCOMD_PID/status")
+    for m in sessions_per_s success_rate lost started challenges rtt_p50_ns; do
+      record 10 legit-flood "$m" "$run" "$(echo "$out" | json_field $m)"
+    done
+    local flood; flood=$(tail -1 "$BL_DIR/flood.log")
+    local fsecs; fsecs=$(echo "$flood" | json_field seconds)
+    record 10 flood offered_per_s "$run" "$(echo "$flood" | json_field per_s)"
+    # Handled: every spoofed SETUP midcomd judged ends as a CHALLENGE sent or one the reply budget refused
+    # (the legitimate sessions' few CHALLENGEs are in it too).
+    record 10 flood handled_per_s "$run" "$(echo "($sent1 - $sent0 + $lim1 - $lim0) / $fsecs" | bc -l)"
+    record 10 flood challenges_sent_per_s "$run" "$(echo "($sent1 - $sent0) / $fsecs" | bc -l)"
+    record 10 flood challenges_limited_per_s "$run" "$(echo "($lim1 - $lim0) / $fsecs" | bc -l)"
+    record 10 flood queue_dropped "$run" "$(( $(echo "$kq1" | cut -d' ' -f1) - $(echo "$kq0" | cut -d' ' -f1) ))"
+    record 10 flood user_dropped "$run" "$(( $(echo "$kq1" | cut -d' ' -f2) - $(echo "$kq0" | cut -d' ' -f2) ))"
+    record 10 flood rss_before_kb "$run" "$rss0"
+    record 10 flood rss_after_kb "$run" "$rss1"
+    record 10 flood sessions_after "$run" "$(midcomd_status sessions)"
+    bl_stop "$r"
+    bl_stop "$MIDCOMD_PID"
+    say "figure 10 run $run/$RUNS done"
   done
 }
 

@@ -147,6 +147,39 @@ row(8, "pinholes/s created+removed: midcomd (signaled) ÷ miniupnpd (NAT-PMP)", 
 row(9, "C reader: 2 queues ÷ 1 queue (64 B, 4 flows, hash balanced)", stat(9, "c-2q", "pps"), stat(9, "c-1q", "pps"), "pps")
 row(9, "midcomd: queue-count 2 ÷ 1 (64 B, 4 flows, hash balanced)", stat(9, "midcomd-2q", "pps"), stat(9, "midcomd-1q", "pps"), "pps")
 
+# 10 the cost of trust
+exhausted = stat(10, "signed-w64", "pool_exhausted")
+authfail = stat(10, "signed-w64", "authentication_failures")
+note = ""
+if exhausted and exhausted["max"] > 0:
+    note = "the pre-signed pool ran out in some runs: their window was shortened"
+if authfail and authfail["max"] > 0:
+    note = (note + "; " if note else "") + "midcomd refused signed SETUPs (authentication_failures > 0)"
+row(10, "signed ÷ unsigned sessions/s, window 64, challenge = never", stat(10, "signed-w64", "sessions_per_s"),
+    stat(10, "unsigned-w64", "sessions_per_s"), "sessions/s", note=note)
+row(10, "midcomd CPU per session: signed ÷ unsigned", stat(10, "signed-w64", "cpu_ns_per_session"),
+    stat(10, "unsigned-w64", "cpu_ns_per_session"), "ns", higher_is_better=False)
+row(10, "Ed25519 verification of a signed SETUP (SignatureCheck.check) ÷ OpenSSL verify", stat(10, "swift", "verify_ns"),
+    stat(10, "openssl", "verify_ns"), "ns", higher_is_better=False)
+row(10, "verification ceiling, one core (1e9 ÷ ns per SignatureCheck.check)", stat(10, "swift", "verify_ceiling_per_s"),
+    None, "verif/s")
+row(10, "parse + verify of a signed SETUP ÷ parse of an unsigned one", stat(10, "swift", "parse_verify_ns"),
+    stat(10, "swift", "parse_unsigned_ns"), "ns", higher_is_better=False)
+row(10, "signing midcomd's record for one reply (CSPMiddleboxRecord.signed)", stat(10, "swift", "record_sign_ns"), None, "ns",
+    higher_is_better=False)
+row(10, "spoofed SETUPs/s handled (challenges sent + limited) ÷ offered", stat(10, "flood", "handled_per_s"),
+    stat(10, "flood", "offered_per_s"), "SETUP/s")
+row(10, "  of them CHALLENGEs sent/s (the rest: reply budget spent)", stat(10, "flood", "challenges_sent_per_s"),
+    stat(10, "flood", "handled_per_s"), "SETUP/s")
+row(10, "kernel queue drops during the flood (queue_dropped)", stat(10, "flood", "queue_dropped"), None, "pkts",
+    higher_is_better=False)
+row(10, "legitimate sessions/s (answering CHALLENGEs): under flood ÷ without", stat(10, "legit-flood", "sessions_per_s"),
+    stat(10, "legit-noflood", "sessions_per_s"), "sessions/s")
+row(10, "legitimate success rate (completed ÷ started): under flood ÷ without", stat(10, "legit-flood", "success_rate"),
+    stat(10, "legit-noflood", "success_rate"), "")
+row(10, "midcomd RSS after ÷ before the flood", stat(10, "flood", "rss_after_kb"), stat(10, "flood", "rss_before_kb"), "kB",
+    higher_is_better=False)
+
 
 def fmt(x, unit=""):
     if x is None:

@@ -6,9 +6,10 @@ packages=(
   nftables iptables iproute2 conntrack procps util-linux     # run: ruleset, lab namespaces, unshare
   python3 python3-scapy python3-cryptography socat tshark systemd  # test: traffic, captures, checks
 )
-# `install-deps.sh bench`: also what `make bench` needs (load generators, the miniupnpd reference).
+# `install-deps.sh bench`: also what `make bench` needs (load generators, the miniupnpd reference; figure 10:
+# libcrypto for cspload's Ed25519 signatures, the openssl tool for the verification reference).
 if [ "${1:-}" = bench ]; then
-  packages+=(gcc bc iperf3 miniupnpd-nftables)
+  packages+=(gcc bc iperf3 miniupnpd-nftables libssl-dev openssl)
 fi
 missing=()
 for p in "${packages[@]}"; do

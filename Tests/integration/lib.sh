@@ -339,3 +339,45 @@ lab_series() {
   in_ns isp ip route add 10.200.1.0/24 via 100.64.0.2
   lab_forwarding fw; lab_forwarding isp
 }
+
+# ---------------------------------------------------------------------------------------------
+# Trust helpers (trust-*.sh).
+
+# lab_load_ruleset NS: the ruleset of the binaries under test. Binaries from before the trust work (no --state-dir)
+# refuse revision 3; they run with the last revision-2 ruleset from git, as they shipped.
+lab_load_ruleset() {
+  if "$BIN/midcomd" --help 2>&1 | grep -q -- --state-dir; then
+    in_ns "$1" nft -f "$ROOT/nft-rules/midcom.nft"
+    return
+  fi
+  local commit
+  for commit in $(git -C "$ROOT" log --format=%H -n 20 -- nft-rules/midcom.nft); do
+    git -C "$ROOT" show "$commit:nft-rules/midcom.nft" >"$LAB_DIR/ruleset.nft"
+    if grep -q "midcom ruleset revision 2" "$LAB_DIR/ruleset.nft"; then
+      echo "      (old binaries: ruleset revision 2 of commit ${commit:0:7})"
+      in_ns "$1" nft -f "$LAB_DIR/ruleset.nft"
+      return
+    fi
+  done
+  fail "no revision-2 ruleset in the git history for the old binaries"
+}
+
+# antispoof_drops: packets the gw's anti-spoofing chain dropped so far.
+antispoof_drops() {
+  local json
+  json=$(in_ns gw nft -j list chain inet midcom antispoof 2>/dev/null) || { echo 0; return; }
+  $PY -c '
+import json, sys
+try:
+    doc = json.load(sys.stdin)
+except ValueError:
+    print(0); sys.exit()
+print(sum(e["counter"]["packets"] for o in doc["nftables"] if "rule" in o for e in o["rule"]["expr"] if "counter" in e))' <<<"$json"
+}
+
+# state_of SESSION: the session's state on gw ("none" when it has none).
+state_of() {
+  midctl gw sessions --json | $PY -c '
+import json, sys
+print({r["id"]: r["state"] for r in json.load(sys.stdin)}.get(sys.argv[1], "none"))' "$1"
+}

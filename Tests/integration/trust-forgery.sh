@@ -47,25 +47,7 @@ lab_forwarding gw
 for c in all default wan to-client; do in_ns gw sysctl -qw "net.ipv4.conf.$c.rp_filter=0"; done
 WAN_MAC=$(in_ns gw cat /sys/class/net/wan/address)
 
-# The ruleset of the binaries under test. Binaries from before the trust work (no --state-dir)
-# refuse revision 3; they run with the last revision-2 ruleset from git, as they shipped.
-load_ruleset() {
-  if "$BIN/midcomd" --help 2>&1 | grep -q -- --state-dir; then
-    in_ns "$1" nft -f "$ROOT/nft-rules/midcom.nft"
-    return
-  fi
-  local commit
-  for commit in $(git -C "$ROOT" log --format=%H -n 20 -- nft-rules/midcom.nft); do
-    git -C "$ROOT" show "$commit:nft-rules/midcom.nft" >"$LAB_DIR/ruleset.nft"
-    if grep -q "midcom ruleset revision 2" "$LAB_DIR/ruleset.nft"; then
-      echo "      (old binaries: ruleset revision 2 of commit ${commit:0:7})"
-      in_ns "$1" nft -f "$LAB_DIR/ruleset.nft"
-      return
-    fi
-  done
-  fail "no revision-2 ruleset in the git history for the old binaries"
-}
-load_ruleset gw
+lab_load_ruleset gw
 conf=$(lab_conf gw <<'CONF'
 [daemon]
 name = "gw1"
@@ -80,22 +62,6 @@ lab_midcomd gw "$conf"
 lab_serve server "$LAB_DIR/echo4.log" $FLOWS udp-echo 5000 --duration 60
 lab_serve server "$LAB_DIR/echo6.log" $FLOWS udp-echo 5000 --bind :: --duration 60
 
-antispoof_drops() {
-  local json
-  json=$(in_ns gw nft -j list chain inet midcom antispoof 2>/dev/null) || { echo 0; return; }
-  $PY -c '
-import json, sys
-try:
-    doc = json.load(sys.stdin)
-except ValueError:
-    print(0); sys.exit()
-print(sum(e["counter"]["packets"] for o in doc["nftables"] if "rule" in o for e in o["rule"]["expr"] if "counter" in e))' <<<"$json"
-}
-state_of() {
-  midctl gw sessions --json | $PY -c '
-import json, sys
-print({r["id"]: r["state"] for r in json.load(sys.stdin)}.get(sys.argv[1], "none"))' "$1"
-}
 counter() { status_counter gw "$1"; }
 admits() { nft_element_count gw admit4 admit6 admit4_anyport admit6_anyport; }
 # wait_exit PID SECONDS: wait (bounded) for a background process; leaves its status in EXIT_RC.

@@ -51,25 +51,7 @@ for c in all default lan to-outsider; do in_ns gw sysctl -qw "net.ipv4.conf.$c.r
 GW_LAN_MAC=$(in_ns gw cat /sys/class/net/lan/address)
 GW_OUT_MAC=$(in_ns gw cat /sys/class/net/to-outsider/address)
 
-# The ruleset of the binaries under test. Binaries from before the trust work (no --state-dir)
-# refuse revision 3; they run with the last revision-2 ruleset from git, as they shipped.
-load_ruleset() {
-  if "$BIN/midcomd" --help 2>&1 | grep -q -- --state-dir; then
-    in_ns "$1" nft -f "$ROOT/nft-rules/midcom.nft"
-    return
-  fi
-  local commit
-  for commit in $(git -C "$ROOT" log --format=%H -n 20 -- nft-rules/midcom.nft); do
-    git -C "$ROOT" show "$commit:nft-rules/midcom.nft" >"$LAB_DIR/ruleset.nft"
-    if grep -q "midcom ruleset revision 2" "$LAB_DIR/ruleset.nft"; then
-      echo "      (old binaries: ruleset revision 2 of commit ${commit:0:7})"
-      in_ns "$1" nft -f "$LAB_DIR/ruleset.nft"
-      return
-    fi
-  done
-  fail "no revision-2 ruleset in the git history for the old binaries"
-}
-load_ruleset gw
+lab_load_ruleset gw
 conf=$(lab_conf gw <<'CONF'
 [daemon]
 name = "gw1"
@@ -91,23 +73,7 @@ for a in "" ::; do
 done
 
 # antispoof_drops: packets the ruleset's anti-spoofing chain dropped (0 without the chain).
-antispoof_drops() {
-  local json
-  json=$(in_ns gw nft -j list chain inet midcom antispoof 2>/dev/null) || { echo 0; return; }
-  $PY -c '
-import json, sys
-try:
-    doc = json.load(sys.stdin)
-except ValueError:
-    print(0); sys.exit()
-print(sum(e["counter"]["packets"] for o in doc["nftables"] if "rule" in o for e in o["rule"]["expr"] if "counter" in e))' <<<"$json"
-}
 # state_of ID: the session's state in midctl (none when it does not exist).
-state_of() {
-  midctl gw sessions --json | $PY -c '
-import json, sys
-print({r["id"]: r["state"] for r in json.load(sys.stdin)}.get(sys.argv[1], "none"))' "$1"
-}
 session_count() { midctl gw sessions --json | $PY -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
 counter() { status_counter gw "$1"; }
 # tcp_probe FROM DEST PORT: one connection attempt (1 s); prints flows.py's line.
