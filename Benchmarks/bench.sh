@@ -379,8 +379,10 @@ fig9() {
 # c. spoofed flood: midcomd with the default trust settings (challenge = new-sources); `cspload flood` sends
 #    SETUPs from random addresses of SPOOF_PREFIX (routed back to the client side, so the ruleset's anti-spoofing
 #    check passes and only return routability stops them) as fast as CPU 0 goes, while an initiator that answers
-#    CHALLENGEs (`cspload setup -C`, FLOOD_WINDOW sessions in flight) sets up sessions with a responder that
-#    answers them too (`cspload respond -C`). The same legitimate load runs first without the flood.
+#    CHALLENGEs (`cspload setup -C`, BENCH_FLOOD_WINDOW sessions in flight, default 1: one host opening
+#    sessions one after another) sets up sessions with a responder that answers them too (`cspload respond -C`).
+#    The same legitimate load runs first without the flood. Repeated with `replies-per-source = 255` and 8
+#    sessions in flight (see fig10_flood).
 SPOOF_PREFIX=10.250.0.0/16
 FLOOD_WINDOW=${BENCH_FLOOD_WINDOW:-1}
 fig10() {
@@ -435,50 +437,71 @@ fig10() {
     bl_stop "$r"
     bl_stop "$MIDCOMD_PID"
 
-    # c. default trust settings: legitimate sessions without, then with, a spoofed flood.
-    bl_ruleset
-    bl_midcomd "$defaults"
-    bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -C -d 60
-    r=$BL_LAST_PID
-    sleep 0.2
-    local legit=(setup 10.201.2.2 -C -w "$FLOOD_WINDOW" -s "$FLOOD_WINDOW")
-    out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/cspload" "${legit[@]}" -d "$fd")
-    for m in sessions_per_s success_rate lost started challenges rtt_p50_ns; do
-      record 10 legit-noflood "$m" "$run" "$(echo "$out" | json_field $m)"
-    done
-    local rss0 rss1 kq0 kq1 sent0 sent1 lim0 lim1
-    rss0=$(awk '/VmRSS/ {print $2}' "/proc/$MIDCOMD_PID/status")
-    kq0=$(bl_kernel_queue)
-    sent0=$(midcomd_counter challenges_sent); lim0=$(midcomd_counter challenges_limited)
-    bl_bg client "$BL_DIR/flood.log" taskset -c "$LOAD_CPU" "$BIN/cspload" flood 10.201.2.2 "$SPOOF_PREFIX" -d "$fd"
-    local f=$BL_LAST_PID
-    sleep 0.2
-    out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/cspload" "${legit[@]}" -d "$(echo "$fd - 0.5" | bc)")
-    wait "$f" || true
-    sleep 0.3  # what the queue still holds is handled
-    sent1=$(midcomd_counter challenges_sent); lim1=$(midcomd_counter challenges_limited)
-    kq1=$(bl_kernel_queue)
-    rss1=$(awk '/VmRSS/ {print $2}' "/proc/$MIDCOMD_PID/status")
-    for m in sessions_per_s success_rate lost started challenges rtt_p50_ns; do
-      record 10 legit-flood "$m" "$run" "$(echo "$out" | json_field $m)"
-    done
-    local flood; flood=$(tail -1 "$BL_DIR/flood.log")
-    local fsecs; fsecs=$(echo "$flood" | json_field seconds)
-    record 10 flood offered_per_s "$run" "$(echo "$flood" | json_field per_s)"
-    # Handled: every spoofed SETUP midcomd judged ends as a CHALLENGE sent or one the reply budget refused
-    # (the legitimate sessions' few CHALLENGEs are in it too).
-    record 10 flood handled_per_s "$run" "$(echo "($sent1 - $sent0 + $lim1 - $lim0) / $fsecs" | bc -l)"
-    record 10 flood challenges_sent_per_s "$run" "$(echo "($sent1 - $sent0) / $fsecs" | bc -l)"
-    record 10 flood challenges_limited_per_s "$run" "$(echo "($lim1 - $lim0) / $fsecs" | bc -l)"
-    record 10 flood queue_dropped "$run" "$(( $(echo "$kq1" | cut -d' ' -f1) - $(echo "$kq0" | cut -d' ' -f1) ))"
-    record 10 flood user_dropped "$run" "$(( $(echo "$kq1" | cut -d' ' -f2) - $(echo "$kq0" | cut -d' ' -f2) ))"
-    record 10 flood rss_before_kb "$run" "$rss0"
-    record 10 flood rss_after_kb "$run" "$rss1"
-    record 10 flood sessions_after "$run" "$(midcomd_status sessions)"
-    bl_stop "$r"
-    bl_stop "$MIDCOMD_PID"
+    # c. default trust settings, then the same with replies-per-source raised to its maximum (255): the
+    #    default budget of 5 CHALLENGEs per address and second caps one initiator (and one responder) at
+    #    about 5 new sessions/s whatever the flood does, so the second case shows what the flood itself costs.
+    fig10_flood "" "$defaults" "$FLOOD_WINDOW"
+    fig10_flood "rps255-" "$defaults"$'\n[trust]\nreplies-per-source = 255' 8
     say "figure 10 run $run/$RUNS done"
   done
+}
+
+# fig10_flood PREFIX CONFIG WINDOW: legitimate sessions (cspload setup -C, WINDOW in flight over WINDOW sockets)
+# for $fd seconds without, then with, a spoofed flood; records cases PREFIX"legit-noflood", PREFIX"legit-flood"
+# and PREFIX"flood".
+fig10_flood() {
+  local pre=$1 conf=$2 w=$3
+  bl_ruleset
+  bl_midcomd "$conf"
+  bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -C -d 60
+  local r=$BL_LAST_PID
+  sleep 0.2
+  local legit=(setup 10.201.2.2 -C -w "$w" -s "$w") out m
+  local p0 a0; p0=$(midcomd_counter challenges_passed); a0=$(midcomd_counter admitted)
+  out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/cspload" "${legit[@]}" -d "$fd")
+  for m in sessions_per_s success_rate lost started challenges rtt_p50_ns; do
+    record 10 "${pre}legit-noflood" "$m" "$run" "$(echo "$out" | json_field $m)"
+  done
+  # Proofs per admitted session: 2 expected (the initiator's and the responder's address).
+  local p1 a1; p1=$(midcomd_counter challenges_passed); a1=$(midcomd_counter admitted)
+  record 10 "${pre}legit-noflood" proofs_per_session "$run" "$(echo "($p1 - $p0) / ($a1 - $a0 + ($a1 == $a0))" | bc -l)"
+  local rss0 rss1 kq0 kq1 sent0 sent1 lim0 lim1 cpu0 cpu1
+  rss0=$(awk '/VmRSS/ {print $2}' "/proc/$MIDCOMD_PID/status")
+  kq0=$(bl_kernel_queue)
+  sent0=$(midcomd_counter challenges_sent); lim0=$(midcomd_counter challenges_limited)
+  cpu0=$(bl_proc_cpu_ns "$MIDCOMD_PID")
+  bl_bg client "$BL_DIR/flood.log" taskset -c "$LOAD_CPU" "$BIN/cspload" flood 10.201.2.2 "$SPOOF_PREFIX" -d "$fd"
+  local f=$BL_LAST_PID
+  sleep 0.2
+  # Other flows than the run without the flood (-i): a flow signaled again would supersede its session.
+  out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/cspload" "${legit[@]}" -i 1000000 -d "$(echo "$fd - 0.5" | bc)")
+  wait "$f" || true
+  sleep 0.3  # what the queue still holds is handled
+  cpu1=$(bl_proc_cpu_ns "$MIDCOMD_PID")
+  sent1=$(midcomd_counter challenges_sent); lim1=$(midcomd_counter challenges_limited)
+  kq1=$(bl_kernel_queue)
+  rss1=$(awk '/VmRSS/ {print $2}' "/proc/$MIDCOMD_PID/status")
+  for m in sessions_per_s success_rate lost started challenges rtt_p50_ns; do
+    record 10 "${pre}legit-flood" "$m" "$run" "$(echo "$out" | json_field $m)"
+  done
+  local flood fsecs handled
+  flood=$(tail -1 "$BL_DIR/flood.log")
+  fsecs=$(echo "$flood" | json_field seconds)
+  handled=$((sent1 - sent0 + lim1 - lim0))
+  record 10 "${pre}flood" offered_per_s "$run" "$(echo "$flood" | json_field per_s)"
+  # Handled: every spoofed SETUP midcomd judged ends as a CHALLENGE sent or one the reply budget refused
+  # (the legitimate sessions' few CHALLENGEs are in it too).
+  record 10 "${pre}flood" handled_per_s "$run" "$(echo "$handled / $fsecs" | bc -l)"
+  record 10 "${pre}flood" challenges_sent_per_s "$run" "$(echo "($sent1 - $sent0) / $fsecs" | bc -l)"
+  record 10 "${pre}flood" challenges_limited_per_s "$run" "$(echo "($lim1 - $lim0) / $fsecs" | bc -l)"
+  record 10 "${pre}flood" cpu_ns_per_handled "$run" "$(( (cpu1 - cpu0) / (handled > 0 ? handled : 1) ))"
+  record 10 "${pre}flood" queue_dropped "$run" "$(( $(echo "$kq1" | cut -d' ' -f1) - $(echo "$kq0" | cut -d' ' -f1) ))"
+  record 10 "${pre}flood" user_dropped "$run" "$(( $(echo "$kq1" | cut -d' ' -f2) - $(echo "$kq0" | cut -d' ' -f2) ))"
+  record 10 "${pre}flood" rss_before_kb "$run" "$rss0"
+  record 10 "${pre}flood" rss_after_kb "$run" "$rss1"
+  record 10 "${pre}flood" sessions_after "$run" "$(midcomd_status sessions)"
+  bl_stop "$r"
+  bl_stop "$MIDCOMD_PID"
 }
 
 START=$(date +%s)

@@ -167,18 +167,27 @@ row(10, "parse + verify of a signed SETUP ÷ parse of an unsigned one", stat(10,
     stat(10, "swift", "parse_unsigned_ns"), "ns", higher_is_better=False)
 row(10, "signing midcomd's record for one reply (CSPMiddleboxRecord.signed)", stat(10, "swift", "record_sign_ns"), None, "ns",
     higher_is_better=False)
-row(10, "spoofed SETUPs/s handled (challenges sent + limited) ÷ offered", stat(10, "flood", "handled_per_s"),
-    stat(10, "flood", "offered_per_s"), "SETUP/s")
-row(10, "  of them CHALLENGEs sent/s (the rest: reply budget spent)", stat(10, "flood", "challenges_sent_per_s"),
-    stat(10, "flood", "handled_per_s"), "SETUP/s")
-row(10, "kernel queue drops during the flood (queue_dropped)", stat(10, "flood", "queue_dropped"), None, "pkts",
-    higher_is_better=False)
-row(10, "legitimate sessions/s (answering CHALLENGEs): under flood ÷ without", stat(10, "legit-flood", "sessions_per_s"),
-    stat(10, "legit-noflood", "sessions_per_s"), "sessions/s")
-row(10, "legitimate success rate (completed ÷ started): under flood ÷ without", stat(10, "legit-flood", "success_rate"),
-    stat(10, "legit-noflood", "success_rate"), "")
-row(10, "midcomd RSS after ÷ before the flood", stat(10, "flood", "rss_after_kb"), stat(10, "flood", "rss_before_kb"), "kB",
-    higher_is_better=False)
+for pre, label in (("", "default trust"), ("rps255-", "replies-per-source 255")):
+    if stat(10, f"{pre}flood", "offered_per_s") is None and pre:
+        continue
+    row(10, f"spoofed SETUPs/s handled (challenges sent + limited) ÷ offered, {label}", stat(10, f"{pre}flood", "handled_per_s"),
+        stat(10, f"{pre}flood", "offered_per_s"), "SETUP/s")
+    row(10, f"  CHALLENGEs sent ÷ spoofed SETUPs handled (the rest: reply budget spent), {label}",
+        stat(10, f"{pre}flood", "challenges_sent_per_s"), stat(10, f"{pre}flood", "handled_per_s"), "SETUP/s")
+    row(10, f"  midcomd CPU per spoofed SETUP handled, {label}", stat(10, f"{pre}flood", "cpu_ns_per_handled"), None, "ns",
+        higher_is_better=False)
+    row(10, f"  kernel queue drops during the flood (queue_dropped), {label}", stat(10, f"{pre}flood", "queue_dropped"), None,
+        "pkts", higher_is_better=False)
+    row(10, f"legitimate sessions/s (answering CHALLENGEs): under flood ÷ without, {label}",
+        stat(10, f"{pre}legit-flood", "sessions_per_s"), stat(10, f"{pre}legit-noflood", "sessions_per_s"), "sessions/s")
+    row(10, f"legitimate success rate (completed ÷ started): under flood ÷ without, {label}",
+        stat(10, f"{pre}legit-flood", "success_rate"), stat(10, f"{pre}legit-noflood", "success_rate"), "")
+    row(10, f"legitimate setup round trip p50: under flood ÷ without, {label}", stat(10, f"{pre}legit-flood", "rtt_p50_ns"),
+        stat(10, f"{pre}legit-noflood", "rtt_p50_ns"), "ns", higher_is_better=False)
+    row(10, f"address proofs per admitted session without flood (2 expected), {label}",
+        stat(10, f"{pre}legit-noflood", "proofs_per_session"), None, "", higher_is_better=False)
+    row(10, f"midcomd RSS after ÷ before the flood, {label}", stat(10, f"{pre}flood", "rss_after_kb"),
+        stat(10, f"{pre}flood", "rss_before_kb"), "kB", higher_is_better=False)
 
 
 def fmt(x, unit=""):

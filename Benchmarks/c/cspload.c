@@ -5,12 +5,14 @@
 //       requested) and counts TEARDOWNs. Replies leave in sendmmsg bursts. -C answers CHALLENGEs (6.6): a
 //       CHALLENGE for a session it ACCEPTed is answered with a RESPONSE (token echoed) to the CHALLENGE's
 //       source, then the ACCEPT is sent again (the last 65536 sessions are remembered, direct-mapped).
-//   cspload setup DST [-w WINDOW] [-s SOCKETS] [-d SECONDS] [-l LIFETIME] [-L] [-t] [-C] [-S [-n POOL] [-T S]]
+//   cspload setup DST [-w WINDOW] [-s SOCKETS] [-d SECONDS] [-l LIFETIME] [-i FIRST] [-L] [-t] [-C] [-S [-n POOL] [-T S]]
 //       The initiators: SOCKETS signaling sockets keep WINDOW sessions in flight in total (many concurrent
 //       signalers); each ACCEPT completes a session (its round trip goes into the histogram) and starts the
 //       next. -L signals incoming pinholes (REQUESTED-ACTION listen, FLOW 0.0.0.0:0 -> self:port), -t sends a
 //       TEARDOWN after each ACCEPT (pinhole removed). A session unanswered after 500 ms is counted lost and
-//       replaced. Prints sessions/s and the setup round trip p50/p99/p99.9 (ns) as one JSON line.
+//       replaced. Prints sessions/s and the setup round trip p50/p99/p99.9 (ns) as one JSON line. Session n's
+//       flow has ports derived from FIRST + n (default 0): a second run against the same gateway with another
+//       FIRST signals other flows (a flow signaled again under a new session ID would supersede the old one).
 //       -C answers CHALLENGEs: a CHALLENGE for a session in flight (same session ID and nonce) gets a
 //       RESPONSE (the token echoed) to the CHALLENGE's source from the same socket, then the SETUP is sent
 //       again unchanged; the round trip is measured from the first SETUP.
@@ -282,15 +284,16 @@ static int cmd_setup(int argc, char **argv) {
     int window = 64, nsock = 8, listen_mode = 0, teardown = 0, answer_challenges = 0, sign = 0;
     double seconds = 5, sign_limit_s = 15;
     uint32_t lifetime = 30;
-    uint64_t pool_want = 400000;
+    uint64_t pool_want = 400000, first = 0;
     int opt;
     optind = 3;
-    while ((opt = getopt(argc, argv, "w:s:d:l:LtCSn:T:")) != -1) {
+    while ((opt = getopt(argc, argv, "w:s:d:l:i:LtCSn:T:")) != -1) {
         switch (opt) {
         case 'w': window = atoi(optarg); break;
         case 's': nsock = atoi(optarg); break;
         case 'd': seconds = atof(optarg); break;
         case 'l': lifetime = (uint32_t)atoi(optarg); break;
+        case 'i': first = strtoull(optarg, NULL, 10); break;
         case 'L': listen_mode = 1; break;
         case 't': teardown = 1; break;
         case 'C': answer_challenges = 1; break;
@@ -352,7 +355,7 @@ static int cmd_setup(int argc, char **argv) {
             if ((pool_n & 1023) == 0 && bu_now_ns() > limit) break;
             uint8_t *m = pool + pool_n * POOL_STRIDE;
             uint64_t sid = tag << 48 | (1ull << 47) | pool_n;
-            uint16_t len = build_setup(m, pool_n, sid, sid * 0x9e3779b97f4a7c15ull, listen_mode, self, remote, lifetime,
+            uint16_t len = build_setup(m, first + pool_n, sid, sid * 0x9e3779b97f4a7c15ull, listen_mode, self, remote, lifetime,
                                        60001, 5000);
             len = sign_setup(m, len, key, ctx, pub, timestamp);
             if (!len) { fprintf(stderr, "cspload: EVP_DigestSign failed\n"); return 1; }
@@ -376,7 +379,7 @@ static int cmd_setup(int argc, char **argv) {
             s->index = next_index++;
             s->msg = bufs[k];
             uint64_t sid = tag << 48 | (uint64_t)k << 32 | (s->index & 0xffffffffu);
-            s->len = build_setup(s->msg, s->index, sid, sid * 0x9e3779b97f4a7c15ull, listen_mode, self, remote, lifetime,
+            s->len = build_setup(s->msg, first + s->index, sid, sid * 0x9e3779b97f4a7c15ull, listen_mode, self, remote, lifetime,
                                  10000, 50000);
         }
         s->sid = get64(s->msg + 8);
@@ -556,7 +559,7 @@ int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "setup") == 0) return cmd_setup(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "flood") == 0) return cmd_flood(argc, argv);
     fprintf(stderr, "usage: cspload respond [-p PORT] [-d S] [-C]\n"
-                    "       cspload setup DST [-w WINDOW] [-s SOCKETS] [-d S] [-l LIFETIME] [-L] [-t] [-C] [-S [-n POOL] [-T S]]\n"
+                    "       cspload setup DST [-w WINDOW] [-s SOCKETS] [-d S] [-l LIFETIME] [-i FIRST] [-L] [-t] [-C] [-S [-n POOL] [-T S]]\n"
                     "       cspload flood DST PREFIX/LEN [-d S] [-p PORT] [-f FLOWPORT]\n");
     return 2;
 }

@@ -43,6 +43,10 @@ public struct EngineCounters: Sendable, Equatable {
     public var repliesLimited: UInt64 = 0
     /// SETUPs refused because their source holds too much pending state.
     public var pendingLimited: UInt64 = 0
+    /// REBINDs acted on (pending until the peer answers), paths added and removed.
+    public var rebinds: UInt64 = 0
+    public var pathsAdded: UInt64 = 0
+    public var pathsRemoved: UInt64 = 0
 
     public var asDictionary: [String: UInt64] {
         [
@@ -57,7 +61,8 @@ public struct EngineCounters: Sendable, Equatable {
             "adopted": adopted, "superseded": superseded, "authentication_failures": authenticationFailures,
             "replays": replays, "challenges_sent": challengesSent, "challenges_passed": challengesPassed,
             "challenges_failed": challengesFailed, "challenges_limited": challengesLimited,
-            "replies_limited": repliesLimited, "pending_limited": pendingLimited,
+            "replies_limited": repliesLimited, "pending_limited": pendingLimited, "rebinds": rebinds,
+            "paths_added": pathsAdded, "paths_removed": pathsRemoved,
         ]
     }
 }

@@ -183,7 +183,10 @@ public struct GatewayEngine: Sendable {
         case .reject, .redirect, .challenge: return handleRefusal(request)
         case .refresh: return handleRefresh(request, now: now)
         case .teardown: return handleTeardown(request, now: now)
-        case .rebind, .addPath, .removePath, .deny: return handleNotActedOn(request)
+        case .rebind: return handleRebind(request, now: now)
+        case .addPath: return handleAddPath(request, now: now)
+        case .removePath: return handleRemovePath(request, now: now)
+        case .deny: return handleNotActedOn(request)
         default:
             counters.unknownTypes += 1
             if request.isAddressedToUs { return SignalingOutcome(verdict: .drop) }

@@ -43,7 +43,7 @@ extension GatewayEngine {
             if let mapping = session.mapping {
                 forwarded.tlvs.append(.middleboxRecord(record(.mapped, lifetime: lifetime, extra: [.mappedAddress(mapping)])))
             } else {
-                forwarded.tlvs.append(.middleboxRecord(record(.admitted, lifetime: lifetime)))
+                forwarded.tlvs.append(.middleboxRecord(record(pending.rebind ? .rebound : .admitted, lifetime: lifetime)))
             }
         }
         // An ACCEPT for state we could not install must not reach the host as success.

@@ -41,6 +41,8 @@ public struct PendingRequest: Sendable, Equatable {
     public var recordRoute: Bool
     /// The NAT mapping the session will have with `flow` (reserved already), nil when unmapped.
     public var mapping: CSPEndpoint?
+    /// The request is a REBIND: its answer reports decision "rebound".
+    public var rebind = false
 
     public init(nonce: UInt64, flow: FlowTuple, lifetime: UInt32, recordRoute: Bool, mapping: CSPEndpoint? = nil) {
         self.nonce = nonce

@@ -82,6 +82,11 @@ public struct SessionTable: Sendable {
         pendingCount += Int(delta)
     }
 
+    /// Marks the pending request of session `id` as a REBIND.
+    public mutating func markPendingRebind(id: UInt64) {
+        byID[id]?.pending?.rebind = true
+    }
+
     /// Notes a request's sequence in its session's replay window, in place.
     public mutating func recordSequence(id: UInt64, sequence: UInt32, nonce: UInt64) {
         byID[id]?.replay.record(sequence: sequence, nonce: nonce)

@@ -27,6 +27,10 @@ extension GatewayEngine {
                 if session.state != .pending { return nil }
                 if session.pending?.nonce == message.nonce { return nil }
             }
+        case .rebind, .addPath:
+            // The new address must prove itself (docs/PROTOCOL.md 6.6, 6.7); an unsigned one is
+            // refused by its handler without costing a CHALLENGE.
+            if request.signer == nil { return nil }
         case .accept, .mapped:
             // Only an ACCEPT that would install something here needs its sender proved: one for
             // a request we forwarded, from a responder not proved for this session yet.

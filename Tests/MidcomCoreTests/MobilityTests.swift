@@ -1,0 +1,123 @@
+import CSPTrust
+import CSPWire
+import XCTest
+
+@testable import MidcomCore
+
+/// REBIND, ADD-PATH and REMOVE-PATH at the middlebox (docs/PROTOCOL.md 6.7): only the session's
+/// key moves a session, only to an address that proved itself, and the kernel gets the diff.
+final class MobilityTests: XCTestCase {
+    let home = CSPEndpoint(address: IPAddress("10.0.1.2")!, port: 4000)
+    let away = CSPEndpoint(address: IPAddress("10.0.1.77")!, port: 4000)
+    let server = CSPEndpoint(address: IPAddress("198.51.100.2")!, port: 7227)
+    let wall: UInt64 = 1_800_000_000
+    let owner = SigningKey()
+
+    func engine(challenge: ChallengePolicy = .never) -> GatewayEngine {
+        var config = MidcomConfiguration()
+        config.trust.challenge = challenge
+        return GatewayEngine(
+            configuration: config, identity: MiddleboxIdentity(id: 7, epoch: 1, name: "gw"),
+            challengeSecret: Array(repeating: 3, count: 32), startedAt: wall - 10)
+    }
+
+    var flow: FlowTuple {
+        FlowTuple(proto: .udp, source: home.address, sourcePort: 4000, destination: server.address, destinationPort: 5000)
+    }
+
+    func arrive(_ e: inout GatewayEngine, _ m: CSPMessage, from: CSPEndpoint, signedBy key: SigningKey? = nil) -> SignalingOutcome {
+        var m = m
+        if let key { m = try! m.signed(by: key, timestamp: wall) }
+        let bytes = try! m.serialize()
+        let request = bytes.withUnsafeBytes {
+            try! SignalingRequest(parsing: $0, source: from, entry: .intercepted(destination: server), wallClock: wall)
+        }
+        return e.handle(request, now: .seconds(0))
+    }
+
+    func admitted(_ e: inout GatewayEngine) {
+        _ = arrive(&e, CSPMessage(type: .setup, flags: .recordRoute, sessionID: 1, nonce: 1, sequence: 1, tlvs: [.flow(flow), .lifetime(60)]), from: home, signedBy: owner)
+        let accept = CSPMessage(type: .accept, sessionID: 1, nonce: 1, sequence: 1, tlvs: [.lifetime(60)])
+        let bytes = try! accept.serialize()
+        let request = bytes.withUnsafeBytes {
+            try! SignalingRequest(parsing: $0, source: server, entry: .intercepted(destination: home), wallClock: wall)
+        }
+        _ = e.handle(request, now: .seconds(0))
+        XCTAssertEqual(e.sessions[id: 1]?.state, .admitted)
+    }
+
+    func rebind(nonce: UInt64, sequence: UInt32) -> CSPMessage {
+        CSPMessage(type: .rebind, flags: .recordRoute, sessionID: 1, nonce: nonce, sequence: sequence, tlvs: [.flow(flow), .newAddress(away)])
+    }
+
+    func accept(_ e: inout GatewayEngine, nonce: UInt64, to: CSPEndpoint) -> SignalingOutcome {
+        let bytes = try! CSPMessage(type: .accept, sessionID: 1, nonce: nonce, sequence: 2, tlvs: [.lifetime(60)]).serialize()
+        let request = bytes.withUnsafeBytes {
+            try! SignalingRequest(parsing: $0, source: server, entry: .intercepted(destination: to), wallClock: wall)
+        }
+        return e.handle(request, now: .seconds(1))
+    }
+
+    func testRebindMovesTheAdmissionWhenThePeerAccepts() throws {
+        var e = engine()
+        admitted(&e)
+        let out = arrive(&e, rebind(nonce: 2, sequence: 2), from: away, signedBy: owner)
+        guard case .forwardRewritten = out.verdict else { return XCTFail("REBIND not forwarded: \(out)") }
+        XCTAssertEqual(e.sessions[id: 1]?.flow.source, home.address, "the old flow stays until the peer answers")
+        let answered = accept(&e, nonce: 2, to: away)
+        var moved = flow
+        moved.source = away.address
+        XCTAssertEqual(e.sessions[id: 1]?.flow, moved)
+        XCTAssertTrue(answered.kernel.contains(.remove(.admission(flow))), "\(answered.kernel)")
+        XCTAssertTrue(answered.kernel.untagged.contains(admit(moved, lifetime: 60)), "\(answered.kernel)")
+        guard case .forwardRewritten(let bytes) = answered.verdict else { return XCTFail("not rewritten") }
+        XCTAssertEqual(try CSPMessage.parse(bytes).records.last?.decision, .rebound)
+        XCTAssertEqual(e.counters.rebinds, 1)
+    }
+
+    func testUnsignedOrForeignRebindsAreRefused() {
+        var e = engine()
+        admitted(&e)
+        XCTAssertEqual(arrive(&e, rebind(nonce: 2, sequence: 2), from: away).reply?.message.result, .authenticationFailed)
+        XCTAssertEqual(arrive(&e, rebind(nonce: 3, sequence: 3), from: away, signedBy: SigningKey()).reply?.message.result, .authenticationFailed)
+        XCTAssertEqual(e.sessions[id: 1]?.flow, flow)
+        XCTAssertNil(e.sessions[id: 1]?.pending)
+        // NEW-ADDRESS must be where the REBIND comes from.
+        let elsewhere = CSPEndpoint(address: IPAddress("10.0.1.99")!, port: 4000)
+        XCTAssertEqual(arrive(&e, rebind(nonce: 4, sequence: 4), from: elsewhere, signedBy: owner).reply?.message.result, .sourceDenied)
+    }
+
+    func testTheNewAddressIsChallengedFirst() {
+        // The session was set up while challenges were off; now they are on (a restart with a
+        // new policy would do the same): the REBIND's new address has not proved anything.
+        var set = engine(challenge: .never)
+        admitted(&set)
+        var e = engine(challenge: .newSources)
+        e.sessions = set.sessions
+        let out = arrive(&e, rebind(nonce: 2, sequence: 2), from: away, signedBy: owner)
+        XCTAssertEqual(out.reply?.message.type, .challenge)
+        XCTAssertEqual(out.reply?.destination, away)
+        XCTAssertNil(e.sessions[id: 1]?.pending, "nothing moves before the new address answers")
+    }
+
+    func testPathsAreAddedAndRemovedByTheSessionsKey() {
+        var e = engine()
+        admitted(&e)
+        let second = CSPEndpoint(address: IPAddress("10.0.2.2")!, port: 4000)
+        let add = CSPMessage(
+            type: .addPath, sessionID: 1, nonce: 5, sequence: 5,
+            tlvs: [.path(CSPPath(pathID: 2, endpoint: second)), .lifetime(60)])
+        XCTAssertEqual(arrive(&e, add, from: second).reply?.message.result, .authenticationFailed, "unsigned")
+        let out = arrive(&e, add, from: second, signedBy: owner)
+        var pathFlow = flow
+        pathFlow.source = second.address
+        XCTAssertEqual(out.kernel.untagged, [admit(pathFlow, lifetime: 60)])
+        XCTAssertEqual(e.sessions[id: 1]?.pathCount, 2)
+        XCTAssertEqual(e.sessions.session(for: pathFlow)?.id, 1)
+        let remove = CSPMessage(type: .removePath, sessionID: 1, nonce: 6, sequence: 6, tlvs: [.path(CSPPath(pathID: 2, endpoint: second))])
+        XCTAssertEqual(arrive(&e, remove, from: home, signedBy: SigningKey()).reply?.message.result, .authenticationFailed)
+        let removed = arrive(&e, remove, from: home, signedBy: owner)
+        XCTAssertEqual(removed.kernel, [.remove(.admission(pathFlow))])
+        XCTAssertEqual(e.sessions[id: 1]?.pathCount, 1)
+    }
+}
