@@ -105,7 +105,7 @@ static uint16_t build_response(uint8_t *r, const uint8_t *c, size_t n) {
 // MARK: respond
 
 /// What the responder remembers of a session it ACCEPTed, to send the ACCEPT again after a CHALLENGE.
-struct accepted { uint64_t sid, nonce; uint32_t seq, lifetime; struct sockaddr_in to; };
+struct accepted { uint64_t sid, nonce; uint32_t seq, lifetime; struct sockaddr_in to; uint32_t challenged; };
 #define ACCEPTED_SLOTS 65536
 
 static int cmd_respond(int argc, char **argv) {
@@ -146,7 +146,7 @@ static int cmd_respond(int argc, char **argv) {
     }
     bu_install_signals();
     uint64_t end = bu_now_ns() + (uint64_t)(seconds * 1e9), setups = 0, teardowns = 0, other = 0;
-    uint64_t challenges = 0, unknown_challenges = 0;
+    uint64_t challenges = 0, unknown_challenges = 0, repeated_challenges = 0;
     printf("ready\n");
     fflush(stdout);
     while (!bu_stop && bu_now_ns() < end) {
@@ -168,6 +168,7 @@ static int cmd_respond(int argc, char **argv) {
                     continue;
                 }
                 challenges++;
+                if (c->challenged++) repeated_challenges++;  // challenged again after its RESPONSE
                 siov[replies] = (struct iovec){r, rl};
                 sm[replies].msg_hdr.msg_iov = &siov[replies];
                 sm[replies].msg_hdr.msg_iovlen = 1;
@@ -203,14 +204,15 @@ static int cmd_respond(int argc, char **argv) {
             replies++;
             if (answer_challenges) {
                 struct accepted *c = &cache[(sid * 0x9e3779b97f4a7c15ull) >> 48];
-                *c = (struct accepted){sid, get64(m + 16), get32(m + 24), lifetime, from[i]};
+                *c = (struct accepted){sid, get64(m + 16), get32(m + 24), lifetime, from[i], 0};
             }
         }
         if (replies) sendmmsg(fd, sm, (unsigned)replies, 0);
     }
-    printf("{\"setups\":%llu,\"teardowns\":%llu,\"other\":%llu,\"challenges\":%llu,\"unknown_challenges\":%llu}\n",
+    printf("{\"setups\":%llu,\"teardowns\":%llu,\"other\":%llu,\"challenges\":%llu,\"unknown_challenges\":%llu,"
+           "\"repeated_challenges\":%llu}\n",
            (unsigned long long)setups, (unsigned long long)teardowns, (unsigned long long)other,
-           (unsigned long long)challenges, (unsigned long long)unknown_challenges);
+           (unsigned long long)challenges, (unsigned long long)unknown_challenges, (unsigned long long)repeated_challenges);
     return 0;
 }
 
