@@ -462,9 +462,16 @@ fig10_flood() {
   for m in sessions_per_s success_rate lost started challenges rtt_p50_ns; do
     record 10 "${pre}legit-noflood" "$m" "$run" "$(echo "$out" | json_field $m)"
   done
-  # Proofs per admitted session: 2 expected (the initiator's and the responder's address).
+  # Proofs per admitted session: 2 expected (the initiator's and the responder's address); and how often the
+  # responder was challenged again for an ACCEPT whose CHALLENGE it had already answered.
   local p1 a1; p1=$(midcomd_counter challenges_passed); a1=$(midcomd_counter admitted)
   record 10 "${pre}legit-noflood" proofs_per_session "$run" "$(echo "($p1 - $p0) / ($a1 - $a0 + ($a1 == $a0))" | bc -l)"
+  bl_stop "$r"
+  local resp; resp=$(tail -1 "$BL_DIR/resp.log")
+  record 10 "${pre}legit-noflood" responder_rechallenged "$run" \
+    "$(echo "$resp" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(d['repeated_challenges'] / max(d['challenges'], 1))")"
+  bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -C -d 60
+  r=$BL_LAST_PID
   local rss0 rss1 kq0 kq1 sent0 sent1 lim0 lim1 cpu0 cpu1
   rss0=$(awk '/VmRSS/ {print $2}' "/proc/$MIDCOMD_PID/status")
   kq0=$(bl_kernel_queue)

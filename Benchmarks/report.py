@@ -186,6 +186,8 @@ for pre, label in (("", "default trust"), ("rps255-", "replies-per-source 255"))
         stat(10, f"{pre}legit-noflood", "rtt_p50_ns"), "ns", higher_is_better=False)
     row(10, f"address proofs per admitted session without flood (2 expected), {label}",
         stat(10, f"{pre}legit-noflood", "proofs_per_session"), None, "", higher_is_better=False)
+    row(10, f"responder CHALLENGEs that repeat one it already answered, without flood, {label}",
+        stat(10, f"{pre}legit-noflood", "responder_rechallenged"), None, "", higher_is_better=False)
     row(10, f"midcomd RSS after ÷ before the flood, {label}", stat(10, f"{pre}flood", "rss_after_kb"),
         stat(10, f"{pre}flood", "rss_before_kb"), "kB", higher_is_better=False)
 

@@ -131,6 +131,10 @@ public struct ResponderPolicy: Sendable {
             return answer(request, type: .accept, result: .success, tlvs: [.lifetime(lifetime)])
         case .teardown:
             return answer(request, type: .accept, result: .success, tlvs: [.lifetime(0)])
+        case .rebind, .addPath, .removePath:
+            // The session moves or gains a path; this agent keeps no per-session state to update.
+            let lifetime = min(request.lifetime ?? 60, maximumLifetime)
+            return answer(request, type: .accept, result: .success, tlvs: [.lifetime(lifetime)])
         default:
             return nil
         }

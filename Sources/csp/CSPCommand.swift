@@ -20,7 +20,10 @@ struct CSPCommand: ParsableCommand {
             failed the trust check (forged, or signed by another key than pinned or remembered), \
             2 usage error.
             """,
-        subcommands: [Setup.self, Refresh.self, Teardown.self, Listen.self, Discover.self, Keygen.self]
+        subcommands: [
+            Setup.self, Refresh.self, Teardown.self, Rebind.self, AddPath.self, RemovePath.self, Listen.self, Discover.self,
+            Keygen.self,
+        ]
     )
 }
 
@@ -278,7 +281,12 @@ extension CSPCommand {
                 type: .setup, flags: .recordRoute, sessionID: sessionID, nonce: secureRandomUInt64(), sequence: sequence,
                 tlvs: tlvs)
             if !common.machine { print("session \(hex(sessionID)): \(flow)") }
-            if session == nil { common.sessions.save(SessionStore.Entry(sessionID: sessionID, lastSequence: 1, peer: signalTo)) }
+            if session == nil {
+                common.sessions.save(
+                    SessionStore.Entry(sessionID: sessionID, lastSequence: 1, peer: signalTo, flow: flow, incoming: incoming))
+            } else {
+                common.sessions.update(sessionID) { $0.flow = flow; $0.incoming = incoming }
+            }
             throw ExitCode(try exchange(request, with: signalTo, from: source.flatMap(IPAddress.init), common: common))
         }
     }
@@ -432,13 +440,16 @@ extension CSPCommand {
     }
 }
 
-/// Sequence numbers of the sessions this user signaled (docs/PROTOCOL.md 3.1: one per new
-/// request, increasing; middleboxes refuse a sequence they saw), one small file per session.
+/// What `csp` remembers of the sessions this user signaled, one small file per session: the last
+/// sequence (docs/PROTOCOL.md 3.1: one per new request, increasing; middleboxes refuse a sequence
+/// they saw), the peer, and the flow (REBIND and ADD-PATH name it).
 struct SessionStore {
     struct Entry {
         var sessionID: UInt64
         var lastSequence: UInt32
         var peer: IPAddress
+        var flow: FlowTuple? = nil
+        var incoming = false
     }
 
     let directory: String
@@ -453,21 +464,47 @@ struct SessionStore {
 
     func save(_ entry: Entry) {
         try? SmallFile.makeDirectories(directory)
-        try? SmallFile.write(path(entry.sessionID), Array("sequence \(entry.lastSequence)\npeer \(entry.peer)\n".utf8), mode: 0o600)
+        var text = "sequence \(entry.lastSequence)\npeer \(entry.peer)\n"
+        if let flow = entry.flow {
+            text += "flow \(flow.proto.rawValue) \(flow.source) \(flow.sourcePort) \(flow.destination) \(flow.destinationPort)\n"
+        }
+        if entry.incoming { text += "incoming\n" }
+        try? SmallFile.write(path(entry.sessionID), Array(text.utf8), mode: 0o600)
+    }
+
+    func load(_ id: UInt64) -> Entry? {
+        guard let contents = try? SmallFile.read(path(id), limit: 4096) else { return nil }
+        var entry = Entry(sessionID: id, lastSequence: 1, peer: IPAddress(ipv4: 0))
+        for line in String(decoding: contents.bytes, as: UTF8.self).split(separator: "\n") {
+            let parts = line.split(separator: " ").map(String.init)
+            switch parts.first {
+            case "sequence": entry.lastSequence = parts.count == 2 ? UInt32(parts[1]) ?? 1 : 1
+            case "peer": if parts.count == 2, let a = IPAddress(parts[1]) { entry.peer = a }
+            case "incoming": entry.incoming = true
+            case "flow":
+                if parts.count == 6, let p = UInt8(parts[1]), let s = IPAddress(parts[2]), let sp = UInt16(parts[3]),
+                    let d = IPAddress(parts[4]), let dp = UInt16(parts[5])
+                {
+                    entry.flow = FlowTuple(proto: IPProtocol(rawValue: p), source: s, sourcePort: sp, destination: d, destinationPort: dp)
+                }
+            default: break
+            }
+        }
+        return entry
+    }
+
+    func update(_ id: UInt64, _ change: (inout Entry) -> Void) {
+        guard var entry = load(id) else { return }
+        change(&entry)
+        save(entry)
     }
 
     /// The next sequence for a session (2 for one we have no record of: its SETUP was 1), recorded.
     func nextSequence(for id: UInt64, peer: IPAddress) -> UInt32 {
-        var last: UInt32 = 1
-        if let contents = try? SmallFile.read(path(id), limit: 4096) {
-            for line in String(decoding: contents.bytes, as: UTF8.self).split(separator: "\n") {
-                let parts = line.split(separator: " ")
-                if parts.count == 2, parts[0] == "sequence", let n = UInt32(parts[1]) { last = n }
-            }
-        }
-        let next = last &+ 1
-        save(Entry(sessionID: id, lastSequence: next, peer: peer))
-        return next
+        var entry = load(id) ?? Entry(sessionID: id, lastSequence: 1, peer: peer)
+        entry.lastSequence &+= 1
+        save(entry)
+        return entry.lastSequence
     }
 
     func forget(_ id: UInt64) { _ = unlink(path(id)) }
@@ -475,4 +512,98 @@ struct SessionStore {
 
 enum ProcessEnvironment {
     static func value(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+}
+
+extension CSPCommand {
+    /// The state a mobility command needs: the session's stored flow and peer.
+    static func stored(_ text: String, _ common: Common) throws -> (UInt64, SessionStore.Entry, FlowTuple) {
+        guard let id = UInt64(text, radix: 16) else { throw ValidationError("session must be 16 hex digits") }
+        guard let entry = common.sessions.load(id), let flow = entry.flow else {
+            throw ValidationError("no stored flow for session \(hex(id)) in \(common.sessions.directory): set it up with this csp first")
+        }
+        return (id, entry, flow)
+    }
+
+    struct Rebind: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move a session to this host's new address (REBIND, signed by the session's key).",
+            discussion: """
+                Sent from the new address to the peer, so middleboxes on the new path see it; each \
+                makes the new address prove itself (CHALLENGE, answered here) and moves the admission \
+                when the peer accepts. The session must have been set up with --key.
+                """)
+        @Argument(help: "Session ID (16 hex digits).") var session: String
+        @Option(help: "The new address (default: the address routing picks toward the peer now).") var from: String?
+        @Option(help: "The new source port (default: the session's).") var sport: UInt16?
+        @Option(help: "Requested lifetime in seconds.") var lifetime: UInt32 = 60
+        @OptionGroup var common: Common
+
+        mutating func run() throws {
+            let (id, entry, flow) = try CSPCommand.stored(session, common)
+            guard common.key != nil else { throw ValidationError("REBIND must be signed: give the session's --key") }
+            let peer = entry.incoming ? flow.source : flow.destination
+            let signalTo = entry.peer == IPAddress(ipv4: 0) ? peer : entry.peer
+            let newAddress = try from.flatMap(IPAddress.init)
+                ?? UDPSocket.sourceAddress(toward: CSPEndpoint(address: signalTo, port: common.cspPort))
+            let port = sport ?? (entry.incoming ? flow.destinationPort : flow.sourcePort)
+            var action: CSPRequestedAction = [.admit]
+            if entry.incoming { action.insert(.listen) }
+            let request = CSPMessage(
+                type: .rebind, flags: .recordRoute, sessionID: id, nonce: secureRandomUInt64(),
+                sequence: common.sessions.nextSequence(for: id, peer: signalTo),
+                tlvs: [.flow(flow), .newAddress(CSPEndpoint(address: newAddress, port: port)), .lifetime(lifetime), .requestedAction(action)])
+            if !common.machine { print("session \(hex(id)): \(flow) moves to \(newAddress)") }
+            let status = try exchange(request, with: signalTo, from: newAddress, common: common)
+            if status == ExitStatus.accepted {
+                var moved = flow
+                if entry.incoming { moved.destination = newAddress; moved.destinationPort = port } else {
+                    moved.source = newAddress
+                    if flow.sourcePort != 0 || port != 0 { moved.sourcePort = port }
+                }
+                common.sessions.update(id) { $0.flow = moved }
+            }
+            throw ExitCode(status)
+        }
+    }
+
+    struct AddPath: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "add-path", abstract: "Add a path to a session (ADD-PATH over the new path, signed).")
+        @Argument(help: "Session ID (16 hex digits).") var session: String
+        @Option(help: "Path ID (1-255).") var pathID: UInt8
+        @Option(help: "This host's address on the new path.") var from: String
+        @Option(help: "Source port on the new path (default: the session's).") var sport: UInt16?
+        @OptionGroup var common: Common
+
+        mutating func run() throws {
+            let (id, entry, flow) = try CSPCommand.stored(session, common)
+            guard pathID > 0 else { throw ValidationError("path 0 is the session's own flow: use 1-255") }
+            guard let address = IPAddress(from) else { throw ValidationError("'\(from)' is not an address") }
+            let port = sport ?? (entry.incoming ? flow.destinationPort : flow.sourcePort)
+            let peer = entry.incoming ? flow.source : flow.destination
+            let request = CSPMessage(
+                type: .addPath, flags: .recordRoute, sessionID: id, nonce: secureRandomUInt64(),
+                sequence: common.sessions.nextSequence(for: id, peer: peer),
+                tlvs: [.path(CSPPath(pathID: pathID, endpoint: CSPEndpoint(address: address, port: port)))])
+            throw ExitCode(try exchange(request, with: peer, from: address, common: common))
+        }
+    }
+
+    struct RemovePath: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "remove-path", abstract: "Remove a path from a session (REMOVE-PATH, signed).")
+        @Argument(help: "Session ID (16 hex digits).") var session: String
+        @Option(help: "Path ID (1-255).") var pathID: UInt8
+        @OptionGroup var common: Common
+
+        mutating func run() throws {
+            let (id, entry, flow) = try CSPCommand.stored(session, common)
+            let peer = entry.incoming ? flow.source : flow.destination
+            let request = CSPMessage(
+                type: .removePath, sessionID: id, nonce: secureRandomUInt64(),
+                sequence: common.sessions.nextSequence(for: id, peer: peer),
+                tlvs: [.path(CSPPath(pathID: pathID, endpoint: CSPEndpoint(address: flow.source, port: 0)))])
+            throw ExitCode(try exchange(request, with: peer, common: common))
+        }
+    }
 }

@@ -72,6 +72,14 @@ extension GatewayEngine {
         case .failure(let refusal): return refusal.outcome
         }
         counters.rebinds += 1
+        if request.isAddressedToUs {
+            // A pinhole requested from us moves at once: we are its responder.
+            session.mapping = mapping
+            var outcome = answerAsResponder(
+                request, session: session, previous: existing, flow: moved, lifetime: decision.lifetime, now: now)
+            outcome.event = "REBIND \(hex(session.id)) to \(moved): moved"
+            return outcome
+        }
         var outcome = forwardSetup(
             request, session: session, previous: existing, flow: moved, mapping: mapping, lifetime: decision.lifetime, now: now)
         sessions.markPendingRebind(id: session.id)
