@@ -584,7 +584,10 @@ extension CSPCommand {
             let request = CSPMessage(
                 type: .addPath, flags: .recordRoute, sessionID: id, nonce: secureRandomUInt64(),
                 sequence: common.sessions.nextSequence(for: id, peer: peer),
-                tlvs: [.path(CSPPath(pathID: pathID, endpoint: CSPEndpoint(address: address, port: port)))])
+                tlvs: [
+                    // FLOW lets a middlebox on the new path that never saw the session set the path up.
+                    .flow(flow), .path(CSPPath(pathID: pathID, endpoint: CSPEndpoint(address: address, port: port))),
+                ])
             throw ExitCode(try exchange(request, with: peer, from: address, common: common))
         }
     }

@@ -120,4 +120,22 @@ final class MobilityTests: XCTestCase {
         XCTAssertEqual(removed.kernel, [.remove(.admission(pathFlow))])
         XCTAssertEqual(e.sessions[id: 1]?.pathCount, 1)
     }
+
+    func testAnAddPathThroughAnotherMiddleboxSetsThePathUpThere() {
+        // This middlebox never saw the session: the path's flow is set up here, owned by the key.
+        var e = engine()
+        let second = CSPEndpoint(address: IPAddress("10.0.2.2")!, port: 4000)
+        let add = CSPMessage(
+            type: .addPath, sessionID: 1, nonce: 5, sequence: 5,
+            tlvs: [.flow(flow), .path(CSPPath(pathID: 1, endpoint: second)), .lifetime(60)])
+        _ = arrive(&e, add, from: second, signedBy: owner)
+        var pathFlow = flow
+        pathFlow.source = second.address
+        XCTAssertEqual(e.sessions[id: 1]?.state, .pending)
+        XCTAssertEqual(e.sessions[id: 1]?.ownerKey, owner.publicKey)
+        let answered = accept(&e, nonce: 5, to: second)
+        XCTAssertEqual(e.sessions[id: 1]?.flow, pathFlow)
+        XCTAssertTrue(answered.kernel.untagged.contains(admit(pathFlow, lifetime: 60)))
+        XCTAssertEqual(e.counters.pathsAdded, 1)
+    }
 }

@@ -11,7 +11,13 @@ extension GatewayEngine {
     /// re-SETUP with another flow: the new admission goes in, the old one out, its connections
     /// cleared); a session we do not know (we are on the new path only) is set up for the rebound
     /// flow under policy, owned by the REBIND's key.
-    mutating func handleRebind(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
+    ///
+    /// An ADD-PATH reaching a middlebox that does not know its session (the new path crosses
+    /// other middleboxes than the first) comes here too, with its PATH as the new address: the
+    /// path's flow is set up here like a rebound flow (`addsPath`).
+    mutating func handleRebind(
+        _ request: SignalingRequest, now: Instant, newAddress override: CSPEndpoint? = nil, addsPath: Bool = false
+    ) -> SignalingOutcome {
         let rebind = request.message
         guard let signer = request.signer else {
             counters.authenticationFailures += 1
@@ -19,7 +25,8 @@ extension GatewayEngine {
                 of: request, result: .authenticationFailed, reason: "REBIND must be signed: unsigned sessions cannot move",
                 event: "refused unsigned REBIND \(hex(rebind.sessionID)) from \(request.source)")
         }
-        guard let old = rebind.flow, let newAddress = rebind.newAddress, newAddress.address.family == old.source.family else {
+        guard let old = rebind.flow, let newAddress = override ?? rebind.newAddress, newAddress.address.family == old.source.family
+        else {
             counters.malformedMessages += 1
             return rejection(
                 of: request, result: .malformedMessage, reason: "REBIND needs FLOW and a NEW-ADDRESS of the same family",
@@ -71,7 +78,7 @@ extension GatewayEngine {
         case .success(let chosen): mapping = chosen
         case .failure(let refusal): return refusal.outcome
         }
-        counters.rebinds += 1
+        if addsPath { counters.pathsAdded += 1 } else { counters.rebinds += 1 }
         if request.isAddressedToUs {
             // A pinhole requested from us moves at once: we are its responder.
             session.mapping = mapping
@@ -82,6 +89,10 @@ extension GatewayEngine {
         }
         var outcome = forwardSetup(
             request, session: session, previous: existing, flow: moved, mapping: mapping, lifetime: decision.lifetime, now: now)
+        if addsPath {
+            outcome.event = "ADD-PATH \(hex(session.id)) (session new here): \(moved) pending"
+            return outcome
+        }
         sessions.markPendingRebind(id: session.id)
         outcome.event = "REBIND \(hex(session.id)) \(existing.map { "\($0.flow)" } ?? "(new here)") -> \(moved) pending"
         return outcome
@@ -99,6 +110,11 @@ extension GatewayEngine {
     /// the new path is admitted at once with the session's lifetime and the message travels on.
     mutating func handleAddPath(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         let message = request.message
+        if sessions[id: message.sessionID] == nil, request.signer != nil, message.flow != nil,
+            let path = message.tlvs.lazy.compactMap({ if case .path(let p) = $0 { p } else { nil } }).first
+        {
+            return handleRebind(request, now: now, newAddress: path.endpoint, addsPath: true)
+        }
         guard let (session, path) = pathRequest(request) else { return pathRefusal(request) }
         guard path.pathID != 0, path.endpoint.address == request.source.address,
             path.endpoint.address.family == session.flow.source.family
