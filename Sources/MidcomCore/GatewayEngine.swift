@@ -104,8 +104,10 @@ public struct GatewayEngine: Sendable {
     /// CHALLENGEs described in the log this second: under a flood, building a line per spoofed
     /// request would cost more than answering it.
     var challengeLog: (second: UInt64, count: Int) = (0, 0)
-    /// Addresses that answered a CHALLENGE, until when.
+    /// Addresses that answered a CHALLENGE, until when: for a key or a session, and (`answered`)
+    /// as addresses the reply budget no longer needs to protect.
     var validated: [ValidatedSource: Instant] = [:]
+    var answered: [IPAddress: Instant] = [:]
     /// Replay windows of sessions that ended recently.
     var tombstones: [UInt64: Tombstone] = [:]
     var tombstoneOrder = FIFO<TombstoneEntry>()

@@ -21,8 +21,8 @@ struct CSPCommand: ParsableCommand {
             2 usage error.
             """,
         subcommands: [
-            Setup.self, Refresh.self, Teardown.self, Rebind.self, AddPath.self, RemovePath.self, Listen.self, Discover.self,
-            Keygen.self,
+            Setup.self, Refresh.self, Teardown.self, Rebind.self, AddPath.self, RemovePath.self, Keep.self, Listen.self,
+            Discover.self, Keygen.self,
         ]
     )
 }
@@ -115,6 +115,9 @@ func exchange(_ request: CSPMessage, with peer: IPAddress, from source: IPAddres
                 printError("session \(hex(request.sessionID)) torn down")
             }
             return ExitStatus.untrusted
+        }
+        if result.reply.type == .accept, result.reply.lifetime != 0 {
+            common.sessions.update(request.sessionID) { $0.records = result.reply.records.map { ($0.middleboxID, $0.epoch) } }
         }
         switch result.reply.type {
         case .accept: return ExitStatus.accepted
@@ -373,6 +376,9 @@ extension CSPCommand {
                     if let previous = sent[slot], let response = ResponderPolicy.response(to: request, for: previous.reply) {
                         do {
                             try socket.send(try response.serialize(), to: from)
+                            // The RESPONSE goes to the middlebox's own socket, the repeated reply
+                            // through its queue: a moment between them lets the proof land first.
+                            usleep(5_000)
                             try socket.send(previous.bytes, to: previous.to)
                             print("CHALLENGE \(hex(request.sessionID)) from \(from) -> RESPONSE, \(previous.reply.type) sent again")
                         } catch {
@@ -450,6 +456,8 @@ struct SessionStore {
         var peer: IPAddress
         var flow: FlowTuple? = nil
         var incoming = false
+        /// Middlebox ID and epoch of each record of the last answer (docs/PROTOCOL.md 6.5).
+        var records: [(id: UInt64, epoch: UInt32)] = []
     }
 
     let directory: String
@@ -469,6 +477,7 @@ struct SessionStore {
             text += "flow \(flow.proto.rawValue) \(flow.source) \(flow.sourcePort) \(flow.destination) \(flow.destinationPort)\n"
         }
         if entry.incoming { text += "incoming\n" }
+        for record in entry.records { text += "record \(hex(record.id)) \(record.epoch)\n" }
         try? SmallFile.write(path(entry.sessionID), Array(text.utf8), mode: 0o600)
     }
 
@@ -481,6 +490,10 @@ struct SessionStore {
             case "sequence": entry.lastSequence = parts.count == 2 ? UInt32(parts[1]) ?? 1 : 1
             case "peer": if parts.count == 2, let a = IPAddress(parts[1]) { entry.peer = a }
             case "incoming": entry.incoming = true
+            case "record":
+                if parts.count == 3, let id = UInt64(parts[1], radix: 16), let epoch = UInt32(parts[2]) {
+                    entry.records.append((id, epoch))
+                }
             case "flow":
                 if parts.count == 6, let p = UInt8(parts[1]), let s = IPAddress(parts[2]), let sp = UInt16(parts[3]),
                     let d = IPAddress(parts[4]), let dp = UInt16(parts[5])

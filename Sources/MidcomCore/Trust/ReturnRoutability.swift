@@ -84,7 +84,8 @@ extension GatewayEngine {
         if challengeLog.second != second { challengeLog = (second, 0) }
         challengeLog.count += 1
         let describe = challengeLog.count <= 10
-        guard replyBudget.spend(to: request.source.address, atSecond: clock.wholeSeconds) else {
+        guard hasAnswered(request.source.address) || replyBudget.spend(to: request.source.address, atSecond: clock.wholeSeconds)
+        else {
             counters.challengesLimited += 1
             return SignalingOutcome(
                 verdict: .drop,
@@ -130,12 +131,26 @@ extension GatewayEngine {
             if let key = request.signer { validated[ValidatedSource(address: address, key: key, sessionID: 0)] = until }
         }
         counters.challengesPassed += 1
+        if answered.count < Self.maximumValidated || answered[request.source.address] != nil {
+            answered[request.source.address] = until
+        }
         let signer = request.signer.map { " for \($0)" } ?? ""
         return SignalingOutcome(verdict: .drop, event: "\(request.source.address) proved its address\(signer)")
     }
 
     mutating func pruneValidated(now: Instant) {
         validated = validated.filter { now < $0.value }
+        answered = answered.filter { now < $0.value }
+    }
+
+    /// Whether `address` answered one of our CHALLENGEs lately: it receives what we send and
+    /// takes part in CSP, so what we send it is no reflection; the reply budget, which protects
+    /// addresses that never asked, does not apply (else a busy server, whose every unsigned
+    /// session is proved anew, could take only a few new sessions a second through us). The
+    /// proof itself still binds to a key or a session (`validated`).
+    func hasAnswered(_ address: IPAddress) -> Bool {
+        guard let until = answered[address] else { return false }
+        return clock < until
     }
 
     /// Whether the sender of `request` proved its address: by a CHALLENGE (for its key or this
@@ -182,7 +197,8 @@ extension GatewayEngine {
             size = (try? trimmed.serialize().count) ?? .max
         }
         guard size <= limit else { return nil }
-        guard replyBudget.spend(to: request.source.address, atSecond: clock.wholeSeconds) else { return nil }
+        guard hasAnswered(request.source.address) || replyBudget.spend(to: request.source.address, atSecond: clock.wholeSeconds)
+        else { return nil }
         return trimmed
     }
 
