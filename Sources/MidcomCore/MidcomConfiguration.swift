@@ -25,6 +25,10 @@ public struct MidcomConfiguration: Sendable, Equatable {
     // [daemon]
     public var queueNumber: UInt16 = 0
     public var queueCount: UInt16 = 1
+    /// The NFQUEUE for signaling from proved addresses and answers inside conntrack (chain
+    /// enqueue_proved); nil: the number after the last of `queueNumber`'s fan-out.
+    public var provedQueue: UInt16?
+    public var provedQueueNumber: UInt16 { provedQueue ?? queueNumber &+ queueCount }
     public var encoding: QueueEncodingPreference = .auto
     public var onDaemonAbsent: AbsentDaemonBehaviour = .defaultPolicy
     public var controlSocket = "/run/midcom/control.sock"
@@ -128,6 +132,9 @@ public struct MidcomConfiguration: Sendable, Equatable {
     private mutating func readDaemon(_ reader: inout TableReader) throws(ConfigError) {
         queueNumber = try reader.integer("queue", default: queueNumber)
         queueCount = try reader.integer("queue-count", default: queueCount, range: 1...64)
+        if reader.table.value("proved-queue") != nil {
+            provedQueue = try reader.integer("proved-queue", default: UInt16(0))
+        }
         encoding = try reader.choice("nfqueue-encoding", default: encoding)
         onDaemonAbsent = try reader.choice("on-daemon-absent", default: onDaemonAbsent)
         controlSocket = try reader.string("control-socket", default: controlSocket)

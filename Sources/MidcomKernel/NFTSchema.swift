@@ -48,11 +48,14 @@ public enum NFTSchema {
     public static let drop6 = SetSpec(name: "drop6", key: admit6.key)
     public static let snat4 = SetSpec(name: "snat4", key: [.ipv4, .proto, .port], data: [.ipv4, .port])
     public static let dnat4 = SetSpec(name: "dnat4", key: [.ipv4, .proto, .port], data: [.ipv4, .port])
+    /// Addresses that answered a CHALLENGE (their signaling is queued ahead of unproved requests).
+    public static let proved4 = SetSpec(name: "csp_proved4", key: [.ipv4])
+    public static let proved6 = SetSpec(name: "csp_proved6", key: [.ipv6])
 
     /// The sets holding admissions, in the order adoption reads them.
     public static let admissionSets = [admit4, admit6, admit4AnyPort, admit6AnyPort, pinhole4, pinhole6]
     /// Everything midcomd programs. Admissions come before the NAT maps: adoption needs that order.
-    public static let all = admissionSets + [drop4, drop6, snat4, dnat4]
+    public static let all = admissionSets + [drop4, drop6, snat4, dnat4, proved4, proved6]
 
     /// A set element: where an object lives and its key (and data, for a map).
     public struct Element: Hashable, Sendable {
@@ -70,6 +73,13 @@ public enum NFTSchema {
         case .destinationNAT(let rule):
             return Element(set: dnat4.name, key: natKey(rule.external, rule.proto), data: natData(rule.internal))
         }
+    }
+
+    /// The proved-sources element of an address.
+    public static func proving(_ address: IPAddress) -> Element {
+        var key = NFTSetKey()
+        if let value = address.ipv4Value { key.append(ipv4: value) } else { key.append(ipv6: address.bytes) }
+        return Element(set: address.family == .ipv4 ? proved4.name : proved6.name, key: key, data: nil)
     }
 
     /// The drop-cache element of a refused unsignaled flow (same key layout as admit4/admit6).
@@ -201,6 +211,9 @@ extension NFTChangeSet {
             deleteElement(set: element.set, key: element.key)
         case .block(let flow, let lifetime):
             let element = NFTSchema.blocking(flow)
+            addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
+        case .prove(let address, let lifetime):
+            let element = NFTSchema.proving(address)
             addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
         }
     }

@@ -96,7 +96,7 @@ extension Daemon {
     func status() -> DaemonStatus {
         let (count, engineCounters, epoch) = engine.withLock { ($0.sessions.count, $0.counters, $0.identity.epoch) }
         var counters = engineCounters.asDictionary
-        for q in queues.map(\.counters) {
+        for q in (queues + [provedQueue]).map(\.counters) {
             counters["queue_received", default: 0] += q.received
             counters["queue_accepted", default: 0] += q.accepted
             counters["queue_dropped", default: 0] += q.dropped

@@ -35,6 +35,8 @@ final class Daemon: Sendable {
     let cleanup: CleanupService
     /// One reader per queue of the fan-out (`queue-count`); the first runs on the main thread.
     let queues: [NetfilterQueue]
+    /// The proved-sources queue (chain enqueue_proved): signaling a spoofed flood cannot crowd out.
+    let provedQueue: NetfilterQueue
     let encoding: QueueEncoding
     let control = Mutex<ControlServer?>(nil)
     /// The middlebox's own CSP sockets (one per family, bound to the CSP port): answers leave from
@@ -73,6 +75,14 @@ final class Daemon: Sendable {
         cleanup = CleanupService(kernel: kernel)
         // Bind the queue before touching the queue rule: if another process holds the queue, we
         // must fail without replacing (and then removing) the rule it depends on.
+        func queueConfiguration(_ number: UInt16) -> QueueConfiguration {
+            var queueConfiguration = QueueConfiguration(queueNumber: number)
+            queueConfiguration.copyRange = 2048
+            queueConfiguration.maxQueueLength = configuration.queueMaximumLength
+            queueConfiguration.failOpen = configuration.queueFailOpen
+            queueConfiguration.receiveBufferBytes = configuration.queueReceiveBuffer
+            return queueConfiguration
+        }
         queues = try (0..<configuration.queueCount).map { offset in
             var queueConfiguration = QueueConfiguration(queueNumber: configuration.queueNumber + offset)
             // CSP messages SHOULD fit in 1200 octets (PROTOCOL.md 2.1) and first packets are judged
@@ -83,12 +93,24 @@ final class Daemon: Sendable {
             queueConfiguration.receiveBufferBytes = configuration.queueReceiveBuffer
             return try NetfilterQueue(queueConfiguration)
         }
+        provedQueue = try NetfilterQueue(queueConfiguration(configuration.provedQueueNumber))
         encoding = try nft.installQueueRule(
             table: configuration.table, chain: "enqueue",
             spec: QueueRuleSpec(
                 queueNumber: configuration.queueNumber, queueCount: configuration.queueCount,
                 cpuFanout: false, bypass: configuration.onDaemonAbsent == .defaultPolicy),
             encoding: QueueEncodingPreference(rawValue: configuration.encoding.rawValue) ?? .auto)
+        do {
+            _ = try nft.installQueueRule(
+                table: configuration.table, chain: "enqueue_proved",
+                spec: QueueRuleSpec(
+                    queueNumber: configuration.provedQueueNumber, queueCount: 1, cpuFanout: false,
+                    bypass: configuration.onDaemonAbsent == .defaultPolicy),
+                encoding: QueueEncodingPreference(rawValue: encoding.rawValue) ?? .auto)
+        } catch {
+            try? nft.flushChain(table: configuration.table, chain: "enqueue")
+            throw error
+        }
         var agents: [IPAddress.Family: UDPSocket] = [:]
         for family in [IPAddress.Family.ipv4, .ipv6] {
             do {
@@ -108,6 +130,7 @@ final class Daemon: Sendable {
         } catch {
             do {
                 try nft.flushChain(table: configuration.table, chain: "enqueue")
+                try nft.flushChain(table: configuration.table, chain: "enqueue_proved")
             } catch let flushError {
                 log(.error, "could not remove the queue rule again: \(flushError)")
             }
@@ -143,7 +166,7 @@ final class Daemon: Sendable {
         log(.notice, "middlebox \(hex(identity.id)) key \(identity.key?.publicKey.text ?? "none") (challenge \(configuration.trust.challenge.rawValue), signatures \(configuration.trust.signatures.rawValue))")
         log(.notice, "midcomd started: queue \(queueDescription) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")
         notifier.notify("READY=1\nSTATUS=queue \(queueDescription), \(encoding.rawValue) encoding")
-        for extra in queues.dropFirst() {
+        for extra in queues.dropFirst() + [provedQueue] {
             Thread.detachNewThread { [self] in
                 let burst = makeBurst()
                 do {
@@ -185,16 +208,19 @@ final class Daemon: Sendable {
         notifier.notify("STOPPING=1")
         log(.notice, "stopping: removing the queue rule; admitted flows keep their kernel timeouts")
         for queue in queues { queue.stop() }
+        provedQueue.stop()
     }
 
     /// After run() returns: undo what start installed, in reverse order. The chain is ours to
     /// flush: the table lock keeps every other midcomd away from it.
     func shutdown() {
         control.withLock { $0?.stop() }
-        do {
-            try nft.flushChain(table: configuration.table, chain: "enqueue")
-        } catch {
-            log(.error, "could not remove the queue rule: \(error)")
+        for chain in ["enqueue", "enqueue_proved"] {
+            do {
+                try nft.flushChain(table: configuration.table, chain: chain)
+            } catch {
+                log(.error, "could not remove the queue rule of \(chain): \(error)")
+            }
         }
     }
 

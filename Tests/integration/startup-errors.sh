@@ -75,6 +75,8 @@ printf '[daemon]\nqueue = 4\nqueue-count = 2\n' >"$LAB_DIR/multi.conf"
 lab_midcomd gw "$LAB_DIR/multi.conf"
 expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "queue .*num 4-5" "fan-out rule"
 bound=$(in_ns gw cat /proc/net/netfilter/nfnetlink_queue | awk '{print $1}' | sort -n | tr '\n' ' ')
-expect_eq "$bound" "4 5 " "queues bound in the namespace"
+# 4 and 5 for the fan-out, 6 the proved-sources queue (the number after them).
+expect_eq "$bound" "4 5 6 " "queues bound in the namespace"
+expect_match "$(in_ns gw nft list chain inet midcom enqueue_proved 2>/dev/null)" "queue .*num 6" "proved-sources queue rule"
 expect_match "$(midctl gw status)" "queues: +4 5" "midctl status lists both queues"
 echo "startup-errors: all checks passed"

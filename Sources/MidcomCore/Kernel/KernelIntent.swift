@@ -111,6 +111,10 @@ public enum KernelChange: Hashable, Sendable {
     /// Drop the flow's packets in the kernel for a while (the drop cache): an unsignaled flow that
     /// was refused once must not send every further packet to user space.
     case block(FlowTuple, lifetime: UInt32)
+    /// The address answered a CHALLENGE: its signaling goes to the proved-sources queue for the
+    /// lifetime, ahead of the unproved (possibly spoofed) requests a flood would fill the first
+    /// queue with (nft-rules/midcom.nft, sets csp_proved4/6).
+    case prove(IPAddress, lifetime: UInt32)
 
     /// The changes that take the kernel from `old` to `new`: removals first (a NAT key that moves
     /// to another host must be free before it is added again), then new objects; objects in both

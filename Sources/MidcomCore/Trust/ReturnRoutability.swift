@@ -135,7 +135,10 @@ extension GatewayEngine {
             answered[request.source.address] = until
         }
         let signer = request.signer.map { " for \($0)" } ?? ""
-        return SignalingOutcome(verdict: .drop, event: "\(request.source.address) proved its address\(signer)")
+        // The kernel queues this address's signaling ahead of unproved requests from now on.
+        return SignalingOutcome(
+            verdict: .drop, kernel: [.prove(request.source.address, lifetime: trust.validatedLifetime)],
+            event: "\(request.source.address) proved its address\(signer)")
     }
 
     mutating func pruneValidated(now: Instant) {
