@@ -115,6 +115,23 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     }
 }
 
+/// A further path of a session (docs/PROTOCOL.md 6.7): its ID and flow.
+public struct PathRecord: Codable, Sendable, Equatable {
+    public var id: UInt8
+    public var source: String
+    public var sourcePort: UInt16
+    public var destination: String
+    public var destinationPort: UInt16
+
+    public init(id: UInt8, source: String, sourcePort: UInt16, destination: String, destinationPort: UInt16) {
+        self.id = id
+        self.source = source
+        self.sourcePort = sourcePort
+        self.destination = destination
+        self.destinationPort = destinationPort
+    }
+}
+
 /// One signaled session as the daemon reports it.
 public struct SessionRecord: Codable, Sendable, Equatable {
     /// 16 lowercase hex digits.
@@ -137,6 +154,8 @@ public struct SessionRecord: Codable, Sendable, Equatable {
     public var bytes: UInt64?
     public var application: String?
     public var peerMiddleboxes: Int?
+    /// The session's further paths (multihoming: path ID > 0); nil or empty when it has one.
+    public var paths: [PathRecord]?
 
     public init(
         id: String, proto: String,

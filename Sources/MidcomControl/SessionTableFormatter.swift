@@ -11,10 +11,11 @@ public enum SessionTableFormatter {
         ("ACTION", false), ("AGE", true), ("LEFT", true), ("PACKETS", true), ("BYTES", true), ("APP", false),
     ]
 
-    /// The session table: a header line, then one line per session in the given order.
+    /// The session table: a header line, then one line per session in the given order, each
+    /// further path of a session on a line of its own below it (`+path N`).
     public static func table(_ sessions: [SessionRecord]) -> String {
-        let rows = sessions.map { session in
-            [
+        let rows: [[String]] = sessions.flatMap { session -> [[String]] in
+            let main: [String] = [
                 session.id,
                 session.proto,
                 endpoint(session.source, port: session.sourcePort),
@@ -27,6 +28,13 @@ public enum SessionTableFormatter {
                 session.bytes.map(byteCount) ?? unknown,
                 session.application ?? unknown,
             ]
+            let paths: [[String]] = (session.paths ?? []).map { path in
+                [
+                    "  +path \(path.id)", session.proto, endpoint(path.source, port: path.sourcePort),
+                    endpoint(path.destination, port: path.destinationPort), "", "", "", "", "", "", "",
+                ]
+            }
+            return [main] + paths
         }
         return aligned([columns.map(\.title)] + rows, rightAligned: columns.map(\.rightAligned))
     }

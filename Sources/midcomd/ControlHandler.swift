@@ -83,13 +83,21 @@ extension Daemon {
             {
                 (packets, bytes) = found
             }
-            return SessionRecord(
+            var record = SessionRecord(
                 id: hex(session.id), proto: session.flow.proto.description, source: session.flow.source.description,
                 sourcePort: session.flow.sourcePort, destination: session.flow.destination.description,
                 destinationPort: session.flow.destinationPort, state: session.state.rawValue,
                 action: session.actionName, ageSeconds: now.seconds(since: session.createdAt),
                 remainingSeconds: session.expiresAt.map { max(0, $0.seconds(since: now)) }, packets: packets, bytes: bytes,
                 application: session.application)
+            if session.pathCount > 1 {
+                record.paths = session.paths.dropFirst().map { path in
+                    PathRecord(
+                        id: path.id, source: path.flow.source.description, sourcePort: path.flow.sourcePort,
+                        destination: path.flow.destination.description, destinationPort: path.flow.destinationPort)
+                }
+            }
+            return record
         }
     }
 

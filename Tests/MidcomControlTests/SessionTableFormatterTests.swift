@@ -20,6 +20,16 @@ final class SessionTableFormatterTests: XCTestCase {
         XCTAssertEqual(SessionTableFormatter.table(Fixtures.sessions), expected)
     }
 
+    func testFurtherPathsAreListedBelowTheirSession() {
+        var session = Fixtures.sessions[0]
+        session.paths = [PathRecord(id: 1, source: "203.0.113.9", sourcePort: 5060, destination: "198.51.100.7", destinationPort: 5060)]
+        let lines = SessionTableFormatter.table([session]).split(separator: "\n")
+        XCTAssertEqual(lines.count, 3)
+        XCTAssertTrue(lines[2].hasPrefix("  +path 1"), String(lines[2]))
+        XCTAssertTrue(lines[2].contains("udp    203.0.113.9:5060"), String(lines[2]))
+        XCTAssertTrue(lines[2].hasSuffix("198.51.100.7:5060"), "no trailing blanks: \(lines[2])")
+    }
+
     func testNoTrailingBlanks() {
         for line in SessionTableFormatter.table(Fixtures.sessions).split(separator: "\n") {
             XCTAssertFalse(line.hasSuffix(" "), String(line))

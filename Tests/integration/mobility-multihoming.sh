@@ -76,6 +76,18 @@ expect_eq "$(replies 10.206.1.2)" 5 "path 0 still works"
 expect_match "$(nft_set gwb admit4)" "10\.206\.3\.2 \. udp \. 4000 \. 10\.206\.2\.2 \. 5000" "gwB's admission of path 1"
 expect_match "$(midctl gwb sessions)" "$s +udp +10\.206\.3\.2:4000" "gwB holds the session for path 1"
 
+step "a second path through gwA shows in midctl sessions under its session"
+lab_addr client to-gwa 10.206.1.4/24
+csp_run client add-path "$s" --path-id 2 --from 10.206.1.4 --key "$LAB_DIR/client.key"
+expect_eq "$CSP_RC" 0 "add-path 2 over gwA"
+expect_match "$(midctl gwa sessions)" "\+path 2 +udp +10\.206\.1\.4:4000 +10\.206\.2\.2:5000" "path 2 listed"
+expect_eq "$(replies 10.206.1.4)" 5 "replies over path 2"
+csp_run client remove-path "$s" --path-id 2 --key "$LAB_DIR/client.key"
+expect_eq "$CSP_RC" 0 "remove-path 2"
+expect_no_match "$(midctl gwa sessions)" "\+path 2" "path 2 gone from the listing"
+sleep 1.5  # the path's connections are cleared from conntrack by the clean-up thread
+expect_eq "$(replies 10.206.1.4)" 0 "nothing over path 2 after REMOVE-PATH"
+
 step "the gwA uplink fails: path 1 carries on"
 in_ns client ip link set to-gwa down
 expect_eq "$(replies 10.206.3.2)" 5 "replies over path 1 with path 0 down"
