@@ -373,8 +373,9 @@ extension CSPCommand {
                 }
                 if request.type == .challenge {
                     let slot = SentKey(session: request.sessionID, nonce: request.nonce)
-                    if let previous = sent[slot], let response = ResponderPolicy.response(to: request, for: previous.reply) {
+                    if let previous = sent[slot], var response = ResponderPolicy.response(to: request, for: previous.reply) {
                         do {
+                            if let key { response = try response.signed(by: key, timestamp: wallClockSeconds()) }
                             try socket.send(try response.serialize(), to: from)
                             // The RESPONSE goes to the middlebox's own socket, the repeated reply
                             // through its queue: a moment between them lets the proof land first.
@@ -408,6 +409,12 @@ extension CSPCommand {
                 }
                 if sent.count >= 4096 { sent.removeAll(keepingCapacity: true) }
                 sent[SentKey(session: reply.sessionID, nonce: reply.nonce)] = (reply, replyBytes, from)
+                // A signing responder remembers what it accepted: it can move its side later
+                // (`csp rebind` as a mobile server).
+                if key != nil, request.type == .setup, reply.type == .accept, let flow = request.flow {
+                    common.sessions.save(
+                        SessionStore.Entry(sessionID: request.sessionID, lastSequence: 0, peer: from.address, flow: flow, responder: true))
+                }
                 print("\(line) -> \(reply.type)")
                 fflush(nil)  // tests and journald read this output line by line
                 answered += 1
@@ -456,6 +463,9 @@ struct SessionStore {
         var peer: IPAddress
         var flow: FlowTuple? = nil
         var incoming = false
+        /// This host answered the session (it is the flow's responder, e.g. a server): a REBIND
+        /// moves the responder's side and goes to `peer`, the initiator.
+        var responder = false
         /// Middlebox ID and epoch of each record of the last answer (docs/PROTOCOL.md 6.5).
         var records: [(id: UInt64, epoch: UInt32)] = []
     }
@@ -477,6 +487,7 @@ struct SessionStore {
             text += "flow \(flow.proto.rawValue) \(flow.source) \(flow.sourcePort) \(flow.destination) \(flow.destinationPort)\n"
         }
         if entry.incoming { text += "incoming\n" }
+        if entry.responder { text += "responder\n" }
         for record in entry.records { text += "record \(hex(record.id)) \(record.epoch)\n" }
         try? SmallFile.write(path(entry.sessionID), Array(text.utf8), mode: 0o600)
     }
@@ -490,6 +501,7 @@ struct SessionStore {
             case "sequence": entry.lastSequence = parts.count == 2 ? UInt32(parts[1]) ?? 1 : 1
             case "peer": if parts.count == 2, let a = IPAddress(parts[1]) { entry.peer = a }
             case "incoming": entry.incoming = true
+            case "responder": entry.responder = true
             case "record":
                 if parts.count == 3, let id = UInt64(parts[1], radix: 16), let epoch = UInt32(parts[2]) {
                     entry.records.append((id, epoch))
@@ -554,6 +566,7 @@ extension CSPCommand {
         mutating func run() throws {
             let (id, entry, flow) = try CSPCommand.stored(session, common)
             guard common.key != nil else { throw ValidationError("REBIND must be signed: give the session's --key") }
+            if entry.responder { throw ExitCode(try moveResponder(id: id, entry: entry, flow: flow)) }
             let peer = entry.incoming ? flow.source : flow.destination
             let signalTo = entry.peer == IPAddress(ipv4: 0) ? peer : entry.peer
             let newAddress = try from.flatMap(IPAddress.init)
@@ -579,6 +592,32 @@ extension CSPCommand {
         }
     }
 
+}
+
+extension CSPCommand.Rebind {
+    /// A mobile server: this host answered the session; its side moves to the new address, and
+    /// the REBIND goes to the initiator (whose agent answers it).
+    func moveResponder(id: UInt64, entry: SessionStore.Entry, flow: FlowTuple) throws -> Int32 {
+        let newAddress = try from.flatMap(IPAddress.init)
+            ?? UDPSocket.sourceAddress(toward: CSPEndpoint(address: entry.peer, port: common.cspPort))
+        let port = sport ?? flow.destinationPort
+        let request = CSPMessage(
+            type: .rebind, flags: .recordRoute, sessionID: id, nonce: secureRandomUInt64(),
+            sequence: common.sessions.nextSequence(for: id, peer: entry.peer),
+            tlvs: [.flow(flow), .newAddress(CSPEndpoint(address: newAddress, port: port)), .lifetime(lifetime)])
+        if !common.machine { print("session \(hex(id)): \(flow): this responder moves to \(newAddress)") }
+        let status = try exchange(request, with: entry.peer, from: newAddress, common: common)
+        if status == ExitStatus.accepted {
+            var moved = flow
+            moved.destination = newAddress
+            moved.destinationPort = port
+            common.sessions.update(id) { $0.flow = moved }
+        }
+        return status
+    }
+}
+
+extension CSPCommand {
     struct AddPath: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "add-path", abstract: "Add a path to a session (ADD-PATH over the new path, signed).")

@@ -138,4 +138,31 @@ final class MobilityTests: XCTestCase {
         XCTAssertTrue(answered.kernel.untagged.contains(admit(pathFlow, lifetime: 60)))
         XCTAssertEqual(e.counters.pathsAdded, 1)
     }
+
+    func testAMobileServerMovesItsSideWithTheKeyThatSignedItsAnswer() {
+        var e = engine()
+        let serverKey = SigningKey()
+        _ = arrive(&e, CSPMessage(type: .setup, flags: .recordRoute, sessionID: 1, nonce: 1, sequence: 1, tlvs: [.flow(flow), .lifetime(60)]), from: home, signedBy: owner)
+        // The server signs its ACCEPT: the middlebox learns the responder's key.
+        let signedAccept = try! CSPMessage(type: .accept, sessionID: 1, nonce: 1, sequence: 1, tlvs: [.lifetime(60)]).signed(by: serverKey, timestamp: wall)
+        let bytes = try! signedAccept.serialize()
+        _ = e.handle(bytes.withUnsafeBytes { try! SignalingRequest(parsing: $0, source: server, entry: .intercepted(destination: home), wallClock: wall) }, now: .seconds(0))
+        XCTAssertEqual(e.sessions[id: 1]?.responderKey, serverKey.publicKey)
+        let newServer = CSPEndpoint(address: IPAddress("198.51.100.77")!, port: 7227)
+        let move = CSPMessage(type: .rebind, flags: .recordRoute, sessionID: 1, nonce: 9, sequence: 1, tlvs: [.flow(flow), .newAddress(CSPEndpoint(address: newServer.address, port: 5000))])
+        // Another key cannot move the server's side.
+        let foreign = try! move.signed(by: SigningKey(), timestamp: wall).serialize()
+        let refused = e.handle(foreign.withUnsafeBytes { try! SignalingRequest(parsing: $0, source: newServer, entry: .intercepted(destination: home), wallClock: wall) }, now: .seconds(1))
+        XCTAssertEqual(refused.reply?.message.result, .authenticationFailed)
+        let real = try! move.signed(by: serverKey, timestamp: wall).serialize()
+        _ = e.handle(real.withUnsafeBytes { try! SignalingRequest(parsing: $0, source: newServer, entry: .intercepted(destination: home), wallClock: wall) }, now: .seconds(1))
+        XCTAssertEqual(e.sessions[id: 1]?.pending?.fromResponder, true)
+        // The owner (the client) answers.
+        let answer = try! CSPMessage(type: .accept, sessionID: 1, nonce: 9, sequence: 1, tlvs: [.lifetime(60)]).serialize()
+        let out = e.handle(answer.withUnsafeBytes { try! SignalingRequest(parsing: $0, source: home, entry: .intercepted(destination: newServer), wallClock: wall) }, now: .seconds(1))
+        var moved = flow
+        moved.destination = newServer.address
+        XCTAssertEqual(e.sessions[id: 1]?.flow, moved)
+        XCTAssertTrue(out.kernel.contains(.remove(.admission(flow))))
+    }
 }

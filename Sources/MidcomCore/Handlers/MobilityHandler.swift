@@ -33,6 +33,9 @@ extension GatewayEngine {
                 event: "malformed REBIND \(hex(rebind.sessionID)) from \(request.source)")
         }
         let existing = sessions[id: rebind.sessionID]
+        if let existing, existing.state == .admitted, existing.responderKey == signer, existing.ownerKey != signer, !addsPath {
+            return rebindResponder(request, session: existing, newAddress: newAddress, now: now)
+        }
         if let existing, existing.ownerKey != signer {
             counters.authenticationFailures += 1
             return rejection(
@@ -95,6 +98,40 @@ extension GatewayEngine {
         }
         sessions.markPendingRebind(id: session.id)
         outcome.event = "REBIND \(hex(session.id)) \(existing.map { "\($0.flow)" } ?? "(new here)") -> \(moved) pending"
+        return outcome
+    }
+
+    /// A mobile server: the responder, by the key that signed its answer, moves its side of the
+    /// session to NEW-ADDRESS (from which the REBIND comes). The REBIND travels to the owner; the
+    /// move takes effect when the owner ACCEPTs it.
+    private mutating func rebindResponder(_ request: SignalingRequest, session: Session, newAddress: CSPEndpoint, now: Instant)
+        -> SignalingOutcome
+    {
+        var moved = session.flow
+        if session.incoming {
+            moved.source = newAddress.address
+            if moved.sourcePort != 0 || newAddress.port != 0 { moved.sourcePort = newAddress.port }
+        } else {
+            moved.destination = newAddress.address
+            if newAddress.port != 0 { moved.destinationPort = newAddress.port }
+        }
+        guard newAddress.address == request.source.address else {
+            return spoofedRebind(request, reason: "NEW-ADDRESS \(newAddress.address) is not the REBIND's source \(request.source.address)")
+        }
+        let decision = policy.decide(
+            flow: moved, application: session.application, incoming: session.incoming,
+            requestedLifetime: request.message.lifetime ?? session.grantedLifetime)
+        guard decision.action != .reject else {
+            counters.rejected += 1
+            return rejection(
+                of: request, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
+                event: "rejected responder REBIND \(hex(session.id)) to \(moved)")
+        }
+        counters.rebinds += 1
+        var outcome = forwardSetup(
+            request, session: session, previous: session, flow: moved, mapping: session.mapping, lifetime: decision.lifetime, now: now)
+        sessions.markPendingRebind(id: session.id, fromResponder: true)
+        outcome.event = "REBIND \(hex(session.id)) by its responder: \(session.flow) -> \(moved) pending"
         return outcome
     }
 

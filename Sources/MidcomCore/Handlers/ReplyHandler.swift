@@ -12,7 +12,9 @@ extension GatewayEngine {
             return repeatedAnswer(accept, session: session)
         }
         guard let previous = sessions[id: accept.sessionID], let pending = previous.pending, pending.nonce == accept.nonce,
-            Self.responder(of: pending.flow, incoming: previous.incoming).map({ $0 == request.source.address }) ?? true
+            pending.fromResponder
+                ? previous.owner == request.source.address
+                : Self.responder(of: pending.flow, incoming: previous.incoming).map({ $0 == request.source.address }) ?? true
         else {
             counters.mismatchedReplies += 1
             // A reply we hold no pending request for (asymmetric route, our restart, or a forgery)
@@ -30,6 +32,8 @@ extension GatewayEngine {
         session.state = .admitted
         session.pending = nil
         session.recordRoute = pending.recordRoute
+        // A responder that signs its answers can later move its side of the session (6.7).
+        if !pending.fromResponder, let signer = request.signer { session.responderKey = signer }
         session.updatedAt = now
         session.grantedLifetime = lifetime
         session.expiresAt = now.adding(seconds: lifetime)

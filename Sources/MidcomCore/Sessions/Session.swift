@@ -43,6 +43,8 @@ public struct PendingRequest: Sendable, Equatable {
     public var mapping: CSPEndpoint?
     /// The request is a REBIND: its answer reports decision "rebound".
     public var rebind = false
+    /// The request came from the responder (a mobile server's REBIND): the owner answers it.
+    public var fromResponder = false
 
     public init(nonce: UInt64, flow: FlowTuple, lifetime: UInt32, recordRoute: Bool, mapping: CSPEndpoint? = nil) {
         self.nonce = nonce
@@ -135,6 +137,12 @@ public struct Session: Sendable, Equatable {
         get { extras?.value.application }
         set { updateExtras { $0.application = newValue } }
     }
+    /// The key that signed the responder's answer, if it signed one: a mobile server moves its
+    /// side of the session with it (REBIND from the responder, docs/PROTOCOL.md 6.7).
+    public var responderKey: PublicKey? {
+        get { extras?.value.responderKey }
+        set { updateExtras { $0.responderKey = newValue } }
+    }
     /// The key the session belongs to (docs/PROTOCOL.md 6.7); nil: it belongs to its addresses.
     public var ownerKey: PublicKey? {
         get { extras?.value.ownerKey }
@@ -152,6 +160,7 @@ public struct Session: Sendable, Equatable {
         var application: String?
         var pending: PendingRequest?
         var ownerKey: PublicKey?
+        var responderKey: PublicKey?
         var extraPaths: [PathID: FlowTuple] = [:]
     }
 

@@ -83,8 +83,9 @@ public struct SessionTable: Sendable {
     }
 
     /// Marks the pending request of session `id` as a REBIND.
-    public mutating func markPendingRebind(id: UInt64) {
+    public mutating func markPendingRebind(id: UInt64, fromResponder: Bool = false) {
         byID[id]?.pending?.rebind = true
+        byID[id]?.pending?.fromResponder = fromResponder
     }
 
     /// Notes a request's sequence in its session's replay window, in place.

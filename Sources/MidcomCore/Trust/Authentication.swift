@@ -33,7 +33,10 @@ extension GatewayEngine {
         if request.signer != nil, let refused = checkTimestamp(request) { return refused }
         // Ownership by key: a signed session answers only to its key (6.7). An intercepted
         // TEARDOWN is judged by handleTeardown (it travels on either way: it is the peer's too).
-        if let owner = session?.ownerKey, request.signer != owner, message.type != .teardown || request.isAddressedToUs {
+        let movingResponder = message.type == .rebind && request.signer != nil && request.signer == session?.responderKey
+        if let owner = session?.ownerKey, request.signer != owner, !movingResponder,
+            message.type != .teardown || request.isAddressedToUs
+        {
             counters.authenticationFailures += 1
             return rejection(
                 of: request, result: .authenticationFailed, reason: "session \(hex(id)) belongs to \(owner)",

@@ -37,6 +37,8 @@ extension GatewayEngine {
             guard let session, let pending = session.pending, pending.nonce == message.nonce, !request.isAddressedToUs else {
                 return nil
             }
+            // The owner answering its responder's REBIND proved its address when it set up.
+            if pending.fromResponder, session.owner == request.source.address { return nil }
             if session.state != .pending,
                 Self.responder(of: pending.flow, incoming: session.incoming)
                     == Self.responder(of: session.flow, incoming: session.incoming)
@@ -52,8 +54,12 @@ extension GatewayEngine {
 
     /// Whether `address` proved itself for `key` (signed) or for this session (unsigned).
     func isValidated(_ address: IPAddress, key: PublicKey?, sessionID: UInt64, now: Instant) -> Bool {
-        if let until = validated[ValidatedSource(address: address, key: key, sessionID: sessionID)], now < until {
-            return true
+        // For this session: proved with this key, or without one (a proof of the address for the
+        // session holds whoever signs the session's messages).
+        for proofKey in key == nil ? [key] : [key, nil] {
+            if let until = validated[ValidatedSource(address: address, key: proofKey, sessionID: sessionID)], now < until {
+                return true
+            }
         }
         guard let key, configuration.trust.challenge != .always else { return false }
         if let until = validated[ValidatedSource(address: address, key: key, sessionID: 0)], now < until { return true }
