@@ -96,10 +96,10 @@ check "SETUP header" "udp.srcport == 40000 && csp" \
     "1|0x0123456789abcdef|0x1122334455667788|1|1|1" \
     csp.type csp.session_id csp.nonce csp.sequence csp.flags.record_route csp.flags.signed
 check "SETUP TLVs" "udp.srcport == 40000 && csp" \
-    "17|192.0.2.10|198.51.100.20|40000|5004|300|rtp|1,1|1700000000|0xfeed000000000001|0" \
+    "17|192.0.2.10|198.51.100.20|40000|5004|300|rtp|1,1,1,1|1700000000|0x6a3803d5f059902a|0" \
     csp.flow.proto csp.flow.src csp.flow.dst csp.flow.sport csp.flow.dport csp.lifetime csp.application csp.key_type csp.timestamp csp.record.id csp.record.decision -- -o csp.heuristic:FALSE
 check "ACCEPT records over IPv6" "ipv6 && udp.srcport == 7227 && csp" \
-    "2|300|0xfeed000000000002,0xfeed000000000001|1,1|300,120|fw2.example,fw1.example" \
+    "2|300|0xfeed000000000002,0x6a3803d5f059902a|1,1|300,120|fw2.example,fw1.example" \
     csp.type csp.lifetime csp.record.id csp.record.decision csp.record.granted_lifetime csp.middlebox_name
 check "REJECT + IPv4 discovery option" "udp.srcport == 40001" \
     "3|64|policy|1|17|port 5004 closed|IPv4 option 0x9e|1|1|0|0xdeadbeef0badcafe" \
