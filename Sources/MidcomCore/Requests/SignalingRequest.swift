@@ -26,7 +26,7 @@ public struct SignalingRequest: Sendable, Equatable {
     public var wireLength: Int
 
     public init(
-        message: CSPMessage, source: CSPEndpoint, entry: Entry, signature: SignatureCheck = SignatureCheck(status: .absent),
+        message: CSPMessage, source: CSPEndpoint, entry: Entry, signature: SignatureCheck = .unsigned,
         wallClock: UInt64 = 0, wireLength: Int? = nil
     ) {
         self.message = message
