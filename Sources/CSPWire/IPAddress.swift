@@ -220,6 +220,31 @@ public struct FlowTuple: Hashable, Sendable, CustomStringConvertible {
         self.destinationPort = destinationPort
     }
 
+    /// One end of a flow.
+    public enum End: Sendable, Equatable {
+        case source
+        case destination
+    }
+
+    /// The address at `end`.
+    public func address(of end: End) -> IPAddress { end == .source ? source : destination }
+
+    /// The flow with one end moved to `endpoint` (a REBIND's NEW-ADDRESS, an ADD-PATH's PATH):
+    /// the source port follows the endpoint (0 stays "any port"), the destination port changes
+    /// only when the endpoint names one.
+    public func moving(_ end: End, to endpoint: CSPEndpoint) -> FlowTuple {
+        var moved = self
+        switch end {
+        case .source:
+            moved.source = endpoint.address
+            moved.sourcePort = endpoint.port
+        case .destination:
+            moved.destination = endpoint.address
+            if endpoint.port != 0 { moved.destinationPort = endpoint.port }
+        }
+        return moved
+    }
+
     /// The same flow seen from the responder.
     public var reversed: FlowTuple {
         FlowTuple(proto: proto, source: destination, sourcePort: destinationPort, destination: source, destinationPort: sourcePort)

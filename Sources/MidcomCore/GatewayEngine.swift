@@ -147,7 +147,7 @@ public struct GatewayEngine: Sendable {
         if request.message.type == .response { return handleResponse(request, now: now) }
         var request = request
         if let refused = authenticate(&request) { return refused }
-        if checkReturnRoutability(request, now: now) != nil { return challenge(request) }
+        if needsChallenge(request, now: now) { return challenge(request) }
         let message = request.message
         guard !message.type.isReply else { return dispatch(request, now: now) }
         // Noted before the handler (a TEARDOWN's sequence must be in the window the session

@@ -581,11 +581,7 @@ extension CSPCommand {
             if !common.machine { print("session \(hex(id)): \(flow) moves to \(newAddress)") }
             let status = try exchange(request, with: signalTo, from: newAddress, common: common)
             if status == ExitStatus.accepted {
-                var moved = flow
-                if entry.incoming { moved.destination = newAddress; moved.destinationPort = port } else {
-                    moved.source = newAddress
-                    if flow.sourcePort != 0 || port != 0 { moved.sourcePort = port }
-                }
+                let moved = flow.moving(entry.incoming ? .destination : .source, to: CSPEndpoint(address: newAddress, port: port))
                 common.sessions.update(id) { $0.flow = moved }
             }
             throw ExitCode(status)
@@ -608,9 +604,7 @@ extension CSPCommand.Rebind {
         if !common.machine { print("session \(hex(id)): \(flow): this responder moves to \(newAddress)") }
         let status = try exchange(request, with: entry.peer, from: newAddress, common: common)
         if status == ExitStatus.accepted {
-            var moved = flow
-            moved.destination = newAddress
-            moved.destinationPort = port
+            let moved = flow.moving(.destination, to: CSPEndpoint(address: newAddress, port: port))
             common.sessions.update(id) { $0.flow = moved }
         }
         return status

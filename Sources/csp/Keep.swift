@@ -117,12 +117,13 @@ extension CSPCommand {
             var action: CSPRequestedAction = [.admit, .allowRedirect]
             if entry.incoming { action.insert(.listen) }
             var tlvs: [CSPTLV] = [.flow(flow), .lifetime(lifetime), .requestedAction(action)]
+            let end: FlowTuple.End = entry.incoming ? .destination : .source
             var moved = flow
-            var from = entry.incoming ? flow.destination : flow.source
+            var from = flow.address(of: end)
             if let newAddress {
-                let port = entry.incoming ? flow.destinationPort : flow.sourcePort
-                tlvs.append(.newAddress(CSPEndpoint(address: newAddress, port: port)))
-                if entry.incoming { moved.destination = newAddress } else { moved.source = newAddress }
+                let endpoint = CSPEndpoint(address: newAddress, port: entry.incoming ? flow.destinationPort : flow.sourcePort)
+                tlvs.append(.newAddress(endpoint))
+                moved = flow.moving(end, to: endpoint)
                 from = newAddress
             }
             var request = CSPMessage(

@@ -237,6 +237,12 @@ lab_conf() {
   echo "$file"
 }
 
+# lab_signaling_conf NS NAME: the plain signaling gateway's midcomd.conf (admit signaled flows,
+# drop unsignaled ones, records named NAME), written for NS; prints the path.
+lab_signaling_conf() {
+  printf '[daemon]\nname = "%s"\n\n[policy]\ndefault = admit\nunsignaled = drop\n' "$2" | lab_conf "$1"
+}
+
 # lab_line A GW B: A — GW — B with the addresses of lab_basic (A 10.200.1.2 / fd00:1::2,
 # B 10.200.2.2 / fd00:2::2, GW .1 / ::1 on both), for scenarios whose hosts are not "client"
 # and "server".

@@ -7,39 +7,25 @@
 #     keeper learns it from rtnetlink and sends REBIND from the new address on its own; the data
 #     continue from there. The interruption of each is printed.
 #
-#   client 10.207.1.2 → 10.207.1.77 ── gw (gw1) ── server 10.207.2.2 (csp listen, udp echo 5000)
+#   client 10.200.1.2 → 10.200.1.77 ── gw (gw1) ── server 10.200.2.2 (csp listen, udp echo 5000)
 source "$(dirname "$0")/lib.sh"
 lab_init keeper
 
 step "lab: client — gw — server; a signed session kept by csp keep (lifetime 6 s)"
-lab_ns client; lab_ns gw; lab_ns server
-lab_link client gw; lab_link gw server
-lab_addr client to-gw 10.207.1.2/24; lab_addr gw to-client 10.207.1.1/24
-lab_addr gw to-server 10.207.2.1/24; lab_addr server to-gw 10.207.2.2/24
-in_ns client ip route add default via 10.207.1.1
-in_ns server ip route add default via 10.207.2.1
-lab_forwarding gw
-conf=$(lab_conf gw <<'CONF'
-[daemon]
-name = "gw1"
-
-[policy]
-default = admit
-unsignaled = drop
-CONF
-)
+lab_basic
+conf=$(lab_signaling_conf gw gw1)
 lab_midcomd gw "$conf"
 lab_bg server "$LAB_DIR/listen.log" "$BIN/csp" listen --duration 90
 lab_serve server "$LAB_DIR/echo.log" $FLOWS udp-echo 5000 --duration 90
 export CSP_STATE_DIR="$LAB_DIR/csp-state"
 in_ns client "$BIN/csp" keygen --key "$LAB_DIR/client.key" >/dev/null
 sleep 0.3
-csp_run client setup udp 10.207.2.2:5000 --sport 4000 --lifetime 6 --key "$LAB_DIR/client.key"
+csp_run client setup udp 10.200.2.2:5000 --sport 4000 --lifetime 6 --key "$LAB_DIR/client.key"
 expect_eq "$CSP_RC" 0 "setup"
 s=$(session_of "$CSP_OUT")
 lab_bg client "$LAB_DIR/keep.log" "$BIN/csp" keep "$s" --lifetime 6 --duration 60 --key "$LAB_DIR/client.key"
 wait_for_match "$LAB_DIR/keep.log" '"event":"keeping"' 5
-replies() { in_ns client $FLOWS udp-ping 10.207.2.2 5000 --sport 4000 --count 3 --wait 0.3 | sed -n 's/.*replies \([0-9]*\).*/\1/p'; }
+replies() { in_ns client $FLOWS udp-ping 10.200.2.2 5000 --sport 4000 --count 3 --wait 0.3 | sed -n 's/.*replies \([0-9]*\).*/\1/p'; }
 expect_eq "$(replies)" 3 "data before"
 
 step "a. gw1 restarts with a new epoch: the keeper re-signals at its next refresh"
@@ -50,16 +36,16 @@ wait_for_match "$LAB_DIR/keep.log" '"event":"resignaled".*restarted \(epoch' 10
 echo "      $(grep resignaled "$LAB_DIR/keep.log" | head -1)"
 expect_eq "$(replies)" 3 "data after the re-signal"
 echo "      restart → re-signaled: $(awk -v a="$restart_at" -v b="$(now_s)" 'BEGIN { printf "%.2f", b - a }') s"
-expect_match "$(midctl gw sessions)" "$s +udp +10\.207\.1\.2:4000 +10\.207\.2\.2:5000 +admitted" "the session is known again"
+expect_match "$(midctl gw sessions)" "$s +udp +10\.200\.1\.2:4000 +10\.200\.2\.2:5000 +admitted" "the session is known again"
 
 step "b. the client's address changes: the keeper sends REBIND by itself"
 moved_at=$(now_s)
-in_ns client ip addr del 10.207.1.2/24 dev to-gw
-in_ns client ip addr add 10.207.1.77/24 dev to-gw
-in_ns client ip route replace default via 10.207.1.1
-wait_for_match "$LAB_DIR/keep.log" '"event":"rebound".*"to":"10\.207\.1\.77"' 10
+in_ns client ip addr del 10.200.1.2/24 dev to-gw
+in_ns client ip addr add 10.200.1.77/24 dev to-gw
+in_ns client ip route replace default via 10.200.1.1
+wait_for_match "$LAB_DIR/keep.log" '"event":"rebound".*"to":"10\.200\.1\.77"' 10
 expect_eq "$(replies)" 3 "data from the new address"
 echo "      address change → data again: $(awk -v a="$moved_at" -v b="$(now_s)" 'BEGIN { printf "%.2f", b - a }') s"
-expect_match "$(nft_set gw admit4)" "10\.207\.1\.77 \. udp \. 4000 \. 10\.207\.2\.2 \. 5000" "the new admission"
-expect_no_match "$(nft_set gw admit4)" "10\.207\.1\.2 \. udp" "the old admission is gone"
+expect_match "$(nft_set gw admit4)" "10\.200\.1\.77 \. udp \. 4000 \. 10\.200\.2\.2 \. 5000" "the new admission"
+expect_no_match "$(nft_set gw admit4)" "10\.200\.1\.2 \. udp" "the old admission is gone"
 wait_for_match "$LAB_DIR/keep.log" '"event":"refreshed"' 8

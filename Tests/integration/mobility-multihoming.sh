@@ -32,18 +32,7 @@ in_ns client ip route add default via 10.206.1.1
 in_ns client ip route add default via 10.206.3.1 table 100
 in_ns client ip rule add from 10.206.3.2 table 100
 lab_forwarding gwa; lab_forwarding gwb
-for gw in gwa gwb; do
-  conf=$(lab_conf "$gw" <<CONF
-[daemon]
-name = "$gw"
-
-[policy]
-default = admit
-unsignaled = drop
-CONF
-)
-  lab_midcomd "$gw" "$conf"
-done
+for gw in gwa gwb; do lab_midcomd "$gw" "$(lab_signaling_conf "$gw" "$gw")"; done
 lab_bg server "$LAB_DIR/listen.log" "$BIN/csp" listen --duration 90
 lab_serve server "$LAB_DIR/echo.log" $FLOWS udp-echo 5000 --duration 90
 export CSP_STATE_DIR="$LAB_DIR/csp-state"

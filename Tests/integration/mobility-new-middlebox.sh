@@ -21,17 +21,7 @@ in_ns gw1 ip route add default via 10.208.2.2
 in_ns gw2 ip route add 10.208.1.0/24 via 10.208.2.1
 in_ns server ip route add default via 10.208.3.1
 lab_forwarding gw1; lab_forwarding gw2
-conf() {
-  lab_conf "$1" <<CONF
-[daemon]
-name = "$1"
-
-[policy]
-default = admit
-unsignaled = drop
-CONF
-}
-lab_midcomd gw1 "$(conf gw1)"
+lab_midcomd gw1 "$(lab_signaling_conf gw1 gw1)"
 lab_bg server "$LAB_DIR/listen.log" "$BIN/csp" listen --duration 90
 lab_serve server "$LAB_DIR/echo.log" $FLOWS udp-echo 5000 --duration 90
 export CSP_STATE_DIR="$LAB_DIR/csp-state"
@@ -48,7 +38,7 @@ expect_eq "$(replies)" 3 "data through gw1 alone"
 
 step "gw2 starts Midcom: the flow's packets stop there until the session is signaled again"
 appeared=$(now_s)
-lab_midcomd gw2 "$(conf gw2)"
+lab_midcomd gw2 "$(lab_signaling_conf gw2 gw2)"
 in_ns gw2 conntrack -F >/dev/null 2>&1 || true  # a fresh middlebox knows no connections
 expect_eq "$(replies)" 0 "data stopped at gw2 (not admitted there)"
 wait_for_match "$LAB_DIR/keep.log" '"event":"resignaled"' 10

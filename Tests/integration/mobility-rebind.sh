@@ -21,15 +21,7 @@ lab_addr server to-gw 10.205.2.2/24; in_ns server ip -6 addr add fd05:2::2/64 de
 in_ns client ip route add default via 10.205.1.1; in_ns client ip -6 route add default via fd05:1::1
 in_ns server ip route add default via 10.205.2.1; in_ns server ip -6 route add default via fd05:2::1
 lab_forwarding gw
-conf=$(lab_conf gw <<'CONF'
-[daemon]
-name = "gw1"
-
-[policy]
-default = admit
-unsignaled = drop
-CONF
-)
+conf=$(lab_signaling_conf gw gw1)
 lab_midcomd gw "$conf"
 lab_bg server "$LAB_DIR/listen.log" "$BIN/csp" listen --duration 90
 lab_bg server "$LAB_DIR/listen6.log" "$BIN/csp" listen --address :: --duration 90

@@ -45,16 +45,10 @@ extension GatewayEngine {
         let incoming = existing?.incoming ?? (rebind.requestedAction?.contains(.listen) ?? false)
         // FLOW is the initiator's view, never rewritten in transit: NATs nearer the host report
         // their translations in records, as for SETUP.
-        var moved = Self.effectiveFlow(old, records: rebind.records, incoming: incoming)
-        if incoming {
-            moved.destination = newAddress.address
-            if newAddress.port != 0 { moved.destinationPort = newAddress.port }
-        } else {
-            moved.source = newAddress.address
-            if moved.sourcePort != 0 || newAddress.port != 0 { moved.sourcePort = newAddress.port }
-        }
+        let end = Session.ownerEnd(incoming: incoming)
+        let moved = Self.effectiveFlow(old, records: rebind.records, incoming: incoming).moving(end, to: newAddress)
         // The REBIND comes from the new address: that is the one that proved itself.
-        guard (incoming ? moved.destination : moved.source) == request.source.address else {
+        guard moved.address(of: end) == request.source.address else {
             return spoofedRebind(request, reason: "NEW-ADDRESS \(newAddress.address) is not the REBIND's source \(request.source.address)")
         }
         let decision = policy.decide(
@@ -107,14 +101,7 @@ extension GatewayEngine {
     private mutating func rebindResponder(_ request: SignalingRequest, session: Session, newAddress: CSPEndpoint, now: Instant)
         -> SignalingOutcome
     {
-        var moved = session.flow
-        if session.incoming {
-            moved.source = newAddress.address
-            if moved.sourcePort != 0 || newAddress.port != 0 { moved.sourcePort = newAddress.port }
-        } else {
-            moved.destination = newAddress.address
-            if newAddress.port != 0 { moved.destinationPort = newAddress.port }
-        }
+        let moved = session.flow.moving(session.ownerEnd == .source ? .destination : .source, to: newAddress)
         guard newAddress.address == request.source.address else {
             return spoofedRebind(request, reason: "NEW-ADDRESS \(newAddress.address) is not the REBIND's source \(request.source.address)")
         }
@@ -158,14 +145,7 @@ extension GatewayEngine {
         else {
             return spoofedRebind(request, reason: "PATH \(path.pathID) \(path.endpoint) must be a further path sent from its own address")
         }
-        var flow = session.flow
-        if session.incoming {
-            flow.destination = path.endpoint.address
-            if path.endpoint.port != 0 { flow.destinationPort = path.endpoint.port }
-        } else {
-            flow.source = path.endpoint.address
-            if flow.sourcePort != 0 || path.endpoint.port != 0 { flow.sourcePort = path.endpoint.port }
-        }
+        let flow = session.flow.moving(session.ownerEnd, to: path.endpoint)
         let decision = policy.decide(
             flow: flow, application: session.application, incoming: session.incoming, requestedLifetime: message.lifetime)
         guard decision.action != .reject else {

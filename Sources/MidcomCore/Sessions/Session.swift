@@ -101,7 +101,12 @@ public struct Session: Sendable, Equatable {
     }
 
     /// The address that signals for the session (and may refresh, re-signal or tear it down).
-    public var owner: IPAddress { incoming ? flow.destination : flow.source }
+    public var owner: IPAddress { flow.address(of: ownerEnd) }
+
+    /// The owner's end of the session's flows: the destination of an incoming pinhole.
+    public var ownerEnd: FlowTuple.End { Self.ownerEnd(incoming: incoming) }
+
+    public static func ownerEnd(incoming: Bool) -> FlowTuple.End { incoming ? .destination : .source }
 
     /// The address that answers the session's requests, nil when it is a wildcard.
     public var responder: IPAddress? {

@@ -10,11 +10,12 @@ import CSPWire
 /// Tokens are stateless; what is kept is only the outcome of a proof: "this address answered for
 /// this key" (or, unsigned, "for this session"), for `validated-lifetime` seconds.
 extension GatewayEngine {
-    func checkReturnRoutability(_ request: SignalingRequest, now: Instant) -> ChallengeNeed? {
+    /// Whether `request` must be challenged before it may create state.
+    func needsChallenge(_ request: SignalingRequest, now: Instant) -> Bool {
         let trust = configuration.trust
         switch trust.challenge {
-        case .never: return nil
-        case .auto where sessions.pendingCount < trust.challengeThreshold: return nil
+        case .never: return false
+        case .auto where sessions.pendingCount < trust.challengeThreshold: return false
         case .auto, .newSources, .always: break
         }
         let message = request.message
@@ -24,32 +25,31 @@ extension GatewayEngine {
             if let session, session.owner == request.source.address {
                 // The session's own sender again: a retransmission of a request we already let
                 // through, or a re-SETUP of a session whose address was proved.
-                if session.state != .pending { return nil }
-                if session.pending?.nonce == message.nonce { return nil }
+                if session.state != .pending { return false }
+                if session.pending?.nonce == message.nonce { return false }
             }
         case .rebind, .addPath:
             // The new address must prove itself (docs/PROTOCOL.md 6.6, 6.7); an unsigned one is
             // refused by its handler without costing a CHALLENGE.
-            if request.signer == nil { return nil }
+            if request.signer == nil { return false }
         case .accept, .mapped:
             // Only an ACCEPT that would install something here needs its sender proved: one for
             // a request we forwarded, from a responder not proved for this session yet.
             guard let session, let pending = session.pending, pending.nonce == message.nonce, !request.isAddressedToUs else {
-                return nil
+                return false
             }
             // The owner answering its responder's REBIND proved its address when it set up.
-            if pending.fromResponder, session.owner == request.source.address { return nil }
+            if pending.fromResponder, session.owner == request.source.address { return false }
             if session.state != .pending,
                 Self.responder(of: pending.flow, incoming: session.incoming)
                     == Self.responder(of: session.flow, incoming: session.incoming)
             {
-                return nil  // a REFRESH or re-SETUP answered by the responder proved at admission
+                return false  // a REFRESH or re-SETUP answered by the responder proved at admission
             }
         default:
-            return nil
+            return false
         }
-        if isValidated(request.source.address, key: request.signer, sessionID: message.sessionID, now: now) { return nil }
-        return ChallengeNeed()
+        return !isValidated(request.source.address, key: request.signer, sessionID: message.sessionID, now: now)
     }
 
     /// Whether `address` proved itself for `key` (signed) or for this session (unsigned).
@@ -222,9 +222,6 @@ extension GatewayEngine {
         return .middleboxRecord(record)
     }
 }
-
-/// The request must be challenged before it may go on.
-struct ChallengeNeed {}
 
 /// An address that answered a CHALLENGE: for a key (sessionID 0, any session of that key), or
 /// for one session (unsigned requests have nothing else to bind the proof to).
