@@ -121,6 +121,9 @@ public struct CSPDecision: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let denied = CSPDecision(rawValue: 6)
     public static let rebound = CSPDecision(rawValue: 7)
     public static let removed = CSPDecision(rawValue: 8)
+    /// Relayed by a rendezvous to the server registered there (docs/PROTOCOL.md 10.7): the
+    /// request is off its flow's path from here on, and middleboxes pass it untouched.
+    public static let rendezvous = CSPDecision(rawValue: 9)
 
     public var description: String {
         switch self {
@@ -133,6 +136,7 @@ public struct CSPDecision: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .denied: "denied"
         case .rebound: "rebound"
         case .removed: "removed"
+        case .rendezvous: "rendezvous"
         default: "decision-\(rawValue)"
         }
     }

@@ -145,6 +145,14 @@ public struct GatewayEngine: Sendable {
         if let refused = checkLoop(request) { return refused }
         // A RESPONSE proves an address; it is not a request of its own (docs/PROTOCOL.md 6.6).
         if request.message.type == .response { return handleResponse(request, now: now) }
+        // A SETUP a rendezvous relays to a hidden server travels off its flow's path: it is the
+        // server's to answer, and nothing here may be installed for it (docs/PROTOCOL.md 10.7).
+        if request.message.type == .setup, !request.isAddressedToUs,
+            request.message.records.contains(where: { $0.decision == .rendezvous })
+        {
+            return SignalingOutcome(
+                verdict: .forward, event: "SETUP \(hex(request.message.sessionID)) relayed by a rendezvous: passed on untouched")
+        }
         var request = request
         if let refused = authenticate(&request) { return refused }
         if needsChallenge(request, now: now) { return challenge(request) }

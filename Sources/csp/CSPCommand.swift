@@ -22,7 +22,7 @@ struct CSPCommand: ParsableCommand {
             """,
         subcommands: [
             Setup.self, Refresh.self, Teardown.self, Rebind.self, AddPath.self, RemovePath.self, Keep.self, Listen.self,
-            Discover.self, Keygen.self,
+            RendezvousService.self, Discover.self, Keygen.self,
         ]
     )
 }
@@ -338,6 +338,12 @@ extension CSPCommand {
         @Option(help: "Accept only flows to these ports (comma-separated); others get REJECT.") var acceptPorts: String?
         @Option(help: "Stop after answering this many requests (0 = never).") var count: Int = 0
         @Option(help: "Stop after this many seconds (0 = never).") var duration: Double = 0
+        @Option(help: "Register a service at this rendezvous (address or address:port) and answer the SETUPs it relays.")
+        var rendezvous: String?
+        @Option(help: "With --rendezvous: the service, PROTOCOL/PORT (e.g. udp/5004).") var register: String?
+        @Option(help: "With --rendezvous: its key (csp-ed25519 <hex>; default: learnt from its first signed answer).")
+        var rendezvousKey: String?
+        @Option(help: "With --rendezvous: registration lifetime in seconds (refreshed at half).") var registrationLifetime: UInt32 = 60
         @OptionGroup var common: Common
 
         mutating func run() throws {
@@ -361,16 +367,26 @@ extension CSPCommand {
             let deadline = duration > 0 ? clock.now.advanced(by: .milliseconds(Int64(duration * 1000))) : nil
             var answered = 0
             let key = try common.signingKey()
+            var agent = try rendezvous.map { text throws -> RendezvousAgent in
+                let endpoint = CSPEndpoint(parsing: text) ?? IPAddress(text).map { CSPEndpoint(address: $0, port: common.cspPort) }
+                guard let endpoint else { throw ValidationError("--rendezvous '\(text)' is not an address") }
+                guard let register else { throw ValidationError("--rendezvous needs --register PROTOCOL/PORT") }
+                return try RendezvousAgent(
+                    rendezvous: endpoint, service: register, key: key, lifetime: registrationLifetime, rendezvousKey: rendezvousKey)
+            }
+            agent?.begin(socket)
             // Replies sent lately, by session and nonce: a middlebox may CHALLENGE one (it must
             // know the ACCEPT really comes from us) and we then send it again.
             var sent: [SentKey: (reply: CSPMessage, bytes: [UInt8], to: CSPEndpoint)] = [:]
             while count == 0 || answered < count {
                 if let deadline, clock.now >= deadline { break }
-                guard let (bytes, from) = try socket.receive(timeout: .milliseconds(200)) else { continue }
+                agent?.tick(socket)
+                guard let (bytes, from) = try socket.receive(timeout: .milliseconds(agent == nil ? 200 : 50)) else { continue }
                 guard let request = try? CSPMessage.parse(bytes) else {
                     print("ignored malformed datagram from \(from)")
                     continue
                 }
+                if agent?.handle(request, bytes: bytes, from: from, socket: socket) == true { continue }
                 if request.type == .challenge {
                     let slot = SentKey(session: request.sessionID, nonce: request.nonce)
                     if let previous = sent[slot], var response = ResponderPolicy.response(to: request, for: previous.reply) {

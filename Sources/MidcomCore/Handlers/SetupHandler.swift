@@ -15,6 +15,12 @@ extension GatewayEngine {
                 of: request, result: .malformedMessage, reason: "SETUP without FLOW", event: "SETUP without FLOW from \(source)")
         }
         let incoming = setup.requestedAction?.contains(.listen) ?? false
+        // A client signaling a flow to one of our NAT mappings of a listening server (it learnt
+        // the public endpoint from a rendezvous, docs/PROTOCOL.md 10.7) reaches us: the pinhole
+        // admits any peer, so we answer for the server.
+        if request.isAddressedToUs, !incoming, let listener = mappedListener(for: signaled) {
+            return answerForListener(request, listener: listener, flow: signaled)
+        }
         // Only an incoming pinhole makes sense at the middlebox: for outgoing flows the peer answers.
         if request.isAddressedToUs, !incoming {
             return rejection(
@@ -137,9 +143,13 @@ extension GatewayEngine {
     {
         guard let nat = configuration.nat else { return .success(nil) }
         let incoming = session.incoming
+        // An incoming pinhole is mapped when asked of us, and when its SETUP leaves the inside
+        // (a hidden server registering at a rendezvous, docs/PROTOCOL.md 10.7): the peer it goes
+        // to learns the public endpoint from our record.
+        let leavesInside = request.destination.map { !nat.isInternal($0.address) } ?? false
         let applies =
             incoming
-            ? request.isAddressedToUs && flow.destination.family == .ipv4 && nat.isInternal(flow.destination)
+            ? (request.isAddressedToUs || leavesInside) && flow.destination.family == .ipv4 && nat.isInternal(flow.destination)
             : flow.source.family == .ipv4 && nat.isInternal(flow.source) && !nat.isInternal(flow.destination)
         guard applies else { return .success(nil) }
         let hostPort = incoming ? flow.destinationPort : flow.sourcePort
@@ -226,6 +236,33 @@ extension GatewayEngine {
             verdict: .drop, kernel: kernel, reply: answer(request, lifetime: lifetime, session: session),
             onKernelFailure: .refuse(sessionID: session.id, reply: refusal.reply),
             event: "opened pinhole \(hex(session.id)) \(flow)\(mappedNote) for \(lifetime)s")
+    }
+
+    /// The admitted any-peer pinhole whose NAT mapping is `flow`'s destination.
+    func mappedListener(for flow: FlowTuple) -> Session? {
+        guard let nat = configuration.nat, flow.destination == nat.externalAddress,
+            let listener = sessions.listener(proto: flow.proto, mappedPort: flow.destinationPort),
+            listener.flow.source.isUnspecified
+        else { return nil }
+        return listener
+    }
+
+    /// ACCEPT in the listening server's name for a client's flow to its mapping: nothing is
+    /// installed (the pinhole is there); the lifetime is what is left of the pinhole's.
+    mutating func answerForListener(_ request: SignalingRequest, listener: Session, flow signaled: FlowTuple) -> SignalingOutcome {
+        let flow = Self.effectiveFlow(signaled, records: request.message.records, incoming: false)
+        if let refused = checkOwnership(of: request, flow: flow, incoming: false) { return refused }
+        let left = listener.expiresAt.map { UInt32(min(Double(UInt32.max), max(0, $0.seconds(since: clock)))) } ?? listener.grantedLifetime
+        let lifetime = min(request.message.lifetime ?? left, left)
+        let accept = CSPMessage(
+            type: .accept, flags: .fromMiddlebox, result: .success, sessionID: request.message.sessionID,
+            nonce: request.message.nonce, sequence: request.message.sequence,
+            tlvs: [
+                .lifetime(lifetime), .epoch(identity.epoch), .middleboxRecord(record(.admitted, lifetime: lifetime)),
+            ])
+        return SignalingOutcome(
+            verdict: .drop, reply: OutgoingMessage(message: accept, destination: request.source),
+            event: "answered SETUP \(hex(request.message.sessionID)) \(flow) for the server listening at \(listener.flow.destination):\(listener.flow.destinationPort)")
     }
 
     /// The host must go through a proxy: answer REDIRECT and pre-admit the host → proxy flow, so the

@@ -14,6 +14,23 @@ public struct SessionTable: Sendable {
     /// (docs/PROTOCOL.md 11) needs them for every SETUP, so they are kept, not counted.
     private var pendingByOwner: [IPAddress: Int32] = [:]
     public private(set) var pendingCount = 0
+    /// Admitted incoming pinholes with a NAT mapping, by public protocol and port: a client that
+    /// signals a flow to the mapping is answered by us on the server's behalf (few entries).
+    private var listeners: [ListenerKey: UInt64] = [:]
+
+    struct ListenerKey: Hashable, Sendable {
+        var proto: IPProtocol
+        var port: UInt16
+        init?(_ session: Session) {
+            guard session.incoming, session.state == .admitted, let mapping = session.mapping else { return nil }
+            proto = session.flow.proto
+            port = mapping.port
+        }
+        init(proto: IPProtocol, port: UInt16) {
+            self.proto = proto
+            self.port = port
+        }
+    }
 
     struct ExpiryEntry: Comparable, Sendable {
         var at: Instant
@@ -31,6 +48,16 @@ public struct SessionTable: Sendable {
 
     public func session(for flow: FlowTuple) -> Session? { byFlow[flow].flatMap { byID[$0] } }
 
+    /// The admitted incoming pinhole whose NAT mapping is `proto` `port`, if any.
+    public func listener(proto: IPProtocol, mappedPort port: UInt16) -> Session? {
+        listeners[ListenerKey(proto: proto, port: port)].flatMap { byID[$0] }
+    }
+
+    private mutating func reindexListener(old: Session?, new: Session?) {
+        if let old, let key = ListenerKey(old), listeners[key] == old.id { listeners[key] = nil }
+        if let new, let key = ListenerKey(new) { listeners[key] = new.id }
+    }
+
     /// Inserts or replaces a session, keeping the flow index and expiry heap consistent.
     public mutating func upsert(_ session: Session) {
         countPending(byID[session.id], -1)
@@ -44,6 +71,7 @@ public struct SessionTable: Sendable {
         } else if let at = session.expiresAt {
             expiryHeap.push(ExpiryEntry(at: at, id: session.id))
         }
+        reindexListener(old: byID[session.id], new: session)
         byID[session.id] = session
         if session.pathCount == 1 {
             index(session.flow, session)
@@ -66,6 +94,7 @@ public struct SessionTable: Sendable {
     @discardableResult
     public mutating func remove(id: UInt64) -> Session? {
         guard let session = byID.removeValue(forKey: id) else { return nil }
+        reindexListener(old: session, new: nil)
         countPending(session, -1)
         unindex(session)
         return session
@@ -107,6 +136,7 @@ public struct SessionTable: Sendable {
         pendingByOwner.removeAll()
         pendingCount = 0
         byFlow.removeAll()
+        listeners.removeAll()
         expiryHeap = MinHeap()
         return sessions
     }
