@@ -47,6 +47,7 @@
 #define T_REJECT 3
 #define T_CHALLENGE 6
 #define T_RESPONSE 7
+#define T_REBIND 8
 #define T_TEARDOWN 13
 #define TLV_CHALLENGE_TOKEN 0x800d
 
@@ -72,20 +73,26 @@ static uint64_t random64(void) {
     return v;
 }
 
-/// The CHALLENGE-TOKEN of a message of `n` octets (NULL if it has none or is malformed); its length in *len.
-static const uint8_t *find_token(const uint8_t *m, size_t n, uint16_t *len) {
+/// The value of the first top-level TLV of `type` in a message of `n` octets (NULL if it has none or the
+/// message is malformed); its length in *len.
+static const uint8_t *find_tlv(const uint8_t *m, size_t n, uint16_t type, uint16_t *len) {
     size_t off = 28;
     while (off + 4 <= n) {
-        uint16_t type = get16(m + off), l = get16(m + off + 2);
+        uint16_t t = get16(m + off), l = get16(m + off + 2);
         if (off + 4 + l > n) return NULL;
-        if (type == TLV_CHALLENGE_TOKEN) {
-            if (l < 8 || l > 32) return NULL;
+        if (t == type) {
             *len = l;
             return m + off + 4;
         }
         off += 4 + (size_t)l;
     }
     return NULL;
+}
+
+/// The CHALLENGE-TOKEN of a message of `n` octets (NULL if it has none or is malformed); its length in *len.
+static const uint8_t *find_token(const uint8_t *m, size_t n, uint16_t *len) {
+    const uint8_t *token = find_tlv(m, n, TLV_CHALLENGE_TOKEN, len);
+    return token && *len >= 8 && *len <= 32 ? token : NULL;
 }
 
 /// RESPONSE to the CHALLENGE `c` (docs/PROTOCOL.md 6.6): same session ID, nonce and sequence, the token
@@ -145,7 +152,7 @@ static int cmd_respond(int argc, char **argv) {
         rm[i].msg_hdr.msg_namelen = sizeof from[i];
     }
     bu_install_signals();
-    uint64_t end = bu_now_ns() + (uint64_t)(seconds * 1e9), setups = 0, teardowns = 0, other = 0;
+    uint64_t end = bu_now_ns() + (uint64_t)(seconds * 1e9), setups = 0, rebinds = 0, teardowns = 0, other = 0;
     uint64_t challenges = 0, unknown_challenges = 0, repeated_challenges = 0;
     printf("ready\n");
     fflush(stdout);
@@ -188,9 +195,14 @@ static int cmd_respond(int argc, char **argv) {
                 replies++;
                 continue;
             }
-            if (m[3] != T_SETUP) { other++; continue; }
-            setups++;
-            uint32_t lifetime = 30;
+            if (m[3] != T_SETUP && m[3] != T_REBIND) { other++; continue; }
+            if (m[3] == T_SETUP) setups++;
+            else rebinds++;
+            // The LIFETIME asked for (at most an hour), 30 s without one.
+            uint16_t ll;
+            const uint8_t *lv = find_tlv(m, rm[i].msg_len, 0x0002, &ll);
+            uint32_t lifetime = lv && ll == 4 ? get32(lv) : 30;
+            if (lifetime > 3600) lifetime = 3600;
             uint8_t *r = out[replies];
             header(r, T_ACCEPT, 36, sid, get64(m + 16), get32(m + 24));
             put16(r + 28, 0x0002);  // LIFETIME
@@ -209,9 +221,9 @@ static int cmd_respond(int argc, char **argv) {
         }
         if (replies) sendmmsg(fd, sm, (unsigned)replies, 0);
     }
-    printf("{\"setups\":%llu,\"teardowns\":%llu,\"other\":%llu,\"challenges\":%llu,\"unknown_challenges\":%llu,"
-           "\"repeated_challenges\":%llu}\n",
-           (unsigned long long)setups, (unsigned long long)teardowns, (unsigned long long)other,
+    printf("{\"setups\":%llu,\"rebinds\":%llu,\"teardowns\":%llu,\"other\":%llu,\"challenges\":%llu,"
+           "\"unknown_challenges\":%llu,\"repeated_challenges\":%llu}\n",
+           (unsigned long long)setups, (unsigned long long)rebinds, (unsigned long long)teardowns, (unsigned long long)other,
            (unsigned long long)challenges, (unsigned long long)unknown_challenges, (unsigned long long)repeated_challenges);
     return 0;
 }
@@ -253,10 +265,10 @@ static uint16_t build_setup(uint8_t *m, uint64_t index, uint64_t sid, uint64_t n
 #define SIGNED_EXTRA (37 + 12 + 69)  // IDENTITY, TIMESTAMP, SIGNATURE
 #define POOL_STRIDE 192
 
-/// Signs the SETUP of `length` octets in m (room for SIGNED_EXTRA more) end to end: sets the signed flag,
-/// appends IDENTITY and TIMESTAMP, signs "CSP1 e2e" 0x00 || m[0 ..< s] with the length octets as 0, and
-/// appends SIGNATURE (docs/PROTOCOL.md 7.2). Returns the new length, 0 on failure.
-static uint16_t sign_setup(uint8_t *m, uint16_t length, EVP_PKEY *key, EVP_MD_CTX *ctx, const uint8_t pub[32],
+/// Signs the message of `length` octets in m (room for SIGNED_EXTRA more, at most POOL_STRIDE in all) end to
+/// end: sets the signed flag, appends IDENTITY and TIMESTAMP, signs "CSP1 e2e" 0x00 || m[0 ..< s] with the
+/// length octets as 0, and appends SIGNATURE (docs/PROTOCOL.md 7.2). Returns the new length, 0 on failure.
+static uint16_t sign_message(uint8_t *m, uint16_t length, EVP_PKEY *key, EVP_MD_CTX *ctx, const uint8_t pub[32],
                            uint64_t timestamp) {
     m[4] |= 0x04;
     uint8_t *t = m + length;
@@ -359,7 +371,7 @@ static int cmd_setup(int argc, char **argv) {
             uint64_t sid = tag << 48 | (1ull << 47) | pool_n;
             uint16_t len = build_setup(m, first + pool_n, sid, sid * 0x9e3779b97f4a7c15ull, listen_mode, self, remote, lifetime,
                                        60001, 5000);
-            len = sign_setup(m, len, key, ctx, pub, timestamp);
+            len = sign_message(m, len, key, ctx, pub, timestamp);
             if (!len) { fprintf(stderr, "cspload: EVP_DigestSign failed\n"); return 1; }
         }
         sign_s = (double)(bu_now_ns() - t0) / 1e9;
@@ -470,6 +482,358 @@ static int cmd_setup(int argc, char **argv) {
     return 0;
 }
 
+// MARK: rebind
+
+/// What the mobility load knows of one of its sessions: where its owner is now (`at`: 0 the first address,
+/// 1 the second), its flow's ports, the last sequence it used, and the slot of its request in flight (-1: none).
+/// A session whose request was refused or left unanswered is dead: what the gateway made of it is unknown.
+struct msession { uint64_t sid; uint32_t seq; int32_t slot; uint16_t sport, dport; uint8_t at, dead; };
+
+/// A request in flight: the pool entry sent, from which socket, and how often it was CHALLENGEd.
+struct mslot { uint64_t sent_ns, nonce, pool_index; uint32_t session; int fd, busy, challenged; };
+
+enum move_kind { MOVE_SETUP, MOVE_RESETUP, MOVE_REBIND };
+static const char *const move_name[] = {"setup", "resetup", "rebind"};
+
+/// One phase's outcome (the timed window only; the warm-up request and the drain are not counted).
+struct move_result {
+    uint64_t completed, lost, rejects, challenges, abandoned, pool, cpu_ns;
+    double seconds, sign_s;
+    int pool_exhausted;
+    bu_hist hist;
+};
+
+struct mobility {
+    struct msession *sess;
+    uint64_t n, tag, rng, pool_n, next;
+    uint32_t addr[2], dst, lifetime;
+    int nsock, window, pid;
+    int *fds[2];
+    struct pollfd *pfd;  // fds[0][*] then fds[1][*]
+    uint8_t *pool;       // POOL_STRIDE octets per pre-signed request
+    uint32_t *pool_session;
+    struct mslot *slots;
+    EVP_PKEY *key;
+    EVP_MD_CTX *ctx;
+    uint8_t pub[32];
+};
+
+static uint64_t xorshift(uint64_t *x) {
+    *x ^= *x >> 12; *x ^= *x << 25; *x ^= *x >> 27;
+    return *x * 0x2545f4914f6cdd1dull;
+}
+
+/// User + system CPU time of process `pid` (all threads) in nanoseconds, 0 if unknown.
+static uint64_t process_cpu_ns(int pid) {
+    if (pid <= 0) return 0;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');  // the command name may hold spaces
+    unsigned long long utime = 0, stime = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2) return 0;
+    return (utime + stime) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
+}
+
+/// The request of one move as `csp keep` sends it: recordRoute, FLOW, LIFETIME, REQUESTED-ACTION admit |
+/// allow-redirect, and for a REBIND NEW-ADDRESS (the same port at the other address); unsigned. Returns
+/// the length (at most 71 octets).
+static uint16_t build_move(uint8_t *m, uint8_t type, uint64_t sid, uint64_t nonce, uint32_t seq, uint32_t src,
+                           uint16_t sport, uint32_t dst, uint16_t dport, uint32_t lifetime, const uint32_t *new_address) {
+    uint16_t length = (uint16_t)(28 + 18 + 8 + 5 + (new_address ? 12 : 0));
+    header(m, type, length, sid, nonce, seq);
+    m[4] = 0x02;  // recordRoute
+    uint8_t *t = m + 28;
+    put16(t, 0x8001); put16(t + 2, 14); t[4] = 17; t[5] = 4;
+    put16(t + 6, sport); put16(t + 8, dport); memcpy(t + 10, &src, 4); memcpy(t + 14, &dst, 4);
+    t += 18;
+    put16(t, 0x0002); put16(t + 2, 4); put32(t + 4, lifetime);
+    t += 8;
+    put16(t, 0x0004); put16(t + 2, 1); t[4] = 0x03;
+    t += 5;
+    if (new_address) { put16(t, 0x800e); put16(t + 2, 8); t[4] = 4; t[5] = 0; put16(t + 6, sport); memcpy(t + 8, new_address, 4); }
+    return length;
+}
+
+/// Builds and signs the next request of every live session for one kind of move (not timed: the load
+/// generator must not spend the window signing). Each gets the session's next sequence and a TIMESTAMP of
+/// now. Returns the seconds spent.
+static double fill_moves(struct mobility *g, enum move_kind kind) {
+    uint64_t t0 = bu_now_ns(), timestamp = (uint64_t)time(NULL);
+    g->pool_n = g->next = 0;
+    for (uint64_t i = 0; i < g->n; i++) {
+        struct msession *s = &g->sess[i];
+        if (s->dead) continue;
+        uint8_t *m = g->pool + g->pool_n * POOL_STRIDE;
+        uint32_t seq = s->seq + 1, src = g->addr[s->at];
+        uint64_t nonce = xorshift(&g->rng);
+        uint16_t len;
+        if (kind == MOVE_REBIND)
+            len = build_move(m, T_REBIND, s->sid, nonce, seq, src, s->sport, g->dst, s->dport, g->lifetime, &g->addr[!s->at]);
+        else  // a re-SETUP moves the flow to the other port of the session's pair (sport ^ 1)
+            len = build_move(m, T_SETUP, s->sid, nonce, seq, src, kind == MOVE_RESETUP ? s->sport ^ 1 : s->sport, g->dst,
+                             s->dport, g->lifetime, NULL);
+        if (!sign_message(m, len, g->key, g->ctx, g->pub, timestamp)) { fprintf(stderr, "cspload: EVP_DigestSign failed\n"); exit(1); }
+        g->pool_session[g->pool_n++] = (uint32_t)i;
+    }
+    return (double)(bu_now_ns() - t0) / 1e9;
+}
+
+/// Sends the next pool entry from slot k; 0 when the pool is used up.
+static int start_move(struct mobility *g, int k, enum move_kind kind) {
+    struct mslot *sl = &g->slots[k];
+    sl->busy = 0;
+    if (g->next >= g->pool_n) return 0;
+    uint64_t p = g->next++;
+    uint32_t i = g->pool_session[p];
+    struct msession *s = &g->sess[i];
+    const uint8_t *m = g->pool + p * POOL_STRIDE;
+    int from = kind == MOVE_REBIND ? !s->at : s->at;  // a REBIND comes from the new address
+    *sl = (struct mslot){.sent_ns = bu_now_ns(), .nonce = get64(m + 16), .pool_index = p, .session = i,
+                         .fd = g->fds[from][k % g->nsock], .busy = 1};
+    s->seq = get32(m + 24);  // spent, whatever becomes of the request
+    s->slot = k;
+    send(sl->fd, m, get16(m + 6), 0);
+    return 1;
+}
+
+/// The end of slot k's request: the session takes its new place (answered) or is given up.
+static void finish_move(struct mobility *g, int k, enum move_kind kind, int answered) {
+    struct mslot *sl = &g->slots[k];
+    struct msession *s = &g->sess[sl->session];
+    if (answered) {
+        if (kind == MOVE_RESETUP) s->sport ^= 1;
+        if (kind == MOVE_REBIND) s->at ^= 1;
+    } else {
+        s->dead = 1;
+    }
+    s->slot = -1;
+    sl->busy = 0;
+}
+
+/// Handles one datagram that arrived on socket `fd` from `from`. Returns the slot whose request ended
+/// (ACCEPT: answered; REJECT: refused, *refused set), -1 for anything else.
+static int on_move_reply(struct mobility *g, struct move_result *r, const uint8_t *buf, size_t n, int fd,
+                         const struct sockaddr_in *from, int *refused) {
+    *refused = 0;
+    if (n < 28 || buf[0] != 'C' || buf[1] != 'S') return -1;
+    uint64_t sid = get64(buf + 8), i = sid & 0xffffffffffffull;
+    if ((sid >> 48) != g->tag || i >= g->n || g->sess[i].slot < 0) return -1;
+    int k = g->sess[i].slot;
+    struct mslot *sl = &g->slots[k];
+    if (!sl->busy || sl->session != i || sl->nonce != get64(buf + 16)) return -1;  // a late answer to an older request
+    const uint8_t *m = g->pool + sl->pool_index * POOL_STRIDE;
+    if (buf[3] == T_CHALLENGE) {
+        // The address must prove itself for our key (docs/PROTOCOL.md 6.6): a RESPONSE signed by it, from
+        // this socket to the CHALLENGE's source, then the request again, unchanged.
+        uint8_t resp[POOL_STRIDE];
+        uint16_t rl = build_response(resp, buf, n);
+        if (!rl || sl->challenged >= 3) return -1;
+        rl = sign_message(resp, rl, g->key, g->ctx, g->pub, (uint64_t)time(NULL));
+        if (!rl) return -1;
+        sl->challenged++;
+        r->challenges++;
+        sendto(fd, resp, rl, 0, (const struct sockaddr *)from, sizeof *from);
+        send(sl->fd, m, get16(m + 6), 0);
+        return -1;
+    }
+    if (buf[3] == T_REJECT) { *refused = 1; return k; }
+    return buf[3] == T_ACCEPT ? k : -1;
+}
+
+/// One phase: every pool entry of `kind`, `window` in flight. First one request alone (its address may have
+/// to answer a CHALLENGE first: a host proves an address once per key, not once per session), then the timed
+/// window of `seconds` (0: until the pool is done), ending early when the pool runs out; then up to 600 ms for
+/// the answers still due, which move their sessions but are not counted.
+static void run_moves(struct mobility *g, enum move_kind kind, double seconds, int window, struct move_result *r) {
+    uint8_t buf[2048];
+    int total = 2 * g->nsock, counting = 0, refill = 1;
+    uint64_t begin = bu_now_ns(), stop = begin + 3000000000ull, last_scan = begin, cpu0 = 0;
+    start_move(g, 0, kind);
+    for (int phase = 0; phase < 3; phase++) {  // 0 warm-up, 1 timed, 2 drain
+        if (phase == 1) {
+            counting = 1;
+            cpu0 = process_cpu_ns(g->pid);
+            begin = bu_now_ns();
+            for (int k = 0; k < window; k++) if (!g->slots[k].busy && !start_move(g, k, kind)) break;
+            stop = seconds > 0 ? begin + (uint64_t)(seconds * 1e9) : begin + 600000000000ull;
+        } else if (phase == 2) {
+            uint64_t now = bu_now_ns();
+            r->seconds = (double)(now - begin) / 1e9;
+            uint64_t cpu1 = process_cpu_ns(g->pid);
+            r->cpu_ns = cpu1 > cpu0 ? cpu1 - cpu0 : 0;
+            counting = 0;
+            refill = 0;
+            stop = now + 600000000ull;
+        }
+        for (;;) {
+            int busy = 0;
+            for (int k = 0; k < window; k++) busy += g->slots[k].busy;
+            uint64_t now = bu_now_ns();
+            if (bu_stop || now >= stop) break;
+            if (phase == 0 && !busy) break;
+            if (phase == 1 && r->pool_exhausted) break;
+            if (phase == 1 && seconds <= 0 && !busy) break;
+            if (phase == 2 && !busy) break;
+            if (poll(g->pfd, (nfds_t)total, 20) < 0 && errno != EINTR) bu_die("poll");
+            for (int j = 0; j < total; j++) {
+                if (!(g->pfd[j].revents & POLLIN)) continue;
+                for (int burst = 0; burst < 64; burst++) {
+                    struct sockaddr_in from;
+                    socklen_t fromlen = sizeof from;
+                    ssize_t n = recvfrom(g->pfd[j].fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fromlen);
+                    if (n < 0) break;
+                    int refused, k = on_move_reply(g, r, buf, (size_t)n, g->pfd[j].fd, &from, &refused);
+                    if (k < 0) continue;
+                    if (counting) {
+                        if (refused) r->rejects++;
+                        else { r->completed++; bu_hist_record(&r->hist, bu_now_ns() - g->slots[k].sent_ns); }
+                    }
+                    finish_move(g, k, kind, !refused);
+                    if (phase != 0 && refill && !start_move(g, k, kind) && seconds > 0) r->pool_exhausted = 1;
+                }
+            }
+            now = bu_now_ns();
+            if (now - last_scan > 50000000ull) {  // unanswered after 500 ms: lost, the session given up
+                last_scan = now;
+                for (int k = 0; k < window; k++) {
+                    if (!g->slots[k].busy || now - g->slots[k].sent_ns < 500000000ull) continue;
+                    if (counting) r->lost++;
+                    finish_move(g, k, kind, 0);
+                    if ((phase == 0 || refill) && !start_move(g, k, kind) && phase == 1 && seconds > 0) r->pool_exhausted = 1;
+                }
+            }
+        }
+    }
+    for (int k = 0; k < window; k++) if (g->slots[k].busy) { r->abandoned++; finish_move(g, k, kind, 0); }
+}
+
+static void print_moves(const char *prefix, const struct move_result *r) {
+    printf("\"%s_completed\":%llu,\"%s_lost\":%llu,\"%s_rejects\":%llu,\"%s_challenges\":%llu,\"%s_abandoned\":%llu,"
+           "\"%s_seconds\":%.3f,\"%s_per_s\":%.0f,\"%s_rtt_p50_ns\":%.0f,\"%s_rtt_p99_ns\":%.0f,\"%s_pool\":%llu,"
+           "\"%s_pool_exhausted\":%d,\"%s_sign_s\":%.3f,\"%s_cpu_ns_per_request\":%.0f",
+           prefix, (unsigned long long)r->completed, prefix, (unsigned long long)r->lost, prefix,
+           (unsigned long long)r->rejects, prefix, (unsigned long long)r->challenges, prefix,
+           (unsigned long long)r->abandoned, prefix, r->seconds, prefix, r->seconds > 0 ? (double)r->completed / r->seconds : 0.0,
+           prefix, bu_hist_percentile(&r->hist, 50), prefix, bu_hist_percentile(&r->hist, 99), prefix,
+           (unsigned long long)r->pool, prefix, r->pool_exhausted, prefix, r->sign_s, prefix,
+           r->completed ? (double)r->cpu_ns / (double)r->completed : 0.0);
+}
+
+static int cmd_rebind(int argc, char **argv) {
+    if (argc < 4) return 2;
+    struct mobility g0 = {0}, *g = &g0;
+    int runs = 1, prep_window = 32;
+    double seconds = 3;
+    g->window = 64; g->nsock = 8; g->n = 20000; g->lifetime = 600;
+    int opt;
+    optind = 4;
+    while ((opt = getopt(argc, argv, "w:s:d:n:r:l:P:W:")) != -1) {
+        switch (opt) {
+        case 'w': g->window = atoi(optarg); break;
+        case 's': g->nsock = atoi(optarg); break;
+        case 'd': seconds = atof(optarg); break;
+        case 'n': g->n = strtoull(optarg, NULL, 10); break;
+        case 'r': runs = atoi(optarg); break;
+        case 'l': g->lifetime = (uint32_t)atoi(optarg); break;
+        case 'P': g->pid = atoi(optarg); break;
+        case 'W': prep_window = atoi(optarg); break;
+        default: return 2;
+        }
+    }
+    // Sessions: 50 000 destination ports per pair of source ports, 4 pairs at most.
+    if (g->window < 1 || g->window > 4096 || g->nsock < 1 || g->nsock > 64 || g->n < (uint64_t)g->window || g->n > 200000
+        || runs < 1 || runs > 50 || seconds <= 0 || prep_window < 1)
+        return 2;
+    if (prep_window > g->window) prep_window = g->window;
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(CSP_PORT)};
+    if (inet_pton(AF_INET, argv[2], &to.sin_addr) != 1 || inet_pton(AF_INET, argv[3], &g->addr[1]) != 1) return 2;
+    g->dst = to.sin_addr.s_addr;
+    // The first address: the one routing picks toward DST (the host's address before it moves).
+    int probe = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in local;
+    socklen_t llen = sizeof local;
+    if (connect(probe, (struct sockaddr *)&to, sizeof to) < 0 || getsockname(probe, (struct sockaddr *)&local, &llen) < 0)
+        bu_die("connect");
+    close(probe);
+    g->addr[0] = local.sin_addr.s_addr;
+    if (g->addr[0] == g->addr[1]) { fprintf(stderr, "cspload: the new address is the one routing picks already\n"); return 2; }
+    g->pfd = calloc(2 * (size_t)g->nsock, sizeof *g->pfd);
+    for (int a = 0; a < 2; a++) {
+        g->fds[a] = calloc((size_t)g->nsock, sizeof(int));
+        for (int i = 0; i < g->nsock; i++) {
+            int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0), size = 4 << 20;
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
+            struct sockaddr_in self = {.sin_family = AF_INET, .sin_addr.s_addr = g->addr[a]};
+            if (bind(fd, (struct sockaddr *)&self, sizeof self) < 0) bu_die("bind (is the new address configured?)");
+            if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0) bu_die("connect");
+            g->fds[a][i] = fd;
+            g->pfd[a * g->nsock + i] = (struct pollfd){fd, POLLIN, 0};
+        }
+    }
+    uint8_t seed[32];
+    size_t publen = sizeof g->pub;
+    if (getrandom(seed, sizeof seed, 0) != sizeof seed) bu_die("getrandom");
+    g->key = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, seed, sizeof seed);
+    g->ctx = EVP_MD_CTX_new();
+    if (!g->key || !g->ctx || EVP_PKEY_get_raw_public_key(g->key, g->pub, &publen) != 1 || publen != 32) {
+        fprintf(stderr, "cspload: OpenSSL has no Ed25519\n");
+        return 1;
+    }
+    g->tag = (random64() & 0xffff) | 1;
+    g->rng = random64() | 1;
+    g->sess = calloc(g->n, sizeof *g->sess);
+    g->pool = malloc(g->n * POOL_STRIDE);
+    g->pool_session = malloc(g->n * sizeof *g->pool_session);
+    g->slots = calloc((size_t)g->window, sizeof *g->slots);
+    if (!g->sess || !g->pool || !g->pool_session || !g->slots) bu_die("malloc");
+    for (uint64_t i = 0; i < g->n; i++)
+        g->sess[i] = (struct msession){.sid = g->tag << 48 | i, .slot = -1, .sport = (uint16_t)(20000 + 2 * (i / 50000)),
+                                       .dport = (uint16_t)(10000 + i % 50000)};
+    bu_install_signals();
+
+    // The sessions, set up once (not timed as a figure: the responder's every ACCEPT is CHALLENGEd).
+    static struct move_result prep;
+    prep.pool = g->n;
+    prep.sign_s = fill_moves(g, MOVE_SETUP);
+    run_moves(g, MOVE_SETUP, 0, prep_window, &prep);
+    uint64_t alive = 0;
+    for (uint64_t i = 0; i < g->n; i++) alive += !g->sess[i].dead;
+    printf("{\"phase\":\"prep\",\"alive\":%llu,", (unsigned long long)alive);
+    print_moves("setup", &prep);
+    printf("}\n");
+    fflush(stdout);
+
+    // Runs: signed re-SETUPs to another flow and REBINDs of the same sessions, the order alternating.
+    for (int run = 1; run <= runs && !bu_stop; run++) {
+        static struct move_result res[2];
+        memset(res, 0, sizeof res);
+        for (int step = 0; step < 2; step++) {
+            enum move_kind kind = (step == 0) == (run % 2 == 1) ? MOVE_RESETUP : MOVE_REBIND;
+            struct move_result *r = &res[kind == MOVE_REBIND];
+            r->sign_s = fill_moves(g, kind);
+            r->pool = g->pool_n;
+            run_moves(g, kind, seconds, g->window, r);
+        }
+        alive = 0;
+        for (uint64_t i = 0; i < g->n; i++) alive += !g->sess[i].dead;
+        printf("{\"run\":%d,\"first\":\"%s\",\"alive\":%llu,", run, run % 2 ? move_name[MOVE_RESETUP] : move_name[MOVE_REBIND],
+               (unsigned long long)alive);
+        print_moves(move_name[MOVE_RESETUP], &res[0]);
+        printf(",");
+        print_moves(move_name[MOVE_REBIND], &res[1]);
+        printf("}\n");
+        fflush(stdout);
+    }
+    EVP_MD_CTX_free(g->ctx);
+    EVP_PKEY_free(g->key);
+    return 0;
+}
+
 // MARK: flood
 
 static int cmd_flood(int argc, char **argv) {
@@ -560,8 +924,10 @@ int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "respond") == 0) return cmd_respond(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "setup") == 0) return cmd_setup(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "flood") == 0) return cmd_flood(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "rebind") == 0) return cmd_rebind(argc, argv);
     fprintf(stderr, "usage: cspload respond [-p PORT] [-d S] [-C]\n"
                     "       cspload setup DST [-w WINDOW] [-s SOCKETS] [-d S] [-l LIFETIME] [-i FIRST] [-L] [-t] [-C] [-S [-n POOL] [-T S]]\n"
-                    "       cspload flood DST PREFIX/LEN [-d S] [-p PORT] [-f FLOWPORT]\n");
+                    "       cspload flood DST PREFIX/LEN [-d S] [-p PORT] [-f FLOWPORT]\n"
+                    "       cspload rebind DST NEWADDR [-w WINDOW] [-s SOCKETS] [-d S] [-n SESSIONS] [-r RUNS] [-l LIFETIME] [-P PID] [-W WINDOW]\n");
     return 2;
 }

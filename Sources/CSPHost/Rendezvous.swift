@@ -67,6 +67,9 @@ public struct Rendezvous: Sendable {
     private var services: [UInt64: Service] = [:]
     private var proved: [CSPEndpoint: UInt64] = [:]
     private var pending: [PendingKey: (client: CSPEndpoint, agent: CSPEndpoint, expires: UInt64)] = [:]
+    /// Our latest answers: a middlebox on the way may CHALLENGE one (a NAT must know an ACCEPT
+    /// that installs its mapping really comes from us), and we then send it again.
+    private var answered: [PendingKey: (message: CSPMessage, bytes: [UInt8], destination: CSPEndpoint, expires: UInt64)] = [:]
     private struct PendingKey: Hashable {
         var session: UInt64
         var nonce: UInt64
@@ -88,6 +91,11 @@ public struct Rendezvous: Sendable {
         guard let message = try? CSPMessage.parse(bytes) else {
             counters.dropped += 1
             return ([], nil)
+        }
+        if message.type == .challenge, let answered = answered[PendingKey(session: message.sessionID, nonce: message.nonce)],
+            answered.expires > now
+        {
+            return answerChallenge(message, for: answered, from: source)
         }
         if message.type.isReply { return relayAnswer(message, bytes: bytes, from: source, now: now) }
         switch message.type {
@@ -277,6 +285,26 @@ public struct Rendezvous: Sendable {
 
     // MARK: answers
 
+    /// RESPONSE to the middlebox that challenged one of our answers, then the answer again (the
+    /// caller leaves a moment between them, so the proof lands first).
+    private func answerChallenge(
+        _ challenge: CSPMessage, for answered: (message: CSPMessage, bytes: [UInt8], destination: CSPEndpoint, expires: UInt64),
+        from source: CSPEndpoint
+    ) -> (outputs: [Output], event: String?) {
+        guard let response = ResponderPolicy.response(to: challenge, for: answered.message) else { return ([], nil) }
+        return (
+            signedOutput(response, to: source) + [Output(bytes: answered.bytes, destination: answered.destination)],
+            "CHALLENGE \(hex(challenge.sessionID)) from \(source): RESPONSE, \(answered.message.type) sent again"
+        )
+    }
+
+    private mutating func remember(_ message: CSPMessage, _ bytes: [UInt8], to destination: CSPEndpoint) {
+        if answered.count >= maximumPending { answered = answered.filter { $0.value.expires > clock } }
+        if answered.count < maximumPending {
+            answered[PendingKey(session: message.sessionID, nonce: message.nonce)] = (message, bytes, destination, clock + Self.answerWait)
+        }
+    }
+
     private mutating func prune(now: UInt64) {
         for (service, registration) in registrations where registration.expires <= now {
             registrations[service] = nil
@@ -284,10 +312,12 @@ public struct Rendezvous: Sendable {
         }
     }
 
-    private func answer(_ request: CSPMessage, to destination: CSPEndpoint, lifetime: UInt32) -> [Output] {
+    private mutating func answer(_ request: CSPMessage, to destination: CSPEndpoint, lifetime: UInt32) -> [Output] {
         let accept = CSPMessage(
             type: .accept, sessionID: request.sessionID, nonce: request.nonce, sequence: request.sequence, tlvs: [.lifetime(lifetime)])
-        return signedOutput(accept, to: destination)
+        let outputs = signedOutput(accept, to: destination)
+        if let sent = outputs.first, let signed = try? CSPMessage.parse(sent.bytes) { remember(signed, sent.bytes, to: destination) }
+        return outputs
     }
 
     private mutating func refuse(

@@ -183,6 +183,7 @@ public struct GatewayEngine: Sendable {
     /// Step 5: the message's handler.
     private mutating func dispatch(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         let type = request.message.type
+        if request.isAddressedToUs, type == .challenge { return answerChallenge(request) }
         if request.isAddressedToUs, type.isReply {
             // Replies are never answered with an error (docs/PROTOCOL.md 8); one sent to us is stray.
             return SignalingOutcome(verdict: .drop, event: "dropped \(type) addressed to us by \(request.source)")

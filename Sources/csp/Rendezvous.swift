@@ -56,7 +56,10 @@ extension CSPCommand {
             while deadline.map({ clock.now < $0 }) ?? true {
                 guard let (bytes, from) = try socket.receive(timeout: .milliseconds(200)) else { continue }
                 let (outputs, event) = rendezvous.handle(bytes, from: from, now: wallClockSeconds())
-                for output in outputs {
+                for (index, output) in outputs.enumerated() {
+                    // A RESPONSE goes to the challenger's own socket, the answer again through its
+                    // queue: a moment between them lets the proof land first.
+                    if index > 0 { usleep(5_000) }
                     do { try socket.send(output.bytes, to: output.destination) } catch { print("cannot send to \(output.destination): \(error)") }
                 }
                 if let event { print(event) }

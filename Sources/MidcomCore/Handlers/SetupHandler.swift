@@ -261,7 +261,7 @@ extension GatewayEngine {
                 .lifetime(lifetime), .epoch(identity.epoch), .middleboxRecord(record(.admitted, lifetime: lifetime)),
             ])
         return SignalingOutcome(
-            verdict: .drop, reply: OutgoingMessage(message: accept, destination: request.source),
+            verdict: .drop, reply: OutgoingMessage(message: sealed(accept), destination: request.source),
             event: "answered SETUP \(hex(request.message.sessionID)) \(flow) for the server listening at \(listener.flow.destination):\(listener.flow.destinationPort)")
     }
 
@@ -317,7 +317,7 @@ extension GatewayEngine {
         let accept = CSPMessage(
             type: .accept, flags: .fromMiddlebox, result: .success, sessionID: request.message.sessionID,
             nonce: request.message.nonce, sequence: request.message.sequence, tlvs: tlvs)
-        return OutgoingMessage(message: accept, destination: request.source)
+        return OutgoingMessage(message: sealed(accept), destination: request.source)
     }
 
     /// FLOW as it looks at this middlebox: the MAPPED-ADDRESSes that NATs nearer the host put in

@@ -104,6 +104,28 @@ extension GatewayEngine {
             event: describe ? "challenged \(message.type) \(hex(message.sessionID)) from \(request.source)" : nil)
     }
 
+    /// A middlebox nearer a host challenged an answer we gave in our own name (an ACCEPT for a
+    /// pinhole or for a listening server behind us, docs/PROTOCOL.md 6.6): we echo the token, and
+    /// the host's retransmitted request gets our answer again, now from a proved address. Stateless
+    /// (nothing tells a forged CHALLENGE from a real one), so the RESPONSE, never larger than the
+    /// CHALLENGE, is within the reply budget like every answer to an unproved address.
+    mutating func answerChallenge(_ request: SignalingRequest) -> SignalingOutcome {
+        let challenge = request.message
+        guard challenge.flags.contains(.fromMiddlebox), let token = challenge.challengeToken else {
+            return SignalingOutcome(verdict: .drop, event: "dropped CHALLENGE \(hex(challenge.sessionID)) addressed to us by \(request.source)")
+        }
+        guard hasAnswered(request.source.address) || replyBudget.spend(to: request.source.address, atSecond: clock.wholeSeconds) else {
+            counters.repliesLimited += 1
+            return SignalingOutcome(verdict: .drop)
+        }
+        let response = CSPMessage(
+            type: .response, sessionID: challenge.sessionID, nonce: challenge.nonce, sequence: challenge.sequence,
+            tlvs: [.challengeToken(token)])
+        return SignalingOutcome(
+            verdict: .drop, reply: OutgoingMessage(message: response, destination: request.source),
+            event: "CHALLENGE \(hex(challenge.sessionID)) from \(request.source) for our answer: RESPONSE sent")
+    }
+
     /// RESPONSE: if its token is ours and was minted for this very sender, the sender's address
     /// is proved; the RESPONSE ends here. Someone else's token (a middlebox further along, or
     /// the peer) travels on unchanged.
