@@ -6,23 +6,25 @@
 # number; the script fails only when a measurement could not be made.
 #   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, shorter runs
 #   BENCH_RUNS=N        runs per figure (default 5, quick 3)
-#   BENCH_FIGURES="1 3" only these figures (1–10; 10 = the cost of trust: signed ÷ unsigned setups/s with
+#   BENCH_FIGURES="1 3" only these figures (1–11; 10 = the cost of trust: signed ÷ unsigned setups/s with
 #                       challenge = never, CPU per Ed25519 verification, and a spoofed-source SETUP flood against
-#                       the default trust settings while an initiator that answers CHALLENGEs sets up sessions)
+#                       the default trust settings while an initiator that answers CHALLENGEs sets up sessions;
+#                       11 = mobility: signed REBINDs/s ÷ signed re-SETUPs/s of the same sessions, and the
+#                       interruption of a UDP stream when its host's address changes under `csp keep`)
 source "$(dirname "$0")/lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (namespaces, nftables, NFQUEUE): sudo make bench" >&2; exit 1; }
 QUICK=${BENCH_QUICK:-0}
-if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10"}
-else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10"}; fi
+if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10 11"}
+else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10 11"}; fi
 mkdir -p "$RESULTS" "$BIN"
 RAW="$RESULTS/raw.jsonl"
 : >"$RAW"
 META="$RESULTS/meta.json"
 
 # MARK: build (C references with gcc -O2; midcomd release build in its own scratch path)
-# cspload signs SETUPs for figure 10 with OpenSSL's libcrypto (Debian libssl-dev).
-for p in nfqref udpblast cspload nftload natpmpload; do
+# cspload signs SETUPs for figures 10 and 11 with OpenSSL's libcrypto (Debian libssl-dev).
+for p in nfqref udpblast cspload nftload natpmpload udpgap; do
   if [ ! -x "$BIN/$p" ] || [ "$BENCH_DIR/c/$p.c" -nt "$BIN/$p" ] || [ "$BENCH_DIR/c/benchutil.h" -nt "$BIN/$p" ]; then
     extra=(); [ $p = cspload ] && extra=(-lcrypto)
     gcc -O2 -Wall -o "$BIN/$p" "$BENCH_DIR/c/$p.c" -lnetfilter_queue -lnftnl -lmnl "${extra[@]}"
@@ -509,6 +511,124 @@ fig10_flood() {
   record 10 "${pre}flood" sessions_after "$run" "$(midcomd_status sessions)"
   bl_stop "$r"
   bl_stop "$MIDCOMD_PID"
+}
+
+# MARK: figure 11 — mobility
+# a. REBINDs/s: `cspload rebind` (client) sets up signed sessions from its first address 10.201.1.2, then per
+#    run moves the same sessions twice, timed: signed re-SETUPs to another flow (next sequence, the other
+#    source port of the session's pair, same address) and signed REBINDs to the client's second address
+#    10.201.1.3 (FLOW the flow as it was, NEW-ADDRESS the same port there, sent from there), in alternating
+#    order. A REBIND midcomd knows is processed like a re-SETUP with another flow (docs/PROTOCOL.md 6.7):
+#    the re-SETUPs are the reference. midcomd runs with the default trust settings, so the second address
+#    answers one CHALLENGE for the key (`cspload` signs its RESPONSE) and is proved for the rest; the
+#    responder (`cspload respond -C`) answers both with ACCEPT. The sessions are sized from the verification
+#    ceiling (signed requests/s cannot exceed it), all requests built and signed before their timed window.
+# b. interruption: `udpgap send` (one datagram every GAP_INTERVAL_US from 0.0.0.0:4000) through the gateway to
+#    `udpgap recv`; the client's address changes (`ip -batch`: delete 10.201.1.2, add 10.201.1.3, default
+#    route again) and `csp keep` (rtnetlink) sends the REBIND, answering midcomd's CHALLENGE for the new
+#    address; gap = arrival of the first datagram from the new address − arrival of the last one from the old.
+#    Reference: the same address change through gw with no midcom table (plain forwarding, no signaling).
+GAP_INTERVAL_US=${BENCH_GAP_INTERVAL_US:-200}
+fig11() {
+  bl_lab
+  in_ns client ip addr add 10.201.1.3/24 dev to-gw
+  in_ns gw ip neigh replace 10.201.1.3 lladdr "$(in_ns client cat /sys/class/net/to-gw/address)" dev to-client nud permanent
+  bl_ruleset
+  bl_midcomd $'[policy]\ndefault = admit\nunsignaled = drop\nmax-sessions = 4000000'
+  local ceiling n
+  ceiling=$(taskset -c "$READER_CPU" "$SWIFT_BENCH" trust 2000 | json_field verify_ceiling_per_s)
+  n=$(python3 -c "print(min(int(1.3 * $ceiling * $D) + 2000, 200000))")
+  bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -C -d 600
+  local r=$BL_LAST_PID
+  sleep 0.2
+  local c0 f0 s0; c0=$(midcomd_counter challenges_passed); f0=$(midcomd_counter authentication_failures)
+  s0=$(midcomd_counter spoofed_flows)
+  say "figure 11a: $n signed sessions (verification ceiling $ceiling/s), then $RUNS runs"
+  in_ns client taskset -c "$LOAD_CPU" timeout 900 "$BIN/cspload" rebind 10.201.2.2 10.201.1.3 -w 64 -s 8 -d "$D" \
+    -r "$RUNS" -n "$n" -P "$MIDCOMD_PID" >"$BL_DIR/rebind.jsonl"
+  bl_stop "$r"
+  python3 - "$BL_DIR/rebind.jsonl" >>"$RAW" <<'PYEOF'
+import json, sys
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    run = d.get("run", 1)
+    for kind in (["setup"] if d.get("phase") == "prep" else ["resetup", "rebind"]):
+        case = "prep-setup" if kind == "setup" else kind + "-w64"
+        for m in ("per_s", "lost", "rejects", "challenges", "abandoned", "rtt_p50_ns", "rtt_p99_ns", "pool",
+                  "pool_exhausted", "sign_s", "cpu_ns_per_request"):
+            print(json.dumps({"fig": "11", "case": case, "metric": m, "run": run, "value": d[f"{kind}_{m}"]}))
+    print(json.dumps({"fig": "11", "case": "sessions", "metric": "alive", "run": run, "value": d["alive"]}))
+PYEOF
+  record 11 sessions prepared 1 "$n"
+  record 11 midcomd-a challenges_passed 1 "$(( $(midcomd_counter challenges_passed) - c0 ))"
+  record 11 midcomd-a authentication_failures 1 "$(( $(midcomd_counter authentication_failures) - f0 ))"
+  record 11 midcomd-a spoofed_flows 1 "$(( $(midcomd_counter spoofed_flows) - s0 ))"
+  record 11 midcomd-a rebinds 1 "$(midcomd_counter rebinds)"
+  bl_stop "$MIDCOMD_PID"
+  say "figure 11a done"
+  for run in $(seq 1 "$RUNS"); do
+    for c in kernel midcomd; do fig11_move "$c" "$run"; done
+    say "figure 11 run $run/$RUNS done"
+  done
+}
+
+# fig11_move CASE RUN: one address change of a host that sends a UDP stream through gw (a fresh lab);
+# CASE kernel: no midcom table in gw; midcomd: a signed session kept by `csp keep`.
+fig11_move() {
+  local c=$1 run=$2 state="$BL_DIR/csp-state" key="$BL_DIR/client.key" keeper= listener=
+  bl_lab
+  if [ "$c" = midcomd ]; then
+    bl_ruleset
+    bl_midcomd $'[daemon]\nname = "gw"\n[policy]\ndefault = admit\nunsignaled = drop'
+    bl_bg server "$BL_DIR/listen.log" "$SWIFT_BIN/csp" listen --duration 30
+    listener=$BL_LAST_PID
+  else
+    in_ns gw nft delete table inet midcom 2>/dev/null || true
+  fi
+  bl_bg server "$BL_DIR/gap.log" taskset -c "$LOAD_CPU" "$BIN/udpgap" recv 5000 -d 8
+  local recv=$BL_LAST_PID
+  if [ "$c" = midcomd ]; then
+    rm -rf "$state"
+    [ -f "$key" ] || "$SWIFT_BIN/csp" keygen --key "$key" >/dev/null
+    sleep 0.2
+    local out s
+    out=$(in_ns client timeout 20 "$SWIFT_BIN/csp" setup udp 10.201.2.2:5000 --sport 4000 --lifetime 60 --key "$key" --state-dir "$state" 2>&1) || true
+    s=$(sed -n 's/^session \([0-9a-f]\{16\}\):.*/\1/p' <<<"$out" | head -1)
+    [ -n "$s" ] || { echo "figure 11: csp setup failed: $out" >&2; return 1; }
+    bl_bg client "$BL_DIR/keep.log" taskset -c "$LOAD_CPU" "$SWIFT_BIN/csp" keep "$s" --lifetime 60 --duration 10 \
+      --key "$key" --state-dir "$state"
+    keeper=$BL_LAST_PID
+    for _ in $(seq 1 50); do grep -q '"event":"keeping"' "$BL_DIR/keep.log" && break; sleep 0.1; done
+  fi
+  local p0=0; [ "$c" = midcomd ] && p0=$(midcomd_counter challenges_passed)
+  bl_bg client "$BL_DIR/send.log" taskset -c "$LOAD_CPU" "$BIN/udpgap" send 10.201.2.2 5000 -S 4000 -i "$GAP_INTERVAL_US" -d 3
+  local snd=$BL_LAST_PID
+  sleep 1
+  in_ns client ip -batch - <<'MOVE'
+addr del 10.201.1.2/24 dev to-gw
+addr add 10.201.1.3/24 dev to-gw
+route replace default via 10.201.1.1
+MOVE
+  wait "$snd" || true
+  wait "$recv" || true
+  local gap; gap=$(tail -1 "$BL_DIR/gap.log")
+  if [ "$(echo "$gap" | json_field moved)" = 1 ]; then
+    record 11 "gap-$c" gap_ms "$run" "$(echo "$gap" | json_field gap_ms)"
+    record 11 "gap-$c" missing "$run" "$(echo "$gap" | json_field missing)"
+    # Datagrams the sender could not send (no usable address) vs the ones that left and were lost on the way.
+    record 11 "gap-$c" send_errors "$run" "$(tail -1 "$BL_DIR/send.log" | json_field send_errors)"
+  else
+    say "figure 11: the stream never arrived from the new address ($c, run $run): $gap"
+  fi
+  record 11 "gap-$c" moved "$run" "$(echo "$gap" | json_field moved)"
+  if [ "$c" = midcomd ]; then
+    record 11 gap-midcomd keeper_retries "$run" "$(grep -c '"event":"rebind-retry"' "$BL_DIR/keep.log" || true)"
+    record 11 gap-midcomd rebound "$run" "$(grep -c '"event":"rebound"' "$BL_DIR/keep.log" || true)"
+    record 11 gap-midcomd challenges_passed "$run" "$(( $(midcomd_counter challenges_passed) - p0 ))"
+    bl_stop "$keeper"
+    bl_stop "$listener"
+    bl_stop "$MIDCOMD_PID"
+  fi
 }
 
 START=$(date +%s)

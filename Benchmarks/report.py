@@ -191,6 +191,43 @@ for pre, label in (("", "default trust"), ("rps255-", "replies-per-source 255"))
     row(10, f"midcomd RSS after ÷ before the flood, {label}", stat(10, f"{pre}flood", "rss_after_kb"),
         stat(10, f"{pre}flood", "rss_before_kb"), "kB", higher_is_better=False)
 
+# 11 mobility
+notes = []
+for kind in ("rebind-w64", "resetup-w64"):
+    for m, what in (("lost", "lost"), ("rejects", "refused"), ("abandoned", "unanswered at the end")):
+        v = stat(11, kind, m)
+        if v and v["max"] > 0:
+            notes.append(f"{kind.split('-')[0]}: requests {what} in some runs")
+    ex = stat(11, kind, "pool_exhausted")
+    if ex and ex["max"] > 0:
+        notes.append(f"{kind.split('-')[0]}: the pre-signed requests ran out (window shortened)")
+authfail = stat(11, "midcomd-a", "authentication_failures")
+if authfail and authfail["max"] > 0:
+    notes.append("midcomd refused signed requests (authentication_failures > 0)")
+# Target: a REBIND midcomd knows is processed like a re-SETUP with another flow (docs/PROTOCOL.md 6.7), so it
+# should cost no more than one, within the 10 % a second checked address and a larger message may take.
+row(11, "REBINDs/s ÷ signed re-SETUPs/s to another flow (same sessions, window 64)", stat(11, "rebind-w64", "per_s"),
+    stat(11, "resetup-w64", "per_s"), "req/s", 0.9, note="; ".join(notes))
+row(11, "  midcomd CPU per REBIND ÷ per re-SETUP", stat(11, "rebind-w64", "cpu_ns_per_request"),
+    stat(11, "resetup-w64", "cpu_ns_per_request"), "ns", higher_is_better=False)
+row(11, "  round trip p50 at window 64: REBIND ÷ re-SETUP", stat(11, "rebind-w64", "rtt_p50_ns"),
+    stat(11, "resetup-w64", "rtt_p50_ns"), "ns", higher_is_better=False)
+row(11, "  signed new sessions/s while preparing (for scale; each responder's ACCEPT CHALLENGEd)",
+    stat(11, "prep-setup", "per_s"), None, "sessions/s")
+row(11, "  address proofs during the REBIND runs (1 expected: the new address, once for the key)",
+    stat(11, "midcomd-a", "challenges_passed"), None, "", higher_is_better=False)
+moved = stat(11, "gap-midcomd", "moved")
+note = "the stream never came back from the new address in some runs" if moved and moved["min"] < 1 else ""
+retries = stat(11, "gap-midcomd", "keeper_retries")
+if retries and retries["max"] > 0:
+    note = (note + "; " if note else "") + "csp keep had to retry its REBIND in some runs (200 ms each)"
+row(11, "interruption on rebind (ms): midcomd + csp keep ÷ plain forwarding", stat(11, "gap-midcomd", "gap_ms"),
+    stat(11, "gap-kernel", "gap_ms"), "ms", higher_is_better=False, note=note)
+row(11, "  what signaling adds to the interruption (midcomd − plain forwarding)",
+    diff(stat(11, "gap-midcomd", "gap_ms"), stat(11, "gap-kernel", "gap_ms")), None, "ms", higher_is_better=False)
+row(11, "  datagrams lost in the move: midcomd vs plain forwarding", stat(11, "gap-midcomd", "missing"),
+    stat(11, "gap-kernel", "missing"), "pkts", higher_is_better=False)
+
 
 def fmt(x, unit=""):
     if x is None:

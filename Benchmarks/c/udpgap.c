@@ -8,7 +8,7 @@
 //       the CLOCK_MONOTONIC send time. Prints sent, send_errors, first_error_seq, last_error_seq and resume_ns
 //       (the send time of the first datagram sent without error after the last error).
 //   udpgap recv PORT [-d SECONDS]
-//       Receives for SECONDS. At the first change of the sender's address (after at least one datagram from the
+//       Receives for SECONDS, or until 300 ms pass without a datagram after the move. At the first change of the sender's address (after at least one datagram from the
 //       first address): gap_ns = arrival of the first datagram from the new address - arrival of the last one
 //       from the old address; missing = sequence numbers between the two; first_new_sent_ns = the send time of
 //       that first datagram from the new address. Prints them with the datagrams counted per address; moved 0
@@ -91,7 +91,7 @@ static int cmd_recv(int argc, char **argv) {
     bu_install_signals();
     printf("ready\n");
     fflush(stdout);
-    uint64_t end = bu_now_ns() + (uint64_t)(seconds * 1e9);
+    uint64_t end = bu_now_ns() + (uint64_t)(seconds * 1e9), last_ns = 0;
     uint64_t count[2] = {0, 0}, last_old_ns = 0, last_old_seq = 0, gap_ns = 0, first_new_seq = 0, first_new_sent = 0;
     uint32_t address[2] = {0, 0};
     int moved = 0, other = 0;
@@ -101,7 +101,11 @@ static int cmd_recv(int argc, char **argv) {
         socklen_t fromlen = sizeof from;
         ssize_t n = recvfrom(fd, &p, sizeof p, 0, (struct sockaddr *)&from, &fromlen);
         uint64_t now = bu_now_ns();
-        if (n != (ssize_t)sizeof p) continue;
+        if (n != (ssize_t)sizeof p) {
+            if (moved && now - last_ns > 300000000ull) break;  // the stream ended
+            continue;
+        }
+        last_ns = now;
         uint32_t a = from.sin_addr.s_addr;
         if (!count[0]) address[0] = a;
         if (a == address[0] && !moved) {

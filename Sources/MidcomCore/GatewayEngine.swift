@@ -271,6 +271,7 @@ public struct GatewayEngine: Sendable {
         bury(session, now: now ?? clock)
         releasePendingMapping(of: session)
         if let mapping = session.mapping { natPorts?.release(session.flow.proto, mapping.port) }
+        if let relay = session.relay { natPorts?.release(session.flow.proto, relay.port) }
         return session.kernelObjects.map { .remove($0) }
     }
 

@@ -88,6 +88,13 @@ func parseEndpoint(_ text: String) throws -> CSPEndpoint {
 /// checks the reply's middlebox records against the trust store, prints what came back, and
 /// returns the exit status.
 func exchange(_ request: CSPMessage, with peer: IPAddress, from source: IPAddress? = nil, common: Common) throws -> Int32 {
+    try exchangeWithReply(request, with: peer, from: source, common: common).status
+}
+
+/// `exchange`, also returning the reply (nil when none came).
+func exchangeWithReply(_ request: CSPMessage, with peer: IPAddress, from source: IPAddress? = nil, common: Common) throws
+    -> (status: Int32, reply: CSPMessage?)
+{
     // Sent from the flow's own address: middleboxes check that a host signals only its own flows.
     let socket = try UDPSocket(family: peer.family, address: source)
     var client = SignalingClient(socket: socket)
@@ -114,19 +121,19 @@ func exchange(_ request: CSPMessage, with peer: IPAddress, from source: IPAddres
                 common.sessions.forget(request.sessionID)
                 printError("session \(hex(request.sessionID)) torn down")
             }
-            return ExitStatus.untrusted
+            return (ExitStatus.untrusted, result.reply)
         }
         if result.reply.type == .accept, result.reply.lifetime != 0 {
             common.sessions.update(request.sessionID) { $0.records = result.reply.records.map { ($0.middleboxID, $0.epoch) } }
         }
         switch result.reply.type {
-        case .accept: return ExitStatus.accepted
-        case .redirect: return ExitStatus.redirected
-        default: return ExitStatus.rejected
+        case .accept: return (ExitStatus.accepted, result.reply)
+        case .redirect: return (ExitStatus.redirected, result.reply)
+        default: return (ExitStatus.rejected, result.reply)
         }
     } catch let error as SignalingError {
         printError("\(error)")
-        return ExitStatus.noAnswer
+        return (ExitStatus.noAnswer, nil)
     }
 }
 
@@ -237,6 +244,8 @@ extension CSPCommand {
         var via: String?
         @Option(help: "Incoming: the local port peers connect to.")
         var localPort: UInt16?
+        @Option(help: "Outgoing, away from home: ask this home firewall (off-path) and use the relay it gives (docs/PROTOCOL.md 10.9).")
+        var home: String?
         @Option(help: "Session ID as 16 hex digits (default: random).")
         var session: String?
         @OptionGroup var common: Common
@@ -244,7 +253,7 @@ extension CSPCommand {
         mutating func run() throws {
             let proto = try parseProtocol(self.proto)
             let flow: FlowTuple
-            let signalTo: IPAddress
+            var signalTo: IPAddress
             var action: CSPRequestedAction = [.admit, .allowRedirect]
             if incoming {
                 guard let peer, let localPort else { throw ValidationError("--incoming needs --peer and --local-port") }
@@ -270,6 +279,10 @@ extension CSPCommand {
                 let local = try source.flatMap(IPAddress.init) ?? UDPSocket.sourceAddress(toward: responder)
                 flow = FlowTuple(proto: proto, source: local, sourcePort: sport, destination: responder.address, destinationPort: responder.port)
                 signalTo = responder.address
+                if let home {
+                    guard let firewall = IPAddress(home) else { throw ValidationError("--home '\(home)' is not an address") }
+                    signalTo = firewall
+                }
             }
             let sessionID = try session.map { text throws -> UInt64 in
                 guard let v = UInt64(text, radix: 16) else { throw ValidationError("--session must be 16 hex digits") }
@@ -290,7 +303,22 @@ extension CSPCommand {
             } else {
                 common.sessions.update(sessionID) { $0.flow = flow; $0.incoming = incoming }
             }
-            throw ExitCode(try exchange(request, with: signalTo, from: source.flatMap(IPAddress.init), common: common))
+            let (status, reply) = try exchangeWithReply(request, with: signalTo, from: source.flatMap(IPAddress.init), common: common)
+            guard home != nil, status == ExitStatus.redirected, let reply, reply.flags.contains(.fromMiddlebox),
+                let relay = reply.redirectTarget
+            else { throw ExitCode(status) }
+            // The home firewall relays the flow: signal our leg to its relay endpoint too, so the
+            // middleboxes on the path we are on now admit it (the firewall answers as its responder).
+            var leg = flow
+            leg.destination = relay.address
+            leg.destinationPort = relay.port
+            var legTLVs: [CSPTLV] = [.flow(leg), .lifetime(lifetime), .requestedAction([.admit])]
+            if let app { legTLVs.append(.application(app)) }
+            let legRequest = CSPMessage(
+                type: .setup, flags: .recordRoute, sessionID: sessionID, nonce: secureRandomUInt64(),
+                sequence: common.sessions.nextSequence(for: sessionID, peer: signalTo), tlvs: legTLVs)
+            if !common.machine { print("relayed by \(signalTo): send to \(relay)") }
+            throw ExitCode(try exchange(legRequest, with: relay.address, from: source.flatMap(IPAddress.init), common: common))
         }
     }
 

@@ -110,10 +110,18 @@ extension GatewayEngine {
             counters.adopted += 1
         case .sourceNAT(let rule):
             natPorts?.reserve(rule.proto, rule.external.port)
-            attach(mapping: rule.external, proto: rule.proto, to: element.tag)
+            if element.tag?.kind == .relay {
+                // A relay's SNAT names its relay endpoint; its DNAT follows from it.
+                if let tag = element.tag, var session = sessions[id: tag.sessionID], session.relay == nil {
+                    session.relay = rule.external.endpoint
+                    sessions.upsert(session)
+                }
+            } else {
+                attach(mapping: rule.external, proto: rule.proto, to: element.tag)
+            }
         case .destinationNAT(let rule):
             natPorts?.reserve(rule.proto, rule.external.port)
-            attach(mapping: rule.external, proto: rule.proto, to: element.tag)
+            if element.tag?.kind != .relay { attach(mapping: rule.external, proto: rule.proto, to: element.tag) }
         }
     }
 

@@ -52,7 +52,8 @@ extension GatewayEngine {
             return spoofedRebind(request, reason: "NEW-ADDRESS \(newAddress.address) is not the REBIND's source \(request.source.address)")
         }
         let decision = policy.decide(
-            flow: moved, application: existing?.application ?? rebind.application, incoming: incoming,
+            flow: existing?.relay == nil ? moved : policyView(moved, relayedFor: signer),
+            application: existing?.application ?? rebind.application, incoming: incoming,
             requestedLifetime: rebind.lifetime ?? existing?.grantedLifetime)
         guard decision.action != .reject else {
             counters.rejected += 1

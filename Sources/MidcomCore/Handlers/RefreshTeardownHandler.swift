@@ -13,8 +13,8 @@ extension GatewayEngine {
         // Lifetime 0 means delete (PCP-style).
         if refresh.lifetime == 0 { return handleTeardown(request, now: now) }
         let decision = policy.decide(
-            flow: session.flow, application: session.application, incoming: session.incoming,
-            requestedLifetime: refresh.lifetime)
+            flow: session.relay == nil ? session.flow : policyView(session.flow, relayedFor: session.ownerKey),
+            application: session.application, incoming: session.incoming, requestedLifetime: refresh.lifetime)
         guard request.isAddressedToUs else {
             // The refresh takes effect when the responder ACCEPTs it.
             let previous = session

@@ -21,6 +21,14 @@ extension GatewayEngine {
         if request.isAddressedToUs, !incoming, let listener = mappedListener(for: signaled) {
             return answerForListener(request, listener: listener, flow: signaled)
         }
+        // A host of ours away from home asks for a flow (docs/PROTOCOL.md 10.9); then for its
+        // leg to the relay endpoint we gave it.
+        if request.isAddressedToUs, !incoming {
+            if let session = relayedSession(for: request, flow: signaled) { return answerRelayLeg(request, session: session) }
+            if configuration.trust.homeAddress(of: request.signer) != nil {
+                return relayForAwayHost(request, signaled: signaled, now: now)
+            }
+        }
         // Only an incoming pinhole makes sense at the middlebox: for outgoing flows the peer answers.
         if request.isAddressedToUs, !incoming {
             return rejection(

@@ -66,6 +66,8 @@ public struct ElementTag: Hashable, Sendable {
         case incoming = "i"
         case legacy = "l"
         case redirect = "r"
+        /// Relayed for a mobile host away from home (docs/PROTOCOL.md 10.9).
+        case relay = "m"
     }
 
     public var sessionID: UInt64

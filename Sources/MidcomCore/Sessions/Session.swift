@@ -133,6 +133,12 @@ public struct Session: Sendable, Equatable {
         get { extras?.value.mapping }
         set { updateExtras { $0.mapping = newValue } }
     }
+    /// Our endpoint through which a mobile host away from home reaches the flow's responder
+    /// (docs/PROTOCOL.md 10.9): its packets to it are translated to the responder, from it.
+    public var relay: CSPEndpoint? {
+        get { extras?.value.relay }
+        set { updateExtras { $0.relay = newValue } }
+    }
     /// The proxy the host was sent to (REDIRECT).
     public var redirectTarget: CSPEndpoint? {
         get { extras?.value.redirectTarget }
@@ -162,6 +168,7 @@ public struct Session: Sendable, Equatable {
     struct Extras: Sendable, Equatable {
         var mapping: CSPEndpoint?
         var redirectTarget: CSPEndpoint?
+        var relay: CSPEndpoint?
         var application: String?
         var pending: PendingRequest?
         var ownerKey: PublicKey?
@@ -203,6 +210,7 @@ extension Session {
         case .admitted:
             var objects = paths.map { KernelObject.admission($0.flow) }
             if let translation { objects.append(translation) }
+            objects += relayTranslations
             return objects
         }
     }
@@ -219,13 +227,27 @@ extension Session {
         return .sourceNAT(SourceNAT(proto: flow.proto, internal: host, external: external))
     }
 
+    /// A relayed session's NAT rules: the host's packets to our relay endpoint go to the
+    /// responder (DNAT), and leave with the relay endpoint as their source (SNAT), so the
+    /// responder's answers come back through us. IPv4 only, like the NAT maps.
+    var relayTranslations: [KernelObject] {
+        guard let relay, let external = IPv4Endpoint(relay),
+            let host = IPv4Endpoint(CSPEndpoint(address: flow.source, port: flow.sourcePort)),
+            let responder = IPv4Endpoint(CSPEndpoint(address: flow.destination, port: flow.destinationPort))
+        else { return [] }
+        return [
+            .destinationNAT(DestinationNAT(proto: flow.proto, external: external, internal: responder)),
+            .sourceNAT(SourceNAT(proto: flow.proto, internal: host, external: external)),
+        ]
+    }
+
     /// The comment the session's kernel elements carry.
     public var tag: ElementTag {
         let kind: ElementTag.Kind =
             switch state {
             case .legacy: .legacy
             case .redirected: .redirect
-            case .pending, .admitted: incoming ? .incoming : .outgoing
+            case .pending, .admitted: relay != nil ? .relay : incoming ? .incoming : .outgoing
             }
         return ElementTag(sessionID: id, kind: kind, application: application)
     }
@@ -233,6 +255,7 @@ extension Session {
     /// What the session installed, in one word for `midctl`: redirect, nat, admit or none.
     public var actionName: String {
         if state == .redirected { return "redirect" }
+        if relay != nil { return "relay" }
         let objects = kernelObjects
         if objects.contains(where: { if case .admission = $0 { false } else { true } }) { return "nat" }
         return objects.isEmpty ? "none" : "admit"

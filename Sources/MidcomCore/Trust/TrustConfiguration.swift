@@ -33,12 +33,17 @@ public struct KnownKey: Sendable, Equatable {
     public var source: IPPrefix?
     /// The key is trusted only for this APPLICATION (nil: any).
     public var application: String?
+    /// A mobile host of this site: its address at home. Away from home, it asks this middlebox
+    /// for its flows and they are relayed here under the policy of that address
+    /// (docs/PROTOCOL.md 10.9, off-path firewall for a mobile host).
+    public var homeAddress: IPAddress?
 
-    public init(name: String, key: PublicKey, source: IPPrefix? = nil, application: String? = nil) {
+    public init(name: String, key: PublicKey, source: IPPrefix? = nil, application: String? = nil, homeAddress: IPAddress? = nil) {
         self.name = name
         self.key = key
         self.source = source
         self.application = application
+        self.homeAddress = homeAddress
     }
 
     public func allows(_ key: PublicKey, from address: IPAddress, application app: String?) -> Bool {
@@ -68,12 +73,26 @@ public struct KnownKey: Sendable, Equatable {
             source = p
         }
         application = reader.optionalString("application")
+        if let v = reader.raw("home-address") {
+            guard let a = IPAddress(v.text), a.family == .ipv4 else {
+                throw reader.error(
+                    v, "'\(v.text)' is not an IPv4 address",
+                    fix: "write the mobile host's address at home, e.g. home-address = \"10.1.0.5\" (relays are IPv4: the NAT maps are)")
+            }
+            homeAddress = a
+        }
         try reader.rejectUnknownKeys()
     }
 }
 
 /// `[trust]` and `[[known-key]]`: signatures, return routability and abuse limits.
 public struct TrustConfiguration: Sendable, Equatable {
+    /// The home address of a mobile host of this site, by its key (nil: not one of ours).
+    public func homeAddress(of key: PublicKey?) -> IPAddress? {
+        guard let key else { return nil }
+        return knownKeys.first { $0.key == key && $0.homeAddress != nil }?.homeAddress
+    }
+
     public var signatures: SignatureRequirement = .none
     public var knownKeys: [KnownKey] = []
     public var challenge: ChallengePolicy = .newSources
