@@ -22,7 +22,7 @@ struct CSPCommand: ParsableCommand {
             """,
         subcommands: [
             Setup.self, Refresh.self, Teardown.self, Rebind.self, AddPath.self, RemovePath.self, Keep.self, Listen.self,
-            RendezvousService.self, Discover.self, Keygen.self,
+            RendezvousService.self, Sessions.self, Discover.self, Keygen.self,
         ]
     )
 }
@@ -576,7 +576,10 @@ struct SessionStore {
         return entry.lastSequence
     }
 
-    func forget(_ id: UInt64) { _ = unlink(path(id)) }
+    func forget(_ id: UInt64) {
+        _ = unlink(path(id))
+        _ = unlink(KeeperStatus.path(self, id))
+    }
 }
 
 enum ProcessEnvironment {

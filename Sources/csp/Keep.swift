@@ -143,6 +143,10 @@ extension CSPCommand {
         }
 
         func report(_ fields: [String: String]) {
+            if let event = fields["event"], let id = UInt64(session, radix: 16) {
+                KeeperStatus(pid: getpid(), event: event, at: wallClockSeconds(), lifetime: UInt32(fields["lifetime"] ?? "") ?? lifetime)
+                    .save(common.sessions, id)
+            }
             let body = fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value)\"" }.joined(separator: ",")
             print("{\(body)}")
             fflush(nil)

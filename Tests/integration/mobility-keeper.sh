@@ -49,3 +49,11 @@ echo "      address change → data again: $(awk -v a="$moved_at" -v b="$(now_s)
 expect_match "$(nft_set gw admit4)" "10\.200\.1\.77 \. udp \. 4000 \. 10\.200\.2\.2 \. 5000" "the new admission"
 expect_no_match "$(nft_set gw admit4)" "10\.200\.1\.2 \. udp" "the old admission is gone"
 wait_for_match "$LAB_DIR/keep.log" '"event":"refreshed"' 8
+
+step "csp sessions shows the session, its moved flow and its running keeper (JSON for scripts)"
+csp_run client sessions
+expect_match "$CSP_OUT" "$s +initiator +udp 10\.200\.1\.77:4000 -> 10\.200\.2\.2:5000 .* running pid [0-9]+: (refreshed|rebound)" "table row"
+listing=$(in_ns client "$BIN/csp" sessions --json)
+keeper=$($PY -c 'import json,sys; r=[x for x in json.loads(sys.argv[1]) if x["id"]==sys.argv[2]][0]; print(r["flow"]["source"], r["keeper"]["running"], r["keeper"]["event"], len(r["middleboxes"]))' "$listing" "$s")
+echo "      $keeper"
+expect_match "$keeper" "^10\.200\.1\.77 True (refreshed|rebound) 1$" "JSON: flow, keeper, gw1's record"
