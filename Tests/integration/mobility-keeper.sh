@@ -57,3 +57,4 @@ listing=$(in_ns client "$BIN/csp" sessions --json)
 keeper=$($PY -c 'import json,sys; r=[x for x in json.loads(sys.argv[1]) if x["id"]==sys.argv[2]][0]; print(r["flow"]["source"], r["keeper"]["running"], r["keeper"]["event"], len(r["middleboxes"]))' "$listing" "$s")
 echo "      $keeper"
 expect_match "$keeper" "^10\.200\.1\.77 True (refreshed|rebound) 1$" "JSON: flow, keeper, gw1's record"
+echo "mobility-keeper: all checks passed"
