@@ -110,6 +110,10 @@ public struct GatewayEngine: Sendable {
     var answered: [IPAddress: Instant] = [:]
     /// Replay windows of sessions that ended recently.
     var tombstones: [UInt64: Tombstone] = [:]
+    /// Admissions a REBIND replaced, kept until `at` (`rebind-grace`): in-flight packets from
+    /// the old address still pass; then they go, with their connections. Oldest first.
+    var retiring: [(at: Instant, flow: FlowTuple)] = []
+    static let maximumRetiring = 65536
     var tombstoneOrder = FIFO<TombstoneEntry>()
     /// What we may still send to unproved addresses this second.
     var replyBudget: ReplyBudget

@@ -56,6 +56,9 @@ public struct MidcomConfiguration: Sendable, Equatable {
     public var legacyLifetime: UInt32 = 30
     /// How long a SETUP may wait for its answer before the pending session is forgotten.
     public var pendingTimeout: UInt32 = 30
+    /// Seconds a moved session's old admission stays after its REBIND took effect: packets
+    /// still in flight from the old address pass, then it goes with its connections.
+    public var rebindGrace: UInt32 = 2
     /// Seconds the kernel keeps dropping an unsignaled flow after its first packet was dropped
     /// (0: every packet of such a flow is queued and judged again).
     public var dropCacheLifetime: UInt32 = 10
@@ -163,6 +166,7 @@ public struct MidcomConfiguration: Sendable, Equatable {
         maximumLifetime = try reader.integer("max-lifetime", default: maximumLifetime, range: 1...604800)
         legacyLifetime = try reader.integer("legacy-lifetime", default: legacyLifetime, range: 1...86400)
         pendingTimeout = try reader.integer("pending-timeout", default: pendingTimeout, range: 1...300)
+        rebindGrace = try reader.integer("rebind-grace", default: rebindGrace, range: 0...30)
         dropCacheLifetime = try reader.integer("drop-cache", default: dropCacheLifetime, range: 0...3600)
         maximumSessions = try reader.integer("max-sessions", default: maximumSessions, range: 1...50_000_000)
         try reader.rejectUnknownKeys()

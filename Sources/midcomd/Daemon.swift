@@ -256,6 +256,8 @@ final class Daemon: Sendable {
     func tick(_ burst: BurstBatcher) {
         notifier.notify("WATCHDOG=1")
         let (expired, changes) = engine.withLock { $0.expire(now: now()) }
+        // Also the old admissions of moved sessions, once their grace is over.
+        defer { burst.programNow(changes) }
         guard !expired.isEmpty else { return }
         if expired.count <= 3 {
             for session in expired where session.state != .pending {
@@ -264,7 +266,6 @@ final class Daemon: Sendable {
         } else {
             log.limited(.info, category: "expiry", "\(expired.count) sessions expired")
         }
-        burst.programNow(changes)
     }
 
     /// Checks that the loaded ruleset has every set and map this midcomd programs, with the key and

@@ -68,11 +68,39 @@ final class MobilityTests: XCTestCase {
         var moved = flow
         moved.source = away.address
         XCTAssertEqual(e.sessions[id: 1]?.flow, moved)
-        XCTAssertTrue(answered.kernel.contains(.remove(.admission(flow))), "\(answered.kernel)")
+        XCTAssertFalse(answered.kernel.contains(.remove(.admission(flow))), "the old admission stays for rebind-grace: \(answered.kernel)")
+        XCTAssertEqual(e.expire(now: .seconds(2)).kernel, [], "not yet")
+        XCTAssertEqual(e.expire(now: .seconds(3)).kernel, [.remove(.admission(flow))], "then it goes, with its connections")
         XCTAssertTrue(answered.kernel.untagged.contains(admit(moved, lifetime: 60)), "\(answered.kernel)")
         guard case .forwardRewritten(let bytes) = answered.verdict else { return XCTFail("not rewritten") }
         XCTAssertEqual(try CSPMessage.parse(bytes).records.last?.decision, .rebound)
         XCTAssertEqual(e.counters.rebinds, 1)
+    }
+
+    func testWithoutGraceTheOldAdmissionGoesAtOnceAndAMoveBackKeepsIt() {
+        var config = MidcomConfiguration()
+        config.trust.challenge = .never
+        config.rebindGrace = 0
+        var e = GatewayEngine(
+            configuration: config, identity: MiddleboxIdentity(id: 7, epoch: 1, name: "gw"),
+            challengeSecret: Array(repeating: 3, count: 32), startedAt: wall - 10)
+        admitted(&e)
+        _ = arrive(&e, rebind(nonce: 2, sequence: 2), from: away, signedBy: owner)
+        XCTAssertTrue(accept(&e, nonce: 2, to: away).kernel.contains(.remove(.admission(flow))))
+
+        // With grace, a host that moves back before the grace ends keeps its admission.
+        var g = engine()
+        admitted(&g)
+        _ = arrive(&g, rebind(nonce: 2, sequence: 2), from: away, signedBy: owner)
+        _ = accept(&g, nonce: 2, to: away)
+        var moved = flow
+        moved.source = away.address
+        let back = CSPMessage(
+            type: .rebind, flags: .recordRoute, sessionID: 1, nonce: 3, sequence: 3, tlvs: [.flow(moved), .newAddress(home)])
+        _ = arrive(&g, back, from: home, signedBy: owner)
+        _ = accept(&g, nonce: 3, to: home)
+        XCTAssertEqual(g.sessions[id: 1]?.flow, flow)
+        XCTAssertFalse(g.expire(now: .seconds(5)).kernel.contains(.remove(.admission(flow))), "the flow it moved back to stays")
     }
 
     func testUnsignedOrForeignRebindsAreRefused() {
@@ -163,6 +191,7 @@ final class MobilityTests: XCTestCase {
         var moved = flow
         moved.destination = newServer.address
         XCTAssertEqual(e.sessions[id: 1]?.flow, moved)
-        XCTAssertTrue(out.kernel.contains(.remove(.admission(flow))))
+        XCTAssertFalse(out.kernel.contains(.remove(.admission(flow))), "the old admission stays for rebind-grace")
+        XCTAssertEqual(e.expire(now: .seconds(3)).kernel, [.remove(.admission(flow))])
     }
 }

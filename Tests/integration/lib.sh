@@ -387,3 +387,15 @@ state_of() {
 import json, sys
 print({r["id"]: r["state"] for r in json.load(sys.stdin)}.get(sys.argv[1], "none"))' "$1"
 }
+
+# wait_until_gone SECONDS REGEX WHAT CMD...: wait (bounded) until CMD's output no longer matches
+# REGEX (e.g. an element removed after a grace period); fails otherwise.
+wait_until_gone() {
+  local seconds=$1 regex=$2 what=$3 i; shift 3
+  for ((i = 0; i < seconds * 10; i++)); do
+    "$@" 2>/dev/null | grep -Eq -- "$regex" || return 0
+    sleep 0.1
+  done
+  fail "$what: /$regex/ still there after ${seconds}s"
+}
+

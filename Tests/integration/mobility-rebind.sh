@@ -75,7 +75,8 @@ move() {
   echo "      interruption (address change → data again, including the test's own probes): $(awk -v a="$moved_at" -v b="$back" 'BEGIN { printf "%.2f", b - a }') s"
   local elements; elements=$(nft_set gw "$set")
   expect_match "$elements" "$new \. udp \. 4000 \. $server \. 5000" "$label: the new admission"
-  expect_no_match "$elements" "$old \. udp" "$label: the old admission is gone"
+  expect_match "$elements" "$old \. udp" "$label: the old admission stays for the rebind grace (2 s)"
+  wait_until_gone 4 "$old \. udp" "$label: the old admission goes after the grace" nft_set gw "$set"
   wait_for_match "$LAB_DIR/listen$([[ $new == *:* ]] && echo 6).log" "REBIND $s .*-> ACCEPT" 3
 }
 

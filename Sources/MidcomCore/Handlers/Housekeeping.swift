@@ -36,10 +36,10 @@ extension GatewayEngine {
     public mutating func expire(now: Instant) -> (sessions: [Session], kernel: [KernelChange]) {
         expireTombstones(now: now)
         if validated.count > 4096, now.nanoseconds / 1_000_000_000 % 10 == 0 { pruneValidated(now: now) }
+        var kernel = retired(now: now)
         let expired = sessions.expire(now: now)
-        guard !expired.isEmpty else { return ([], []) }
+        guard !expired.isEmpty else { return ([], kernel) }
         counters.expired += UInt64(expired.count)
-        var kernel: [KernelChange] = []
         for session in expired { kernel += released(session, now: now) }
         return (expired, kernel)
     }
@@ -131,3 +131,28 @@ extension GatewayEngine {
         sessions.upsert(session)
     }
 }
+
+extension GatewayEngine {
+    /// `changes` of a REBIND that took effect, with the old admissions' removals held back for
+    /// `rebind-grace` seconds (NAT rules move at once: their keys are the same external endpoint).
+    mutating func retireLater(_ changes: [KernelChange], now: Instant) -> [KernelChange] {
+        let grace = configuration.rebindGrace
+        guard grace > 0 else { return changes }
+        return changes.filter { change in
+            guard case .remove(.admission(let flow)) = change, retiring.count < Self.maximumRetiring else { return true }
+            retiring.append((now.adding(seconds: grace), flow))
+            return false
+        }
+    }
+
+    /// The held-back removals that are due, unless a session holds the flow again by then.
+    mutating func retired(now: Instant) -> [KernelChange] {
+        var due = 0
+        while due < retiring.count, retiring[due].at <= now { due += 1 }
+        guard due > 0 else { return [] }
+        let flows = retiring.prefix(due).map(\.flow)
+        retiring.removeFirst(due)
+        return flows.filter { sessions.session(for: $0) == nil }.map { .remove(.admission($0)) }
+    }
+}
+

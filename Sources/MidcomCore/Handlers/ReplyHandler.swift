@@ -37,7 +37,8 @@ extension GatewayEngine {
         session.updatedAt = now
         session.grantedLifetime = lifetime
         session.expiresAt = now.adding(seconds: lifetime)
-        let kernel = store(session, previous: previous, refresh: true)
+        var kernel = store(session, previous: previous, refresh: true)
+        if pending.rebind, wasAdmitted { kernel = retireLater(kernel, now: now) }
         // A re-SETUP that moved the session to another flow is a new admission, not a refresh.
         let refreshed = wasAdmitted && previous.flow == session.flow
         if refreshed { counters.refreshed += 1 } else { counters.admitted += 1 }
