@@ -114,6 +114,19 @@ public struct GatewayEngine: Sendable {
     /// the old address still pass; then they go, with their connections. Oldest first.
     var retiring: [(at: Instant, flow: FlowTuple)] = []
     static let maximumRetiring = 65536
+    /// Paths with a lifetime of their own, by deadline (lazy: an entry whose path was renewed
+    /// or removed meanwhile is skipped when it comes up).
+    var pathDeadlines = MinHeap<PathDeadline>()
+    /// Beyond this many pending deadlines (renewals leave old entries until they come up), new
+    /// paths simply live as long as their sessions.
+    static let maximumPathDeadlines = 1 << 20
+
+    struct PathDeadline: Comparable, Sendable {
+        var at: Instant
+        var sessionID: UInt64
+        var pathID: PathID
+        static func < (a: PathDeadline, b: PathDeadline) -> Bool { (a.at, a.sessionID, a.pathID) < (b.at, b.sessionID, b.pathID) }
+    }
     var tombstoneOrder = FIFO<TombstoneEntry>()
     /// What we may still send to unproved addresses this second.
     var replyBudget: ReplyBudget

@@ -149,6 +149,28 @@ final class MobilityTests: XCTestCase {
         XCTAssertEqual(e.sessions[id: 1]?.pathCount, 1)
     }
 
+    func testAPathWithItsOwnLifetimeEndsAloneAndIsRenewedByAddPath() {
+        var e = engine()
+        admitted(&e)
+        let second = CSPEndpoint(address: IPAddress("10.0.2.2")!, port: 4000)
+        var pathFlow = flow
+        pathFlow.source = second.address
+        func add(nonce: UInt64, lifetime: UInt32) -> SignalingOutcome {
+            let message = CSPMessage(
+                type: .addPath, sessionID: 1, nonce: nonce, sequence: UInt32(nonce),
+                tlvs: [.path(CSPPath(pathID: 2, endpoint: second)), .lifetime(lifetime)])
+            return arrive(&e, message, from: second, signedBy: owner)
+        }
+        XCTAssertEqual(add(nonce: 5, lifetime: 10).kernel.untagged, [admit(pathFlow, lifetime: 10)], "the path's own lifetime")
+        XCTAssertEqual(e.expire(now: .seconds(9)).kernel, [])
+        // Renewed before it ends: the element's timeout is replaced, the old deadline is void.
+        XCTAssertEqual(add(nonce: 6, lifetime: 20).kernel.untagged, [readmit(pathFlow, lifetime: 20)])
+        XCTAssertEqual(e.expire(now: .seconds(11)).kernel, [], "the first deadline no longer applies")
+        XCTAssertEqual(e.expire(now: .seconds(21)).kernel, [.remove(.admission(pathFlow))], "the path ends alone")
+        XCTAssertEqual(e.sessions[id: 1]?.pathCount, 1)
+        XCTAssertEqual(e.sessions[id: 1]?.state, .admitted, "the session lives on")
+    }
+
     func testAnAddPathThroughAnotherMiddleboxSetsThePathUpThere() {
         // This middlebox never saw the session: the path's flow is set up here, owned by the key.
         var e = engine()

@@ -36,7 +36,7 @@ extension GatewayEngine {
     public mutating func expire(now: Instant) -> (sessions: [Session], kernel: [KernelChange]) {
         expireTombstones(now: now)
         if validated.count > 4096, now.nanoseconds / 1_000_000_000 % 10 == 0 { pruneValidated(now: now) }
-        var kernel = retired(now: now)
+        var kernel = retired(now: now) + expirePaths(now: now)
         let expired = sessions.expire(now: now)
         guard !expired.isEmpty else { return ([], kernel) }
         counters.expired += UInt64(expired.count)
@@ -153,6 +153,22 @@ extension GatewayEngine {
         let flows = retiring.prefix(due).map(\.flow)
         retiring.removeFirst(due)
         return flows.filter { sessions.session(for: $0) == nil }.map { .remove(.admission($0)) }
+    }
+}
+
+extension GatewayEngine {
+    /// Paths whose own lifetime ended: removed from their sessions (which live on).
+    mutating func expirePaths(now: Instant) -> [KernelChange] {
+        var changes: [KernelChange] = []
+        while let top = pathDeadlines.peek, top.at <= now {
+            pathDeadlines.pop()
+            guard let session = sessions[id: top.sessionID], session.pathExpiry(top.pathID) == top.at else { continue }
+            var updated = session
+            updated.setPath(top.pathID, nil)
+            changes += store(updated, previous: session)
+            counters.pathsRemoved += 1
+        }
+        return changes
     }
 }
 

@@ -159,17 +159,29 @@ extension GatewayEngine {
             return spoofedRebind(request, reason: "the flow \(flow) belongs to another session")
         }
         var updated = session
-        updated.setPath(path.pathID, flow)
+        // With LIFETIME the path lives on its own (renewed by the same ADD-PATH again); without,
+        // it lives as long as the session.
+        let ownLifetime = message.lifetime != nil && pathDeadlines.count < Self.maximumPathDeadlines
+        let lifetime = ownLifetime ? decision.lifetime : updated.grantedLifetime
+        let expiry = ownLifetime ? now.adding(seconds: lifetime) : nil
+        updated.setPath(path.pathID, flow, expiresAt: expiry)
         updated.updatedAt = now
-        let kernel = store(updated, previous: session, refresh: false)
+        var kernel = store(updated, previous: session, refresh: false).map { change -> KernelChange in
+            if case .install(.admission(flow), _, let tag) = change { return .install(.admission(flow), lifetime: lifetime, tag: tag) }
+            return change
+        }
+        if session.paths.contains(where: { $0.id == path.pathID && $0.flow == flow }) {
+            kernel.append(.refresh(.admission(flow), lifetime: lifetime, tag: updated.tag))
+        }
+        if let expiry { pathDeadlines.push(PathDeadline(at: expiry, sessionID: session.id, pathID: path.pathID)) }
         counters.pathsAdded += 1
         var forwarded = message
         if message.flags.contains(.recordRoute) {
-            forwarded.tlvs.append(.middleboxRecord(record(.admitted, lifetime: updated.grantedLifetime)))
+            forwarded.tlvs.append(.middleboxRecord(record(.admitted, lifetime: lifetime)))
         }
         return SignalingOutcome(
             verdict: request.isAddressedToUs ? .drop : rewritten(original: message, forwarded), kernel: kernel,
-            reply: request.isAddressedToUs ? answer(request, lifetime: updated.grantedLifetime, session: updated) : nil,
+            reply: request.isAddressedToUs ? answer(request, lifetime: lifetime, session: updated) : nil,
             onKernelFailure: .ignore, event: "ADD-PATH \(hex(session.id)) path \(path.pathID): \(flow)")
     }
 

@@ -122,11 +122,18 @@ public struct Session: Sendable, Equatable {
     /// How many paths the session has (without building the list).
     public var pathCount: Int { 1 + (extras?.value.extraPaths.count ?? 0) }
 
-    /// Adds or replaces path `id` (> 0); nil removes it.
-    public mutating func setPath(_ id: PathID, _ flow: FlowTuple?) {
+    /// Adds or replaces path `id` (> 0); nil removes it. `expiresAt`: the path's own lifetime
+    /// (an ADD-PATH with LIFETIME); nil: it lives as long as the session.
+    public mutating func setPath(_ id: PathID, _ flow: FlowTuple?, expiresAt: Instant? = nil) {
         precondition(id != 0, "path 0 is the session's flow")
-        updateExtras { $0.extraPaths[id] = flow }
+        updateExtras {
+            $0.extraPaths[id] = flow
+            $0.pathExpiry[id] = flow == nil ? nil : expiresAt
+        }
     }
+
+    /// When path `id` ends on its own (nil: with the session).
+    public func pathExpiry(_ id: PathID) -> Instant? { extras?.value.pathExpiry[id] }
 
     /// The external endpoint a NAT on this middlebox maps the host to (reported in MAPPED-ADDRESS).
     public var mapping: CSPEndpoint? {
@@ -174,6 +181,7 @@ public struct Session: Sendable, Equatable {
         var ownerKey: PublicKey?
         var responderKey: PublicKey?
         var extraPaths: [PathID: FlowTuple] = [:]
+        var pathExpiry: [PathID: Instant] = [:]
     }
 
     /// Immutable, so sharing it between copies of a session keeps value semantics.
