@@ -666,6 +666,8 @@ extension CSPCommand {
         @Option(help: "Path ID (1-255).") var pathID: UInt8
         @Option(help: "This host's address on the new path.") var from: String
         @Option(help: "Source port on the new path (default: the session's).") var sport: UInt16?
+        @Option(help: "The path's own lifetime in seconds (renew with add-path again; default: the session's).")
+        var lifetime: UInt32?
         @OptionGroup var common: Common
 
         mutating func run() throws {
@@ -680,7 +682,7 @@ extension CSPCommand {
                 tlvs: [
                     // FLOW lets a middlebox on the new path that never saw the session set the path up.
                     .flow(flow), .path(CSPPath(pathID: pathID, endpoint: CSPEndpoint(address: address, port: port))),
-                ])
+                ] + (lifetime.map { [CSPTLV.lifetime($0)] } ?? []))
             throw ExitCode(try exchange(request, with: peer, from: address, common: common))
         }
     }
