@@ -521,14 +521,18 @@ fig10_flood() {
 #    order. A REBIND midcomd knows is processed like a re-SETUP with another flow (docs/PROTOCOL.md 6.7):
 #    the re-SETUPs are the reference. midcomd runs with the default trust settings, so the second address
 #    answers one CHALLENGE for the key (`cspload` signs its RESPONSE) and is proved for the rest; the
-#    responder (`cspload respond -C`) answers both with ACCEPT. The sessions are sized from the verification
-#    ceiling (signed requests/s cannot exceed it), all requests built and signed before their timed window.
+#    responder (`cspload respond -C`) answers both with ACCEPT. Each kind first runs FIG11_WARM seconds
+#    untimed: midcomd removes the admission a REBIND replaced `rebind-grace` (2 s) later, batched in its
+#    housekeeping, and that work must fall inside the timed window as it does under a sustained load. The
+#    sessions are sized from the verification ceiling (signed requests/s cannot exceed it), every request
+#    built and signed before its phase.
 # b. interruption: `udpgap send` (one datagram every GAP_INTERVAL_US from 0.0.0.0:4000) through the gateway to
 #    `udpgap recv`; the client's address changes (`ip -batch`: delete 10.201.1.2, add 10.201.1.3, default
 #    route again) and `csp keep` (rtnetlink) sends the REBIND, answering midcomd's CHALLENGE for the new
 #    address; gap = arrival of the first datagram from the new address − arrival of the last one from the old.
 #    Reference: the same address change through gw with no midcom table (plain forwarding, no signaling).
 GAP_INTERVAL_US=${BENCH_GAP_INTERVAL_US:-200}
+FIG11_WARM=2.5
 fig11() {
   bl_lab
   in_ns client ip addr add 10.201.1.3/24 dev to-gw
@@ -537,18 +541,18 @@ fig11() {
   bl_midcomd $'[policy]\ndefault = admit\nunsignaled = drop\nmax-sessions = 4000000'
   local ceiling n
   ceiling=$(taskset -c "$READER_CPU" "$SWIFT_BENCH" trust 2000 | json_field verify_ceiling_per_s)
-  n=$(python3 -c "print(min(int(1.3 * $ceiling * $D) + 2000, 200000))")
+  n=$(python3 -c "print(min(int(1.1 * $ceiling * ($D + $FIG11_WARM)) + 2000, 200000))")
   bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -C -d 600
   local r=$BL_LAST_PID
   sleep 0.2
-  local c0 f0 s0; c0=$(midcomd_counter challenges_passed); f0=$(midcomd_counter authentication_failures)
-  s0=$(midcomd_counter spoofed_flows)
+  local f0 s0; f0=$(midcomd_counter authentication_failures); s0=$(midcomd_counter spoofed_flows)
   say "figure 11a: $n signed sessions (verification ceiling $ceiling/s), then $RUNS runs"
   in_ns client taskset -c "$LOAD_CPU" timeout 900 "$BIN/cspload" rebind 10.201.2.2 10.201.1.3 -w 64 -s 8 -d "$D" \
-    -r "$RUNS" -n "$n" -P "$MIDCOMD_PID" >"$BL_DIR/rebind.jsonl"
+    -g "$FIG11_WARM" -r "$RUNS" -n "$n" -P "$MIDCOMD_PID" >"$BL_DIR/rebind.jsonl"
   bl_stop "$r"
   python3 - "$BL_DIR/rebind.jsonl" >>"$RAW" <<'PYEOF'
 import json, sys
+proofs = 0
 for line in open(sys.argv[1]):
     d = json.loads(line)
     run = d.get("run", 1)
@@ -558,9 +562,12 @@ for line in open(sys.argv[1]):
                   "pool_exhausted", "sign_s", "cpu_ns_per_request"):
             print(json.dumps({"fig": "11", "case": case, "metric": m, "run": run, "value": d[f"{kind}_{m}"]}))
     print(json.dumps({"fig": "11", "case": "sessions", "metric": "alive", "run": run, "value": d["alive"]}))
+    if "run" in d:
+        proofs += d["resetup_challenges"] + d["rebind_challenges"]
+# CHALLENGEs the moving host answered in all runs: 1 expected (the new address, once for the key).
+print(json.dumps({"fig": "11", "case": "sessions", "metric": "challenges_in_runs", "run": 1, "value": proofs}))
 PYEOF
   record 11 sessions prepared 1 "$n"
-  record 11 midcomd-a challenges_passed 1 "$(( $(midcomd_counter challenges_passed) - c0 ))"
   record 11 midcomd-a authentication_failures 1 "$(( $(midcomd_counter authentication_failures) - f0 ))"
   record 11 midcomd-a spoofed_flows 1 "$(( $(midcomd_counter spoofed_flows) - s0 ))"
   record 11 midcomd-a rebinds 1 "$(midcomd_counter rebinds)"
@@ -617,6 +624,7 @@ MOVE
     record 11 "gap-$c" missing "$run" "$(echo "$gap" | json_field missing)"
     # Datagrams the sender could not send (no usable address) vs the ones that left and were lost on the way.
     record 11 "gap-$c" send_errors "$run" "$(tail -1 "$BL_DIR/send.log" | json_field send_errors)"
+    record 11 "gap-$c" sent "$run" "$(tail -1 "$BL_DIR/send.log" | json_field sent)"
   else
     say "figure 11: the stream never arrived from the new address ($c, run $run): $gap"
   fi

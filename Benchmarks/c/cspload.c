@@ -645,67 +645,74 @@ static int on_move_reply(struct mobility *g, struct move_result *r, const uint8_
     return buf[3] == T_ACCEPT ? k : -1;
 }
 
-/// One phase: every pool entry of `kind`, `window` in flight. First one request alone (its address may have
-/// to answer a CHALLENGE first: a host proves an address once per key, not once per session), then the timed
-/// window of `seconds` (0: until the pool is done), ending early when the pool runs out; then up to 600 ms for
-/// the answers still due, which move their sessions but are not counted.
-static void run_moves(struct mobility *g, enum move_kind kind, double seconds, int window, struct move_result *r) {
+/// One phase: pool entries of `kind`, `window` in flight. First one request alone (its address may have to
+/// answer a CHALLENGE first: a host proves an address once per key, not once per session); then the full window
+/// for `warm` seconds, not counted, so that the timed window sees the gateway in its steady state (midcomd
+/// removes the admission a REBIND replaced `rebind-grace` seconds later, in its housekeeping: that work must
+/// fall inside the window as it would under a sustained load); then the timed window of `seconds` (0: until
+/// the pool is done), ending early when the pool runs out; then up to 600 ms for the answers still due, which
+/// move their sessions but are not counted. midcomd's CPU time (-P) is read at both ends of the timed window.
+static void run_moves(struct mobility *g, enum move_kind kind, double seconds, double warm, int window,
+                      struct move_result *r) {
+    enum { ALONE, WARM, TIMED, DRAIN, DONE };
     uint8_t buf[2048];
-    int total = 2 * g->nsock, counting = 0, refill = 1;
+    int total = 2 * g->nsock, step = ALONE, counting = 0, refill = 1;
     uint64_t begin = bu_now_ns(), stop = begin + 3000000000ull, last_scan = begin, cpu0 = 0;
     start_move(g, 0, kind);
-    for (int phase = 0; phase < 3; phase++) {  // 0 warm-up, 1 timed, 2 drain
-        if (phase == 1) {
-            counting = 1;
-            cpu0 = process_cpu_ns(g->pid);
-            begin = bu_now_ns();
-            for (int k = 0; k < window; k++) if (!g->slots[k].busy && !start_move(g, k, kind)) break;
-            stop = seconds > 0 ? begin + (uint64_t)(seconds * 1e9) : begin + 600000000000ull;
-        } else if (phase == 2) {
-            uint64_t now = bu_now_ns();
-            r->seconds = (double)(now - begin) / 1e9;
-            uint64_t cpu1 = process_cpu_ns(g->pid);
-            r->cpu_ns = cpu1 > cpu0 ? cpu1 - cpu0 : 0;
-            counting = 0;
-            refill = 0;
-            stop = now + 600000000ull;
-        }
-        for (;;) {
-            int busy = 0;
-            for (int k = 0; k < window; k++) busy += g->slots[k].busy;
-            uint64_t now = bu_now_ns();
-            if (bu_stop || now >= stop) break;
-            if (phase == 0 && !busy) break;
-            if (phase == 1 && r->pool_exhausted) break;
-            if (phase == 1 && seconds <= 0 && !busy) break;
-            if (phase == 2 && !busy) break;
-            if (poll(g->pfd, (nfds_t)total, 20) < 0 && errno != EINTR) bu_die("poll");
-            for (int j = 0; j < total; j++) {
-                if (!(g->pfd[j].revents & POLLIN)) continue;
-                for (int burst = 0; burst < 64; burst++) {
-                    struct sockaddr_in from;
-                    socklen_t fromlen = sizeof from;
-                    ssize_t n = recvfrom(g->pfd[j].fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fromlen);
-                    if (n < 0) break;
-                    int refused, k = on_move_reply(g, r, buf, (size_t)n, g->pfd[j].fd, &from, &refused);
-                    if (k < 0) continue;
-                    if (counting) {
-                        if (refused) r->rejects++;
-                        else { r->completed++; bu_hist_record(&r->hist, bu_now_ns() - g->slots[k].sent_ns); }
-                    }
-                    finish_move(g, k, kind, !refused);
-                    if (phase != 0 && refill && !start_move(g, k, kind) && seconds > 0) r->pool_exhausted = 1;
-                }
+    while (step != DONE && !bu_stop) {
+        int busy = 0;
+        for (int k = 0; k < window; k++) busy += g->slots[k].busy;
+        uint64_t now = bu_now_ns();
+        int next = (now >= stop || (step == ALONE && !busy) || (step == WARM && r->pool_exhausted)
+                    || (step == TIMED && r->pool_exhausted) || (step == TIMED && seconds <= 0 && !busy) || (step == DRAIN && !busy));
+        if (next) {
+            step++;
+            if (step == WARM) {
+                stop = now + (uint64_t)(warm * 1e9);
+                for (int k = 0; k < window; k++) if (!g->slots[k].busy && !start_move(g, k, kind)) break;
+            } else if (step == TIMED) {
+                if (r->pool_exhausted) { step = DRAIN; stop = now + 600000000ull; refill = 0; continue; }
+                counting = 1;
+                cpu0 = process_cpu_ns(g->pid);
+                begin = bu_now_ns();
+                stop = seconds > 0 ? begin + (uint64_t)(seconds * 1e9) : begin + 600000000000ull;
+                for (int k = 0; k < window; k++) if (!g->slots[k].busy && !start_move(g, k, kind)) break;
+            } else if (step == DRAIN) {
+                r->seconds = (double)(now - begin) / 1e9;
+                uint64_t cpu1 = process_cpu_ns(g->pid);
+                r->cpu_ns = cpu1 > cpu0 ? cpu1 - cpu0 : 0;
+                counting = 0;
+                refill = 0;
+                stop = now + 600000000ull;
             }
-            now = bu_now_ns();
-            if (now - last_scan > 50000000ull) {  // unanswered after 500 ms: lost, the session given up
-                last_scan = now;
-                for (int k = 0; k < window; k++) {
-                    if (!g->slots[k].busy || now - g->slots[k].sent_ns < 500000000ull) continue;
-                    if (counting) r->lost++;
-                    finish_move(g, k, kind, 0);
-                    if ((phase == 0 || refill) && !start_move(g, k, kind) && phase == 1 && seconds > 0) r->pool_exhausted = 1;
+            continue;
+        }
+        if (poll(g->pfd, (nfds_t)total, 20) < 0 && errno != EINTR) bu_die("poll");
+        for (int j = 0; j < total; j++) {
+            if (!(g->pfd[j].revents & POLLIN)) continue;
+            for (int burst = 0; burst < 64; burst++) {
+                struct sockaddr_in from;
+                socklen_t fromlen = sizeof from;
+                ssize_t n = recvfrom(g->pfd[j].fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fromlen);
+                if (n < 0) break;
+                int refused, k = on_move_reply(g, r, buf, (size_t)n, g->pfd[j].fd, &from, &refused);
+                if (k < 0) continue;
+                if (counting) {
+                    if (refused) r->rejects++;
+                    else { r->completed++; bu_hist_record(&r->hist, bu_now_ns() - g->slots[k].sent_ns); }
                 }
+                finish_move(g, k, kind, !refused);
+                if (step != ALONE && refill && !start_move(g, k, kind) && seconds > 0) r->pool_exhausted = 1;
+            }
+        }
+        now = bu_now_ns();
+        if (now - last_scan > 50000000ull) {  // unanswered after 500 ms: lost, the session given up
+            last_scan = now;
+            for (int k = 0; k < window; k++) {
+                if (!g->slots[k].busy || now - g->slots[k].sent_ns < 500000000ull) continue;
+                if (counting) r->lost++;
+                finish_move(g, k, kind, 0);
+                if (refill && !start_move(g, k, kind) && step != ALONE && seconds > 0) r->pool_exhausted = 1;
             }
         }
     }
@@ -728,15 +735,16 @@ static int cmd_rebind(int argc, char **argv) {
     if (argc < 4) return 2;
     struct mobility g0 = {0}, *g = &g0;
     int runs = 1, prep_window = 32;
-    double seconds = 3;
+    double seconds = 3, warm = 2.5;
     g->window = 64; g->nsock = 8; g->n = 20000; g->lifetime = 600;
     int opt;
     optind = 4;
-    while ((opt = getopt(argc, argv, "w:s:d:n:r:l:P:W:")) != -1) {
+    while ((opt = getopt(argc, argv, "w:s:d:g:n:r:l:P:W:")) != -1) {
         switch (opt) {
         case 'w': g->window = atoi(optarg); break;
         case 's': g->nsock = atoi(optarg); break;
         case 'd': seconds = atof(optarg); break;
+        case 'g': warm = atof(optarg); break;
         case 'n': g->n = strtoull(optarg, NULL, 10); break;
         case 'r': runs = atoi(optarg); break;
         case 'l': g->lifetime = (uint32_t)atoi(optarg); break;
@@ -747,7 +755,7 @@ static int cmd_rebind(int argc, char **argv) {
     }
     // Sessions: 50 000 destination ports per pair of source ports, 4 pairs at most.
     if (g->window < 1 || g->window > 4096 || g->nsock < 1 || g->nsock > 64 || g->n < (uint64_t)g->window || g->n > 200000
-        || runs < 1 || runs > 50 || seconds <= 0 || prep_window < 1)
+        || runs < 1 || runs > 50 || seconds <= 0 || warm < 0 || warm > 30 || prep_window < 1)
         return 2;
     if (prep_window > g->window) prep_window = g->window;
     struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(CSP_PORT)};
@@ -800,7 +808,7 @@ static int cmd_rebind(int argc, char **argv) {
     static struct move_result prep;
     prep.pool = g->n;
     prep.sign_s = fill_moves(g, MOVE_SETUP);
-    run_moves(g, MOVE_SETUP, 0, prep_window, &prep);
+    run_moves(g, MOVE_SETUP, 0, 0, prep_window, &prep);
     uint64_t alive = 0;
     for (uint64_t i = 0; i < g->n; i++) alive += !g->sess[i].dead;
     printf("{\"phase\":\"prep\",\"alive\":%llu,", (unsigned long long)alive);
@@ -817,7 +825,7 @@ static int cmd_rebind(int argc, char **argv) {
             struct move_result *r = &res[kind == MOVE_REBIND];
             r->sign_s = fill_moves(g, kind);
             r->pool = g->pool_n;
-            run_moves(g, kind, seconds, g->window, r);
+            run_moves(g, kind, seconds, warm, g->window, r);
         }
         alive = 0;
         for (uint64_t i = 0; i < g->n; i++) alive += !g->sess[i].dead;
@@ -928,6 +936,6 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: cspload respond [-p PORT] [-d S] [-C]\n"
                     "       cspload setup DST [-w WINDOW] [-s SOCKETS] [-d S] [-l LIFETIME] [-i FIRST] [-L] [-t] [-C] [-S [-n POOL] [-T S]]\n"
                     "       cspload flood DST PREFIX/LEN [-d S] [-p PORT] [-f FLOWPORT]\n"
-                    "       cspload rebind DST NEWADDR [-w WINDOW] [-s SOCKETS] [-d S] [-n SESSIONS] [-r RUNS] [-l LIFETIME] [-P PID] [-W WINDOW]\n");
+                    "       cspload rebind DST NEWADDR [-w WINDOW] [-s SOCKETS] [-d S] [-g S] [-n SESSIONS] [-r RUNS] [-l LIFETIME] [-P PID] [-W WINDOW]\n");
     return 2;
 }

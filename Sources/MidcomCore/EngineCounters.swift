@@ -47,6 +47,14 @@ public struct EngineCounters: Sendable, Equatable {
     public var rebinds: UInt64 = 0
     public var pathsAdded: UInt64 = 0
     public var pathsRemoved: UInt64 = 0
+    /// DENY filters installed, refreshed, removed early (by their victim or the operator),
+    /// expired, refused (any reason) and, among the refusals, over a bound.
+    public var deniesInstalled: UInt64 = 0
+    public var deniesRefreshed: UInt64 = 0
+    public var deniesRemoved: UInt64 = 0
+    public var deniesExpired: UInt64 = 0
+    public var deniesRefused: UInt64 = 0
+    public var deniesLimited: UInt64 = 0
 
     public var asDictionary: [String: UInt64] {
         [
@@ -62,7 +70,9 @@ public struct EngineCounters: Sendable, Equatable {
             "replays": replays, "challenges_sent": challengesSent, "challenges_passed": challengesPassed,
             "challenges_failed": challengesFailed, "challenges_limited": challengesLimited,
             "replies_limited": repliesLimited, "pending_limited": pendingLimited, "rebinds": rebinds,
-            "paths_added": pathsAdded, "paths_removed": pathsRemoved,
+            "paths_added": pathsAdded, "paths_removed": pathsRemoved, "denies_installed": deniesInstalled,
+            "denies_refreshed": deniesRefreshed, "denies_removed": deniesRemoved, "denies_expired": deniesExpired,
+            "denies_refused": deniesRefused, "denies_limited": deniesLimited,
         ]
     }
 }

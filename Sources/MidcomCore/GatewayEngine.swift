@@ -114,6 +114,8 @@ public struct GatewayEngine: Sendable {
     /// the old address still pass; then they go, with their connections. Oldest first.
     var retiring: [(at: Instant, flow: FlowTuple)] = []
     static let maximumRetiring = 65536
+    /// DENY filters granted to victims (docs/PROTOCOL.md 6.8).
+    public internal(set) var denies = DenyTable()
     /// Paths with a lifetime of their own, by deadline (lazy: an entry whose path was renewed
     /// or removed meanwhile is skipped when it comes up).
     var pathDeadlines = MinHeap<PathDeadline>()
@@ -214,7 +216,7 @@ public struct GatewayEngine: Sendable {
         case .rebind: return handleRebind(request, now: now)
         case .addPath: return handleAddPath(request, now: now)
         case .removePath: return handleRemovePath(request, now: now)
-        case .deny: return handleNotActedOn(request)
+        case .deny: return handleDeny(request, now: now)
         default:
             counters.unknownTypes += 1
             if request.isAddressedToUs { return SignalingOutcome(verdict: .drop) }

@@ -70,6 +70,7 @@ public struct MidcomConfiguration: Sendable, Equatable {
 
     // [trust], [[known-key]]
     public var trust = TrustConfiguration()
+    public var pushback = PushbackConfiguration()
 
     public init() {}
 
@@ -103,12 +104,14 @@ public struct MidcomConfiguration: Sendable, Equatable {
                 try reader.rejectUnknownKeys()
             case "trust":
                 try trust.read(&reader)
+            case "pushback":
+                try pushback.read(&reader)
             case "known-key":
                 trust.knownKeys.append(try KnownKey(reading: &reader, index: trust.knownKeys.count))
             default:
                 throw ConfigError(
                     path: path, line: section.line, message: "unknown section [\(section.name)]",
-                    fix: "valid sections are [daemon], [policy], [nat], [trust], [[rule]] and [[known-key]]")
+                    fix: "valid sections are [daemon], [policy], [nat], [trust], [pushback], [[rule]] and [[known-key]]")
             }
         }
         let needsKeys = trust.signatures == .knownKeys || rules.contains { $0.signatures == .knownKeys }

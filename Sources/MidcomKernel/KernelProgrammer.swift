@@ -28,7 +28,7 @@ extension KernelProgrammer {
     ) {
         var decoded: [AdoptedElement] = []
         decoded.reserveCapacity(chunk)
-        for spec in NFTSchema.admissionSets + [NFTSchema.snat4, NFTSchema.dnat4] {
+        for spec in NFTSchema.adoptable {
             let elements: [NFTSetElement]
             do {
                 elements = try listElements(set: spec.name)
@@ -37,7 +37,8 @@ extension KernelProgrammer {
                 continue
             }
             for element in elements {
-                guard let object = NFTSchema.object(set: spec.name, key: element.key, data: element.data) else { continue }
+                guard let object = NFTSchema.object(set: spec.name, key: element.key, data: element.data, keyEnd: element.keyEnd)
+                else { continue }
                 let remaining = element.expiresIn.map { UInt32(clamping: $0.components.seconds) } ?? UInt32.max
                 decoded.append(AdoptedElement(object: object, remaining: remaining, tag: element.comment.flatMap(ElementTag.init(comment:))))
                 if decoded.count == chunk {

@@ -8,8 +8,9 @@ import Netfilter
 public enum NFTSchema {
     /// The revision of nft-rules/midcom.nft this midcomd needs, carried in the table's comment
     /// ("midcom ruleset revision N"). Raised when the rules change in a way the daemon relies on
-    /// (2: answers from a CSP port are enqueued only inside conntrack, with mark 0x4d430003).
-    public static let rulesetRevision = 3
+    /// (2: answers from a CSP port are enqueued only inside conntrack, with mark 0x4d430003;
+    /// 3: anti-spoofing, proved sources; 4: DENY filters, sets deny4/deny6 and chain pushback).
+    public static let rulesetRevision = 4
 
     /// The revision a table comment names; 1 for a table without one (rulesets before revisions).
     public static func revision(ofTableComment comment: String) -> Int {
@@ -51,17 +52,24 @@ public enum NFTSchema {
     /// Addresses that answered a CHALLENGE (their signaling is queued ahead of unproved requests).
     public static let proved4 = SetSpec(name: "csp_proved4", key: [.ipv4])
     public static let proved6 = SetSpec(name: "csp_proved6", key: [.ipv6])
+    /// DENY filters: interval sets (source prefix . protocol range . victim . port range).
+    public static let deny4 = SetSpec(name: "deny4", key: [.ipv4, .proto, .ipv4, .port])
+    public static let deny6 = SetSpec(name: "deny6", key: [.ipv6, .proto, .ipv6, .port])
 
     /// The sets holding admissions, in the order adoption reads them.
     public static let admissionSets = [admit4, admit6, admit4AnyPort, admit6AnyPort, pinhole4, pinhole6]
     /// Everything midcomd programs. Admissions come before the NAT maps: adoption needs that order.
-    public static let all = admissionSets + [drop4, drop6, snat4, dnat4, proved4, proved6]
+    public static let all = admissionSets + [drop4, drop6, snat4, dnat4, proved4, proved6, deny4, deny6]
+    /// What a restart adopts, in this order.
+    public static let adoptable = admissionSets + [snat4, dnat4, deny4, deny6]
 
     /// A set element: where an object lives and its key (and data, for a map).
     public struct Element: Hashable, Sendable {
         public var set: String
         public var key: NFTSetKey
         public var data: NFTSetKey?
+        /// The range's end, for interval sets.
+        public var keyEnd: NFTSetKey? = nil
     }
 
     public static func element(for object: KernelObject) -> Element {
@@ -72,7 +80,27 @@ public enum NFTSchema {
             return Element(set: snat4.name, key: natKey(rule.internal, rule.proto), data: natData(rule.external))
         case .destinationNAT(let rule):
             return Element(set: dnat4.name, key: natKey(rule.external, rule.proto), data: natData(rule.internal))
+        case .denyFilter(let filter):
+            return deny(filter)
         }
+    }
+
+    /// A DENY filter: the ranges it covers, as key and key end.
+    static func deny(_ filter: DenyFilter) -> Element {
+        var start = NFTSetKey()
+        var end = NFTSetKey()
+        func address(_ key: inout NFTSetKey, _ a: IPAddress) {
+            if let value = a.ipv4Value { key.append(ipv4: value) } else { key.append(ipv6: a.bytes) }
+        }
+        address(&start, filter.source)
+        address(&end, filter.sourceEnd)
+        start.append(proto: filter.proto?.rawValue ?? 0)
+        end.append(proto: filter.proto?.rawValue ?? 255)
+        address(&start, filter.victim)
+        address(&end, filter.victim)
+        start.append(port: filter.port ?? 0)
+        end.append(port: filter.port ?? 65535)
+        return Element(set: filter.victim.family == .ipv4 ? deny4.name : deny6.name, key: start, data: nil, keyEnd: end)
     }
 
     /// The proved-sources element of an address.
@@ -135,7 +163,7 @@ public enum NFTSchema {
 
     /// Decodes an element listed from the kernel back into the object it holds (the inverse of
     /// `element(for:)`); nil for a set this schema does not know or a key of the wrong length.
-    public static func object(set: String, key: [UInt8], data: [UInt8]?) -> KernelObject? {
+    public static func object(set: String, key: [UInt8], data: [UInt8]?, keyEnd: [UInt8]? = nil) -> KernelObject? {
         guard let spec = all.first(where: { $0.name == set }), key.count == spec.keyLength else { return nil }
         var reader = FieldReader(bytes: key)
         let any = spec.key.contains(.ipv6) ? IPAddress(ipv6: 0, 0) : IPAddress(ipv4: 0)
@@ -160,6 +188,22 @@ public enum NFTSchema {
             return set == snat4.name
                 ? .sourceNAT(SourceNAT(proto: proto, internal: keyed, external: value))
                 : .destinationNAT(DestinationNAT(proto: proto, external: keyed, internal: value))
+        case deny4.name, deny6.name:
+            guard let keyEnd, keyEnd.count == key.count else { return nil }
+            var endReader = FieldReader(bytes: keyEnd)
+            let field = spec.key[0]
+            let source = reader.address(field), sourceEnd = endReader.address(field)
+            let proto = reader.proto(), protoEnd = endReader.proto()
+            let victim = reader.address(field)
+            _ = endReader.address(field)
+            let port = reader.port(), portEnd = endReader.port()
+            // The prefix length: the leading bits start and end share (the rest runs 0…0 to 1…1).
+            let a = source.bytes, b = sourceEnd.bytes
+            var length = 0
+            while length < a.count * 8, (a[length / 8] ^ b[length / 8]) & (0x80 >> UInt8(length % 8)) == 0 { length += 1 }
+            return .denyFilter(DenyFilter(
+                source: source, prefixLength: UInt8(length), proto: proto.rawValue == 0 && protoEnd.rawValue == 255 ? nil : proto,
+                victim: victim, port: port == 0 && portEnd == 65535 ? nil : port))
         default:
             return nil
         }
@@ -207,8 +251,8 @@ extension NFTChangeSet {
             replace(NFTSchema.element(for: object), lifetime: lifetime, comment: tag?.comment)
         case .remove(let object):
             let element = NFTSchema.element(for: object)
-            addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(1))
-            deleteElement(set: element.set, key: element.key)
+            addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(1), keyEnd: element.keyEnd)
+            deleteElement(set: element.set, key: element.key, keyEnd: element.keyEnd)
         case .block(let flow, let lifetime):
             let element = NFTSchema.blocking(flow)
             addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
@@ -219,8 +263,9 @@ extension NFTChangeSet {
     }
 
     private mutating func replace(_ element: NFTSchema.Element, lifetime: UInt32, comment: String?) {
-        addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment)
-        deleteElement(set: element.set, key: element.key)
-        addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment)
+        let end = element.keyEnd
+        addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment, keyEnd: end)
+        deleteElement(set: element.set, key: element.key, keyEnd: end)
+        addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment, keyEnd: end)
     }
 }

@@ -87,9 +87,10 @@ public struct NFTChangeSet: Sendable {
     /// One change, in the order it will be sent.
     public enum Operation: Sendable, Equatable {
         /// NFT_MSG_NEWSETELEM without NLM_F_EXCL: adds the element, or refreshes the timeout of an existing one.
-        case add(set: String, key: [UInt8], data: [UInt8]?, timeout: Duration?, comment: String? = nil)
+        /// `keyEnd`: the last key of a range, for sets declared with `flags interval`.
+        case add(set: String, key: [UInt8], data: [UInt8]?, timeout: Duration?, comment: String? = nil, keyEnd: [UInt8]? = nil)
         /// NFT_MSG_DELSETELEM: the batch fails (ENOENT) if the element is absent.
-        case delete(set: String, key: [UInt8])
+        case delete(set: String, key: [UInt8], keyEnd: [UInt8]? = nil)
         /// NFT_MSG_DELSETELEM without elements: removes every element of the set.
         case flush(set: String)
     }
@@ -106,14 +107,16 @@ public struct NFTChangeSet: Sendable {
     /// Adds `key` (mapping to `data` in a map) to `set`; `timeout` overrides the set's default timeout and needs a
     /// set declared with `flags timeout`. Re-adding an existing element refreshes its timeout.
     /// `comment` is stored with the element (as `nft` stores `comment "..."`) and read back by `listElements`.
+    /// `keyEnd` makes the element the range `key`...`keyEnd` of an interval set.
     public mutating func addElement(set: String, key: NFTSetKey, data: NFTSetKey? = nil, timeout: Duration? = nil,
-                                    comment: String? = nil) {
-        operations.append(.add(set: set, key: key.bytes, data: data?.bytes, timeout: timeout, comment: comment))
+                                    comment: String? = nil, keyEnd: NFTSetKey? = nil) {
+        operations.append(.add(set: set, key: key.bytes, data: data?.bytes, timeout: timeout, comment: comment, keyEnd: keyEnd?.bytes))
     }
 
-    /// Deletes `key` from `set`. The whole change set fails if the element does not exist (it may have timed out).
-    public mutating func deleteElement(set: String, key: NFTSetKey) {
-        operations.append(.delete(set: set, key: key.bytes))
+    /// Deletes `key` (the range `key`...`keyEnd` of an interval set) from `set`. The whole change set
+    /// fails if the element does not exist (it may have timed out).
+    public mutating func deleteElement(set: String, key: NFTSetKey, keyEnd: NFTSetKey? = nil) {
+        operations.append(.delete(set: set, key: key.bytes, keyEnd: keyEnd?.bytes))
     }
 
     /// Removes every element of `set`.
@@ -141,6 +144,8 @@ public struct NFTSetLayout: Sendable, Equatable {
 /// One element of a set as the kernel reports it.
 public struct NFTSetElement: Sendable, Equatable {
     public var key: [UInt8]
+    /// The range's last key, for elements of interval sets.
+    public var keyEnd: [UInt8]? = nil
     /// The mapped value for maps, nil for plain sets.
     public var data: [UInt8]?
     /// The element's timeout (its own, or nil when it uses the set's default or has none).

@@ -512,11 +512,13 @@ private final class Batch {
         var flags: UInt16 = 0
         let setName: String
         var key: [UInt8]? = nil
+        var keyEnd: [UInt8]? = nil
         var data: [UInt8]? = nil
         var timeout: UInt64? = nil
         var userData: [UInt8]? = nil
         switch operation {
-        case .add(let set, let elementKey, let elementData, let elementTimeout, let comment):
+        case .add(let set, let elementKey, let elementData, let elementTimeout, let comment, let elementKeyEnd):
+            keyEnd = elementKeyEnd
             userData = comment.map(UserData.encode(comment:))
             let milliseconds = elementTimeout?.netfilterMilliseconds
             target = .addElement(family: familyName, table: table, set: set, key: NFTSetKey.hex(elementKey),
@@ -524,7 +526,8 @@ private final class Batch {
             type = msgType(NFT_MSG_NEWSETELEM)
             flags = UInt16(NLM_F_CREATE)
             (setName, key, data, timeout) = (set, elementKey, elementData, milliseconds)
-        case .delete(let set, let elementKey):
+        case .delete(let set, let elementKey, let elementKeyEnd):
+            keyEnd = elementKeyEnd
             target = .deleteElement(family: familyName, table: table, set: set, key: NFTSetKey.hex(elementKey))
             type = msgType(NFT_MSG_DELSETELEM)
             (setName, key) = (set, elementKey)
@@ -544,6 +547,9 @@ private final class Batch {
                 throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
             }
             key.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
+            if let keyEnd {
+                keyEnd.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count)) }
+            }
             if let data {
                 data.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
             }
@@ -660,14 +666,16 @@ private final class SetElementReader {
             reader.bytes = nftnl_expr_get_u64(expression, attr(NFTNL_EXPR_CTR_BYTES))
             return 0
         }, context)
-        elements.append(NFTSetElement(
+        var listed = NFTSetElement(
             key: bytesOf(attr(NFTNL_SET_ELEM_KEY)) ?? [],
             data: bytesOf(attr(NFTNL_SET_ELEM_DATA)),
             timeout: milliseconds(attr(NFTNL_SET_ELEM_TIMEOUT)),
             expiresIn: milliseconds(attr(NFTNL_SET_ELEM_EXPIRATION)),
             packets: packets,
             bytes: bytes,
-            comment: bytesOf(attr(NFTNL_SET_ELEM_USERDATA)).flatMap(UserData.comment(in:))))
+            comment: bytesOf(attr(NFTNL_SET_ELEM_USERDATA)).flatMap(UserData.comment(in:)))
+        listed.keyEnd = bytesOf(attr(NFTNL_SET_ELEM_KEY_END))
+        elements.append(listed)
     }
 }
 

@@ -181,11 +181,14 @@ final class EngineV2RegressionTests: XCTestCase {
 
     func testMessagesNotActedOnTravelOnUnchanged() {
         var e = engine()
-        // DENY is not acted on yet; paths of sessions we do not hold are the peer's business.
-        for type in [CSPMessageType.addPath, .removePath, .deny] {
+        // Paths of sessions we do not hold are the peer's business; an unsigned DENY installs
+        // nothing and goes no further (PushbackTests has the rest).
+        for type in [CSPMessageType.addPath, .removePath] {
             XCTAssertEqual(intercept(&e, request(type, nonce: 1, []), from: hostA, to: server).verdict, .forward)
         }
-        XCTAssertEqual(e.counters.notActedOn, 1)
+        let deny = intercept(&e, request(.deny, nonce: 1, []), from: hostA, to: server)
+        XCTAssertEqual(deny.reply?.message.result, .authenticationFailed)
+        XCTAssertTrue(deny.kernel.isEmpty)
         // An unsigned REBIND moves nothing (MobilityTests has the rest).
         let rebind = intercept(&e, request(.rebind, nonce: 2, []), from: hostA, to: server)
         XCTAssertEqual(rebind.reply?.message.result, .authenticationFailed)

@@ -27,6 +27,8 @@ final class NFTSchemaTests: XCTestCase {
             .admission(v4), .admission(v6), .admission(anyPort4), .admission(anyPort6), .admission(pinhole4), .admission(pinhole6),
             .sourceNAT(SourceNAT(proto: .udp, internal: host, external: external)),
             .destinationNAT(DestinationNAT(proto: .tcp, external: external, internal: host)),
+            .denyFilter(DenyFilter(source: IPAddress("203.0.113.77")!, prefixLength: 24, proto: .udp, victim: v4.destination, port: 53)),
+            .denyFilter(DenyFilter(source: IPAddress("2001:db8:66::")!, prefixLength: 48, proto: nil, victim: v6.destination, port: nil)),
         ]
     }
 
@@ -35,7 +37,8 @@ final class NFTSchemaTests: XCTestCase {
             let element = NFTSchema.element(for: object)
             let spec = NFTSchema.all.first { $0.name == element.set }!
             XCTAssertEqual(element.key.bytes.count, spec.keyLength, "\(object)")
-            XCTAssertEqual(NFTSchema.object(set: element.set, key: element.key.bytes, data: element.data?.bytes), object)
+            XCTAssertEqual(
+                NFTSchema.object(set: element.set, key: element.key.bytes, data: element.data?.bytes, keyEnd: element.keyEnd?.bytes), object)
         }
         XCTAssertNil(NFTSchema.object(set: "admit4", key: [1, 2, 3], data: nil), "a key of the wrong length is refused")
         XCTAssertNil(NFTSchema.object(set: "operator_set", key: [], data: nil))

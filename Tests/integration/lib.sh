@@ -350,7 +350,7 @@ lab_series() {
 # Trust helpers (trust-*.sh).
 
 # lab_load_ruleset NS: the ruleset of the binaries under test. Binaries from before the trust work (no --state-dir)
-# refuse revision 3; they run with the last revision-2 ruleset from git, as they shipped.
+# refuse later revisions; they run with the last revision-2 ruleset from git, as they shipped.
 lab_load_ruleset() {
   if "$BIN/midcomd" --help 2>&1 | grep -q -- --state-dir; then
     in_ns "$1" nft -f "$ROOT/nft-rules/midcom.nft"

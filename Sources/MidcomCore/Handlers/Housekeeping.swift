@@ -36,7 +36,7 @@ extension GatewayEngine {
     public mutating func expire(now: Instant) -> (sessions: [Session], kernel: [KernelChange]) {
         expireTombstones(now: now)
         if validated.count > 4096, now.nanoseconds / 1_000_000_000 % 10 == 0 { pruneValidated(now: now) }
-        var kernel = retired(now: now) + expirePaths(now: now)
+        var kernel = retired(now: now) + expirePaths(now: now) + expireDenies(now: now)
         let expired = sessions.expire(now: now)
         guard !expired.isEmpty else { return ([], kernel) }
         counters.expired += UInt64(expired.count)
@@ -119,6 +119,8 @@ extension GatewayEngine {
             } else {
                 attach(mapping: rule.external, proto: rule.proto, to: element.tag)
             }
+        case .denyFilter(let filter):
+            if let tag = element.tag, tag.kind == .deny { adoptDeny(filter, id: tag.sessionID, remaining: remaining, now: now) }
         case .destinationNAT(let rule):
             natPorts?.reserve(rule.proto, rule.external.port)
             if element.tag?.kind != .relay { attach(mapping: rule.external, proto: rule.proto, to: element.tag) }

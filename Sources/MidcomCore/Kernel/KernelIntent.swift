@@ -48,6 +48,51 @@ public struct DestinationNAT: Hashable, Sendable {
     }
 }
 
+/// A victim's DENY, granted (docs/PROTOCOL.md 6.8): drop what `source`/`prefixLength` sends to
+/// `victim` (protocol and destination port: nil = any). Never for another destination than the
+/// requester's own validated address.
+public struct DenyFilter: Hashable, Sendable, CustomStringConvertible {
+    /// The prefix's first address (host bits zero).
+    public var source: IPAddress
+    public var prefixLength: UInt8
+    public var proto: IPProtocol?
+    public var victim: IPAddress
+    public var port: UInt16?
+
+    public init(source: IPAddress, prefixLength: UInt8, proto: IPProtocol?, victim: IPAddress, port: UInt16?) {
+        self.source = source.masked(to: prefixLength)
+        self.prefixLength = prefixLength
+        self.proto = proto
+        self.victim = victim
+        self.port = port
+    }
+
+    /// The prefix's last address (host bits one).
+    public var sourceEnd: IPAddress { source.filled(from: prefixLength) }
+
+    public var description: String {
+        "\(source)/\(prefixLength) \(proto.map { "\($0)" } ?? "any") -> \(victim)\(port.map { ":\($0)" } ?? "")"
+    }
+}
+
+extension IPAddress {
+    /// This address with every bit after the first `length` cleared.
+    public func masked(to length: UInt8) -> IPAddress { setting(from: length, to: 0) }
+    /// This address with every bit after the first `length` set.
+    public func filled(from length: UInt8) -> IPAddress { setting(from: length, to: 1) }
+
+    private func setting(from length: UInt8, to bit: UInt8) -> IPAddress {
+        var bytes = self.bytes
+        for index in 0..<bytes.count {
+            let first = index * 8
+            let keep = max(0, min(8, Int(length) - first))
+            let mask: UInt8 = keep == 8 ? 0xff : keep == 0 ? 0 : ~(0xff >> UInt8(keep))
+            bytes[index] = bit == 0 ? bytes[index] & mask : bytes[index] | ~mask
+        }
+        return IPAddress(bytes: bytes)!
+    }
+}
+
 /// One piece of kernel state a session needs. What a session needs is derived from its state
 /// (`Session.kernelObjects`), never stored beside it, so it cannot drift from what the engine knows.
 public enum KernelObject: Hashable, Sendable {
@@ -56,6 +101,8 @@ public enum KernelObject: Hashable, Sendable {
     case admission(FlowTuple)
     case sourceNAT(SourceNAT)
     case destinationNAT(DestinationNAT)
+    /// A DENY filter (not a session's: the engine's deny table owns it).
+    case denyFilter(DenyFilter)
 }
 
 /// Who an element belongs to, written into the element's comment so that a restarted midcomd
@@ -68,6 +115,8 @@ public struct ElementTag: Hashable, Sendable {
         case redirect = "r"
         /// Relayed for a mobile host away from home (docs/PROTOCOL.md 10.9).
         case relay = "m"
+        /// A DENY filter; the ID is the DENY's session ID.
+        case deny = "d"
     }
 
     public var sessionID: UInt64

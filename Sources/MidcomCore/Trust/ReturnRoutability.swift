@@ -28,9 +28,10 @@ extension GatewayEngine {
                 if session.state != .pending { return false }
                 if session.pending?.nonce == message.nonce { return false }
             }
-        case .rebind, .addPath:
-            // The new address must prove itself (docs/PROTOCOL.md 6.6, 6.7); an unsigned one is
-            // refused by its handler without costing a CHALLENGE.
+        case .rebind, .addPath, .deny:
+            // The new address must prove itself (docs/PROTOCOL.md 6.6, 6.7), and a victim its own
+            // address before it filters traffic to it (6.8); unsigned ones are refused by their
+            // handlers without costing a CHALLENGE.
             if request.signer == nil { return false }
         case .accept, .mapped:
             // Only an ACCEPT that would install something here needs its sender proved: one for
