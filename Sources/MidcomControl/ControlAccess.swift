@@ -44,8 +44,8 @@ extension ControlCommand {
     /// Commands that change nothing.
     public var isReadOnly: Bool {
         switch self {
-        case .sessions, .show, .status: true
-        case .delete, .flush: false
+        case .sessions, .show, .status, .denies: true
+        case .delete, .flush, .undeny: false
         }
     }
 }

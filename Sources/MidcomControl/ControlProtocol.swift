@@ -23,8 +23,9 @@
 //   version    integer, optional, default 1. A daemon rejects versions it does not speak with an error response
 //              naming the versions it supports. Additions that old peers can ignore keep the version; anything that
 //              changes the meaning of an existing field bumps it.
-//   command    "sessions" | "show" | "delete" | "flush" | "status"
-//   sessionID  string, 16 hex digits; required by "show" and "delete", ignored otherwise
+//   command    "sessions" | "show" | "delete" | "flush" | "status" | "denies" | "undeny"
+//   sessionID  string, 16 hex digits; required by "show", "delete" and "undeny" (a DENY filter's id),
+//              ignored otherwise
 //   dryRun     boolean, optional, default false; for "delete" and "flush": report what would be deleted, change
 //              nothing (in the daemon's table or in the kernel)
 //
@@ -33,7 +34,9 @@
 //   error      string, present when ok is false: one sentence for the operator
 //   sessions   array of session records; "sessions" returns all, "show" returns exactly one
 //   status     daemon status object, for "status"
-//   affected   array of session ids: deleted, or with dryRun the ones that would be deleted ("delete", "flush")
+//   affected   array of session ids: deleted, or with dryRun the ones that would be deleted ("delete", "flush",
+//              "undeny")
+//   denies     array of DENY filter records, for "denies"
 //   Absent optional values are omitted rather than encoded as null.
 //
 // Example
@@ -67,9 +70,13 @@ public enum ControlCommand: String, Codable, Sendable, CaseIterable {
     case flush
     /// Daemon status and counters.
     case status
+    /// List the DENY filters victims asked for (docs/PROTOCOL.md 6.8).
+    case denies
+    /// Remove one DENY filter (and its kernel element) by id.
+    case undeny
 
     /// Whether the command names one session through `ControlRequest.sessionID`.
-    public var needsSessionID: Bool { self == .show || self == .delete }
+    public var needsSessionID: Bool { self == .show || self == .delete || self == .undeny }
 }
 
 /// One request line.
@@ -228,6 +235,43 @@ public struct DaemonStatus: Codable, Sendable, Equatable {
 }
 
 /// One response line.
+/// One DENY filter as the daemon reports it.
+public struct DenyRecord: Codable, Sendable, Equatable {
+    /// The DENY's session ID (16 hex digits): the victim refreshes or removes it under this.
+    public var id: String
+    /// The requester: the victim address the filter protects, and the key that asked (its
+    /// 16-hex-digit ID; nil for a filter adopted after a restart and not claimed again yet).
+    public var victim: String
+    public var key: String?
+    /// "203.0.113.0/24"
+    public var source: String
+    /// "udp", "tcp", ... or "any"
+    public var proto: String
+    /// nil: any destination port.
+    public var port: UInt16?
+    public var ageSeconds: Double
+    public var remainingSeconds: Double
+    /// Dropped so far, from the kernel element's counter; nil if unknown.
+    public var packets: UInt64?
+    public var bytes: UInt64?
+
+    public init(
+        id: String, victim: String, key: String?, source: String, proto: String, port: UInt16?, ageSeconds: Double,
+        remainingSeconds: Double, packets: UInt64?, bytes: UInt64?
+    ) {
+        self.id = id
+        self.victim = victim
+        self.key = key
+        self.source = source
+        self.proto = proto
+        self.port = port
+        self.ageSeconds = ageSeconds
+        self.remainingSeconds = remainingSeconds
+        self.packets = packets
+        self.bytes = bytes
+    }
+}
+
 public struct ControlResponse: Codable, Sendable, Equatable {
     public var ok: Bool
     public var error: String?
@@ -235,16 +279,18 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     public var status: DaemonStatus?
     /// Ids deleted, or with `dryRun` the ids that would be deleted.
     public var affected: [String]?
+    public var denies: [DenyRecord]?
 
     public init(
         ok: Bool, error: String? = nil, sessions: [SessionRecord]? = nil,
-        status: DaemonStatus? = nil, affected: [String]? = nil
+        status: DaemonStatus? = nil, affected: [String]? = nil, denies: [DenyRecord]? = nil
     ) {
         self.ok = ok
         self.error = error
         self.sessions = sessions
         self.status = status
         self.affected = affected
+        self.denies = denies
     }
 
     /// A failed request, with one sentence for the operator.

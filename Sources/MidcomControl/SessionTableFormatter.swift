@@ -39,6 +39,22 @@ public enum SessionTableFormatter {
         return aligned([columns.map(\.title)] + rows, rightAligned: columns.map(\.rightAligned))
     }
 
+    /// The DENY filters (`midctl denies`): who asked, what is dropped, how much so far, time left.
+    public static func denies(_ denies: [DenyRecord]) -> String {
+        let titles: [(String, Bool)] = [
+            ("ID", false), ("VICTIM", false), ("KEY", false), ("SOURCE", false), ("PROTO", false), ("PORT", true),
+            ("AGE", true), ("LEFT", true), ("DROPPED", true), ("BYTES", true),
+        ]
+        let rows = denies.map { deny -> [String] in
+            [
+                deny.id, deny.victim, deny.key ?? unknown, deny.source, deny.proto, deny.port.map(String.init) ?? "*",
+                duration(deny.ageSeconds), duration(deny.remainingSeconds), deny.packets.map(String.init) ?? unknown,
+                deny.bytes.map(byteCount) ?? unknown,
+            ]
+        }
+        return aligned([titles.map(\.0)] + rows, rightAligned: titles.map(\.1))
+    }
+
     /// One session as `key: value` lines, for `midctl show`.
     public static func detail(_ session: SessionRecord) -> String {
         var bytes = unknown

@@ -22,7 +22,7 @@ struct CSPCommand: ParsableCommand {
             """,
         subcommands: [
             Setup.self, Refresh.self, Teardown.self, Rebind.self, AddPath.self, RemovePath.self, Keep.self, Listen.self,
-            RendezvousService.self, Sessions.self, Discover.self, Keygen.self,
+            RendezvousService.self, Sessions.self, Deny.self, Discover.self, Keygen.self,
         ]
     )
 }

@@ -39,6 +39,45 @@ extension Daemon {
             return ControlResponse(ok: true, affected: sessions.map { hex($0.id) }.sorted())
         case .status:
             return ControlResponse(ok: true, status: status())
+        case .denies:
+            return ControlResponse(ok: true, denies: denyRecords())
+        case .undeny:
+            guard let id = request.sessionID.flatMap({ UInt64($0, radix: 16) }) else {
+                return .failure("'\(request.sessionID ?? "")' is not a filter ID (16 hex digits)")
+            }
+            let removed: (DenyEntry, [KernelChange])? = engine.withLock { engine in
+                if request.dryRun { return engine.denies.entries[id].map { ($0, []) } }
+                return engine.removeDeny(id: id)
+            }
+            guard let (entry, changes) = removed else { return .failure("no DENY filter \(hex(id))") }
+            if let error = applyOperatorChanges(changes, dryRun: request.dryRun) { return .failure(error) }
+            if !request.dryRun { log(.notice, "operator removed DENY filter \(hex(id)) \(entry.filter)") }
+            return ControlResponse(ok: true, affected: [hex(id)])
+        }
+    }
+
+    /// The DENY filters, with the drops the kernel counted for each.
+    func denyRecords() -> [DenyRecord] {
+        let now = self.now()
+        let entries = engine.withLock { Array($0.denies.entries.values) }
+        var counters: [CountedKey: (UInt64?, UInt64?)] = [:]
+        for set in Set(entries.map { NFTSchema.element(for: .denyFilter($0.filter)).set }) {
+            do {
+                for element in try kernel.listElements(set: set) {
+                    counters[CountedKey(set: set, key: element.key)] = (element.packets, element.bytes)
+                }
+            } catch {
+                log.limited(.warning, category: "control", "cannot list set \(set) for its counters: \(error)")
+            }
+        }
+        return entries.sorted { $0.createdAt < $1.createdAt }.map { entry in
+            let element = NFTSchema.element(for: .denyFilter(entry.filter))
+            let counted = counters[CountedKey(element)]
+            return DenyRecord(
+                id: hex(entry.id), victim: entry.filter.victim.description, key: entry.owner.map { hex($0.fingerprint) },
+                source: "\(entry.filter.source)/\(entry.filter.prefixLength)", proto: entry.filter.proto.map { "\($0)" } ?? "any",
+                port: entry.filter.port, ageSeconds: now.seconds(since: entry.createdAt),
+                remainingSeconds: max(0, entry.expiresAt.seconds(since: now)), packets: counted?.0 ?? nil, bytes: counted?.1 ?? nil)
         }
     }
 

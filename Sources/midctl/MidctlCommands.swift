@@ -88,6 +88,39 @@ struct Status: ParsableCommand {
     }
 }
 
+struct Denies: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the DENY filters victims asked for: requester, prefix, drops, time left.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @Flag(help: "Print a JSON array of filter records.") var json = false
+
+    func run() throws {
+        let response = try connection.perform(ControlRequest(command: .denies))
+        let denies = response.denies ?? []
+        if json {
+            try printJSON(denies)
+        } else {
+            print(SessionTableFormatter.denies(denies), terminator: "")
+        }
+    }
+}
+
+struct Undeny: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Remove one DENY filter and its kernel element.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "The filter id: 16 hex digits, as listed by `midctl denies`.") var id: String
+    @Flag(help: "Report what would be removed; change nothing.") var dryRun = false
+
+    func validate() throws { _ = try validatedSessionID(id) }
+
+    func run() throws {
+        let response = try connection.perform(ControlRequest(command: .undeny, sessionID: try validatedSessionID(id), dryRun: dryRun))
+        for id in response.affected ?? [] { print(dryRun ? "would remove \(id)" : "removed \(id)") }
+    }
+}
+
 /// One line per session id, so that the output can be piped on.
 private func printAffected(_ ids: [String], dryRun: Bool) {
     for id in ids { print(dryRun ? "would delete \(id)" : "deleted \(id)") }

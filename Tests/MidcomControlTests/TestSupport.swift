@@ -52,6 +52,10 @@ enum Fixtures {
             return ControlResponse(ok: true, affected: sessions.map(\.id))
         case .status:
             return ControlResponse(ok: true, status: status)
+        case .denies:
+            return ControlResponse(ok: true, denies: [])
+        case .undeny:
+            return .failure("no DENY filter \(request.sessionID ?? "")")
         }
     }
 }
