@@ -258,3 +258,21 @@ public struct FlowTuple: Hashable, Sendable, CustomStringConvertible {
         return "\(proto) \(endpoint(source, sourcePort)) -> \(endpoint(destination, destinationPort))"
     }
 }
+
+extension IPAddress {
+    /// This address with every bit after the first `length` cleared.
+    public func masked(to length: UInt8) -> IPAddress { setting(from: length, to: 0) }
+    /// This address with every bit after the first `length` set.
+    public func filled(from length: UInt8) -> IPAddress { setting(from: length, to: 1) }
+
+    private func setting(from length: UInt8, to bit: UInt8) -> IPAddress {
+        var bytes = self.bytes
+        for index in 0..<bytes.count {
+            let first = index * 8
+            let keep = max(0, min(8, Int(length) - first))
+            let mask: UInt8 = keep == 8 ? 0xff : keep == 0 ? 0 : ~(0xff >> UInt8(keep))
+            bytes[index] = bit == 0 ? bytes[index] & mask : bytes[index] | ~mask
+        }
+        return IPAddress(bytes: bytes)!
+    }
+}

@@ -22,11 +22,14 @@ extension CSPCommand {
                 all refused, 3 when none answered.
                 """)
         @Argument(help: "The attacking prefix, e.g. 203.0.113.0/24.") var prefix: String
-        @Option(help: "Where the DENY is sent (an address of the attack; default: the prefix's first host).") var toward: String?
+        @Option(help: "Where the DENY is sent: an address the attack comes from (default: one in the middle of the prefix).")
+        var toward: String?
         @Option(help: "Protocol to drop: udp, tcp, a number, or any.") var proto: String = "any"
         @Option(help: "This host's port the attack goes to (0 = any).") var port: UInt16 = 0
         @Option(help: "Seconds the filters last (0 removes them).") var lifetime: UInt32 = 60
         @Option(help: "Filter ID to refresh or remove (16 hex digits; default: a new one).") var session: String?
+        @Option(help: "The address to protect, one of this host's (default: the one routing picks): the DENY is sent from it.")
+        var from: String?
         @Option(help: "Seconds to collect answers.") var wait: Double = 1.5
         @OptionGroup var common: Common
 
@@ -42,9 +45,12 @@ extension CSPCommand {
                 guard let address = IPAddress(toward) else { throw ValidationError("--toward '\(toward)' is not an address") }
                 destination = address
             } else {
-                var bytes = network.bytes
-                bytes[bytes.count - 1] |= 1
-                destination = IPAddress(bytes: bytes)!
+                // An address in the middle of the prefix (not .1, often a router: a DENY addressed
+                // to a middlebox stops there). Better: --toward an address the attack comes from.
+                let middle = network.masked(to: length).filled(from: min(length + 1, UInt8(network.bytes.count * 8)))
+                var bytes = middle.bytes
+                if length < UInt8(bytes.count * 8) - 1 { bytes[bytes.count - 1] &= 0xfe }
+                destination = IPAddress(bytes: bytes) ?? network
             }
             let id = try session.map { text throws -> UInt64 in
                 guard let v = UInt64(text, radix: 16) else { throw ValidationError("--session must be 16 hex digits") }
@@ -59,7 +65,11 @@ extension CSPCommand {
             ).signed(by: key, timestamp: wallClockSeconds())
             let bytes = try request.serialize()
             let target = CSPEndpoint(address: destination, port: common.cspPort)
-            let socket = try UDPSocket(family: destination.family)
+            let local = try from.map { text throws -> IPAddress in
+                guard let address = IPAddress(text) else { throw ValidationError("--from '\(text)' is not an address") }
+                return address
+            }
+            let socket = try UDPSocket(family: destination.family, address: local)
             if !common.machine { print("filter \(hex(id)): drop \(prefix) \(proto)\(port == 0 ? "" : " port \(port)") to this host for \(lifetime)s") }
             let clock = ContinuousClock()
             let start = clock.now
