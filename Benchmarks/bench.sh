@@ -610,7 +610,7 @@ fig11_move() {
     bl_bg client "$BL_DIR/keep.log" taskset -c "$LOAD_CPU" "$SWIFT_BIN/csp" keep "$s" --lifetime 60 --duration 10 \
       --key "$key" --state-dir "$state"
     keeper=$BL_LAST_PID
-    for _ in $(seq 1 50); do grep -q '"event":"keeping"' "$BL_DIR/keep.log" && break; sleep 0.1; done
+    for _ in $(seq 1 50); do grep -q '"event":"keeping"' "$BL_DIR/keep.log" 2>/dev/null && break; sleep 0.1; done
   fi
   local p0=0; [ "$c" = midcomd ] && p0=$(midcomd_counter challenges_passed)
   bl_bg client "$BL_DIR/send.log" taskset -c "$LOAD_CPU" "$BIN/udpgap" send 10.201.2.2 5000 -S 4000 -i "$GAP_INTERVAL_US" -d 4

@@ -58,11 +58,9 @@ extension CSPCommand {
             } ?? secureRandomUInt64()
             let sequence = session == nil ? 1 : common.sessions.nextSequence(for: id, peer: destination)
             if session == nil { common.sessions.save(SessionStore.Entry(sessionID: id, lastSequence: 1, peer: destination)) }
-            let source = CSPDenySource(prefix: network, prefixLength: length, proto: protocolNumber, port: port)
-            let request = try CSPMessage(
-                type: .deny, flags: .recordRoute, sessionID: id, nonce: secureRandomUInt64(), sequence: sequence,
-                tlvs: [.denySource(source), .lifetime(lifetime)]
-            ).signed(by: key, timestamp: wallClockSeconds())
+            let request = try Pushback.deny(
+                prefix: network, length: length, proto: protocolNumber.rawValue == 0 ? nil : protocolNumber, port: port == 0 ? nil : port,
+                lifetime: lifetime, filterID: id, sequence: sequence, key: key, timestamp: wallClockSeconds())
             let bytes = try request.serialize()
             let target = CSPEndpoint(address: destination, port: common.cspPort)
             let local = try from.map { text throws -> IPAddress in
