@@ -1,8 +1,8 @@
 // cspload: CSP signaling load for the Midcom benchmark (docs/PROTOCOL.md, sections 3, 5, 6.6 and 7).
 //
 //   cspload respond [-p PORT] [-d SECONDS] [-C]
-//       The responder: answers every SETUP with ACCEPT (same session ID, nonce and sequence, LIFETIME as
-//       requested) and counts TEARDOWNs. Replies leave in sendmmsg bursts. -C answers CHALLENGEs (6.6): a
+//       The responder: answers every SETUP and REBIND with ACCEPT (same session ID, nonce and sequence, LIFETIME
+//       as requested: at most 3600 s, 30 s when the request has none) and counts TEARDOWNs. Replies leave in sendmmsg bursts. -C answers CHALLENGEs (6.6): a
 //       CHALLENGE for a session it ACCEPTed is answered with a RESPONSE (token echoed) to the CHALLENGE's
 //       source, then the ACCEPT is sent again (the last 65536 sessions are remembered, direct-mapped).
 //   cspload setup DST [-w WINDOW] [-s SOCKETS] [-d SECONDS] [-l LIFETIME] [-i FIRST] [-L] [-t] [-C] [-S [-n POOL] [-T S]]
@@ -28,6 +28,22 @@
 //       packet from a random address of PREFIX/LEN (IPv4) and a random source port, with a random session ID
 //       and nonce and a FLOW from that address to DST:FLOWPORT (5000). sendmmsg bursts of 64; the kernel fills
 //       the IP checksum, the UDP checksum is 0 (none). Prints sent, seconds and per_s as one JSON line.
+//   cspload rebind DST NEWADDR [-w WINDOW] [-s SOCKETS] [-d SECONDS] [-g SECONDS] [-n SESSIONS] [-r RUNS]
+//                  [-l LIFETIME] [-P PID] [-W WINDOW]
+//       Mobility (figure 11): one Ed25519 key; SESSIONS (default 20000) signed sessions set up from the address
+//       routing picks toward DST (-W in flight, default 32), then RUNS runs (default 1) that each move the same
+//       sessions twice, in alternating order: signed re-SETUPs to another flow (next sequence, the source port
+//       moved to the other port of the session's pair, same address) and signed REBINDs (next sequence, FLOW
+//       as it is, NEW-ADDRESS the same port at NEWADDR — or back at the first address for a session there —
+//       sent from that address). Requests look like `csp keep`'s: recordRoute, FLOW, LIFETIME (default 600),
+//       REQUESTED-ACTION admit|allow-redirect, [NEW-ADDRESS,] IDENTITY, TIMESTAMP, SIGNATURE. Each phase's
+//       requests are built and signed first (one per live session, not timed); the phase sends one request
+//       alone (a CHALLENGE is answered with a RESPONSE signed by the key from the same socket, then the
+//       request is sent again), then keeps WINDOW (default 64) in flight over SOCKETS sockets per address
+//       (default 8) for -g seconds (default 2.5) not counted, then SECONDS (default 3) timed; ACCEPTs end
+//       requests, REJECTs and 500 ms without an answer end their sessions (never used again). -P PID: the
+//       CPU time of that process (midcomd) over each timed window. Prints one JSON line for the preparation
+//       and one per run (per kind: per_s, lost, rejects, challenges, rtt_p50_ns, cpu_ns_per_request, ...).
 // Unsigned messages carry no recordRoute flag: the smallest valid SETUP (FLOW + LIFETIME, 54 octets).
 #include "benchutil.h"
 
@@ -495,7 +511,8 @@ struct mslot { uint64_t sent_ns, nonce, pool_index; uint32_t session; int fd, bu
 enum move_kind { MOVE_SETUP, MOVE_RESETUP, MOVE_REBIND };
 static const char *const move_name[] = {"setup", "resetup", "rebind"};
 
-/// One phase's outcome (the timed window only; the warm-up request and the drain are not counted).
+/// One phase's outcome: the timed window's (the warm-up and the drain are not counted), except `challenges`,
+/// every CHALLENGE the phase answered (a new address is challenged by its first request, in the warm-up).
 struct move_result {
     uint64_t completed, lost, rejects, challenges, abandoned, pool, cpu_ns;
     double seconds, sign_s;

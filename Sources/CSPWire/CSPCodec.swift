@@ -135,13 +135,15 @@ extension CSPTLV {
             return .path(CSPPath(pathID: id, endpoint: try endpoint()))
         case .denySource:
             guard let family = cursor.readUInt8(), let prefixLength = cursor.readUInt8(), let proto = cursor.readUInt8(),
-                cursor.readUInt8() != nil, let port = cursor.readUInt16(),
+                let flags = cursor.readUInt8(), let port = cursor.readUInt16(),
                 let addressLength = IPAddress.Family(rawValue: family)?.addressLength,
                 prefixLength <= addressLength * 8,
                 let prefix = cursor.readAddress(length: addressLength), cursor.remaining == 0
             else { throw bad }
             return .denySource(
-                CSPDenySource(prefix: prefix, prefixLength: prefixLength, proto: IPProtocol(rawValue: proto), port: port))
+                CSPDenySource(
+                    prefix: prefix, prefixLength: prefixLength, proto: IPProtocol(rawValue: proto), port: port,
+                    rateLimit: flags & 0x01 != 0))
         case .middleboxRecord:
             guard depth < CSPMessage.maximumNesting else { throw CSPWireError(.nestingTooDeep, at: offset) }
             guard let id = cursor.readUInt64(), let epoch = cursor.readUInt32(), let decision = cursor.readUInt8(),
@@ -209,7 +211,7 @@ extension CSPTLV {
             out.append(d.prefix.family.rawValue)
             out.append(d.prefixLength)
             out.append(d.proto.rawValue)
-            out.append(0)
+            out.append(d.rateLimit ? 0x01 : 0)  // flags; other bits reserved, sent 0 and ignored
             out.appendBigEndian(d.port)
             d.prefix.appendBytes(to: &out)
         case .middleboxRecord(let r):

@@ -60,11 +60,16 @@ public struct CSPDenySource: Hashable, Sendable {
     public var proto: IPProtocol
     /// Destination port on the victim, 0 = any.
     public var port: UInt16
-    public init(prefix: IPAddress, prefixLength: UInt8, proto: IPProtocol = IPProtocol(rawValue: 0), port: UInt16 = 0) {
+    /// Limit the traffic to the middlebox's rate instead of dropping it all (flag 0x01).
+    public var rateLimit: Bool
+    public init(
+        prefix: IPAddress, prefixLength: UInt8, proto: IPProtocol = IPProtocol(rawValue: 0), port: UInt16 = 0, rateLimit: Bool = false
+    ) {
         self.prefix = prefix
         self.prefixLength = prefixLength
         self.proto = proto
         self.port = port
+        self.rateLimit = rateLimit
     }
 }
 

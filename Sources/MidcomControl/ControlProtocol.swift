@@ -249,6 +249,8 @@ public struct DenyRecord: Codable, Sendable, Equatable {
     public var proto: String
     /// nil: any destination port.
     public var port: UInt16?
+    /// "drop", or "rate-limit" (the ruleset's rate passes, the rest is dropped).
+    public var action: String = "drop"
     public var ageSeconds: Double
     public var remainingSeconds: Double
     /// Dropped so far, from the kernel element's counter; nil if unknown.

@@ -43,12 +43,12 @@ public enum SessionTableFormatter {
     public static func denies(_ denies: [DenyRecord]) -> String {
         let titles: [(String, Bool)] = [
             ("ID", false), ("VICTIM", false), ("KEY", false), ("SOURCE", false), ("PROTO", false), ("PORT", true),
-            ("AGE", true), ("LEFT", true), ("DROPPED", true), ("BYTES", true),
+            ("ACTION", false), ("AGE", true), ("LEFT", true), ("DROPPED", true), ("BYTES", true),
         ]
         let rows = denies.map { deny -> [String] in
             [
                 deny.id, deny.victim, deny.key ?? unknown, deny.source, deny.proto, deny.port.map(String.init) ?? "*",
-                duration(deny.ageSeconds), duration(deny.remainingSeconds), deny.packets.map(String.init) ?? unknown,
+                deny.action, duration(deny.ageSeconds), duration(deny.remainingSeconds), deny.packets.map(String.init) ?? unknown,
                 deny.bytes.map(byteCount) ?? unknown,
             ]
         }

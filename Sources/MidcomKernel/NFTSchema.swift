@@ -55,13 +55,16 @@ public enum NFTSchema {
     /// DENY filters: interval sets (source prefix . protocol range . victim . port range).
     public static let deny4 = SetSpec(name: "deny4", key: [.ipv4, .proto, .ipv4, .port])
     public static let deny6 = SetSpec(name: "deny6", key: [.ipv6, .proto, .ipv6, .port])
+    /// The same for filters that limit to the ruleset's rate instead of dropping everything.
+    public static let rateLimit4 = SetSpec(name: "ratelimit4", key: deny4.key)
+    public static let rateLimit6 = SetSpec(name: "ratelimit6", key: deny6.key)
 
     /// The sets holding admissions, in the order adoption reads them.
     public static let admissionSets = [admit4, admit6, admit4AnyPort, admit6AnyPort, pinhole4, pinhole6]
     /// Everything midcomd programs. Admissions come before the NAT maps: adoption needs that order.
-    public static let all = admissionSets + [drop4, drop6, snat4, dnat4, proved4, proved6, deny4, deny6]
+    public static let all = admissionSets + [drop4, drop6, snat4, dnat4, proved4, proved6, deny4, deny6, rateLimit4, rateLimit6]
     /// What a restart adopts, in this order.
-    public static let adoptable = admissionSets + [snat4, dnat4, deny4, deny6]
+    public static let adoptable = admissionSets + [snat4, dnat4, deny4, deny6, rateLimit4, rateLimit6]
 
     /// A set element: where an object lives and its key (and data, for a map).
     public struct Element: Hashable, Sendable {
@@ -100,7 +103,8 @@ public enum NFTSchema {
         address(&end, filter.victim)
         start.append(port: filter.port ?? 0)
         end.append(port: filter.port ?? 65535)
-        return Element(set: filter.victim.family == .ipv4 ? deny4.name : deny6.name, key: start, data: nil, keyEnd: end)
+        let set = filter.victim.family == .ipv4 ? (filter.rateLimited ? rateLimit4 : deny4) : (filter.rateLimited ? rateLimit6 : deny6)
+        return Element(set: set.name, key: start, data: nil, keyEnd: end)
     }
 
     /// The proved-sources element of an address.
@@ -188,7 +192,7 @@ public enum NFTSchema {
             return set == snat4.name
                 ? .sourceNAT(SourceNAT(proto: proto, internal: keyed, external: value))
                 : .destinationNAT(DestinationNAT(proto: proto, external: keyed, internal: value))
-        case deny4.name, deny6.name:
+        case deny4.name, deny6.name, rateLimit4.name, rateLimit6.name:
             guard let keyEnd, keyEnd.count == key.count else { return nil }
             var endReader = FieldReader(bytes: keyEnd)
             let field = spec.key[0]
@@ -203,7 +207,8 @@ public enum NFTSchema {
             while length < a.count * 8, (a[length / 8] ^ b[length / 8]) & (0x80 >> UInt8(length % 8)) == 0 { length += 1 }
             return .denyFilter(DenyFilter(
                 source: source, prefixLength: UInt8(length), proto: proto.rawValue == 0 && protoEnd.rawValue == 255 ? nil : proto,
-                victim: victim, port: port == 0 && portEnd == 65535 ? nil : port))
+                victim: victim, port: port == 0 && portEnd == 65535 ? nil : port,
+                rateLimited: set == rateLimit4.name || set == rateLimit6.name))
         default:
             return nil
         }

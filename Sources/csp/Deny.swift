@@ -31,6 +31,7 @@ extension CSPCommand {
         @Option(help: "The address to protect, one of this host's (default: the one routing picks): the DENY is sent from it.")
         var from: String?
         @Option(help: "Seconds to collect answers.") var wait: Double = 1.5
+        @Flag(help: "Ask for the middleboxes' rate limit instead of dropping everything.") var rateLimit = false
         @OptionGroup var common: Common
 
         mutating func run() throws {
@@ -60,7 +61,7 @@ extension CSPCommand {
             if session == nil { common.sessions.save(SessionStore.Entry(sessionID: id, lastSequence: 1, peer: destination)) }
             let request = try Pushback.deny(
                 prefix: network, length: length, proto: protocolNumber.rawValue == 0 ? nil : protocolNumber, port: port == 0 ? nil : port,
-                lifetime: lifetime, filterID: id, sequence: sequence, key: key, timestamp: wallClockSeconds())
+                lifetime: lifetime, filterID: id, sequence: sequence, key: key, timestamp: wallClockSeconds(), rateLimit: rateLimit)
             let bytes = try request.serialize()
             let target = CSPEndpoint(address: destination, port: common.cspPort)
             let local = try from.map { text throws -> IPAddress in
@@ -68,7 +69,9 @@ extension CSPCommand {
                 return address
             }
             let socket = try UDPSocket(family: destination.family, address: local)
-            if !common.machine { print("filter \(hex(id)): drop \(prefix) \(proto)\(port == 0 ? "" : " port \(port)") to this host for \(lifetime)s") }
+            if !common.machine {
+                print("filter \(hex(id)): \(rateLimit ? "rate-limit" : "drop") \(prefix) \(proto)\(port == 0 ? "" : " port \(port)") to this host for \(lifetime)s")
+            }
             let clock = ContinuousClock()
             let start = clock.now
             let end = start.advanced(by: .milliseconds(Int64(wait * 1000)))

@@ -73,11 +73,13 @@ extension Daemon {
         return entries.sorted { $0.createdAt < $1.createdAt }.map { entry in
             let element = NFTSchema.element(for: .denyFilter(entry.filter))
             let counted = counters[CountedKey(element)]
-            return DenyRecord(
+            var record = DenyRecord(
                 id: hex(entry.id), victim: entry.filter.victim.description, key: entry.owner.map { hex($0.fingerprint) },
                 source: "\(entry.filter.source)/\(entry.filter.prefixLength)", proto: entry.filter.proto.map { "\($0)" } ?? "any",
                 port: entry.filter.port, ageSeconds: now.seconds(since: entry.createdAt),
                 remainingSeconds: max(0, entry.expiresAt.seconds(since: now)), packets: counted?.0 ?? nil, bytes: counted?.1 ?? nil)
+            record.action = entry.filter.rateLimited ? "rate-limit" : "drop"
+            return record
         }
     }
 

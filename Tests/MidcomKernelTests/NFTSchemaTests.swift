@@ -29,6 +29,8 @@ final class NFTSchemaTests: XCTestCase {
             .destinationNAT(DestinationNAT(proto: .tcp, external: external, internal: host)),
             .denyFilter(DenyFilter(source: IPAddress("203.0.113.77")!, prefixLength: 24, proto: .udp, victim: v4.destination, port: 53)),
             .denyFilter(DenyFilter(source: IPAddress("2001:db8:66::")!, prefixLength: 48, proto: nil, victim: v6.destination, port: nil)),
+            .denyFilter(DenyFilter(source: IPAddress("198.18.0.0")!, prefixLength: 15, proto: .tcp, victim: v4.destination, port: 443, rateLimited: true)),
+            .denyFilter(DenyFilter(source: IPAddress("2001:db8:77::")!, prefixLength: 64, proto: .udp, victim: v6.destination, port: nil, rateLimited: true)),
         ]
     }
 

@@ -40,7 +40,7 @@ extension GatewayEngine {
         }
         let filter = DenyFilter(
             source: asked.prefix, prefixLength: asked.prefixLength, proto: asked.proto.rawValue == 0 ? nil : asked.proto,
-            victim: victim, port: asked.port == 0 ? nil : asked.port)
+            victim: victim, port: asked.port == 0 ? nil : asked.port, rateLimited: asked.rateLimit)
         let lifetime = min(deny.lifetime ?? 60, bounds.maximumLifetime)
         let existing = denies.entries[deny.sessionID]
         if let existing, existing.owner.map({ $0 != signer }) ?? false || existing.filter.victim != victim {

@@ -58,20 +58,23 @@ public struct DenyFilter: Hashable, Sendable, CustomStringConvertible {
     public var proto: IPProtocol?
     public var victim: IPAddress
     public var port: UInt16?
+    /// Limit to the ruleset's rate (sets ratelimit4/6) instead of dropping everything.
+    public var rateLimited: Bool
 
-    public init(source: IPAddress, prefixLength: UInt8, proto: IPProtocol?, victim: IPAddress, port: UInt16?) {
+    public init(source: IPAddress, prefixLength: UInt8, proto: IPProtocol?, victim: IPAddress, port: UInt16?, rateLimited: Bool = false) {
         self.source = source.masked(to: prefixLength)
         self.prefixLength = prefixLength
         self.proto = proto
         self.victim = victim
         self.port = port
+        self.rateLimited = rateLimited
     }
 
     /// The prefix's last address (host bits one).
     public var sourceEnd: IPAddress { source.filled(from: prefixLength) }
 
     public var description: String {
-        "\(source)/\(prefixLength) \(proto.map { "\($0)" } ?? "any") -> \(victim)\(port.map { ":\($0)" } ?? "")"
+        "\(source)/\(prefixLength) \(proto.map { "\($0)" } ?? "any") -> \(victim)\(port.map { ":\($0)" } ?? "")\(rateLimited ? " (rate-limited)" : "")"
     }
 }
 
