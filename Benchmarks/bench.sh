@@ -4,7 +4,7 @@
 # (3 in quick mode), median and spread; see docs/PERFORMANCE.md for what each figure means.
 # Prints the table and writes Benchmarks/results/latest.json. Benchmarks, not tests: nothing here fails on a
 # number; the script fails only when a measurement could not be made.
-#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, shorter runs
+#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, 11, shorter runs
 #   BENCH_RUNS=N        runs per figure (default 5, quick 3)
 #   BENCH_FIGURES="1 3" only these figures (1–11; 10 = the cost of trust: signed ÷ unsigned setups/s with
 #                       challenge = never, CPU per Ed25519 verification, and a spoofed-source SETUP flood against
@@ -527,10 +527,11 @@ fig10_flood() {
 #    sessions are sized from the verification ceiling (signed requests/s cannot exceed it), every request
 #    built and signed before its phase.
 # b. interruption: `udpgap send` (one datagram every GAP_INTERVAL_US from 0.0.0.0:4000) through the gateway to
-#    `udpgap recv`; the client's address changes (`ip -batch`: delete 10.201.1.2, add 10.201.1.3, default
-#    route again) and `csp keep` (rtnetlink) sends the REBIND, answering midcomd's CHALLENGE for the new
-#    address; gap = arrival of the first datagram from the new address − arrival of the last one from the old.
-#    Reference: the same address change through gw with no midcom table (plain forwarding, no signaling).
+#    `udpgap recv`; the client's address changes (delete 10.201.1.2, add 10.201.1.3, default route again: in
+#    one `ip -batch`, and as three `ip` commands) and `csp keep` (rtnetlink) sends the REBIND, answering
+#    midcomd's CHALLENGE for the new address; gap = kernel receive time of the first datagram from the new
+#    address − that of the last one from the old. Reference: the same address change through gw with no
+#    midcom table (plain forwarding, no signaling).
 GAP_INTERVAL_US=${BENCH_GAP_INTERVAL_US:-200}
 FIG11_WARM=2.5
 fig11() {
@@ -585,7 +586,7 @@ PYEOF
 # CASE kernel: no midcom table in gw; midcomd: a signed session kept by `csp keep`. HOW batch: the old address
 # deleted, the new one added and the default route restored by one `ip -batch` (route and address within
 # a millisecond); steps: the same as three `ip` commands, the route a few ms after the address, as DHCP
-# clients and tests/integration/mobility-keeper.sh do it.
+# clients and Tests/integration/mobility-keeper.sh do it.
 fig11_move() {
   local c=$1 how=$2 run=$3 state="$BL_DIR/csp-state" key="$BL_DIR/client.key" keeper= listener=
   bl_lab

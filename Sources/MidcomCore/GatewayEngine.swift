@@ -166,7 +166,9 @@ public struct GatewayEngine: Sendable {
         if request.message.type == .response { return handleResponse(request, now: now) }
         // A SETUP a rendezvous relays to a hidden server travels off its flow's path: it is the
         // server's to answer, and nothing here may be installed for it (docs/PROTOCOL.md 10.7).
-        if request.message.type == .setup, !request.isAddressedToUs,
+        // It comes inside the conntrack entry of the server's registration; a `rendezvous` record
+        // on anything else is ignored (the SETUP is judged, and challenged, like any other).
+        if request.message.type == .setup, !request.isAddressedToUs, request.insideConntrack,
             request.message.records.contains(where: { $0.decision == .rendezvous })
         {
             return SignalingOutcome(

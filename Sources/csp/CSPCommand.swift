@@ -415,6 +415,12 @@ extension CSPCommand {
                     continue
                 }
                 if agent?.handle(request, bytes: bytes, from: from, socket: socket) == true { continue }
+                if agent == nil, RendezvousRegistration.isRelayed(request) {
+                    // We registered nowhere: a "relayed" SETUP is someone's attempt to make us
+                    // answer a third party (docs/PROTOCOL.md 10.7).
+                    print("ignored relayed SETUP \(hex(request.sessionID)) from \(from): no rendezvous registered")
+                    continue
+                }
                 if request.type == .challenge {
                     let slot = SentKey(session: request.sessionID, nonce: request.nonce)
                     if let previous = sent[slot], var response = ResponderPolicy.response(to: request, for: previous.reply) {

@@ -34,7 +34,7 @@ extension Daemon {
                 log.limited(.warning, category: "malformed-ip", "dropped signaling from \(source) with a bad UDP header: \(error)")
                 return .drop
             }
-            return handleSignaling(udp, id: packet.id, burst: burst)
+            return handleSignaling(udp, id: packet.id, burst: burst, insideConntrack: packet.mark == cspReplyMark)
         }
         return handleFirstPacket(ip, id: packet.id, burst: burst)
     }
@@ -45,15 +45,16 @@ extension Daemon {
         ports.destination == configuration.cspPort || (ports.source == configuration.cspPort && mark == cspReplyMark)
     }
 
-    func handleSignaling(_ udp: UDPDatagramView, id: UInt32, burst: BurstBatcher) -> Verdict {
+    func handleSignaling(_ udp: UDPDatagramView, id: UInt32, burst: BurstBatcher, insideConntrack: Bool = false) -> Verdict {
         let source = CSPEndpoint(address: udp.packet.source, port: udp.sourcePort)
         let destination = CSPEndpoint(address: udp.packet.destination, port: udp.destinationPort)
         let now = self.now()
         let outcome: SignalingOutcome
         do {
             // Parsed and verified here, outside the engine's lock (Ed25519 costs tens of µs).
-            let request = try SignalingRequest(
+            var request = try SignalingRequest(
                 parsing: udp.payload, source: source, entry: .intercepted(destination: destination), wallClock: wallClock())
+            request.insideConntrack = insideConntrack
             outcome = engine.withLock { $0.handle(request, now: now) }
         } catch {
             if udp.payload.isEmpty, let probe = discoveryProbe(udp.packet) {

@@ -103,6 +103,48 @@ final class MobilityTests: XCTestCase {
         XCTAssertFalse(g.expire(now: .seconds(5)).kernel.contains(.remove(.admission(flow))), "the flow it moved back to stays")
     }
 
+    /// Regression (found by the figure 11 bench work): a REBIND for a session this middlebox does
+    /// not know sets a session up, so it must pass everything a SETUP passes — the signature
+    /// policy (known-keys), the table size and the pending limits — and a REBIND of a known
+    /// session must name the session's own flow (it moves one end, it does not re-aim the session).
+    func testARebindNewHereMeetsEverySetupCheck() {
+        var config = MidcomConfiguration()
+        config.trust.challenge = .never
+        config.trust.signatures = .knownKeys
+        config.trust.knownKeys = [KnownKey(name: "someone", key: SigningKey().publicKey)]
+        var e = GatewayEngine(
+            configuration: config, identity: MiddleboxIdentity(id: 7, epoch: 1, name: "gw"),
+            challengeSecret: Array(repeating: 3, count: 32), startedAt: wall - 10)
+        let out = arrive(&e, rebind(nonce: 2, sequence: 2), from: away, signedBy: owner)
+        XCTAssertEqual(out.reply?.message.result, .authenticationFailed, "an unlisted key cannot open a flow by REBIND")
+        XCTAssertNil(e.sessions[id: 1])
+
+        var limits = MidcomConfiguration()
+        limits.trust.challenge = .never
+        limits.trust.pendingPerSource = 1
+        var f = GatewayEngine(
+            configuration: limits, identity: MiddleboxIdentity(id: 7, epoch: 1, name: "gw"),
+            challengeSecret: Array(repeating: 3, count: 32), startedAt: wall - 10)
+        _ = arrive(&f, rebind(nonce: 2, sequence: 2), from: away, signedBy: owner)
+        var second = rebind(nonce: 3, sequence: 2)
+        second.sessionID = 2
+        XCTAssertEqual(arrive(&f, second, from: away, signedBy: owner).reply?.message.result, .resourcesExhausted, "pending per source")
+        XCTAssertNil(f.sessions[id: 2])
+    }
+
+    func testARebindMustNameTheSessionsFlow() {
+        var e = engine()
+        admitted(&e)
+        var other = flow
+        other.destinationPort = 22
+        let aimed = CSPMessage(
+            type: .rebind, flags: .recordRoute, sessionID: 1, nonce: 2, sequence: 2, tlvs: [.flow(other), .newAddress(away)])
+        let out = arrive(&e, aimed, from: away, signedBy: owner)
+        XCTAssertEqual(out.reply?.message.result, .malformedMessage)
+        XCTAssertEqual(e.sessions[id: 1]?.flow, flow)
+        XCTAssertNil(e.sessions[id: 1]?.pending)
+    }
+
     func testUnsignedOrForeignRebindsAreRefused() {
         var e = engine()
         admitted(&e)

@@ -24,16 +24,18 @@ final class RendezvousEngineTests: XCTestCase {
             challengeSecret: Array(repeating: 3, count: 32), startedAt: wall - 10)
     }
 
-    func arrive(_ e: inout GatewayEngine, _ m: CSPMessage, from: CSPEndpoint, to: CSPEndpoint?, signedBy key: SigningKey? = nil)
-        -> SignalingOutcome
-    {
+    func arrive(
+        _ e: inout GatewayEngine, _ m: CSPMessage, from: CSPEndpoint, to: CSPEndpoint?, signedBy key: SigningKey? = nil,
+        insideConntrack: Bool = false
+    ) -> SignalingOutcome {
         var m = m
         if let key { m = try! m.signed(by: key, timestamp: wall) }
         let bytes = try! m.serialize()
-        let request = bytes.withUnsafeBytes {
+        var request = bytes.withUnsafeBytes {
             try! SignalingRequest(
                 parsing: $0, source: from, entry: to.map { .intercepted(destination: $0) } ?? .addressedToUs, wallClock: wall)
         }
+        request.insideConntrack = insideConntrack
         return e.handle(request, now: .seconds(0))
     }
 
@@ -93,11 +95,15 @@ final class RendezvousEngineTests: XCTestCase {
             type: .setup, flags: .recordRoute, sessionID: 0xc1, nonce: 9, sequence: 1,
             tlvs: [.flow(FlowTuple(proto: .udp, source: client.address, sourcePort: 40000, destination: rendezvous.address, destinationPort: 5004))])
         setup.tlvs.append(.middleboxRecord(CSPMiddleboxRecord(middleboxID: 99, epoch: 1, decision: .rendezvous, grantedLifetime: 0, tlvs: [.hostAddress(client)])))
-        let out = arrive(&e, setup, from: rendezvous, to: server)
+        let out = arrive(&e, setup, from: rendezvous, to: server, insideConntrack: true)
         guard case .forward = out.verdict else { return XCTFail("\(out.verdict)") }
         XCTAssertNil(e.sessions[id: 0xc1])
         XCTAssertTrue(out.kernel.isEmpty)
         XCTAssertNil(out.reply)
+        // The same record on a SETUP that did not come inside a registration's conntrack entry
+        // earns nothing: it is judged like any SETUP (pending state, bounded like any other).
+        _ = arrive(&e, setup, from: client, to: server)
+        XCTAssertEqual(e.sessions[id: 0xc1]?.state, .pending)
     }
 
     func testAClientsSetupToTheMappingIsAnsweredForTheServerAndItsChallengeIsAnswered() throws {

@@ -46,6 +46,19 @@ extension GatewayEngine {
         // FLOW is the initiator's view, never rewritten in transit: NATs nearer the host report
         // their translations in records, as for SETUP.
         let end = Session.ownerEnd(incoming: incoming)
+        // A REBIND moves the owner's end; it cannot re-aim the session at another peer or port.
+        if let existing, !addsPath {
+            let peer: FlowTuple.End = end == .source ? .destination : .source
+            let peerPort = { (f: FlowTuple) in peer == .source ? f.sourcePort : f.destinationPort }
+            guard old.proto == existing.flow.proto, old.address(of: peer) == existing.flow.address(of: peer),
+                peerPort(old) == peerPort(existing.flow)
+            else {
+                counters.malformedMessages += 1
+                return rejection(
+                    of: request, result: .malformedMessage, reason: "FLOW is not the session's flow \(existing.flow)",
+                    event: "refused REBIND \(hex(rebind.sessionID)): FLOW \(old) is not the session's \(existing.flow)")
+            }
+        }
         let moved = Self.effectiveFlow(old, records: rebind.records, incoming: incoming).moving(end, to: newAddress)
         // The REBIND comes from the new address: that is the one that proved itself.
         guard moved.address(of: end) == request.source.address else {
@@ -60,6 +73,11 @@ extension GatewayEngine {
             return rejection(
                 of: request, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
                 event: "rejected REBIND \(hex(rebind.sessionID)) to \(moved): \(decision.reason ?? "policy")")
+        }
+        if let refused = refusalOfNewState(
+            request, decision: decision, flow: moved, existing: existing, application: existing?.application ?? rebind.application)
+        {
+            return refused
         }
         var session =
             existing
@@ -154,6 +172,9 @@ extension GatewayEngine {
             return rejection(
                 of: request, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
                 event: "rejected ADD-PATH \(hex(session.id)) \(flow)")
+        }
+        if let refused = refusalOfNewState(request, decision: decision, flow: flow, existing: session, application: session.application) {
+            return refused
         }
         if let holder = sessions.session(for: flow), holder.id != session.id {
             return spoofedRebind(request, reason: "the flow \(flow) belongs to another session")

@@ -56,33 +56,8 @@ extension GatewayEngine {
         case .redirect, .admit:
             break
         }
-        // Which keys may open this flow is policy (the rule's `signatures`, else [trust]).
-        if !authorizes(decision.signatures, signer: request.signer, source: source.address, application: setup.application) {
-            counters.authenticationFailures += 1
-            let needed =
-                decision.signatures == .knownKeys
-                ? (request.signer == nil ? "a signature by a known key" : "a known key (\(request.signer!) is not listed)")
-                : "a signature"
-            let rule = decision.ruleName.map { " (rule '\($0)')" } ?? ""
-            return rejection(
-                of: request, result: .authenticationFailed, reason: "this flow needs \(needed)\(rule)",
-                event: "refused SETUP \(hex(setup.sessionID)) \(flow) from \(source): needs \(needed)\(rule)")
-        }
-        if existing == nil, sessions.count >= configuration.maximumSessions {
-            counters.tableFull += 1
-            return rejection(
-                of: request, result: .resourcesExhausted, reason: "session table full", retryAfter: 30,
-                event: "session table full: rejected \(hex(setup.sessionID))")
-        }
-        // Pending state is what a flood of SETUPs costs us: bounded per source and in all.
-        if existing == nil || existing?.state == .pending {
-            let trust = configuration.trust
-            if sessions.pendingSessions(of: source.address) >= trust.pendingPerSource || sessions.pendingCount >= trust.maximumPending {
-                counters.pendingLimited += 1
-                return rejection(
-                    of: request, result: .resourcesExhausted, reason: "too many requests in flight", retryAfter: 5,
-                    event: "pending limit: rejected \(hex(setup.sessionID)) from \(source.address)")
-            }
+        if let refused = refusalOfNewState(request, decision: decision, flow: flow, existing: existing, application: setup.application) {
+            return refused
         }
         var session =
             existing
@@ -108,6 +83,45 @@ extension GatewayEngine {
         }
         return forwardSetup(
             request, session: session, previous: existing, flow: flow, mapping: mapping, lifetime: decision.lifetime, now: now)
+    }
+
+    /// What every request that may set up or change a session here must pass besides its
+    /// policy decision (SETUP, and REBIND or ADD-PATH that create a session here): the keys the
+    /// policy allows for the flow (the rule's `signatures`, else [trust]), the table size, and
+    /// the pending limits — what a flood of such requests costs us is bounded per source and
+    /// in all.
+    mutating func refusalOfNewState(
+        _ request: SignalingRequest, decision: PolicyDecision, flow: FlowTuple, existing: Session?, application: String?
+    ) -> SignalingOutcome? {
+        let message = request.message
+        let source = request.source
+        if !authorizes(decision.signatures, signer: request.signer, source: source.address, application: application) {
+            counters.authenticationFailures += 1
+            let needed =
+                decision.signatures == .knownKeys
+                ? (request.signer == nil ? "a signature by a known key" : "a known key (\(request.signer!) is not listed)")
+                : "a signature"
+            let rule = decision.ruleName.map { " (rule '\($0)')" } ?? ""
+            return rejection(
+                of: request, result: .authenticationFailed, reason: "this flow needs \(needed)\(rule)",
+                event: "refused \(message.type) \(hex(message.sessionID)) \(flow) from \(source): needs \(needed)\(rule)")
+        }
+        if existing == nil, sessions.count >= configuration.maximumSessions {
+            counters.tableFull += 1
+            return rejection(
+                of: request, result: .resourcesExhausted, reason: "session table full", retryAfter: 30,
+                event: "session table full: rejected \(hex(message.sessionID))")
+        }
+        if existing == nil || existing?.state == .pending {
+            let trust = configuration.trust
+            if sessions.pendingSessions(of: source.address) >= trust.pendingPerSource || sessions.pendingCount >= trust.maximumPending {
+                counters.pendingLimited += 1
+                return rejection(
+                    of: request, result: .resourcesExhausted, reason: "too many requests in flight", retryAfter: 5,
+                    event: "pending limit: rejected \(hex(message.sessionID)) from \(source.address)")
+            }
+        }
+        return nil
     }
 
     /// Anti-spoofing: a host may only signal flows it takes part in, as the data sender

@@ -24,6 +24,9 @@ public struct SignalingRequest: Sendable, Equatable {
     public var wallClock: UInt64
     /// The datagram's CSP payload length: what the amplification bound is measured against.
     public var wireLength: Int
+    /// It came from a CSP port inside the conntrack entry of a request that went out (the
+    /// ruleset's mark 0x4d430003): the way a rendezvous's relayed SETUP reaches its server.
+    public var insideConntrack = false
 
     public init(
         message: CSPMessage, source: CSPEndpoint, entry: Entry, signature: SignatureCheck = .unsigned,
