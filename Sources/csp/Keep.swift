@@ -42,11 +42,22 @@ extension CSPCommand {
             var moveTo: IPAddress?
             report(["event": "keeping", "session": hex(id)])
             while end.map({ clock.now < $0 }) ?? true {
-                let wait = min(clock.now.duration(to: nextRefresh), .seconds(1))
+                // A REBIND waiting to be retried (the route may come a moment after the address)
+                // is retried within 100 ms, not after the next address event or refresh.
+                let wait = moveTo == nil ? min(clock.now.duration(to: nextRefresh), .seconds(1)) : .milliseconds(100)
                 for event in try watcher.next(timeout: max(wait, .milliseconds(10))) {
                     guard let flow = common.sessions.load(id)?.flow else { continue }
                     let own = entry.incoming ? flow.destination : flow.source
-                    if event.kind == .removed, event.address == own { lostAddress = true }
+                    if event.kind == .removed, event.address == own {
+                        // Make before break: another address of ours may be up already (added
+                        // before the old one went); routing tells which one reaches the peer now.
+                        let now = try? UDPSocket.sourceAddress(toward: CSPEndpoint(address: entry.peer, port: common.cspPort))
+                        if let now, now != own, now.family == own.family {
+                            moveTo = now
+                        } else {
+                            lostAddress = true
+                        }
+                    }
                     if event.kind == .added, lostAddress, event.isGlobal, event.address.family == own.family {
                         lostAddress = false
                         moveTo = event.address
@@ -60,8 +71,6 @@ extension CSPCommand {
                         moveTo = nil
                         if let answered { effective = answered }
                         nextRefresh = clock.now.advanced(by: delay(effective))
-                    } else {
-                        usleep(200_000)
                     }
                     continue
                 }

@@ -50,11 +50,22 @@ expect_match "$(nft_set gw admit4)" "10\.200\.1\.77 \. udp \. 4000 \. 10\.200\.2
 wait_until_gone 4 "10\.200\.1\.2 \. udp" "the old admission goes after the rebind grace (2 s)" nft_set gw admit4
 wait_for_match "$LAB_DIR/keep.log" '"event":"refreshed"' 8
 
+step "c. make before break: a new address comes up first, then the old one goes: the keeper moves at once"
+# (promote_secondaries: deleting the primary address must leave the newer one in place)
+in_ns client sysctl -qw net.ipv4.conf.to-gw.promote_secondaries=1
+in_ns client ip addr add 10.200.1.88/24 dev to-gw
+in_ns client ip addr del 10.200.1.77/24 dev to-gw
+in_ns client ip route replace default via 10.200.1.1 src 10.200.1.88
+moved_at=$(now_s)
+wait_for_match "$LAB_DIR/keep.log" '"event":"rebound".*"to":"10\.200\.1\.88"' 5
+expect_eq "$(replies)" 3 "data from the third address"
+echo "      old address gone → data again: $(awk -v a="$moved_at" -v b="$(now_s)" 'BEGIN { printf "%.2f", b - a }') s"
+
 step "csp sessions shows the session, its moved flow and its running keeper (JSON for scripts)"
 csp_run client sessions
-expect_match "$CSP_OUT" "$s +initiator +udp 10\.200\.1\.77:4000 -> 10\.200\.2\.2:5000 .* running pid [0-9]+: (refreshed|rebound)" "table row"
+expect_match "$CSP_OUT" "$s +initiator +udp 10\.200\.1\.88:4000 -> 10\.200\.2\.2:5000 .* running pid [0-9]+: (refreshed|rebound)" "table row"
 listing=$(in_ns client "$BIN/csp" sessions --json)
 keeper=$($PY -c 'import json,sys; r=[x for x in json.loads(sys.argv[1]) if x["id"]==sys.argv[2]][0]; print(r["flow"]["source"], r["keeper"]["running"], r["keeper"]["event"], len(r["middleboxes"]))' "$listing" "$s")
 echo "      $keeper"
-expect_match "$keeper" "^10\.200\.1\.77 True (refreshed|rebound) 1$" "JSON: flow, keeper, gw1's record"
+expect_match "$keeper" "^10\.200\.1\.88 True (refreshed|rebound) 1$" "JSON: flow, keeper, gw1's record"
 echo "mobility-keeper: all checks passed"
