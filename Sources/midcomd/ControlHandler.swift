@@ -60,16 +60,7 @@ extension Daemon {
     func denyRecords() -> [DenyRecord] {
         let now = self.now()
         let entries = engine.withLock { Array($0.denies.entries.values) }
-        var counters: [CountedKey: (UInt64?, UInt64?)] = [:]
-        for set in Set(entries.map { NFTSchema.element(for: .denyFilter($0.filter)).set }) {
-            do {
-                for element in try kernel.listElements(set: set) {
-                    counters[CountedKey(set: set, key: element.key)] = (element.packets, element.bytes)
-                }
-            } catch {
-                log.limited(.warning, category: "control", "cannot list set \(set) for its counters: \(error)")
-            }
-        }
+        let counters = elementCounters(of: Set(entries.map { NFTSchema.element(for: .denyFilter($0.filter)).set }))
         return entries.sorted { $0.createdAt < $1.createdAt }.map { entry in
             let element = NFTSchema.element(for: .denyFilter(entry.filter))
             let counted = counters[CountedKey(element)]
@@ -103,19 +94,9 @@ extension Daemon {
         // The kernel dumps a set in chunks and restarts its walk for each chunk (quadratic in the
         // set size), so above `countersLimit` sessions the counters are left out ("-") rather than
         // making a listing take minutes; `nft list set inet midcom admit4` still shows them.
-        var counters: [CountedKey: (UInt64?, UInt64?)] = [:]
-        let sets = sessions.count > Self.countersLimit
-            ? []
-            : Set(sessions.flatMap { $0.admittedFlows.map { NFTSchema.element(for: .admission($0)).set } })
-        for set in sets {
-            do {
-                for element in try kernel.listElements(set: set) {
-                    counters[CountedKey(set: set, key: element.key)] = (element.packets, element.bytes)
-                }
-            } catch {
-                log.limited(.warning, category: "control", "cannot list set \(set) for its counters: \(error)")
-            }
-        }
+        let counters = elementCounters(
+            of: sessions.count > Self.countersLimit
+                ? [] : Set(sessions.flatMap { $0.admittedFlows.map { NFTSchema.element(for: .admission($0)).set } }))
         return sessions.sorted { $0.createdAt < $1.createdAt }.map { session in
             var packets: UInt64?
             var bytes: UInt64?
@@ -140,6 +121,21 @@ extension Daemon {
             }
             return record
         }
+    }
+
+    /// Packets and bytes of every element of `sets`, by set and key (`counter` sets).
+    func elementCounters(of sets: Set<String>) -> [CountedKey: (UInt64?, UInt64?)] {
+        var counters: [CountedKey: (UInt64?, UInt64?)] = [:]
+        for set in sets {
+            do {
+                for element in try kernel.listElements(set: set) {
+                    counters[CountedKey(set: set, key: element.key)] = (element.packets, element.bytes)
+                }
+            } catch {
+                log.limited(.warning, category: "control", "cannot list set \(set) for its counters: \(error)")
+            }
+        }
+        return counters
     }
 
     func status() -> DaemonStatus {

@@ -92,11 +92,8 @@ extension GatewayEngine {
         let deny = request.message
         var extra: [CSPTLV] = []
         if let asked = deny.denySource { extra.append(.denySource(asked)) }
-        let accept = CSPMessage(
-            type: .accept, flags: .fromMiddlebox, result: .success, sessionID: deny.sessionID, nonce: deny.nonce,
-            sequence: deny.sequence,
-            tlvs: [.lifetime(lifetime), .epoch(identity.epoch), .middleboxRecord(record(.denied, lifetime: lifetime, extra: extra))])
-        let reply = budgeted(sealed(accept), for: request).map {
+        let accept = ownAccept(deny, lifetime: lifetime, decision: .denied, extra: extra)
+        let reply = budgeted(accept, for: request).map {
             OutgoingMessage(message: $0, destination: request.source, source: request.destination)
         }
         if reply == nil { counters.repliesLimited += 1 }

@@ -83,13 +83,7 @@ extension GatewayEngine {
         let kernel = store(session, previous: existing, refresh: true)
         if existing == nil { counters.admitted += 1 } else { counters.refreshed += 1 }
         let target = relay!
-        let reply = CSPMessage(
-            type: .redirect, flags: .fromMiddlebox, result: .success, sessionID: setup.sessionID, nonce: setup.nonce,
-            sequence: setup.sequence,
-            tlvs: [
-                .redirectTarget(target), .lifetime(decision.lifetime), .epoch(identity.epoch),
-                .middleboxRecord(record(.redirected, lifetime: decision.lifetime, extra: [.redirectTarget(target)])),
-            ])
+        let reply = redirection(setup, to: target, lifetime: decision.lifetime)
         let refusal = rejection(
             of: request, result: .middleboxUnavailable, reason: "middlebox could not install state", retryAfter: 5, event: "")
         return SignalingOutcome(
@@ -111,12 +105,8 @@ extension GatewayEngine {
 
     mutating func answerRelayLeg(_ request: SignalingRequest, session: Session) -> SignalingOutcome {
         let left = session.expiresAt.map { UInt32(min(Double(UInt32.max), max(0, $0.seconds(since: clock)))) } ?? session.grantedLifetime
-        let accept = CSPMessage(
-            type: .accept, flags: .fromMiddlebox, result: .success, sessionID: request.message.sessionID,
-            nonce: request.message.nonce, sequence: request.message.sequence,
-            tlvs: [.lifetime(left), .epoch(identity.epoch), .middleboxRecord(record(.admitted, lifetime: left))])
         return SignalingOutcome(
-            verdict: .drop, reply: OutgoingMessage(message: sealed(accept), destination: request.source),
+            verdict: .drop, reply: OutgoingMessage(message: ownAccept(request.message, lifetime: left), destination: request.source),
             event: "SETUP \(hex(session.id)) for the leg to relay \(session.relay!): answered")
     }
 }

@@ -276,14 +276,8 @@ extension GatewayEngine {
         if let refused = checkOwnership(of: request, flow: flow, incoming: false) { return refused }
         let left = listener.expiresAt.map { UInt32(min(Double(UInt32.max), max(0, $0.seconds(since: clock)))) } ?? listener.grantedLifetime
         let lifetime = min(request.message.lifetime ?? left, left)
-        let accept = CSPMessage(
-            type: .accept, flags: .fromMiddlebox, result: .success, sessionID: request.message.sessionID,
-            nonce: request.message.nonce, sequence: request.message.sequence,
-            tlvs: [
-                .lifetime(lifetime), .epoch(identity.epoch), .middleboxRecord(record(.admitted, lifetime: lifetime)),
-            ])
         return SignalingOutcome(
-            verdict: .drop, reply: OutgoingMessage(message: sealed(accept), destination: request.source),
+            verdict: .drop, reply: OutgoingMessage(message: ownAccept(request.message, lifetime: lifetime), destination: request.source),
             event: "answered SETUP \(hex(request.message.sessionID)) \(flow) for the server listening at \(listener.flow.destination):\(listener.flow.destinationPort)")
     }
 
@@ -312,19 +306,34 @@ extension GatewayEngine {
             expiresAt: now.adding(seconds: decision.lifetime), grantedLifetime: decision.lifetime)
         session.redirectTarget = target
         let kernel = store(session, previous: previous)
-        let reply = CSPMessage(
-            type: .redirect, flags: .fromMiddlebox, result: .success, sessionID: setup.sessionID, nonce: setup.nonce,
-            sequence: setup.sequence,
-            tlvs: [
-                .redirectTarget(target), .lifetime(decision.lifetime), .epoch(identity.epoch),
-                .middleboxRecord(record(.redirected, lifetime: decision.lifetime, extra: [.redirectTarget(target)])),
-            ])
+        let reply = redirection(setup, to: target, lifetime: decision.lifetime)
         // If the proxy flow cannot be admitted, the host hears nothing it could act on in vain.
         return SignalingOutcome(
             verdict: .drop, kernel: kernel,
             reply: OutgoingMessage(message: reply, destination: request.source, source: request.destination),
             onKernelFailure: .refuse(sessionID: session.id, reply: nil),
             event: "redirected \(hex(setup.sessionID)) \(flow) to proxy \(target)")
+    }
+
+    /// REDIRECT in our own name: `request`'s host must use `target` (a proxy, or our relay).
+    func redirection(_ request: CSPMessage, to target: CSPEndpoint, lifetime: UInt32) -> CSPMessage {
+        CSPMessage(
+            type: .redirect, flags: .fromMiddlebox, result: .success, sessionID: request.sessionID, nonce: request.nonce,
+            sequence: request.sequence,
+            tlvs: [
+                .redirectTarget(target), .lifetime(lifetime), .epoch(identity.epoch),
+                .middleboxRecord(record(.redirected, lifetime: lifetime, extra: [.redirectTarget(target)])),
+            ])
+    }
+
+    /// ACCEPT in our own name with our record (`admitted`, or `denied` with `extra` for a DENY),
+    /// signed when we sign records: for a request we answer without installing anything.
+    func ownAccept(_ request: CSPMessage, lifetime: UInt32, decision: CSPDecision = .admitted, extra: [CSPTLV] = []) -> CSPMessage {
+        sealed(
+            CSPMessage(
+                type: .accept, flags: .fromMiddlebox, result: .success, sessionID: request.sessionID, nonce: request.nonce,
+                sequence: request.sequence,
+                tlvs: [.lifetime(lifetime), .epoch(identity.epoch), .middleboxRecord(record(decision, lifetime: lifetime, extra: extra))]))
     }
 
     /// ACCEPT from the middlebox acting as the responder.
