@@ -4,19 +4,21 @@
 # (3 in quick mode), median and spread; see docs/PERFORMANCE.md for what each figure means.
 # Prints the table and writes Benchmarks/results/latest.json. Benchmarks, not tests: nothing here fails on a
 # number; the script fails only when a measurement could not be made.
-#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, 11, shorter runs
+#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, 11, 12, shorter runs
 #   BENCH_RUNS=N        runs per figure (default 5, quick 3)
-#   BENCH_FIGURES="1 3" only these figures (1–11; 10 = the cost of trust: signed ÷ unsigned setups/s with
+#   BENCH_FIGURES="1 3" only these figures (1–12; 10 = the cost of trust: signed ÷ unsigned setups/s with
 #                       challenge = never, CPU per Ed25519 verification, and a spoofed-source SETUP flood against
 #                       the default trust settings while an initiator that answers CHALLENGEs sets up sessions;
 #                       11 = mobility: signed REBINDs/s ÷ signed re-SETUPs/s of the same sessions, and the
-#                       interruption of a UDP stream when its host's address changes under `csp keep`)
+#                       interruption of a UDP stream when its host's address changes under `csp keep`;
+#                       12 = DoS pushback: packets/s a DENY filter drops ÷ packets/s the gateway forwards of
+#                       the same spoofed flood without it, and the gateway's CPU per million packets)
 source "$(dirname "$0")/lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (namespaces, nftables, NFQUEUE): sudo make bench" >&2; exit 1; }
 QUICK=${BENCH_QUICK:-0}
-if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10 11"}
-else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10 11"}; fi
+if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10 11 12"}
+else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10 11 12"}; fi
 mkdir -p "$RESULTS" "$BIN"
 RAW="$RESULTS/raw.jsonl"
 : >"$RAW"
@@ -645,6 +647,116 @@ fig11_move() {
     bl_stop "$keeper"
     bl_stop "$listener"
     bl_stop "$MIDCOMD_PID"
+  fi
+}
+
+# MARK: figure 12 — DoS pushback (issue 11)
+# The victim is the server (10.201.2.2), running a UDP service on FIG12_PORT open to anyone: it signals an
+# incoming pinhole from any peer (`csp setup udp --incoming --peer any`, signed) to midcomd in gw (release
+# build, the shipped ruleset, `default = admit`, `unsignaled = drop`, default trust and [pushback]). The flood:
+# `udpblast spoof` on the client, pinned to LOAD_CPU, 64 B datagrams from random addresses and source ports of
+# FIG12_PREFIX (routed from gw back to the client side, so the ruleset's anti-spoofing check passes them, as
+# for a compromised network's own hosts) to the service, as fast as one core sends them. RPS on gw's ingress
+# veth steers everything gw (and the server behind it) does with the flood to READER_CPU, where midcomd runs,
+# so that CPU's softirq time is the gateway's kernel work and the flood generator has the other CPU to itself.
+# The server drops the datagrams that reach it in its own raw prerouting chain (a counter: forwarded packets).
+# Cases per run, in this order:
+#   forward:    the pinhole only; the gateway forwards the flood (pinhole4 in queue_hook, one conntrack entry
+#               per new source address and port): packets/s at the server.
+#   filter:     the victim sends `csp deny PREFIX --proto udp --port P` (real DENY through midcomd; the time
+#               from DENY sent to ACCEPT as csp prints it); the kernel drops at raw + 10: packets/s from the
+#               deny4 element's counter (`midctl denies --json`). The victim removes it afterwards (lifetime 0).
+#   ratelimit:  the same with `--rate-limit` (ratelimit4: 1000/s burst 100 pass, the rest dropped and counted).
+# Gateway CPU = Δ(irq + softirq) of READER_CPU in /proc/stat + Δ midcomd's user+system time, over the flood.
+FIG12_PREFIX=10.250.12.0/24
+FIG12_TOWARD=10.250.12.77
+FIG12_PORT=5353
+fig12() {
+  bl_lab
+  in_ns gw ip route add "$FIG12_PREFIX" via 10.201.1.2
+  in_ns gw sh -c "printf '%x' $((1 << READER_CPU)) >/sys/class/net/to-client/queues/rx-0/rps_cpus"
+  in_ns server nft -f - <<NFT
+table ip sink {
+  chain pre { type filter hook prerouting priority raw; policy accept; udp dport $FIG12_PORT counter drop; }
+}
+NFT
+  bl_ruleset
+  bl_midcomd $'[daemon]\nname = "gw"\n[policy]\ndefault = admit\nunsignaled = drop'
+  local key="$BL_DIR/victim.key" state="$BL_DIR/csp-state" out
+  "$SWIFT_BIN/csp" keygen --key "$key" >/dev/null
+  out=$(in_ns server timeout 20 "$SWIFT_BIN/csp" setup udp --incoming --peer any --local-port "$FIG12_PORT" \
+    --via 10.201.2.1 --lifetime 600 --key "$key" --state-dir "$state" 2>&1) \
+    || { echo "figure 12: csp setup --incoming failed: $out" >&2; return 1; }
+  in_ns gw nft list set inet midcom pinhole4 | grep -q "udp . 10.201.2.2 . $FIG12_PORT" \
+    || { echo "figure 12: no pinhole4 element after csp setup: $out" >&2; return 1; }
+  for run in $(seq 1 "$RUNS"); do
+    fig12_case forward "$run" "$key" "$state"
+    fig12_case filter "$run" "$key" "$state"
+    fig12_case ratelimit "$run" "$key" "$state"
+    say "figure 12 run $run/$RUNS done"
+  done
+  record 12 midcomd denies_installed 1 "$(midcomd_counter denies_installed)"
+  record 12 midcomd denies_refused 1 "$(midcomd_counter denies_refused)"
+  bl_stop "$MIDCOMD_PID"
+}
+
+# fig12_gw_cpu_ns: irq + softirq time of READER_CPU (all namespaces: the lab is the only traffic there) plus
+# midcomd's user+system time, in ns.
+fig12_gw_cpu_ns() {
+  local ticks; ticks=$(awk -v c="cpu$READER_CPU" '$1 == c {print $7 + $8}' /proc/stat)
+  echo $(( ticks * 1000000000 / $(getconf CLK_TCK) + $(bl_proc_cpu_ns "$MIDCOMD_PID") ))
+}
+# fig12_busy_ns: every non-idle tick of READER_CPU (user, nice, system, irq, softirq, steal), for context:
+# it includes whatever else the machine runs there.
+fig12_busy_ns() {
+  awk -v c="cpu$READER_CPU" -v hz="$(getconf CLK_TCK)" '$1 == c {printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e9 / hz}' /proc/stat
+}
+fig12_sink_count() { in_ns server nft list chain ip sink pre | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1; }
+# fig12_backlog_drops: packets READER_CPU's input backlog refused (full: net.core.netdev_max_backlog).
+fig12_backlog_drops() { awk -v l=$((READER_CPU + 1)) 'NR == l {print strtonum("0x" $2)}' /proc/net/softnet_stat; }
+# fig12_filter_packets ID: the kernel counter of filter ID (midctl denies --json), 0 if not listed.
+fig12_filter_packets() {
+  bl_midctl denies --json | python3 -c "import json,sys; print(next((d.get('packets') or 0 for d in json.load(sys.stdin) if d['id'] == '$1'), 0))"
+}
+
+# fig12_case CASE RUN KEY STATE: one flood of D seconds through gw (see fig12).
+fig12_case() {
+  local c=$1 run=$2 key=$3 state=$4 id= out ms
+  if [ "$c" != forward ]; then
+    local extra=(); [ "$c" = ratelimit ] && extra=(--rate-limit)
+    out=$(in_ns server timeout 20 "$SWIFT_BIN/csp" deny "$FIG12_PREFIX" --proto udp --port "$FIG12_PORT" --toward "$FIG12_TOWARD" \
+      --lifetime 120 --wait 0.5 "${extra[@]}" --key "$key" --state-dir "$state" 2>&1) || { echo "figure 12: csp deny failed: $out" >&2; return 1; }
+    id=$(sed -n 's/^filter \([0-9a-f]\{16\}\):.*/\1/p' <<<"$out" | head -1)
+    ms=$(sed -n 's/.*middlebox gw id [0-9a-f]*: denied, .* in \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -1)
+    [ -n "$id" ] && [ -n "$ms" ] || { echo "figure 12: no filter in csp deny's answer: $out" >&2; return 1; }
+    record 12 "$c" deny_to_accept_ms "$run" "$ms"
+    record 12 "$c" deny_challenged "$run" "$(grep -c 'challenged by middlebox' <<<"$out" || true)"
+  fi
+  local s0 f0 b0 g0 y0 s1 f1 b1 g1 y1 flood secs
+  s0=$(fig12_sink_count); f0=0; [ -n "$id" ] && f0=$(fig12_filter_packets "$id")
+  b0=$(fig12_backlog_drops); g0=$(fig12_gw_cpu_ns); y0=$(fig12_busy_ns)
+  flood=$(in_ns client taskset -c "$LOAD_CPU" timeout $(( ${D%.*} + 10 )) "$BIN/udpblast" spoof 10.201.2.2 "$FIG12_PORT" "$FIG12_PREFIX" -d "$D")
+  sleep 0.2  # what the backlog still holds is handled
+  g1=$(fig12_gw_cpu_ns); y1=$(fig12_busy_ns); b1=$(fig12_backlog_drops)
+  s1=$(fig12_sink_count); f1=0; [ -n "$id" ] && f1=$(fig12_filter_packets "$id")
+  secs=$(echo "$flood" | json_field seconds)
+  local fwd=$((s1 - s0)) dropped=$((f1 - f0)) cpu=$((g1 - g0))
+  record 12 "$c" offered_pps "$run" "$(echo "$flood" | json_field offered_pps)"
+  record 12 "$c" forwarded_pps "$run" "$(echo "$fwd / $secs" | bc -l)"
+  record 12 "$c" backlog_drops_pps "$run" "$(echo "($b1 - $b0) / $secs" | bc -l)"
+  record 12 "$c" gw_cpu_share "$run" "$(echo "$cpu / ($secs * 1000000000)" | bc -l)"
+  record 12 "$c" cpu_busy_share "$run" "$(echo "($y1 - $y0) / ($secs * 1000000000)" | bc -l)"
+  # CPU per million packets the gateway dealt with: forwarded, or dropped by the filter (rate limit: both).
+  local handled=$((fwd + dropped))
+  record 12 "$c" gw_cpu_ms_per_mpkt "$run" "$(echo "$cpu / 1000000 / ($handled / 1000000 + ($handled == 0))" | bc -l)"
+  if [ -n "$id" ]; then
+    record 12 "$c" dropped_pps "$run" "$(echo "$dropped / $secs" | bc -l)"
+    out=$(in_ns server timeout 20 "$SWIFT_BIN/csp" deny "$FIG12_PREFIX" --proto udp --port "$FIG12_PORT" --toward "$FIG12_TOWARD" \
+      --session "$id" --lifetime 0 --wait 0.5 --key "$key" --state-dir "$state" 2>&1) \
+      || { echo "figure 12: removing filter $id failed: $out" >&2; return 1; }
+    if in_ns gw nft list set inet midcom deny4 | grep -q "$FIG12_PREFIX" || in_ns gw nft list set inet midcom ratelimit4 | grep -q "$FIG12_PREFIX"; then
+      echo "figure 12: filter $id still in the kernel after its removal: $out" >&2; return 1
+    fi
   fi
 }
 

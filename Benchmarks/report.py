@@ -231,6 +231,36 @@ for how, label in (("batch", "route restored with the address (one ip -batch)"),
     row(11, "  datagrams lost in the move: midcomd vs plain forwarding", stat(11, f"gap-midcomd-{how}", "missing"),
         stat(11, f"gap-kernel-{how}", "missing"), "pkts", higher_is_better=False)
 
+# 12 DoS pushback
+deny_ms = stat(12, "filter", "deny_to_accept_ms")
+challenged = stat(12, "filter", "deny_challenged")
+leak = stat(12, "filter", "forwarded_pps")
+note = ""
+if leak and leak["max"] > 0:
+    note = "some of the flood still reached the victim with the filter installed"
+# Target (issue 11): the kernel drops at least as fast as it forwards the same flood.
+row(12, "spoofed flood: packets/s dropped by the DENY filter ÷ forwarded without it", stat(12, "filter", "dropped_pps"),
+    stat(12, "forward", "forwarded_pps"), "pps", 1.0, note=note)
+row(12, "  offered by one core (udpblast spoof), filter ÷ no filter", stat(12, "filter", "offered_pps"),
+    stat(12, "forward", "offered_pps"), "pps")
+row(12, "  refused by the gateway CPU's full input backlog, filter vs no filter", stat(12, "filter", "backlog_drops_pps"),
+    stat(12, "forward", "backlog_drops_pps"), "pps", higher_is_better=False)
+row(12, "  gateway CPU per million packets: dropped by the filter ÷ forwarded", stat(12, "filter", "gw_cpu_ms_per_mpkt"),
+    stat(12, "forward", "gw_cpu_ms_per_mpkt"), "ms", higher_is_better=False)
+row(12, "  gateway CPU share (softirq + midcomd on the reader CPU): filter ÷ no filter", stat(12, "filter", "gw_cpu_share"),
+    stat(12, "forward", "gw_cpu_share"), "", higher_is_better=False)
+row(12, "  DENY sent → ACCEPT (filter active), as csp deny prints it", deny_ms, None, "ms", higher_is_better=False,
+    note="the victim was CHALLENGEd in some runs" if challenged and challenged["max"] > 0 else "")
+row(12, "rate-limit filter: packets/s passed (the ruleset's limit: 1000/s burst 100)", stat(12, "ratelimit", "forwarded_pps"),
+    None, "pps", higher_is_better=False)
+row(12, "  rate-limit filter: packets/s dropped ÷ forwarded without a filter", stat(12, "ratelimit", "dropped_pps"),
+    stat(12, "forward", "forwarded_pps"), "pps")
+row(12, "  gateway CPU per million packets: rate-limit filter ÷ forwarded", stat(12, "ratelimit", "gw_cpu_ms_per_mpkt"),
+    stat(12, "forward", "gw_cpu_ms_per_mpkt"), "ms", higher_is_better=False)
+refused = stat(12, "midcomd", "denies_refused")
+if refused and refused["max"] > 0:
+    row(12, "DENYs midcomd refused during the figure (0 expected)", refused, None, "", 0, higher_is_better=False)
+
 
 def fmt(x, unit=""):
     if x is None:

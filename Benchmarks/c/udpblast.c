@@ -8,6 +8,13 @@
 //       FLOWS distinct flows (SPORT+n . DST . PORTBASE+m, 60000 destination ports per source port). The first
 //       packet of flow j is sent at step j, its k-th packet at step j + (k-1)*LAG, so a gateway has LAG steps to
 //       admit a flow before its next packet arrives.
+//   udpblast spoof DST PORT PREFIX/LEN [-s IPSIZE] [-d SECONDS] [-P SPORTS]
+//       A spoofed flood: raw socket (IP_HDRINCL), sendmmsg of 64, as fast as the CPU goes. Every datagram's
+//       source is a random host address of PREFIX/LEN (never the network or broadcast address) and a random
+//       source port of 1024..1024+SPORTS-1 (default 64000: nearly every datagram is a new flow to a stateful
+//       gateway), destination DST:PORT, IPv4 size IPSIZE (default 64). The kernel fills the IP checksum, the
+//       UDP checksum is 0 (none). Prints sent, seconds, offered_pps and short_bursts (sendmmsg calls that
+//       sent fewer than 64: a full device queue; the flood is best effort).
 //   udpblast recv PORT [-d SECONDS]
 //       Counts datagrams on PORT until SECONDS pass (or 1 s of silence after the first datagram) and prints
 //       packets, the rate between the first and the last datagram, and one-way latency percentiles.
@@ -16,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -165,6 +173,91 @@ static int cmd_flows(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_spoof(int argc, char **argv) {
+    if (argc < 5) return 2;
+    const char *dst = argv[2];
+    uint16_t port = (uint16_t)atoi(argv[3]);
+    char prefix_text[64];
+    snprintf(prefix_text, sizeof prefix_text, "%s", argv[4]);
+    char *slash = strchr(prefix_text, '/');
+    if (!slash) return 2;
+    *slash = 0;
+    int plen = atoi(slash + 1);
+    int ipsize = 64;
+    long sports = 64000;
+    double seconds = 5;
+    int opt;
+    optind = 5;
+    while ((opt = getopt(argc, argv, "s:d:P:")) != -1) {
+        switch (opt) {
+        case 's': ipsize = atoi(optarg); break;
+        case 'd': seconds = atof(optarg); break;
+        case 'P': sports = atol(optarg); break;
+        default: return 2;
+        }
+    }
+    struct in_addr base, daddr;
+    if (plen < 8 || plen > 30 || inet_pton(AF_INET, prefix_text, &base) != 1 || inet_pton(AF_INET, dst, &daddr) != 1) return 2;
+    if (ipsize < 28 + (int)sizeof(struct stamp) || ipsize > 1500 || sports < 1 || sports > 64511) return 2;
+    uint32_t host_mask = (1u << (32 - plen)) - 1, net = ntohl(base.s_addr) & ~host_mask;
+    int fd = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
+    if (fd < 0) bu_die("socket(SOCK_RAW)");
+    int one = 1, size = 8 << 20;
+    setsockopt(fd, IPPROTO_IP, IP_HDRINCL, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr = daddr};
+    enum { V = 64 };
+    uint8_t *pkts = calloc(V, (size_t)ipsize);
+    struct mmsghdr sm[V];
+    struct iovec iov[V];
+    memset(sm, 0, sizeof sm);
+    for (int i = 0; i < V; i++) {
+        uint8_t *p = pkts + (size_t)i * (size_t)ipsize;
+        p[0] = 0x45;  // IPv4, 20-octet header; ToS 0, ID 0 (the kernel fills it), DF, TTL 64, UDP
+        p[2] = (uint8_t)(ipsize >> 8); p[3] = (uint8_t)ipsize;
+        p[6] = 0x40;
+        p[8] = 64; p[9] = 17;
+        memcpy(p + 16, &daddr, 4);
+        uint8_t *u = p + 20;
+        u[2] = (uint8_t)(port >> 8); u[3] = (uint8_t)port;
+        u[4] = (uint8_t)((ipsize - 20) >> 8); u[5] = (uint8_t)(ipsize - 20);
+        iov[i] = (struct iovec){p, (size_t)ipsize};
+        sm[i].msg_hdr.msg_iov = &iov[i];
+        sm[i].msg_hdr.msg_iovlen = 1;
+        sm[i].msg_hdr.msg_name = &to;
+        sm[i].msg_hdr.msg_namelen = sizeof to;
+    }
+    uint64_t x = 0;
+    if (getrandom(&x, sizeof x, 0) != sizeof x) x = bu_now_ns();
+    x |= 1;  // xorshift64*: never 0
+#define NEXT() (x ^= x >> 12, x ^= x << 25, x ^= x >> 27, x * 0x2545f4914f6cdd1dull)
+    bu_install_signals();
+    uint64_t begin = bu_now_ns(), end = begin + (uint64_t)(seconds * 1e9), sent = 0, short_bursts = 0, seq = 0;
+    while (!bu_stop && bu_now_ns() < end) {
+        uint64_t t = bu_now_ns();
+        for (int i = 0; i < V; i++) {
+            uint8_t *p = pkts + (size_t)i * (size_t)ipsize;
+            uint64_t r = NEXT();
+            uint32_t host = (uint32_t)r & host_mask;
+            if (host == 0 || host == host_mask) host = 1;
+            uint32_t src = htonl(net | host);
+            memcpy(p + 12, &src, 4);
+            uint16_t sport = (uint16_t)(1024 + (r >> 32) % (uint64_t)sports);
+            p[20] = (uint8_t)(sport >> 8); p[21] = (uint8_t)sport;
+            struct stamp s = {seq++, t};
+            memcpy(p + 28, &s, sizeof s);
+        }
+        int n = sendmmsg(fd, sm, V, 0);
+        if (n > 0) sent += (uint64_t)n;
+        if (n < V) short_bursts++;
+    }
+#undef NEXT
+    double elapsed = (double)(bu_now_ns() - begin) / 1e9;
+    printf("{\"sent\":%llu,\"seconds\":%.3f,\"offered_pps\":%.0f,\"short_bursts\":%llu}\n", (unsigned long long)sent,
+           elapsed, (double)sent / elapsed, (unsigned long long)short_bursts);
+    return 0;
+}
+
 static int cmd_recv(int argc, char **argv) {
     if (argc < 3) return 2;
     uint16_t port = (uint16_t)atoi(argv[2]);
@@ -223,7 +316,8 @@ static int cmd_recv(int argc, char **argv) {
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "send") == 0) return cmd_send(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "flows") == 0) return cmd_flows(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "spoof") == 0) return cmd_spoof(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "recv") == 0) return cmd_recv(argc, argv);
-    fprintf(stderr, "usage: udpblast send DST PORT [-s IPSIZE] [-r PPS] [-d S] [-S SPORT] | flows DST PORTBASE -f N [-k K] [-l LAG] [-r R] | recv PORT [-d S]\n");
+    fprintf(stderr, "usage: udpblast send DST PORT [-s IPSIZE] [-r PPS] [-d S] [-S SPORT] | flows DST PORTBASE -f N [-k K] [-l LAG] [-r R] | spoof DST PORT PREFIX/LEN [-s IPSIZE] [-d S] [-P SPORTS] | recv PORT [-d S]\n");
     return 2;
 }

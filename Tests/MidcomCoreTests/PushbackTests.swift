@@ -106,6 +106,19 @@ final class PushbackTests: XCTestCase {
         XCTAssertEqual(e.denies.count, 0)
     }
 
+    func testANATKeepsAnInsideVictimsDenyToItself() {
+        var config = MidcomConfiguration()
+        config.trust.challenge = .never
+        config.nat = NATConfiguration(externalAddress: IPAddress("198.51.100.1")!, internalPrefixes: [IPPrefix("10.30.0.0/16")!])
+        var e = GatewayEngine(
+            configuration: config, identity: MiddleboxIdentity(id: 7, epoch: 1, name: "nat"),
+            challengeSecret: Array(repeating: 3, count: 32), startedAt: wall - 10)
+        let out = deny(&e)
+        XCTAssertEqual(out.verdict, .drop, "not forwarded: upstream it would protect, and cut off, everyone behind the NAT")
+        XCTAssertEqual(out.kernel.untagged, [.install(.denyFilter(filter), lifetime: 60, tag: nil)], "filtered here")
+        XCTAssertEqual(out.reply?.message.type, .accept)
+    }
+
     func testARestartAdoptsTheFilterAndTheVictimsKeyClaimsIt() {
         var e = engine()
         e.adopt(AdoptedElement(object: .denyFilter(filter), remaining: 30, tag: ElementTag(sessionID: 1, kind: .deny)), now: .seconds(0))

@@ -97,8 +97,11 @@ extension GatewayEngine {
             OutgoingMessage(message: $0, destination: request.source, source: request.destination)
         }
         if reply == nil { counters.repliesLimited += 1 }
+        // Beyond a NAT the victim would be the external address every inside host shares: a
+        // DENY from one of them would cut all of them off. It ends at the NAT, which filters.
+        let behindOurNAT = configuration.nat.map { $0.isInternal(request.source.address) } ?? false
         return SignalingOutcome(
-            verdict: request.isAddressedToUs ? .drop : .forward, kernel: kernel, reply: reply,
+            verdict: request.isAddressedToUs || behindOurNAT ? .drop : .forward, kernel: kernel, reply: reply,
             onKernelFailure: .refuse(sessionID: 0, reply: nil), event: event)
     }
 
