@@ -659,7 +659,8 @@ fig11_move() {
 # for a compromised network's own hosts) to the service, as fast as one core sends them. RPS on gw's ingress
 # veth steers everything gw (and the server behind it) does with the flood to READER_CPU, where midcomd runs,
 # so that CPU's softirq time is the gateway's kernel work and the flood generator has the other CPU to itself.
-# The server drops the datagrams that reach it in its own raw prerouting chain (a counter: forwarded packets).
+# Forwarded = the pinhole4 element's counter in gw; the server drops what reaches it in its own raw prerouting
+# chain (a counter: delivered packets).
 # Cases per run, in this order:
 #   forward:    the pinhole only; the gateway forwards the flood (pinhole4 in queue_hook, one conntrack entry
 #               per new source address and port): packets/s at the server.
@@ -711,6 +712,22 @@ fig12_gw_cpu_ns() {
 fig12_busy_ns() {
   awk -v c="cpu$READER_CPU" -v hz="$(getconf CLK_TCK)" '$1 == c {printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e9 / hz}' /proc/stat
 }
+fig12_softirq_ns() { awk -v c="cpu$1" -v hz="$(getconf CLK_TCK)" '$1 == c {printf "%.0f", $8 * 1e9 / hz}' /proc/stat; }
+# fig12_ksoftirqd_ns: CPU time of READER_CPU's ksoftirqd (softirq work deferred to a thread under load).
+fig12_ksoftirqd_ns() { bl_proc_cpu_ns "$(pgrep -x "ksoftirqd/$READER_CPU" | head -1)"; }
+fig12_steal_ns() { awk -v c="cpu$READER_CPU" -v hz="$(getconf CLK_TCK)" '$1 == c {printf "%.0f", $9 * 1e9 / hz}' /proc/stat; }
+# fig12_ct_stat COLUMN: a column of gw's conntrack statistics (insert, early_drop, drop), summed over CPUs.
+fig12_ct_stat() {
+  in_ns gw awk -v col="$1" 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == col) k = i; next}
+    {n = 0; h = tolower($k); for (j = 1; j <= length(h); j++) n = n * 16 + index("0123456789abcdef", substr(h, j, 1)) - 1; sum += n}
+    END {print sum + 0}' /proc/net/stat/nf_conntrack
+}
+# fig12_div A B: A ÷ B as a JSON number (0 when B is 0).
+fig12_div() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.6g\n", (b + 0 != 0 ? a / b : 0)}'; }
+# fig12_pinhole_count: packets the gateway accepted for forwarding (the pinhole4 element's counter).
+fig12_pinhole_count() {
+  in_ns gw nft list set inet midcom pinhole4 | sed -n "s/.*udp \. 10\.201\.2\.2 \. $FIG12_PORT .*counter packets \([0-9]*\).*/\1/p" | head -1
+}
 fig12_sink_count() { in_ns server nft list chain ip sink pre | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1; }
 # fig12_backlog_drops: packets READER_CPU's input backlog refused (full: net.core.netdev_max_backlog).
 fig12_backlog_drops() { printf '%d\n' "0x$(awk -v l=$((READER_CPU + 1)) 'NR == l {print $2}' /proc/net/softnet_stat)"; }
@@ -732,25 +749,38 @@ fig12_case() {
     record 12 "$c" deny_to_accept_ms "$run" "$ms"
     record 12 "$c" deny_challenged "$run" "$(grep -c 'challenged by middlebox' <<<"$out" || true)"
   fi
-  local s0 f0 b0 g0 y0 s1 f1 b1 g1 y1 flood secs
-  s0=$(fig12_sink_count); f0=0; [ -n "$id" ] && f0=$(fig12_filter_packets "$id")
-  b0=$(fig12_backlog_drops); g0=$(fig12_gw_cpu_ns); y0=$(fig12_busy_ns)
+  local s0 p0 f0 b0 g0 y0 z0 t0 v0 k0 e0 s1 p1 f1 b1 g1 y1 z1 t1 v1 k1 e1 flood secs win
+  s0=$(fig12_sink_count); p0=$(fig12_pinhole_count); f0=0; [ -n "$id" ] && f0=$(fig12_filter_packets "$id")
+  e0=$(fig12_ct_stat early_drop); k0=$(fig12_ksoftirqd_ns)
+  b0=$(fig12_backlog_drops); t0=$(date +%s%N); g0=$(fig12_gw_cpu_ns); y0=$(fig12_busy_ns); z0=$(fig12_softirq_ns "$LOAD_CPU"); v0=$(fig12_steal_ns)
   flood=$(in_ns client taskset -c "$LOAD_CPU" timeout $(( ${D%.*} + 10 )) "$BIN/udpblast" spoof 10.201.2.2 "$FIG12_PORT" "$FIG12_PREFIX" -d "$D")
   sleep 0.2  # what the backlog still holds is handled
-  g1=$(fig12_gw_cpu_ns); y1=$(fig12_busy_ns); b1=$(fig12_backlog_drops)
-  s1=$(fig12_sink_count); f1=0; [ -n "$id" ] && f1=$(fig12_filter_packets "$id")
+  g1=$(fig12_gw_cpu_ns); y1=$(fig12_busy_ns); z1=$(fig12_softirq_ns "$LOAD_CPU"); v1=$(fig12_steal_ns); t1=$(date +%s%N)
+  b1=$(fig12_backlog_drops); e1=$(fig12_ct_stat early_drop); k1=$(fig12_ksoftirqd_ns)
+  s1=$(fig12_sink_count); p1=$(fig12_pinhole_count); f1=0; [ -n "$id" ] && f1=$(fig12_filter_packets "$id")
   secs=$(echo "$flood" | json_field seconds)
-  local fwd=$((s1 - s0)) dropped=$((f1 - f0)) cpu=$((g1 - g0))
+  win=$((t1 - t0))
+  # Forwarded: accepted by gw's ruleset (pinhole4). Delivered: counted at the server; fewer, because the
+  # server's receive queues into the same full backlog of READER_CPU (a lab artifact, both share one CPU).
+  local fwd=$((p1 - p0)) dropped=$((f1 - f0)) cpu=$((g1 - g0))
+  record 12 "$c" delivered_pps "$run" "$(fig12_div "$((s1 - s0))" "$secs")"
   record 12 "$c" offered_pps "$run" "$(echo "$flood" | json_field offered_pps)"
-  record 12 "$c" forwarded_pps "$run" "$(echo "$fwd / $secs" | bc -l)"
-  record 12 "$c" backlog_drops_pps "$run" "$(echo "($b1 - $b0) / $secs" | bc -l)"
-  record 12 "$c" gw_cpu_share "$run" "$(echo "$cpu / ($secs * 1000000000)" | bc -l)"
-  record 12 "$c" cpu_busy_share "$run" "$(echo "($y1 - $y0) / ($secs * 1000000000)" | bc -l)"
+  record 12 "$c" forwarded_pps "$run" "$(fig12_div "$fwd" "$secs")"
+  record 12 "$c" backlog_drops_pps "$run" "$(fig12_div "$((b1 - b0))" "$secs")"
+  # Shares of one CPU over the whole window between the two readings (the flood and the 0.2 s after it).
+  record 12 "$c" gw_cpu_share "$run" "$(fig12_div "$cpu" "$win")"
+  record 12 "$c" cpu_busy_share "$run" "$(fig12_div "$((y1 - y0))" "$win")"
+  record 12 "$c" load_cpu_softirq_share "$run" "$(fig12_div "$((z1 - z0))" "$win")"
+  # The rest of the reader CPU's busy time: the hypervisor's (steal), and processes other than midcomd.
+  record 12 "$c" steal_share "$run" "$(fig12_div "$((v1 - v0))" "$win")"
+  record 12 "$c" other_share "$run" "$(fig12_div "$((y1 - y0 - cpu - v1 + v0))" "$win")"
+  record 12 "$c" ksoftirqd_share "$run" "$(fig12_div "$((k1 - k0))" "$win")"
+  # Conntrack entries evicted for new ones (gw's table, 262 144 here, is full after a few seconds of the flood).
+  record 12 "$c" conntrack_early_drops_per_s "$run" "$(fig12_div "$((e1 - e0))" "$secs")"
   # CPU per million packets the gateway dealt with: forwarded, or dropped by the filter (rate limit: both).
-  local handled=$((fwd + dropped))
-  record 12 "$c" gw_cpu_ms_per_mpkt "$run" "$(echo "$cpu / 1000000 / ($handled / 1000000 + ($handled == 0))" | bc -l)"
+  record 12 "$c" gw_cpu_ms_per_mpkt "$run" "$(fig12_div "$cpu" "$((fwd + dropped))")"
   if [ -n "$id" ]; then
-    record 12 "$c" dropped_pps "$run" "$(echo "$dropped / $secs" | bc -l)"
+    record 12 "$c" dropped_pps "$run" "$(fig12_div "$dropped" "$secs")"
     out=$(in_ns server timeout 20 "$SWIFT_BIN/csp" deny "$FIG12_PREFIX" --proto udp --port "$FIG12_PORT" --toward "$FIG12_TOWARD" \
       --session "$id" --lifetime 0 --wait 0.5 --key "$key" --state-dir "$state" 2>&1) \
       || { echo "figure 12: removing filter $id failed: $out" >&2; return 1; }

@@ -241,6 +241,8 @@ if leak and leak["max"] > 0:
 # Target (issue 11): the kernel drops at least as fast as it forwards the same flood.
 row(12, "spoofed flood: packets/s dropped by the DENY filter ÷ forwarded without it", stat(12, "filter", "dropped_pps"),
     stat(12, "forward", "forwarded_pps"), "pps", 1.0, note=note)
+row(12, "  delivered to the victim (server's counter), no filter ÷ forwarded by the gateway", stat(12, "forward", "delivered_pps"),
+    stat(12, "forward", "forwarded_pps"), "pps")
 row(12, "  offered by one core (udpblast spoof), filter ÷ no filter", stat(12, "filter", "offered_pps"),
     stat(12, "forward", "offered_pps"), "pps")
 row(12, "  refused by the gateway CPU's full input backlog, filter vs no filter", stat(12, "filter", "backlog_drops_pps"),
@@ -249,6 +251,16 @@ row(12, "  gateway CPU per million packets: dropped by the filter ÷ forwarded",
     stat(12, "forward", "gw_cpu_ms_per_mpkt"), "ms", higher_is_better=False)
 row(12, "  gateway CPU share (softirq + midcomd on the reader CPU): filter ÷ no filter", stat(12, "filter", "gw_cpu_share"),
     stat(12, "forward", "gw_cpu_share"), "", higher_is_better=False)
+row(12, "  conntrack entries evicted (early_drop)/s for the flood's new ones, filter vs no filter",
+    stat(12, "filter", "conntrack_early_drops_per_s"), stat(12, "forward", "conntrack_early_drops_per_s"), "/s", higher_is_better=False)
+row(12, "  reader CPU: its ksoftirqd thread's share, filter vs no filter", stat(12, "filter", "ksoftirqd_share"),
+    stat(12, "forward", "ksoftirqd_share"), "", higher_is_better=False)
+row(12, "  reader CPU: steal (hypervisor) share, filter vs no filter", stat(12, "filter", "steal_share"),
+    stat(12, "forward", "steal_share"), "", higher_is_better=False)
+row(12, "  reader CPU: other processes' share (user + system − midcomd), filter vs no filter", stat(12, "filter", "other_share"),
+    stat(12, "forward", "other_share"), "", higher_is_better=False)
+row(12, "  softirq share of the flood generator's CPU (RPS check: ≈ 0 if the gateway's work is on the reader CPU)",
+    stat(12, "forward", "load_cpu_softirq_share"), None, "", higher_is_better=False)
 row(12, "  DENY sent → ACCEPT (filter active), as csp deny prints it", deny_ms, None, "ms", higher_is_better=False,
     note="the victim was CHALLENGEd in some runs" if challenged and challenged["max"] > 0 else "")
 row(12, "rate-limit filter: packets/s passed (the ruleset's limit: 1000/s burst 100)", stat(12, "ratelimit", "forwarded_pps"),
