@@ -163,6 +163,8 @@ public struct SessionRecord: Codable, Sendable, Equatable {
     public var peerMiddleboxes: Int?
     /// The session's further paths (multihoming: path ID > 0); nil or empty when it has one.
     public var paths: [PathRecord]?
+    /// Where the session came from: "nat-pmp", "pcp"; nil for CSP.
+    public var origin: String?
 
     public init(
         id: String, proto: String,

@@ -9,6 +9,7 @@ public enum SessionTableFormatter {
     static let columns: [(title: String, rightAligned: Bool)] = [
         ("ID", false), ("PROTO", false), ("SOURCE", false), ("DESTINATION", false), ("STATE", false),
         ("ACTION", false), ("AGE", true), ("LEFT", true), ("PACKETS", true), ("BYTES", true), ("APP", false),
+        ("ORIGIN", false),
     ]
 
     /// The session table: a header line, then one line per session in the given order, each
@@ -27,11 +28,12 @@ public enum SessionTableFormatter {
                 session.packets.map(String.init) ?? unknown,
                 session.bytes.map(byteCount) ?? unknown,
                 session.application ?? unknown,
+                session.origin ?? "csp",
             ]
             let paths: [[String]] = (session.paths ?? []).map { path in
                 [
                     "  +path \(path.id)", session.proto, endpoint(path.source, port: path.sourcePort),
-                    endpoint(path.destination, port: path.destinationPort), "", "", "", "", "", "", "",
+                    endpoint(path.destination, port: path.destinationPort), "", "", "", "", "", "", "", "",
                 ]
             }
             return [main] + paths

@@ -190,6 +190,8 @@ public struct NATConfiguration: Sendable, Equatable {
     public var internalPrefixes: [IPPrefix]
     /// External ports handed out when a host's own port is taken.
     public var ports: ClosedRange<UInt16>
+    /// Serve NAT-PMP (RFC 6886) to inside hosts on UDP 5351 (issue 12).
+    public var portMapping = true
 
     public init(externalAddress: IPAddress, internalPrefixes: [IPPrefix], ports: ClosedRange<UInt16> = 20000...29999) {
         self.externalAddress = externalAddress
@@ -227,6 +229,7 @@ public struct NATConfiguration: Sendable, Equatable {
             }
             ports = low...high
         }
+        portMapping = try reader.boolean("port-mapping", default: portMapping)
     }
 }
 

@@ -112,6 +112,7 @@ extension Daemon {
                 action: session.actionName, ageSeconds: now.seconds(since: session.createdAt),
                 remainingSeconds: session.expiresAt.map { max(0, $0.seconds(since: now)) }, packets: packets, bytes: bytes,
                 application: session.application)
+            if session.origin != .csp { record.origin = session.origin.rawValue }
             if session.pathCount > 1 {
                 record.paths = session.paths.dropFirst().map { path in
                     PathRecord(

@@ -42,6 +42,8 @@ final class Daemon: Sendable {
     /// The middlebox's own CSP sockets (one per family, bound to the CSP port): answers leave from
     /// them, and requests addressed to the middlebox itself arrive on them.
     let agents: [IPAddress.Family: UDPSocket]
+    /// NAT-PMP's socket (UDP 5351), with `[nat]` and `port-mapping` on.
+    let portMappingSocket: UDPSocket?
     let notifier: SystemdNotifier
     /// Answers leave from here: their sockets (IP_TRANSPARENT ones included) are not the packet
     /// thread's business.
@@ -125,6 +127,15 @@ final class Daemon: Sendable {
             }
         }
         self.agents = agents
+        var portMapping: UDPSocket?
+        if let nat = configuration.nat, nat.portMapping {
+            do {
+                portMapping = try UDPSocket(family: .ipv4, port: NATPMP.serverPort, reuseAddress: true)
+            } catch {
+                log(.warning, "cannot bind UDP \(NATPMP.serverPort) for NAT-PMP (\(error)): is another NAT-PMP/PCP server (miniupnpd) running? NAT-PMP is off")
+            }
+        }
+        self.portMappingSocket = portMapping
         do {
             try checkRuleset()
         } catch {
@@ -156,6 +167,9 @@ final class Daemon: Sendable {
         }
         for socket in agents.values {
             Thread.detachNewThread { [self] in self.serveLocalRequests(on: socket) }
+        }
+        if let socket = portMappingSocket {
+            Thread.detachNewThread { [self] in self.servePortMapping(on: socket) }
         }
         Thread.detachNewThread { [self] in
             var sockets = TransparentSockets()

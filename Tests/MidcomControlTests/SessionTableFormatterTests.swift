@@ -6,15 +6,15 @@ final class SessionTableFormatterTests: XCTestCase {
     func testEmptyTableIsTheHeaderAlone() {
         XCTAssertEqual(
             SessionTableFormatter.table([]),
-            "ID  PROTO  SOURCE  DESTINATION  STATE  ACTION  AGE  LEFT  PACKETS  BYTES  APP\n")
+            "ID  PROTO  SOURCE  DESTINATION  STATE  ACTION  AGE  LEFT  PACKETS  BYTES  APP  ORIGIN\n")
     }
 
     func testIPv4AndIPv6WithUnknownCounters() {
         // Columns padded to their widest cell; AGE, LEFT, PACKETS and BYTES right-aligned; '-' for unknown.
         let expected = """
-            ID                PROTO  SOURCE           DESTINATION             STATE     ACTION    AGE   LEFT  PACKETS   BYTES  APP
-            00000000000000a1  udp    192.0.2.10:5060  198.51.100.7:5060       admitted  admit   3m04s  1h00m     1234  555KiB  sip
-            00000000000000b2  tcp    [2001:db8::1]:*  [2001:db8:ffff::2]:443  pending   none       3s      -        -       -  -
+            ID                PROTO  SOURCE           DESTINATION             STATE     ACTION    AGE   LEFT  PACKETS   BYTES  APP  ORIGIN
+            00000000000000a1  udp    192.0.2.10:5060  198.51.100.7:5060       admitted  admit   3m04s  1h00m     1234  555KiB  sip  csp
+            00000000000000b2  tcp    [2001:db8::1]:*  [2001:db8:ffff::2]:443  pending   none       3s      -        -       -  -    csp
 
             """
         XCTAssertEqual(SessionTableFormatter.table(Fixtures.sessions), expected)

@@ -146,6 +146,11 @@ public struct Session: Sendable, Equatable {
         get { extras?.value.relay }
         set { updateExtras { $0.relay = newValue } }
     }
+    /// Where the session came from (CSP, or a port-mapping protocol: issue 12).
+    public var origin: SessionOrigin {
+        get { extras?.value.origin ?? .csp }
+        set { updateExtras { $0.origin = newValue } }
+    }
     /// The proxy the host was sent to (REDIRECT).
     public var redirectTarget: CSPEndpoint? {
         get { extras?.value.redirectTarget }
@@ -176,6 +181,7 @@ public struct Session: Sendable, Equatable {
         var mapping: CSPEndpoint?
         var redirectTarget: CSPEndpoint?
         var relay: CSPEndpoint?
+        var origin: SessionOrigin = .csp
         var application: String?
         var pending: PendingRequest?
         var ownerKey: PublicKey?

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Legacy clients, scenario 1 and part of 3 (issue 12): an unmodified NAT-PMP client (Debian's
+# natpmpc, RFC 6886) on an inside host maps UDP and TCP ports on the Midcom NAT. The mapping is a
+# session of midcomd's table (origin nat-pmp), through its policy and kernel schema (DNAT +
+# pinhole): an outside peer reaches the inside server through it, `midctl sessions` lists it, and
+# deleting it (lifetime 0) closes the port. A mapping the policy forbids is refused, and nobody
+# outside gets an answer.
+#
+#   inside 192.168.1.2 ── nat (midcomd nat1, external 203.0.113.1) ── outside 203.0.113.2
+source "$(dirname "$0")/lib.sh"
+command -v natpmpc >/dev/null || { echo "FAIL: natpmpc is missing (apt-get install natpmpc; scripts/install-deps.sh does)" >&2; exit 1; }
+lab_init natpmp
+
+step "lab: inside — nat — outside; nat1 forbids incoming TCP 23"
+lab_nat
+conf=$(lab_conf nat <<'CONF'
+[daemon]
+name = "nat1"
+
+[policy]
+default = admit
+unsignaled = drop
+
+[[rule]]
+name = "no-telnet-in"
+proto = tcp
+port = 23
+direction = incoming
+action = reject
+reason = "no telnet from outside"
+
+[nat]
+external-address = "203.0.113.1"
+port-range = "20000-29999"
+CONF
+)
+lab_midcomd nat "$conf"
+lab_serve inside "$LAB_DIR/udp.log" $FLOWS udp-echo 5004 --duration 60
+lab_serve inside "$LAB_DIR/tcp.log" $FLOWS tcp-serve 8080 --duration 60
+ping_out() { in_ns outside $FLOWS udp-ping 203.0.113.1 "$1" --sport "$2" --count 5 --interval 0.02 --wait 0.4; }
+natpmp() { set +e; NATPMP_OUT=$(in_ns inside timeout 10 natpmpc -g 192.168.1.1 "$@" 2>&1); NATPMP_RC=$?; set -e; indent <<<"$NATPMP_OUT"; }
+
+step "natpmpc asks for the external address"
+natpmp
+expect_eq "$NATPMP_RC" 0 "natpmpc exit status"
+expect_match "$NATPMP_OUT" "Public IP address : 203\.0\.113\.1" "external address"
+
+step "before the mapping, outside → 203.0.113.1:5004 reaches nobody"
+out=$(ping_out 5004 6000); indent <<<"$out"; expect_match "$out" "sent 5 replies 0 " "unmapped"
+
+step "natpmpc -a 5004 5004 udp 60: mapped; the outside peer reaches the inside server"
+natpmp -a 5004 5004 udp 60
+expect_eq "$NATPMP_RC" 0 "natpmpc exit status"
+expect_match "$NATPMP_OUT" "Mapped public port 5004 protocol UDP to local port 5004 liftime 60" "UDP mapping"
+out=$(ping_out 5004 6001); indent <<<"$out"; expect_match "$out" "sent 5 replies 5 from 203\.0\.113\.1:5004" "through the mapping"
+wait_for_match "$LAB_DIR/udp.log" "echo from 203\.0\.113\.2:6001$" 2
+table=$(midctl nat sessions); indent <<<"$table"
+expect_match "$table" "udp +0\.0\.0\.0:\* +192\.168\.1\.2:5004 +admitted +nat .* nat-pmp$" "listed, origin nat-pmp"
+expect_match "$(in_ns nat nft list map inet midcom dnat4)" "203\.0\.113\.1 \. udp \. 5004 .*: 192\.168\.1\.2 \. 5004" "DNAT element"
+
+step "natpmpc -a 8080 8080 tcp 60: a TCP connection from outside"
+natpmp -a 8080 8080 tcp 60
+expect_match "$NATPMP_OUT" "Mapped public port 8080 protocol TCP to local port 8080 liftime 60" "TCP mapping"
+out=$(in_ns outside $FLOWS tcp-send 203.0.113.1 8080 --bytes 50000) || fail "TCP through the mapping: $out"
+indent <<<"$out"; expect_match "$out" "sent 50000 echoed 50000" "TCP through the mapping"
+
+step "a mapping the policy forbids (incoming TCP 23) is refused"
+natpmp -a 23 23 tcp 60
+expect_match "$NATPMP_OUT" "failed : not authorized" "result 2 (not authorized)"
+expect_no_match "$NATPMP_OUT" "Mapped public port" "no mapping for port 23"
+expect_no_match "$(in_ns nat nft list map inet midcom dnat4)" "\. tcp \. 23 " "no DNAT for port 23"
+
+step "nobody outside gets an answer (NAT-PMP is for inside hosts)"
+set +e; out=$(in_ns outside timeout 3 natpmpc -g 203.0.113.1 2>&1); set -e
+expect_no_match "$out" "Public IP address" "outside client"
+
+step "natpmpc -a 5004 5004 udp 0 deletes the mapping: the peer is refused again"
+natpmp -a 5004 5004 udp 0
+out=$(ping_out 5004 6002); indent <<<"$out"; expect_match "$out" "sent 5 replies 0 " "after deletion"
+expect_no_match "$(midctl nat sessions)" "192\.168\.1\.2:5004 " "session after deletion"
+expect_no_match "$(in_ns nat nft list map inet midcom dnat4)" "\. udp \. 5004 " "DNAT after deletion"
+echo "legacy-natpmp: all checks passed"
