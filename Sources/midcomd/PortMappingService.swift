@@ -11,7 +11,16 @@ import MidcomCore
 extension Daemon {
     func servePortMapping(on socket: UDPSocket) {
         var consecutiveErrors = 0
+        // RFC 6886 3.2.1: after a restart (state lost) the gateway tells its hosts its address and
+        // new epoch, to 224.0.0.1:5350 on each inside interface, ten times, 250 ms apart doubling.
+        var announcements = 0
+        var nextAnnouncement = ContinuousClock.now
         while !stopping.load(ordering: .relaxed) {
+            if announcements < 10, ContinuousClock.now >= nextAnnouncement {
+                announce(on: socket)
+                announcements += 1
+                nextAnnouncement = ContinuousClock.now.advanced(by: .milliseconds(250 << (announcements - 1)))
+            }
             let received: (bytes: [UInt8], from: CSPEndpoint)?
             do {
                 received = try socket.receive(timeout: .milliseconds(250), maximumLength: 1100)
@@ -30,6 +39,40 @@ extension Daemon {
                 }
             }
         }
+    }
+
+    /// The external-address announcement, once on each interface with an inside address.
+    func announce(on socket: UDPSocket) {
+        guard let nat = configuration.nat else { return }
+        let epoch = engine.withLock { $0.portMappingEpoch(wallClock: wallClock()) }
+        let message = NATPMP.externalAddressResponse(.success, epoch: epoch, address: nat.externalAddress)
+        let group = CSPEndpoint(address: IPAddress(ipv4: 0xe000_0001), port: NATPMP.clientPort)
+        for address in Self.localIPv4Addresses() where nat.isInternal(address) {
+            do {
+                // IP_MULTICAST_IF (32): leave by the interface that has this address.
+                try socket.setOption(level: Int32(IPPROTO_IP), name: 32, bytes: address.bytes)
+                try socket.send(message, to: group)
+            } catch {
+                log.limited(.warning, category: "nat-pmp", "cannot announce the external address via \(address): \(error)")
+            }
+        }
+    }
+
+    /// This host's IPv4 addresses (getifaddrs).
+    static func localIPv4Addresses() -> [IPAddress] {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return [] }
+        defer { freeifaddrs(first) }
+        var addresses: [IPAddress] = []
+        var cursor: UnsafeMutablePointer<ifaddrs>? = first
+        while let entry = cursor {
+            if let sa = entry.pointee.ifa_addr, sa.pointee.sa_family == sa_family_t(AF_INET) {
+                let value = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+                addresses.append(IPAddress(ipv4: value))
+            }
+            cursor = entry.pointee.ifa_next
+        }
+        return addresses
     }
 
     /// The answer to one NAT-PMP datagram (nil: dropped, counted).

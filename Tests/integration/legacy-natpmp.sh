@@ -4,7 +4,7 @@
 # session of midcomd's table (origin nat-pmp), through its policy and kernel schema (DNAT +
 # pinhole): an outside peer reaches the inside server through it, `midctl sessions` lists it, and
 # deleting it (lifetime 0) closes the port. A mapping the policy forbids is refused, and nobody
-# outside gets an answer.
+# outside gets an answer. After a restart the gateway announces its address and new epoch.
 #
 #   inside 192.168.1.2 ── nat (midcomd nat1, external 203.0.113.1) ── outside 203.0.113.2
 source "$(dirname "$0")/lib.sh"
@@ -79,4 +79,12 @@ natpmp -a 5004 5004 udp 0
 out=$(ping_out 5004 6002); indent <<<"$out"; expect_match "$out" "sent 5 replies 0 " "after deletion"
 expect_no_match "$(midctl nat sessions)" "192\.168\.1\.2:5004 " "session after deletion"
 expect_no_match "$(in_ns nat nft list map inet midcom dnat4)" "\. udp \. 5004 " "DNAT after deletion"
+step "after a restart (state lost), nat1 announces its address and new epoch to 224.0.0.1:5350"
+lab_bg inside "$LAB_DIR/announce.log" $PY "$ROOT/Tests/integration/craft.py" recv 5350 --duration 10
+wait_for_match "$LAB_DIR/announce.log" "^listening on" 3
+kill "$MIDCOMD_PID"; wait "$MIDCOMD_PID" 2>/dev/null || true
+lab_midcomd nat "$conf"
+wait_for_match "$LAB_DIR/announce.log" "recv 12 octets from 192\.168\.1\.1:5351" 3
+natpmp
+expect_match "$NATPMP_OUT" "epoch = [0-2]$" "the epoch started again"
 echo "legacy-natpmp: all checks passed"
