@@ -209,7 +209,6 @@ extension GatewayEngine {
     /// REMOVE-PATH: the path's admission goes at once (removing state is never a risk once the
     /// key is checked); the message travels on.
     mutating func handleRemovePath(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
-        let message = request.message
         guard let (session, path) = pathRequest(request) else { return pathRefusal(request) }
         guard path.pathID != 0, session.paths.contains(where: { $0.id == path.pathID }) else {
             return SignalingOutcome(verdict: request.isAddressedToUs ? .drop : .forward)
