@@ -65,6 +65,11 @@ extension CSPCommand {
                 if let event { print(event) }
                 fflush(nil)
             }
+            let c = rendezvous.counters
+            print(
+                "stopped: \(rendezvous.registrations.count) service(s) registered, \(c.registered) registrations, "
+                    + "\(c.relayedRequests) requests and \(c.relayedAnswers) answers relayed, \(c.challenges) challenges, "
+                    + "\(c.refused) refused, \(c.dropped) dropped")
         }
     }
 }
