@@ -13,6 +13,21 @@ public struct SignalingResult: Sendable {
     public var challengedBy: [UInt64] = []
     /// The reply's raw bytes (to check its signatures).
     public var bytes: [UInt8] = []
+    /// When middleboxes answered for a responder that may not speak CSP (docs/PROTOCOL.md 6.9):
+    /// the answers after the first, one per further middlebox, in arrival order.
+    public var moreAnswers: [SignalingAnswer] = []
+}
+
+/// One more answer to the same request (same session ID and nonce).
+public struct SignalingAnswer: Sendable {
+    public var reply: CSPMessage
+    public var from: CSPEndpoint
+    public var bytes: [UInt8]
+    public init(reply: CSPMessage, from: CSPEndpoint, bytes: [UInt8]) {
+        self.reply = reply
+        self.from = from
+        self.bytes = bytes
+    }
 }
 
 public enum SignalingError: Error, CustomStringConvertible, Sendable {
@@ -73,22 +88,22 @@ public struct SignalingClient: Sendable {
                 else { continue }  // stray or forged datagrams do not end the exchange
                 if reply.type == .challenge, let token = reply.challengeToken, challengedBy.count < Self.maximumChallenges {
                     challengedBy.append(reply.records.first?.middleboxID ?? 0)
-                    var response = CSPMessage(
-                        type: .response, sessionID: request.sessionID, nonce: request.nonce, sequence: request.sequence,
-                        tlvs: [.challengeToken(token)])
-                    if let signer, let timestamp = request.timestamp {
-                        response = try response.signed(by: signer, timestamp: timestamp)
-                    }
-                    try socket.send(try response.serialize(), to: from)
+                    try answerChallenge(token, of: request, signer: signer, to: from)
                     try socket.send(bytes, to: destination)
                     deadline = clock.now.advanced(by: timeout)
                     continue
                 }
                 let elapsed = start.duration(to: clock.now)
-                return SignalingResult(
+                var result = SignalingResult(
                     reply: reply, from: from, attempts: attempt,
                     roundTripSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
                     challengedBy: challengedBy, bytes: data)
+                if reply.flags.contains(.legacyResponder) {
+                    result.moreAnswers = try collectMoreAnswers(
+                        to: request, bytes: bytes, destination: destination, signer: signer, first: reply, firstAfter: elapsed,
+                        challengesLeft: Self.maximumChallenges - challengedBy.count, clock: clock)
+                }
+                return result
             }
         } catch let error as SystemCallError {
             throw .socket(error)
@@ -100,6 +115,54 @@ public struct SignalingClient: Sendable {
 
     /// At most this many CHALLENGEs answered per exchange (one per middlebox on a long path).
     public static let maximumChallenges = 8
+
+    /// Each middlebox that answers for a responder without CSP answers on its own; the farther
+    /// ones a little later, and one may CHALLENGE us first (answered as in `exchange`; the
+    /// nearer ones then see our request again and answer again: one answer per middlebox is
+    /// kept, by the record of the middlebox that sent it). We listen until none came for twice
+    /// the first answer's round trip (at least 150 ms), at most 2 s and 16 answers: enough for a
+    /// path of CSP middleboxes, bounded against a flood of forged answers.
+    func collectMoreAnswers(
+        to request: CSPMessage, bytes: [UInt8], destination: CSPEndpoint, signer: SigningKey?, first: CSPMessage,
+        firstAfter: Duration, challengesLeft: Int, clock: ContinuousClock
+    ) throws -> [SignalingAnswer] {
+        let quiet = max(.milliseconds(150), firstAfter * 2)
+        let end = clock.now.advanced(by: .seconds(2))
+        var deadline = min(end, clock.now.advanced(by: quiet))
+        var answers: [SignalingAnswer] = []
+        var answered: Set<UInt64> = [first.records.first?.middleboxID ?? 0]
+        var challengesLeft = challengesLeft
+        while answers.count < 16, let (data, from) = try socket.receive(timeout: max(.zero, clock.now.duration(to: deadline))) {
+            if let reply = try? CSPMessage.parse(data), reply.sessionID == request.sessionID, reply.nonce == request.nonce,
+                reply.type != request.type
+            {
+                if reply.type == .challenge {
+                    if let token = reply.challengeToken, challengesLeft > 0 {
+                        challengesLeft -= 1
+                        try answerChallenge(token, of: request, signer: signer, to: from)
+                        try socket.send(bytes, to: destination)
+                        deadline = min(end, clock.now.advanced(by: quiet))
+                    }
+                } else if answered.insert(reply.records.first?.middleboxID ?? 0).inserted {
+                    answers.append(SignalingAnswer(reply: reply, from: from, bytes: data))
+                    deadline = min(end, clock.now.advanced(by: quiet))
+                }
+            }
+            if clock.now >= deadline { break }
+        }
+        return answers
+    }
+
+    /// RESPONSE with `token` from this socket, signed like the request when it was.
+    func answerChallenge(_ token: [UInt8], of request: CSPMessage, signer: SigningKey?, to middlebox: CSPEndpoint) throws {
+        var response = CSPMessage(
+            type: .response, sessionID: request.sessionID, nonce: request.nonce, sequence: request.sequence,
+            tlvs: [.challengeToken(token)])
+        if let signer, let timestamp = request.timestamp {
+            response = try response.signed(by: signer, timestamp: timestamp)
+        }
+        try socket.send(try response.serialize(), to: middlebox)
+    }
 }
 
 /// How a responding host answers requests (the `csp listen` agent): pure, so it is unit-tested.

@@ -60,6 +60,10 @@ public struct CSPFlags: OptionSet, Hashable, Sendable {
     public static let recordRoute = CSPFlags(rawValue: 0x02)
     /// Set when the final TLV is an end-to-end SIGNATURE.
     public static let signed = CSPFlags(rawValue: 0x04)
+    /// In a SETUP: the responder may not speak CSP, so middleboxes that honour the flag decide and
+    /// answer for it (docs/PROTOCOL.md 6.9). In an ACCEPT: a middlebox answered on the responder's
+    /// behalf. Middleboxes that do not know it forward it unchanged, like every unknown flag.
+    public static let legacyResponder = CSPFlags(rawValue: 0x08)
 }
 
 /// Result code (header octet 5). 0 in requests. Values 1–63 are errors a host may fix and retry;
@@ -124,6 +128,9 @@ public struct CSPDecision: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Relayed by a rendezvous to the server registered there (docs/PROTOCOL.md 10.7): the
     /// request is off its flow's path from here on, and middleboxes pass it untouched.
     public static let rendezvous = CSPDecision(rawValue: 9)
+    /// Admitted and answered by this middlebox on behalf of a responder that may not speak CSP
+    /// (docs/PROTOCOL.md 6.9): the responder did not consent; this middlebox's policy did.
+    public static let answeredForResponder = CSPDecision(rawValue: 10)
 
     public var description: String {
         switch self {
@@ -137,6 +144,7 @@ public struct CSPDecision: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .rebound: "rebound"
         case .removed: "removed"
         case .rendezvous: "rendezvous"
+        case .answeredForResponder: "answered-for-responder"
         default: "decision-\(rawValue)"
         }
     }

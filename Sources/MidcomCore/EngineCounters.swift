@@ -55,6 +55,8 @@ public struct EngineCounters: Sendable, Equatable {
     public var deniesExpired: UInt64 = 0
     public var deniesRefused: UInt64 = 0
     public var deniesLimited: UInt64 = 0
+    /// SETUPs and REFRESHes answered on behalf of a responder that may not speak CSP (6.9).
+    public var answeredForResponders: UInt64 = 0
 
     public var asDictionary: [String: UInt64] {
         [
@@ -73,6 +75,7 @@ public struct EngineCounters: Sendable, Equatable {
             "paths_added": pathsAdded, "paths_removed": pathsRemoved, "denies_installed": deniesInstalled,
             "denies_refreshed": deniesRefreshed, "denies_removed": deniesRemoved, "denies_expired": deniesExpired,
             "denies_refused": deniesRefused, "denies_limited": deniesLimited,
+            "answered_for_responders": answeredForResponders,
         ]
     }
 }

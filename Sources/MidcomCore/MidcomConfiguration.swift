@@ -22,6 +22,19 @@ public struct MidcomConfiguration: Sendable, Equatable {
         case admit
     }
 
+    /// Which SETUPs flagged "the responder may not speak CSP" this middlebox decides and answers
+    /// itself (docs/PROTOCOL.md 6.9).
+    public enum LegacyResponderAnswering: String, Sendable, CaseIterable {
+        /// Only for flows whose initiator is inside this site (`inside`): a host here reaching an
+        /// ordinary server out there. Never for flows into the site: that would open a path to
+        /// an inside server without its consent.
+        case inside
+        /// For every flow the policy admits (a middlebox whose whole policy is its rules).
+        case any
+        /// Never: flagged SETUPs are treated like any other.
+        case never
+    }
+
     // [daemon]
     public var queueNumber: UInt16 = 0
     public var queueCount: UInt16 = 1
@@ -63,6 +76,18 @@ public struct MidcomConfiguration: Sendable, Equatable {
     /// (0: every packet of such a flow is queued and judged again).
     public var dropCacheLifetime: UInt32 = 10
     public var maximumSessions = 1_000_000
+    public var legacyResponders: LegacyResponderAnswering = .inside
+    /// `inside` as written; nil: [nat]'s internal prefixes (and fc00::/7), else the RFC 1918 and
+    /// unique-local prefixes.
+    public var insidePrefixesAsWritten: [IPPrefix]?
+    /// This site's own addresses: the initiators for which `legacy-responders = inside` answers.
+    public var insidePrefixes: [IPPrefix] {
+        if let insidePrefixesAsWritten { return insidePrefixesAsWritten }
+        let uniqueLocal = IPPrefix("fc00::/7").map { [$0] } ?? []
+        if let nat { return nat.internalPrefixes + uniqueLocal }
+        return ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"].compactMap(IPPrefix.init) + uniqueLocal
+    }
+    public func isInside(_ address: IPAddress) -> Bool { insidePrefixes.contains { $0.contains(address) } }
     public var rules: [PolicyRule] = []
 
     // [nat]
@@ -172,6 +197,17 @@ public struct MidcomConfiguration: Sendable, Equatable {
         rebindGrace = try reader.integer("rebind-grace", default: rebindGrace, range: 0...30)
         dropCacheLifetime = try reader.integer("drop-cache", default: dropCacheLifetime, range: 0...3600)
         maximumSessions = try reader.integer("max-sessions", default: maximumSessions, range: 1...50_000_000)
+        legacyResponders = try reader.choice("legacy-responders", default: legacyResponders)
+        if let v = reader.raw("inside") {
+            var prefixes: [IPPrefix] = []
+            for part in v.text.split(separator: ",") {
+                guard let prefix = IPPrefix(part.trimmingSpaces) else {
+                    throw reader.error(v, "'\(part.trimmingSpaces)' is not a prefix", fix: "write e.g. inside = \"192.168.0.0/16, 2001:db8:1::/48\"")
+                }
+                prefixes.append(prefix)
+            }
+            insidePrefixesAsWritten = prefixes
+        }
         try reader.rejectUnknownKeys()
         if defaultAction == .redirect {
             throw ConfigError(

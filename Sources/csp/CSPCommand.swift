@@ -91,50 +91,118 @@ func exchange(_ request: CSPMessage, with peer: IPAddress, from source: IPAddres
     try exchangeWithReply(request, with: peer, from: source, common: common).status
 }
 
-/// `exchange`, also returning the reply (nil when none came).
-func exchangeWithReply(_ request: CSPMessage, with peer: IPAddress, from source: IPAddress? = nil, common: Common) throws
+/// Whether the responder is expected to speak CSP (docs/PROTOCOL.md 6.9).
+enum ResponderMode: String, ExpressibleByArgument, CaseIterable {
+    /// Ask the responder; when it stays silent for 0.75 s, ask the middleboxes to answer for it.
+    case auto
+    /// The responder speaks CSP: wait for it.
+    case csp
+    /// The responder does not speak CSP (an ordinary server): the middleboxes answer at once.
+    case legacy
+}
+
+/// `exchange`, also returning the reply (nil when none came). With `responder` other than
+/// `.csp`, middleboxes may answer for a responder without CSP, one answer each: they are
+/// checked and reported together, and one refusal among them refuses the flow (the others'
+/// admissions are torn down at once, so nothing stays behind).
+func exchangeWithReply(
+    _ request: CSPMessage, with peer: IPAddress, from source: IPAddress? = nil, common: Common, responder: ResponderMode = .csp
+) throws
     -> (status: Int32, reply: CSPMessage?)
 {
     // Sent from the flow's own address: middleboxes check that a host signals only its own flows.
     let socket = try UDPSocket(family: peer.family, address: source)
     var client = SignalingClient(socket: socket)
-    client.attempts = common.attempts
+    client.attempts = responder == .auto ? min(2, common.attempts) : common.attempts
     let destination = CSPEndpoint(address: peer, port: common.cspPort)
     let key = try common.signingKey()
     var trust = try common.trust()
     var request = request
-    if let key { request = try request.signed(by: key, timestamp: wallClockSeconds()) }
+    if responder == .legacy { request.flags.insert(.legacyResponder) }
+    func sign(_ message: CSPMessage) throws -> CSPMessage {
+        guard let key else { return message }
+        return try message.signed(by: key, timestamp: wallClockSeconds())
+    }
     do {
-        let result = try client.exchange(request, with: destination, signer: key)
-        let verdicts = trust.judge(result.bytes, message: result.reply)
-        try trust.save()
-        print(describe(result, verdicts: verdicts.map(\.verdict), machine: common.machine))
-        if let failed = verdicts.first(where: { $0.verdict.isFailure }) {
-            printError("middlebox \(hex(failed.record.middleboxID)): \(failed.verdict)")
-            if result.reply.type == .accept || result.reply.type == .mapped {
-                // Whatever the untrusted path installed for us goes again: we will not use it.
-                var teardown = CSPMessage(
-                    type: .teardown, sessionID: request.sessionID, nonce: secureRandomUInt64(),
-                    sequence: common.sessions.nextSequence(for: request.sessionID, peer: peer))
-                if let key { teardown = try teardown.signed(by: key, timestamp: wallClockSeconds()) }
-                try? socket.send(try teardown.serialize(), to: destination)
-                common.sessions.forget(request.sessionID)
-                printError("session \(hex(request.sessionID)) torn down")
+        var result: SignalingResult
+        do {
+            result = try client.exchange(try sign(request), with: destination, signer: key)
+        } catch SignalingError.noAnswer where responder == .auto {
+            if !common.machine {
+                print("no answer from \(peer) in 0.75 s: it may not speak CSP; asking the middleboxes on the path to answer for it")
             }
-            return (ExitStatus.untrusted, result.reply)
+            request.flags.insert(.legacyResponder)
+            request.nonce = secureRandomUInt64()
+            request.sequence = common.sessions.nextSequence(for: request.sessionID, peer: peer)
+            client.attempts = common.attempts
+            result = try client.exchange(try sign(request), with: destination, signer: key)
         }
-        if result.reply.type == .accept, result.reply.lifetime != 0 {
-            common.sessions.update(request.sessionID) { $0.records = result.reply.records.map { ($0.middleboxID, $0.epoch) } }
+        let answers = [SignalingAnswer(reply: result.reply, from: result.from, bytes: result.bytes)] + result.moreAnswers
+        var verdictByRecord: [UInt64: MiddleboxTrust.Verdict] = [:]
+        var failed: (CSPMiddleboxRecord, MiddleboxTrust.Verdict)?
+        for answer in answers {
+            for (record, verdict) in trust.judge(answer.bytes, message: answer.reply) {
+                verdictByRecord[record.middleboxID] = verdictByRecord[record.middleboxID] ?? verdict
+                if verdict.isFailure, failed == nil { failed = (record, verdict) }
+            }
         }
-        switch result.reply.type {
-        case .accept: return (ExitStatus.accepted, result.reply)
-        case .redirect: return (ExitStatus.redirected, result.reply)
-        default: return (ExitStatus.rejected, result.reply)
+        try trust.save()
+        // One refusal among the middleboxes' answers decides; else all their records together.
+        var summary = result
+        if let refusal = answers.first(where: { $0.reply.type != .accept && $0.reply.type != .mapped }) {
+            summary.reply = refusal.reply
+            summary.from = refusal.from
+            summary.bytes = refusal.bytes
+        } else if answers.count > 1 {
+            summary.reply = mergedAnswer(answers.map(\.reply))
+        }
+        let verdicts = summary.reply.records.map { verdictByRecord[$0.middleboxID] ?? .unsigned }
+        print(describe(summary, verdicts: verdicts, machine: common.machine))
+        if answers.count > 1 || result.reply.flags.contains(.legacyResponder), !common.machine {
+            print("  answered for the responder by \(answers.count) middlebox\(answers.count == 1 ? "" : "es") (it does not speak CSP)")
+        }
+        let admittedSomewhere = answers.contains { $0.reply.type == .accept || $0.reply.type == .mapped }
+        func tearDown() throws {
+            // Whatever the path installed for us goes again: we will not use it.
+            let teardown = CSPMessage(
+                type: .teardown, flags: request.flags.intersection(.legacyResponder), sessionID: request.sessionID,
+                nonce: secureRandomUInt64(), sequence: common.sessions.nextSequence(for: request.sessionID, peer: peer))
+            try? socket.send(try sign(teardown).serialize(), to: destination)
+            common.sessions.forget(request.sessionID)
+            printError("session \(hex(request.sessionID)) torn down")
+        }
+        if let (record, verdict) = failed {
+            printError("middlebox \(hex(record.middleboxID)): \(verdict)")
+            if admittedSomewhere { try tearDown() }
+            return (ExitStatus.untrusted, summary.reply)
+        }
+        if summary.reply.type != .accept, summary.reply.type != .mapped, admittedSomewhere { try tearDown() }
+        if summary.reply.type == .accept, summary.reply.lifetime != 0 {
+            common.sessions.update(request.sessionID) { $0.records = summary.reply.records.map { ($0.middleboxID, $0.epoch) } }
+        }
+        switch summary.reply.type {
+        case .accept: return (ExitStatus.accepted, summary.reply)
+        case .redirect: return (ExitStatus.redirected, summary.reply)
+        default: return (ExitStatus.rejected, summary.reply)
         }
     } catch let error as SignalingError {
         printError("\(error)")
         return (ExitStatus.noAnswer, nil)
     }
+}
+
+/// Several middleboxes' answers as one: the answer that came through the most middleboxes (it
+/// carries their records too), plus the records of any middlebox it lacks. The effective
+/// lifetime is then the smallest any of them granted.
+func mergedAnswer(_ answers: [CSPMessage]) -> CSPMessage {
+    guard var merged = answers.max(by: { $0.records.count < $1.records.count }) else { preconditionFailure("no answers") }
+    var seen = Set(merged.records.map(\.middleboxID))
+    for answer in answers {
+        for record in answer.records where seen.insert(record.middleboxID).inserted {
+            merged.tlvs.append(.middleboxRecord(record))
+        }
+    }
+    return merged
 }
 
 func wallClockSeconds() -> UInt64 { UInt64(max(0, time(nil))) }
@@ -248,6 +316,8 @@ extension CSPCommand {
         var home: String?
         @Option(help: "Session ID as 16 hex digits (default: random).")
         var session: String?
+        @Option(help: "Does the responder speak CSP? auto: ask it, and when it is silent for 0.75 s ask the middleboxes to answer for it; csp: wait for it; legacy: an ordinary server, the middleboxes answer at once (docs/PROTOCOL.md 6.9).")
+        var responder: ResponderMode = .auto
         @OptionGroup var common: Common
 
         mutating func run() throws {
@@ -303,7 +373,11 @@ extension CSPCommand {
             } else {
                 common.sessions.update(sessionID) { $0.flow = flow; $0.incoming = incoming }
             }
-            let (status, reply) = try exchangeWithReply(request, with: signalTo, from: source.flatMap(IPAddress.init), common: common)
+            // Only an outgoing flow's responder may be an ordinary server (an incoming pinhole is
+            // asked of the peer or a middlebox, which speak CSP; so does a home firewall).
+            let responderMode = incoming || home != nil ? .csp : responder
+            let (status, reply) = try exchangeWithReply(
+                request, with: signalTo, from: source.flatMap(IPAddress.init), common: common, responder: responderMode)
             guard home != nil, status == ExitStatus.redirected, let reply, reply.flags.contains(.fromMiddlebox),
                 let relay = reply.redirectTarget
             else { throw ExitCode(status) }

@@ -15,6 +15,9 @@ extension GatewayEngine {
         let decision = policy.decide(
             flow: session.relay == nil ? session.flow : policyView(session.flow, relayedFor: session.ownerKey),
             application: session.application, incoming: session.incoming, requestedLifetime: refresh.lifetime)
+        if session.answeredForResponder, !request.isAddressedToUs {
+            return refreshForLegacyResponder(request, session: session, lifetime: decision.lifetime, now: now)
+        }
         guard request.isAddressedToUs else {
             // The refresh takes effect when the responder ACCEPTs it.
             let previous = session
@@ -51,9 +54,13 @@ extension GatewayEngine {
         }
         let kernel = discard(session.id, now: now)
         counters.tornDown += 1
+        // Nobody else answers a TEARDOWN for a responder without CSP: we do, as for its SETUP.
+        let reply =
+            local
+            ? answer(request, lifetime: 0, session: session)
+            : session.answeredForResponder ? answerForLegacyResponder(request, lifetime: 0, record: record(.removed, lifetime: 0)) : nil
         return SignalingOutcome(
-            verdict: local ? .drop : .forward, kernel: kernel,
-            reply: local ? answer(request, lifetime: 0, session: session) : nil,
+            verdict: local ? .drop : .forward, kernel: kernel, reply: reply,
             event: "torn down \(hex(session.id)) \(session.flow)")
     }
 

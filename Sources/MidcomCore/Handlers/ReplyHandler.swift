@@ -73,7 +73,11 @@ extension GatewayEngine {
     /// and travels on; nothing changes here (docs/PROTOCOL.md 6.2, idempotent retransmissions).
     mutating func repeatedAnswer(_ accept: CSPMessage, session: Session) -> SignalingOutcome {
         var forwarded = accept
-        if session.recordRoute || session.mapping != nil {
+        if session.answeredForResponder {
+            // A middlebox further along answering for the responder too (docs/PROTOCOL.md 6.9).
+            let extra: [CSPTLV] = session.mapping.map { [.mappedAddress($0)] } ?? []
+            forwarded.tlvs.append(.middleboxRecord(record(.answeredForResponder, lifetime: session.grantedLifetime, extra: extra)))
+        } else if session.recordRoute || session.mapping != nil {
             if let mapping = session.mapping {
                 forwarded.tlvs.append(.middleboxRecord(record(.mapped, lifetime: session.grantedLifetime, extra: [.mappedAddress(mapping)])))
             } else {

@@ -77,6 +77,10 @@ extension GatewayEngine {
         case .success(let chosen): mapping = chosen
         case .failure(let refusal): return refusal.outcome
         }
+        if setup.flags.contains(.legacyResponder), !incoming, !request.isAddressedToUs, answersForLegacyResponder(of: flow) {
+            return admitForLegacyResponder(
+                request, session: session, previous: existing, flow: flow, mapping: mapping, lifetime: decision.lifetime, now: now)
+        }
         if request.isAddressedToUs {
             session.mapping = mapping
             return answerAsResponder(request, session: session, previous: existing, flow: flow, lifetime: decision.lifetime, now: now)

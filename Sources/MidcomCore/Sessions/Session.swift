@@ -171,6 +171,12 @@ public struct Session: Sendable, Equatable {
         get { extras?.value.ownerKey }
         set { updateExtras { $0.ownerKey = newValue } }
     }
+    /// Admitted on behalf of a responder that may not speak CSP (docs/PROTOCOL.md 6.9): we
+    /// answer its REFRESH and TEARDOWN ourselves, since nobody else will.
+    public var answeredForResponder: Bool {
+        get { extras?.value.answeredForResponder ?? false }
+        set { updateExtras { $0.answeredForResponder = newValue } }
+    }
     /// The request we are waiting on, to match its answer.
     public var pending: PendingRequest? {
         get { extras?.value.pending }
@@ -186,6 +192,7 @@ public struct Session: Sendable, Equatable {
         var pending: PendingRequest?
         var ownerKey: PublicKey?
         var responderKey: PublicKey?
+        var answeredForResponder = false
         var extraPaths: [PathID: FlowTuple] = [:]
         var pathExpiry: [PathID: Instant] = [:]
     }
