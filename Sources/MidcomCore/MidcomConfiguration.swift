@@ -20,6 +20,10 @@ public struct MidcomConfiguration: Sendable, Equatable {
         case defaultPolicy = "default-policy"
         /// Admit it like a signaled flow with `legacy-lifetime`.
         case admit
+        /// Admit it when its source is inside this site (`inside`), drop it otherwise: a home or
+        /// office gateway, where every LAN application works as before and nothing comes in
+        /// unasked (incoming flows come through CSP, NAT-PMP or PCP).
+        case admitInside = "admit-inside"
     }
 
     /// Which SETUPs flagged "the responder may not speak CSP" this middlebox decides and answers

@@ -77,9 +77,9 @@ if want a; then
   cap4=$LAB_LAST_PID
   lab_serve server "$LAB_DIR/srv72276.log" $CRAFT recv 7227 --bind :: --duration 20
   cap6=$LAB_LAST_PID
-  lab_bg client "$LAB_DIR/setup-a4.log" "$BIN/csp" setup udp $S4:5000 --sport 4000 --lifetime 30 --attempts 3
+  lab_bg client "$LAB_DIR/setup-a4.log" "$BIN/csp" setup udp $S4:5000 --sport 4000 --lifetime 30 --attempts 3 --responder csp
   csp4=$LAB_LAST_PID
-  lab_bg client "$LAB_DIR/setup-a6.log" "$BIN/csp" setup udp "[$S6]:5000" --sport 4000 --lifetime 30 --attempts 3
+  lab_bg client "$LAB_DIR/setup-a6.log" "$BIN/csp" setup udp "[$S6]:5000" --sport 4000 --lifetime 30 --attempts 3 --responder csp
   csp6=$LAB_LAST_PID
   wait_for_match "$LAB_DIR/srv7227.log" "from 10\.202\.1\.2:[0-9]+ type 1 session" 3
   wait_for_match "$LAB_DIR/srv72276.log" "from 2001:db8:202:1::2:[0-9]+ type 1 session" 3

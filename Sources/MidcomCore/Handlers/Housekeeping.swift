@@ -4,8 +4,10 @@ import CSPWire
 /// kernel state a previous run left behind.
 extension GatewayEngine {
     public mutating func handleUnsignaled(flow: FlowTuple, now: Instant) -> UnsignaledDecision {
-        switch configuration.unsignaled {
-        case .drop:
+        var behaviour = configuration.unsignaled
+        if behaviour == .admitInside { behaviour = configuration.isInside(flow.source) ? .admit : .drop }
+        switch behaviour {
+        case .drop, .admitInside:
             counters.unsignaledDropped += 1
             let cacheable = [IPProtocol.tcp, .udp, .sctp].contains(flow.proto) && configuration.dropCacheLifetime > 0
             return .drop(cache: cacheable ? .block(flow, lifetime: configuration.dropCacheLifetime) : nil)

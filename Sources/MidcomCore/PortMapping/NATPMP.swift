@@ -5,7 +5,7 @@ import CSPWire
 public enum NATPMP {
     public static let serverPort: UInt16 = 5351
     public static let clientPort: UInt16 = 5350
-    static let version: UInt8 = 0
+    public static let version: UInt8 = 0
 
     public enum Request: Equatable, Sendable {
         /// Opcode 0: what is the external address?

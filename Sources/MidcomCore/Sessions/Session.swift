@@ -177,6 +177,11 @@ public struct Session: Sendable, Equatable {
         get { extras?.value.answeredForResponder ?? false }
         set { updateExtras { $0.answeredForResponder = newValue } }
     }
+    /// A PCP mapping's owner: the nonce of the request that created it (RFC 6887 11.1).
+    public var mappingNonce: PCP.Nonce? {
+        get { extras?.value.mappingNonce }
+        set { updateExtras { $0.mappingNonce = newValue } }
+    }
     /// The request we are waiting on, to match its answer.
     public var pending: PendingRequest? {
         get { extras?.value.pending }
@@ -193,6 +198,7 @@ public struct Session: Sendable, Equatable {
         var ownerKey: PublicKey?
         var responderKey: PublicKey?
         var answeredForResponder = false
+        var mappingNonce: PCP.Nonce?
         var extraPaths: [PathID: FlowTuple] = [:]
         var pathExpiry: [PathID: Instant] = [:]
     }
