@@ -10,7 +10,7 @@ public enum NFTSchema {
     /// ("midcom ruleset revision N"). Raised when the rules change in a way the daemon relies on
     /// (2: answers from a CSP port are enqueued only inside conntrack, with mark 0x4d430003;
     /// 3: anti-spoofing, proved sources; 4: DENY filters, sets deny4/deny6 and chain pushback).
-    public static let rulesetRevision = 4
+    public static let rulesetRevision = 5
 
     /// The revision a table comment names; 1 for a table without one (rulesets before revisions).
     public static func revision(ofTableComment comment: String) -> Int {
@@ -59,10 +59,53 @@ public enum NFTSchema {
     public static let rateLimit4 = SetSpec(name: "ratelimit4", key: deny4.key)
     public static let rateLimit6 = SetSpec(name: "ratelimit6", key: deny6.key)
 
+    /// NAT-PMP and PCP requests the kernel drops on input (chain port_mapping_input): while
+    /// midcomd serves them, every IPv4 source outside `[nat] internal` and every IPv6 source
+    /// (not served); empty otherwise, so another port-mapping daemon is not disturbed.
+    public static let portMappingRefused4 = SetSpec(name: "portmap_refused4", key: [.ipv4, .port])
+    public static let portMappingRefused6 = SetSpec(name: "portmap_refused6", key: [.ipv6, .port])
+
+    /// The elements of the port-mapping input filter: the IPv4 ranges between the inside
+    /// prefixes (their complement), and all of IPv6, each for `port` only.
+    public static func portMappingRefusals(inside: [IPPrefix], port: UInt16) -> [Element] {
+        let ranges = inside.compactMap { prefix -> ClosedRange<UInt32>? in
+            guard let base = prefix.address.ipv4Value, prefix.length >= 0, prefix.length <= 32 else { return nil }
+            let size = prefix.length == 0 ? UInt32.max : (UInt32(1) << (32 - prefix.length)) - 1
+            let start = base & ~size
+            return start...(start | size)
+        }.sorted { $0.lowerBound < $1.lowerBound }
+        var gaps: [ClosedRange<UInt32>] = []
+        var next: UInt32? = 0  // the first address not yet covered; nil: past the end
+        for range in ranges {
+            guard let from = next else { break }
+            if range.lowerBound > from { gaps.append(from...(range.lowerBound - 1)) }
+            if range.upperBound >= from { next = range.upperBound == .max ? nil : range.upperBound + 1 }
+        }
+        if let from = next { gaps.append(from...UInt32.max) }
+        func key(_ address: UInt32) -> NFTSetKey {
+            var key = NFTSetKey()
+            key.append(ipv4: address)
+            key.append(port: port)
+            return key
+        }
+        var elements = gaps.map { Element(set: portMappingRefused4.name, key: key($0.lowerBound), data: nil, keyEnd: key($0.upperBound)) }
+        var allStart = NFTSetKey()
+        allStart.append(ipv6: [UInt8](repeating: 0, count: 16))
+        allStart.append(port: port)
+        var allEnd = NFTSetKey()
+        allEnd.append(ipv6: [UInt8](repeating: 0xff, count: 16))
+        allEnd.append(port: port)
+        elements.append(Element(set: portMappingRefused6.name, key: allStart, data: nil, keyEnd: allEnd))
+        return elements
+    }
+
     /// The sets holding admissions, in the order adoption reads them.
     public static let admissionSets = [admit4, admit6, admit4AnyPort, admit6AnyPort, pinhole4, pinhole6]
     /// Everything midcomd programs. Admissions come before the NAT maps: adoption needs that order.
-    public static let all = admissionSets + [drop4, drop6, snat4, dnat4, proved4, proved6, deny4, deny6, rateLimit4, rateLimit6]
+    public static let all =
+        admissionSets + [
+            drop4, drop6, snat4, dnat4, proved4, proved6, deny4, deny6, rateLimit4, rateLimit6, portMappingRefused4, portMappingRefused6,
+        ]
     /// What a restart adopts, in this order.
     public static let adoptable = admissionSets + [snat4, dnat4, deny4, deny6, rateLimit4, rateLimit6]
 

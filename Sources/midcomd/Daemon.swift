@@ -138,6 +138,7 @@ final class Daemon: Sendable {
         self.portMappingSocket = portMapping
         do {
             try checkRuleset()
+            try filterPortMappingInput(serving: portMapping != nil)
         } catch {
             do {
                 try nft.flushChain(table: configuration.table, chain: "enqueue")
@@ -236,6 +237,24 @@ final class Daemon: Sendable {
                 log(.error, "could not remove the queue rule of \(chain): \(error)")
             }
         }
+        do { try filterPortMappingInput(serving: false) } catch {
+            log(.error, "could not empty the NAT-PMP/PCP input filter: \(error)")
+        }
+    }
+
+    /// While we serve NAT-PMP and PCP, the kernel drops their requests from outside `[nat]
+    /// internal` on input (chain port_mapping_input) before they reach our socket — which
+    /// ignores them anyway: two locks on one door. Emptied when we stop or do not serve them.
+    func filterPortMappingInput(serving: Bool) throws {
+        var changes = NFTChangeSet(table: configuration.table)
+        changes.flushSet(NFTSchema.portMappingRefused4.name)
+        changes.flushSet(NFTSchema.portMappingRefused6.name)
+        if serving, let nat = configuration.nat {
+            for element in NFTSchema.portMappingRefusals(inside: nat.internalPrefixes, port: NATPMP.serverPort) {
+                changes.addElement(set: element.set, key: element.key, keyEnd: element.keyEnd)
+            }
+        }
+        try nft.apply(changes)
     }
 
     /// Programs changes outside a burst (agent requests, operator actions, expiry) and queues the

@@ -130,4 +130,29 @@ final class NFTSchemaTests: XCTestCase {
         XCTAssertEqual(session?.mapping?.port, 20001)
         XCTAssertEqual(engine.counters.adopted, 1)
     }
+
+    /// The NAT-PMP/PCP input filter refuses exactly the IPv4 addresses outside the inside
+    /// prefixes (overlapping and unsorted prefixes merged), and all of IPv6.
+    func testPortMappingRefusalsAreTheComplementOfTheInside() {
+        func ranges(_ inside: [String]) -> [String] {
+            NFTSchema.portMappingRefusals(inside: inside.compactMap(IPPrefix.init), port: 5351)
+                .filter { $0.set == "portmap_refused4" }
+                .map { element in
+                    let start = element.key.bytes.prefix(4).map(String.init).joined(separator: ".")
+                    let end = element.keyEnd!.bytes.prefix(4).map(String.init).joined(separator: ".")
+                    XCTAssertEqual(Array(element.key.bytes[4..<6]), [0x14, 0xe7], "port 5351")
+                    return "\(start)-\(end)"
+                }
+        }
+        XCTAssertEqual(
+            ranges(["192.168.0.0/16", "10.0.0.0/8", "10.1.0.0/16"]),
+            ["0.0.0.0-9.255.255.255", "11.0.0.0-192.167.255.255", "192.169.0.0-255.255.255.255"])
+        XCTAssertEqual(ranges(["0.0.0.0/1", "128.0.0.0/1"]), [])
+        XCTAssertEqual(ranges(["255.255.255.255/32"]), ["0.0.0.0-255.255.255.254"])
+        XCTAssertEqual(ranges([]), ["0.0.0.0-255.255.255.255"])
+        let v6 = NFTSchema.portMappingRefusals(inside: [], port: 5351).filter { $0.set == "portmap_refused6" }
+        XCTAssertEqual(v6.count, 1)
+        XCTAssertEqual(Array(v6[0].key.bytes.prefix(16)), [UInt8](repeating: 0, count: 16))
+        XCTAssertEqual(Array(v6[0].keyEnd!.bytes.prefix(16)), [UInt8](repeating: 0xff, count: 16))
+    }
 }

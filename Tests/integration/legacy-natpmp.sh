@@ -70,9 +70,15 @@ expect_match "$NATPMP_OUT" "failed : not authorized" "result 2 (not authorized)"
 expect_no_match "$NATPMP_OUT" "Mapped public port" "no mapping for port 23"
 expect_no_match "$(in_ns nat nft list map inet midcom dnat4)" "\. tcp \. 23 " "no DNAT for port 23"
 
-step "nobody outside gets an answer (NAT-PMP is for inside hosts)"
+step "nobody outside gets an answer (NAT-PMP is for inside hosts): the kernel drops it on input"
+dropped_before=$(in_ns nat nft list chain inet midcom port_mapping_input | sed -n 's/.*@portmap_refused4 counter packets \([0-9]*\) .*/\1/p')
 set +e; out=$(in_ns outside timeout 3 natpmpc -g 203.0.113.1 2>&1); set -e
 expect_no_match "$out" "Public IP address" "outside client"
+dropped=$(in_ns nat nft list chain inet midcom port_mapping_input | sed -n 's/.*@portmap_refused4 counter packets \([0-9]*\) .*/\1/p')
+[ "$dropped" -gt "$dropped_before" ] || fail "port_mapping_input dropped $dropped_before then $dropped packets"
+filter=$(nft_set nat portmap_refused4); indent <<<"$filter"
+expect_match "$filter" "0\.0\.0\.0-9\.255\.255\.255 \. 5351" "refused below 10/8"
+expect_no_match "$filter" "192\.168\.[0-9.]*-192\.168" "the inside is not refused"
 
 step "natpmpc -a 5004 5004 udp 0 deletes the mapping: the peer is refused again"
 natpmp -a 5004 5004 udp 0
@@ -83,6 +89,7 @@ step "after a restart (state lost), nat1 announces its address and new epoch to 
 lab_bg inside "$LAB_DIR/announce.log" $PY "$ROOT/Tests/integration/craft.py" recv 5350 --duration 10
 wait_for_match "$LAB_DIR/announce.log" "^listening on" 3
 kill "$MIDCOMD_PID"; wait "$MIDCOMD_PID" 2>/dev/null || true
+expect_no_match "$(nft_set nat portmap_refused4)" "elements" "a stopped midcomd leaves no input filter behind"
 lab_midcomd nat "$conf"
 wait_for_match "$LAB_DIR/announce.log" "recv 12 octets from 192\.168\.1\.1:5351" 3
 natpmp

@@ -26,7 +26,7 @@ sed '/comment "midcom ruleset revision/d' "$ROOT/nft-rules/midcom.nft" >"$LAB_DI
 in_ns gw nft -f "$LAB_DIR/rev1.nft"
 run in_ns gw "$BIN/midcomd" --config /dev/null --control-socket "$LAB_DIR/gw.sock"
 expect_eq "$rc" 1 "exit status with a revision-1 ruleset"
-expect_match "$out" "was loaded from ruleset revision 1, this midcomd needs revision 4: reload nft-rules/midcom.nft" "revision message"
+expect_match "$out" "was loaded from ruleset revision 1, this midcomd needs revision 5: reload nft-rules/midcom.nft" "revision message"
 expect_eq "$(echo "$out" | wc -l)" 1 "one line"
 in_ns gw nft delete table inet midcom
 
@@ -56,7 +56,7 @@ expect_eq "$(echo "$out" | wc -l)" 1 "one line"
 step "a daemon on another table but the same queue is refused by the queue bind"
 in_ns gw nft -f - <<'NFT'
 table inet other {
-	comment "midcom ruleset revision 4"
+	comment "midcom ruleset revision 5"
 	set csp_ports { type inet_service; }
 	chain enqueue { }
 }
