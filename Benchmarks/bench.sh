@@ -273,6 +273,21 @@ fig7() {
 }
 
 # MARK: figure 8 — pinholes created and removed per second: midcomd (signaled) vs miniupnpd (NAT-PMP)
+# upnp_ruleset NS: the tables miniupnpd 2.3.1's nftables backend programs, `table inet filter` with its
+# default chains (figures 8 and 13; the forward policy accepts, as in gw without a daemon).
+upnp_ruleset() {
+  in_ns "$1" nft -f - <<'NFT'
+table inet filter {
+  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+  chain miniupnpd { }
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+}
+NFT
+}
+
 fig8() {
   bl_lab
   bl_ruleset
@@ -296,17 +311,7 @@ fig8() {
     for i in ext0 ext1 lan0 lan1; do in_ns upnp ip link set $i up; done
     in_ns upnp ip addr add 10.203.0.1/24 dev ext0
     in_ns upnp ip addr add 10.203.1.1/24 dev lan0
-    # miniupnpd 2.3.1's nftables backend programs `table inet filter` (chains below, its defaults).
-    in_ns upnp nft -f - <<'NFT'
-table inet filter {
-  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
-  chain miniupnpd { }
-  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
-  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
-  chain prerouting_miniupnpd { }
-  chain postrouting_miniupnpd { }
-}
-NFT
+    upnp_ruleset upnp
     # miniupnpd refuses to map behind a private external address ("port forwarding is impossible"),
     # so ext_ip names a public-looking one. It is only a label in NAT-PMP answers: no packet is ever
     # sent to it, and nothing in this namespace routes anywhere outside it.

@@ -45,7 +45,7 @@ extension ControlCommand {
     public var isReadOnly: Bool {
         switch self {
         case .sessions, .show, .status, .denies: true
-        case .delete, .flush, .undeny: false
+        case .delete, .flush, .undeny, .reload: false
         }
     }
 }

@@ -74,6 +74,8 @@ public enum ControlCommand: String, Codable, Sendable, CaseIterable {
     case denies
     /// Remove one DENY filter (and its kernel element) by id.
     case undeny
+    /// Read the configuration file again and take it over (as SIGHUP does).
+    case reload
 
     /// Whether the command names one session through `ControlRequest.sessionID`.
     public var needsSessionID: Bool { self == .show || self == .delete || self == .undeny }
@@ -284,11 +286,14 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     /// Ids deleted, or with `dryRun` the ids that would be deleted.
     public var affected: [String]?
     public var denies: [DenyRecord]?
+    /// One line for the operator (e.g. what a reload changed).
+    public var message: String?
 
     public init(
         ok: Bool, error: String? = nil, sessions: [SessionRecord]? = nil,
-        status: DaemonStatus? = nil, affected: [String]? = nil, denies: [DenyRecord]? = nil
+        status: DaemonStatus? = nil, affected: [String]? = nil, denies: [DenyRecord]? = nil, message: String? = nil
     ) {
+        self.message = message
         self.ok = ok
         self.error = error
         self.sessions = sessions

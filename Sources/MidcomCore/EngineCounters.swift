@@ -57,6 +57,9 @@ public struct EngineCounters: Sendable, Equatable {
     public var deniesLimited: UInt64 = 0
     /// SETUPs and REFRESHes answered on behalf of a responder that may not speak CSP (6.9).
     public var answeredForResponders: UInt64 = 0
+    /// Configuration reloads taken over, and the sessions they revoked (the new policy refused them).
+    public var reloads: UInt64 = 0
+    public var revoked: UInt64 = 0
 
     public var asDictionary: [String: UInt64] {
         [
@@ -75,7 +78,7 @@ public struct EngineCounters: Sendable, Equatable {
             "paths_added": pathsAdded, "paths_removed": pathsRemoved, "denies_installed": deniesInstalled,
             "denies_refreshed": deniesRefreshed, "denies_removed": deniesRemoved, "denies_expired": deniesExpired,
             "denies_refused": deniesRefused, "denies_limited": deniesLimited,
-            "answered_for_responders": answeredForResponders,
+            "answered_for_responders": answeredForResponders, "reloads": reloads, "revoked": revoked,
         ]
     }
 }

@@ -97,7 +97,7 @@ public struct GatewayEngine: Sendable {
     var announcedSources: Set<IPAddress> = []
     public static let announcesPerSecond = 100
     public let identity: MiddleboxIdentity
-    public let policy: Policy
+    public internal(set) var policy: Policy
     var configuration: MidcomConfiguration { policy.configuration }
     /// Stateless CHALLENGE tokens (docs/PROTOCOL.md 6.6).
     var challengeTokens: ChallengeTokens

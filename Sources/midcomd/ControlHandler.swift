@@ -39,6 +39,11 @@ extension Daemon {
             return ControlResponse(ok: true, affected: sessions.map { hex($0.id) }.sorted())
         case .status:
             return ControlResponse(ok: true, status: status())
+        case .reload:
+            switch reload(trigger: "midctl reload") {
+            case .success(let summary): return ControlResponse(ok: true, message: summary)
+            case .failure(let failure): return .failure("configuration not reloaded, still running on the previous one: \(failure)")
+            }
         case .denies:
             return ControlResponse(ok: true, denies: denyRecords())
         case .undeny:
@@ -154,6 +159,7 @@ extension Daemon {
         counters["malformed_packets"] = malformedPackets.load(ordering: .relaxed)
         counters["kernel_errors"] = kernelErrors.load(ordering: .relaxed)
         counters["replies_failed"] = failedReplies.load(ordering: .relaxed)
+        counters["reload_failures"] = reloadFailures.load(ordering: .relaxed)
         let cleaned = cleanup.counters
         counters["conntrack_deleted"] = cleaned.deleted
         counters["conntrack_cleanup_failures"] = cleaned.failures

@@ -54,8 +54,15 @@ final class Daemon: Sendable {
     let failedReplies = Atomic<UInt64>(0)
     let stopping = Atomic<Bool>(false)
 
-    init(configuration: MidcomConfiguration, log: Log, notifier: SystemdNotifier) throws {
+    /// The file and overrides the configuration came from: read again on reload.
+    let source: ConfigurationSource
+    let reloadFailures = Atomic<UInt64>(0)
+    /// One reload at a time (SIGHUP and `midctl reload` may meet).
+    let reloading = Mutex<Void>(())
+
+    init(configuration: MidcomConfiguration, source: ConfigurationSource, log: Log, notifier: SystemdNotifier) throws {
         self.configuration = configuration
+        self.source = source
         self.log = log
         self.notifier = notifier
         // First of all: a second daemon must fail before it touches anything the first one uses

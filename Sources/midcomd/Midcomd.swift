@@ -45,16 +45,14 @@ struct Midcomd: ParsableCommand {
         guard let level = levels[logLevel] else { throw ValidationError("--log-level must be one of error, warning, notice, info, debug") }
         let log = Log(threshold: level)
 
-        var configuration: MidcomConfiguration
+        let source = ConfigurationSource(path: config, controlSocket: controlSocket, queue: queue, stateDirectory: stateDir)
+        let configuration: MidcomConfiguration
         do {
-            configuration = try loadConfiguration(path: config)
+            configuration = try source.load()
         } catch {
             log(.error, "\(error)")
             throw ExitCode(78)
         }
-        if let controlSocket { configuration.controlSocket = controlSocket }
-        if let queue { configuration.queueNumber = queue }
-        if let stateDir { configuration.trust.stateDirectory = stateDir }
         if showKey {
             do {
                 let key = try PersistentIdentity.loadKey(directory: configuration.trust.stateDirectory)
@@ -77,7 +75,7 @@ struct Midcomd: ParsableCommand {
         let notifier = SystemdNotifier(environment: ProcessEnvironment.all)
         let daemon: Daemon
         do {
-            daemon = try Daemon(configuration: configuration, log: log, notifier: notifier)
+            daemon = try Daemon(configuration: configuration, source: source, log: log, notifier: notifier)
         } catch {
             log(.error, "cannot start: \(error)")
             throw ExitCode(1)
@@ -92,16 +90,24 @@ struct Midcomd: ParsableCommand {
             source.resume()
             return source
         }
-        // Reload is not implemented yet (docs: operations issue). SIGHUP used to kill the daemon
-        // (exit 129) and leave its queue rule behind; until reload exists it is ignored, loudly.
+        // SIGHUP reloads the configuration (as `midctl reload` does; its default action would
+        // kill the daemon and leave its queue rule behind). SIGUSR1/SIGUSR2 would kill it too:
+        // they are ignored, loudly.
         signal(SIGHUP, SIG_IGN)
         let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        hangup.setEventHandler {
-            log(.notice, "SIGHUP ignored: reloading is not implemented yet; restart midcomd to apply a new configuration")
-        }
+        hangup.setEventHandler { _ = daemon.reload(trigger: "SIGHUP") }
         hangup.resume()
+        signal(SIGUSR1, SIG_IGN)
+        signal(SIGUSR2, SIG_IGN)
+        let ignored = [SIGUSR1, SIGUSR2].map { number -> DispatchSourceSignal in
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { log(.notice, "signal \(number) ignored (SIGHUP reloads, SIGTERM stops)") }
+            source.resume()
+            return source
+        }
         defer {
             sources.forEach { $0.cancel() }
+            ignored.forEach { $0.cancel() }
             hangup.cancel()
         }
         do {
@@ -113,6 +119,23 @@ struct Midcomd: ParsableCommand {
         }
         daemon.shutdown()
         log(.notice, "midcomd stopped")
+    }
+}
+
+/// Where the configuration comes from: the file, and the command line's overrides, applied
+/// again at every reload.
+struct ConfigurationSource: Sendable {
+    var path: String
+    var controlSocket: String?
+    var queue: UInt16?
+    var stateDirectory: String?
+
+    func load() throws -> MidcomConfiguration {
+        var configuration = try loadConfiguration(path: path)
+        if let controlSocket { configuration.controlSocket = controlSocket }
+        if let queue { configuration.queueNumber = queue }
+        if let stateDirectory { configuration.trust.stateDirectory = stateDirectory }
+        return configuration
     }
 }
 

@@ -23,7 +23,7 @@ struct Midctl: ParsableCommand {
               3  midcomd could not be reached or gave no valid answer
                  (not running, permission denied, timeout)
             """,
-        subcommands: [Sessions.self, Show.self, Delete.self, Flush.self, Status.self, Denies.self, Undeny.self],
+        subcommands: [Sessions.self, Show.self, Delete.self, Flush.self, Status.self, Denies.self, Undeny.self, Reload.self],
         defaultSubcommand: Sessions.self
     )
 

@@ -121,6 +121,23 @@ struct Undeny: ParsableCommand {
     }
 }
 
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Read midcomd's configuration file again and take it over (as SIGHUP does).",
+        discussion: """
+            The file is validated completely first: on an error midcomd keeps running on the configuration in \
+            effect and midctl prints the error (file, line, fix) and exits 1. Sessions the new policy refuses are \
+            revoked; settings that need a restart (queues, sockets, table, [nat]) make the reload fail.
+            """)
+
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        let response = try connection.perform(ControlRequest(command: .reload))
+        print(response.message ?? "reloaded")
+    }
+}
+
 /// One line per session id, so that the output can be piped on.
 private func printAffected(_ ids: [String], dryRun: Bool) {
     for id in ids { print(dryRun ? "would delete \(id)" : "deleted \(id)") }

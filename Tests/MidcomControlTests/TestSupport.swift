@@ -56,6 +56,8 @@ enum Fixtures {
             return ControlResponse(ok: true, denies: [])
         case .undeny:
             return .failure("no DENY filter \(request.sessionID ?? "")")
+        case .reload:
+            return ControlResponse(ok: true, message: "reloaded")
         }
     }
 }

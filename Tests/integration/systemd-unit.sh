@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The systemd side: the unit verifies and scores <= 2.0 on `systemd-analyze security`, and the
-# daemon speaks sd_notify: READY=1 once serving, WATCHDOG=1 from the packet loop, STOPPING=1.
+# daemon speaks sd_notify: READY=1 once serving, WATCHDOG=1 from the packet loop, RELOADING=1
+# and READY=1 around a reload, STOPPING=1.
 source "$(dirname "$0")/lib.sh"
 lab_init systemd-unit
 
 step "systemd-analyze verify and security (offline)"
 unit_dir="$LAB_DIR/units"; mkdir -p "$unit_dir"
-# verify checks that ExecStart exists: point it at the freshly built binary.
-sed "s|/usr/local/sbin/midcomd|$BIN/midcomd|g" "$ROOT/systemd/midcomd.service" >"$unit_dir/midcomd.service"
+# verify checks that ExecStart and ExecReload exist: point them at the freshly built binaries.
+sed "s|/usr/local/sbin/|$BIN/|g" "$ROOT/systemd/midcomd.service" >"$unit_dir/midcomd.service"
+expect_match "$(cat "$unit_dir/midcomd.service")" "^ExecReload=$BIN/midctl --socket /run/midcom/control.sock reload$" "ExecReload waits for midctl reload"
 out=$(systemd-analyze verify "$unit_dir/midcomd.service" 2>&1) || fail "systemd-analyze verify: $out"
 expect_eq "$out" "" "systemd-analyze verify output"
 score=$(systemd-analyze security --offline=yes "$unit_dir/midcomd.service" 2>&1 | sed -n 's/.*Overall exposure level for midcomd.service: \([0-9.]*\).*/\1/p')
@@ -46,6 +48,10 @@ midctl gw status >/dev/null || fail "midctl after READY=1"
 sleep 1.2
 watchdogs=$(grep -c '^WATCHDOG=1' "$LAB_DIR/notify.log" || true)
 [ "$watchdogs" -ge 3 ] || fail "expected >= 3 WATCHDOG=1 in 1.2 s (every 250 ms), got $watchdogs"
+step "a reload says RELOADING=1, then READY=1 again"
+kill -HUP "$daemon"
+for _ in $(seq 1 50); do [ "$(grep -c '^READY=1' "$LAB_DIR/notify.log")" -ge 2 ] && break; sleep 0.1; done
+expect_match "$(grep -E '^(RELOADING|READY)=1' "$LAB_DIR/notify.log" | tr '\n' ' ')" "^READY=1 RELOADING=1 READY=1 $" "notifications around the reload"
 kill -TERM "$daemon"
 for _ in $(seq 1 50); do kill -0 "$daemon" 2>/dev/null || break; sleep 0.1; done
 expect_match "$(cat "$LAB_DIR/notify.log")" "STOPPING=1" "STOPPING=1"
