@@ -4,21 +4,24 @@
 # (3 in quick mode), median and spread; see docs/PERFORMANCE.md for what each figure means.
 # Prints the table and writes Benchmarks/results/latest.json. Benchmarks, not tests: nothing here fails on a
 # number; the script fails only when a measurement could not be made.
-#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, 11, 12, shorter runs
+#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, 11, 12, 13, shorter runs
 #   BENCH_RUNS=N        runs per figure (default 5, quick 3)
-#   BENCH_FIGURES="1 3" only these figures (1–12; 10 = the cost of trust: signed ÷ unsigned setups/s with
+#   BENCH_FIG13_PORTS=N ports per natpmpc loop in figure 13 (default 300, quick 150)
+#   BENCH_FIGURES="1 3" only these figures (1–13; 10 = the cost of trust: signed ÷ unsigned setups/s with
 #                       challenge = never, CPU per Ed25519 verification, and a spoofed-source SETUP flood against
 #                       the default trust settings while an initiator that answers CHALLENGEs sets up sessions;
 #                       11 = mobility: signed REBINDs/s ÷ signed re-SETUPs/s of the same sessions, and the
 #                       interruption of a UDP stream when its host's address changes under `csp keep`;
 #                       12 = DoS pushback: packets/s a DENY filter drops ÷ packets/s the gateway forwards of
-#                       the same spoofed flood without it, and the gateway's CPU per million packets)
+#                       the same spoofed flood without it, and the gateway's CPU per million packets;
+#                       13 = NAT-PMP mappings created+removed/s, midcomd ÷ miniupnpd, the same clients: Debian's
+#                       natpmpc, a process per request, and natpmpload)
 source "$(dirname "$0")/lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (namespaces, nftables, NFQUEUE): sudo make bench" >&2; exit 1; }
 QUICK=${BENCH_QUICK:-0}
-if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10 11 12"}
-else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10 11 12"}; fi
+if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10 11 12 13"}
+else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10 11 12 13"}; fi
 mkdir -p "$RESULTS" "$BIN"
 RAW="$RESULTS/raw.jsonl"
 : >"$RAW"
@@ -795,6 +798,235 @@ fig12_case() {
   fi
 }
 
+# MARK: figure 13 — NAT-PMP port mappings: midcomd ÷ miniupnpd, the same client (issue 12)
+# Two labs alike, side by side for the whole figure, so that only the daemon differs:
+#   client 10.201.1.2 — gw 10.201.1.1 | 10.201.2.1 — server 10.201.2.2 (bl_lab): midcomd in gw (release
+#     build, the shipped ruleset, `default = admit`, `unsignaled = drop`, [nat] with external address
+#     10.201.2.1, the client's /24 inside, port-mapping on: NAT-PMP on UDP 5351, a mapping is a session with
+#     a dnat4 element and a pinhole);
+#   uclient — ugw — userver with the same addresses (fig13_upnp_lab): miniupnpd 2.3.1 (Debian
+#     miniupnpd-nftables) in ugw, NAT-PMP on the client side, its external interface towards userver.
+# Both daemons pinned to READER_CPU, the client to LOAD_CPU; the client's commands are the same for both,
+# only the namespace they run in differs. Per run, the daemons in alternating order:
+#   natpmpc:    Benchmarks/natpmpc-loop.sh: Debian's unmodified natpmpc, a process per request (as a script or
+#               an application using libnatpmp runs it); for FIG13_PORTS distinct ports P, `natpmpc -a P P udp
+#               60` then `natpmpc -a P P udp 0`, at most FIG13_MAX_S s; granted cycles ÷ the loop's time.
+#   natpmpload: the C client of figure 8 (one socket, one request at a time, map + remove, ports from 20000),
+#               for D s; cycles/s.
+# A refused or unanswered request never counts as a cycle: natpmpc-loop.sh counts only cycles whose two
+# answers were grants, and a natpmpload run with any error result or timeout records no rate at all (the
+# report then prints the failure instead of a number). Before the runs one mapping per daemon must show up in
+# its kernel table and be gone after its removal (fig13_check); after every loop no DNAT to the client may
+# be left, and midcomd's `mapped` and `torn_down` counters must have moved by the cycles the client counted.
+# Daemon CPU per cycle (all the daemon's threads, fig13_cpu_ns) is recorded too.
+FIG13_PORTS=${BENCH_FIG13_PORTS:-}
+FIG13_MAX_S=30
+# miniupnpd 2.3.1 refuses every mapping when its external address is private or reserved: RFC 1918, the
+# TEST-NETs, 198.18/15, 240/4… (its addr_is_reserved list; "Port forwarding is impossible"). It also refuses
+# such an address as ext_ip, and this version has no option to allow one (ext_allow_private_ipv4 came
+# later), so, as in figure 8, ext_ip names a public-looking address. It is only a label in NAT-PMP answers:
+# miniupnpd's rules match its external interface, no packet is ever sent to the address, and nothing in
+# these namespaces routes anywhere outside them.
+FIG13_UPNP_EXT_IP=11.22.33.44
+FIG13_GW=10.201.1.1
+fig13() {
+  command -v natpmpc >/dev/null && command -v miniupnpd >/dev/null || {
+    echo "figure 13: needs natpmpc and miniupnpd (Debian natpmpc and miniupnpd-nftables: scripts/install-deps.sh bench)" >&2
+    return 1
+  }
+  local ports=${FIG13_PORTS:-300}; [ "$QUICK" = 1 ] && ports=${FIG13_PORTS:-150}
+  [ $((30000 + RUNS * ports)) -le 65535 ] || { echo "figure 13: $RUNS runs of $ports ports do not fit above port 30000" >&2; return 1; }
+  bl_lab
+  fig13_upnp_lab
+  bl_ruleset
+  bl_midcomd $'[policy]\ndefault = admit\nunsignaled = drop\n[nat]\nexternal-address = "10.201.2.1"\ninternal = "10.201.1.0/24"\nport-mapping = true'
+  fig13_miniupnpd
+  # The port of the check lies outside every run's ports.
+  fig13_check midcomd 29999
+  fig13_check miniupnpd 29999
+  for run in $(seq 1 "$RUNS"); do
+    local order="midcomd miniupnpd" d
+    [ $((run % 2)) = 0 ] && order="miniupnpd midcomd"
+    for d in $order; do fig13_natpmpc "$d" "$run" $((30000 + (run - 1) * ports)) "$ports"; done
+    for d in $order; do fig13_natpmpload "$d" "$run"; done
+    say "figure 13 run $run/$RUNS done"
+  done
+  record 13 midcomd rejected 1 "$(midcomd_counter rejected)"
+  bl_stop "$UPNP_PID"
+  bl_stop "$MIDCOMD_PID"
+}
+
+# fig13_upnp_lab: uclient — ugw — userver, addressed like bl_lab's client — gw — server (added to the
+# namespaces of the current lab, removed with them).
+fig13_upnp_lab() {
+  bl_ns uclient; bl_ns ugw; bl_ns userver
+  bl_link uclient ugw; bl_link ugw userver
+  in_ns uclient ip addr add 10.201.1.2/24 dev to-ugw
+  in_ns ugw ip addr add 10.201.1.1/24 dev to-uclient
+  in_ns ugw ip addr add 10.201.2.1/24 dev to-userver
+  in_ns userver ip addr add 10.201.2.2/24 dev to-ugw
+  in_ns uclient ip route add default via 10.201.1.1
+  in_ns userver ip route add default via 10.201.2.1
+  in_ns ugw sysctl -qw net.ipv4.ip_forward=1
+  in_ns ugw ip neigh replace 10.201.1.2 lladdr "$(in_ns uclient cat /sys/class/net/to-ugw/address)" dev to-uclient nud permanent
+  in_ns uclient ip neigh replace 10.201.1.1 lladdr "$(in_ns ugw cat /sys/class/net/to-uclient/address)" dev to-ugw nud permanent
+}
+
+# fig13_miniupnpd: miniupnpd in ugw on READER_CPU, NAT-PMP only (no UPnP IGD, no IPv6), secure mode (a
+# client maps only its own address, as midcomd), the client's /24 allowed; sets UPNP_PID. It runs as a
+# daemon with its default log level, not under -d: -d also turns on debug logging, about 20 lines per
+# mapping, and with no syslog socket in the lab glibc writes each to /dev/console (~2 ms a line), which held
+# figure 8's miniupnpd to ~40 cycles/s. Its start-up errors (before it forks) land in miniupnpd.log.
+fig13_miniupnpd() {
+  upnp_ruleset ugw
+  printf '%s\n' ext_ifname=to-userver "ext_ip=$FIG13_UPNP_EXT_IP" listening_ip=to-uclient enable_natpmp=yes enable_upnp=no \
+    ipv6_disable=yes secure_mode=yes 'allow 1024-65535 10.201.1.0/24 1024-65535' 'deny 0-65535 0.0.0.0/0 0-65535' \
+    >"$BL_DIR/miniupnpd.conf"
+  rm -f "$BL_DIR/miniupnpd.pid"
+  in_ns ugw taskset -c "$READER_CPU" timeout 10 miniupnpd -f "$BL_DIR/miniupnpd.conf" -P "$BL_DIR/miniupnpd.pid" \
+    >"$BL_DIR/miniupnpd.log" 2>&1 || { echo "figure 13: miniupnpd did not start: $(cat "$BL_DIR/miniupnpd.log")" >&2; return 1; }
+  UPNP_PID=
+  for _ in $(seq 1 50); do
+    [ -s "$BL_DIR/miniupnpd.pid" ] && { UPNP_PID=$(cat "$BL_DIR/miniupnpd.pid"); break; }
+    sleep 0.1
+  done
+  [ -n "$UPNP_PID" ] || { echo "figure 13: miniupnpd wrote no pid file: $(cat "$BL_DIR/miniupnpd.log")" >&2; return 1; }
+  BL_PIDS+=("$UPNP_PID")
+  for _ in $(seq 1 50); do
+    in_ns ugw ss -Hlun 'sport = :5351' | grep -q . && return 0
+    kill -0 "$UPNP_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "figure 13: miniupnpd is not listening on UDP 5351 (it logs to syslog; run it with -d to see why)" >&2
+  return 1
+}
+
+# fig13_cpu_ns PID: CPU time of all the process's threads in ns from /proc/PID/task/*/schedstat (ns resolution;
+# bl_proc_cpu_ns counts 10 ms ticks, too coarse for a few hundred mappings); the tick count where the kernel
+# keeps no schedstat.
+fig13_cpu_ns() {
+  if [ -r "/proc/$1/schedstat" ]; then cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'
+  else bl_proc_cpu_ns "$1"; fi
+}
+
+# fig13_ns DAEMON ROLE: the namespace of the client (ROLE client) or gateway (gw) of DAEMON's lab.
+fig13_ns() { if [ "$1" = midcomd ]; then echo "$2"; else echo "u$2"; fi; }
+fig13_pid() { if [ "$1" = midcomd ]; then echo "$MIDCOMD_PID"; else echo "$UPNP_PID"; fi; }
+
+# fig13_dnats DAEMON: the DNATs to the client in DAEMON's tables, one "external-port internal-port" line
+# each (midcomd: dnat4 elements; miniupnpd: the rules of its prerouting_miniupnpd chain).
+fig13_dnats() {
+  if [ "$1" = midcomd ]; then
+    in_ns gw nft list map inet midcom dnat4 | tr ',{}' '\n\n\n' \
+      | sed -n 's/.*10\.201\.2\.1 \. udp \. \([0-9]*\) .*: 10\.201\.1\.2 \. \([0-9]*\).*/\1 \2/p'
+  else
+    in_ns ugw nft list chain inet filter prerouting_miniupnpd \
+      | sed -n 's/.*th dport \([0-9]*\) dnat ip to 10\.201\.1\.2:\([0-9]*\).*/\1 \2/p'
+  fi
+}
+
+# fig13_filter DAEMON PORT: succeeds when DAEMON's forward filter lets the mapped flow in (midcomd: a
+# pinhole4 element for the client's port; miniupnpd: an accept rule for the port in its miniupnpd chain).
+fig13_filter() {
+  if [ "$1" = midcomd ]; then
+    in_ns gw nft list set inet midcom pinhole4 | grep -q "udp \. 10\.201\.1\.2 \. $2\b"
+  else
+    in_ns ugw nft list chain inet filter miniupnpd | grep -q "th dport $2 .*accept"
+  fi
+}
+
+# fig13_check DAEMON PORT: one mapping through natpmpc must be granted, installed (DNAT PORT → client:PORT and
+# the filter's pinhole) and, after its removal, gone. Fails the figure otherwise.
+fig13_check() {
+  local d=$1 p=$2 c out
+  c=$(fig13_ns "$d" client)
+  out=$(in_ns "$c" timeout 10 natpmpc -g "$FIG13_GW" -a "$p" "$p" udp 60 2>&1) \
+    && grep -q "Mapped public port $p protocol UDP to local port $p liftime [1-9]" <<<"$out" \
+    || { echo "figure 13: $d did not grant the mapping of UDP $p: $out" >&2; return 1; }
+  fig13_dnats "$d" | grep -qx "$p $p" && fig13_filter "$d" "$p" || {
+    echo "figure 13: $d granted UDP $p but its DNAT or pinhole is not in the kernel:" >&2
+    in_ns "$(fig13_ns "$d" gw)" nft list ruleset >&2
+    return 1
+  }
+  out=$(in_ns "$c" timeout 10 natpmpc -g "$FIG13_GW" -a "$p" "$p" udp 0 2>&1) \
+    && grep -q "Mapped public port 0 protocol UDP to local port $p liftime 0" <<<"$out" \
+    || { echo "figure 13: $d did not remove the mapping of UDP $p: $out" >&2; return 1; }
+  if fig13_dnats "$d" | grep -qx "$p $p" || fig13_filter "$d" "$p"; then
+    echo "figure 13: $d removed UDP $p but its DNAT or pinhole is still in the kernel" >&2
+    return 1
+  fi
+  record 13 "$d" installed_check 1 1
+}
+
+# fig13_counters: midcomd's "mapped torn_down" counters.
+fig13_counters() {
+  bl_midctl status --json | python3 -c "import json,sys; c=json.load(sys.stdin)['counters']; print(c.get('mapped', 0), c.get('torn_down', 0))"
+}
+
+# fig13_after DAEMON CASE RUN CYCLES M0 T0: what must hold after a loop whose client counted CYCLES granted
+# map + remove cycles: no DNAT to the client left; for midcomd, `mapped` and `torn_down` moved by CYCLES
+# (M0, T0: their values before the loop).
+fig13_after() {
+  local d=$1 c=$2 run=$3 n=$4 m0=$5 t0=$6 left m1 t1
+  left=$(fig13_dnats "$d" | wc -l)
+  record 13 "$c" leftover_dnat "$run" "$left"
+  [ "$left" = 0 ] || say "figure 13: $left DNAT(s) of $d left in the kernel after the $c loop of run $run"
+  if [ "$d" = midcomd ]; then
+    read -r m1 t1 < <(fig13_counters)
+    record 13 "$c" mapped_minus_cycles "$run" $((m1 - m0 - n))
+    record 13 "$c" torn_down_minus_cycles "$run" $((t1 - t0 - n))
+    [ $((m1 - m0)) = "$n" ] && [ $((t1 - t0)) = "$n" ] \
+      || say "figure 13: midcomd counted $((m1 - m0)) mappings and $((t1 - t0)) removals for $n granted cycles ($c, run $run)"
+  fi
+}
+
+# fig13_natpmpc DAEMON RUN FIRST_PORT PORTS: one natpmpc loop against DAEMON.
+fig13_natpmpc() {
+  local d=$1 run=$2 first=$3 n=$4 c="$1-natpmpc" pid out m0=0 t0=0 c0 c1 refused granted
+  pid=$(fig13_pid "$d")
+  [ "$d" = midcomd ] && read -r m0 t0 < <(fig13_counters)
+  c0=$(fig13_cpu_ns "$pid")
+  out=$(in_ns "$(fig13_ns "$d" client)" taskset -c "$LOAD_CPU" timeout $((FIG13_MAX_S + 15)) \
+    bash "$BENCH_DIR/natpmpc-loop.sh" "$FIG13_GW" "$first" "$n" "$FIG13_MAX_S") \
+    || { echo "figure 13: the natpmpc loop against $d failed: $out" >&2; return 1; }
+  c1=$(fig13_cpu_ns "$pid")
+  granted=$(echo "$out" | json_field granted)
+  refused=$(( $(echo "$out" | json_field map_refused) + $(echo "$out" | json_field unmap_refused) ))
+  record 13 "$c" ports "$run" "$(echo "$out" | json_field ports)"
+  record 13 "$c" granted "$run" "$granted"
+  record 13 "$c" refused "$run" "$refused"
+  if [ "$refused" -gt 0 ]; then
+    say "figure 13: $d REFUSED or left unanswered $refused natpmpc requests in run $run (no rate recorded): $(echo "$out" | json_field first_error)"
+  else
+    record 13 "$c" cycles_per_s "$run" "$(echo "$out" | json_field per_s)"
+    record 13 "$c" cpu_ns_per_cycle "$run" $(( (c1 - c0) / (granted > 0 ? granted : 1) ))
+  fi
+  fig13_after "$d" "$c" "$run" "$granted" "$m0" "$t0"
+}
+
+# fig13_natpmpload DAEMON RUN: natpmpload against DAEMON for D s.
+fig13_natpmpload() {
+  local d=$1 run=$2 c="$1-natpmpload" pid out m0=0 t0=0 c0 c1 refused cycles
+  pid=$(fig13_pid "$d")
+  [ "$d" = midcomd ] && read -r m0 t0 < <(fig13_counters)
+  c0=$(fig13_cpu_ns "$pid")
+  out=$(in_ns "$(fig13_ns "$d" client)" taskset -c "$LOAD_CPU" timeout $(( ${D%.*} + 10 )) "$BIN/natpmpload" "$FIG13_GW" -d "$D") \
+    || { echo "figure 13: natpmpload against $d failed: $out" >&2; return 1; }
+  c1=$(fig13_cpu_ns "$pid")
+  cycles=$(echo "$out" | json_field cycles)
+  refused=$(( $(echo "$out" | json_field errors) + $(echo "$out" | json_field timeouts) ))
+  record 13 "$c" refused "$run" "$refused"
+  if [ "$refused" -gt 0 ]; then
+    # natpmpload counts a cycle whose answers were errors: no rate from such a run.
+    say "figure 13: $d answered $(echo "$out" | json_field errors) natpmpload requests with an error and left $(echo "$out" | json_field timeouts) unanswered in run $run (no rate recorded)"
+  else
+    record 13 "$c" granted "$run" "$cycles"
+    record 13 "$c" cycles_per_s "$run" "$(echo "$out" | json_field per_s)"
+    record 13 "$c" cpu_ns_per_cycle "$run" $(( (c1 - c0) / (cycles > 0 ? cycles : 1) ))
+  fi
+  fig13_after "$d" "$c" "$run" "$cycles" "$m0" "$t0"
+}
+
 START=$(date +%s)
 for f in $FIGS; do say "figure $f"; "fig$f"; done
 python3 - "$META" <<PYEOF
@@ -805,3 +1037,5 @@ meta = {"kernel": os.uname().release, "cpus": os.cpu_count(), "runs": $RUNS, "qu
 json.dump(meta, open(sys.argv[1], "w"))
 PYEOF
 python3 "$BENCH_DIR/report.py" "$RAW" "$META" "$RESULTS/latest.json"
+# Figure 13's rows (their own script; it adds them to latest.json and prints them when the figure ran).
+python3 "$BENCH_DIR/report_fig13.py" "$RAW" "$RESULTS/latest.json"

@@ -31,6 +31,7 @@
 #include <libnftnl/rule.h>
 #include <libnftnl/expr.h>
 #include <libnftnl/set.h>
+#include <libnftnl/gen.h>
 
 // Layouts we read or write byte for byte.
 _Static_assert(sizeof(struct nlmsghdr) == 16, "struct nlmsghdr");

@@ -222,6 +222,8 @@ public struct DaemonStatus: Codable, Sendable, Equatable {
     public var sessions: Int
     /// Named event counters; printed in key order.
     public var counters: [String: UInt64]
+    /// The daemon's table in the kernel: "intact", or what an nftables reload did to it.
+    public var ruleset: String?
 
     public init(
         version: String, pid: Int32, uptimeSeconds: Double, epoch: UInt32,

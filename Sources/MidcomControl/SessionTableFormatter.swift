@@ -89,6 +89,7 @@ public enum SessionTableFormatter {
             ("epoch", String(status.epoch)),
             ("queues", queues),
             ("queue encoding", status.queueEncoding),
+            ("ruleset", status.ruleset ?? unknown),
             ("sessions", String(status.sessions)),
             ("counters", status.counters.isEmpty ? "none" : ""),
         ])

@@ -249,3 +249,14 @@ enum UserData {
         return nil
     }
 }
+
+/// A table as the kernel knows it: its handle (new whenever the table is created again) and its
+/// comment ("" when it has none).
+public struct NFTTableState: Equatable, Sendable {
+    public var handle: UInt64
+    public var comment: String
+    public init(handle: UInt64, comment: String) {
+        self.handle = handle
+        self.comment = comment
+    }
+}

@@ -134,7 +134,13 @@ public final class NFTablesClient: @unchecked Sendable {
     /// The table's comment (`table inet midcom { comment "…" }`): "" when it has none, nil when the
     /// table does not exist.
     public func tableComment(family: NFTFamily = .inet, table: String) throws(NetfilterError) -> String? {
-        try state.withLock { (state: inout State) throws(NetfilterError) -> String? in
+        try tableState(family: family, table: table)?.comment
+    }
+
+    /// The table's kernel handle and comment; nil when the table does not exist. A table deleted
+    /// and loaded again (`nft -f` of an include that deletes it first) has a new handle.
+    public func tableState(family: NFTFamily = .inet, table: String) throws(NetfilterError) -> NFTTableState? {
+        try state.withLock { (state: inout State) throws(NetfilterError) -> NFTTableState? in
             let target = Target.getTable(family: family, table: table)
             let sequence = state.next()
             guard let request = nftnl_table_alloc() else { throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM) }
@@ -150,11 +156,13 @@ public final class NFTablesClient: @unchecked Sendable {
             }
             try self.sendRequest(message, length: length, target: target)
             var comment = ""
+            var handle: UInt64 = 0
             do throws(NetfilterError) {
                 try self.receiveReplies(sequence: sequence, target: target) { nlh in
                     guard let found = nftnl_table_alloc() else { return ENOMEM }
                     defer { nftnl_table_free(found) }
                     guard nftnl_table_nlmsg_parse(nlh, found) >= 0 else { return EBADMSG }
+                    handle = nftnl_table_get_u64(found, attr(NFTNL_TABLE_HANDLE))
                     if nftnl_table_is_set(found, attr(NFTNL_TABLE_USERDATA)) {
                         var length: UInt32 = 0
                         if let data = nftnl_table_get_data(found, attr(NFTNL_TABLE_USERDATA), &length) {
@@ -164,11 +172,69 @@ public final class NFTablesClient: @unchecked Sendable {
                     }
                     return 0
                 }
-                return comment
+                return NFTTableState(handle: handle, comment: comment)
             } catch {
                 if error.errno == ENOENT { return nil }
                 throw error
             }
+        }
+    }
+
+    /// How many rules `chain` holds (NFT_MSG_GETRULE dump of that chain): 0 also when the chain
+    /// or its table does not exist.
+    public func ruleCount(family: NFTFamily = .inet, table: String, chain: String) throws(NetfilterError) -> Int {
+        try state.withLock { (state: inout State) throws(NetfilterError) -> Int in
+            let target = Target.listRules(family: family, table: table, chain: chain)
+            let sequence = state.next()
+            guard let request = nftnl_rule_alloc() else { throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM) }
+            defer { nftnl_rule_free(request) }
+            nftnl_rule_set_str(request, attr(NFTNL_RULE_TABLE), table)
+            nftnl_rule_set_str(request, attr(NFTNL_RULE_CHAIN), chain)
+            var message = [UInt8](repeating: 0, count: Int(cnf_mnl_socket_buffer_size()))
+            let length = message.withUnsafeMutableBytes { buffer -> Int in
+                let nlh = nftnl_nlmsg_build_hdr(buffer.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                                msgType(NFT_MSG_GETRULE), UInt16(family.rawValue),
+                                                UInt16(NLM_F_DUMP), sequence)!
+                nftnl_rule_nlmsg_build_payload(nlh, request)
+                return Int(nlh.pointee.nlmsg_len)
+            }
+            try self.sendRequest(message, length: length, target: target)
+            var count = 0
+            do throws(NetfilterError) {
+                try self.receiveReplies(sequence: sequence, target: target) { _ in
+                    count += 1
+                    return 0
+                }
+            } catch {
+                if error.errno == ENOENT { return 0 }
+                throw error
+            }
+            return count
+        }
+    }
+
+    /// The ruleset generation (NFT_MSG_GETGEN): every commit, by anyone, increments it. One small
+    /// request: cheap enough to ask several times a second.
+    public func generation() throws(NetfilterError) -> UInt32 {
+        try state.withLock { (state: inout State) throws(NetfilterError) -> UInt32 in
+            let target = Target.getGeneration
+            let sequence = state.next()
+            var message = [UInt8](repeating: 0, count: Int(cnf_mnl_socket_buffer_size()))
+            let length = message.withUnsafeMutableBytes { buffer -> Int in
+                let nlh = nftnl_nlmsg_build_hdr(buffer.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                                msgType(NFT_MSG_GETGEN), UInt16(AF_UNSPEC), UInt16(NLM_F_ACK), sequence)!
+                return Int(nlh.pointee.nlmsg_len)
+            }
+            try self.sendRequest(message, length: length, target: target)
+            var generation: UInt32 = 0
+            try self.receiveReplies(sequence: sequence, target: target) { nlh in
+                guard let gen = nftnl_gen_alloc() else { return ENOMEM }
+                defer { nftnl_gen_free(gen) }
+                guard nftnl_gen_nlmsg_parse(nlh, gen) >= 0 else { return EBADMSG }
+                generation = nftnl_gen_get_u32(gen, UInt16(NFTNL_GEN_ID))
+                return 0
+            }
+            return generation
         }
     }
 
@@ -390,6 +456,8 @@ enum Target {
     case listElements(family: NFTFamily, table: String, set: String)
     case getTable(family: NFTFamily, table: String)
     case getSet(family: NFTFamily, table: String, set: String)
+    case listRules(family: NFTFamily, table: String, chain: String)
+    case getGeneration
 
     var operation: String {
         switch self {
@@ -402,6 +470,8 @@ enum Target {
         case .listElements: "NFT_MSG_GETSETELEM"
         case .getTable: "NFT_MSG_GETTABLE"
         case .getSet: "NFT_MSG_GETSET"
+        case .listRules: "NFT_MSG_GETRULE"
+        case .getGeneration: "NFT_MSG_GETGEN"
         }
     }
 
@@ -416,6 +486,8 @@ enum Target {
         case .listElements(let family, let table, let set): "set \(family) \(table) \(set)"
         case .getTable(let family, let table): "table \(family) \(table)"
         case .getSet(let family, let table, let set): "set \(family) \(table) \(set)"
+        case .listRules(let family, let table, let chain): "chain \(family) \(table) \(chain)"
+        case .getGeneration: "the nftables ruleset"
         }
     }
 

@@ -160,6 +160,8 @@ extension Daemon {
         counters["kernel_errors"] = kernelErrors.load(ordering: .relaxed)
         counters["replies_failed"] = failedReplies.load(ordering: .relaxed)
         counters["reload_failures"] = reloadFailures.load(ordering: .relaxed)
+        counters["ruleset_lost"] = rulesetLost.load(ordering: .relaxed)
+        counters["ruleset_restored"] = rulesetRestored.load(ordering: .relaxed)
         let cleaned = cleanup.counters
         counters["conntrack_deleted"] = cleaned.deleted
         counters["conntrack_cleanup_failures"] = cleaned.failures
@@ -171,11 +173,13 @@ extension Daemon {
             }
         }
         let uptime = started.duration(to: .now)
-        return DaemonStatus(
+        var status = DaemonStatus(
             version: midcomVersion, pid: getpid(),
             uptimeSeconds: Double(uptime.components.seconds) + Double(uptime.components.attoseconds) / 1e18, epoch: epoch,
             queueNumbers: Array(configuration.queueNumber..<configuration.queueNumber + configuration.queueCount),
             queueEncoding: encoding.rawValue, sessions: count, counters: counters)
+        status.ruleset = rulesetCondition.withLock { $0 }.description
+        return status
     }
 }
 

@@ -57,6 +57,11 @@ final class Daemon: Sendable {
     /// The file and overrides the configuration came from: read again on reload.
     let source: ConfigurationSource
     let reloadFailures = Atomic<UInt64>(0)
+    /// Our table in the kernel, as the ruleset watch last saw it, and how often an nftables
+    /// reload took it away and we put it back.
+    let rulesetCondition = Mutex<RulesetCondition>(.intact)
+    let rulesetLost = Atomic<UInt64>(0)
+    let rulesetRestored = Atomic<UInt64>(0)
     /// One reload at a time (SIGHUP and `midctl reload` may meet).
     let reloading = Mutex<Void>(())
 
@@ -184,6 +189,7 @@ final class Daemon: Sendable {
             replies.run(shouldStop: { stopping.load(ordering: .relaxed) }) { transmit($0, sockets: &sockets) }
         }
         Thread.detachNewThread { [self] in self.adoptKernelState() }
+        Thread.detachNewThread { [self] in self.watchRuleset() }
         let identity = engine.withLock { $0.identity }
         log(.notice, "middlebox \(hex(identity.id)) key \(identity.key?.publicKey.text ?? "none") (challenge \(configuration.trust.challenge.rawValue), signatures \(configuration.trust.signatures.rawValue))")
         log(.notice, "midcomd started: queue \(queueDescription) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")

@@ -82,6 +82,7 @@ final class SessionTableFormatterTests: XCTestCase {
             epoch:          7
             queues:         0 1
             queue encoding: fanout
+            ruleset:        -
             sessions:       2
             counters:
               admitted          7

@@ -176,3 +176,26 @@ extension GatewayEngine {
     }
 }
 
+
+extension GatewayEngine {
+    /// Everything the engine holds in the kernel, as installs with what is left of each lifetime
+    /// and the sessions' tags: to put back after an nftables reload replaced our table (its sets
+    /// come back empty). Admissions a REBIND retires are left out: they were on their way out.
+    public func kernelState(now: Instant) -> [KernelChange] {
+        func left(_ expiresAt: Instant?, _ granted: UInt32) -> UInt32 {
+            guard let expiresAt else { return granted }
+            return UInt32(min(Double(UInt32.max), max(1, expiresAt.seconds(since: now).rounded(.up))))
+        }
+        var changes: [KernelChange] = []
+        changes.reserveCapacity(sessions.count + denies.count)
+        for session in sessions.all {
+            let lifetime = left(session.expiresAt, session.grantedLifetime)
+            for object in session.kernelObjects { changes.append(.install(object, lifetime: lifetime, tag: session.tag)) }
+        }
+        for entry in denies.entries.values {
+            changes.append(
+                .install(.denyFilter(entry.filter), lifetime: left(entry.expiresAt, entry.lifetime), tag: ElementTag(sessionID: entry.id, kind: .deny)))
+        }
+        return changes
+    }
+}
