@@ -42,24 +42,26 @@ let package = Package(
         .target(name: "MidcomKernel", dependencies: ["MidcomCore", "Netfilter", "CSPWire"]),
         .target(name: "MidcomControl", dependencies: ["SystemSupport"]),
         .target(name: "CSPHost", dependencies: ["CSPWire", "CSPTrust", "SystemSupport"]),
+        // The command-line conventions the three tools share (exit codes, unknown commands, version).
+        .target(name: "CommandLineSupport", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "midcomd",
             dependencies: [
-                "Netfilter", "CSPWire", "CSPTrust", "CSPHost", "MidcomCore", "MidcomKernel", "MidcomControl",
+                "Netfilter", "CSPWire", "CSPTrust", "CSPHost", "MidcomCore", "MidcomKernel", "MidcomControl", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "midctl",
             dependencies: [
-                "MidcomControl",
+                "MidcomControl", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
             name: "csp",
             dependencies: [
-                "CSPHost", "CSPWire", "CSPTrust", "SystemSupport",
+                "CSPHost", "CSPWire", "CSPTrust", "SystemSupport", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

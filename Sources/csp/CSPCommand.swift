@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandLineSupport
 import CSPHost
 import CSPTrust
 import CSPWire
@@ -20,11 +21,15 @@ struct CSPCommand: ParsableCommand {
             failed the trust check (forged, or signed by another key than pinned or remembered), \
             2 usage error.
             """,
+        version: midcomVersion,
         subcommands: [
             Setup.self, Refresh.self, Teardown.self, Rebind.self, AddPath.self, RemovePath.self, Keep.self, Listen.self,
             RendezvousService.self, Sessions.self, Deny.self, Discover.self, Keygen.self,
         ]
     )
+
+    /// Exit 2 on usage errors, "unknown command" for a word that names none.
+    static func main() { mainFollowingConventions() }
 }
 
 struct Common: ParsableArguments {

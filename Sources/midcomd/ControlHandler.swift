@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CSPWire
+import CommandLineSupport
 import MidcomControl
 import MidcomCore
 import MidcomKernel

@@ -2,11 +2,10 @@
 import Glibc
 #endif
 import ArgumentParser
+import CommandLineSupport
 import CSPWire
 import Dispatch
 import MidcomCore
-
-let midcomVersion = "0.1.0"
 
 /// `midcomd`: the Midcom gateway daemon.
 @main
@@ -17,7 +16,11 @@ struct Midcomd: ParsableCommand {
         discussion: """
             Needs the ruleset nft-rules/midcom.nft loaded (table inet midcom) and CAP_NET_ADMIN.
             Exit codes: 0 clean stop, 1 runtime failure, 2 usage, 78 configuration error (EX_CONFIG).
-            """)
+            """,
+        version: midcomVersion)
+
+    /// Exit 2 on usage errors (the argument parser's default is 64).
+    static func main() { mainFollowingConventions() }
 
     @Option(name: .shortAndLong, help: "Configuration file.")
     var config: String = MidcomConfiguration.defaultPath

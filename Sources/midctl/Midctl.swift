@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import CommandLineSupport
 import MidcomControl
 
 /// `midctl`: the operator's view of midcomd. Thin on purpose: parse arguments, send one request, print the answer.
@@ -23,27 +24,15 @@ struct Midctl: ParsableCommand {
               3  midcomd could not be reached or gave no valid answer
                  (not running, permission denied, timeout)
             """,
+        version: midcomVersion,
         subcommands: [Sessions.self, Show.self, Delete.self, Flush.self, Status.self, Denies.self, Undeny.self, Reload.self],
         defaultSubcommand: Sessions.self
     )
 
     @OptionGroup var connection: ConnectionOptions
 
-    static let usageExitCode: Int32 = 2
-
-    /// ArgumentParser exits with EX_USAGE (64) on usage errors; midctl uses 2 like most Unix tools (grep, ip).
-    static func main() {
-        do {
-            var command = try parseAsRoot()
-            try command.run()
-        } catch {
-            guard exitCode(for: error) == .validationFailure else { exit(withError: error) }
-            var message = fullMessage(for: error)
-            if message.hasPrefix("Error: ") { message = "midctl: " + message.dropFirst("Error: ".count) }
-            FileHandle.standardError.write(Data((message + "\n").utf8))
-            Foundation.exit(usageExitCode)
-        }
-    }
+    /// Exit 2 on usage errors, "unknown command" for a word that names none.
+    static func main() { mainFollowingConventions(rootOptionsWithValues: ["--socket"]) }
 }
 
 /// Options every subcommand shares; accepted before or after the subcommand name.
