@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import SystemSupport
 import Synchronization
@@ -5,9 +6,12 @@ import Synchronization
 /// The daemon side of the control socket (protocol in ControlProtocol.swift).
 ///
 /// midcomd creates one, calls `run()` on a dedicated thread, and calls `stop()` from its shutdown path.
-/// Connections are served one at a time on the `run()` thread: requests are rare and cheap, and serial service
-/// means the handler never runs concurrently with itself. The price is that one client can delay the next, so
-/// each connection is bounded by `connectionTimeout`.
+/// `run()` only accepts: each connection is served on a thread of its own, so an idle, slow or
+/// hostile client holds nothing but its own connection, and an operator's command is answered
+/// while it waits. Connections are bounded — per user (`connectionsPerUser`; root has a share of
+/// its own), in all (`maximumConnections`) and in time (a complete request within
+/// `connectionTimeout`; blank lines do not extend it) — and refusals are logged. The handler may
+/// therefore run on several threads at once: midcomd's handler takes its own locks.
 public final class ControlServer: Sendable {
     public let path: String
     private let listener: UnixStreamSocket
@@ -19,6 +23,14 @@ public final class ControlServer: Sendable {
     private let maxRequestLineBytes: Int
     private let access: ControlAccess
     private let stopped = Atomic<Bool>(false)
+    /// Connections being served, per user id and in all.
+    private let open = Mutex<(byUser: [UInt32: Int], total: Int)>(([:], 0))
+    public static let connectionsPerUser = 4
+    /// Root's own share: other users filling theirs cannot lock the operator out.
+    public static let connectionsForRoot = 8
+    public static let maximumConnections = 64
+    /// Refusals logged this second (a flood of connections must not become a flood of lines).
+    private let refusalLog = Mutex<(second: Int, count: Int)>((0, 0))
 
     /// Creates the socket at `path` (mode 0660) and starts listening; connections wait in the backlog until `run()`.
     ///
@@ -85,7 +97,7 @@ public final class ControlServer: Sendable {
             guard ready[0] else { continue }
             do {
                 let connection = try listener.accept()
-                if !serve(connection) { return }
+                admit(connection)
             } catch {
                 switch error.errno {
                 case EAGAIN, EWOULDBLOCK, ECONNABORTED:
@@ -109,60 +121,106 @@ public final class ControlServer: Sendable {
 
     // MARK: - Connections
 
-    /// Answers the requests of one connection until it ends; false if `stop()` interrupted it.
-    private func serve(_ connection: borrowing UnixStreamSocket) -> Bool {
-        do {
-            // A backstop: every wait below is bounded by poll() against the deadline anyway, except send().
-            try connection.setTimeouts(connectionTimeout)
-        } catch {
-            log("control socket \(path): setsockopt failed: \(ControlError.errnoText(error.errno))")
-            return true
+    /// A connection handed to its own thread.
+    private final class Connection: Sendable {
+        let socket: UnixStreamSocket
+        let peer: PeerCredentials
+        init(_ socket: consuming UnixStreamSocket, peer: PeerCredentials) {
+            self.socket = socket
+            self.peer = peer
         }
+    }
+
+    /// Serves `socket` on a thread of its own if its user and the server have room; otherwise
+    /// answers one error line at once and closes it.
+    private func admit(_ socket: consuming UnixStreamSocket) {
         let peer: PeerCredentials
         do {
-            peer = try connection.peerCredentials()
+            try socket.setTimeouts(connectionTimeout)
+            peer = try socket.peerCredentials()
         } catch {
-            log("control socket \(path): cannot read the peer's credentials: \(error)")
+            log("control socket \(path): cannot set up a connection: \(error)")
+            return
+        }
+        let share = peer.uid == 0 ? Self.connectionsForRoot : Self.connectionsPerUser
+        let admitted = open.withLock { open -> Bool in
+            // Root's share is counted apart from the total: the others cannot exhaust it.
+            guard open.byUser[peer.uid, default: 0] < share, peer.uid == 0 || open.total < Self.maximumConnections else { return false }
+            open.byUser[peer.uid, default: 0] += 1
+            if peer.uid != 0 { open.total += 1 }
             return true
         }
+        guard admitted else {
+            let message = "too many control connections from uid \(peer.uid) (at most \(share) at a time, \(Self.maximumConnections) in all)"
+            logRefusal("control socket \(path): refused a connection: \(message)")
+            _ = send(.failure(message), on: socket)
+            return
+        }
+        let connection = Connection(socket, peer: peer)
+        Thread.detachNewThread { [self] in
+            serve(connection.socket, peer: connection.peer)
+            open.withLock { open in
+                open.byUser[connection.peer.uid, default: 1] -= 1
+                if open.byUser[connection.peer.uid] == 0 { open.byUser[connection.peer.uid] = nil }
+                if connection.peer.uid != 0 { open.total -= 1 }
+            }
+        }
+    }
+
+    private func logRefusal(_ line: String) {
+        let now = Int(time(nil))
+        let first = refusalLog.withLock { state -> Bool in
+            if state.second != now { state = (now, 0) }
+            state.count += 1
+            return state.count <= 5
+        }
+        if first { log(line) }
+    }
+
+    /// Answers the requests of one connection until it ends, is idle too long, or `stop()`.
+    private func serve(_ connection: borrowing UnixStreamSocket, peer: PeerCredentials) {
         let newline = ControlLineCodec.newline
         var pending: [UInt8] = []
+        // A complete request must arrive within `connectionTimeout` of the connection or of the
+        // last answer; blank lines do not extend it (one blank line a second would hold the
+        // connection forever).
         var deadline = ContinuousClock.now + connectionTimeout
         while true {
             while let end = pending.firstIndex(of: newline) {
                 guard end <= maxRequestLineBytes else { return refuseOversizedLine(on: connection) }
                 let line = pending[..<end]
-                if !Self.isBlank(line) {
-                    guard respond(to: line, on: connection, peer: peer) else { return true }
+                let blank = Self.isBlank(line)
+                if !blank {
+                    guard respond(to: line, on: connection, peer: peer) else { return }
                 }
                 pending.removeSubrange(...end)
-                deadline = ContinuousClock.now + connectionTimeout
+                if !blank { deadline = ContinuousClock.now + connectionTimeout }
             }
             if pending.count > maxRequestLineBytes { return refuseOversizedLine(on: connection) }
 
             let ready: [Bool]?
             do {
-                ready = try pollReadable([connection.fd, wakeup.fd], timeout: deadline - ContinuousClock.now)
+                ready = try pollReadable([connection.fd, wakeup.fd], timeout: max(.zero, deadline - ContinuousClock.now))
             } catch {
                 log("control socket \(path): poll failed: \(ControlError.errnoText(error.errno))")
-                return true
+                return
             }
             guard let ready else {
-                if !pending.isEmpty { log("control socket \(path): client sent no complete request in time") }
-                return true
+                logRefusal("control socket \(path): closed a connection of uid \(peer.uid) that sent no complete request within \(connectionTimeout)")
+                return
             }
-            if ready[1] { return false }
+            if ready[1] { return }
             do {
                 let received = try connection.receive(appendingTo: &pending, limit: 4096)
                 if received == 0 {
                     // A last request without its newline (`printf '...' | socat`) is still answered.
                     if !Self.isBlank(pending[...]) { _ = respond(to: pending[...], on: connection, peer: peer) }
-                    return true
+                    return
                 }
             } catch where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
                 continue
             } catch {
-                return true  // ECONNRESET and the like: the client is gone
+                return  // ECONNRESET and the like: the client is gone
             }
         }
     }
@@ -190,10 +248,9 @@ public final class ControlServer: Sendable {
     }
 
     /// The line cannot be resynchronised (its end may be far away or never come), so answer and hang up.
-    private func refuseOversizedLine(on connection: borrowing UnixStreamSocket) -> Bool {
-        log("control socket \(path): request line longer than \(maxRequestLineBytes) bytes, connection closed")
+    private func refuseOversizedLine(on connection: borrowing UnixStreamSocket) {
+        logRefusal("control socket \(path): request line longer than \(maxRequestLineBytes) bytes, connection closed")
         _ = send(.failure("request line exceeds \(maxRequestLineBytes) bytes"), on: connection)
-        return true
     }
 
     private func send(_ response: ControlResponse, on connection: borrowing UnixStreamSocket) -> Bool {
