@@ -108,11 +108,22 @@ public struct MidcomConfiguration: Sendable, Equatable {
     /// Parses and validates a configuration file. Unknown sections and keys are errors (a typo
     /// must not silently fall back to a default on a firewall).
     public init(path: String, text: String) throws(ConfigError) {
+        try self.init(file: try ConfigFile(path: path, text: text))
+    }
+
+    public init(file: ConfigFile) throws(ConfigError) {
         self.init()
-        let file = try ConfigFile(path: path, text: text)
+        let path = file.path
         var defaultLifetimeLine: Int?
         for section in file.tables {
             var reader = TableReader(path: path, table: section)
+            let repeated = ["rule", "known-key"].contains(section.name)
+            if !section.name.isEmpty, section.isArrayElement != repeated {
+                throw ConfigError(
+                    path: path, line: section.line,
+                    message: repeated ? "[\(section.name)] is a repeated table" : "[[\(section.name)]] is not a repeated table",
+                    fix: repeated ? "write [[\(section.name)]]" : "write [\(section.name)]")
+            }
             switch section.name {
             case "":
                 if let first = section.values.first {
@@ -173,14 +184,14 @@ public struct MidcomConfiguration: Sendable, Equatable {
         encoding = try reader.choice("nfqueue-encoding", default: encoding)
         onDaemonAbsent = try reader.choice("on-daemon-absent", default: onDaemonAbsent)
         controlSocket = try reader.string("control-socket", default: controlSocket)
-        controlReadGroup = reader.optionalString("control-read-group")
-        controlAdminGroup = reader.optionalString("control-admin-group")
+        controlReadGroup = try reader.optionalString("control-read-group")
+        controlAdminGroup = try reader.optionalString("control-admin-group")
         queueMaximumLength = try reader.integer("queue-max-length", default: queueMaximumLength, range: 16...1_048_576)
         queueFailOpen = try reader.boolean("queue-fail-open", default: queueFailOpen)
         queueReceiveBuffer = try reader.integer("queue-receive-buffer", default: queueReceiveBuffer, range: 65536...(1 << 30))
         cspPort = try reader.integer("csp-port", default: cspPort, range: 1...65535)
         middleboxName = try reader.string("name", default: middleboxName)
-        if let v = reader.raw("id") {
+        if let v = try reader.raw("id") {
             guard v.text.count == 16, let id = UInt64(v.text, radix: 16) else {
                 throw reader.error(v, "id must be 16 hex digits, found '\(v.text)'", fix: "write e.g. id = \"4d6964636f6d0001\" (unique per middlebox)")
             }
@@ -202,11 +213,11 @@ public struct MidcomConfiguration: Sendable, Equatable {
         dropCacheLifetime = try reader.integer("drop-cache", default: dropCacheLifetime, range: 0...3600)
         maximumSessions = try reader.integer("max-sessions", default: maximumSessions, range: 1...50_000_000)
         legacyResponders = try reader.choice("legacy-responders", default: legacyResponders)
-        if let v = reader.raw("inside") {
+        if let (parts, v) = try reader.stringList("inside") {
             var prefixes: [IPPrefix] = []
-            for part in v.text.split(separator: ",") {
-                guard let prefix = IPPrefix(part.trimmingSpaces) else {
-                    throw reader.error(v, "'\(part.trimmingSpaces)' is not a prefix", fix: "write e.g. inside = \"192.168.0.0/16, 2001:db8:1::/48\"")
+            for part in parts {
+                guard let prefix = IPPrefix(part) else {
+                    throw reader.error(v, "'\(part)' is not a prefix", fix: "write e.g. inside = [\"192.168.0.0/16\", \"2001:db8:1::/48\"]")
                 }
                 prefixes.append(prefix)
             }
@@ -243,7 +254,7 @@ public struct NATConfiguration: Sendable, Equatable {
 
     init(reading reader: inout TableReader) throws(ConfigError) {
         let path = reader.path
-        guard let v = reader.raw("external-address") else {
+        guard let v = try reader.raw("external-address") else {
             throw ConfigError(path: path, line: reader.table.line, message: "[nat] needs external-address", fix: "add external-address = \"<the gateway's outside IPv4 address>\"")
         }
         guard let address = IPAddress(v.text), address.family == .ipv4 else {
@@ -251,9 +262,9 @@ public struct NATConfiguration: Sendable, Equatable {
         }
         externalAddress = address
         internalPrefixes = []
-        if let v = reader.raw("internal") {
-            for part in v.text.split(separator: ",") {
-                guard let prefix = IPPrefix(part.trimmingSpaces), prefix.address.family == .ipv4 else {
+        if let (parts, v) = try reader.stringList("internal") {
+            for part in parts {
+                guard let prefix = IPPrefix(part), prefix.address.family == .ipv4 else {
                     throw ConfigError(path: path, line: v.line, message: "'\(part)' is not an IPv4 prefix", fix: "write e.g. internal = \"10.0.0.0/8, 192.168.0.0/16\"")
                 }
                 internalPrefixes.append(prefix)
@@ -262,7 +273,7 @@ public struct NATConfiguration: Sendable, Equatable {
             internalPrefixes = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"].compactMap(IPPrefix.init)
         }
         ports = 20000...29999
-        if let v = reader.raw("port-range") {
+        if let v = try reader.raw("port-range") {
             let bounds = v.text.split(separator: "-").map { UInt16($0.trimmingSpaces) }
             guard bounds.count == 2, let low = bounds[0], let high = bounds[1], low > 0, low <= high else {
                 throw ConfigError(path: path, line: v.line, message: "'\(v.text)' is not a port range", fix: "write e.g. port-range = \"20000-29999\"")
@@ -284,29 +295,65 @@ struct TableReader {
         self.table = table
     }
 
-    mutating func raw(_ key: String) -> ConfigFile.Value? {
+    /// A value of any kind (for the keys that take more than one: `port` 5000 or "5000-5100").
+    mutating func anyValue(_ key: String) -> ConfigFile.Value? {
         used.insert(key)
         return table.value(key)
+    }
+
+    /// A string value; another kind is an error that says how to write it.
+    mutating func raw(_ key: String) throws(ConfigError) -> ConfigFile.Value? {
+        guard let v = anyValue(key) else { return nil }
+        guard case .string = v.kind else { throw mistyped(key, v, expected: "a string", example: "\(key) = \"\(v.text)\"") }
+        return v
     }
 
     func error(_ value: ConfigFile.Value, _ message: String, fix: String) -> ConfigError {
         ConfigError(path: path, line: value.line, message: message, fix: fix)
     }
 
+    func mistyped(_ key: String, _ value: ConfigFile.Value, expected: String, example: String) -> ConfigError {
+        error(value, "'\(key)' must be \(expected), found \(value.typeName) (\(value.text))", fix: "write \(example)")
+    }
+
     mutating func string(_ key: String, default fallback: String) throws(ConfigError) -> String {
-        guard let v = raw(key) else { return fallback }
+        guard let v = try raw(key) else { return fallback }
         guard !v.text.isEmpty else { throw error(v, "'\(key)' is empty", fix: "give it a value or remove the line") }
         return v.text
     }
 
-    mutating func optionalString(_ key: String) -> String? { raw(key)?.text }
+    mutating func optionalString(_ key: String) throws(ConfigError) -> String? { try raw(key)?.text }
+
+    /// Prefixes as an array of strings, or one string with commas (`"10.0.0.0/8, 192.168.0.0/16"`).
+    mutating func stringList(_ key: String) throws(ConfigError) -> (items: [String], value: ConfigFile.Value)? {
+        guard let v = anyValue(key) else { return nil }
+        switch v.kind {
+        case .string(let text):
+            return (text.split(separator: ",").map(\.trimmingSpaces), v)
+        case .array(let items):
+            var strings: [String] = []
+            for item in items {
+                guard case .string(let text) = item.kind else {
+                    throw mistyped(key, item, expected: "a list of strings", example: "\(key) = [\"10.0.0.0/8\", \"192.168.0.0/16\"]")
+                }
+                strings.append(text.trimmingSpaces)
+            }
+            return (strings, v)
+        default:
+            throw mistyped(key, v, expected: "a list of strings", example: "\(key) = [\"10.0.0.0/8\", \"192.168.0.0/16\"]")
+        }
+    }
 
     mutating func integer<T: FixedWidthInteger>(_ key: String, default fallback: T, range: ClosedRange<T>? = nil)
         throws(ConfigError) -> T
     {
-        guard let v = raw(key) else { return fallback }
-        guard let n = T(v.text) else {
-            throw error(v, "'\(key)' must be a whole number, found '\(v.text)'", fix: "write e.g. \(key) = \(fallback)")
+        guard let v = anyValue(key) else { return fallback }
+        guard case .integer(let number) = v.kind else {
+            let example = Int64(v.text) != nil ? "\(key) = \(v.text) (no quotes)" : "\(key) = \(fallback)"
+            throw mistyped(key, v, expected: "a whole number", example: example)
+        }
+        guard let n = T(exactly: number) else {
+            throw error(v, "'\(key)' = \(number) is out of range", fix: "use a value from \(range?.lowerBound ?? T.min) to \(range?.upperBound ?? T.max)")
         }
         if let range, !range.contains(n) {
             throw error(v, "'\(key)' = \(n) is out of range", fix: "use a value from \(range.lowerBound) to \(range.upperBound)")
@@ -315,20 +362,22 @@ struct TableReader {
     }
 
     mutating func boolean(_ key: String, default fallback: Bool) throws(ConfigError) -> Bool {
-        guard let v = raw(key) else { return fallback }
-        switch v.text {
-        case "true", "yes", "on": return true
-        case "false", "no", "off": return false
-        default: throw error(v, "'\(key)' must be true or false, found '\(v.text)'", fix: "write \(key) = true or \(key) = false")
+        guard let v = anyValue(key) else { return fallback }
+        guard case .boolean(let b) = v.kind else {
+            throw mistyped(key, v, expected: "true or false", example: "\(key) = \(fallback)")
         }
+        return b
     }
 
     mutating func choice<T: RawRepresentable & CaseIterable>(_ key: String, default fallback: T) throws(ConfigError) -> T
     where T.RawValue == String {
-        guard let v = raw(key) else { return fallback }
-        guard let c = T(rawValue: v.text) else {
-            let options = T.allCases.map(\.rawValue).joined(separator: ", ")
-            throw error(v, "'\(key)' cannot be '\(v.text)'", fix: "use one of: \(options)")
+        guard let v = anyValue(key) else { return fallback }
+        let options = T.allCases.map(\.rawValue).joined(separator: ", ")
+        guard case .string(let text) = v.kind else {
+            throw mistyped(key, v, expected: "one of \(options) in quotes", example: "\(key) = \"\(fallback.rawValue)\"")
+        }
+        guard let c = T(rawValue: text) else {
+            throw error(v, "'\(key)' cannot be '\(text)'", fix: "use one of: \(options)")
         }
         return c
     }

@@ -80,28 +80,44 @@ public struct PolicyRule: Sendable, Equatable {
         func fail(_ value: ConfigFile.Value, _ message: String, _ fix: String) -> ConfigError {
             ConfigError(path: path, line: value.line, message: message, fix: fix)
         }
-        name = reader.optionalString("name") ?? "rule-\(index + 1)"
-        if let v = reader.raw("proto") {
-            guard let p = IPProtocol(name: v.text) else { throw fail(v, "unknown protocol '\(v.text)'", "use tcp, udp, sctp or a number") }
-            proto = p
+        name = try reader.optionalString("name") ?? "rule-\(index + 1)"
+        if let v = reader.anyValue("proto") {
+            switch v.kind {
+            case .string(let name):
+                guard let p = IPProtocol(name: name) else { throw fail(v, "unknown protocol '\(name)'", "use \"tcp\", \"udp\", \"sctp\" or a number") }
+                proto = p
+            case .integer(let number):
+                guard let n = UInt8(exactly: number) else { throw fail(v, "protocol \(number) is out of range", "use a number from 0 to 255") }
+                proto = IPProtocol(rawValue: n)
+            default:
+                throw fail(v, "'proto' must be a protocol name or number, found \(v.typeName)", "write proto = \"tcp\"")
+            }
         }
-        if let v = reader.raw("source") {
+        if let v = try reader.raw("source") {
             guard let p = IPPrefix(v.text) else { throw fail(v, "'\(v.text)' is not an address prefix", "write e.g. 10.0.1.0/24 or 2001:db8::/64") }
             source = p
         }
-        if let v = reader.raw("destination") {
+        if let v = try reader.raw("destination") {
             guard let p = IPPrefix(v.text) else { throw fail(v, "'\(v.text)' is not an address prefix", "write e.g. 10.0.2.0/24 or 2001:db8::/64") }
             destination = p
         }
-        if let v = reader.raw("port") {
-            let bounds = v.text.split(separator: "-", maxSplits: 1).map { UInt16($0.trimmingSpaces) }
-            guard let low = bounds.first ?? nil, let high = bounds.last ?? nil, low <= high else {
-                throw fail(v, "'\(v.text)' is not a port or port range", "write e.g. port = 5000 or port = \"5000-5100\"")
+        if let v = reader.anyValue("port") {
+            switch v.kind {
+            case .integer(let number):
+                guard let port = UInt16(exactly: number) else { throw fail(v, "port \(number) is out of range", "use 0 to 65535") }
+                ports = port...port
+            case .string(let text):
+                let bounds = text.split(separator: "-", maxSplits: 1).map { UInt16($0.trimmingSpaces) }
+                guard let low = bounds.first ?? nil, let high = bounds.last ?? nil, low <= high else {
+                    throw fail(v, "'\(text)' is not a port or port range", "write e.g. port = 5000 or port = \"5000-5100\"")
+                }
+                ports = low...high
+            default:
+                throw fail(v, "'port' must be a number or a range in quotes, found \(v.typeName)", "write e.g. port = 5000 or port = \"5000-5100\"")
             }
-            ports = low...high
         }
-        application = reader.optionalString("application")
-        if let v = reader.raw("direction") {
+        application = try reader.optionalString("application")
+        if let v = try reader.raw("direction") {
             switch v.text {
             case "incoming": incoming = true
             case "outgoing": incoming = false
@@ -110,11 +126,11 @@ public struct PolicyRule: Sendable, Equatable {
             }
         }
         guard table(reader).value("action") != nil else {
-            throw ConfigError(path: path, line: reader.table.line, message: "[[rule]] '\(name)' has no action", fix: "add action = admit, reject or redirect")
+            throw ConfigError(path: path, line: reader.table.line, message: "[[rule]] '\(name)' has no action", fix: "add action = \"admit\", \"reject\" or \"redirect\"")
         }
         action = try reader.choice("action", default: PolicyAction.admit)
-        reason = reader.optionalString("reason")
-        if let v = reader.raw("redirect-to") {
+        reason = try reader.optionalString("reason")
+        if let v = try reader.raw("redirect-to") {
             guard let e = CSPEndpoint(parsing: v.text) else {
                 throw fail(v, "'\(v.text)' is not an address:port", "write e.g. redirect-to = \"10.0.3.2:3128\" or \"[2001:db8::3]:3128\"")
             }
@@ -123,9 +139,8 @@ public struct PolicyRule: Sendable, Equatable {
         if action == .redirect, redirectTarget == nil {
             throw ConfigError(path: path, line: reader.table.line, message: "[[rule]] '\(name)' redirects but has no target", fix: "add redirect-to = \"address:port\"")
         }
-        if let v = reader.raw("max-lifetime") {
-            guard let n = UInt32(v.text), n > 0 else { throw fail(v, "max-lifetime must be a positive number of seconds", "write e.g. max-lifetime = 300") }
-            maximumLifetime = n
+        if reader.table.value("max-lifetime") != nil {
+            maximumLifetime = try reader.integer("max-lifetime", default: UInt32(300), range: 1...604800)
         }
         if reader.table.value("signatures") != nil {
             signatures = try reader.choice("signatures", default: SignatureRequirement.none)

@@ -43,6 +43,9 @@ struct Midcomd: ParsableCommand {
     @Flag(help: "Print the middlebox's public key (creating it on first use) and exit.")
     var showKey = false
 
+    @Flag(help: "With --check: also print the file as a TOML parser reads it (JSON, sorted keys).")
+    var printConfig = false
+
     mutating func run() throws {
         let levels: [String: Log.Level] = ["error": .error, "warning": .warning, "notice": .notice, "info": .info, "debug": .debug]
         guard let level = levels[logLevel] else { throw ValidationError("--log-level must be one of error, warning, notice, info, debug") }
@@ -70,6 +73,12 @@ struct Midcomd: ParsableCommand {
             do { _ = try controlAccess(configuration) } catch {
                 log(.error, "\(config): \(error)")
                 throw ExitCode(78)
+            }
+            if printConfig {
+                do { print(try readConfigurationFile(path: config)?.json ?? "{}") } catch {
+                    log(.error, "\(error)")
+                    throw ExitCode(78)
+                }
             }
             print("\(config): configuration OK (\(configuration.rules.count) rule(s), queue \(configuration.queueNumber))")
             return
@@ -142,19 +151,40 @@ struct ConfigurationSource: Sendable {
     }
 }
 
-/// Reads the configuration; a missing file at the default path means "all defaults".
+/// Reads the configuration; a missing file at the default path means "all defaults". Anything
+/// but a regular file of at most `ConfigFile.maximumSize` octets is refused with the reason.
 func loadConfiguration(path: String) throws -> MidcomConfiguration {
-    guard let file = fopen(path, "r") else {
-        if errno == ENOENT, path == MidcomConfiguration.defaultPath { return MidcomConfiguration() }
-        throw ConfigError(path: path, line: 0, message: "cannot read: \(String(cString: strerror(errno)))", fix: "check the path given with --config")
+    try MidcomConfiguration(file: try readConfigurationFile(path: path) ?? ConfigFile(path: path, text: ""))
+}
+
+/// The parsed file; nil when the default path does not exist.
+func readConfigurationFile(path: String) throws -> ConfigFile? {
+    func failure(_ message: String, _ fix: String) -> ConfigError { ConfigError(path: path, line: 0, message: message, fix: fix) }
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else {
+        if errno == ENOENT, path == MidcomConfiguration.defaultPath { return nil }
+        throw failure("cannot read: \(String(cString: strerror(errno)))", "check the path given with --config")
     }
-    defer { fclose(file) }
-    var text = ""
-    var buffer = [CChar](repeating: 0, count: 4096)
-    while fgets(&buffer, Int32(buffer.count), file) != nil {
-        text += String(cString: buffer)
+    defer { close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0 else { throw failure("cannot read: \(String(cString: strerror(errno)))", "check the file") }
+    // /dev/null (an empty configuration: all defaults) is a character device; a directory is not.
+    guard info.st_mode & S_IFMT == S_IFREG || info.st_mode & S_IFMT == S_IFCHR else {
+        throw failure(info.st_mode & S_IFMT == S_IFDIR ? "is a directory, not a file" : "is not a regular file", "give the configuration file, e.g. --config /etc/midcom/midcomd.conf")
     }
-    return try MidcomConfiguration(path: path, text: text)
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0, errno == EINTR { continue }
+        guard count >= 0 else { throw failure("cannot read: \(String(cString: strerror(errno)))", "check the file") }
+        if count == 0 { break }
+        bytes += buffer[0..<count]
+        guard bytes.count <= ConfigFile.maximumSize else {
+            throw failure("the file is larger than \(ConfigFile.maximumSize) octets", "a configuration is a few kilobytes: check that this is the right file")
+        }
+    }
+    return try ConfigFile(path: path, bytes: bytes)
 }
 
 enum ProcessEnvironment {

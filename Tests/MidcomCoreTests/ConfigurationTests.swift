@@ -21,8 +21,9 @@ final class ConfigurationTests: XCTestCase {
     }
 
     func testBooleans() throws {
-        XCTAssertTrue(try MidcomConfiguration(path: "x", text: "[daemon]\nqueue-fail-open = yes\n").queueFailOpen)
-        assertConfigError("[daemon]\nqueue-fail-open = maybe\n", line: 2, contains: "must be true or false")
+        XCTAssertTrue(try MidcomConfiguration(path: "x", text: "[daemon]\nqueue-fail-open = true\n").queueFailOpen)
+        assertConfigError("[daemon]\nqueue-fail-open = \"yes\"\n", line: 2, contains: "must be true or false, found a string")
+        assertConfigError("[daemon]\nqueue-fail-open = yes\n", line: 2, contains: "'yes' is not a TOML value")
     }
 
     func testEmptyFileGivesDefaults() throws {
@@ -41,21 +42,23 @@ final class ConfigurationTests: XCTestCase {
     func testErrorsNameFileLineAndFix() {
         assertConfigError("[daemon]\nqueue = 0\nqeue-count = 2\n", line: 3, contains: "unknown key 'qeue-count'")
         assertConfigError("[daemon]\nqueue-cont = 2\n", line: 2, contains: "did you mean 'queue-count'")
-        assertConfigError("[daemon]\nqueue = many\n", line: 2, contains: "must be a whole number")
-        assertConfigError("[daemon]\nqueue = 70000\n", line: 2, contains: "must be a whole number")
+        assertConfigError("[daemon]\nqueue = \"many\"\n", line: 2, contains: "must be a whole number")
+        assertConfigError("[daemon]\nqueue = 70000\n", line: 2, contains: "is out of range")
+        assertConfigError("[daemon]\nqueue = \"3\"\n", line: 2, contains: "must be a whole number, found a string")
         assertConfigError("[daemon]\nqueue-count = 0\n", line: 2, contains: "use a value from 1 to 64")
-        assertConfigError("[policy]\nunsignaled = maybe\n", line: 2, contains: "use one of: drop, default-policy, admit")
+        assertConfigError("[policy]\nunsignaled = \"maybe\"\n", line: 2, contains: "use one of: drop, default-policy, admit")
         assertConfigError("queue = 1\n", line: 1, contains: "outside any section")
-        assertConfigError("[daemon\n", line: 1, contains: "malformed section header")
+        assertConfigError("[daemon\n", line: 1, contains: "malformed table header")
         assertConfigError("[deamon]\n", line: 1, contains: "unknown section [deamon]")
         assertConfigError("[daemon]\nname = \"gw\n", line: 2, contains: "unterminated string")
-        assertConfigError("[daemon]\nname\n", line: 2, contains: "expected 'key = value'")
-        assertConfigError("\n\n[[rule]]\nproto = udp\n", line: 3, contains: "has no action")
-        assertConfigError("[[rule]]\naction = redirect\n", line: 1, contains: "has no target")
-        assertConfigError("[[rule]]\naction = admit\nproto = udpp\n", line: 3, contains: "unknown protocol")
-        assertConfigError("[[rule]]\naction = admit\ndestination = 10.0.0.0/33\n", line: 3, contains: "not an address prefix")
-        assertConfigError("[[rule]]\naction = admit\nport = 90-80\n", line: 3, contains: "port range")
-        assertConfigError("[[rule]]\naction = redirect\nredirect-to = \"10.0.0.1\"\n", line: 3, contains: "not an address:port")
+        assertConfigError("[daemon]\nname\n", line: 2, contains: "expected '=' after 'name'")
+        assertConfigError("\n\n[[rule]]\nproto = \"udp\"\n", line: 3, contains: "has no action")
+        assertConfigError("[[rule]]\naction = \"redirect\"\n", line: 1, contains: "has no target")
+        assertConfigError("[[rule]]\naction = \"admit\"\nproto = \"udpp\"\n", line: 3, contains: "unknown protocol")
+        assertConfigError("[[rule]]\naction = \"admit\"\ndestination = \"10.0.0.0/33\"\n", line: 3, contains: "not an address prefix")
+        assertConfigError("[[rule]]\naction = \"admit\"\ndestination = 10.0.0.0/8\n", line: 3, contains: "is not a TOML value: strings are quoted")
+        assertConfigError("[[rule]]\naction = \"admit\"\nport = \"90-80\"\n", line: 3, contains: "port range")
+        assertConfigError("[[rule]]\naction = \"redirect\"\nredirect-to = \"10.0.0.1\"\n", line: 3, contains: "not an address:port")
         assertConfigError("[policy]\ndefault-lifetime = 100\nmax-lifetime = 50\n", line: 2, contains: "exceeds max-lifetime")
     }
 
@@ -64,15 +67,15 @@ final class ConfigurationTests: XCTestCase {
         let key = "csp-ed25519 8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
         let text = """
             [trust]
-            signatures = known-keys
-            challenge = auto
+            signatures = \"known-keys\"
+            challenge = \"auto\"
             challenge-threshold = 500
 
             [[rule]]
             name = "open"
-            direction = outgoing
-            action = admit
-            signatures = none
+            direction = \"outgoing\"
+            action = \"admit\"
+            signatures = \"none\"
 
             [[known-key]]
             name = "ana"
@@ -88,12 +91,12 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(config.trust.knownKeys.first?.name, "ana")
         XCTAssertEqual(config.trust.knownKeys.first?.key.text, key)
         XCTAssertEqual(config.trust.knownKeys.first?.source, IPPrefix("10.0.1.0/24"))
-        assertConfigError("[trust]\nsignatures = some\n", line: 2, contains: "use one of: none, any-key, known-keys")
-        assertConfigError("[trust]\nsignatures = known-keys\n", line: 2, contains: "no [[known-key]] is listed")
+        assertConfigError("[trust]\nsignatures = \"some\"\n", line: 2, contains: "use one of: none, any-key, known-keys")
+        assertConfigError("[trust]\nsignatures = \"known-keys\"\n", line: 2, contains: "no [[known-key]] is listed")
         assertConfigError("[[known-key]]\nname = \"x\"\n", line: 1, contains: "has no key")
         assertConfigError("[[known-key]]\nkey = \"ssh-ed25519 AAAA\"\n", line: 2, contains: "paste the line `csp keygen` printed")
         assertConfigError("[[known-key]]\nkey = \"\(key)\"\nsource = \"10.0.1/24\"\n", line: 3, contains: "not an address prefix")
-        assertConfigError("[trust]\nchalenge = never\n", line: 2, contains: "did you mean 'challenge'")
+        assertConfigError("[trust]\nchalenge = \"never\"\n", line: 2, contains: "did you mean 'challenge'")
     }
 
     func testCommentsAndQuotedHashes() throws {
@@ -103,9 +106,42 @@ final class ConfigurationTests: XCTestCase {
 
     func testRedirectRuleParsesIPv6Target() throws {
         let config = try MidcomConfiguration(
-            path: "x", text: "[[rule]]\nproto = tcp\nport = \"80-81\"\naction = redirect\nredirect-to = \"[2001:db8::3]:3128\"\n")
+            path: "x", text: "[[rule]]\nproto = \"tcp\"\nport = \"80-81\"\naction = \"redirect\"\nredirect-to = \"[2001:db8::3]:3128\"\n")
         XCTAssertEqual(config.rules[0].redirectTarget, CSPEndpoint(address: IPAddress("2001:db8::3")!, port: 3128))
         XCTAssertEqual(config.rules[0].ports, 80...81)
+    }
+
+    /// TOML as TOML reads it, and the mistakes a firewall's configuration must not swallow.
+    func testTOML() throws {
+        let text = "\u{FEFF}[daemon]\r\nname = 'gw-edge' # literal\r\nqueue = 0x3\r\nqueue-max-length = 1_024\r\ncontrol-socket = \"/run/x\\u00e9.sock\"\r\n\r\n[nat]\r\nexternal-address = \"203.0.113.1\"\r\ninternal = [\r\n  \"10.0.0.0/8\", # office\r\n  \"192.168.0.0/16\",\r\n]\r\n"
+        let config = try MidcomConfiguration(path: "x", text: text)
+        XCTAssertEqual(config.middleboxName, "gw-edge", "a literal string keeps no quotes")
+        XCTAssertEqual(config.queueNumber, 3)
+        XCTAssertEqual(config.queueMaximumLength, 1024)
+        XCTAssertEqual(config.controlSocket, "/run/x\u{e9}.sock")
+        XCTAssertEqual(config.nat?.internalPrefixes.map(\.description), ["10.0.0.0/8", "192.168.0.0/16"])
+        assertConfigError("[daemon]\n# a comment \u{0}\nqueue = 1\n", line: 2, contains: "control character")
+        assertConfigError("[daemon]\nqueue = 1\nqueue = 2\n", line: 3, contains: "'queue' is set twice in [daemon] (first on line 2)")
+        assertConfigError("[daemon]\nqueue = 1\n[policy]\n[daemon]\n", line: 4, contains: "[daemon] is declared twice (first on line 1)")
+        assertConfigError("[[rule]]\naction = \"admit\"\n[rule]\n", line: 3, contains: "conflicts with [[rule]]")
+        assertConfigError("[rule]\naction = \"admit\"\n", line: 1, contains: "write [[rule]]")
+        assertConfigError("[[daemon]]\n", line: 1, contains: "write [daemon]")
+        assertConfigError("[daemon]\nqueue = 1.5\n", line: 2, contains: "not used in midcomd.conf")
+        assertConfigError("[daemon]\nname = { a = 1 }\n", line: 2, contains: "an inline table is valid TOML but not used")
+        assertConfigError("[daemon]\nname.x = \"a\"\n", line: 2, contains: "a dotted key is valid TOML but not used")
+        assertConfigError("[daemon]\nname = \"a\" \"b\"\n", line: 2, contains: "unexpected")
+        assertConfigError("[daemon]\nqueue = 01\n", line: 2, contains: "not a whole number TOML accepts")
+        assertConfigError("[daemon]\nname = \"bad \\q escape\"\n", line: 2, contains: "invalid escape")
+        assertConfigError("[daemon]\r[policy]\n", line: 1, contains: "unexpected")
+        XCTAssertThrowsError(try ConfigFile(path: "x", bytes: Array("[daemon]\nname = \"".utf8) + [0xFF, 0x22, 0x0A])) {
+            XCTAssertTrue("\($0)".contains("x:2: the file is not UTF-8"), "\($0)")
+        }
+        XCTAssertThrowsError(try ConfigFile(path: "x", text: String(repeating: "#\n", count: ConfigFile.maximumSize))) {
+            XCTAssertTrue("\($0)".contains("more than \(ConfigFile.maximumSize)"), "\($0)")
+        }
+        XCTAssertEqual(
+            try ConfigFile(path: "x", text: "[b]\nk = [1, \"x\", true]\n[[r]]\nn = 1\n[[r]]\nn = 2\n").json,
+            #"{"b": {"k": [1, "x", true]}, "r": [{"n": 1}, {"n": 2}]}"#)
     }
 }
 
@@ -172,4 +208,5 @@ final class PolicyTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("c:2:"), "an explicit contradiction names its line: \(error)")
         }
     }
+
 }

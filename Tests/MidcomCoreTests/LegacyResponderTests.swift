@@ -127,7 +127,7 @@ final class LegacyResponderTests: XCTestCase {
     func testConfiguration() throws {
         let text = """
             [policy]
-            legacy-responders = any
+            legacy-responders = \"any\"
             inside = "10.1.0.0/16, 2001:db8:1::/48"
             """
         let config = try MidcomConfiguration(path: "t.conf", text: text)

@@ -18,16 +18,16 @@ conf=$(lab_conf gw <<'CONF'
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 max-lifetime = 600
 
 [[rule]]
 name = "no-open-5007"
-proto = udp
+proto = "udp"
 port = 5007
-direction = incoming
-action = reject
+direction = "incoming"
+action = "reject"
 reason = "port 5007 is not opened to the world"
 CONF
 )

@@ -20,23 +20,23 @@ conf=$(lab_conf gw <<'CONF'
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = default-policy
+default = "admit"
+unsignaled = "default-policy"
 
 [[rule]]
 name = "web-via-proxy"
-proto = tcp
+proto = "tcp"
 port = 8080
 destination = "10.200.2.0/24"
-action = redirect
+action = "redirect"
 redirect-to = "10.200.3.2:3128"
 
 [[rule]]
 name = "web-via-proxy-v6"
-proto = tcp
+proto = "tcp"
 port = 8080
 destination = "fd00:2::/64"
-action = redirect
+action = "redirect"
 redirect-to = "[fd00:3::2]:3128"
 CONF
 )

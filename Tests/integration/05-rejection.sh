@@ -18,21 +18,21 @@ conf=$(lab_conf gw <<'CONF'
 name = "gw1"
 
 [policy]
-default = reject
-unsignaled = drop
+default = "reject"
+unsignaled = "drop"
 
 [[rule]]
 name = "no-telnet"
-proto = tcp
+proto = "tcp"
 port = 23
-action = reject
+action = "reject"
 reason = "telnet is forbidden by site policy"
 
 [[rule]]
 name = "media"
-proto = udp
+proto = "udp"
 port = "5000-5001"
-action = admit
+action = "admit"
 CONF
 )
 lab_midcomd gw "$conf"

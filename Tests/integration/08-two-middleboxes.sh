@@ -18,8 +18,8 @@ fw_conf=$(lab_conf fw <<'CONF'
 name = "site-fw"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 max-lifetime = 20
 default-lifetime = 20
 CONF
@@ -29,17 +29,17 @@ isp_conf=$(lab_conf isp <<'CONF'
 name = "isp-nat"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 
 [nat]
 external-address = "203.0.113.1"
 
 [[rule]]
 name = "no-6000"
-proto = udp
+proto = "udp"
 port = 6000
-action = reject
+action = "reject"
 reason = "the ISP blocks UDP 6000"
 CONF
 )

@@ -17,8 +17,8 @@ conf=$(lab_conf gw <<'CONF'
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = default-policy
+default = "admit"
+unsignaled = "default-policy"
 CONF
 )
 in_ns gw nft -f "$ROOT/nft-rules/midcom.nft"

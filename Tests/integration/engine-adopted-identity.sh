@@ -16,8 +16,8 @@ conf=$(lab_conf gw <<'CONF'
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 CONF
 )
 lab_midcomd gw "$conf"

@@ -27,12 +27,12 @@ conf=$(lab_conf gw <<'CONF'
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 
 # The load tool sends raw SETUPs and does not answer CHALLENGEs: this test is about expiry.
 [trust]
-challenge = never
+challenge = "never"
 CONF
 )
 lab_serve gw "$LAB_DIR/notify.log" $LOAD notify "$LAB_DIR/notify.sock" --duration 90

@@ -19,8 +19,8 @@ name = "gw1"
 queue = 0
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 CONF
 )
 lab_midcomd gw "$conf"
@@ -35,8 +35,8 @@ name = "gw2"
 queue = 1
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 CONF
 )
 lab_bg gw "$LAB_DIR/gw2-midcomd.log" "$BIN/midcomd" --config "$conf2" --control-socket "$LAB_DIR/second.sock" --log-level debug

@@ -21,14 +21,14 @@ conf=$(lab_conf gw <<'CONF'
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 
 [[rule]]
 name = "no-5999"
-proto = udp
+proto = "udp"
 port = 5999
-action = reject
+action = "reject"
 reason = "udp 5999 is forbidden by site policy"
 CONF
 )

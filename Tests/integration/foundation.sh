@@ -16,15 +16,15 @@ cat >"$LAB_DIR/midcomd.conf" <<'CONF'
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 max-lifetime = 600
 
 [[rule]]
 name = "no-telnet"
-proto = tcp
+proto = "tcp"
 port = 23
-action = reject
+action = "reject"
 reason = "telnet is forbidden by site policy"
 CONF
 # An operator's own table and a hand-written admission: midcomd must never touch either.

@@ -19,15 +19,15 @@ conf=$(lab_conf nat <<'CONF'
 name = "nat1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 
 [[rule]]
 name = "no-telnet-in"
-proto = tcp
+proto = "tcp"
 port = 23
-direction = incoming
-action = reject
+direction = "incoming"
+action = "reject"
 reason = "no telnet from outside"
 
 [nat]

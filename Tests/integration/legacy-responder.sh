@@ -25,9 +25,9 @@ internal = "10.0.0.0/8, 100.64.0.0/10"
 
 [[rule]]
 name = "isp-blocks-8081"
-proto = tcp
+proto = "tcp"
 port = 8081
-action = reject
+action = "reject"
 reason = "the ISP blocks TCP 8081"
 CONF
 in_ns fw "$BIN/midcomd" --check --config "$fw_conf" | indent

@@ -240,7 +240,7 @@ lab_conf() {
 # lab_signaling_conf NS NAME: the plain signaling gateway's midcomd.conf (admit signaled flows,
 # drop unsignaled ones, records named NAME), written for NS; prints the path.
 lab_signaling_conf() {
-  printf '[daemon]\nname = "%s"\n\n[policy]\ndefault = admit\nunsignaled = drop\n' "$2" | lab_conf "$1"
+  printf '[daemon]\nname = "%s"\n\n[policy]\ndefault = "admit"\nunsignaled = "drop"\n' "$2" | lab_conf "$1"
 }
 
 # lab_line A GW B: A — GW — B with the addresses of lab_basic (A 10.200.1.2 / fd00:1::2,
@@ -310,8 +310,8 @@ lab_nat_conf() {
 name = "nat1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 
 [nat]
 external-address = "203.0.113.1"

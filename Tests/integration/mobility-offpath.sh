@@ -30,14 +30,14 @@ fwconf=$(lab_conf fw <<CONF
 name = "home-fw"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 
 [[rule]]
 name = "no-udp-25"
-proto = udp
+proto = "udp"
 port = 25
-action = reject
+action = "reject"
 reason = "site policy: no UDP port 25"
 
 [nat]

@@ -19,8 +19,8 @@ write_conf() {
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 max-lifetime = $1
 $2
 CONF
@@ -44,7 +44,7 @@ expect_eq "$CSP_RC" 0 "signed setup"; signed=$(session_of "$CSP_OUT")
 out=$(ping 5000 4000); indent <<<"$out"; expect_match "$out" "sent 5 replies 5 " "5000 flows"
 
 step "a file with an error: refused with file:line, the old configuration stays"
-write_conf 3600 $'[[rule]]\nname = "broken"\nproto = udp\nport = 99999\naction = reject'
+write_conf 3600 $'[[rule]]\nname = "broken"\nproto = "udp"\nport = 99999\naction = "reject"'
 set +e; out=$(midctl gw reload 2>&1); rc=$?; set -e; indent <<<"$out"
 expect_eq "$rc" 1 "midctl reload exit status"
 expect_match "$out" "configuration not reloaded, still running on the previous one: .*gw\.conf:11: " "file:line"
@@ -60,7 +60,7 @@ expect_match "$out" "\[daemon\] queue changed: restart midcomd to apply it" "res
 expect_match "$(in_ns gw nft list chain inet midcom enqueue)" "queue .*num 0" "still on queue 0"
 
 step "reload with a rule rejecting UDP 5000, max-lifetime 120 and known keys = key A only for 6000"
-write_conf 120 "$(printf '[[rule]]\nname = "no-5000"\nproto = udp\nport = 5000\naction = reject\nreason = "5000 is closed now"\n\n[[rule]]\nname = "6000-known-keys"\nproto = udp\nport = 6000\naction = admit\nsignatures = known-keys\n\n[[known-key]]\nname = "A"\nkey = "%s"\n' "$KEY_A")"
+write_conf 120 "$(printf '[[rule]]\nname = "no-5000"\nproto = "udp"\nport = 5000\naction = "reject"\nreason = "5000 is closed now"\n\n[[rule]]\nname = "6000-known-keys"\nproto = "udp"\nport = 6000\naction = "admit"\nsignatures = "known-keys"\n\n[[known-key]]\nname = "A"\nkey = "%s"\n' "$KEY_A")"
 set +e; out=$(midctl gw reload 2>&1); rc=$?; set -e; indent <<<"$out"
 expect_eq "$rc" 0 "midctl reload exit status"
 expect_match "$out" "reloaded .*gw\.conf: 2 rule\(s\), 2 session\(s\) revoked, 1 lifetime\(s\) shortened" "reload summary"
@@ -78,7 +78,7 @@ expect_match "$CSP_OUT" "5000 is closed now" "rejected by the new rule"
 expect_eq "$(status_counter gw revoked)" 2 "revoked counter"
 
 step "removing key A from [[known-key]] (SIGHUP) revokes its session: key revocation"
-write_conf 120 $'[[rule]]\nname = "6000-known-keys"\nproto = udp\nport = 6000\naction = admit\nsignatures = known-keys\n\n[[known-key]]\nname = "someone else"\nkey = "csp-ed25519 8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"'
+write_conf 120 $'[[rule]]\nname = "6000-known-keys"\nproto = "udp"\nport = 6000\naction = "admit"\nsignatures = "known-keys"\n\n[[known-key]]\nname = "someone else"\nkey = "csp-ed25519 8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"'
 kill -HUP "$MIDCOMD_PID"
 wait_for_match "$LAB_DIR/gw-midcomd.log" "SIGHUP: reloaded .* 1 session\(s\) revoked" 3
 expect_no_match "$(midctl gw sessions)" "$signed" "key A's session revoked"

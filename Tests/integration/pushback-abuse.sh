@@ -33,8 +33,8 @@ lab_midcomd gw "$(lab_conf gw <<'CONF'
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 
 [pushback]
 filters-per-victim = 2

@@ -42,8 +42,8 @@ name = "gw1"
 queue-fail-open = false
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 CONF
 )
 lab_midcomd gw "$conf"

@@ -29,8 +29,8 @@ conf=$(lab_conf gw <<'CONF'
 name = "gw1"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 max-lifetime = 60
 CONF
 )

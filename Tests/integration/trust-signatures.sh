@@ -31,12 +31,12 @@ name = "gw1"
 id = "$GW_ID"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 max-lifetime = 600
 
 [trust]
-signatures = any-key
+signatures = "any-key"
 CONF
 )
 out=$("$BIN/midcomd" --check --config "$conf_any" 2>&1) ||
@@ -128,12 +128,12 @@ name = "gw1"
 id = "$GW_ID"
 
 [policy]
-default = admit
-unsignaled = drop
+default = "admit"
+unsignaled = "drop"
 max-lifetime = 600
 
 [trust]
-signatures = known-keys
+signatures = "known-keys"
 
 [[known-key]]
 name = "alice"

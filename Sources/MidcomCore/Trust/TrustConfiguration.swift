@@ -55,8 +55,8 @@ public struct KnownKey: Sendable, Equatable {
 
     init(reading reader: inout TableReader, index: Int) throws(ConfigError) {
         let path = reader.path
-        name = reader.optionalString("name") ?? "key-\(index + 1)"
-        guard let v = reader.raw("key") else {
+        name = try reader.optionalString("name") ?? "key-\(index + 1)"
+        guard let v = try reader.raw("key") else {
             throw ConfigError(
                 path: path, line: reader.table.line, message: "[[known-key]] '\(name)' has no key",
                 fix: "add key = \"csp-ed25519 <64 hex digits>\" (what `csp keygen` printed)")
@@ -66,14 +66,14 @@ public struct KnownKey: Sendable, Equatable {
                 v, "'\(v.text)' is not a CSP public key", fix: "paste the line `csp keygen` printed: csp-ed25519 <64 hex digits>")
         }
         key = parsed
-        if let v = reader.raw("source") {
+        if let v = try reader.raw("source") {
             guard let p = IPPrefix(v.text) else {
                 throw reader.error(v, "'\(v.text)' is not an address prefix", fix: "write e.g. source = \"10.0.1.0/24\"")
             }
             source = p
         }
-        application = reader.optionalString("application")
-        if let v = reader.raw("home-address") {
+        application = try reader.optionalString("application")
+        if let v = try reader.raw("home-address") {
             guard let a = IPAddress(v.text), a.family == .ipv4 else {
                 throw reader.error(
                     v, "'\(v.text)' is not an IPv4 address",
