@@ -44,7 +44,7 @@ extension ControlCommand {
     /// Commands that change nothing.
     public var isReadOnly: Bool {
         switch self {
-        case .sessions, .show, .status, .denies: true
+        case .sessions, .show, .status, .denies, .rules, .showConfig, .monitor: true
         case .delete, .flush, .undeny, .reload: false
         }
     }

@@ -45,6 +45,51 @@ public struct ControlClient: Sendable {
         }
     }
 
+    /// `monitor`: sends `request`, checks the daemon's answer, then hands each event line to
+    /// `onEvent` until it returns false or the daemon closes the connection (no timeout then).
+    public func stream(_ request: ControlRequest, onEvent: (ControlEvent) -> Bool) throws(ControlError) {
+        guard let address = UnixSocketAddress(path: path) else { throw .pathTooLong(path: path) }
+        let line: [UInt8]
+        do { line = try ControlLineCodec.encodeLine(request) } catch { throw .protocolError("cannot encode the request: \(error)") }
+        let socket = try openSocket()
+        do { try socket.connect(to: address) } catch { throw connectFailure(error) }
+        do { try socket.sendAll(line) } catch { throw failure(error) }
+        var buffer: [UInt8] = []
+        var answered = false
+        let answerDeadline = ContinuousClock.now + timeout
+        while true {
+            while let end = buffer.firstIndex(of: ControlLineCodec.newline) {
+                let text = buffer[..<end]
+                defer { buffer.removeSubrange(...end) }
+                if !answered {
+                    let response: ControlResponse
+                    do { response = try ControlLineCodec.decode(ControlResponse.self, line: text, what: "response") } catch {
+                        throw .protocolError(error.message)
+                    }
+                    guard response.ok else { throw .refused(response.error ?? "midcomd refused the request") }
+                    answered = true
+                    continue
+                }
+                guard let event = try? ControlLineCodec.decode(ControlEvent.self, line: text, what: "event") else { continue }
+                if !onEvent(event) { return }
+            }
+            let ready: [Bool]?
+            do {
+                ready = try pollReadable([socket.fd], timeout: answered ? nil : answerDeadline - ContinuousClock.now)
+            } catch {
+                throw failure(error)
+            }
+            guard ready != nil else { throw .timeout }
+            let received: Int
+            do { received = try socket.receive(appendingTo: &buffer, limit: 65536) } catch where error.errno == EAGAIN {
+                continue
+            } catch {
+                throw failure(error)
+            }
+            if received == 0 { return }
+        }
+    }
+
     private func openSocket() throws(ControlError) -> UnixStreamSocket {
         do {
             let socket = try UnixStreamSocket.make()

@@ -18,6 +18,11 @@ public enum ControlError: Error, Sendable, Equatable, CustomStringConvertible {
     case addressInUse(path: String)
     /// Another system call failed; `call` names it, `errno` is its error number.
     case systemCallFailed(call: String, path: String, errno: Int32)
+    /// The daemon answered the request with an error (for a stream, before any event).
+    case refused(String)
+
+    /// The daemon answered with an error, as opposed to not being reachable.
+    public var isRefusal: Bool { if case .refused = self { true } else { false } }
 
     public var description: String {
         switch self {
@@ -37,6 +42,8 @@ public enum ControlError: Error, Sendable, Equatable, CustomStringConvertible {
             return "another midcomd is already listening on \(path) (stop it first, or configure another socket path)"
         case .systemCallFailed(let call, let path, let code):
             return "\(call) on \(path) failed: \(Self.errnoText(code)) (errno \(code))"
+        case .refused(let message):
+            return message
         }
     }
 

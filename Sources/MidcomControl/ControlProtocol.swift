@@ -76,6 +76,12 @@ public enum ControlCommand: String, Codable, Sendable, CaseIterable {
     case undeny
     /// Read the configuration file again and take it over (as SIGHUP does).
     case reload
+    /// Each policy rule with how often it decided.
+    case rules
+    /// The configuration in effect, as midcomd.conf text.
+    case showConfig = "show-config"
+    /// Stream session events live: after the `ok` response, one `ControlEvent` line each.
+    case monitor
 
     /// Whether the command names one session through `ControlRequest.sessionID`.
     public var needsSessionID: Bool { self == .show || self == .delete || self == .undeny }
@@ -87,14 +93,17 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var command: ControlCommand
     public var sessionID: String?
     public var dryRun: Bool = false
+    /// `sessions`: only the sessions that match every given field.
+    public var filter: SessionFilter?
 
-    public init(command: ControlCommand, sessionID: String? = nil, dryRun: Bool = false) {
+    public init(command: ControlCommand, sessionID: String? = nil, dryRun: Bool = false, filter: SessionFilter? = nil) {
         self.command = command
         self.sessionID = sessionID
         self.dryRun = dryRun
+        self.filter = filter
     }
 
-    private enum CodingKeys: String, CodingKey { case version, command, sessionID, dryRun }
+    private enum CodingKeys: String, CodingKey { case version, command, sessionID, dryRun, filter }
 
     // Written by hand so that `version` and `dryRun` may be omitted by hand-written requests (`socat`, scripts);
     // the synthesized decoder would require every key.
@@ -104,6 +113,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         command = try container.decode(ControlCommand.self, forKey: .command)
         sessionID = try container.decodeIfPresent(String.self, forKey: .sessionID)
         dryRun = try container.decodeIfPresent(Bool.self, forKey: .dryRun) ?? false
+        filter = try container.decodeIfPresent(SessionFilter.self, forKey: .filter)
     }
 
     /// The reason this request cannot be served by a version-1 daemon, or nil if it is well formed.
@@ -121,6 +131,82 @@ public struct ControlRequest: Codable, Sendable, Equatable {
             }
         }
         return nil
+    }
+}
+
+/// Which sessions `midctl sessions` lists: each given field must match.
+public struct SessionFilter: Codable, Sendable, Equatable {
+    /// An address or prefix the session's source or destination is in.
+    public var address: String?
+    /// "udp", "tcp", or a number.
+    public var proto: String?
+    /// The source or destination port.
+    public var port: UInt16?
+    /// "pending", "admitted", "redirected", "legacy".
+    public var state: String?
+    /// "csp", "nat-pmp", "pcp".
+    public var origin: String?
+    public var application: String?
+
+    public init(
+        address: String? = nil, proto: String? = nil, port: UInt16? = nil, state: String? = nil, origin: String? = nil,
+        application: String? = nil
+    ) {
+        self.address = address
+        self.proto = proto
+        self.port = port
+        self.state = state
+        self.origin = origin
+        self.application = application
+    }
+
+    public var isEmpty: Bool { self == SessionFilter() }
+}
+
+/// One live event (`midctl monitor`): what happened to which session, when.
+public struct ControlEvent: Codable, Sendable, Equatable {
+    /// Seconds since 1970 (wall clock).
+    public var time: Double
+    /// setup, admit, reject, redirect, challenge, refresh, teardown, rebind, path, deny, map,
+    /// expire, revoke, delete, unsignaled, ruleset, reload, lost (events a slow reader missed).
+    public var kind: String
+    /// 16 hex digits, when the event concerns one session.
+    public var session: String?
+    public var text: String
+
+    public init(time: Double, kind: String, session: String? = nil, text: String) {
+        self.time = time
+        self.kind = kind
+        self.session = session
+        self.text = text
+    }
+}
+
+/// A subscriber's view of the daemon's events (the server streams them to a `monitor` client).
+public protocol EventSubscription: Sendable {
+    /// The events since the last call (empty when none).
+    func take() -> [ControlEvent]
+    /// No more events: the client went away.
+    func cancel()
+}
+
+/// A policy rule as `midctl rules` shows it.
+public struct RuleRecord: Codable, Sendable, Equatable {
+    /// 1-based position in the configuration; 0 for the default action.
+    public var position: Int
+    public var name: String
+    /// What it matches, as written ("tcp port 23 incoming"); "any" for the default action.
+    public var match: String
+    public var action: String
+    /// Requests it decided since start or the last reload.
+    public var hits: UInt64
+
+    public init(position: Int, name: String, match: String, action: String, hits: UInt64) {
+        self.position = position
+        self.name = name
+        self.match = match
+        self.action = action
+        self.hits = hits
     }
 }
 
@@ -288,14 +374,17 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     /// Ids deleted, or with `dryRun` the ids that would be deleted.
     public var affected: [String]?
     public var denies: [DenyRecord]?
-    /// One line for the operator (e.g. what a reload changed).
+    /// One line for the operator (e.g. what a reload changed), or the configuration text.
     public var message: String?
+    public var rules: [RuleRecord]?
 
     public init(
         ok: Bool, error: String? = nil, sessions: [SessionRecord]? = nil,
-        status: DaemonStatus? = nil, affected: [String]? = nil, denies: [DenyRecord]? = nil, message: String? = nil
+        status: DaemonStatus? = nil, affected: [String]? = nil, denies: [DenyRecord]? = nil, message: String? = nil,
+        rules: [RuleRecord]? = nil
     ) {
         self.message = message
+        self.rules = rules
         self.ok = ok
         self.error = error
         self.sessions = sessions

@@ -18,6 +18,8 @@ public final class ControlServer: Sendable {
     private let wakeup: WakeupPipe
     private let identity: FileIdentity?
     private let handler: @Sendable (ControlRequest) -> ControlResponse
+    /// Opens a subscription to the daemon's events for a `monitor` client; nil: not offered.
+    private let subscribe: (@Sendable () -> any EventSubscription)?
     private let log: @Sendable (String) -> Void
     private let connectionTimeout: Duration
     private let maxRequestLineBytes: Int
@@ -49,6 +51,7 @@ public final class ControlServer: Sendable {
         maxRequestLineBytes: Int = ControlProtocol.maxRequestLineBytes,
         access: ControlAccess = ControlAccess(),
         log: @escaping @Sendable (String) -> Void = { _ in },
+        subscribe: (@Sendable () -> any EventSubscription)? = nil,
         handler: @escaping @Sendable (ControlRequest) -> ControlResponse
     ) throws(ControlError) {
         guard let address = UnixSocketAddress(path: path) else { throw .pathTooLong(path: path) }
@@ -72,6 +75,7 @@ public final class ControlServer: Sendable {
         self.listener = socket
         self.wakeup = notifier
         self.handler = handler
+        self.subscribe = subscribe
         self.log = log
         self.connectionTimeout = connectionTimeout
         self.maxRequestLineBytes = maxRequestLineBytes
@@ -191,6 +195,11 @@ public final class ControlServer: Sendable {
                 let line = pending[..<end]
                 let blank = Self.isBlank(line)
                 if !blank {
+                    if let subscribe, let request = try? ControlLineCodec.decode(ControlRequest.self, line: line, what: "request"),
+                        request.command == .monitor, request.validationError == nil
+                    {
+                        return stream(subscribe, on: connection, peer: peer)
+                    }
                     guard respond(to: line, on: connection, peer: peer) else { return }
                 }
                 pending.removeSubrange(...end)
@@ -245,6 +254,28 @@ public final class ControlServer: Sendable {
             response = .failure(error.message)
         }
         return send(response, on: connection)
+    }
+
+    /// `monitor`: after the `ok` answer, the daemon's events as they come, until the client hangs
+    /// up or the server stops. Events are taken every 100 ms (the client's hang-up is noticed
+    /// meanwhile); a client that does not read its events in time is disconnected.
+    private func stream(_ subscribe: @Sendable () -> any EventSubscription, on connection: borrowing UnixStreamSocket, peer: PeerCredentials) {
+        if let refusal = access.refusal(of: .monitor, by: peer) {
+            log("control socket \(path): \(refusal)")
+            _ = send(.failure(refusal), on: connection)
+            return
+        }
+        let subscription = subscribe()
+        defer { subscription.cancel() }
+        guard send(ControlResponse(ok: true, message: "monitoring"), on: connection) else { return }
+        while !stopped.load(ordering: .acquiring) {
+            for event in subscription.take() {
+                guard let line = try? ControlLineCodec.encodeLine(event), (try? connection.sendAll(line)) != nil else { return }
+            }
+            // Readable here means the client closed (or sent something it should not): stop.
+            let ready = (try? pollReadable([connection.fd, wakeup.fd], timeout: .milliseconds(100))) ?? nil
+            if ready != nil { return }
+        }
     }
 
     /// The line cannot be resynchronised (its end may be far away or never come), so answer and hang up.

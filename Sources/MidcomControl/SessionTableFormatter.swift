@@ -57,6 +57,21 @@ public enum SessionTableFormatter {
         return aligned([titles.map(\.0)] + rows, rightAligned: titles.map(\.1))
     }
 
+    /// One live event as a line: `clock` (the caller's rendering of its time), kind, session, text.
+    public static func event(_ event: ControlEvent, clock: String) -> String {
+        let kind = event.kind.padding(toLength: 10, withPad: " ", startingAt: 0)
+        return "\(clock) \(kind) \(event.session ?? "-               ") \(event.text)"
+    }
+
+    /// The policy rules in order, the default action last, for `midctl rules`.
+    public static func rules(_ rules: [RuleRecord]) -> String {
+        let titles: [(String, Bool)] = [("#", true), ("NAME", false), ("MATCH", false), ("ACTION", false), ("HITS", true)]
+        let rows = rules.map { rule -> [String] in
+            [rule.position == 0 ? "-" : String(rule.position), rule.name, rule.match, rule.action, String(rule.hits)]
+        }
+        return aligned([titles.map(\.0)] + rows, rightAligned: titles.map(\.1))
+    }
+
     /// One session as `key: value` lines, for `midctl show`.
     public static func detail(_ session: SessionRecord) -> String {
         var bytes = unknown

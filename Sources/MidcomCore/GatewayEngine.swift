@@ -97,7 +97,20 @@ public struct GatewayEngine: Sendable {
     var announcedSources: Set<IPAddress> = []
     public static let announcesPerSecond = 100
     public let identity: MiddleboxIdentity
-    public internal(set) var policy: Policy
+    public internal(set) var policy: Policy {
+        didSet { ruleHits = Array(repeating: 0, count: policy.configuration.rules.count + 1) }
+    }
+    /// How often each rule decided a request (by position), the default action last; counted
+    /// from start or the last reload (the rules may have changed).
+    public private(set) var ruleHits: [UInt64] = []
+
+    /// The policy's decision for a request, counted for `midctl rules`.
+    mutating func decidePolicy(flow: FlowTuple, application: String?, incoming: Bool, requestedLifetime: UInt32?) -> PolicyDecision {
+        let decision = policy.decide(flow: flow, application: application, incoming: incoming, requestedLifetime: requestedLifetime)
+        let slot = decision.ruleIndex ?? ruleHits.count - 1
+        if slot >= 0, slot < ruleHits.count { ruleHits[slot] &+= 1 }
+        return decision
+    }
     var configuration: MidcomConfiguration { policy.configuration }
     /// Stateless CHALLENGE tokens (docs/PROTOCOL.md 6.6).
     var challengeTokens: ChallengeTokens
@@ -144,6 +157,7 @@ public struct GatewayEngine: Sendable {
         startedAt: UInt64 = 0
     ) {
         self.policy = Policy(configuration: configuration)
+        self.ruleHits = Array(repeating: 0, count: configuration.rules.count + 1)
         self.identity = identity
         self.natPorts = configuration.nat.map { NATPortPool(range: $0.ports) }
         var generator = SystemRandomNumberGenerator()

@@ -154,6 +154,8 @@ private func table(_ reader: TableReader) -> ConfigFile.Table { reader.table }
 public struct PolicyDecision: Sendable, Equatable {
     public var action: PolicyAction
     public var ruleName: String?
+    /// The deciding rule's position in the configuration; nil: the default action decided.
+    public var ruleIndex: Int?
     public var lifetime: UInt32
     public var reason: String?
     public var redirectTarget: CSPEndpoint?
@@ -169,7 +171,8 @@ public struct Policy: Sendable {
     public init(configuration: MidcomConfiguration) { self.configuration = configuration }
 
     public func decide(flow: FlowTuple, application: String?, incoming: Bool, requestedLifetime: UInt32?) -> PolicyDecision {
-        let rule = configuration.rules.first { $0.matches(flow, application: application, incoming: incoming) }
+        let index = configuration.rules.firstIndex { $0.matches(flow, application: application, incoming: incoming) }
+        let rule = index.map { configuration.rules[$0] }
         let action = rule?.action ?? configuration.defaultAction
         var lifetime = requestedLifetime ?? configuration.defaultLifetime
         if lifetime == 0 { lifetime = configuration.defaultLifetime }
@@ -179,8 +182,10 @@ public struct Policy: Sendable {
             case .reject: rule?.reason ?? (rule == nil ? "not admitted by default policy" : "forbidden by rule '\(rule!.name)'")
             default: rule?.reason
             }
-        return PolicyDecision(
+        var decision = PolicyDecision(
             action: action, ruleName: rule?.name, lifetime: lifetime, reason: reason, redirectTarget: rule?.redirectTarget,
             signatures: rule?.signatures ?? configuration.trust.signatures)
+        decision.ruleIndex = index
+        return decision
     }
 }

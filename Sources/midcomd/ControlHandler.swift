@@ -16,7 +16,16 @@ extension Daemon {
     func answer(_ request: ControlRequest) -> ControlResponse {
         switch request.command {
         case .sessions:
-            return ControlResponse(ok: true, sessions: sessionRecords(matching: nil))
+            let filter: SessionMatcher?
+            do { filter = try request.filter.map(SessionMatcher.init) } catch { return .failure("\(error)") }
+            return ControlResponse(ok: true, sessions: sessionRecords(matching: nil, filter: filter))
+        case .rules:
+            return ControlResponse(ok: true, rules: ruleRecords())
+        case .monitor:
+            // Streams are served by the control server itself (it calls `events.subscribe`).
+            return .failure("monitor is a stream: use `midctl monitor`")
+        case .showConfig:
+            return ControlResponse(ok: true, message: engine.withLock { $0.policy.configuration }.tomlText)
         case .show:
             guard let id = request.sessionID.flatMap({ UInt64($0, radix: 16) }) else {
                 return .failure("'\(request.sessionID ?? "")' is not a session ID (16 hex digits)")
@@ -31,12 +40,18 @@ extension Daemon {
                 return .failure("no session \(hex(id))")
             }
             if let error = applyOperatorChanges(changes, dryRun: request.dryRun) { return .failure(error) }
-            if !request.dryRun { log(.notice, "operator deleted session \(hex(id)) \(session.flow)") }
+            if !request.dryRun {
+                log(.notice, "operator deleted session \(hex(id)) \(session.flow)")
+                events.publish("delete", session: id, "operator deleted session \(hex(id)) \(session.flow)")
+            }
             return ControlResponse(ok: true, affected: [hex(id)])
         case .flush:
             let (sessions, changes) = engine.withLock { $0.flush(dryRun: request.dryRun) }
             if let error = applyOperatorChanges(changes, dryRun: request.dryRun) { return .failure(error) }
-            if !request.dryRun { log(.notice, "operator flushed \(sessions.count) session(s)") }
+            if !request.dryRun {
+                log(.notice, "operator flushed \(sessions.count) session(s)")
+                events.publish("delete", "operator flushed \(sessions.count) session(s)")
+            }
             return ControlResponse(ok: true, affected: sessions.map { hex($0.id) }.sorted())
         case .status:
             return ControlResponse(ok: true, status: status())
@@ -90,11 +105,12 @@ extension Daemon {
         }
     }
 
-    func sessionRecords(matching id: UInt64?) -> [SessionRecord] {
+    func sessionRecords(matching id: UInt64?, filter: SessionMatcher? = nil) -> [SessionRecord] {
         let now = self.now()
         let sessions: [Session] = engine.withLock { engine in
             if let id { return engine.sessions[id: id].map { [$0] } ?? [] }
-            return Array(engine.sessions.all)
+            guard let filter else { return Array(engine.sessions.all) }
+            return engine.sessions.all.filter(filter.matches)
         }
         // Packet and byte counts live in the kernel elements (`counter` sets); join them by key.
         // The kernel dumps a set in chunks and restarts its walk for each chunk (quadratic in the
@@ -195,4 +211,76 @@ struct CountedKey: Hashable {
     }
 
     init(_ element: NFTSchema.Element) { self.init(set: element.set, key: element.key.bytes) }
+}
+
+extension Daemon {
+    /// Each rule of the policy in effect with its hits, then the default action.
+    func ruleRecords() -> [RuleRecord] {
+        let (configuration, hits) = engine.withLock { ($0.policy.configuration, $0.ruleHits) }
+        var records = configuration.rules.enumerated().map { index, rule in
+            RuleRecord(
+                position: index + 1, name: rule.name, match: Self.describe(rule), action: rule.action.rawValue,
+                hits: index < hits.count ? hits[index] : 0)
+        }
+        records.append(RuleRecord(position: 0, name: "(default)", match: "any", action: configuration.defaultAction.rawValue, hits: hits.last ?? 0))
+        return records
+    }
+
+    static func describe(_ rule: PolicyRule) -> String {
+        var parts: [String] = []
+        if let proto = rule.proto { parts.append(proto.description) }
+        if let source = rule.source { parts.append("from \(source)") }
+        if let destination = rule.destination { parts.append("to \(destination)") }
+        if let ports = rule.ports { parts.append(ports.count == 1 ? "port \(ports.lowerBound)" : "ports \(ports.lowerBound)-\(ports.upperBound)") }
+        if let application = rule.application { parts.append("app \(application)") }
+        if let incoming = rule.incoming { parts.append(incoming ? "incoming" : "outgoing") }
+        if let signatures = rule.signatures { parts.append("signatures \(signatures.rawValue)") }
+        return parts.isEmpty ? "any" : parts.joined(separator: " ")
+    }
+}
+
+/// `midctl sessions` filters, parsed once against the engine's types.
+struct SessionMatcher {
+    var prefix: IPPrefix?
+    var proto: IPProtocol?
+    var port: UInt16?
+    var state: SessionState?
+    var origin: SessionOrigin?
+    var application: String?
+
+    init(_ filter: SessionFilter) throws {
+        if let address = filter.address {
+            guard let prefix = IPPrefix(address) ?? IPPrefix(address + (address.contains(":") ? "/128" : "/32")) else {
+                throw DaemonError("'\(address)' is not an address or prefix")
+            }
+            self.prefix = prefix
+        }
+        if let name = filter.proto {
+            guard let proto = IPProtocol(name: name) else { throw DaemonError("unknown protocol '\(name)'") }
+            self.proto = proto
+        }
+        port = filter.port
+        if let name = filter.state {
+            guard let state = SessionState(rawValue: name) else {
+                throw DaemonError("unknown state '\(name)' (pending, admitted, redirected, legacy)")
+            }
+            self.state = state
+        }
+        if let name = filter.origin {
+            guard let origin = SessionOrigin(rawValue: name) else { throw DaemonError("unknown origin '\(name)' (csp, nat-pmp, pcp)") }
+            self.origin = origin
+        }
+        application = filter.application
+    }
+
+    func matches(_ session: Session) -> Bool {
+        let flow = session.flow
+        if let prefix, !prefix.contains(flow.source), !prefix.contains(flow.destination) { return false }
+        if let proto, proto != flow.proto { return false }
+        if let port, port != flow.sourcePort, port != flow.destinationPort { return false }
+        if let state, state != session.state { return false }
+        if let origin, origin != session.origin { return false }
+        if let application, application != session.application { return false }
+        return true
+    }
 }

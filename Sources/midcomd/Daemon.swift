@@ -60,6 +60,8 @@ final class Daemon: Sendable {
     /// Our table in the kernel, as the ruleset watch last saw it, and how often an nftables
     /// reload took it away and we put it back.
     let rulesetCondition = Mutex<RulesetCondition>(.intact)
+    /// Live events for `midctl monitor`.
+    let events = EventHub()
     let rulesetLost = Atomic<UInt64>(0)
     let rulesetRestored = Atomic<UInt64>(0)
     /// One reload at a time (SIGHUP and `midctl reload` may meet).
@@ -166,7 +168,10 @@ final class Daemon: Sendable {
 
     func run() throws {
         let access = try controlAccess(configuration)
-        let server = try ControlServer(path: configuration.controlSocket, access: access, log: { [log] in log(.warning, $0) }) {
+        let server = try ControlServer(
+            path: configuration.controlSocket, access: access, log: { [log] in log(.warning, $0) },
+            subscribe: { [events] in events.subscribe() }
+        ) {
             [weak self] request in
             self?.answer(request) ?? .failure("midcomd is stopping")
         }
@@ -305,6 +310,9 @@ final class Daemon: Sendable {
         // Also the old admissions of moved sessions, once their grace is over.
         defer { burst.programNow(changes) }
         guard !expired.isEmpty else { return }
+        if events.isListened {
+            for session in expired { events.publish("expire", session: session.id, "session \(hex(session.id)) \(session.flow) expired") }
+        }
         if expired.count <= 3 {
             for session in expired where session.state != .pending {
                 log.limited(.info, category: "expiry", "session \(hex(session.id)) \(session.flow) expired")

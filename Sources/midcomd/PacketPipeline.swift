@@ -50,10 +50,12 @@ extension Daemon {
         let destination = CSPEndpoint(address: udp.packet.destination, port: udp.destinationPort)
         let now = self.now()
         let outcome: SignalingOutcome
+        var described: (type: CSPMessageType, session: UInt64)?
         do {
             // Parsed and verified here, outside the engine's lock (Ed25519 costs tens of µs).
             var request = try SignalingRequest(
                 parsing: udp.payload, source: source, entry: .intercepted(destination: destination), wallClock: wallClock())
+            described = (request.message.type, request.message.sessionID)
             request.insideConntrack = insideConntrack
             outcome = engine.withLock { $0.handle(request, now: now) }
         } catch {
@@ -65,7 +67,10 @@ extension Daemon {
             }
             outcome = engine.withLock { $0.malformed(from: source, addressedToUs: false, error: error) }
         }
-        if let event = outcome.event { log.limited(.info, category: "signaling", event) }
+        if let event = outcome.event {
+            log.limited(.info, category: "signaling", event)
+            if let described { events.publish(Self.eventKind(of: described.type, outcome), session: described.session, event) }
+        }
         var verdict: Verdict
         switch outcome.verdict {
         case .forward:
@@ -105,6 +110,16 @@ extension Daemon {
         // packet like any other.
         if let probe = discoveryProbe(ip) { answerDiscovery(probe, in: ip) }
         let decision = engine.withLock { $0.handleUnsignaled(flow: flow, now: now()) }
+        if events.isListened || log.threshold >= .debug {
+            let what: String =
+                switch decision {
+                case .drop: "dropped"
+                case .defaultPolicy: "handed to the default policy"
+                case .admit: "admitted (legacy)"
+                }
+            log.limited(.debug, category: "unsignaled", "unsignaled \(flow) \(what)")
+            events.publish("unsignaled", "unsignaled \(flow) \(what)")
+        }
         switch decision {
         case .drop(let cache):
             // The kernel drops the rest of the flow; a failure only costs more queued packets.
@@ -190,15 +205,20 @@ extension Daemon {
             guard let received else { continue }
             let now = self.now()
             let outcome: SignalingOutcome
+            var described: (type: CSPMessageType, session: UInt64)?
             do {
                 let request = try received.bytes.withUnsafeBytes {
                     try SignalingRequest(parsing: $0, source: received.from, entry: .addressedToUs, wallClock: wallClock())
                 }
+                described = (request.message.type, request.message.sessionID)
                 outcome = engine.withLock { $0.handle(request, now: now) }
             } catch {
                 outcome = engine.withLock { $0.malformed(from: received.from, addressedToUs: true, error: error) }
             }
-            if let event = outcome.event { log.limited(.info, category: "signaling", event) }
+            if let event = outcome.event {
+                log.limited(.info, category: "signaling", event)
+                if let described { events.publish(Self.eventKind(of: described.type, outcome), session: described.session, event) }
+            }
             do {
                 try apply(outcome.kernel)
             } catch {

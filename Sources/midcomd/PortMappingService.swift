@@ -118,7 +118,10 @@ extension Daemon {
                         lifetime: lifetime, origin: .natPMP),
                     now: now)
             }
-            if let event = outcome.event { log.limited(.info, category: "nat-pmp", event) }
+            if let event = outcome.event {
+                log.limited(.info, category: "nat-pmp", event)
+                events.publish("map", event)
+            }
             installed(&outcome, flow: FlowTuple(proto: proto, source: IPAddress(ipv4: 0), sourcePort: 0, destination: from.address, destinationPort: internalPort))
             let result: NATPMP.Result =
                 switch outcome.result {
@@ -195,7 +198,10 @@ extension Daemon {
         portMapping.suggestedExternalAddress = suggested.isUnspecified ? nil : suggested
         let now = self.now()
         var outcome = engine.withLock { $0.handlePortMapping(portMapping, now: now) }
-        if let event = outcome.event { log.limited(.info, category: "pcp", event) }
+        if let event = outcome.event {
+            log.limited(.info, category: "pcp", event)
+            events.publish("map", event)
+        }
         installed(&outcome, flow: portMapping.flow)
         switch outcome.result {
         case .success:

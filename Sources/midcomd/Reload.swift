@@ -18,6 +18,7 @@ extension Daemon {
             switch result {
             case .success(let summary):
                 log(.notice, "\(trigger): \(summary)")
+                events.publish("reload", "\(trigger): \(summary)")
             case .failure(let failure):
                 reloadFailures.add(1, ordering: .relaxed)
                 log(.error, "\(trigger): configuration not reloaded, still running on the previous one: \(failure)")
@@ -49,6 +50,9 @@ extension Daemon {
         case .success(let outcome):
             for (session, why) in outcome.revoked.prefix(20) {
                 log(.notice, "revoked session \(hex(session.id)) \(session.flow): \(why)")
+            }
+            for (session, why) in outcome.revoked {
+                events.publish("revoke", session: session.id, "revoked session \(hex(session.id)) \(session.flow): \(why)")
             }
             if outcome.revoked.count > 20 { log(.notice, "revoked \(outcome.revoked.count - 20) more session(s)") }
             var summary = "reloaded \(source.path): \(new.rules.count) rule(s)"

@@ -65,6 +65,7 @@ extension Daemon {
             rulesetCondition.withLock { $0 = .missing(since: .now) }
             rulesetLost.add(1, ordering: .relaxed)
             notifier.notify("STATUS=table inet \(table) missing: bypassed")
+            events.publish("ruleset", "table inet \(table) was removed: midcomd is bypassed until it is loaded again")
             log(.error, "table inet \(table) was removed (an nftables reload without the Midcom include, or `flush ruleset`?): midcomd is bypassed — forwarded packets meet only your own rules. Its \(engine.withLock { $0.sessions.count }) session(s) are kept and put back as soon as the table is loaded again (nft -f /etc/nftables.d/midcom.nft)")
             return
         }
@@ -100,6 +101,7 @@ extension Daemon {
             notifier.notify("STATUS=serving")
             let took = started.duration(to: .now)
             let what = replaced ? "table inet \(table) was replaced by an nftables reload" : "the queue rules were removed"
+            events.publish("ruleset", "\(what): put back the queue rules and \(restored) kernel element(s)")
             log(.notice, "\(what): put back the queue rules\(replaced ? " and \(restored) kernel element(s) of live sessions" : "") in \(took)")
         } catch {
             log.limited(.error, category: "ruleset", "could not put back midcomd's kernel state after an nftables reload: \(error)")

@@ -1,14 +1,24 @@
 import ArgumentParser
+import Foundation
 import MidcomControl
 
 struct Sessions: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List all sessions.")
+    static let configuration = CommandConfiguration(
+        abstract: "List the sessions (all, or those matching every filter given).",
+        discussion: "Example: midctl sessions --address 10.0.1.0/24 --proto udp --state admitted")
 
     @OptionGroup var connection: ConnectionOptions
     @Flag(help: "Print a JSON array of session records.") var json = false
+    @Option(help: "Only sessions whose source or destination is in this address or prefix.") var address: String?
+    @Option(help: "Only this protocol (udp, tcp, or a number).") var proto: String?
+    @Option(help: "Only sessions with this source or destination port.") var port: UInt16?
+    @Option(help: "Only this state: pending, admitted, redirected, legacy.") var state: String?
+    @Option(help: "Only this origin: csp, nat-pmp, pcp.") var origin: String?
+    @Option(help: "Only this application (as signaled in APPLICATION).") var app: String?
 
     func run() throws {
-        let response = try connection.perform(ControlRequest(command: .sessions))
+        let filter = SessionFilter(address: address, proto: proto, port: port, state: state, origin: origin, application: app)
+        let response = try connection.perform(ControlRequest(command: .sessions, filter: filter.isEmpty ? nil : filter))
         guard let sessions = response.sessions else { throw missingField("sessions") }
         if json {
             try printJSON(sessions)
@@ -135,6 +145,81 @@ struct Reload: ParsableCommand {
     func run() throws {
         let response = try connection.perform(ControlRequest(command: .reload))
         print(response.message ?? "reloaded")
+    }
+}
+
+struct Monitor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Follow session events live: setup, admit, reject (with the rule), refresh, expire, teardown, rebind, …",
+        discussion: "Like `conntrack -E` or `nft monitor`; stop with Ctrl-C. --kind filters (repeatable).")
+
+    @OptionGroup var connection: ConnectionOptions
+    @Flag(help: "One JSON object per line.") var json = false
+    @Option(help: "Only events of this kind (setup, admit, reject, expire, unsignaled, ...; repeatable).") var kind: [String] = []
+    @Option(help: "Stop after this many events.") var count: Int?
+
+    func run() throws {
+        var seen = 0
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        do {
+            try ControlClient(path: connection.socketPath, timeout: .seconds(5)).stream(ControlRequest(command: .monitor)) { event in
+                guard kind.isEmpty || kind.contains(event.kind) else { return true }
+                if json {
+                    if let data = try? encoder.encode(event), let line = String(data: data, encoding: .utf8) { print(line) }
+                } else {
+                    print(SessionTableFormatter.event(event, clock: Self.localClock(event.time)))
+                }
+                fflush(nil)  // all output streams: each event leaves at once, also into a pipe
+                seen += 1
+                return count.map { seen < $0 } ?? true
+            }
+        } catch {
+            printError(error.description)
+            throw ExitCode(error.isRefusal ? 1 : 3)
+        }
+    }
+}
+
+extension Monitor {
+    /// HH:MM:SS.mmm in local time.
+    static func localClock(_ time: Double) -> String {
+        var seconds = time_t(time)
+        var parts = tm()
+        localtime_r(&seconds, &parts)
+        let milliseconds = min(999, max(0, Int((time - Double(seconds)) * 1000)))
+        return String(format: "%02d:%02d:%02d.%03d", parts.tm_hour, parts.tm_min, parts.tm_sec, milliseconds)
+    }
+}
+
+struct Rules: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the policy rules in effect, in order, with how often each decided (since start or the last reload).")
+
+    @OptionGroup var connection: ConnectionOptions
+    @Flag(help: "Print a JSON array of rule records.") var json = false
+
+    func run() throws {
+        let response = try connection.perform(ControlRequest(command: .rules))
+        let rules = response.rules ?? []
+        if json {
+            try printJSON(rules)
+        } else {
+            print(SessionTableFormatter.rules(rules), terminator: "")
+        }
+    }
+}
+
+struct ShowConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show-config",
+        abstract: "Print the configuration in effect (defaults included), as midcomd.conf text.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        let response = try connection.perform(ControlRequest(command: .showConfig))
+        print(response.message ?? "", terminator: "")
     }
 }
 

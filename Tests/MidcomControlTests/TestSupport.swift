@@ -58,6 +58,10 @@ enum Fixtures {
             return .failure("no DENY filter \(request.sessionID ?? "")")
         case .reload:
             return ControlResponse(ok: true, message: "reloaded")
+        case .rules:
+            return ControlResponse(ok: true, rules: [])
+        case .showConfig:
+            return ControlResponse(ok: true, message: "[daemon]\n")
         }
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import CSPWire
 import XCTest
 
@@ -109,6 +110,26 @@ final class ConfigurationTests: XCTestCase {
             path: "x", text: "[[rule]]\nproto = \"tcp\"\nport = \"80-81\"\naction = \"redirect\"\nredirect-to = \"[2001:db8::3]:3128\"\n")
         XCTAssertEqual(config.rules[0].redirectTarget, CSPEndpoint(address: IPAddress("2001:db8::3")!, port: 3128))
         XCTAssertEqual(config.rules[0].ports, 80...81)
+    }
+
+    /// `midctl show-config` prints the configuration in effect; reading it back gives it again.
+    func testTheConfigurationInEffectReadsBackTheSame() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for name in ["midcomd.conf", "home-gateway.conf"] {
+            let text = try String(contentsOf: root.appendingPathComponent("docs/examples/\(name)"), encoding: .utf8)
+            var original = try MidcomConfiguration(path: name, text: text)
+            let shown = original.tomlText
+            var again = try MidcomConfiguration(path: "shown", text: shown)
+            // `inside` is written out in full even where it followed [nat]'s prefixes.
+            original.insidePrefixesAsWritten = original.insidePrefixes
+            again.insidePrefixesAsWritten = again.insidePrefixes
+            XCTAssertEqual(again, original, "\(name):\n\(shown)")
+        }
+        var config = MidcomConfiguration()
+        config.rules = [
+            PolicyRule(name: "a \"quoted\" name", proto: IPProtocol(rawValue: 47), ports: 5000...5100, incoming: false, action: .reject, reason: "no")
+        ]
+        XCTAssertEqual(try MidcomConfiguration(path: "x", text: config.tomlText).rules, config.rules)
     }
 
     /// TOML as TOML reads it, and the mistakes a firewall's configuration must not swallow.

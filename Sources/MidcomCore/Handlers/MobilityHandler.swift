@@ -64,7 +64,7 @@ extension GatewayEngine {
         guard moved.address(of: end) == request.source.address else {
             return spoofedRebind(request, reason: "NEW-ADDRESS \(newAddress.address) is not the REBIND's source \(request.source.address)")
         }
-        let decision = policy.decide(
+        let decision = decidePolicy(
             flow: existing?.relay == nil ? moved : policyView(moved, relayedFor: signer),
             application: existing?.application ?? rebind.application, incoming: incoming,
             requestedLifetime: rebind.lifetime ?? existing?.grantedLifetime)
@@ -124,7 +124,7 @@ extension GatewayEngine {
         guard newAddress.address == request.source.address else {
             return spoofedRebind(request, reason: "NEW-ADDRESS \(newAddress.address) is not the REBIND's source \(request.source.address)")
         }
-        let decision = policy.decide(
+        let decision = decidePolicy(
             flow: moved, application: session.application, incoming: session.incoming,
             requestedLifetime: request.message.lifetime ?? session.grantedLifetime)
         guard decision.action != .reject else {
@@ -165,7 +165,7 @@ extension GatewayEngine {
             return spoofedRebind(request, reason: "PATH \(path.pathID) \(path.endpoint) must be a further path sent from its own address")
         }
         let flow = session.flow.moving(session.ownerEnd, to: path.endpoint)
-        let decision = policy.decide(
+        let decision = decidePolicy(
             flow: flow, application: session.application, incoming: session.incoming, requestedLifetime: message.lifetime)
         guard decision.action != .reject else {
             counters.rejected += 1

@@ -33,7 +33,7 @@ extension GatewayEngine {
                 event: "rejected relay \(hex(setup.sessionID)) \(flow): ports missing")
         }
         let existing = sessions[id: setup.sessionID]
-        let decision = policy.decide(
+        let decision = decidePolicy(
             flow: policyView(flow, relayedFor: request.signer), application: setup.application, incoming: false,
             requestedLifetime: setup.lifetime)
         guard decision.action == .admit else {

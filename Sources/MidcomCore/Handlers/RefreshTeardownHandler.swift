@@ -12,7 +12,7 @@ extension GatewayEngine {
         }
         // Lifetime 0 means delete (PCP-style).
         if refresh.lifetime == 0 { return handleTeardown(request, now: now) }
-        let decision = policy.decide(
+        let decision = decidePolicy(
             flow: session.relay == nil ? session.flow : policyView(session.flow, relayedFor: session.ownerKey),
             application: session.application, incoming: session.incoming, requestedLifetime: refresh.lifetime)
         if session.answeredForResponder, !request.isAddressedToUs {

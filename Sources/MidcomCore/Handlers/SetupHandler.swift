@@ -41,7 +41,7 @@ extension GatewayEngine {
         let flow = Self.effectiveFlow(signaled, records: setup.records, incoming: incoming)
         if let refused = checkOwnership(of: request, flow: flow, incoming: incoming) { return refused }
         let existing = sessions[id: setup.sessionID]
-        let decision = policy.decide(
+        let decision = decidePolicy(
             flow: flow, application: setup.application, incoming: incoming, requestedLifetime: setup.lifetime)
         switch decision.action {
         case .reject:
@@ -50,7 +50,8 @@ extension GatewayEngine {
             let kernel = existing.map { discard($0.id, now: now) } ?? []
             return rejection(
                 of: request, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
-                event: "rejected SETUP \(hex(setup.sessionID)) \(flow): \(decision.reason ?? "policy")", kernel: kernel)
+                event: "rejected SETUP \(hex(setup.sessionID)) \(flow) by \(decision.ruleName.map { "rule '\($0)'" } ?? "the default action"): \(decision.reason ?? "policy")",
+                kernel: kernel)
         case .redirect where !request.isAddressedToUs:
             return redirect(request, flow: flow, decision: decision, now: now)
         case .redirect, .admit:

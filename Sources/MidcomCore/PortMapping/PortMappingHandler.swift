@@ -118,7 +118,7 @@ extension GatewayEngine {
                 result: .success, kernel: kernel,
                 event: existing.map { "\(request.origin.rawValue) mapping \(hex($0.id)) \(flow) deleted" })
         }
-        let decision = policy.decide(flow: flow, application: nil, incoming: incoming, requestedLifetime: request.lifetime)
+        let decision = decidePolicy(flow: flow, application: nil, incoming: incoming, requestedLifetime: request.lifetime)
         guard decision.action == .admit,
             authorizes(decision.signatures, signer: nil, source: client, application: nil)
         else {
