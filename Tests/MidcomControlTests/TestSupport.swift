@@ -62,6 +62,8 @@ enum Fixtures {
             return ControlResponse(ok: true, rules: [])
         case .showConfig:
             return ControlResponse(ok: true, message: "[daemon]\n")
+        case .monitor:
+            return .failure("monitor is a stream")
         }
     }
 }
