@@ -27,6 +27,12 @@ let package = Package(
         // Ed25519, SHA-256 and HMAC (docs/PROTOCOL.md 7): the maintained BoringSSL-backed
         // implementation, never home-made primitives. 3.x builds offline here with swift-asn1 only.
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        // The metrics endpoint (off by default): the Prometheus text format from swift-prometheus
+        // (the Swift server workgroup's implementation; with swift-metrics and swift-atomics it adds
+        // little to the build) and HTTP from FlyingFox (a small server on plain sockets with no
+        // dependencies: SwiftNIO-based servers such as Hummingbird cost minutes of CI build).
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
         .systemLibrary(
@@ -49,6 +55,9 @@ let package = Package(
             dependencies: [
                 "Netfilter", "CSPWire", "CSPTrust", "CSPHost", "MidcomCore", "MidcomKernel", "MidcomControl", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "FlyingFox", package: "FlyingFox"),
+                .product(name: "FlyingSocks", package: "FlyingFox"),
             ]
         ),
         .executableTarget(

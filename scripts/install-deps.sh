@@ -6,6 +6,7 @@ packages=(
   nftables iptables iproute2 conntrack procps util-linux     # run: ruleset, lab namespaces, unshare
   python3 python3-scapy python3-cryptography socat tshark systemd  # test: traffic, captures, checks
   natpmpc                                                    # test: an unmodified NAT-PMP client
+  curl python3-prometheus-client                             # test: scrape and parse the metrics endpoint
 )
 # `install-deps.sh bench`: also what `make bench` needs (load generators, the miniupnpd reference; figure 10:
 # libcrypto for cspload's Ed25519 signatures, the openssl tool for the verification reference).

@@ -46,6 +46,7 @@ extension MidcomConfiguration {
                 ("port-range", q("\(nat.ports.lowerBound)-\(nat.ports.upperBound)")), ("port-mapping", "\(nat.portMapping)"),
             ])
         }
+        if let listen = metricsListen { section("metrics", [("listen", q(listen.description))]) }
         for rule in rules {
             out += "\n[[rule]]\n"
             var entries: [(String, String?)] = [("name", q(rule.name))]

@@ -97,6 +97,10 @@ public struct MidcomConfiguration: Sendable, Equatable {
     // [nat]
     public var nat: NATConfiguration?
 
+    // [metrics]
+    /// Where the Prometheus endpoint listens (`GET /metrics`); nil: no endpoint (the default).
+    public var metricsListen: CSPEndpoint?
+
     // [trust], [[known-key]]
     public var trust = TrustConfiguration()
     public var pushback = PushbackConfiguration()
@@ -146,12 +150,20 @@ public struct MidcomConfiguration: Sendable, Equatable {
                 try trust.read(&reader)
             case "pushback":
                 try pushback.read(&reader)
+            case "metrics":
+                if let v = try reader.raw("listen") {
+                    guard let endpoint = CSPEndpoint(parsing: v.text), endpoint.port != 0 else {
+                        throw reader.error(v, "'\(v.text)' is not an address:port", fix: "write e.g. listen = \"127.0.0.1:9727\"")
+                    }
+                    metricsListen = endpoint
+                }
+                try reader.rejectUnknownKeys()
             case "known-key":
                 trust.knownKeys.append(try KnownKey(reading: &reader, index: trust.knownKeys.count))
             default:
                 throw ConfigError(
                     path: path, line: section.line, message: "unknown section [\(section.name)]",
-                    fix: "valid sections are [daemon], [policy], [nat], [trust], [pushback], [[rule]] and [[known-key]]")
+                    fix: "valid sections are [daemon], [policy], [nat], [trust], [pushback], [metrics], [[rule]] and [[known-key]]")
             }
         }
         let needsKeys = trust.signatures == .knownKeys || rules.contains { $0.signatures == .knownKeys }

@@ -88,15 +88,23 @@ public final class NFTKernelProgrammer: KernelProgrammer {
     let conntrack: ConntrackClient
     let table: String
 
-    public init(nft: NFTablesClient, conntrack: ConntrackClient, table: String) {
+    public init(nft: NFTablesClient, conntrack: ConntrackClient, table: String, observeBatch: (@Sendable (Duration, Int) -> Void)? = nil) {
         self.nft = nft
         self.conntrack = conntrack
         self.table = table
+        self.observeBatch = observeBatch
     }
+
+    /// Told how long each batch took and how many changes it carried (the metrics endpoint's
+    /// histogram); nil: not measured.
+    public let observeBatch: (@Sendable (Duration, Int) -> Void)?
 
     public func apply(_ changes: [KernelChange]) throws {
         var batch = NFTChangeSet(table: table)
         for change in changes { batch.append(change) }
+        guard let observeBatch else { return try nft.apply(batch) }
+        let start = ContinuousClock.now
+        defer { observeBatch(start.duration(to: .now), changes.count) }
         try nft.apply(batch)
     }
 

@@ -62,6 +62,8 @@ final class Daemon: Sendable {
     let rulesetCondition = Mutex<RulesetCondition>(.intact)
     /// Live events for `midctl monitor`.
     let events = EventHub()
+    /// The Prometheus endpoint, with `[metrics] listen`.
+    let metrics: MetricsService?
     let rulesetLost = Atomic<UInt64>(0)
     let rulesetRestored = Atomic<UInt64>(0)
     /// One reload at a time (SIGHUP and `midctl reload` may meet).
@@ -87,7 +89,13 @@ final class Daemon: Sendable {
         }
         let identity = try PersistentIdentity.load(configuration: configuration, directory: configuration.trust.stateDirectory)
         engine = Mutex(GatewayEngine(configuration: configuration, identity: identity, startedAt: wallClockSeconds()))
-        kernel = NFTKernelProgrammer(nft: nft, conntrack: try ConntrackClient(), table: configuration.table)
+        let metrics = configuration.metricsListen.map { _ in MetricsService() }
+        self.metrics = metrics
+        var observeBatch: (@Sendable (Duration, Int) -> Void)?
+        if let histogram = metrics?.batchLatency {
+            observeBatch = { duration, _ in histogram.record(duration) }
+        }
+        kernel = NFTKernelProgrammer(nft: nft, conntrack: try ConntrackClient(), table: configuration.table, observeBatch: observeBatch)
         cleanup = CleanupService(kernel: kernel)
         // Bind the queue before touching the queue rule: if another process holds the queue, we
         // must fail without replacing (and then removing) the rule it depends on.
@@ -195,6 +203,7 @@ final class Daemon: Sendable {
         }
         Thread.detachNewThread { [self] in self.adoptKernelState() }
         Thread.detachNewThread { [self] in self.watchRuleset() }
+        if let metrics, let listen = configuration.metricsListen { metrics.serve(at: listen, daemon: self) }
         let identity = engine.withLock { $0.identity }
         log(.notice, "middlebox \(hex(identity.id)) key \(identity.key?.publicKey.text ?? "none") (challenge \(configuration.trust.challenge.rawValue), signatures \(configuration.trust.signatures.rawValue))")
         log(.notice, "midcomd started: queue \(queueDescription) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")

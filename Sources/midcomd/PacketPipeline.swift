@@ -53,8 +53,13 @@ extension Daemon {
         var described: (type: CSPMessageType, session: UInt64)?
         do {
             // Parsed and verified here, outside the engine's lock (Ed25519 costs tens of µs).
+            let parseStart = metrics == nil ? nil : ContinuousClock.now
             var request = try SignalingRequest(
                 parsing: udp.payload, source: source, entry: .intercepted(destination: destination), wallClock: wallClock())
+            if let metrics, let parseStart {
+                let took = parseStart.duration(to: .now)
+                (request.message.flags.contains(.signed) ? metrics.parseSigned : metrics.parseUnsigned).record(took)
+            }
             described = (request.message.type, request.message.sessionID)
             request.insideConntrack = insideConntrack
             outcome = engine.withLock { $0.handle(request, now: now) }

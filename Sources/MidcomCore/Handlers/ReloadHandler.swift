@@ -36,6 +36,7 @@ extension MidcomConfiguration {
         check("[daemon] table", \.table)
         check("[trust] state-directory", \.trust.stateDirectory)
         check("[nat]", \.nat)
+        check("[metrics] listen", \.metricsListen)
         return changed
     }
 }
