@@ -2,7 +2,7 @@
 SWIFT ?= swift
 BUILD := .build/debug
 
-.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests fuzz install clean check-root bench
+.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests fuzz install clean check-root bench diagrams
 
 all: build
 
@@ -49,6 +49,12 @@ install: check-root
 	install -D -m 0644 nft-rules/midcom.nft /etc/nftables.d/midcom.nft
 	install -D -m 0644 systemd/midcomd.service /etc/systemd/system/midcomd.service
 	[ -f /etc/midcom/midcomd.conf ] || install -D -m 0644 docs/examples/midcomd.conf /etc/midcom/midcomd.conf
+
+## diagrams: the SVG pictures in docs/diagrams from their text sources (graphviz .dot, mscgen .msc)
+diagrams:
+	@for f in docs/diagrams/*.dot; do dot -Tsvg "$$f" -o "$${f%.dot}.svg"; done
+	@for f in docs/diagrams/*.msc; do mscgen -T svg -i "$$f" -o "$${f%.msc}.svg"; done
+	@echo "diagrams: docs/diagrams/*.svg regenerated"
 
 ## bench: benchmark suite (≈ 20 min; BENCH_QUICK=1 ≈ 5 min): prints the table, writes Benchmarks/results/latest.json
 bench: check-root

@@ -7,6 +7,7 @@ packages=(
   python3 python3-scapy python3-cryptography socat tshark systemd  # test: traffic, captures, checks
   natpmpc                                                    # test: an unmodified NAT-PMP client
   curl python3-prometheus-client                             # test: scrape and parse the metrics endpoint
+  graphviz mscgen                                            # docs: the diagrams (make diagrams; checked in make test)
 )
 # `install-deps.sh bench`: also what `make bench` needs (load generators, the miniupnpd reference; figure 10:
 # libcrypto for cspload's Ed25519 signatures, the openssl tool for the verification reference).

@@ -1,3 +1,4 @@
+import Foundation
 /// Renders control-protocol values for people, in the manner of `ip`, `conntrack` and `wg`: one aligned table for
 /// many sessions, `key: value` lines for one. Pure (no I/O, no locale, no clock) so output is golden-tested.
 ///
@@ -14,7 +15,7 @@ public enum SessionTableFormatter {
 
     /// The session table: a header line, then one line per session in the given order, each
     /// further path of a session on a line of its own below it (`+path N`).
-    public static func table(_ sessions: [SessionRecord]) -> String {
+    public static func table(_ sessions: [SessionRecord], color: Bool = false) -> String {
         let rows: [[String]] = sessions.flatMap { session -> [[String]] in
             let main: [String] = [
                 session.id,
@@ -38,7 +39,38 @@ public enum SessionTableFormatter {
             }
             return [main] + paths
         }
-        return aligned([columns.map(\.title)] + rows, rightAligned: columns.map(\.rightAligned))
+        let state = columns.firstIndex { $0.title == "STATE" }
+        return aligned([columns.map(\.title)] + rows, rightAligned: columns.map(\.rightAligned)) { row, column, cell in
+            guard color, row > 0, column == state else { return cell }
+            return paint(cell, stateColor(cell.trimmingCharacters(in: .whitespaces)))
+        }
+    }
+
+    // MARK: - Colors (only on a terminal: midctl decides; --no-color and NO_COLOR turn them off)
+
+    static func paint(_ text: String, _ code: String?) -> String {
+        guard let code else { return text }
+        return "\u{1B}[\(code)m\(text)\u{1B}[0m"
+    }
+
+    static func stateColor(_ state: String) -> String? {
+        switch state {
+        case "admitted": "32"  // green
+        case "pending": "33"  // yellow
+        case "redirected": "35"  // magenta
+        case "legacy": "36"  // cyan
+        default: nil
+        }
+    }
+
+    static func kindColor(_ kind: String) -> String? {
+        switch kind {
+        case "admit", "map": "32"
+        case "reject", "revoke", "deny", "lost", "ruleset": "31"  // red
+        case "setup", "challenge", "refresh", "rebind", "path": "33"
+        case "expire", "teardown", "delete", "unsignaled": "2"  // dim
+        default: nil
+        }
     }
 
     /// The DENY filters (`midctl denies`): who asked, what is dropped, how much so far, time left.
@@ -58,18 +90,23 @@ public enum SessionTableFormatter {
     }
 
     /// One live event as a line: `clock` (the caller's rendering of its time), kind, session, text.
-    public static func event(_ event: ControlEvent, clock: String) -> String {
-        let kind = event.kind.padding(toLength: 10, withPad: " ", startingAt: 0)
+    public static func event(_ event: ControlEvent, clock: String, color: Bool = false) -> String {
+        var kind = event.kind.padding(toLength: 10, withPad: " ", startingAt: 0)
+        if color { kind = paint(kind, kindColor(event.kind)) }
         return "\(clock) \(kind) \(event.session ?? "-               ") \(event.text)"
     }
 
     /// The policy rules in order, the default action last, for `midctl rules`.
-    public static func rules(_ rules: [RuleRecord]) -> String {
+    public static func rules(_ rules: [RuleRecord], color: Bool = false) -> String {
         let titles: [(String, Bool)] = [("#", true), ("NAME", false), ("MATCH", false), ("ACTION", false), ("HITS", true)]
         let rows = rules.map { rule -> [String] in
             [rule.position == 0 ? "-" : String(rule.position), rule.name, rule.match, rule.action, String(rule.hits)]
         }
-        return aligned([titles.map(\.0)] + rows, rightAligned: titles.map(\.1))
+        return aligned([titles.map(\.0)] + rows, rightAligned: titles.map(\.1)) { row, column, cell in
+            guard color, row > 0, column == 3 else { return cell }
+            let action = cell.trimmingCharacters(in: .whitespaces)
+            return paint(cell, action == "reject" ? "31" : action == "admit" ? "32" : "35")
+        }
     }
 
     /// One session as `key: value` lines, for `midctl show`.
@@ -158,19 +195,25 @@ public enum SessionTableFormatter {
     // MARK: - Layout
 
     /// Columns separated by two blanks and padded to their widest cell; trailing blanks removed.
-    static func aligned(_ rows: [[String]], rightAligned: [Bool]) -> String {
+    /// Columns padded to their widest cell; `paint` may wrap a padded cell in color codes (which
+    /// take no room on the screen, so they are added after the padding).
+    static func aligned(
+        _ rows: [[String]], rightAligned: [Bool], paint: (_ row: Int, _ column: Int, _ cell: String) -> String = { $2 }
+    ) -> String {
         guard let first = rows.first else { return "" }
         var widths = [Int](repeating: 0, count: first.count)
         for row in rows {
             for (column, cell) in row.enumerated() { widths[column] = max(widths[column], cell.count) }
         }
         var text = ""
-        for row in rows {
+        for (index, row) in rows.enumerated() {
             var line = ""
             for (column, cell) in row.enumerated() {
                 if column > 0 { line += "  " }
                 let padding = String(repeating: " ", count: widths[column] - cell.count)
-                line += rightAligned[column] ? padding + cell : cell + padding
+                let padded = rightAligned[column] ? padding + cell : cell + padding
+                // The last column is not padded on the right (trailing blanks are trimmed).
+                line += column == row.count - 1 ? paint(index, column, trimmingTrailingBlanks(padded)) : paint(index, column, padded)
             }
             text += trimmingTrailingBlanks(line) + "\n"
         }

@@ -44,6 +44,14 @@ struct ConnectionOptions: ParsableArguments {
             valueName: "path"))
     var socket: String?
 
+    @Flag(help: "Never color the output (also: the NO_COLOR environment variable; colors are only used on a terminal).")
+    var noColor = false
+
+    /// States and kinds in color: on a terminal, unless turned off.
+    var color: Bool {
+        !noColor && isatty(1) != 0 && (ProcessInfo.processInfo.environment["NO_COLOR"] ?? "").isEmpty
+    }
+
     var socketPath: String {
         if let socket { return socket }
         if let fromEnvironment = ProcessInfo.processInfo.environment["MIDCOM_SOCKET"], !fromEnvironment.isEmpty {

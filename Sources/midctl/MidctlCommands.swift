@@ -23,7 +23,7 @@ struct Sessions: ParsableCommand {
         if json {
             try printJSON(sessions)
         } else {
-            print(SessionTableFormatter.table(sessions), terminator: "")
+            print(SessionTableFormatter.table(sessions, color: connection.color), terminator: "")
         }
     }
 }
@@ -168,7 +168,7 @@ struct Monitor: ParsableCommand {
                 if json {
                     if let data = try? encoder.encode(event), let line = String(data: data, encoding: .utf8) { print(line) }
                 } else {
-                    print(SessionTableFormatter.event(event, clock: Self.localClock(event.time)))
+                    print(SessionTableFormatter.event(event, clock: Self.localClock(event.time), color: connection.color))
                 }
                 fflush(nil)  // all output streams: each event leaves at once, also into a pipe
                 seen += 1
@@ -205,7 +205,7 @@ struct Rules: ParsableCommand {
         if json {
             try printJSON(rules)
         } else {
-            print(SessionTableFormatter.rules(rules), terminator: "")
+            print(SessionTableFormatter.rules(rules, color: connection.color), terminator: "")
         }
     }
 }

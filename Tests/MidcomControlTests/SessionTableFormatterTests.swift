@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 
 @testable import MidcomControl
@@ -129,5 +130,18 @@ final class SessionTableFormatterTests: XCTestCase {
         for (count, expected) in cases {
             XCTAssertEqual(SessionTableFormatter.byteCount(count), expected, "\(count)")
         }
+    }
+
+    /// Colors wrap the padded cells, so the columns line up exactly as without them.
+    func testColorsKeepTheColumnsAligned() {
+        let plain = SessionTableFormatter.table(Fixtures.sessions)
+        let colored = SessionTableFormatter.table(Fixtures.sessions, color: true)
+        XCTAssertFalse(plain.contains("\u{1B}"))
+        XCTAssertTrue(colored.contains("\u{1B}[32m"), colored)
+        let stripped = colored.replacingOccurrences(of: "\u{1B}\\[[0-9;]*m", with: "", options: .regularExpression)
+        XCTAssertEqual(stripped, plain)
+        let event = ControlEvent(time: 0, kind: "reject", session: "0123456789abcdef", text: "rejected")
+        XCTAssertEqual(SessionTableFormatter.event(event, clock: "12:00:00.000"), "12:00:00.000 reject     0123456789abcdef rejected")
+        XCTAssertTrue(SessionTableFormatter.event(event, clock: "12:00:00.000", color: true).contains("\u{1B}[31mreject"))
     }
 }
