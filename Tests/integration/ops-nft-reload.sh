@@ -83,6 +83,17 @@ step "restored in $took ms"
 out=$(ping 5000 4000); indent <<<"$out"; expect_match "$out" "sent 3 replies 3 " "the admitted flow passes"
 expect_match "$(nft_set gw admit4)" "udp \. 4002 \. 10\.200\.2\.2 \. 6000 " "the second session is back too"
 
+step "a ruleset of another revision is named, not programmed; the right one is restored again"
+sed 's/comment "midcom ruleset revision [0-9]*"/comment "midcom ruleset revision 4"/' "$ROOT/nft-rules/midcom.nft" >"$LAB_DIR/old.nft"
+in_ns gw nft -f "$LAB_DIR/old.nft"
+took=$(ms_until "ruleset: +WRONG REVISION: table loaded from ruleset revision 4" midctl gw status)
+step "noticed in $took ms"
+expect_no_match "$(in_ns gw nft list chain inet midcom enqueue)" "queue .*num" "no queue rule in a table of another revision"
+in_ns gw nft -f "$ROOT/nft-rules/midcom.nft"
+took=$(ms_until "$element" nft_set gw admit4)
+[ "$took" -le 1000 ] || fail "restoring took $took ms"
+expect_match "$(midctl gw status)" "ruleset: +intact" "status intact again"
+
 step "nft flush chain inet midcom enqueue: the queue rule is put back"
 in_ns gw nft flush chain inet midcom enqueue
 took=$(ms_until "queue .*num 0" in_ns gw nft list chain inet midcom enqueue)
