@@ -19,7 +19,7 @@ public final class ControlServer: Sendable {
     private let identity: FileIdentity?
     private let handler: @Sendable (ControlRequest) -> ControlResponse
     /// Opens a subscription to the daemon's events for a `monitor` client; nil: not offered.
-    private let subscribe: (@Sendable () -> any EventSubscription)?
+    private let subscribe: (@Sendable () -> (any EventSubscription)?)?
     private let log: @Sendable (String) -> Void
     private let connectionTimeout: Duration
     private let maxRequestLineBytes: Int
@@ -29,7 +29,7 @@ public final class ControlServer: Sendable {
     private let open = Mutex<(byUser: [UInt32: Int], total: Int)>(([:], 0))
     public static let connectionsPerUser = 4
     /// Root's own share: other users filling theirs cannot lock the operator out.
-    public static let connectionsForRoot = 8
+    public static let connectionsForRoot = 32
     public static let maximumConnections = 64
     /// Refusals logged this second (a flood of connections must not become a flood of lines).
     private let refusalLog = Mutex<(second: Int, count: Int)>((0, 0))
@@ -51,7 +51,7 @@ public final class ControlServer: Sendable {
         maxRequestLineBytes: Int = ControlProtocol.maxRequestLineBytes,
         access: ControlAccess = ControlAccess(),
         log: @escaping @Sendable (String) -> Void = { _ in },
-        subscribe: (@Sendable () -> any EventSubscription)? = nil,
+        subscribe: (@Sendable () -> (any EventSubscription)?)? = nil,
         handler: @escaping @Sendable (ControlRequest) -> ControlResponse
     ) throws(ControlError) {
         guard let address = UnixSocketAddress(path: path) else { throw .pathTooLong(path: path) }
@@ -259,13 +259,17 @@ public final class ControlServer: Sendable {
     /// `monitor`: after the `ok` answer, the daemon's events as they come, until the client hangs
     /// up or the server stops. Events are taken every 100 ms (the client's hang-up is noticed
     /// meanwhile); a client that does not read its events in time is disconnected.
-    private func stream(_ subscribe: @Sendable () -> any EventSubscription, on connection: borrowing UnixStreamSocket, peer: PeerCredentials) {
+    private func stream(_ subscribe: @Sendable () -> (any EventSubscription)?, on connection: borrowing UnixStreamSocket, peer: PeerCredentials) {
         if let refusal = access.refusal(of: .monitor, by: peer) {
             log("control socket \(path): \(refusal)")
             _ = send(.failure(refusal), on: connection)
             return
         }
-        let subscription = subscribe()
+        guard let subscription = subscribe() else {
+            logRefusal("control socket \(path): refused a monitor of uid \(peer.uid): too many monitors")
+            _ = send(.failure("too many monitors are running (at most 16): stop one first"), on: connection)
+            return
+        }
         defer { subscription.cancel() }
         guard send(ControlResponse(ok: true, message: "monitoring"), on: connection) else { return }
         while !stopped.load(ordering: .acquiring) {

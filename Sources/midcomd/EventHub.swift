@@ -40,14 +40,16 @@ final class EventHub: Sendable {
         }
     }
 
-    func subscribe() -> any EventSubscription {
+    /// A new reader's subscription; nil when `maximumSubscribers` already read.
+    func subscribe() -> (any EventSubscription)? {
         let id: Int? = subscribers.withLock { state in
             guard state.queues.count < Self.maximumSubscribers else { return nil }
             state.next += 1
             state.queues[state.next] = Queue()
             return state.next
         }
-        if id != nil { count.add(1, ordering: .relaxed) }
+        guard let id else { return nil }
+        count.add(1, ordering: .relaxed)
         return Subscription(hub: self, id: id)
     }
 
@@ -68,14 +70,9 @@ final class EventHub: Sendable {
 
     private struct Subscription: EventSubscription {
         let hub: EventHub
-        let id: Int?
-        func take() -> [ControlEvent] {
-            guard let id else {
-                return [ControlEvent(time: 0, kind: "lost", text: "too many monitors (at most \(EventHub.maximumSubscribers))")]
-            }
-            return hub.take(id)
-        }
-        func cancel() { id.map(hub.cancel) }
+        let id: Int
+        func take() -> [ControlEvent] { hub.take(id) }
+        func cancel() { hub.cancel(id) }
     }
 }
 
