@@ -2,7 +2,7 @@
 SWIFT ?= swift
 BUILD := .build/debug
 
-.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests fuzz install clean check-root bench diagrams
+.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests fuzz install uninstall deb clean check-root bench diagrams
 
 all: build
 
@@ -22,7 +22,8 @@ demo: build
 	@bash Tests/integration/foundation.sh
 
 ## test: every test: unit, kernel adapter, end-to-end scenarios, wire tools
-test: build unit scenarios wire-tests
+# The package is built first (scenario package-install installs it into a clean root).
+test: build deb unit scenarios wire-tests
 	@echo "make test: all suites passed"
 
 # Unit tests and kernel-adapter tests. The whole XCTest run happens in a private, empty network
@@ -40,15 +41,62 @@ wire-tests: check-root
 	@if [ -x Tests/wire/tshark.sh ]; then bash Tests/wire/tshark.sh; fi
 	@if [ -x Tests/wire/fuzz.sh ]; then bash Tests/wire/fuzz.sh $${FUZZ_SECONDS:-30}; fi
 
-## install: binaries to /usr/local/sbin, ruleset, unit and example configuration
-install: check-root
-	$(SWIFT) build -c release
-	install -m 0755 .build/release/midcomd /usr/local/sbin/midcomd
-	install -m 0755 .build/release/midctl /usr/local/sbin/midctl
-	install -m 0755 .build/release/csp /usr/local/bin/csp
-	install -D -m 0644 nft-rules/midcom.nft /etc/nftables.d/midcom.nft
-	install -D -m 0644 systemd/midcomd.service /etc/systemd/system/midcomd.service
-	[ -f /etc/midcom/midcomd.conf ] || install -D -m 0644 docs/examples/midcomd.conf /etc/midcom/midcomd.conf
+## install: binaries to $(PREFIX)/sbin (default /usr/local), ruleset, unit, docs, completions, example configuration
+# DESTDIR=DIR stages everything below DIR (no root needed then). The unit's ExecStart/ExecReload
+# and Documentation= name the PREFIX used. Manual pages are installed when `make deb` made them.
+PREFIX ?= /usr/local
+DESTDIR ?=
+RELEASE ?= .build/release
+PROGRAMS := midcomd midctl csp
+DOCDIR = $(PREFIX)/share/doc/midcom
+MANPAGES = $(wildcard .build-deb/deb/manual/midcomd.8 .build-deb/deb/manual/midctl.8 .build-deb/deb/manual/csp.1)
+ZSHDIR = $(if $(filter /usr,$(PREFIX)),$(PREFIX)/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
+DOCS = README.md $(wildcard docs/*.md) $(wildcard docs/diagrams/*.svg) docs/examples/midcomd.conf docs/examples/home-gateway.conf docs/examples/home-gateway.nft
+INSTALLED_FILES = $(PREFIX)/sbin/midcomd $(PREFIX)/sbin/midctl $(PREFIX)/bin/csp /etc/nftables.d/midcom.nft \
+  /etc/systemd/system/midcomd.service $(addprefix $(DOCDIR)/,$(patsubst docs/examples/%,examples/%,$(DOCS))) \
+  $(PROGRAMS:%=$(PREFIX)/share/bash-completion/completions/%) $(PROGRAMS:%=$(ZSHDIR)/_%) \
+  $(PROGRAMS:%=$(PREFIX)/share/fish/vendor_completions.d/%.fish) \
+  $(foreach m,midcomd.8 midctl.8 csp.1 midcomd.conf.5,$(PREFIX)/share/man/man$(subst .,,$(suffix $(m)))/$(m).gz)
+
+install: $(if $(DESTDIR),,check-root)
+	@for p in $(PROGRAMS); do echo "$(SWIFT) build -c release --product $$p"; $(SWIFT) build -c release --product $$p || exit 1; done
+	install -D -m 0755 $(RELEASE)/midcomd $(DESTDIR)$(PREFIX)/sbin/midcomd
+	install -D -m 0755 $(RELEASE)/midctl $(DESTDIR)$(PREFIX)/sbin/midctl
+	install -D -m 0755 $(RELEASE)/csp $(DESTDIR)$(PREFIX)/bin/csp
+	install -D -m 0644 nft-rules/midcom.nft $(DESTDIR)/etc/nftables.d/midcom.nft
+	install -d $(DESTDIR)/etc/systemd/system
+	sed -e 's|/usr/local/sbin/|$(PREFIX)/sbin/|g' -e 's|file:///usr/share/doc/midcom/|file://$(DOCDIR)/|' \
+	  systemd/midcomd.service >$(DESTDIR)/etc/systemd/system/midcomd.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/midcomd.service
+	@for f in $(DOCS); do case $$f in docs/examples/*) d=examples/$${f#docs/examples/} ;; *) d=$$f ;; esac; \
+	  install -D -m 0644 "$$f" "$(DESTDIR)$(DOCDIR)/$$d" || exit 1; done
+	@echo "install: documentation in $(DESTDIR)$(DOCDIR)"
+	@for p in $(PROGRAMS); do \
+	  $(RELEASE)/$$p --generate-completion-script=bash | sed '1{/^#!/d}' | install -D -m 0644 /dev/stdin $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$p && \
+	  $(RELEASE)/$$p --generate-completion-script=zsh | install -D -m 0644 /dev/stdin $(DESTDIR)$(ZSHDIR)/_$$p && \
+	  $(RELEASE)/$$p --generate-completion-script=fish | install -D -m 0644 /dev/stdin $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$p.fish || exit 1; done
+	@echo "install: bash, zsh and fish completions"
+	@for m in $(MANPAGES); do n=$$(basename $$m); gzip -9n -c $$m | install -D -m 0644 /dev/stdin $(DESTDIR)$(PREFIX)/share/man/man$${n##*.}/$$n.gz || exit 1; done
+	@sed "s/@VERSION@/$$($(RELEASE)/midcomd --version)/" packaging/midcomd.conf.5 | gzip -9n | install -D -m 0644 /dev/stdin $(DESTDIR)$(PREFIX)/share/man/man5/midcomd.conf.5.gz
+	@echo "install: manual pages $(if $(MANPAGES),$(notdir $(MANPAGES)) ,)midcomd.conf.5$(if $(MANPAGES),, (midcomd, midctl and csp pages: run make deb first))"
+	@if [ -f $(DESTDIR)/etc/midcom/midcomd.conf ]; then echo "install: keeping /etc/midcom/midcomd.conf"; \
+	  else install -D -m 0644 docs/examples/midcomd.conf $(DESTDIR)/etc/midcom/midcomd.conf && echo "install: /etc/midcom/midcomd.conf from docs/examples/midcomd.conf"; fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+## uninstall: removes what `make install` put there (same PREFIX and DESTDIR); keeps a changed /etc/midcom/midcomd.conf
+uninstall: $(if $(DESTDIR),,check-root)
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && { systemctl -q is-active midcomd.service || systemctl -q is-enabled midcomd.service; } 2>/dev/null; then \
+	  echo "make uninstall: midcomd.service is running or enabled: 'systemctl disable --now midcomd' first" >&2; exit 1; fi
+	@for f in $(INSTALLED_FILES); do if [ -e "$(DESTDIR)$$f" ]; then rm -f "$(DESTDIR)$$f" && echo "removed $(DESTDIR)$$f"; fi; done
+	@for d in $(DOCDIR)/docs/diagrams $(DOCDIR)/docs $(DOCDIR)/examples $(DOCDIR) /etc/nftables.d; do rmdir "$(DESTDIR)$$d" 2>/dev/null || true; done
+	@c=$(DESTDIR)/etc/midcom/midcomd.conf; if [ -f $$c ]; then \
+	  if cmp -s $$c docs/examples/midcomd.conf; then rm -f $$c && echo "removed $$c (as shipped)"; rmdir $(DESTDIR)/etc/midcom 2>/dev/null || true; \
+	  else echo "uninstall: kept $$c: it differs from docs/examples/midcomd.conf (your configuration; remove it yourself if you want)"; fi; fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+## deb: the Debian package dist/midcom_<version>_amd64.deb (scripts/make-deb.sh; static Swift runtime, man pages, lintian)
+deb:
+	@scripts/make-deb.sh
 
 ## diagrams: the SVG pictures in docs/diagrams from their text sources (graphviz .dot, mscgen .msc)
 diagrams:

@@ -8,6 +8,9 @@ packages=(
   natpmpc                                                    # test: an unmodified NAT-PMP client
   curl python3-prometheus-client                             # test: scrape and parse the metrics endpoint
   graphviz mscgen                                            # docs: the diagrams (make diagrams; checked in make test)
+  dpkg-dev binutils lintian                                  # package: make deb (dpkg-shlibdeps, strip, lintian)
+  libcurl4-openssl-dev                                       # package: static FoundationNetworking links libcurl
+  debootstrap man-db                                         # test: package-install.sh (clean root, man -w)
 )
 # `install-deps.sh bench`: also what `make bench` needs (load generators, the miniupnpd reference; figure 10:
 # libcrypto for cspload's Ed25519 signatures, the openssl tool for the verification reference).

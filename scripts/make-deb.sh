@@ -92,7 +92,7 @@ if grep -n '/usr/local' "$stage/lib/systemd/system/midcomd.service"; then die "t
 
 # The ruleset include: replaced on upgrades, so it always has the revision the binaries check.
 # It is included from /etc/nftables.conf, not run: no "#!/usr/sbin/nft -f" line.
-sed -e '1{/^#!/d}' -e 's|^# Install:   cp nft-rules/midcom.nft /etc/nftables.d/midcom.nft|# Installed by the midcom package (replaced on upgrades: keep your changes elsewhere).|' \
+sed -e '1{/^#!/d}' -e 's|^# Install:   cp nft-rules/midcom.nft /etc/nftables.d/midcom.nft|# Install:   shipped by the midcom package as /usr/share/midcom/midcom.nft (replaced on upgrades)|' \
     -e 's|/etc/nftables\.d/midcom\.nft|/usr/share/midcom/midcom.nft|g' \
     nft-rules/midcom.nft >"$stage/usr/share/midcom/midcom.nft"
 chmod 0644 "$stage/usr/share/midcom/midcom.nft"
@@ -104,6 +104,9 @@ echo /etc/midcom/midcomd.conf >"$stage/DEBIAN/conffiles"
 doc="$stage/usr/share/doc/midcom"
 install -m 0644 README.md "$doc/README.md"
 install -m 0644 docs/*.md "$doc/docs/"
+for svg in docs/diagrams/*.svg; do   # the pictures the docs link to, where the tree has them
+  if [ -f "$svg" ]; then install -D -m 0644 "$svg" "$doc/$svg"; fi
+done
 install -m 0644 docs/examples/midcomd.conf docs/examples/home-gateway.conf docs/examples/home-gateway.nft "$doc/examples/"
 install -m 0644 packaging/copyright "$doc/copyright"
 changed=$(git log -1 --format=%cD 2>/dev/null || date -R)
@@ -118,8 +121,10 @@ gzip -9n "$doc/changelog"
 
 # --- 4. Manual pages: midcomd(8), midctl(8), csp(1) from the argument parsers, by
 # swift-argument-parser's generate-manual plugin (one page per command, subcommands included);
-# midcomd.conf(5) is written by hand. The plugin builds the package itself first, in the debug
-# configuration here: a release build of all targets would replace the static binaries above.
+# midcomd.conf(5) is written by hand. The plugin first builds every target of the package; here
+# in the debug configuration: a release build of every target cannot be static (the test-support
+# target needs XCTest, which the static SDK lacks) and a dynamic one would relink the binaries
+# above. That costs one debug build under .build-deb (minutes when cold, seconds when warm).
 mandir="$SCRATCH/deb/manual"
 generated="$SCRATCH/plugins/GenerateManual/outputs"
 rm -rf "$mandir"; mkdir -p "$mandir"
@@ -184,7 +189,7 @@ for lib in $(for b in "${binaries[@]}"; do readelf -d "$b" | sed -n 's/.*(NEEDED
   path=$(awk -v l="$lib" '$1 == l && $3 ~ /^\// { print $3; exit } $1 ~ ("/" l "$") { print $1; exit }' <<<"$lddout")
   [ -n "$path" ] || die "ldd does not resolve the NEEDED library $lib"
   owner=$(owner_of "$path") || die "no package owns $path ($lib)"
-  tr ',' '\n' <<<"$shlibs" | awk '{ print $1 }' | grep -qxF "$owner" || die "$lib is in $owner, missing from Depends: $shlibs"
+  grep -qxF "$owner" <<<"$(tr ',' '\n' <<<"$shlibs" | awk '{ print $1 }')" || die "$lib is in $owner, missing from Depends: $shlibs"
   log "NEEDED $lib: $path, package $owner"
 done
 depends="$shlibs, nftables"

@@ -39,6 +39,8 @@ extension ParsableCommand {
     /// The first word that should name a command but names none (nil: fine, or no commands).
     static func unknownCommand(in arguments: [String], rootOptionsWithValues: Set<String>) -> String? {
         guard !configuration.subcommands.isEmpty else { return nil }
+        // The argument parser's own options that take a value.
+        let rootOptionsWithValues = rootOptionsWithValues.union(["--generate-completion-script"])
         var skipNext = false
         for argument in arguments {
             if skipNext {

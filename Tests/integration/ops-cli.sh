@@ -36,6 +36,15 @@ run "$BIN/csp" frobnicate
 expect_eq "$rc" 2 "csp frobnicate"
 expect_match "$out" "^csp: unknown command 'frobnicate'; the commands are: setup, refresh, .*keygen" "csp message"
 
+step "completion scripts, the option's value given either way"
+for tool in midctl csp; do
+  for form in "--generate-completion-script bash" "--generate-completion-script=bash"; do
+    run "$BIN/$tool" $form
+    expect_eq "$rc" 0 "$tool $form"
+    expect_match "$out" "complete -F" "$tool $form: a bash completion"
+  done
+done
+
 step "a command that cannot reach midcomd exits 3 with one sentence"
 run "$BIN/midctl" --socket "$LAB_DIR/none.sock" status
 expect_eq "$rc" 3 "midctl without a daemon"
