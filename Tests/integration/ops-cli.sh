@@ -41,7 +41,7 @@ for tool in midctl csp; do
   for form in "--generate-completion-script bash" "--generate-completion-script=bash"; do
     run "$BIN/$tool" $form
     expect_eq "$rc" 0 "$tool $form"
-    expect_match "$out" "complete -F" "$tool $form: a bash completion"
+    expect_match "$out" "complete .*-F _$tool $tool" "$tool $form: a bash completion"
   done
 done
 
