@@ -19,18 +19,21 @@ final class MetricsService: Sendable {
     let parseUnsigned: DurationHistogram
     /// What each exported counter showed at the last scrape (counters only go up: the engine's
     /// values are turned into increments); the session gauges seen before (set to 0 when gone).
+    static var sessions: MetricNameDescriptor { name("sessions", "", "Sessions by state and origin") }
     private let seen = Mutex<(counters: [String: UInt64], gauges: Set<[String]>)>(([:], []))
 
     init() {
         let micro: [Duration] = [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000].map { .microseconds($0) }
         batchLatency = registry.makeDurationHistogram(
-            name: "midcom_nft_batch_seconds", buckets: micro, help: "Time to program one nftables batch")
-        parseSigned = registry.makeDurationHistogram(
-            name: "midcom_signaling_parse_seconds", labels: [("signed", "true")], buckets: micro,
-            help: "Time to parse a signaling message and verify its signatures")
-        parseUnsigned = registry.makeDurationHistogram(
-            name: "midcom_signaling_parse_seconds", labels: [("signed", "false")], buckets: micro,
-            help: "Time to parse a signaling message and verify its signatures")
+            descriptor: Self.name("nft_batch", "seconds", "Time to program one nftables batch"), buckets: micro)
+        let parse = Self.name("signaling_parse", "seconds", "Time to parse a signaling message and verify its signatures")
+        parseSigned = registry.makeDurationHistogram(descriptor: parse, labels: [("signed", "true")], buckets: micro)
+        parseUnsigned = registry.makeDurationHistogram(descriptor: parse, labels: [("signed", "false")], buckets: micro)
+    }
+
+    /// midcom_METRIC_UNIT, with its help line.
+    static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "midcom", metricName: metric, unitName: unit, helpText: help)
     }
 
     /// Serves until the daemon stops; a failure to listen is one log line (the gateway goes on).
@@ -65,40 +68,38 @@ final class MetricsService: Sendable {
             return (counts, engine.policy.configuration.rules, engine.ruleHits)
         }
         seen.withLock { seen in
-            func count(_ name: String, labels: [(String, String)] = [], _ value: UInt64, help: String) {
-                let key = ([name] + labels.map { "\($0.0)=\($0.1)" }).joined(separator: ",")
+            func count(_ metric: String, labels: [(String, String)] = [], _ value: UInt64, help: String) {
+                let key = ([metric] + labels.map { "\($0.0)=\($0.1)" }).joined(separator: ",")
                 let previous = seen.counters[key] ?? 0
                 // A value below the last one was reset (a reload resets the rules' hits).
                 let increment = value >= previous ? value - previous : value
                 seen.counters[key] = value
-                let counter = registry.makeCounter(name: name, labels: labels, help: help)
+                let counter = registry.makeCounter(descriptor: Self.name(metric, "total", help), labels: labels)
                 if increment > 0 { counter.increment(by: Int64(clamping: increment)) }
             }
             for (name, value) in status.counters {
-                count("midcom_\(name)_total", value, help: "midctl status counter \(name)")
+                count(name, value, help: "midctl status counter \(name)")
             }
             for (index, rule) in rules.enumerated() {
                 count(
-                    "midcom_rule_hits_total", labels: [("rule", rule.name), ("action", rule.action.rawValue)],
+                    "rule_hits", labels: [("rule", rule.name), ("action", rule.action.rawValue)],
                     index < hits.count ? hits[index] : 0, help: "Requests a policy rule decided, since start or reload")
             }
-            count("midcom_rule_hits_total", labels: [("rule", "(default)"), ("action", "default")], hits.last ?? 0,
+            count("rule_hits", labels: [("rule", "(default)"), ("action", "default")], hits.last ?? 0,
                 help: "Requests a policy rule decided, since start or reload")
             var current: Set<[String]> = []
             for (key, value) in sessions {
                 let parts = key.split(separator: "\t").map(String.init)
                 current.insert(parts)
-                registry.makeGauge(name: "midcom_sessions", labels: [("state", parts[0]), ("origin", parts[1])], help: "Sessions by state and origin")
-                    .set(to: Double(value))
+                registry.makeGauge(descriptor: Self.sessions, labels: [("state", parts[0]), ("origin", parts[1])]).set(to: Double(value))
             }
             for gone in seen.gauges.subtracting(current) {
-                registry.makeGauge(name: "midcom_sessions", labels: [("state", gone[0]), ("origin", gone[1])], help: "Sessions by state and origin")
-                    .set(to: 0)
+                registry.makeGauge(descriptor: Self.sessions, labels: [("state", gone[0]), ("origin", gone[1])]).set(to: 0)
             }
             seen.gauges.formUnion(current)
         }
-        registry.makeGauge(name: "midcom_uptime_seconds", help: "Seconds since midcomd started").set(to: status.uptimeSeconds)
-        registry.makeGauge(name: "midcom_ruleset_intact", help: "1 while table inet midcom is loaded and intact")
+        registry.makeGauge(descriptor: Self.name("uptime", "seconds", "Seconds since midcomd started")).set(to: status.uptimeSeconds)
+        registry.makeGauge(descriptor: Self.name("ruleset_intact", "", "1 while table inet midcom is loaded and intact"))
             .set(to: status.ruleset == "intact" ? 1 : 0)
         return registry.emitToBuffer()
     }
