@@ -96,7 +96,7 @@ extension Daemon {
         do {
             request = try NATPMP.parse(bytes)
         } catch .unsupportedVersion(let opcode) {
-            // PCP (version 2) comes here too until it is served: the client falls back or gives up.
+            // A version-0 datagram with another version byte cannot reach here (PCP is dispatched apart); kept for safety.
             return NATPMP.errorResponse(opcode: opcode, .unsupportedVersion, epoch: epoch)
         } catch .unsupportedOpcode(let opcode) {
             return NATPMP.errorResponse(opcode: opcode, .unsupportedOpcode, epoch: epoch)

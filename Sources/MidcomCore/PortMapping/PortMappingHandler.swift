@@ -1,7 +1,7 @@
 import CSPWire
 
 /// Where a session came from: CSP signaling, or a port-mapping protocol spoken by hosts that do
-/// not know CSP (issue 12: NAT-PMP now, PCP next).
+/// not know CSP (NAT-PMP, RFC 6886, and PCP, RFC 6887).
 public enum SessionOrigin: String, Sendable, Equatable {
     case csp
     case natPMP = "nat-pmp"
