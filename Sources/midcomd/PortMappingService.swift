@@ -96,7 +96,7 @@ extension Daemon {
         do {
             request = try NATPMP.parse(bytes)
         } catch .unsupportedVersion(let opcode) {
-            // A version-0 datagram with another version byte cannot reach here (PCP is dispatched apart); kept for safety.
+            // Only version-0 datagrams come here (every other version goes to PCP); the parser checks anyway.
             return NATPMP.errorResponse(opcode: opcode, .unsupportedVersion, epoch: epoch)
         } catch .unsupportedOpcode(let opcode) {
             return NATPMP.errorResponse(opcode: opcode, .unsupportedOpcode, epoch: epoch)
