@@ -14,6 +14,7 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <arpa/inet.h>
 #include <linux/netlink.h>
 // The kernel's nfnetlink.h must come before libnetfilter_queue: both use the _NFNETLINK_H guard and the
@@ -66,6 +67,19 @@ static inline int cnf_mnl_socket_buffer_size(void) { return (int)MNL_SOCKET_BUFF
 /// Overhead the kernel adds around a queued packet's payload (netlink + nfgenmsg + all non-payload attributes),
 /// rounded up generously: libnetfilter_queue's example uses 0xffff + (MNL_SOCKET_BUFFER_SIZE / 2).
 static inline size_t cnf_nfq_receive_overhead(void) { return MNL_SOCKET_BUFFER_SIZE / 2; }
+
+// recvmmsg(2) is declared by glibc only under _GNU_SOURCE, which the Swift Glibc module is built
+// without: the same layout under our own name, and the system call itself.
+struct cnf_mmsghdr {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+};
+_Static_assert(sizeof(struct cnf_mmsghdr) == 64, "struct mmsghdr layout (x86-64/arm64)");
+
+/// Reads up to `count` datagrams without blocking beyond what the socket's own mode says.
+static inline int cnf_recvmmsg(int fd, struct cnf_mmsghdr *messages, unsigned int count) {
+    return (int)syscall(SYS_recvmmsg, fd, messages, count, 0, NULL);
+}
 
 // MARK: NFQUEUE attribute readers (attributes are validated by nfq_nlmsg_parse before these are called)
 
