@@ -83,7 +83,8 @@ public final class CleanupService: Sendable {
         }
     }
 
-    /// The service loop: waits for work (at most `poll` at a time, to notice `shouldStop`), and
+    /// The service loop: waits for work (at most `poll` at a time, to notice `shouldStop`; nil
+    /// waits until work comes, for a detached thread that ends with the process), and
     /// lets at least `gap` pass between two passes. A conntrack walk costs milliseconds even on a
     /// nearly empty table (the kernel walks every hash bucket, and every entry is parsed here), and
     /// midcomd's threads share the packet loop's CPU: a pass per removal cost a quarter of the
@@ -91,11 +92,11 @@ public final class CleanupService: Sendable {
     /// under a stream of them, one walk a second takes all removals made meanwhile, so a removed
     /// admission's connections end within about a second.
     public func run(
-        poll: DispatchTimeInterval = .milliseconds(250), gap: Duration = .seconds(1), shouldStop: () -> Bool,
+        poll: DispatchTimeInterval? = nil, gap: Duration = .seconds(1), shouldStop: () -> Bool,
         failed: (any Error) -> Void
     ) {
         while !shouldStop() {
-            _ = wake.wait(timeout: .now() + poll)
+            if let poll { _ = wake.wait(timeout: .now() + poll) } else { wake.wait() }
             guard waiting > 0 else { continue }
             if let error = runOnce() { failed(error) }
             // Earlier wake-ups were for flows this pass took already; later ones wait for the gap.

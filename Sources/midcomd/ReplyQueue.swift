@@ -26,10 +26,12 @@ final class ReplyQueue: Sendable {
         return queued
     }
 
-    /// The reply thread: sends everything queued, in order, until `shouldStop`.
+    /// The reply thread: sends everything queued, in order, until `shouldStop`. Sleeps until an
+    /// answer is queued (an idle gateway wakes no thread for nothing); the thread is detached, so
+    /// at exit it simply ends where it waits.
     func run(shouldStop: () -> Bool, send: (OutgoingMessage) -> Void) {
         while !shouldStop() {
-            _ = wake.wait(timeout: .now() + .milliseconds(250))
+            wake.wait()
             let batch = waiting.withLock { queue -> [OutgoingMessage] in
                 defer { queue.removeAll(keepingCapacity: true) }
                 return queue
