@@ -39,6 +39,9 @@ extension Daemon {
         return handleFirstPacket(ip, id: packet.id, burst: burst)
     }
 
+    /// Whether anyone would see an outcome's event line: the log at info, or a `midctl monitor`.
+    var wantsEventLines: Bool { events.isListened || log.threshold >= .info }
+
     /// Requests go to a CSP port; answers come from one, and count as signaling only inside a
     /// conntrack entry of a request that went out (queue_hook marks them).
     func isSignaling(_ ports: (source: UInt16, destination: UInt16), mark: UInt32) -> Bool {
@@ -62,7 +65,11 @@ extension Daemon {
             }
             described = (request.message.type, request.message.sessionID)
             request.insideConntrack = insideConntrack
-            outcome = engine.withLock { $0.handle(request, now: now) }
+            let describing = wantsEventLines
+            outcome = engine.withLock {
+                $0.describesEvents = describing
+                return $0.handle(request, now: now)
+            }
         } catch {
             if udp.payload.isEmpty, let probe = discoveryProbe(udp.packet) {
                 // An empty datagram to a CSP port carrying the discovery option is the recommended
@@ -216,7 +223,11 @@ extension Daemon {
                     try SignalingRequest(parsing: $0, source: received.from, entry: .addressedToUs, wallClock: wallClock())
                 }
                 described = (request.message.type, request.message.sessionID)
-                outcome = engine.withLock { $0.handle(request, now: now) }
+                let describing = wantsEventLines
+                outcome = engine.withLock {
+                    $0.describesEvents = describing
+                    return $0.handle(request, now: now)
+                }
             } catch {
                 outcome = engine.withLock { $0.malformed(from: received.from, addressedToUs: true, error: error) }
             }

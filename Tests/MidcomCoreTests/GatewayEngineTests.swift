@@ -106,6 +106,24 @@ final class GatewayEngineTests: XCTestCase {
         XCTAssertEqual(e.counters.admitted, 1)
     }
 
+    /// Outcomes carry their log line only while someone would read it; the decisions are the same.
+    func testEventLinesAreBuiltOnlyWhenDescribed() throws {
+        var described = engine()
+        var silent = engine()
+        silent.describesEvents = false
+        let accept = CSPMessage(type: .accept, sessionID: 1, nonce: 11, tlvs: [.lifetime(30)])
+        let setupDescribed = send(&described, setup(), from: client, to: serverAgent)
+        let setupSilent = send(&silent, setup(), from: client, to: serverAgent)
+        XCTAssertEqual(setupDescribed.event, "SETUP 0000000000000001 \(flow) pending")
+        XCTAssertNil(setupSilent.event)
+        let acceptDescribed = send(&described, accept, from: serverAgent, to: client, at: 1)
+        let acceptSilent = send(&silent, accept, from: serverAgent, to: client, at: 1)
+        XCTAssertEqual(acceptDescribed.event?.hasPrefix("admitted 0000000000000001"), true)
+        XCTAssertNil(acceptSilent.event)
+        XCTAssertEqual(acceptSilent.kernel, acceptDescribed.kernel)
+        XCTAssertEqual(silent.sessions[id: 1]?.state, .admitted)
+    }
+
     func testRejectedByPolicyAnswersTheHostAndInstallsNothing() throws {
         var e = engine { $0.rules = [PolicyRule(name: "no-udp-5000", ports: 5000...5000, action: .reject, reason: "closed")] }
         let out = send(&e, setup(), from: client, to: serverAgent)

@@ -37,7 +37,7 @@ extension GatewayEngine {
         return SignalingOutcome(
             verdict: .drop, kernel: kernel, reply: answer(request, lifetime: decision.lifetime, session: session),
             onKernelFailure: .refuse(sessionID: session.id, reply: nil),
-            event: "refreshed \(hex(session.id)) \(session.flow) for \(decision.lifetime)s")
+            event: describe("refreshed \(hex(session.id)) \(session.flow) for \(decision.lifetime)s"))
     }
 
     /// TEARDOWN (or REFRESH with lifetime 0). Intercepted, it travels on to the peer; addressed to
@@ -61,7 +61,7 @@ extension GatewayEngine {
             : session.answeredForResponder ? answerForLegacyResponder(request, lifetime: 0, record: record(.removed, lifetime: 0)) : nil
         return SignalingOutcome(
             verdict: local ? .drop : .forward, kernel: kernel, reply: reply,
-            event: "torn down \(hex(session.id)) \(session.flow)")
+            event: describe("torn down \(hex(session.id)) \(session.flow)"))
     }
 
     /// A signed session ends only by its key (the responder's TEARDOWN still travels to the

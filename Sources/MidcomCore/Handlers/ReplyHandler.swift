@@ -62,10 +62,10 @@ extension GatewayEngine {
         let plan = KernelFailurePlan.refuse(
             sessionID: session.id,
             reply: request.destination.map { OutgoingMessage(message: refusal, destination: $0, source: request.source) })
-        let mappedNote = session.mapping.map { " mapped to \($0)" } ?? ""
         return SignalingOutcome(
             verdict: rewritten(original: accept, forwarded), kernel: kernel, onKernelFailure: plan,
-            event: "\(refreshed ? "refreshed" : "admitted") \(hex(session.id)) \(session.flow)\(mappedNote) for \(lifetime)s")
+            event: describe(
+                "\(refreshed ? "refreshed" : "admitted") \(hex(session.id)) \(session.flow)\(session.mapping.map { " mapped to \($0)" } ?? "") for \(lifetime)s"))
     }
 
     /// The answer that admitted `session`, sent again by the responder (it was CHALLENGEd by a

@@ -238,7 +238,7 @@ extension GatewayEngine {
         }
         return SignalingOutcome(
             verdict: rewritten(original: setup, forwarded), kernel: kernel,
-            event: "SETUP \(hex(setup.sessionID)) \(flow) pending")
+            event: describe("SETUP \(hex(setup.sessionID)) \(flow) pending"))
     }
 
     /// SETUP addressed to us: admit at once and answer ACCEPT as the responder.
@@ -262,7 +262,7 @@ extension GatewayEngine {
         return SignalingOutcome(
             verdict: .drop, kernel: kernel, reply: answer(request, lifetime: lifetime, session: session),
             onKernelFailure: .refuse(sessionID: session.id, reply: refusal.reply),
-            event: "opened pinhole \(hex(session.id)) \(flow)\(mappedNote) for \(lifetime)s")
+            event: describe("opened pinhole \(hex(session.id)) \(flow)\(mappedNote) for \(lifetime)s"))
     }
 
     /// The admitted any-peer pinhole whose NAT mapping is `flow`'s destination.

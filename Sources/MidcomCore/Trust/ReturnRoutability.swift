@@ -90,7 +90,7 @@ extension GatewayEngine {
         let second = clock.wholeSeconds
         if challengeLog.second != second { challengeLog = (second, 0) }
         challengeLog.count += 1
-        let describe = challengeLog.count <= 10
+        let describe = describesEvents && challengeLog.count <= 10
         guard hasAnswered(request.source.address) || replyBudget.spend(to: request.source.address, atSecond: clock.wholeSeconds)
         else {
             counters.challengesLimited += 1
