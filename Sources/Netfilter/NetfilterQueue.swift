@@ -12,9 +12,9 @@ import SystemSupport
 ///
 /// The hot path allocates nothing per packet: `receiveSlots` receive buffers, each sized for the largest copy plus
 /// netlink overhead and filled by one `recvmmsg` per round, one attribute table and one verdict buffer, all
-/// allocated in `init`. Packets are handed to the handler as views over their receive slot. Runs of identical plain verdicts (accept or drop without mark or payload) for
-/// consecutive ids are sent as one NFQNL_MSG_VERDICT_BATCH when the socket is drained, or earlier when a different
-/// verdict has to be sent; every other verdict is sent on its own, in id order.
+/// allocated in `init`. Packets are handed to the handler as views over their receive slot. Runs of identical plain
+/// verdicts (accept or drop, the same mark, no payload) for consecutive ids become one NFQNL_MSG_VERDICT_BATCH;
+/// every other verdict is a message of its own, in id order; all messages of a burst leave in one `sendto`.
 ///
 /// Thread model: `run` blocks one thread; `stop` and `counters` may be called from any thread.
 public final class NetfilterQueue: @unchecked Sendable {
@@ -29,7 +29,10 @@ public final class NetfilterQueue: @unchecked Sendable {
     private let slotBytes: Int
     private let receiveVectors: UnsafeMutablePointer<iovec>
     private let receiveHeaders: UnsafeMutablePointer<cnf_mmsghdr>
+    /// A burst's verdict messages, concatenated and sent with one `sendto` when the burst is released (the kernel
+    /// handles every netlink message of a datagram in order); a verdict that does not fit sends what is there first.
     private let sendBuffer: UnsafeMutableRawBufferPointer
+    static let sendBufferBytes = 256 * 1024
     private let attributes: UnsafeMutablePointer<UnsafeMutablePointer<nlattr>?>
     private let attributeCount: Int
 
@@ -91,7 +94,8 @@ public final class NetfilterQueue: @unchecked Sendable {
             header.msg_hdr.msg_iovlen = 1
             receiveHeaders[slot] = header
         }
-        self.sendBuffer = .allocate(byteCount: NetfilterQueue.maximumReplacementPayload + cnf_nfq_receive_overhead(), alignment: 16)
+        self.sendBuffer = .allocate(
+            byteCount: max(NetfilterQueue.sendBufferBytes, NetfilterQueue.maximumReplacementPayload + cnf_nfq_receive_overhead()), alignment: 16)
         self.attributeCount = Int(__NFQA_MAX.rawValue)  // NFQA_MAX + 1
         self.attributes = .allocate(capacity: attributeCount)
         self.attributes.initialize(repeating: nil, count: attributeCount)
@@ -258,6 +262,8 @@ public final class NetfilterQueue: @unchecked Sendable {
         var pendingMark: UInt32? = nil
         var pendingLastID: UInt32 = 0
         var pendingCount = 0
+        /// Bytes of verdict messages waiting in `sendBuffer`.
+        var sendOffset = 0
         /// Verdicts of the current burst, in arrival (= id) order, not sent yet.
         var burst: [(id: UInt32, verdict: Verdict)] = []
     }
@@ -276,6 +282,7 @@ public final class NetfilterQueue: @unchecked Sendable {
             loop.burst.removeAll(keepingCapacity: true)
         }
         flushPending(&loop)
+        flushSends(&loop)
     }
 
     private func publish(_ counters: QueueCounters) {
@@ -376,20 +383,38 @@ public final class NetfilterQueue: @unchecked Sendable {
         send(verdict: verdict, id: loop.pendingLastID, batch: batch, loop: &loop)
     }
 
-    /// Builds one verdict message in the preallocated send buffer and sends it.
+    /// Appends one verdict message to the send buffer (sent by `flushSends`).
     private func send(verdict: Verdict, id: UInt32, batch: Bool, loop: inout LoopState) {
+        // Header, nfgenmsg, verdict, mark and payload attributes, each padded to 4 octets.
+        let worstCase = 64 + ((verdict.payload?.count ?? 0) + 3) & ~3
+        if loop.sendOffset + worstCase > sendBuffer.count { flushSends(&loop) }
         let type = batch ? NFQNL_MSG_VERDICT_BATCH : NFQNL_MSG_VERDICT
-        let buffer = sendBuffer.baseAddress!.assumingMemoryBound(to: CChar.self)
+        let buffer = (sendBuffer.baseAddress! + loop.sendOffset).assumingMemoryBound(to: CChar.self)
         guard let nlh = nfq_nlmsg_put(buffer, Int32(type.rawValue), UInt32(configuration.queueNumber)) else { return }
         nfq_nlmsg_verdict_put(nlh, Int32(bitPattern: id), Int32(verdict.kind.rawValue))
         if let mark = verdict.mark { nfq_nlmsg_verdict_put_mark(nlh, mark) }
         if let payload = verdict.payload {
             payload.withUnsafeBytes { nfq_nlmsg_verdict_put_pkt(nlh, $0.baseAddress, UInt32($0.count)) }
         }
-        let length = Int(nlh.pointee.nlmsg_len)
+        loop.sendOffset += Int(nlh.pointee.nlmsg_len)
         loop.counters.verdictMessages &+= 1
-        if case .failure = syscall({ mnl_socket_sendto(socket, nlh, length) }) {
-            loop.counters.verdictErrors &+= 1
+    }
+
+    /// Sends the verdict messages waiting in the send buffer in one datagram. The kernel answers a refused
+    /// verdict with an error message (counted when read). If the datagram itself is refused (e.g. no memory for
+    /// it), each message is tried on its own, so one failure does not strand a burst of packets in the queue.
+    private func flushSends(_ loop: inout LoopState) {
+        guard loop.sendOffset > 0 else { return }
+        let length = loop.sendOffset
+        loop.sendOffset = 0
+        guard case .failure = syscall({ mnl_socket_sendto(socket, sendBuffer.baseAddress, length) }) else { return }
+        var offset = 0
+        while offset + MemoryLayout<nlmsghdr>.size <= length {
+            let message = (sendBuffer.baseAddress! + offset).assumingMemoryBound(to: nlmsghdr.self)
+            let size = Int(message.pointee.nlmsg_len)
+            guard size >= MemoryLayout<nlmsghdr>.size, offset + size <= length else { break }
+            if case .failure = syscall({ mnl_socket_sendto(socket, message, size) }) { loop.counters.verdictErrors &+= 1 }
+            offset += size
         }
     }
 

@@ -244,6 +244,33 @@ final class NetfilterQueueTests: XCTestCase {
         XCTAssertEqual(queue.counters.modified, 1)
     }
 
+    /// Packets queued before the reader starts arrive as one burst: plain, marked and rewritten
+    /// verdicts mixed leave in one datagram of verdict messages, and every packet gets its own.
+    func testMixedVerdictsOfOneBurstAllApplyInOrder() throws {
+        let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+        try installQueueRule()
+        for index in 0 ..< 40 { send([UInt8(index), 0x01]) }
+        let stop = start(queue) { packet in
+            guard packet.hwProtocol == 0x0800, let index = Self.udpPayloadByte(packet.payload) else { return .accept }
+            switch index % 4 {
+            case 0: return .accept
+            case 1: return .accept(mark: Self.mark)
+            case 2: return .drop
+            default:
+                return .accept(mark: nil, replacingPayloadWith: Self.ipv4UDP(Array(packet.payload), withPayload: [index, 0x02, 0x03]))
+            }
+        }
+        let received = receive(count: 30, timeout: 5)
+        let kept = (0 ..< 40).filter { $0 % 4 != 2 }.map { UInt8($0) }
+        XCTAssertEqual(received.map { $0[0] }, kept)
+        XCTAssertEqual(received.filter { $0[0] % 4 == 3 }.map(\.count), Array(repeating: 3, count: 10), "rewritten payloads arrived")
+        XCTAssertEqual(NetfilterQueue.kernelStatistics(queueNumber: queueNumber)?.queueTotal, 0, "no packet left without a verdict")
+        _ = stop()
+        XCTAssertEqual(queue.counters.received, 40)
+        XCTAssertEqual(queue.counters.modified, 10)
+        XCTAssertEqual(queue.counters.verdictErrors, 0)
+    }
+
     func testTickRunsWhileIdleAndStopIsPrompt() throws {
         let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
         let ticks = Counter()
