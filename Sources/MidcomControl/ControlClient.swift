@@ -90,6 +90,112 @@ public struct ControlClient: Sendable {
         }
     }
 
+    /// `sessions` as a stream (SessionRowStream.swift): sends `request` with `stream` set and hands
+    /// each frame of rows to `onRows` as it arrives. `timeout` bounds the wait for each piece (the
+    /// answer line, then every frame), not the whole listing. Returns nil once the end frame came
+    /// (after checking its row count), or the records of a single-line answer: a daemon from before
+    /// streams ignores `stream` and answers as it always did.
+    public func listSessions(
+        _ request: ControlRequest, onRows: (SessionRowReader) throws(SessionRowStreamError) -> Void
+    ) throws(ControlError) -> [SessionRecord]? {
+        guard let address = UnixSocketAddress(path: path) else { throw .pathTooLong(path: path) }
+        var request = request
+        request.stream = true
+        let line: [UInt8]
+        do { line = try ControlLineCodec.encodeLine(request) } catch { throw .protocolError("cannot encode the request: \(error)") }
+        let socket = try openSocket()
+        do { try socket.connect(to: address) } catch { throw connectFailure(error) }
+        do {
+            try socket.sendAll(line)
+        } catch where error.errno == EPIPE || error.errno == ECONNRESET {
+            // Refused early; the answer may still be readable.
+        } catch {
+            throw failure(error)
+        }
+        var buffer: [UInt8] = []
+        var start = 0
+        var scanned = 0
+        // The answer line.
+        while true {
+            if let end = buffer[scanned...].firstIndex(of: ControlLineCodec.newline) {
+                let response: ControlResponse
+                do { response = try ControlLineCodec.decode(ControlResponse.self, line: buffer[..<end], what: "response") } catch {
+                    throw .protocolError(error.message)
+                }
+                guard response.ok else { throw .refused(response.error ?? "midcomd refused the request") }
+                guard response.stream == SessionRowStream.marker else {
+                    guard let sessions = response.sessions else { throw .protocolError("midcomd's response has no 'sessions'") }
+                    return sessions
+                }
+                start = end + 1
+                break
+            }
+            scanned = buffer.count
+            guard buffer.count <= ControlProtocol.maxResponseBytes else {
+                throw .protocolError("response exceeds \(ControlProtocol.maxResponseBytes) bytes")
+            }
+            guard try receiveMore(from: socket, into: &buffer) else {
+                throw .protocolError(buffer.isEmpty ? "midcomd closed the connection without answering" : "midcomd closed the connection in the middle of a response")
+            }
+        }
+        // The frames.
+        var rows: UInt64 = 0
+        while true {
+            if buffer.count - start >= 5 {
+                let length = buffer[start..<start + 4].reduce(0) { $0 << 8 | Int($1) }
+                guard length >= 1, length <= SessionRowStream.maximumFrameBytes else {
+                    throw .protocolError("session row frame of \(length) octets (at most \(SessionRowStream.maximumFrameBytes))")
+                }
+                if buffer.count - start >= 4 + length {
+                    let kind = buffer[start + 4]
+                    let payload = Array(buffer[(start + 5)..<(start + 4 + length)])
+                    start += 4 + length
+                    switch SessionRowStream.Kind(rawValue: kind) {
+                    case .rows:
+                        do {
+                            let reader = try SessionRowReader(payload: payload)
+                            rows += UInt64(reader.count)
+                            try onRows(reader)
+                        } catch {
+                            throw .protocolError("malformed session rows: \(error)")
+                        }
+                    case .end:
+                        guard payload.count == 8 else { throw .protocolError("end frame of \(payload.count) octets") }
+                        let total = payload.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                        guard total == rows else { throw .protocolError("midcomd sent \(rows) session rows but announced \(total)") }
+                        return nil
+                    case .error:
+                        throw .refused("the session listing stopped: \(String(decoding: payload, as: UTF8.self))")
+                    case nil:
+                        throw .protocolError("unknown session row frame kind \(kind)")
+                    }
+                    continue
+                }
+            }
+            if start > 1 << 20 {
+                buffer.removeSubrange(..<start)
+                start = 0
+            }
+            guard try receiveMore(from: socket, into: &buffer) else {
+                throw .protocolError("midcomd closed the connection in the middle of the session listing (\(rows) rows read)")
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for more octets; false at end of stream.
+    private func receiveMore(from socket: borrowing UnixStreamSocket, into buffer: inout [UInt8]) throws(ControlError) -> Bool {
+        let ready: [Bool]?
+        do { ready = try pollReadable([socket.fd], timeout: timeout) } catch { throw failure(error) }
+        guard ready != nil else { throw .timeout }
+        do {
+            return try socket.receive(appendingTo: &buffer, limit: 1 << 18) > 0
+        } catch where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+            return true
+        } catch {
+            throw failure(error)
+        }
+    }
+
     private func openSocket() throws(ControlError) -> UnixStreamSocket {
         do {
             let socket = try UnixStreamSocket.make()

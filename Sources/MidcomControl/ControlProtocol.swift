@@ -14,10 +14,17 @@
 //   daemon cannot tell where the next request would begin. Responses have no size limit on the wire; clients cap
 //   what they accept at `ControlProtocol.maxResponseBytes`.
 //
+// Streams
+//   `monitor` answers, then sends one event line at a time. `sessions` with "stream":true answers with
+//   {"ok":true,"stream":"session-rows"}, then binary frames of rows and an end frame (SessionRowStream.swift), then
+//   closes: the daemon copies a few thousand sessions under its engine lock at a time and sends each frame before it
+//   makes the next, so a listing of a million sessions neither holds the lock nor builds one giant reply.
+//
 // Timeouts
-//   The daemon serves one connection at a time, so it bounds each one: a connection that does not complete a
-//   request line within the server's connection timeout (2 s by default), or does not drain the response within
-//   it, is closed. Clients should bound their wait as well (midctl: 5 s, 120 s for `sessions`).
+//   Each connection is bounded: a connection that does not complete a request line within the server's connection
+//   timeout (2 s by default), or does not drain a response (or, in a stream, each frame) within it, is closed; a
+//   stream also ends after `ControlServer.maximumStreamDuration`. Clients should bound their wait as well (midctl:
+//   5 s; for a `sessions` stream 5 s without progress, 120 s for the single-line answer of an older daemon).
 //
 // Request object (field names are the Swift property names below)
 //   version    integer, optional, default 1. A daemon rejects versions it does not speak with an error response
@@ -28,6 +35,7 @@
 //              ignored otherwise
 //   dryRun     boolean, optional, default false; for "delete" and "flush": report what would be deleted, change
 //              nothing (in the daemon's table or in the kernel)
+//   stream     boolean, optional, for "sessions": answer with row frames (see Streams) instead of one line
 //
 // Response object
 //   ok         boolean
@@ -37,6 +45,7 @@
 //   affected   array of session ids: deleted, or with dryRun the ones that would be deleted ("delete", "flush",
 //              "undeny")
 //   denies     array of DENY filter records, for "denies"
+//   stream     "session-rows" when row frames follow the line
 //   Absent optional values are omitted rather than encoded as null.
 //
 // Example
@@ -95,15 +104,19 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var dryRun: Bool = false
     /// `sessions`: only the sessions that match every given field.
     public var filter: SessionFilter?
+    /// `sessions`: answer with row frames after the answer line (SessionRowStream.swift) instead of
+    /// one JSON line holding every record. Absent (nil) for the single line, as before.
+    public var stream: Bool?
 
-    public init(command: ControlCommand, sessionID: String? = nil, dryRun: Bool = false, filter: SessionFilter? = nil) {
+    public init(command: ControlCommand, sessionID: String? = nil, dryRun: Bool = false, filter: SessionFilter? = nil, stream: Bool? = nil) {
         self.command = command
         self.sessionID = sessionID
         self.dryRun = dryRun
         self.filter = filter
+        self.stream = stream
     }
 
-    private enum CodingKeys: String, CodingKey { case version, command, sessionID, dryRun, filter }
+    private enum CodingKeys: String, CodingKey { case version, command, sessionID, dryRun, filter, stream }
 
     // Written by hand so that `version` and `dryRun` may be omitted by hand-written requests (`socat`, scripts);
     // the synthesized decoder would require every key.
@@ -114,6 +127,7 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         sessionID = try container.decodeIfPresent(String.self, forKey: .sessionID)
         dryRun = try container.decodeIfPresent(Bool.self, forKey: .dryRun) ?? false
         filter = try container.decodeIfPresent(SessionFilter.self, forKey: .filter)
+        stream = try container.decodeIfPresent(Bool.self, forKey: .stream)
     }
 
     /// The reason this request cannot be served by a version-1 daemon, or nil if it is well formed.
@@ -377,12 +391,15 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     /// One line for the operator (e.g. what a reload changed), or the configuration text.
     public var message: String?
     public var rules: [RuleRecord]?
+    /// `SessionRowStream.marker` when row frames follow this line (a `sessions` request with `stream`).
+    public var stream: String?
 
     public init(
         ok: Bool, error: String? = nil, sessions: [SessionRecord]? = nil,
         status: DaemonStatus? = nil, affected: [String]? = nil, denies: [DenyRecord]? = nil, message: String? = nil,
-        rules: [RuleRecord]? = nil
+        rules: [RuleRecord]? = nil, stream: String? = nil
     ) {
+        self.stream = stream
         self.message = message
         self.rules = rules
         self.ok = ok

@@ -3,6 +3,20 @@ import Glibc
 import SystemSupport
 import Synchronization
 
+/// What the daemon answers to a `sessions` stream request: a refusal (one sentence), or where
+/// the rows come from.
+public enum SessionRowAnswer {
+    case refused(String)
+    case rows(any SessionRowSource)
+}
+
+/// The rows of a session listing, a frame at a time (made on the connection's thread: a source
+/// takes the daemon's locks only while it makes a frame).
+public protocol SessionRowSource {
+    /// The next frame's rows; nil after the last.
+    mutating func nextFrame() -> SessionRowFrameBuilder?
+}
+
 /// The daemon side of the control socket (protocol in ControlProtocol.swift).
 ///
 /// midcomd creates one, calls `run()` on a dedicated thread, and calls `stop()` from its shutdown path.
@@ -20,6 +34,8 @@ public final class ControlServer: Sendable {
     private let handler: @Sendable (ControlRequest) -> ControlResponse
     /// Opens a subscription to the daemon's events for a `monitor` client; nil: not offered.
     private let subscribe: (@Sendable () -> (any EventSubscription)?)?
+    /// Serves `sessions` requests with `stream` (row frames); nil: they get the single-line answer.
+    private let sessionRows: (@Sendable (ControlRequest) -> SessionRowAnswer)?
     private let log: @Sendable (String) -> Void
     private let connectionTimeout: Duration
     private let maxRequestLineBytes: Int
@@ -31,6 +47,9 @@ public final class ControlServer: Sendable {
     /// Root's own share: other users filling theirs cannot lock the operator out.
     public static let connectionsForRoot = 32
     public static let maximumConnections = 64
+    /// The longest a session-row stream may take: a reader that keeps taking a few octets just in
+    /// time cannot hold its connection (and thread) forever.
+    public static let maximumStreamDuration: Duration = .seconds(300)
     /// Refusals logged this second (a flood of connections must not become a flood of lines).
     private let refusalLog = Mutex<(second: Int, count: Int)>((0, 0))
 
@@ -52,6 +71,7 @@ public final class ControlServer: Sendable {
         access: ControlAccess = ControlAccess(),
         log: @escaping @Sendable (String) -> Void = { _ in },
         subscribe: (@Sendable () -> (any EventSubscription)?)? = nil,
+        sessionRows: (@Sendable (ControlRequest) -> SessionRowAnswer)? = nil,
         handler: @escaping @Sendable (ControlRequest) -> ControlResponse
     ) throws(ControlError) {
         guard let address = UnixSocketAddress(path: path) else { throw .pathTooLong(path: path) }
@@ -76,6 +96,7 @@ public final class ControlServer: Sendable {
         self.wakeup = notifier
         self.handler = handler
         self.subscribe = subscribe
+        self.sessionRows = sessionRows
         self.log = log
         self.connectionTimeout = connectionTimeout
         self.maxRequestLineBytes = maxRequestLineBytes
@@ -195,10 +216,14 @@ public final class ControlServer: Sendable {
                 let line = pending[..<end]
                 let blank = Self.isBlank(line)
                 if !blank {
-                    if let subscribe, let request = try? ControlLineCodec.decode(ControlRequest.self, line: line, what: "request"),
-                        request.command == .monitor, request.validationError == nil
+                    if subscribe != nil || sessionRows != nil,
+                        let request = try? ControlLineCodec.decode(ControlRequest.self, line: line, what: "request"),
+                        request.validationError == nil
                     {
-                        return stream(subscribe, on: connection, peer: peer)
+                        if let subscribe, request.command == .monitor { return stream(subscribe, on: connection, peer: peer) }
+                        if let sessionRows, request.command == .sessions, request.stream == true {
+                            return streamSessions(request, sessionRows, on: connection, peer: peer)
+                        }
                     }
                     guard respond(to: line, on: connection, peer: peer) else { return }
                 }
@@ -279,6 +304,47 @@ public final class ControlServer: Sendable {
             // Readable here means the client closed (or sent something it should not): stop.
             let ready = (try? pollReadable([connection.fd, wakeup.fd], timeout: .milliseconds(100))) ?? nil
             if ready != nil { return }
+        }
+    }
+
+    /// `sessions` with `stream`: the answer line, then one frame of rows at a time as the daemon
+    /// makes them, then the end frame; the connection closes after it. Each frame must be taken
+    /// within `connectionTimeout`, the whole stream within `maximumStreamDuration`; a reader that
+    /// falls behind is disconnected (the daemon holds one frame for it, never the engine lock).
+    private func streamSessions(
+        _ request: ControlRequest, _ sessionRows: @Sendable (ControlRequest) -> SessionRowAnswer, on connection: borrowing UnixStreamSocket,
+        peer: PeerCredentials
+    ) {
+        if let refusal = access.refusal(of: .sessions, by: peer) {
+            log("control socket \(path): \(refusal)")
+            _ = send(.failure(refusal), on: connection)
+            return
+        }
+        switch sessionRows(request) {
+        case .refused(let message):
+            _ = send(.failure(message), on: connection)
+        case .rows(var source):
+            guard send(ControlResponse(ok: true, stream: SessionRowStream.marker), on: connection) else { return }
+            let end = ContinuousClock.now + Self.maximumStreamDuration
+            var total: UInt64 = 0
+            while let frame = source.nextFrame() {
+                let now = ContinuousClock.now
+                if stopped.load(ordering: .acquiring) || now > end {
+                    let reason = now > end ? "the listing took longer than \(Self.maximumStreamDuration)" : "midcomd is stopping"
+                    _ = try? connection.sendAll(SessionRowFrameBuilder.errorFrame(reason), deadline: now + connectionTimeout)
+                    return
+                }
+                total += UInt64(frame.count)
+                do {
+                    try connection.sendAll(frame.frame, deadline: now + connectionTimeout)
+                } catch {
+                    if error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+                        logRefusal("control socket \(path): closed a session listing of uid \(peer.uid): its reader did not keep up (\(total) rows sent)")
+                    }
+                    return
+                }
+            }
+            _ = try? connection.sendAll(SessionRowFrameBuilder.endFrame(total: total), deadline: ContinuousClock.now + connectionTimeout)
         }
     }
 

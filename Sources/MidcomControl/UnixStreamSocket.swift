@@ -99,9 +99,12 @@ struct UnixStreamSocket: ~Copyable, Sendable {
 
     /// Sends every byte. MSG_NOSIGNAL: a peer that hung up yields EPIPE instead of killing the process with SIGPIPE.
     /// The corresponding C function is `send`.
-    func sendAll(_ bytes: [UInt8]) throws(SystemCallError) {
+    func sendAll(_ bytes: [UInt8], deadline: ContinuousClock.Instant? = nil) throws(SystemCallError) {
         var offset = 0
         while offset < bytes.count {
+            // Each send waits at most SO_SNDTIMEO; a reader that takes a few octets at a time must
+            // still take the whole message by the deadline.
+            if let deadline, offset > 0, ContinuousClock.now > deadline { throw SystemCallError(call: "send", errno: EAGAIN) }
             let sent = try systemCall("send") {
                 bytes.withUnsafeBytes { raw in
                     Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))

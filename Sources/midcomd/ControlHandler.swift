@@ -146,6 +146,27 @@ extension Daemon {
         }
     }
 
+    /// `sessions` as a stream of row frames (SessionRowStream.swift). The listing's order (oldest
+    /// first) is fixed from one pass over the table under the engine lock that copies 16 octets
+    /// per matching session; the rows are then made a frame at a time, each frame's sessions
+    /// copied under the lock and encoded outside it, on the connection's thread.
+    func sessionRows(_ request: ControlRequest) -> SessionRowAnswer {
+        let filter: SessionMatcher?
+        do { filter = try request.filter.map(SessionMatcher.init) } catch { return .refused("\(error)") }
+        let capacity = engine.withLock { $0.sessions.count }
+        var order: [(createdAt: UInt64, id: UInt64)] = []
+        order.reserveCapacity(capacity + 1024)
+        engine.withLock { engine in
+            for session in engine.sessions.all where filter?.matches(session) ?? true {
+                order.append((session.createdAt.nanoseconds, session.id))
+            }
+        }
+        order.sort { $0 < $1 }
+        // The kernel's counters: see `sessionRecords` for why not above `countersLimit`.
+        let counters = order.count > Self.countersLimit ? [:] : elementCounters(of: Set(NFTSchema.admissionSets.map(\.name)))
+        return .rows(SessionRows(daemon: self, order: order, counters: counters, now: now()))
+    }
+
     /// Packets and bytes of every element of `sets`, by set and key (`counter` sets).
     func elementCounters(of sets: Set<String>) -> [CountedKey: (UInt64?, UInt64?)] {
         var counters: [CountedKey: (UInt64?, UInt64?)] = [:]
@@ -177,6 +198,7 @@ extension Daemon {
         counters["kernel_errors"] = kernelErrors.load(ordering: .relaxed)
         counters["replies_failed"] = failedReplies.load(ordering: .relaxed)
         counters["reload_failures"] = reloadFailures.load(ordering: .relaxed)
+        counters.merge(restart.counters) { $1 }
         counters["ruleset_lost"] = rulesetLost.load(ordering: .relaxed)
         counters["ruleset_restored"] = rulesetRestored.load(ordering: .relaxed)
         let cleaned = cleanup.counters
@@ -197,6 +219,77 @@ extension Daemon {
             queueEncoding: encoding.rawValue, sessions: count, counters: counters)
         status.ruleset = rulesetCondition.withLock { $0 }.description
         return status
+    }
+}
+
+/// The rows of one streamed listing, a frame at a time.
+struct SessionRows: SessionRowSource {
+    let daemon: Daemon
+    let order: [(createdAt: UInt64, id: UInt64)]
+    let counters: [CountedKey: (UInt64?, UInt64?)]
+    let now: Instant
+    var position = 0
+
+    mutating func nextFrame() -> SessionRowFrameBuilder? {
+        guard position < order.count else { return nil }
+        let chunk = order[position..<min(position + SessionRowStream.rowsPerFrame, order.count)]
+        position = chunk.endIndex
+        let sessions: [Session] = daemon.engine.withLock { engine in chunk.compactMap { engine.sessions[id: $0.id] } }
+        var frame = SessionRowFrameBuilder()
+        for session in sessions { append(session, to: &frame) }
+        return frame
+    }
+
+    private func append(_ session: Session, to frame: inout SessionRowFrameBuilder) {
+        var packets: UInt64?
+        var bytes: UInt64?
+        if !counters.isEmpty, let flow = session.admittedFlows.first,
+            let found = counters[CountedKey(NFTSchema.element(for: .admission(flow)))]
+        {
+            (packets, bytes) = found
+        }
+        var paths: [SessionRowFrameBuilder.Path]?
+        if session.pathCount > 1 {
+            paths = session.paths.dropFirst().map { path in
+                .init(
+                    id: path.id, source: Self.text(path.flow.source), sourcePort: path.flow.sourcePort,
+                    destination: Self.text(path.flow.destination), destinationPort: path.flow.destinationPort)
+            }
+        }
+        let flow = session.flow
+        frame.append(
+            id: session.id, proto: flow.proto.description, source: Self.text(flow.source), sourcePort: flow.sourcePort,
+            destination: Self.text(flow.destination), destinationPort: flow.destinationPort, state: session.state.rawValue,
+            action: session.actionName, ageSeconds: now.seconds(since: session.createdAt),
+            remainingSeconds: session.expiresAt.map { max(0, $0.seconds(since: now)) }, packets: packets, bytes: bytes,
+            application: session.application, origin: session.origin == .csp ? nil : session.origin.rawValue, paths: paths)
+    }
+
+    /// An address as `IPAddress.description` writes it; IPv4 without string interpolation (a
+    /// listing formats two per session).
+    static func text(_ address: IPAddress) -> String {
+        guard let value = address.ipv4Value else { return address.description }
+        return String(unsafeUninitializedCapacity: 15) { buffer in
+            var count = 0
+            for shift in [24, 16, 8, 0] {
+                let octet = UInt8(truncatingIfNeeded: value >> UInt32(shift))
+                if shift != 24 {
+                    buffer[count] = UInt8(ascii: ".")
+                    count += 1
+                }
+                if octet >= 100 {
+                    buffer[count] = UInt8(ascii: "0") + octet / 100
+                    count += 1
+                }
+                if octet >= 10 {
+                    buffer[count] = UInt8(ascii: "0") + octet / 10 % 10
+                    count += 1
+                }
+                buffer[count] = UInt8(ascii: "0") + octet % 10
+                count += 1
+            }
+            return count
+        }
     }
 }
 

@@ -68,6 +68,8 @@ final class Daemon: Sendable {
     let rulesetRestored = Atomic<UInt64>(0)
     /// One reload at a time (SIGHUP and `midctl reload` may meet).
     let reloading = Mutex<Void>(())
+    /// How the sessions of the previous run came back (Restart.swift).
+    let restart = RestartState()
 
     init(configuration: MidcomConfiguration, source: ConfigurationSource, log: Log, notifier: SystemdNotifier) throws {
         self.configuration = configuration
@@ -178,7 +180,8 @@ final class Daemon: Sendable {
         let access = try controlAccess(configuration)
         let server = try ControlServer(
             path: configuration.controlSocket, access: access, log: { [log] in log(.warning, $0) },
-            subscribe: { [events] in events.subscribe() }
+            subscribe: { [events] in events.subscribe() },
+            sessionRows: { [weak self] request in self?.sessionRows(request) ?? .refused("midcomd is stopping") }
         ) {
             [weak self] request in
             self?.answer(request) ?? .failure("midcomd is stopping")
@@ -202,6 +205,7 @@ final class Daemon: Sendable {
             replies.run(shouldStop: { stopping.load(ordering: .relaxed) }) { transmit($0, sockets: &sockets) }
         }
         Thread.detachNewThread { [self] in self.adoptKernelState() }
+        Thread.detachNewThread { [self] in self.writeSnapshotsPeriodically() }
         Thread.detachNewThread { [self] in self.watchRuleset() }
         if let metrics, let listen = configuration.metricsListen { metrics.serve(at: listen, daemon: self) }
         let identity = engine.withLock { $0.identity }
@@ -257,6 +261,8 @@ final class Daemon: Sendable {
     /// flush: the table lock keeps every other midcomd away from it.
     func shutdown() {
         control.withLock { $0?.stop() }
+        // The packet loops have stopped: the snapshot holds every session, for the next start.
+        writeSessionSnapshot(clean: true)
         for chain in ["enqueue", "enqueue_proved"] {
             do {
                 try nft.flushChain(table: configuration.table, chain: chain)
@@ -349,24 +355,12 @@ final class Daemon: Sendable {
     }
 
     /// Sessions admitted by a previous run are still in the kernel with their timeouts and tags:
-    /// adopt them, with their NAT mappings (whose ports are then never handed out twice).
-    /// Runs on its own thread after start-up: the kernel dumps a big set in quadratic time (tens of
-    /// seconds at a million elements), and the gateway must serve packets meanwhile; a session
-    /// signaled again before it is adopted simply wins.
+    /// adopt them, with their NAT mappings (whose ports are then never handed out twice). Runs on
+    /// its own thread after start-up, from the session snapshot when there is a usable one, else
+    /// from the kernel's set dump (Restart.swift); a session signaled again before it is adopted
+    /// simply wins.
     func adoptKernelState() {
-        let now = self.now()
-        var adopted = 0
-        var tagged = 0
-        kernel.forEachAdoptableSet(failed: { set, error in
-            log(.warning, "cannot list set \(set) to adopt earlier sessions: \(error)")
-        }) { chunk in
-            adopted += chunk.count
-            tagged += chunk.reduce(0) { $0 + ($1.tag == nil ? 0 : 1) }
-            engine.withLock { engine in for element in chunk { engine.adopt(element, now: now) } }
-        }
-        if adopted > 0 {
-            log(.notice, "adopted \(adopted) kernel element(s) left by a previous run (\(tagged) with their session ID)")
-        }
+        adoptFromSnapshotAndKernel()
     }
 }
 

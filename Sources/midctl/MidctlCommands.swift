@@ -16,15 +16,70 @@ struct Sessions: ParsableCommand {
     @Option(help: "Only this origin: csp, nat-pmp, pcp.") var origin: String?
     @Option(help: "Only this application (as signaled in APPLICATION).") var app: String?
 
+    /// Streams the rows (ControlClient.listSessions): JSON is written as the frames arrive; the
+    /// table once all are in (its columns are as wide as their widest cell).
     func run() throws {
         let filter = SessionFilter(address: address, proto: proto, port: port, state: state, origin: origin, application: app)
-        let response = try connection.perform(ControlRequest(command: .sessions, filter: filter.isEmpty ? nil : filter))
-        guard let sessions = response.sessions else { throw missingField("sessions") }
-        if json {
-            try printJSON(sessions)
-        } else {
-            print(SessionTableFormatter.table(sessions, color: connection.color), terminator: "")
+        let request = ControlRequest(command: .sessions, filter: filter.isEmpty ? nil : filter)
+        // Per piece of the answer (the first line, then each frame), not for the whole listing; an
+        // older daemon answers with one line it takes up to a minute to build at a million sessions.
+        let client = ControlClient(path: connection.socketPath, timeout: .seconds(120))
+        let color = connection.color
+        var out: [UInt8] = []
+        out.reserveCapacity(1 << 20)
+        var writer = SessionRowRenderer.JSONArrayWriter()
+        var frames: [SessionRowReader] = []
+        var widths = SessionRowRenderer.Widths()
+        var scratch: [UInt8] = []
+        if json { writer.begin(into: &out) }
+        let legacy: [SessionRecord]?
+        do {
+            legacy = try client.listSessions(request) { (reader: SessionRowReader) throws(SessionRowStreamError) in
+                var rows = reader
+                if json {
+                    while let row = try rows.next() {
+                        writer.append(row, of: reader, into: &out)
+                        if out.count >= 1 << 20 { writeOut(&out) }
+                    }
+                } else {
+                    while let row = try rows.next() { SessionRowRenderer.measure(row, of: reader, into: &widths, scratch: &scratch) }
+                    frames.append(reader)
+                }
+            }
+        } catch {
+            printError(error.description)
+            throw ExitCode(error.isRefusal ? 1 : 3)
         }
+        if let legacy {
+            if json { try printJSON(legacy) } else { print(SessionTableFormatter.table(legacy, color: color), terminator: "") }
+            return
+        }
+        if json {
+            writer.end(into: &out)
+        } else {
+            SessionRowRenderer.appendHeader(widths: widths, to: &out)
+            for reader in frames {
+                var rows = reader
+                while let row = try rows.next() {
+                    SessionRowRenderer.appendRow(row, of: reader, widths: widths, color: color, to: &out, scratch: &scratch)
+                    if out.count >= 1 << 20 { writeOut(&out) }
+                }
+            }
+        }
+        writeOut(&out)
+    }
+
+    private func writeOut(_ out: inout [UInt8]) {
+        out.withUnsafeBytes { raw in
+            var written = 0
+            while written < raw.count {
+                let n = Glibc.write(1, raw.baseAddress! + written, raw.count - written)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { return }  // stdout closed (`| head`): nothing more to do
+                written += n
+            }
+        }
+        out.removeAll(keepingCapacity: true)
     }
 }
 

@@ -280,12 +280,16 @@ extension Session {
     }
 
     /// What the session installed, in one word for `midctl`: redirect, nat, admit or none.
+    /// Derived without building `kernelObjects` (a listing asks it of every session): besides
+    /// admissions, an admitted session without a relay installs only its `translation`.
     public var actionName: String {
         if state == .redirected { return "redirect" }
         if relay != nil { return "relay" }
-        let objects = kernelObjects
-        if objects.contains(where: { if case .admission = $0 { false } else { true } }) { return "nat" }
-        return objects.isEmpty ? "none" : "admit"
+        switch state {
+        case .pending: return "none"
+        case .legacy: return "admit"
+        case .admitted, .redirected: return translation != nil ? "nat" : "admit"
+        }
     }
 
     /// The admitted flows (for counters and conntrack clean-up).
