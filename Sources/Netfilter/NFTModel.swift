@@ -20,51 +20,56 @@ public enum NFTFamily: UInt8, Sendable, CustomStringConvertible {
 /// (`ipv4_addr . inet_proto . inet_service`) every field starts on a 4-byte register boundary, zero padded, which is
 /// how nft lays out concatenated keys (NFT_REG32_SIZE); so `bytes` pads only when there are two fields or more.
 public struct NFTSetKey: Hashable, Sendable, CustomStringConvertible {
-    private var fields: [[UInt8]] = []
+    /// The key as the kernel expects it in NFTA_SET_ELEM_KEY / NFTA_SET_ELEM_DATA, kept up to date by every
+    /// `append`: one array per key (midcomd builds one or two keys per admission) rather than one per field.
+    public private(set) var bytes: [UInt8] = []
+    private var fieldCount = 0
 
     public init() {}
 
     /// Appends an `ipv4_addr` given in host order (0x0a000001 is 10.0.0.1); stored in network order.
     public mutating func append(ipv4: UInt32) {
-        fields.append(withUnsafeBytes(of: ipv4.bigEndian) { Array($0) })
+        withUnsafeBytes(of: ipv4.bigEndian) { appendField($0) }
     }
 
     /// Appends an `ipv6_addr` given as its 16 network-order bytes.
     public mutating func append(ipv6 bytes: [UInt8]) {
         precondition(bytes.count == 16, "an ipv6_addr key field is 16 bytes, got \(bytes.count)")
-        fields.append(bytes)
+        bytes.withUnsafeBytes { appendField($0) }
     }
 
     /// Appends an `inet_proto` (IPPROTO_TCP is 6, IPPROTO_UDP 17).
     public mutating func append(proto: UInt8) {
-        fields.append([proto])
+        withUnsafeBytes(of: proto) { appendField($0) }
     }
 
     /// Appends an `inet_service` given in host order; stored in network order.
     public mutating func append(port: UInt16) {
-        fields.append(withUnsafeBytes(of: port.bigEndian) { Array($0) })
+        withUnsafeBytes(of: port.bigEndian) { appendField($0) }
     }
 
     /// Appends a `mark`; nft keeps marks in host byte order.
     public mutating func append(mark: UInt32) {
-        fields.append(withUnsafeBytes(of: mark) { Array($0) })
+        withUnsafeBytes(of: mark) { appendField($0) }
     }
 
     /// Appends raw bytes as one field (for types not covered above); padded like any field in a concatenation.
     public mutating func append(raw bytes: [UInt8]) {
-        fields.append(bytes)
+        bytes.withUnsafeBytes { appendField($0) }
     }
 
-    /// The key as the kernel expects it in NFTA_SET_ELEM_KEY / NFTA_SET_ELEM_DATA.
-    public var bytes: [UInt8] {
-        if fields.count == 1 { return fields[0] }
-        var result: [UInt8] = []
-        result.reserveCapacity(fields.reduce(0) { $0 + ($1.count + 3) & ~3 })
-        for field in fields {
-            result.append(contentsOf: field)
-            result.append(contentsOf: repeatElement(0, count: (4 - field.count % 4) % 4))
-        }
-        return result
+    private mutating func appendField(_ field: UnsafeRawBufferPointer) {
+        // 48 octets hold every key midcomd builds (the longest, an IPv6 flow, is 44): one allocation.
+        if bytes.capacity == 0 { bytes.reserveCapacity(48) }
+        // A lone field keeps its natural length; once there are two, every field fills whole registers.
+        if fieldCount == 1 { padToRegister() }
+        bytes.append(contentsOf: field)
+        fieldCount += 1
+        if fieldCount > 1 { padToRegister() }
+    }
+
+    private mutating func padToRegister() {
+        while bytes.count % 4 != 0 { bytes.append(0) }
     }
 
     /// The key in lowercase hex, as error messages print it.
@@ -104,24 +109,36 @@ public struct NFTChangeSet: Sendable {
         self.table = table
     }
 
+    /// Room for `count` operations, for callers that know how many they will add.
+    public mutating func reserveCapacity(_ count: Int) {
+        operations.reserveCapacity(count)
+    }
+
+    /// Most change sets hold one to three operations (an admission, a refresh, a removal): room for
+    /// four at the first append saves the reallocations of growing one by one.
+    private mutating func appendOperation(_ operation: Operation) {
+        if operations.capacity == 0 { operations.reserveCapacity(4) }
+        operations.append(operation)
+    }
+
     /// Adds `key` (mapping to `data` in a map) to `set`; `timeout` overrides the set's default timeout and needs a
     /// set declared with `flags timeout`. Re-adding an existing element refreshes its timeout.
     /// `comment` is stored with the element (as `nft` stores `comment "..."`) and read back by `listElements`.
     /// `keyEnd` makes the element the range `key`...`keyEnd` of an interval set.
     public mutating func addElement(set: String, key: NFTSetKey, data: NFTSetKey? = nil, timeout: Duration? = nil,
                                     comment: String? = nil, keyEnd: NFTSetKey? = nil) {
-        operations.append(.add(set: set, key: key.bytes, data: data?.bytes, timeout: timeout, comment: comment, keyEnd: keyEnd?.bytes))
+        appendOperation(.add(set: set, key: key.bytes, data: data?.bytes, timeout: timeout, comment: comment, keyEnd: keyEnd?.bytes))
     }
 
     /// Deletes `key` (the range `key`...`keyEnd` of an interval set) from `set`. The whole change set
     /// fails if the element does not exist (it may have timed out).
     public mutating func deleteElement(set: String, key: NFTSetKey, keyEnd: NFTSetKey? = nil) {
-        operations.append(.delete(set: set, key: key.bytes, keyEnd: keyEnd?.bytes))
+        appendOperation(.delete(set: set, key: key.bytes, keyEnd: keyEnd?.bytes))
     }
 
     /// Removes every element of `set`.
     public mutating func flushSet(_ set: String) {
-        operations.append(.flush(set: set))
+        appendOperation(.flush(set: set))
     }
 
     public var isEmpty: Bool { operations.isEmpty }

@@ -8,12 +8,14 @@ import Musl
 #endif
 import SystemSupport
 
-/// Programs nftables through one netlink socket (libmnl) with messages built by libnftnl.
+/// Programs nftables through one netlink socket (libmnl).
 ///
-/// Every change is one transaction: NFNL_MSG_BATCH_BEGIN, the messages, NFNL_MSG_BATCH_END, sent in one sendmsg.
-/// The kernel applies all of it or none of it. Every message carries its own sequence number and the client records
-/// what each number stood for, because the kernel reports an error against the message that caused it (or against
-/// BATCH_BEGIN when the whole batch is refused, e.g. without CAP_NET_ADMIN).
+/// Every change is one transaction: NFNL_MSG_BATCH_BEGIN, the messages, NFNL_MSG_BATCH_END, sent in one sendto.
+/// The kernel applies all of it or none of it. Set-element transactions (`apply`, the hot path: one per admission)
+/// are encoded by `NFTBatchEncoder` into one buffer reused for every transaction; rules and requests are built by
+/// libnftnl. Every message carries its own sequence number, consecutive from the transaction's first, because the
+/// kernel reports an error against the message that caused it (or against BATCH_BEGIN when the whole batch is
+/// refused, e.g. without CAP_NET_ADMIN); the message is described (operation, set, element in hex) only then.
 ///
 /// The kernel processes a batch synchronously inside sendmsg, so when sendmsg returns every error is already queued on
 /// the socket; the client then drains the socket without blocking. Messages are sent without NLM_F_ACK, so a
@@ -26,6 +28,8 @@ public final class NFTablesClient: @unchecked Sendable {
         /// Set once the kernel refused the native `queue` expression, so `.auto` goes straight to compat.
         var nativeQueueUnsupported = false
         var sendBufferBytes: Int = 0
+        /// The one buffer every transaction is encoded into (used under the lock only).
+        let encoder = NFTBatchEncoder()
     }
 
     private let socket: OpaquePointer  // struct mnl_socket *
@@ -55,18 +59,45 @@ public final class NFTablesClient: @unchecked Sendable {
     /// Applies `changes` as one atomic batch. An empty change set sends nothing.
     ///
     /// On failure nothing was changed, and the error names the operation, the set and the element (hex key).
+    /// Nothing is allocated per element or per transaction: the messages are encoded into the client's buffer.
+    ///
+    /// Consecutive adds (or deletes) of one set travel as one message with many elements, as `nft` sends
+    /// them: the kernel's cost is per message as much as per element. The kernel names only the message
+    /// it refused, so when a message of several elements is refused, the transaction (which the kernel
+    /// aborted whole) is sent again with one message per operation, to name the element; that second
+    /// attempt is the error path's only cost, and it is what `apply` always sent before.
     public func apply(_ changes: NFTChangeSet) throws(NetfilterError) {
         if changes.isEmpty { return }
         try state.withLock { (state: inout State) throws(NetfilterError) in
-            let batch = try Batch(sequence: &state.sequence)
-            let family = UInt16(changes.family.rawValue)
-            for operation in changes.operations {
-                try batch.appendElementOperation(operation, family: family, table: changes.table,
-                                                 familyName: changes.family.description)
+            let first = state.reserveSequences()
+            let messages = Self.encode(changes, firstSequence: first, into: state.encoder, joining: true)
+            guard let failure = try self.send(state.encoder, messages: messages, firstSequence: first, state: &state) else { return }
+            if messages == changes.count + 2 || failure.index == 0 {
+                throw Target.inElementBatch(changes, index: failure.index).error(errno: failure.errno)
             }
-            let errors = try self.send(batch, state: &state)
-            if let first = errors.first { throw first.error }
+            let again = state.reserveSequences()
+            let single = Self.encode(changes, firstSequence: again, into: state.encoder, joining: false)
+            if let failure = try self.send(state.encoder, messages: single, firstSequence: again, state: &state) {
+                throw Target.inElementBatch(changes, index: failure.index).error(errno: failure.errno)
+            }
         }
+    }
+
+    /// BATCH_BEGIN (`firstSequence`), the element messages, BATCH_END; returns how many messages. Without
+    /// `joining`, message i + 1 is operation i.
+    @discardableResult
+    private static func encode(_ changes: NFTChangeSet, firstSequence: UInt32, into encoder: NFTBatchEncoder, joining: Bool) -> Int {
+        encoder.reset()
+        encoder.appendBatchBegin(sequence: firstSequence)
+        var sequence = firstSequence
+        for operation in changes.operations {
+            if encoder.appendElementOperation(operation, family: changes.family, table: changes.table, sequence: sequence &+ 1,
+                                              joining: joining) {
+                sequence &+= 1
+            }
+        }
+        encoder.appendBatchEnd(sequence: sequence &+ 1)
+        return Int(sequence &- firstSequence) + 2
     }
 
     /// Lists the elements of a set (NFT_MSG_GETSETELEM dump).
@@ -254,20 +285,19 @@ public final class NFTablesClient: @unchecked Sendable {
             case .compat: first = .compat
             case .auto: first = state.nativeQueueUnsupported ? .compat : .native
             }
-            let batch = try Batch(sequence: &state.sequence)
+            var batch = RuleBatch(encoder: state.encoder, firstSequence: state.reserveSequences())
             try batch.appendFlushChain(family: family, table: table, chain: chain)
             try batch.appendQueueRule(family: family, table: table, chain: chain, spec: spec, encoding: first)
-            let errors = try self.send(batch, state: &state)
-            guard let error = errors.first else { return first }
+            guard let error = try self.send(&batch, state: &state) else { return first }
             guard first == .native, case .queueRule = error.target,
                   error.error.errno == ENOENT || error.error.errno == EOPNOTSUPP else { throw error.error }
             state.nativeQueueUnsupported = true
             guard encoding == .auto else { throw error.error }
 
-            let retry = try Batch(sequence: &state.sequence)
+            var retry = RuleBatch(encoder: state.encoder, firstSequence: state.reserveSequences())
             try retry.appendFlushChain(family: family, table: table, chain: chain)
             try retry.appendQueueRule(family: family, table: table, chain: chain, spec: spec, encoding: .compat)
-            if let retryError = try self.send(retry, state: &state).first { throw retryError.error }
+            if let retryError = try self.send(&retry, state: &state) { throw retryError.error }
             return .compat
         }
     }
@@ -275,9 +305,9 @@ public final class NFTablesClient: @unchecked Sendable {
     /// Deletes every rule of `chain` (NFT_MSG_DELRULE without a handle), in one batch.
     public func flushChain(family: NFTFamily = .inet, table: String = "midcom", chain: String) throws(NetfilterError) {
         try state.withLock { (state: inout State) throws(NetfilterError) in
-            let batch = try Batch(sequence: &state.sequence)
+            var batch = RuleBatch(encoder: state.encoder, firstSequence: state.reserveSequences())
             try batch.appendFlushChain(family: family, table: table, chain: chain)
-            if let error = try self.send(batch, state: &state).first { throw error.error }
+            if let error = try self.send(&batch, state: &state) { throw error.error }
         }
     }
 
@@ -324,71 +354,65 @@ public final class NFTablesClient: @unchecked Sendable {
     /// The netlink bytes `apply` would send for `changes` (BATCH_BEGIN, one message per operation,
     /// BATCH_END), numbered from `firstSequence`. No socket is involved: tests compare these bytes with
     /// golden files, as google/nftables does.
-    public static func encodedBatch(_ changes: NFTChangeSet, firstSequence: UInt32) throws(NetfilterError) -> [UInt8] {
-        var sequence = firstSequence &- 1
-        let batch = try Batch(sequence: &sequence)
-        let family = UInt16(changes.family.rawValue)
-        for operation in changes.operations {
-            try batch.appendElementOperation(operation, family: family, table: changes.table,
-                                             familyName: changes.family.description)
-        }
-        try batch.finish()
-        let count = Int(nftnl_batch_iovec_len(batch.handle))
-        var iovecs = [iovec](repeating: iovec(), count: count)
-        nftnl_batch_iovec(batch.handle, &iovecs, UInt32(count))
-        var bytes: [UInt8] = []
-        for vector in iovecs {
-            bytes += UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len)
-        }
-        return bytes
+    public static func encodedBatch(_ changes: NFTChangeSet, firstSequence: UInt32) -> [UInt8] {
+        encodedBatch(changes, firstSequence: firstSequence, joining: true)
     }
 
-    /// Sends a batch in one sendmsg and returns the errors the kernel reported for it, in sequence order.
-    private func send(_ batch: Batch, state: inout State) throws(NetfilterError) -> [(target: Target, error: NetfilterError)] {
-        try batch.finish()
+    /// `joining: false`: one message per operation, as `apply` resends a refused transaction.
+    static func encodedBatch(_ changes: NFTChangeSet, firstSequence: UInt32, joining: Bool) -> [UInt8] {
+        let encoder = NFTBatchEncoder()
+        encode(changes, firstSequence: firstSequence, into: encoder, joining: joining)
+        return Array(encoder.bytes)
+    }
+
+    /// Finishes a rule batch, sends it and names the first message the kernel refused.
+    private func send(_ batch: inout RuleBatch, state: inout State) throws(NetfilterError) -> (target: Target, error: NetfilterError)? {
+        batch.finish()
+        guard let failure = try send(batch.encoder, messages: batch.targets.count, firstSequence: batch.firstSequence, state: &state) else {
+            return nil
+        }
+        let target = batch.targets[failure.index]
+        return (target, target.error(errno: failure.errno))
+    }
+
+    /// Sends the transaction in `encoder` (`messages` messages numbered from `firstSequence`) in one sendto and
+    /// returns the first message the kernel refused (its index in the transaction and the errno), if any.
+    ///
+    /// The kernel processes a batch inside sendto and queues its errors before sendto returns, so the socket is
+    /// then drained without blocking; a successful batch (no NLM_F_ACK) leaves nothing to read.
+    private func send(_ encoder: NFTBatchEncoder, messages: Int, firstSequence: UInt32,
+                      state: inout State) throws(NetfilterError) -> (index: Int, errno: Int32)? {
         let fd = mnl_socket_get_fd(socket)
-        let iovecCount = Int(nftnl_batch_iovec_len(batch.handle))
-        var iovecs = [iovec](repeating: iovec(), count: iovecCount)
-        nftnl_batch_iovec(batch.handle, &iovecs, UInt32(iovecCount))
-        let total = iovecs.reduce(0) { $0 + $1.iov_len }
-        if total + 4096 > state.sendBufferBytes {
+        let bytes = encoder.bytes
+        if bytes.count + 4096 > state.sendBufferBytes {
             // A batch must arrive in one datagram; the default socket send buffer (~200 KiB) caps its size.
-            var size = Int32(clamping: total + 65536)
+            var size = Int32(clamping: bytes.count + 65536)
             if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
                 _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
             }
             state.sendBufferBytes = Int(size)
         }
-        var address = sockaddr_nl()
-        address.nl_family = sa_family_t(AF_NETLINK)
-        let sent = withUnsafeMutablePointer(to: &address) { addressPointer in
-            iovecs.withUnsafeMutableBufferPointer { iovecBuffer in
-                var header = msghdr()
-                header.msg_name = UnsafeMutableRawPointer(addressPointer)
-                header.msg_namelen = socklen_t(MemoryLayout<sockaddr_nl>.size)
-                header.msg_iov = iovecBuffer.baseAddress
-                header.msg_iovlen = iovecBuffer.count
-                return syscall { sendmsg(fd, &header, 0) }
-            }
-        }
-        _ = try sent.get("sendmsg(NFNL_MSG_BATCH)", "nftables batch of \(batch.entries.count - 2) messages")
+        let sent = syscall { mnl_socket_sendto(socket, bytes.baseAddress, bytes.count) }
+        _ = try sent.get("sendto(NFNL_MSG_BATCH)", "nftables batch of \(messages - 2) messages")
 
-        var errors: [(sequence: UInt32, target: Target, error: NetfilterError)] = []
+        var first: (index: Int, errno: Int32)? = nil
         while true {
             let received = syscall { recv(fd, receiveBuffer.baseAddress, receiveBuffer.count, Int32(MSG_DONTWAIT)) }
             let length: Int
             switch received {
             case .success(let count): length = count
             case .failure(let code) where code == EAGAIN || code == EWOULDBLOCK:
-                return errors.sorted { $0.sequence < $1.sequence }.map { (target: $0.target, error: $0.error) }
+                return first
             case .failure(let code):
                 throw NetfilterError(operation: "recv", object: "nftables batch acknowledgements", errno: code)
             }
             forEachMessage(length: length) { nlh in
                 guard Int32(cnf_nlmsg_type(nlh)) == NLMSG_ERROR else { return }
                 let code = cnf_nlmsg_error_code(nlh)
-                guard code != 0, let target = batch.target(for: cnf_nlmsg_seq(nlh)) else { return }
-                errors.append((cnf_nlmsg_seq(nlh), target, target.error(errno: code)))
+                // Sequence numbers of this transaction are consecutive; anything else is a stale reply.
+                let index = Int(cnf_nlmsg_seq(nlh) &- firstSequence)
+                guard code != 0, index < messages else { return }
+                if first == nil || index < first!.index { first = (index, code) }
             }
         }
     }
@@ -442,6 +466,14 @@ extension NFTablesClient.State {
         sequence &+= 1
         return sequence
     }
+
+    /// The first sequence number of a transaction; the range after it is its own (batches never
+    /// hold a million messages), so the kernel's error replies map back to a message by subtraction.
+    mutating func reserveSequences() -> UInt32 {
+        let first = sequence &+ 1
+        sequence &+= 1 << 20
+        return first
+    }
 }
 
 /// What a message of a batch (or a request) stood for, to turn a kernel errno into a useful sentence.
@@ -458,6 +490,23 @@ enum Target {
     case getSet(family: NFTFamily, table: String, set: String)
     case listRules(family: NFTFamily, table: String, chain: String)
     case getGeneration
+
+    /// Message `index` of the transaction `apply` sends for `changes`: 0 is BATCH_BEGIN, then one
+    /// message per operation, then BATCH_END. Built only when the kernel refused that message.
+    static func inElementBatch(_ changes: NFTChangeSet, index: Int) -> Target {
+        guard index > 0 else { return .batchBegin }
+        guard index <= changes.count else { return .batchEnd }
+        let family = changes.family.description, table = changes.table
+        switch changes.operations[index - 1] {
+        case .add(let set, let key, _, let timeout, _, _):
+            return .addElement(family: family, table: table, set: set, key: NFTSetKey.hex(key),
+                               hasTimeout: timeout != nil, keyLength: key.count)
+        case .delete(let set, let key, _):
+            return .deleteElement(family: family, table: table, set: set, key: NFTSetKey.hex(key))
+        case .flush(let set):
+            return .flushSet(family: family, table: table, set: set)
+        }
+    }
 
     var operation: String {
         switch self {
@@ -531,114 +580,36 @@ enum Target {
     }
 }
 
-/// A libnftnl batch (nftnl_batch) being filled, with the meaning of every sequence number in it.
-private final class Batch {
-    let handle: OpaquePointer  // struct nftnl_batch *
-    private(set) var entries: [(sequence: UInt32, target: Target)] = []
-    private var sequence: UInt32 = 0
+/// A transaction of rule messages built by libnftnl into the client's encoder (cold path: at start
+/// and after a ruleset reload), with what each message stood for.
+private struct RuleBatch {
+    let encoder: NFTBatchEncoder
+    let firstSequence: UInt32
+    private(set) var targets: [Target] = [.batchBegin]
 
-    /// Starts a batch with NFNL_MSG_BATCH_BEGIN; sequence numbers are taken from (and written back to) `counter`.
-    init(sequence counter: inout UInt32) throws(NetfilterError) {
-        // Pages of 16 KiB (more are chained for big batches); a single message may overrun a page by
-        // up to MNL_SOCKET_BUFFER_SIZE. Small pages matter: most batches carry one admission, and
-        // a 128 KiB page is above glibc's mmap threshold, i.e. an mmap/munmap per transaction.
-        let allocated = syscallHandle { nftnl_batch_alloc(16 << 10, UInt32(cnf_mnl_socket_buffer_size())) }
-        guard let handle = allocated.handle else {
-            throw NetfilterError(operation: "nftnl_batch_alloc", object: "nftables batch", errno: allocated.errno)
-        }
-        self.handle = handle
-        self.sequence = counter &+ 1
-        counter &+= 1 << 20  // reserve a range; batches never hold a million messages
-        try append(.batchBegin) { buffer, sequence in nftnl_batch_begin(buffer, sequence) != nil }
+    init(encoder: NFTBatchEncoder, firstSequence: UInt32) {
+        self.encoder = encoder
+        self.firstSequence = firstSequence
+        encoder.reset()
+        encoder.appendBatchBegin(sequence: firstSequence)
     }
 
-    deinit { nftnl_batch_free(handle) }
-
-    func target(for sequence: UInt32) -> Target? {
-        entries.first { $0.sequence == sequence }?.target
+    mutating func finish() {
+        encoder.appendBatchEnd(sequence: firstSequence &+ UInt32(targets.count))
+        targets.append(.batchEnd)
     }
 
-    func finish() throws(NetfilterError) {
-        try append(.batchEnd) { buffer, sequence in nftnl_batch_end(buffer, sequence) != nil }
-    }
-
-    /// Builds one message at the batch's write position with `build` and records its sequence number.
-    private func append(_ target: Target, build: (UnsafeMutablePointer<CChar>, UInt32) -> Bool) throws(NetfilterError) {
-        let current = sequence
-        sequence &+= 1
-        // libmnl before 1.0.5 leaves attribute padding as it finds it: zero the room a message may
-        // use, so no heap garbage reaches the kernel and a batch's bytes are reproducible (golden tests).
-        if let room = nftnl_batch_buffer(handle) { memset(room, 0, Int(cnf_mnl_socket_buffer_size())) }
-        guard let buffer = nftnl_batch_buffer(handle), build(buffer.assumingMemoryBound(to: CChar.self), current),
-              nftnl_batch_update(handle) >= 0 else {
+    /// Builds one message at the write position with `build` (libnftnl) and records its meaning.
+    private mutating func append(_ target: Target, build: (UnsafeMutablePointer<CChar>, UInt32) -> Int?) throws(NetfilterError) {
+        let sequence = firstSequence &+ UInt32(targets.count)
+        guard encoder.appendBuilt(room: Int(cnf_mnl_socket_buffer_size()), { build($0, sequence) }) else {
             throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM,
                                  hint: "could not build the netlink message (out of memory)")
         }
-        entries.append((current, target))
+        targets.append(target)
     }
 
-    func appendElementOperation(_ operation: NFTChangeSet.Operation, family: UInt16, table: String,
-                                         familyName: String) throws(NetfilterError) {
-        let target: Target
-        let type: UInt16
-        var flags: UInt16 = 0
-        let setName: String
-        var key: [UInt8]? = nil
-        var keyEnd: [UInt8]? = nil
-        var data: [UInt8]? = nil
-        var timeout: UInt64? = nil
-        var userData: [UInt8]? = nil
-        switch operation {
-        case .add(let set, let elementKey, let elementData, let elementTimeout, let comment, let elementKeyEnd):
-            keyEnd = elementKeyEnd
-            userData = comment.map(UserData.encode(comment:))
-            let milliseconds = elementTimeout?.netfilterMilliseconds
-            target = .addElement(family: familyName, table: table, set: set, key: NFTSetKey.hex(elementKey),
-                                 hasTimeout: milliseconds != nil, keyLength: elementKey.count)
-            type = msgType(NFT_MSG_NEWSETELEM)
-            flags = UInt16(NLM_F_CREATE)
-            (setName, key, data, timeout) = (set, elementKey, elementData, milliseconds)
-        case .delete(let set, let elementKey, let elementKeyEnd):
-            keyEnd = elementKeyEnd
-            target = .deleteElement(family: familyName, table: table, set: set, key: NFTSetKey.hex(elementKey))
-            type = msgType(NFT_MSG_DELSETELEM)
-            (setName, key) = (set, elementKey)
-        case .flush(let set):
-            target = .flushSet(family: familyName, table: table, set: set)
-            type = msgType(NFT_MSG_DELSETELEM)
-            setName = set
-        }
-        guard let set = nftnl_set_alloc() else {
-            throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
-        }
-        defer { nftnl_set_free(set) }
-        nftnl_set_set_str(set, attr(NFTNL_SET_TABLE), table)
-        nftnl_set_set_str(set, attr(NFTNL_SET_NAME), setName)
-        if let key {
-            guard let element = nftnl_set_elem_alloc() else {
-                throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
-            }
-            key.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
-            if let keyEnd {
-                keyEnd.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count)) }
-            }
-            if let data {
-                data.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
-            }
-            if let timeout { nftnl_set_elem_set_u64(element, attr(NFTNL_SET_ELEM_TIMEOUT), timeout) }
-            if let userData {
-                userData.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(NFTNL_SET_ELEM_USERDATA), $0.baseAddress, UInt32($0.count)) }
-            }
-            nftnl_set_elem_add(set, element)  // the set owns the element from here
-        }
-        try append(target) { buffer, sequence in
-            guard let nlh = nftnl_nlmsg_build_hdr(buffer, type, family, flags, sequence) else { return false }
-            nftnl_set_elems_nlmsg_build_payload(nlh, set)
-            return true
-        }
-    }
-
-    func appendFlushChain(family: NFTFamily, table: String, chain: String) throws(NetfilterError) {
+    mutating func appendFlushChain(family: NFTFamily, table: String, chain: String) throws(NetfilterError) {
         let target = Target.flushChain(family: family, table: table, chain: chain)
         guard let rule = nftnl_rule_alloc() else {
             throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
@@ -647,13 +618,13 @@ private final class Batch {
         nftnl_rule_set_str(rule, attr(NFTNL_RULE_TABLE), table)
         nftnl_rule_set_str(rule, attr(NFTNL_RULE_CHAIN), chain)
         try append(target) { buffer, sequence in
-            guard let nlh = nftnl_nlmsg_build_hdr(buffer, msgType(NFT_MSG_DELRULE), UInt16(family.rawValue), 0, sequence) else { return false }
+            guard let nlh = nftnl_nlmsg_build_hdr(buffer, msgType(NFT_MSG_DELRULE), UInt16(family.rawValue), 0, sequence) else { return nil }
             nftnl_rule_nlmsg_build_payload(nlh, rule)
-            return true
+            return Int(nlh.pointee.nlmsg_len)
         }
     }
 
-    func appendQueueRule(family: NFTFamily, table: String, chain: String, spec: QueueRuleSpec,
+    mutating func appendQueueRule(family: NFTFamily, table: String, chain: String, spec: QueueRuleSpec,
                                   encoding: QueueEncoding) throws(NetfilterError) {
         let target = Target.queueRule(family: family, table: table, chain: chain, encoding: encoding)
         guard let rule = nftnl_rule_alloc() else {
@@ -689,9 +660,9 @@ private final class Batch {
         nftnl_rule_add_expr(rule, expression)  // the rule owns the expression from here
         try append(target) { buffer, sequence in
             let flags = UInt16(NLM_F_CREATE | NLM_F_APPEND)
-            guard let nlh = nftnl_nlmsg_build_hdr(buffer, msgType(NFT_MSG_NEWRULE), UInt16(family.rawValue), flags, sequence) else { return false }
+            guard let nlh = nftnl_nlmsg_build_hdr(buffer, msgType(NFT_MSG_NEWRULE), UInt16(family.rawValue), flags, sequence) else { return nil }
             nftnl_rule_nlmsg_build_payload(nlh, rule)
-            return true
+            return Int(nlh.pointee.nlmsg_len)
         }
     }
 }

@@ -56,7 +56,7 @@ final class NFTSchemaTests: XCTestCase {
         ] {
             changes.append(change)
         }
-        let bytes = try NFTablesClient.encodedBatch(changes, firstSequence: 1000)
+        let bytes = NFTablesClient.encodedBatch(changes, firstSequence: 1000)
         let golden = Self.root.appendingPathComponent("Tests/MidcomKernelTests/Golden/element-batch.hex")
         if ProcessInfo.processInfo.environment["MIDCOM_UPDATE_GOLDEN"] == "1" {
             try (hex(bytes) + "\n").write(to: golden, atomically: true, encoding: .utf8)

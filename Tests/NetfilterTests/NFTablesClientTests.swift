@@ -207,6 +207,47 @@ final class NFTablesClientTests: XCTestCase {
         }
     }
 
+    /// The error names the element the kernel refused, also deep in a large batch (the encoder keeps no
+    /// description per element: the message is found again from the sequence number), and the
+    /// client's reused buffer carries nothing over into the next transaction.
+    func testErrorDeepInALargeBatchNamesThatElement() throws {
+        let client = try NFTablesClient()
+        var bad = NFTSetKey()
+        bad.append(raw: [0xba, 0xd0, 0x07])  // 3 bytes for a 20-byte key
+        var changes = NFTChangeSet(table: table)
+        for index in 0 ..< 1000 {
+            if index == 700 { changes.addElement(set: "flows", key: bad, timeout: .seconds(60)) }
+            changes.addElement(set: "flows", key: flowKey(0x0a00_0000 | UInt32(index), 17, 1, 0x0a01_0000, 53), timeout: .seconds(60))
+        }
+        XCTAssertThrowsError(try client.apply(changes)) { error in
+            let error = error as! NetfilterError
+            XCTAssertEqual(error.errno, EINVAL)
+            XCTAssertEqual(error.operation, "NFT_MSG_NEWSETELEM")
+            XCTAssertEqual(error.object, "set inet \(table) flows, element bad007")
+            XCTAssertTrue(error.description.contains("the 3-byte key or its data does not match the type of set flows"), error.description)
+        }
+        XCTAssertEqual(try client.listElements(table: table, set: "flows"), [], "nothing of the failed batch was applied")
+
+        // A missing element among good ones: its delete is named, with the hint for ENOENT.
+        var mixed = NFTChangeSet(table: table)
+        mixed.addElement(set: "flows", key: flowKey(0x0a00_0001, 17, 1, 0x0a01_0000, 53), timeout: .seconds(60))
+        mixed.deleteElement(set: "flows", key: flowKey(0x0a00_0002, 17, 2, 0x0a01_0000, 53))
+        mixed.addElement(set: "flows", key: flowKey(0x0a00_0003, 17, 3, 0x0a01_0000, 53), timeout: .seconds(60))
+        XCTAssertThrowsError(try client.apply(mixed)) { error in
+            let error = error as! NetfilterError
+            XCTAssertEqual(error.errno, ENOENT)
+            XCTAssertEqual(error.operation, "NFT_MSG_DELSETELEM")
+            XCTAssertEqual(error.object, "set inet \(table) flows, element " + "0a000002" + "11000000" + "00020000" + "0a010000" + "00350000")
+            XCTAssertTrue(error.description.contains("the element is not in the set (it may have timed out already)"), error.description)
+        }
+
+        // The same client, right after: a good batch goes through whole.
+        var good = NFTChangeSet(table: table)
+        good.addElement(set: "flows", key: flowKey(0x0a00_0001, 17, 1, 0x0a01_0000, 53), timeout: .seconds(60), comment: "after")
+        try client.apply(good)
+        XCTAssertEqual(try client.listElements(table: table, set: "flows").map(\.comment), ["after"])
+    }
+
     func testLargeBatch() throws {
         let client = try NFTablesClient()
         var changes = NFTChangeSet(table: table)
