@@ -11,7 +11,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR="$ROOT/Benchmarks"
-RESULTS="$BENCH_DIR/results"
+# BENCH_RESULTS: another directory for raw.jsonl, latest.json and the C binaries (runs side by side).
+RESULTS=${BENCH_RESULTS:-"$BENCH_DIR/results"}
 BIN="$RESULTS/bin"
 SWIFT_BIN="$ROOT/.build-bench/release"
 READER_CPU=${READER_CPU:-1}
@@ -146,6 +147,13 @@ bl_nfqref() {
 bl_proc_cpu_ns() {
   local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
   echo $((ticks * 1000000000 / $(getconf CLK_TCK)))
+}
+
+# bl_task_cpu_ns PID: user+system CPU time of all the process's threads in ns, from /proc/PID/task/*/schedstat
+# (ns resolution; bl_proc_cpu_ns counts 10 ms ticks); the tick count where the kernel keeps no schedstat.
+bl_task_cpu_ns() {
+  if [ -r "/proc/$1/schedstat" ]; then cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'
+  else bl_proc_cpu_ns "$1"; fi
 }
 
 # bl_kernel_queue: "queue_dropped user_dropped" of queue 0 in gw (0 0 when unbound).

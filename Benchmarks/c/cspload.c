@@ -5,7 +5,7 @@
 //       as requested: at most 3600 s, 30 s when the request has none) and counts TEARDOWNs. Replies leave in sendmmsg bursts. -C answers CHALLENGEs (6.6): a
 //       CHALLENGE for a session it ACCEPTed is answered with a RESPONSE (token echoed) to the CHALLENGE's
 //       source, then the ACCEPT is sent again (the last 65536 sessions are remembered, direct-mapped).
-//   cspload setup DST [-w WINDOW] [-s SOCKETS] [-d SECONDS] [-l LIFETIME] [-i FIRST] [-L] [-t] [-C] [-S [-n POOL] [-T S]]
+//   cspload setup DST [-w WINDOW] [-s SOCKETS] [-d SECONDS] [-l LIFETIME] [-i FIRST] [-L] [-t] [-C] [-R] [-S [-n POOL] [-T S]]
 //       The initiators: SOCKETS signaling sockets keep WINDOW sessions in flight in total (many concurrent
 //       signalers); each ACCEPT completes a session (its round trip goes into the histogram) and starts the
 //       next. -L signals incoming pinholes (REQUESTED-ACTION listen, FLOW 0.0.0.0:0 -> self:port), -t sends a
@@ -16,6 +16,7 @@
 //       -C answers CHALLENGEs: a CHALLENGE for a session in flight (same session ID and nonce) gets a
 //       RESPONSE (the token echoed) to the CHALLENGE's source from the same socket, then the SETUP is sent
 //       again unchanged; the round trip is measured from the first SETUP.
+//       -R sets the recordRoute flag (0x02) in every SETUP: each middlebox appends its record to the ACCEPT.
 //       -S signs every SETUP (flags 0x04, IDENTITY, TIMESTAMP, SIGNATURE last; pure Ed25519 through OpenSSL's
 //       EVP, docs/PROTOCOL.md 7.2) with a key made at start. Signing is not in the timed window: POOL
 //       SETUPs (default 400000, a fresh session ID each, sequence 1) are built and signed first, for at most
@@ -252,7 +253,8 @@ struct slot { uint64_t index; uint64_t sent_ns; uint64_t sid; uint64_t nonce; in
 
 /// SETUP: header + FLOW (0x8001, 14) + LIFETIME (0x0002, 4) [+ REQUESTED-ACTION (0x0004, 1) listen].
 /// Session `index`'s ports: source 1024 + index % 64000, destination dport_base + (index / 64000) % dport_span.
-/// Returns the length (at most 59 octets).
+/// Returns the length (at most 59 octets). With -R (record_route) the recordRoute flag is set.
+static int record_route = 0;
 static uint16_t build_setup(uint8_t *m, uint64_t index, uint64_t sid, uint64_t nonce, int listen_mode, uint32_t self,
                             uint32_t remote, uint32_t lifetime, uint16_t dport_base, uint16_t dport_span) {
     uint16_t length = (uint16_t)(28 + 18 + 8 + (listen_mode ? 5 : 0));
@@ -275,6 +277,7 @@ static uint16_t build_setup(uint8_t *m, uint64_t index, uint64_t sid, uint64_t n
     uint8_t *l = f + 18;
     put16(l, 0x0002); put16(l + 2, 4); put32(l + 4, lifetime);
     if (listen_mode) { put16(l + 8, 0x0004); put16(l + 10, 1); l[12] = 0x08; }
+    if (record_route) m[4] |= 0x02;
     return length;
 }
 
@@ -317,7 +320,7 @@ static int cmd_setup(int argc, char **argv) {
     uint64_t pool_want = 400000, first = 0;
     int opt;
     optind = 3;
-    while ((opt = getopt(argc, argv, "w:s:d:l:i:LtCSn:T:")) != -1) {
+    while ((opt = getopt(argc, argv, "w:s:d:l:i:LtCSn:T:R")) != -1) {
         switch (opt) {
         case 'w': window = atoi(optarg); break;
         case 's': nsock = atoi(optarg); break;
@@ -330,6 +333,7 @@ static int cmd_setup(int argc, char **argv) {
         case 'S': sign = 1; break;
         case 'n': pool_want = strtoull(optarg, NULL, 10); break;
         case 'T': sign_limit_s = atof(optarg); break;
+        case 'R': record_route = 1; break;
         default: return 2;
         }
     }

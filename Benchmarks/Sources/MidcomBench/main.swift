@@ -3,8 +3,10 @@
 //   MidcomBench table N [N...]            SessionTable at N sessions: bytes per session (malloc'd bytes),
 //                                         lookup by flow and by id (ns), upsert (ns), expiry (ns per session)
 //   MidcomBench nft add|del N MODE        admit4 elements through NFTablesClient, as midcomd programs them:
-//                                         MODE per-change = one transaction per admission (add, delete, add:
-//                                         the daemon's KernelMapping) or per revocation (add 1 s, delete);
+//                                         MODE per-change = one transaction per admission (one add with the
+//                                         session's tag as comment: NFTChangeSet.append(.install(.admission…)))
+//                                         or per revocation (add 1 s, delete: .remove), as `nftload -m`;
+//                                         MODE refresh = add, delete, add (a refresh: .refresh) per transaction;
 //                                         MODE bulk = 1000 elements per transaction. Keys as Benchmarks/c/nftload.c.
 //   MidcomBench trust N                   the cost of trust (figure 10), single-threaded: N signed SETUPs
 //                                         (each its own key, as from N hosts) verified with SignatureCheck.check
@@ -80,17 +82,21 @@ func benchTable(_ n: Int) {
     print("{\"sessions\":\(n),\"bytes_per_session\":\(Int(bytesPerSession)),\"upsert_ns\":\(Int(upsertNS)),\"lookup_flow_ns\":\(Int(byFlowNS)),\"lookup_id_ns\":\(Int(byIDNS)),\"expire_ns_per_session\":\(Int(expiryNS)),\"expired\":\(expired)}")
 }
 
-func benchNFT(add: Bool, n: Int, perChange: Bool) throws {
+func benchNFT(add: Bool, n: Int, mode: String) throws {
     let client = try NFTablesClient()
     let t = nowNS()
-    if perChange {
+    if mode != "bulk" {
         for i in 0..<n {
             var changes = NFTChangeSet(table: "midcom")
             let k = key(flow(i))
-            if add {
-                changes.addElement(set: "admit4", key: k, timeout: .seconds(600))
+            // The session's tag, as midcomd writes it on every element it installs (ElementTag).
+            let comment = add ? ElementTag(sessionID: UInt64(i) &* 0x9e37_79b9_7f4a_7c15 | 1, kind: .outgoing).comment : nil
+            if add && mode == "refresh" {
+                changes.addElement(set: "admit4", key: k, timeout: .seconds(600), comment: comment)
                 changes.deleteElement(set: "admit4", key: k)
-                changes.addElement(set: "admit4", key: k, timeout: .seconds(600))
+                changes.addElement(set: "admit4", key: k, timeout: .seconds(600), comment: comment)
+            } else if add {
+                changes.addElement(set: "admit4", key: k, timeout: .seconds(600), comment: comment)
             } else {
                 changes.addElement(set: "admit4", key: k, timeout: .seconds(1))
                 changes.deleteElement(set: "admit4", key: k)
@@ -195,7 +201,7 @@ case "table":
     for n in arguments.dropFirst(2).compactMap({ Int($0) }) { benchTable(n) }
 case "nft" where arguments.count == 5:
     do {
-        try benchNFT(add: arguments[2] == "add", n: Int(arguments[3]) ?? 1000, perChange: arguments[4] == "per-change")
+        try benchNFT(add: arguments[2] == "add", n: Int(arguments[3]) ?? 1000, mode: arguments[4])
     } catch {
         cbs_error("MidcomBench nft: \(error)\n")
         exit(1)
@@ -203,6 +209,6 @@ case "nft" where arguments.count == 5:
 case "trust":
     benchTrust(arguments.count > 2 ? Int(arguments[2]) ?? 20000 : 20000)
 default:
-    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|bulk | MidcomBench trust [N]\n")
+    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|refresh|bulk | MidcomBench trust [N]\n")
     exit(2)
 }
