@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Targets have one role each (see docs/ARCHITECTURE.md):
-//   SystemSupport  the one syscall layer: EINTR retry, errno capture, SystemCallError, FileDescriptor
+//   SystemSupport  the one syscall layer: EINTR retry, errno capture, SystemCallError, FileDescriptor,
+//                  epoll, pipes and splice, TCP socket options (over the tiny CLinuxSystem shim)
 //   CNetfilter     C interop: system library over libnetfilter_queue, libnftnl, libmnl + tiny shim
 //   Netfilter      kernel adapters: the only target that imports CNetfilter
 //   CSPWire        wire codecs: pure, zero-copy packet views and CSP messages
@@ -12,6 +13,7 @@ import PackageDescription
 //   MidcomControl  control protocol shared by midcomd (server) and midctl (client)
 //   CSPTrust       keys, signatures, challenge tokens (swift-crypto); pure, no policy
 //   CSPHost        host-side signaling library used by the `csp` tool
+//   CSPSession     relayed sessions (PROTOCOL.md 14): hop frames and TLVs, the end-to-end layer; pure
 let package = Package(
     name: "midcom",
     platforms: [.macOS(.v15)],
@@ -40,7 +42,9 @@ let package = Package(
             pkgConfig: "libnetfilter_queue",
             providers: [.apt(["libnetfilter-queue-dev", "libnftnl-dev", "libmnl-dev"])]
         ),
-        .target(name: "SystemSupport"),
+        // The Linux calls Swift's Glibc module hides (epoll, splice, pipe2, accept4); SystemSupport only.
+        .target(name: "CLinuxSystem"),
+        .target(name: "SystemSupport", dependencies: ["CLinuxSystem"]),
         .target(name: "Netfilter", dependencies: ["CNetfilter", "SystemSupport"]),
         .target(name: "CSPWire"),
         .target(name: "CSPTrust", dependencies: ["CSPWire", "SystemSupport", .product(name: "Crypto", package: "swift-crypto")]),
@@ -48,6 +52,7 @@ let package = Package(
         .target(name: "MidcomKernel", dependencies: ["MidcomCore", "Netfilter", "CSPWire"]),
         .target(name: "MidcomControl", dependencies: ["SystemSupport"]),
         .target(name: "CSPHost", dependencies: ["CSPWire", "CSPTrust", "SystemSupport"]),
+        .target(name: "CSPSession", dependencies: ["CSPWire", "CSPTrust"]),
         // The command-line conventions the three tools share (exit codes, unknown commands, version).
         .target(name: "CommandLineSupport", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
@@ -80,7 +85,8 @@ let package = Package(
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore", "CSPTrust"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
         .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire"]),
-        .testTarget(name: "CSPTrustTests", dependencies: ["CSPTrust", "CSPWire"]),
+        .testTarget(name: "CSPTrustTests", dependencies: ["CSPTrust", "CSPWire"], resources: [.copy("Vectors")]),
+        .testTarget(name: "CSPSessionTests", dependencies: ["CSPSession", "CSPTrust", "CSPWire"]),
         .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"]),
         // Runs commands (nft, ip) for the tests that use the real kernel; linked by test targets only.
         .target(name: "TestSupport", path: "Tests/TestSupport"),

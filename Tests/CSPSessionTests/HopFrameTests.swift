@@ -1,0 +1,5 @@
+import XCTest
+
+@testable import CSPSession
+
+final class HopFrameTests: XCTestCase {}
