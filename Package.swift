@@ -13,6 +13,7 @@ import PackageDescription
 //   MidcomControl  control protocol shared by midcomd (server) and midctl (client)
 //   CSPTrust       keys, signatures, challenge tokens (swift-crypto); pure, no policy
 //   CSPHost        host-side signaling library used by the `csp` tool
+//   MidcomRelay    the relay's session table and limits; pure (midrelayd drives it)
 //   CSPSession     relayed sessions (PROTOCOL.md 14): hop frames and TLVs, the end-to-end layer; pure
 let package = Package(
     name: "midcom",
@@ -21,6 +22,7 @@ let package = Package(
         .executable(name: "midcomd", targets: ["midcomd"]),
         .executable(name: "midctl", targets: ["midctl"]),
         .executable(name: "csp", targets: ["csp"]),
+        .executable(name: "midrelayd", targets: ["midrelayd"]),
         .library(name: "CSPHost", targets: ["CSPHost"]),
         .library(name: "CSPWire", targets: ["CSPWire"]),
     ],
@@ -51,8 +53,10 @@ let package = Package(
         .target(name: "MidcomCore", dependencies: ["CSPWire", "CSPTrust"]),
         .target(name: "MidcomKernel", dependencies: ["MidcomCore", "Netfilter", "CSPWire"]),
         .target(name: "MidcomControl", dependencies: ["SystemSupport"]),
-        .target(name: "CSPHost", dependencies: ["CSPWire", "CSPTrust", "SystemSupport"]),
         .target(name: "CSPSession", dependencies: ["CSPWire", "CSPTrust"]),
+        .target(name: "CSPHost", dependencies: ["CSPWire", "CSPTrust", "CSPSession", "SystemSupport"]),
+        // The relay's pure logic (PROTOCOL.md 14.8): its session table, limits and decisions.
+        .target(name: "MidcomRelay", dependencies: ["CSPSession", "CSPTrust", "CSPWire"]),
         // The command-line conventions the three tools share (exit codes, unknown commands, version).
         .target(name: "CommandLineSupport", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
@@ -75,7 +79,15 @@ let package = Package(
         .executableTarget(
             name: "csp",
             dependencies: [
-                "CSPHost", "CSPWire", "CSPTrust", "SystemSupport", "CommandLineSupport",
+                "CSPHost", "CSPSession", "CSPWire", "CSPTrust", "SystemSupport", "CommandLineSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // The relay daemon (ARCHITECTURE.md "Relayed sessions"): unprivileged, apart from midcomd.
+        .executableTarget(
+            name: "midrelayd",
+            dependencies: [
+                "MidcomRelay", "CSPSession", "CSPHost", "CSPTrust", "CSPWire", "SystemSupport", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -87,6 +99,7 @@ let package = Package(
         .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire"]),
         .testTarget(name: "CSPTrustTests", dependencies: ["CSPTrust", "CSPWire"], resources: [.copy("Vectors")]),
         .testTarget(name: "CSPSessionTests", dependencies: ["CSPSession", "CSPTrust", "CSPWire"]),
+        .testTarget(name: "MidcomRelayTests", dependencies: ["MidcomRelay", "CSPSession", "CSPTrust", "CSPWire"]),
         .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"]),
         // Runs commands (nft, ip) for the tests that use the real kernel; linked by test targets only.
         .target(name: "TestSupport", path: "Tests/TestSupport"),

@@ -48,21 +48,69 @@ extension CSPMessage {
         throws(CSPWireError) -> [CSPTLV]
     {
         var tlvs: [CSPTLV] = []
-        var offset = start
-        while offset < end {
-            guard end - offset >= 4 else { throw CSPWireError(.truncated, at: offset) }
-            let type = bytes.loadBigEndianUInt16(at: offset)
-            let length = Int(bytes.loadBigEndianUInt16(at: offset + 2))
-            let valueStart = offset + 4
-            guard length <= end - valueStart else { throw CSPWireError(.tlvOverrun(type: type), at: offset) }
-            let value = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueStart + length])
-            tlvs.append(
-                try CSPTLV.decode(
-                    type: CSPTLVType(rawValue: type), value: value, in: bytes, valueOffset: valueStart, at: offset,
-                    depth: depth))
-            offset = valueStart + length
-        }
+        var reader = CSPTLVReader(bytes, from: start, to: end, depth: depth)
+        while let raw = try reader.next() { tlvs.append(try reader.decode(raw)) }
         return tlvs
+    }
+}
+
+/// One TLV where it lies in a buffer (docs/PROTOCOL.md 3.2), its value not yet interpreted.
+public struct CSPRawTLV {
+    public let type: CSPTLVType
+    /// Offset of the TLV's type field from the start of the buffer the reader walks: error offsets
+    /// count from the same start.
+    public let offset: Int
+    /// The value octets: a view into the reader's buffer, valid only while that buffer is.
+    public let value: UnsafeRawBufferPointer
+}
+
+/// Walks a sequence of TLVs (docs/PROTOCOL.md 3.2) without copying. `CSPMessage.parse` and the hop
+/// payloads of CSPSession (14.5) share it, so that there is one reading of 3.2: a type and a length
+/// need 4 octets, and a value must end within the sequence.
+public struct CSPTLVReader {
+    let bytes: UnsafeRawBufferPointer
+    let end: Int
+    /// 0 at top level, 1 inside a MIDDLEBOX-RECORD (which must not nest another).
+    let depth: Int
+    /// Where the next TLV starts; moves only past a TLV that `next()` returned.
+    public private(set) var offset: Int
+
+    /// A reader over a body that is nothing but TLVs, such as a hop payload.
+    public init(_ bytes: UnsafeRawBufferPointer) {
+        self.init(bytes, from: 0, to: bytes.count, depth: 0)
+    }
+
+    init(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int, depth: Int) {
+        self.bytes = bytes
+        self.offset = start
+        self.end = end
+        self.depth = depth
+    }
+
+    /// The next TLV, or nil after the last. Throws `.truncated` when fewer than the 4 octets of a
+    /// type and a length remain, `.tlvOverrun` when the value would run past the end (3.2: "makes
+    /// the message malformed"); the offset is that TLV's.
+    public mutating func next() throws(CSPWireError) -> CSPRawTLV? {
+        guard offset < end else { return nil }
+        guard end - offset >= 4 else { throw CSPWireError(.truncated, at: offset) }
+        let type = bytes.loadBigEndianUInt16(at: offset)
+        let length = Int(bytes.loadBigEndianUInt16(at: offset + 2))
+        let valueStart = offset + 4
+        guard length <= end - valueStart else { throw CSPWireError(.tlvOverrun(type: type), at: offset) }
+        let raw = CSPRawTLV(
+            type: CSPTLVType(rawValue: type), offset: offset,
+            value: UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueStart + length]))
+        offset = valueStart + length
+        return raw
+    }
+
+    /// `raw` (from this reader) decoded as a CSP datagram decodes it: a known type into its typed
+    /// case, validated (a MIDDLEBOX-RECORD with its nested TLVs); an unknown non-critical or a
+    /// hop-payload-only type verbatim as `.unknown`; an unknown critical type is an error
+    /// (`.unknownCriticalTLV`, which a receiver answers with result 3).
+    public func decode(_ raw: CSPRawTLV) throws(CSPWireError) -> CSPTLV {
+        try CSPTLV.decode(
+            type: raw.type, value: raw.value, in: bytes, valueOffset: raw.offset + 4, at: raw.offset, depth: depth)
     }
 }
 
@@ -156,22 +204,72 @@ extension CSPTLV {
                 CSPMiddleboxRecord(
                     middleboxID: id, epoch: epoch, decision: CSPDecision(rawValue: decision), grantedLifetime: granted,
                     tlvs: nested))
+        case .relayEndpoint:
+            guard let transport = cursor.readUInt8(), let modes = cursor.readUInt8() else { throw bad }
+            return .relayEndpoint(
+                CSPRelayEndpoint(
+                    transport: IPProtocol(rawValue: transport), modes: CSPRelayModes(rawValue: modes), endpoint: try endpoint()))
+        case .relayToken:
+            guard CSPTLV.relayTokenLengths.contains(value.count) else { throw bad }
+            return .relayToken(Array(value))
+        case .relayedSession:
+            guard let session = cursor.readUInt64(), let hopIndex = cursor.readUInt8(), hopIndex != 0,
+                let flags = cursor.readUInt8(), cursor.remaining == 0
+            else { throw bad }
+            return .relayedSession(
+                CSPRelayedSession(sessionID: session, hopIndex: hopIndex, flags: CSPRelayedSessionFlags(rawValue: flags)))
         default:
-            if type.isCritical { throw CSPWireError(.unknownCriticalTLV(type: type.rawValue), at: offset) }
+            // Hop-payload-only TLVs never belong in a datagram, and 14.1 has a CSP receiver ignore
+            // them, critical bit or not: kept verbatim like an unknown non-critical TLV, so that a
+            // middlebox forwards them unchanged and nobody judges their values here.
+            if type.isCritical, !type.isHopPayloadOnly {
+                throw CSPWireError(.unknownCriticalTLV(type: type.rawValue), at: offset)
+            }
             return .unknown(type: type.rawValue, value: Array(value))
         }
     }
 
-    /// Appends the TLV. Refuses values the decoder would reject, so that whatever serializes also
-    /// parses back equal: mixed-family flows, Ed25519 keys/signatures of the wrong length, challenge
-    /// tokens outside 8...32 octets, impossible prefix lengths, records inside records, and `.unknown`
-    /// carrying a type this implementation knows. Text longer than 255 octets is cut at a scalar boundary.
-    func emit(into out: inout [UInt8], depth: Int) throws(CSPWireError) {
+    /// RELAY-TOKEN's length (docs/PROTOCOL.md 14.1); the content is the relay's business (Midcom's is 24).
+    public static let relayTokenLengths = 16...64
+
+    /// Appends this TLV in the encoding of docs/PROTOCOL.md 3.2, exactly as `CSPMessage.serialize`
+    /// writes it. Throws for values the decoder would reject (see `emit`); error offsets count
+    /// from the start of `out`.
+    public func encode(into out: inout [UInt8]) throws(CSPWireError) {
+        try emit(into: &out, depth: 0)
+    }
+
+    /// Appends a TLV of `type` whose value `writeValue` appends, then patches its length: the one
+    /// writer of 3.2's type and length, shared by `emit` and by hop payloads whose TLV values
+    /// CSPWire does not model (docs/PROTOCOL.md 14.5). Throws `.messageTooLong` if the value
+    /// exceeds 65535 octets.
+    public static func append(
+        _ type: CSPTLVType, into out: inout [UInt8], value writeValue: (inout [UInt8]) throws(CSPWireError) -> Void
+    ) throws(CSPWireError) {
         let typeOffset = out.count
-        let bad = CSPWireError(.badTLVValue(type: type.rawValue), at: typeOffset)
         out.appendBigEndian(type.rawValue)
         out.appendBigEndian(UInt16(0))  // length, patched below
         let valueStart = out.count
+        try writeValue(&out)
+        let length = out.count - valueStart
+        guard length <= Int(UInt16.max) else { throw CSPWireError(.messageTooLong, at: typeOffset) }
+        out.writeBigEndian(UInt16(length), at: typeOffset + 2)
+    }
+
+    /// Appends the TLV. Refuses values the decoder would reject, so that whatever serializes also
+    /// parses back equal: mixed-family flows, Ed25519 keys/signatures of the wrong length, challenge
+    /// tokens outside 8...32 octets, relay tokens outside 16...64, hop index 0, impossible prefix
+    /// lengths, records inside records, and `.unknown` carrying a type this implementation decodes.
+    /// Text longer than 255 octets is cut at a scalar boundary.
+    func emit(into out: inout [UInt8], depth: Int) throws(CSPWireError) {
+        try Self.append(type, into: &out) { (out: inout [UInt8]) throws(CSPWireError) in
+            let typeOffset = out.count - 4
+            try emitValue(into: &out, typeOffset: typeOffset, depth: depth)
+        }
+    }
+
+    private func emitValue(into out: inout [UInt8], typeOffset: Int, depth: Int) throws(CSPWireError) {
+        let bad = CSPWireError(.badTLVValue(type: type.rawValue), at: typeOffset)
         func appendText(_ s: String) { out.append(contentsOf: CSPMessage.truncatedUTF8(s)) }
         switch self {
         case .flow(let f):
@@ -222,13 +320,22 @@ extension CSPTLV {
             out.append(0)
             out.appendBigEndian(r.grantedLifetime)
             for tlv in r.tlvs { try tlv.emit(into: &out, depth: depth + 1) }
+        case .relayEndpoint(let r):
+            out.append(r.transport.rawValue)
+            out.append(r.modes.rawValue)
+            out.appendEndpoint(r.endpoint)
+        case .relayToken(let t):
+            guard Self.relayTokenLengths.contains(t.count) else { throw bad }
+            out.append(contentsOf: t)
+        case .relayedSession(let r):
+            guard r.hopIndex != 0 else { throw bad }
+            out.appendBigEndian(r.sessionID)
+            out.append(r.hopIndex)
+            out.append(r.flags.rawValue)
         case .unknown(let t, let value):
             guard !CSPTLVType(rawValue: t).isKnown else { throw bad }
             out.append(contentsOf: value)
         }
-        let length = out.count - valueStart
-        guard length <= Int(UInt16.max) else { throw CSPWireError(.messageTooLong, at: typeOffset) }
-        out.writeBigEndian(UInt16(length), at: typeOffset + 2)
     }
 }
 
@@ -260,6 +367,23 @@ extension ByteCursor {
             let length = IPAddress.Family(rawValue: family)?.addressLength, let address = readAddress(length: length)
         else { return nil }
         return CSPEndpoint(address: address, port: port)
+    }
+}
+
+extension CSPEndpoint {
+    /// Octets of the endpoint encoding (docs/PROTOCOL.md 3.2): 8 for IPv4, 20 for IPv6.
+    public var encodedLength: Int { 4 + address.byteCount }
+
+    /// Appends the endpoint encoding of docs/PROTOCOL.md 3.2: `family(1) reserved(1) port(2)
+    /// address(4|16)`, reserved sent 0. For TLV values CSPWire does not model (TARGET, 14.5).
+    public func encode(into out: inout [UInt8]) { out.appendEndpoint(self) }
+
+    /// Decodes an endpoint that fills `bytes` exactly (8 or 20 octets); nil for any other length or
+    /// an unknown family. The reserved octet is ignored, as 3.2 says.
+    public init?(encoded bytes: UnsafeRawBufferPointer) {
+        var cursor = ByteCursor(bytes)
+        guard let endpoint = cursor.readEndpoint(), cursor.remaining == 0 else { return nil }
+        self = endpoint
     }
 }
 

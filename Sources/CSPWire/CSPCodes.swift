@@ -20,10 +20,13 @@ public struct CSPMessageType: RawRepresentable, Hashable, Sendable, CustomString
     public static let refresh = CSPMessageType(rawValue: 12)
     public static let teardown = CSPMessageType(rawValue: 13)
     public static let announce = CSPMessageType(rawValue: 14)
+    /// A middlebox offers to relay the session (docs/PROTOCOL.md 14.2): sent like a REDIRECT, in the
+    /// responder's name; its relaying record carries the relay endpoint and the token.
+    public static let relay = CSPMessageType(rawValue: 15)
 
     public static let allKnown: [CSPMessageType] = [
         .setup, .accept, .reject, .redirect, .mapped, .challenge, .response, .rebind, .addPath, .removePath, .deny,
-        .refresh, .teardown, .announce,
+        .refresh, .teardown, .announce, .relay,
     ]
 
     public var description: String {
@@ -42,12 +45,13 @@ public struct CSPMessageType: RawRepresentable, Hashable, Sendable, CustomString
         case .refresh: "REFRESH"
         case .teardown: "TEARDOWN"
         case .announce: "ANNOUNCE"
+        case .relay: "RELAY"
         default: "unknown-\(rawValue)"
         }
     }
 
     /// Replies travel from the responder back to the initiator; requests the other way.
-    public var isReply: Bool { [.accept, .reject, .redirect, .mapped, .challenge, .announce].contains(self) }
+    public var isReply: Bool { [.accept, .reject, .redirect, .mapped, .challenge, .announce, .relay].contains(self) }
 }
 
 /// Header flags (header octet 4).
@@ -85,6 +89,11 @@ public struct CSPResultCode: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let policyDenied = CSPResultCode(rawValue: 64)
     public static let administrativelyProhibited = CSPResultCode(rawValue: 65)
     public static let sourceDenied = CSPResultCode(rawValue: 66)
+    /// This flow is relayed here and the SETUP did not set allow-relay (docs/PROTOCOL.md 14.2).
+    public static let relayRequired = CSPResultCode(rawValue: 67)
+    /// This flow may pass only through a relay that reads it, and the SETUP did not set
+    /// allow-terminating (docs/PROTOCOL.md 14.9).
+    public static let terminatingRelayRequired = CSPResultCode(rawValue: 68)
     public static let resourcesExhausted = CSPResultCode(rawValue: 128)
     public static let middleboxUnavailable = CSPResultCode(rawValue: 129)
 
@@ -101,6 +110,8 @@ public struct CSPResultCode: RawRepresentable, Hashable, Sendable, CustomStringC
         case .policyDenied: "policy-denied"
         case .administrativelyProhibited: "administratively-prohibited"
         case .sourceDenied: "source-denied"
+        case .relayRequired: "relay-required"
+        case .terminatingRelayRequired: "terminating-relay-required"
         case .resourcesExhausted: "resources-exhausted"
         case .middleboxUnavailable: "middlebox-unavailable"
         default: "result-\(rawValue)"
@@ -131,6 +142,9 @@ public struct CSPDecision: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Admitted and answered by this middlebox on behalf of a responder that may not speak CSP
     /// (docs/PROTOCOL.md 6.9): the responder did not consent; this middlebox's policy did.
     public static let answeredForResponder = CSPDecision(rawValue: 10)
+    /// This middlebox relays the session (docs/PROTOCOL.md 14.2): its record nests RELAY-ENDPOINT and
+    /// RELAY-TOKEN, inside the record so that the record's signature covers them.
+    public static let relayed = CSPDecision(rawValue: 11)
 
     public var description: String {
         switch self {
@@ -145,6 +159,7 @@ public struct CSPDecision: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .removed: "removed"
         case .rendezvous: "rendezvous"
         case .answeredForResponder: "answered-for-responder"
+        case .relayed: "relayed"
         default: "decision-\(rawValue)"
         }
     }
@@ -178,15 +193,32 @@ public struct CSPTLVType: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let denySource = CSPTLVType(rawValue: 0x8010)
     public static let middleboxName = CSPTLVType(rawValue: 0x0011)
     public static let timestamp = CSPTLVType(rawValue: 0x0012)
+    /// Relayed sessions (docs/PROTOCOL.md 14.1).
+    public static let relayEndpoint = CSPTLVType(rawValue: 0x8013)
+    public static let relayToken = CSPTLVType(rawValue: 0x8014)
+    public static let relayedSession = CSPTLVType(rawValue: 0x0015)
+    /// The hop protocol's own TLVs (docs/PROTOCOL.md 14.5): "hop payloads only".
+    public static let hop = CSPTLVType(rawValue: 0x8016)
+    public static let target = CSPTLVType(rawValue: 0x8017)
+    public static let endToEnd = CSPTLVType(rawValue: 0x8018)
+    public static let chain = CSPTLVType(rawValue: 0x0019)
 
     /// The types this implementation decodes into a typed `CSPTLV` case.
     public static let allKnown: [CSPTLVType] = [
         .flow, .lifetime, .application, .requestedAction, .reason, .redirectTarget, .mappedAddress, .hostAddress,
         .middleboxRecord, .epoch, .identity, .signature, .challengeToken, .newAddress, .path, .denySource,
-        .middleboxName, .timestamp,
+        .middleboxName, .timestamp, .relayEndpoint, .relayToken, .relayedSession,
     ]
 
     public var isKnown: Bool { Self.allKnown.contains(self) }
+
+    /// The TLVs that exist only inside hop messages (docs/PROTOCOL.md 14.1, "hop payloads only").
+    /// They use the encoding of 3.2 but never appear in CSP datagrams, so a CSP receiver that finds
+    /// one ignores it, critical bit or not: `CSPMessage.parse` keeps them verbatim as `.unknown`,
+    /// and CSPSession decodes their values from hop payloads.
+    public static let hopPayloadOnly: [CSPTLVType] = [.hop, .target, .endToEnd, .chain]
+
+    public var isHopPayloadOnly: Bool { Self.hopPayloadOnly.contains(self) }
 
     public var description: String {
         switch self {
@@ -208,6 +240,13 @@ public struct CSPTLVType: RawRepresentable, Hashable, Sendable, CustomStringConv
         case .denySource: "DENY-SOURCE"
         case .middleboxName: "MIDDLEBOX-NAME"
         case .timestamp: "TIMESTAMP"
+        case .relayEndpoint: "RELAY-ENDPOINT"
+        case .relayToken: "RELAY-TOKEN"
+        case .relayedSession: "RELAYED-SESSION"
+        case .hop: "HOP"
+        case .target: "TARGET"
+        case .endToEnd: "END-TO-END"
+        case .chain: "CHAIN"
         default: "tlv-0x" + String(rawValue, radix: 16)
         }
     }
@@ -224,4 +263,10 @@ public struct CSPRequestedAction: OptionSet, Hashable, Sendable {
     public static let wantMapping = CSPRequestedAction(rawValue: 0x04)
     /// Incoming: the host is the responder and opens a pinhole for peers to reach it.
     public static let listen = CSPRequestedAction(rawValue: 0x08)
+    /// The host accepts a relay that carries its end-to-end encrypted stream (docs/PROTOCOL.md 14.2).
+    public static let allowRelay = CSPRequestedAction(rawValue: 0x10)
+    /// The host asks to be relayed (to hide its address, to keep a session across its moves).
+    public static let wantRelay = CSPRequestedAction(rawValue: 0x20)
+    /// The host accepts a relay that ends the end-to-end layer and reads the stream (14.9).
+    public static let allowTerminating = CSPRequestedAction(rawValue: 0x40)
 }

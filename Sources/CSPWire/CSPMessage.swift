@@ -84,6 +84,56 @@ public struct CSPKeyMaterial: Hashable, Sendable {
     }
 }
 
+/// RELAY-ENDPOINT (docs/PROTOCOL.md 14.1): where a relay accepts hops and which kinds of hop it takes.
+public struct CSPRelayEndpoint: Hashable, Sendable {
+    /// The hop transport: 6 (TCP) is the hop protocol of this revision; 17 (UDP) is reserved. A host
+    /// ignores an offer whose transport it does not know, so every value parses.
+    public var transport: IPProtocol
+    public var modes: CSPRelayModes
+    public var endpoint: CSPEndpoint
+    public init(transport: IPProtocol = .tcp, modes: CSPRelayModes, endpoint: CSPEndpoint) {
+        self.transport = transport
+        self.modes = modes
+        self.endpoint = endpoint
+    }
+}
+
+/// RELAY-ENDPOINT `modes`. Unknown bits are kept (they round-trip) and mean nothing to a receiver.
+public struct CSPRelayModes: OptionSet, Hashable, Sendable {
+    public var rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// The relay accepts hops whose stream passes unchanged after the hop handshake (14.6).
+    public static let clear = CSPRelayModes(rawValue: 0x01)
+    /// The relay accepts hops whose stream is also encrypted hop by hop (14.6).
+    public static let sealed = CSPRelayModes(rawValue: 0x02)
+    /// The relay ends the end-to-end layer and reads the stream (14.9).
+    public static let terminating = CSPRelayModes(rawValue: 0x04)
+}
+
+/// RELAYED-SESSION (docs/PROTOCOL.md 14.3): in a relay's own SETUP, the relayed session and hop
+/// its flow would carry, so that a middlebox further along binds its offer to them.
+public struct CSPRelayedSession: Hashable, Sendable {
+    /// The relayed session ID `S`: the session ID of the host's SETUP.
+    public var sessionID: UInt64
+    /// The hop this flow would carry, from 2 (a host's own SETUP names hop 1 implicitly). 0 does
+    /// not exist and is malformed; values above 8 parse, and a middlebox refuses them by policy.
+    public var hopIndex: UInt8
+    public var flags: CSPRelayedSessionFlags
+    public init(sessionID: UInt64, hopIndex: UInt8, flags: CSPRelayedSessionFlags = []) {
+        self.sessionID = sessionID
+        self.hopIndex = hopIndex
+        self.flags = flags
+    }
+}
+
+/// RELAYED-SESSION `flags`. Unknown bits are kept (they round-trip) and mean nothing to a receiver.
+public struct CSPRelayedSessionFlags: OptionSet, Hashable, Sendable {
+    public var rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// The session's host granted allow-terminating (14.9), so offers may come from terminating relays.
+    public static let allowTerminating = CSPRelayedSessionFlags(rawValue: 0x01)
+}
+
 /// What one middlebox on the path decided and requires; appended in path order (n-way reporting).
 public struct CSPMiddleboxRecord: Hashable, Sendable {
     /// Stable identifier of the middlebox (e.g. the first 8 bytes of a hash of its public key).
@@ -102,6 +152,15 @@ public struct CSPMiddleboxRecord: Hashable, Sendable {
         self.decision = decision
         self.grantedLifetime = grantedLifetime
         self.tlvs = tlvs
+    }
+
+    /// RELAY-ENDPOINT nested in a `relayed` record (first occurrence).
+    public var relayEndpoint: CSPRelayEndpoint? {
+        tlvs.lazy.compactMap { if case .relayEndpoint(let v) = $0 { v } else { nil } }.first
+    }
+    /// RELAY-TOKEN nested in a `relayed` record (first occurrence).
+    public var relayToken: [UInt8]? {
+        tlvs.lazy.compactMap { if case .relayToken(let v) = $0 { v } else { nil } }.first
     }
 }
 
@@ -125,7 +184,13 @@ public indirect enum CSPTLV: Hashable, Sendable {
     case denySource(CSPDenySource)
     case middleboxName(String)
     case timestamp(UInt64)
-    /// A TLV this implementation does not know; kept verbatim so middleboxes forward it unchanged.
+    case relayEndpoint(CSPRelayEndpoint)
+    /// 16–64 opaque octets minted by the relay (docs/PROTOCOL.md 14.2).
+    case relayToken([UInt8])
+    case relayedSession(CSPRelayedSession)
+    /// A TLV this implementation does not decode here, kept verbatim so middleboxes forward it
+    /// unchanged: an unknown non-critical type, or one of `CSPTLVType.hopPayloadOnly`, which a CSP
+    /// datagram ignores (docs/PROTOCOL.md 14.1) and CSPSession decodes from hop payloads.
     case unknown(type: UInt16, value: [UInt8])
 
     public var type: CSPTLVType {
@@ -148,6 +213,9 @@ public indirect enum CSPTLV: Hashable, Sendable {
         case .denySource: .denySource
         case .middleboxName: .middleboxName
         case .timestamp: .timestamp
+        case .relayEndpoint: .relayEndpoint
+        case .relayToken: .relayToken
+        case .relayedSession: .relayedSession
         case .unknown(let type, _): CSPTLVType(rawValue: type)
         }
     }
@@ -212,9 +280,23 @@ public struct CSPMessage: Hashable, Sendable {
     public var denySource: CSPDenySource? {
         tlvs.lazy.compactMap { if case .denySource(let v) = $0 { v } else { nil } }.first
     }
+    /// Top-level RELAY-TOKEN: a host's SETUP for its leg to the relaying middlebox copies the offer's
+    /// token here (docs/PROTOCOL.md 14.2, step 2). In a RELAY the token is inside the record.
+    public var relayToken: [UInt8]? {
+        tlvs.lazy.compactMap { if case .relayToken(let v) = $0 { v } else { nil } }.first
+    }
+    public var relayedSession: CSPRelayedSession? {
+        tlvs.lazy.compactMap { if case .relayedSession(let v) = $0 { v } else { nil } }.first
+    }
     /// Middlebox records in path order.
     public var records: [CSPMiddleboxRecord] {
         tlvs.compactMap { if case .middleboxRecord(let r) = $0 { r } else { nil } }
+    }
+    /// The record that makes a relay offer: the first with decision `relayed` that nests both
+    /// RELAY-ENDPOINT and RELAY-TOKEN (docs/PROTOCOL.md 14.2). Records after it were appended by the
+    /// middleboxes between the host and the relay.
+    public var relayingRecord: CSPMiddleboxRecord? {
+        records.first { $0.decision == .relayed && $0.relayEndpoint != nil && $0.relayToken != nil }
     }
 }
 

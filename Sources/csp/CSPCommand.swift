@@ -24,7 +24,7 @@ struct CSPCommand: ParsableCommand {
         version: midcomVersion,
         subcommands: [
             Setup.self, Refresh.self, Teardown.self, Rebind.self, AddPath.self, RemovePath.self, Keep.self, Listen.self,
-            RendezvousService.self, Sessions.self, Deny.self, Discover.self, Keygen.self,
+            RendezvousService.self, Sessions.self, Deny.self, Discover.self, Keygen.self, Connect.self, Serve.self,
         ]
     )
 

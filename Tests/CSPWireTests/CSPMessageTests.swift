@@ -293,7 +293,7 @@ enum RandomMessages {
 
     static func tlv(_ rng: inout SplitMix64, allowRecord: Bool) -> CSPTLV {
         let u32 = { (rng: inout SplitMix64) in UInt32.random(in: 0...UInt32.max, using: &rng) }
-        switch Int.random(in: 0...(allowRecord ? 18 : 17), using: &rng) {
+        switch Int.random(in: 0...(allowRecord ? 21 : 20), using: &rng) {
         case 0:
             let f = family(&rng)
             return .flow(FlowTuple(proto: IPProtocol(rawValue: UInt8.random(in: 0...255, using: &rng)), source: address(f, &rng),
@@ -324,6 +324,13 @@ enum RandomMessages {
             var t: UInt16
             repeat { t = UInt16.random(in: 0...0x7fff, using: &rng) } while CSPTLVType(rawValue: t).isKnown
             return .unknown(type: t, value: bytes(0...20, &rng))
+        case 18:
+            return .relayEndpoint(CSPRelayEndpoint(transport: IPProtocol(rawValue: UInt8.random(in: 0...255, using: &rng)),
+                modes: CSPRelayModes(rawValue: UInt8.random(in: 0...255, using: &rng)), endpoint: endpoint(&rng)))
+        case 19: return .relayToken(bytes(16...64, &rng))
+        case 20:
+            return .relayedSession(CSPRelayedSession(sessionID: rng.next(), hopIndex: UInt8.random(in: 1...255, using: &rng),
+                flags: CSPRelayedSessionFlags(rawValue: UInt8.random(in: 0...255, using: &rng))))
         default:
             return .middleboxRecord(CSPMiddleboxRecord(middleboxID: rng.next(), epoch: u32(&rng),
                 decision: CSPDecision(rawValue: UInt8.random(in: 0...255, using: &rng)), grantedLifetime: u32(&rng),

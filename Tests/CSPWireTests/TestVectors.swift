@@ -34,6 +34,14 @@ enum TestVectors {
         0x65, 0x53, 0xf1, 0x1e, 0x5a, 0x17, 0xc3, 0x9e, 0x04, 0x88, 0xd1, 0x2b, 0x6f, 0x90, 0x3e, 0xa5, 0x71, 0x0c, 0xe8, 0x42,
     ]
 
+    /// A RELAY-TOKEN in Midcom's layout (docs/PROTOCOL.md 14.2): version 1, hop index 1, modes
+    /// clear|sealed, reserved, expiry (the vectors' time + 60 s), then 16 octets standing for the MAC
+    /// (the token is the relay's business: nobody but the relay checks it).
+    static let relayToken: [UInt8] = [
+        0x01, 0x01, 0x03, 0x00, 0x65, 0x53, 0xf1, 0x3c,
+        0x9d, 0x2e, 0x41, 0x7a, 0xc8, 0x05, 0xb3, 0x66, 0x1f, 0xe0, 0x58, 0x94, 0x0b, 0xd7, 0x2a, 0x63,
+    ]
+
     static let udpFlow = FlowTuple(proto: .udp, source: hostV4, sourcePort: 40000, destination: peerV4, destinationPort: 5004)
     static let tcpFlow6 = FlowTuple(proto: .tcp, source: hostV6, sourcePort: 50000, destination: peerV6, destinationPort: 443)
 
@@ -129,6 +137,12 @@ enum TestVectors {
         ("announce", "ANNOUNCE: a middlebox answers a discovery option (nonce echoed), its record signed",
          appending(record(middleboxID, .forwarded, lifetime: 0, [.middleboxName("fw1.example")]), to:
             CSPMessage(type: .announce, flags: [.fromMiddlebox], sessionID: 0, nonce: 0xdead_beef_0bad_cafe, sequence: 0, tlvs: [.epoch(7)]))),
+        ("relay", "RELAY: a middlebox offers its relay (TCP 192.0.2.1:7228, clear or sealed hops) for 60 s, its record signed",
+         appending(record(middleboxID, .relayed, lifetime: 60, [
+            .relayEndpoint(CSPRelayEndpoint(transport: .tcp, modes: [.clear, .sealed], endpoint: CSPEndpoint(address: IPAddress("192.0.2.1")!, port: 7228))),
+            .relayToken(relayToken), .middleboxName("gw1.example"),
+         ]), to:
+            CSPMessage(type: .relay, flags: [.fromMiddlebox], sessionID: session, nonce: nonce, sequence: 1, tlvs: [.lifetime(60)]))),
         ("unknown-noncritical", "SETUP with an unknown non-critical TLV 0x0777 (kept verbatim)",
          CSPMessage(type: .setup, sessionID: session, nonce: nonce, sequence: 1, tlvs: [
             .flow(udpFlow), .lifetime(60), .unknown(type: 0x0777, value: [0xca, 0xfe]),

@@ -82,6 +82,6 @@ final class SignedVectorTests: XCTestCase {
             }
         }
         XCTAssertEqual(endToEnd, 6, "signed end to end: SETUP (2), RESPONSE, REBIND, ADD-PATH, DENY")
-        XCTAssertEqual(records, 4, "signed records: in transit, ACCEPT, REJECT, ANNOUNCE")
+        XCTAssertEqual(records, 5, "signed records: in transit, ACCEPT, REJECT, ANNOUNCE, RELAY")
     }
 }

@@ -1,0 +1,139 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSPSession
+import SystemSupport
+
+/// Runs the stream phase of one end of a relayed session over its current hop: application octets
+/// from `input` become DATA records, records from the hop become octets on `output`, timers fire.
+/// Returns when the session ended (cleanly or failed) or the hop broke (the caller resumes).
+///
+/// One thread, poll(2) on the hop and the input: the hop socket is non-blocking (writes wait for
+/// POLLOUT, so two ends writing large blocks at each other cannot deadlock); `output` is written
+/// blocking — an application that stops reading stops the session, as with a plain socket.
+public enum SessionStreamPump {
+    public enum Outcome: Equatable, Sendable {
+        /// Both directions closed; the hop was shut down (FIN).
+        case finished
+        /// The hop ended before the session did (EOF, RST, timeout): resume on a new hop.
+        case hopBroke(String)
+        /// The session failed closed; the reason is the session's `failure`.
+        case failed
+        /// The responder read message 3 (asked for with `untilEstablished`): the initiator's key is
+        /// known, so the application can be chosen.
+        case established
+    }
+
+    /// State that outlives one hop: input read but not yet taken by the session, and whether the
+    /// input has ended (so a resumed hop does not read it again).
+    public struct Input: Sendable {
+        public let descriptor: Int32?
+        var pending: [UInt8] = []
+        var ended = false
+        var closeSent = false
+        public init(descriptor: Int32?) {
+            self.descriptor = descriptor
+            ended = descriptor == nil
+        }
+    }
+
+    public static func run(
+        session: inout EndToEndSession, hop: TCPSocket, input: inout Input, output: Int32,
+        outputClosed: inout Bool, untilEstablished: Bool = false
+    ) -> Outcome {
+        let fd = hop.descriptor
+        try? TCPOptions.setNonBlocking(fd)
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            // Before anything is delivered: records that arrived with message 3 wait for the
+            // application the caller attaches now.
+            if untilEstablished, session.phase != .handshaking, session.phase != .failed { return .established }
+            let now = ContinuousClock.now
+            session.tick(now: now)
+            feedInput(&session, &input, now: now)
+            // Deliver what arrived.
+            let received = session.takeReceived()
+            if !received.isEmpty, !outputClosed { writeAll(output, received) }
+            for message in session.takeMessages() where !outputClosed { writeAll(output, message) }
+            if session.peerClosed, !outputClosed {
+                outputClosed = true
+                _ = close(output)  // the application reads end of file: the peer's clean CLOSE
+            }
+            // Send what is queued.
+            if !session.output.isEmpty {
+                let sent = session.output.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                if sent > 0 {
+                    session.consumeOutput(sent)
+                } else if sent < 0, errno != EAGAIN, errno != EINTR {
+                    if session.phase == .failed { return .failed }
+                    return .hopBroke("send: \(SystemCallError.text(errno))")
+                }
+            }
+            switch session.phase {
+            case .failed where session.output.isEmpty:
+                hop.shutdownWrite()
+                return .failed
+            case .closed where session.output.isEmpty:
+                hop.shutdownWrite()
+                return .finished
+            default: break
+            }
+
+            var polls = [pollfd(fd: fd, events: Int16(POLLIN) | (session.output.isEmpty ? 0 : Int16(POLLOUT)), revents: 0)]
+            let wantsInput = !input.ended && input.pending.isEmpty && session.canWrite
+            if wantsInput, let descriptor = input.descriptor { polls.append(pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)) }
+            var timeout: Int32 = 1000
+            if let deadline = session.nextDeadline {
+                let left = deadline - ContinuousClock.now
+                timeout = Int32(clamping: max(0, min(1000, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)))
+            }
+            let ready = poll(&polls, nfds_t(polls.count), timeout)
+            if ready < 0, errno != EINTR { return .hopBroke("poll: \(SystemCallError.text(errno))") }
+            if ready <= 0 { continue }
+
+            if polls[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                let got = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if got > 0 {
+                    session.receive(buffer[0..<got], now: .now)
+                } else if got == 0 {
+                    if session.phase == .closed || session.phase == .failed { return session.phase == .failed ? .failed : .finished }
+                    session.tick(now: .now)
+                    return .hopBroke("end of file before the session's CLOSE")
+                } else if errno != EAGAIN, errno != EINTR {
+                    return .hopBroke("receive: \(SystemCallError.text(errno))")
+                }
+            }
+            if polls.count > 1, polls[1].revents != 0, let descriptor = input.descriptor {
+                let got = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+                if got > 0 {
+                    input.pending = Array(buffer[0..<got])
+                } else if got == 0 || (errno != EAGAIN && errno != EINTR) {
+                    input.ended = true
+                }
+            }
+        }
+    }
+
+    /// Hands pending input to the session, and the input's end as CLOSE once all of it is sealed.
+    private static func feedInput(_ session: inout EndToEndSession, _ input: inout Input, now: ContinuousClock.Instant) {
+        guard session.phase == .established else { return }
+        if !input.pending.isEmpty {
+            let taken = session.write(input.pending, now: now)
+            input.pending.removeFirst(taken)
+        }
+        if input.ended, input.pending.isEmpty, !input.closeSent {
+            input.closeSent = true
+            session.close(now: now)
+        }
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, bytes.count - written) }
+            if n < 0, errno == EINTR { continue }
+            if n <= 0 { return }
+            written += n
+        }
+    }
+}

@@ -1,0 +1,200 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSPHost
+import CSPSession
+import CSPTrust
+import CSPWire
+import Foundation
+import MidcomRelay
+import Synchronization
+import SystemSupport
+
+/// midrelayd's runtime: acceptors on the relay endpoints, setup threads for hop handshakes and
+/// the onward hop, workers for the octets (ARCHITECTURE.md, "How octets move through midrelayd").
+final class RelayDaemon: @unchecked Sendable {
+    struct Settings: Sendable {
+        var listen: [CSPEndpoint]
+        var limits = RelayLimits()
+        var workers = 1
+        var setupThreads = 4
+        var pipeSize = 262_144
+        var verbose = false
+    }
+
+    let settings: Settings
+    let keys: RelayKeyFile
+    let table: Mutex<RelaySessionTable>
+    private var workers: [RelayWorker] = []
+    private let setupSlots: DispatchSemaphore
+    /// Where each live session's hops are, so a resume or an operator can reach them.
+    private let placement = Mutex<[RelaySessionTable.Key: RelayWorker]>([:])
+    private let nextWorker = Atomic<Int>(0)
+
+    init(settings: Settings, keys: RelayKeyFile) {
+        self.settings = settings
+        self.keys = keys
+        table = Mutex(RelaySessionTable(limits: settings.limits))
+        setupSlots = DispatchSemaphore(value: settings.setupThreads)
+    }
+
+    func log(_ line: String) {
+        FileHandle.standardError.write(Data("midrelayd: \(line)\n".utf8))
+    }
+
+    func run() throws -> Never {
+        var listeners: [TCPSocket] = []
+        for endpoint in settings.listen {
+            do { listeners.append(try TCPSocket.listen(on: endpoint)) } catch {
+                throw RelayError("cannot listen on \(endpoint): \(error)")
+            }
+        }
+        for _ in 0..<max(1, settings.workers) {
+            let worker = try RelayWorker(daemon: self)
+            workers.append(worker)
+            Thread.detachNewThread { worker.run() }
+        }
+        for listener in listeners {
+            Thread.detachNewThread { [self] in acceptLoop(listener) }
+        }
+        log("relaying on \(settings.listen.map { "\($0)" }.joined(separator: ", ")) key \(keys.identity.ed25519PublicKey.text)")
+        while true {
+            Thread.sleep(forTimeInterval: 1)
+            let idle = table.withLock { $0.expire(now: .now) }
+            for key in idle {
+                table.withLock { $0.hopsEnded(key, generation: $0.sessions[key]?.generation ?? 0, clean: false, reason: "idle", now: .now) }
+                placement.withLock { $0[key] }?.abort(key)
+            }
+        }
+    }
+
+    private func acceptLoop(_ listener: TCPSocket) {
+        while true {
+            guard let hop = try? listener.accept(timeout: nil) else { continue }
+            setupSlots.wait()
+            Thread.detachNewThread { [self] in
+                defer { setupSlots.signal() }
+                setUp(hop: hop)
+            }
+        }
+    }
+
+    /// One incoming hop: handshake, decision, the onward hop, then the worker.
+    private func setUp(hop: TCPSocket) {
+        let deadline = ContinuousClock.now + settings.limits.handshakeTimeout
+        try? TCPOptions.setLiveness(hop.descriptor)
+        guard let local = hop.localEndpoint, let remote = hop.remoteEndpoint else { return hop.abort() }
+        var handshake = HopHandshakeDownstream(identity: keys.identity)
+        let upstreamKey: PublicKey
+        let open: HopOpen
+        do {
+            try hop.writeAll(try handshake.reply(to: try readHopFrame(from: hop, deadline: deadline)))
+            (upstreamKey, open) = try handshake.read(open: try readHopFrame(from: hop, deadline: deadline))
+        } catch {
+            if settings.verbose { log("hop from \(remote): \(error)") }
+            return hop.abort()
+        }
+        func refuse(_ refusal: RelaySessionTable.Refusal) {
+            log("refused session \(hex(open.hop.sessionID)) hop \(open.hop.hopIndex) from \(remote): \(refusal.text)")
+            let reason = CSPReason(retryAfter: refusal.retryAfter, text: refusal.text)
+            try? hop.writeAll(handshake.refuse(HopRefuse(result: refusal.result, reason: reason, hop: open.hop)))
+            hop.close()
+        }
+        let key = RelaySessionTable.Key(sessionID: open.hop.sessionID, hopIndex: open.hop.hopIndex)
+        var session: RelayedSession
+        do {
+            let now = ContinuousClock.now
+            let resumed = open.hop.flags.contains(.resume) ? try table.withLock { t throws(RelaySessionTable.Refusal) in try t.resume(open: open, upstreamKey: upstreamKey, now: now) } : nil
+            if let resumed {
+                session = resumed
+                // The old hops, if the worker still has them, end now; the new ones replace them.
+                placement.withLock { $0[key] }?.abort(key)
+            } else {
+                try checkToken(open: open, upstreamKey: upstreamKey, relayEndpoint: local)
+                session = try table.withLock { t throws(RelaySessionTable.Refusal) in
+                    try t.admit(open: open, upstreamKey: upstreamKey, upstreamAddress: remote.address, now: now)
+                }
+            }
+        } catch {
+            return refuse(error)
+        }
+
+        // Hop k+1: to the target (this relay is the last one). The END-TO-END part and the
+        // protection travel unchanged; the relay never reads the end-to-end layer.
+        let onwardOpen = HopOpen(
+            hop: HopDescriptor(sessionID: open.hop.sessionID, hopIndex: open.hop.hopIndex + 1, flags: open.hop.flags.union(.last), protection: open.hop.protection),
+            target: open.target, endToEnd: open.endToEnd)
+        let downstream: TCPSocket
+        let accept: HopAccept
+        do {
+            downstream = try TCPSocket.connect(to: open.target.endpoint, timeout: settings.limits.handshakeTimeout)
+            try? TCPOptions.setLiveness(downstream.descriptor)
+            var onward = HopHandshakeUpstream(identity: keys.identity, expectedDownstream: nil, open: onwardOpen)
+            try downstream.writeAll(try onward.hello())
+            try downstream.writeAll(try onward.open(after: try readHopFrame(from: downstream, deadline: deadline)))
+            do {
+                accept = try onward.answer(try readHopFrame(from: downstream, deadline: deadline))
+            } catch HopHandshakeError.refused(let refusal) {
+                table.withLock { $0.forget(key, generation: session.generation) }
+                let text = "hop \(open.hop.hopIndex + 1): \(refusal.reason?.text ?? "\(refusal.result)")"
+                return refuse(RelaySessionTable.Refusal(refusal.result, text, retryAfter: refusal.reason?.retryAfter ?? 0))
+            }
+        } catch {
+            table.withLock { $0.forget(key, generation: session.generation) }
+            return refuse(RelaySessionTable.Refusal(.middleboxUnavailable, "hop \(open.hop.hopIndex + 1) to \(open.target.endpoint): \(error)", retryAfter: 5))
+        }
+        var passedUp = accept
+        passedUp.chain.append(ChainEntry(hopIndex: open.hop.hopIndex, middleboxID: keys.identity.ed25519PublicKey.fingerprint))
+        do {
+            try hop.writeAll(try handshake.accept(passedUp))
+        } catch {
+            table.withLock { $0.forget(key, generation: session.generation) }
+            downstream.abort()
+            return hop.abort()
+        }
+        guard open.hop.protection == .clear else {
+            // Sealed hops need the user-space path (decrypt, re-encrypt); this relay refuses them
+            // at admission (RelayLimits.acceptsSealed), so this is not reached.
+            downstream.abort()
+            return hop.abort()
+        }
+        let now = ContinuousClock.now
+        session = table.withLock { t in
+            t.up(key, generation: session.generation, upstream: (local, remote),
+                 downstream: (downstream.localEndpoint ?? local, open.target.endpoint, nil, true), now: now)
+            return t.sessions[key] ?? session
+        }
+        let worker = workers[nextWorker.wrappingAdd(1, ordering: .relaxed).oldValue % workers.count]
+        do {
+            let pair = try HopPair(key: key, generation: session.generation, upstream: hop, downstream: downstream, pipeSize: settings.pipeSize)
+            placement.withLock { $0[key] = worker }
+            worker.adopt(pair)
+            if settings.verbose { log("session \(hex(key.sessionID)) hop \(key.hopIndex)→\(key.hopIndex + 1) up (\(remote) → \(open.target.endpoint))") }
+        } catch {
+            table.withLock { $0.hopsEnded(key, generation: session.generation, clean: false, reason: "\(error)", now: now) }
+        }
+    }
+
+    /// A first open needs the token the offering middlebox minted for this session, hop, key and
+    /// target, at this relay endpoint (PROTOCOL.md 14.2).
+    private func checkToken(open: HopOpen, upstreamKey: PublicKey, relayEndpoint: CSPEndpoint) throws(RelaySessionTable.Refusal) {
+        guard let token = open.relayToken else {
+            throw RelaySessionTable.Refusal(.unknownSession, "no relay token and no such session here")
+        }
+        let binding = RelayToken.Binding(
+            sessionID: open.hop.sessionID, hopIndex: open.hop.hopIndex, upstreamKey: upstreamKey,
+            targetProtocol: open.target.proto.rawValue, target: open.target.endpoint, relayEndpoint: relayEndpoint)
+        do {
+            _ = try keys.tokenKey.check(token, for: binding, now: UInt64(Date().timeIntervalSince1970))
+        } catch .expired {
+            throw RelaySessionTable.Refusal(.unknownSession, "the relay token expired: signal again for a new offer")
+        } catch {
+            throw RelaySessionTable.Refusal(.authenticationFailed, "relay token: \(error)")
+        }
+    }
+}
+
+struct RelayError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
