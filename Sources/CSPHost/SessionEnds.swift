@@ -86,26 +86,28 @@ public final class SessionInitiator {
     /// Opens the session and moves `input` → session → `output` until both directions closed.
     /// Throws when the session fails (integrity, refusal, resume timeout).
     public func run(input: Int32?, output: Int32) throws {
-        var hop = try openHop(resume: false)
+        var (hop, sealer) = try openHop(resume: false)
         var pumpInput = SessionStreamPump.Input(descriptor: input)
         var outputClosed = false
         while true {
-            switch SessionStreamPump.run(session: &session, hop: hop, input: &pumpInput, output: output, outputClosed: &outputClosed) {
+            switch SessionStreamPump.run(
+                session: &session, hop: hop, input: &pumpInput, output: output, outputClosed: &outputClosed, sealer: &sealer)
+            {
             case .finished, .established:
                 hop.close()
                 return
             case .failed:
-                hop.close()
+                hop.closeAfterDraining()
                 throw SessionEndError("session failed: \(session.failure.map { "\($0)" } ?? "unknown")")
             case .hopBroke(let why):
                 hop.abort()
                 log("hop 1 broke: \(why)")
-                hop = try resume()
+                (hop, sealer) = try resume()
             }
         }
     }
 
-    private func resume() throws -> TCPSocket {
+    private func resume() throws -> (TCPSocket, HopSealer?) {
         let started = ContinuousClock.now
         var wait: Duration = .zero
         while ContinuousClock.now - started < resumeTimeout {
@@ -126,7 +128,7 @@ public final class SessionInitiator {
     }
 
     /// Connects hop 1 and runs its handshake; on a resume, the end-to-end resume blobs too.
-    private func openHop(resume: Bool) throws -> TCPSocket {
+    private func openHop(resume: Bool) throws -> (TCPSocket, HopSealer?) {
         let deadline = ContinuousClock.now + handshakeTimeout
         let socket: TCPSocket
         if !resume, let bound = firstSocket {
@@ -172,16 +174,29 @@ public final class SessionInitiator {
             }
             log("responder \(key.text)")
         }
-        return socket
+        return (socket, protection == .sealed ? handshake.sealing.map { HopSealer(send: $0.send, receive: $0.receive) } : nil)
     }
 }
 
 /// The responder P: accepts hops on its service port (the last hop of each chain), answers the
 /// end-to-end handshake, and takes a session's resumed hop over from the broken one.
 public final class SessionResponder: @unchecked Sendable {
-    /// One application connection per session: the descriptors its octets go to and come from.
-    /// `from` is the last hop's upstream end (a relay's address when the session is relayed).
-    public typealias Attach = @Sendable (_ sessionID: UInt64, _ initiator: PublicKey, _ from: CSPEndpoint?) -> (input: Int32?, output: Int32)?
+    /// One application connection per session: the descriptors its octets go to and come from,
+    /// and what to do when the session fails (an application must learn of an integrity failure
+    /// other than by end of file: `csp serve --exec` terminates the command). `from` is the last
+    /// hop's upstream end (a relay's address when the session is relayed).
+    public typealias Attach = @Sendable (_ sessionID: UInt64, _ initiator: PublicKey, _ from: CSPEndpoint?) -> Application?
+
+    public struct Application: Sendable {
+        public var input: Int32?
+        public var output: Int32
+        public var onFailure: (@Sendable (String) -> Void)?
+        public init(input: Int32?, output: Int32, onFailure: (@Sendable (String) -> Void)? = nil) {
+            self.input = input
+            self.output = output
+            self.onFailure = onFailure
+        }
+    }
 
     private let identity: SessionIdentity
     private let listener: TCPSocket
@@ -250,7 +265,9 @@ public final class SessionResponder: @unchecked Sendable {
             return false
         }
         // Message 3 is the stream's first item: the pump reads it; the initiator is known then.
-        let served = ServedSession(sessionID: open.hop.sessionID, session: session, hop: hop, resumeTimeout: resumeTimeout, log: log)
+        let sealer = open.hop.protection == .sealed ? handshake.sealing.map { HopSealer(send: $0.send, receive: $0.receive) } : nil
+        let served = ServedSession(
+            sessionID: open.hop.sessionID, session: session, hop: hop, sealer: sealer, resumeTimeout: resumeTimeout, log: log)
         sessions.withLock { $0[open.hop.sessionID] = served }
         defer { sessions.withLock { _ = $0.removeValue(forKey: open.hop.sessionID) } }
         served.run(allowedInitiators: allowedInitiators, attach: attach)
@@ -261,13 +278,16 @@ public final class SessionResponder: @unchecked Sendable {
 /// A session at the responder, with the hop it currently runs on; parks when the hop breaks.
 final class ServedSession: @unchecked Sendable {
     let sessionID: UInt64
-    private let state: Mutex<(session: EndToEndSession?, hop: TCPSocket?, parked: Bool)>
+    private let state: Mutex<(session: EndToEndSession?, hop: TCPSocket?, sealer: HopSealer?, parked: Bool)>
     private let resumeTimeout: Duration
     private let log: @Sendable (String) -> Void
 
-    init(sessionID: UInt64, session: EndToEndSession, hop: TCPSocket, resumeTimeout: Duration, log: @escaping @Sendable (String) -> Void) {
+    init(
+        sessionID: UInt64, session: EndToEndSession, hop: TCPSocket, sealer: HopSealer?, resumeTimeout: Duration,
+        log: @escaping @Sendable (String) -> Void
+    ) {
         self.sessionID = sessionID
-        state = Mutex((session, hop, false))
+        state = Mutex((session, hop, sealer, false))
         self.resumeTimeout = resumeTimeout
         self.log = log
     }
@@ -275,18 +295,26 @@ final class ServedSession: @unchecked Sendable {
     func run(allowedInitiators: Set<PublicKey>?, attach: SessionResponder.Attach) {
         var session = state.withLock { $0.session.take()! }
         var hop = state.withLock { $0.hop! }
+        var sealer = state.withLock { $0.sealer }
         var input = SessionStreamPump.Input(descriptor: nil)
         var output: Int32 = -1
         var outputClosed = false
         var attached = false
+        var onFailure: (@Sendable (String) -> Void)?
         while true {
             // Until message 3 arrived the pump only reads; then the application is attached.
             let outcome = SessionStreamPump.run(
-                session: &session, hop: hop, input: &input, output: output, outputClosed: &outputClosed, untilEstablished: !attached)
+                session: &session, hop: hop, input: &input, output: output, outputClosed: &outputClosed, sealer: &sealer,
+                untilEstablished: !attached)
             switch outcome {
             case .established: break
             case .finished, .failed:
-                if outcome == .failed { log("session \(hex(sessionID)) failed: \(session.failure.map { "\($0)" } ?? "")") }
+                if outcome == .failed {
+                    let why = session.failure.map { "\($0)" } ?? "failed"
+                    log("session \(hex(sessionID)) failed: \(why)")
+                    onFailure?(why)
+                    hop.closeAfterDraining()
+                }
                 hop.close()
                 if attached, !outputClosed { _ = close(output) }
                 if let fd = input.descriptor { _ = close(fd) }
@@ -301,10 +329,11 @@ final class ServedSession: @unchecked Sendable {
                 }
                 guard let resumed = waitForResume() else {
                     log("session \(hex(sessionID)): not resumed in time")
+                    onFailure?("not resumed in time")
                     if attached, !outputClosed { _ = close(output) }
                     return
                 }
-                (session, hop) = resumed
+                (session, hop, sealer) = resumed
             }
             if !attached, let key = session.peerIdentity {
                 if let allowedInitiators, !allowedInitiators.contains(key) {
@@ -318,16 +347,17 @@ final class ServedSession: @unchecked Sendable {
                 attached = true
                 input = SessionStreamPump.Input(descriptor: ends.input)
                 output = ends.output
+                onFailure = ends.onFailure
             }
         }
     }
 
-    private func waitForResume() -> (EndToEndSession, TCPSocket)? {
+    private func waitForResume() -> (EndToEndSession, TCPSocket, HopSealer?)? {
         let deadline = ContinuousClock.now + resumeTimeout
         while ContinuousClock.now < deadline {
-            if let resumed = state.withLock({ s -> (EndToEndSession, TCPSocket)? in
+            if let resumed = state.withLock({ s -> (EndToEndSession, TCPSocket, HopSealer?)? in
                 guard !s.parked, let session = s.session.take(), let hop = s.hop else { return nil }
-                return (session, hop)
+                return (session, hop, s.sealer)
             }) { return resumed }
             sleep(for: .milliseconds(20))
         }
@@ -361,6 +391,7 @@ final class ServedSession: @unchecked Sendable {
             }
             s.session = session
             s.hop = hop
+            s.sealer = open.hop.protection == .sealed ? handshake.sealing.map { HopSealer(send: $0.send, receive: $0.receive) } : nil
             s.parked = false
             return true
         }

@@ -39,11 +39,14 @@ public enum SessionStreamPump {
 
     public static func run(
         session: inout EndToEndSession, hop: TCPSocket, input: inout Input, output: Int32,
-        outputClosed: inout Bool, untilEstablished: Bool = false
+        outputClosed: inout Bool, sealer: inout HopSealer?, untilEstablished: Bool = false
     ) -> Outcome {
         let fd = hop.descriptor
         try? TCPOptions.setNonBlocking(fd)
         var buffer = [UInt8](repeating: 0, count: 65536)
+        // A sealed hop: the session's octets sealed once more for this hop, waiting to be sent.
+        var sealedOut: [UInt8] = []
+        var opened: [UInt8] = []
         while true {
             // Before anything is delivered: records that arrived with message 3 wait for the
             // application the caller attaches now.
@@ -59,27 +62,35 @@ public enum SessionStreamPump {
                 outputClosed = true
                 _ = close(output)  // the application reads end of file: the peer's clean CLOSE
             }
-            // Send what is queued.
-            if !session.output.isEmpty {
-                let sent = session.output.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            // Send what is queued (sealed for the hop first, when it is a sealed hop).
+            if sealer != nil, !session.output.isEmpty {
+                do { try sealer!.seal(session.output, into: &sealedOut) } catch { return .hopBroke("seal: \(error)") }
+                session.consumeOutput(session.output.count)
+            }
+            if sealer != nil ? !sealedOut.isEmpty : !session.output.isEmpty {
+                let sent =
+                    sealer != nil
+                    ? sealedOut.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+                    : session.output.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
                 if sent > 0 {
-                    session.consumeOutput(sent)
+                    if sealer != nil { sealedOut.removeFirst(sent) } else { session.consumeOutput(sent) }
                 } else if sent < 0, errno != EAGAIN, errno != EINTR {
                     if session.phase == .failed { return .failed }
                     return .hopBroke("send: \(SystemCallError.text(errno))")
                 }
             }
+            let outputPending = !session.output.isEmpty || !sealedOut.isEmpty
             switch session.phase {
-            case .failed where session.output.isEmpty:
+            case .failed where !outputPending:
                 hop.shutdownWrite()
                 return .failed
-            case .closed where session.output.isEmpty:
+            case .closed where !outputPending:
                 hop.shutdownWrite()
                 return .finished
             default: break
             }
 
-            var polls = [pollfd(fd: fd, events: Int16(POLLIN) | (session.output.isEmpty ? 0 : Int16(POLLOUT)), revents: 0)]
+            var polls = [pollfd(fd: fd, events: Int16(POLLIN) | (outputPending ? Int16(POLLOUT) : 0), revents: 0)]
             let wantsInput = !input.ended && input.pending.isEmpty && session.canWrite
             if wantsInput, let descriptor = input.descriptor { polls.append(pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)) }
             var timeout: Int32 = 1000
@@ -93,7 +104,14 @@ public enum SessionStreamPump {
 
             if polls[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
                 let got = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                if got > 0 {
+                if got > 0, sealer != nil {
+                    do { try sealer!.open(buffer[0..<got], into: &opened) } catch {
+                        // Tampering on a sealed link breaks the hop; resumption repairs it (14.6).
+                        return .hopBroke("\(error)")
+                    }
+                    session.receive(opened, now: .now)
+                    opened.removeAll(keepingCapacity: true)
+                } else if got > 0 {
                     session.receive(buffer[0..<got], now: .now)
                 } else if got == 0 {
                     if session.phase == .closed || session.phase == .failed { return session.phase == .failed ? .failed : .finished }

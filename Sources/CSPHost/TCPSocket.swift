@@ -134,6 +134,22 @@ public final class TCPSocket: @unchecked Sendable {
         close()
     }
 
+    /// FIN, then reads and drops what the peer still sends (for at most `drainFor`) before closing:
+    /// closing with unread octets would send RST, and an RST can destroy the last octets we sent
+    /// (an ABORT that tells the peer why) before the peer reads them.
+    public func closeAfterDraining(for limit: Duration = .seconds(2)) {
+        guard descriptor >= 0 else { return }
+        shutdownWrite()
+        let deadline = ContinuousClock.now + limit
+        var sink = [UInt8](repeating: 0, count: 16384)
+        while ContinuousClock.now < deadline {
+            guard let ready = try? wait(for: Int16(POLLIN), timeout: deadline - .now), ready else { break }
+            let got = sink.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR) { break }
+        }
+        close()
+    }
+
     public func close() {
         guard descriptor >= 0 else { return }
         _ = Glibc.close(descriptor)

@@ -105,7 +105,7 @@ public struct RelaySessionTable: Sendable {
             throw Refusal(.resourcesExhausted, "\(limits.maxSessions) relayed sessions in all", retryAfter: 30)
         }
         if liveSessions.count(where: { $0.upstreamKey == upstreamKey }) >= limits.sessionsPerKey {
-            throw Refusal(.resourcesExhausted, "\(limits.sessionsPerKey) relayed sessions for key \(upstreamKey)", retryAfter: 30)
+            throw Refusal(.resourcesExhausted, "\(limits.sessionsPerKey) relayed sessions for \(upstreamKey)", retryAfter: 30)
         }
         let prefix = Self.addressPrefix(upstreamAddress)
         if liveSessions.count(where: { Self.addressPrefix($0.upstreamAddress) == prefix }) >= limits.sessionsPerAddress {

@@ -9,7 +9,7 @@ import Glibc
 ///
 /// Backpressure is TCP's own: when the sending socket would block, nothing more is read from the
 /// receiving one, its receive window closes and the sender slows down.
-public struct SpliceRelay: ~Copyable {
+public final class SpliceRelay {
     /// The two sockets: `a` is the upstream hop, `b` the downstream one. Not owned: the caller
     /// closes them (and decides between FIN and RST).
     public let a: Int32
@@ -34,8 +34,6 @@ public struct SpliceRelay: ~Copyable {
     }
 
     public init(upstream: Int32, downstream: Int32, pipeCapacity: Int) throws(SystemCallError) {
-        // Both pipes exist before any stored property is set: a non-copyable value cannot be left
-        // half-initialized by a throw.
         let forward = try SplicePipe(capacity: pipeCapacity)
         let backward = try SplicePipe(capacity: pipeCapacity)
         a = upstream
@@ -45,7 +43,7 @@ public struct SpliceRelay: ~Copyable {
     }
 
     /// Moves every octet that can move now, both ways.
-    public mutating func pump() -> State {
+    public func pump() -> State {
         if let failure = Self.move(from: a, to: b, through: aToB, readEnded: &aReadEnded, writeShut: &bWriteShut, octets: &octetsAToB) {
             return .failed(errno: failure.errno, onUpstream: failure.onSource)
         }

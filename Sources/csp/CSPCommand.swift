@@ -321,6 +321,8 @@ extension CSPCommand {
         var home: String?
         @Option(help: "Session ID as 16 hex digits (default: random).")
         var session: String?
+        @Flag(help: "Allow a middlebox to relay the flow (PROTOCOL.md 14.2): it answers RELAY with its relay endpoint; `csp connect --signal` follows it.")
+        var allowRelay = false
         @Option(help: "Does the responder speak CSP? auto: ask it, and when it is silent for 0.75 s ask the middleboxes to answer for it; csp: wait for it; legacy: an ordinary server, the middleboxes answer at once (docs/PROTOCOL.md 6.9).")
         var responder: ResponderMode = .auto
         @OptionGroup var common: Common
@@ -330,6 +332,7 @@ extension CSPCommand {
             let flow: FlowTuple
             var signalTo: IPAddress
             var action: CSPRequestedAction = [.admit, .allowRedirect]
+            if allowRelay { action.insert(.allowRelay) }
             if incoming {
                 guard let peer, let localPort else { throw ValidationError("--incoming needs --peer and --local-port") }
                 if peer == "any" {

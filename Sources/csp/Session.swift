@@ -53,6 +53,7 @@ extension CSPCommand {
         }
 
         mutating func run() throws {
+            _ = Glibc.signal(SIGPIPE, SIG_IGN)  // a closed hop or stdout is an error to report, not a signal
             let identity = try sessionIdentity(common, verbose: verbose)
             let target = try parseEndpoint(self.target)
             let sessionID = try session.map { text throws -> UInt64 in
@@ -169,6 +170,7 @@ extension CSPCommand {
         @OptionGroup var common: Common
 
         mutating func run() throws {
+            _ = Glibc.signal(SIGPIPE, SIG_IGN)  // a closed hop or a command that exited is an error to report, not a signal
             let identity = try sessionIdentity(common, verbose: false)
             let bind = try address.map { text throws -> IPAddress in
                 guard let address = IPAddress(text) else { throw ValidationError("--address '\(text)' is not an IP address") }
@@ -187,12 +189,15 @@ extension CSPCommand {
             if let command = exec {
                 responder.serve(once: false) { sessionID, key, from in
                     if verbose { FileHandle.standardError.write(Data("csp: session \(hex(sessionID)) from \(key.text) via \(from.map { "\($0)" } ?? "?")\n".utf8)) }
-                    return spawnShell(command)
+                    return spawnShell(command, verbose: verbose)
                 }
             } else {
                 responder.serve(once: true) { sessionID, key, from in
                     if verbose { FileHandle.standardError.write(Data("csp: session \(hex(sessionID)) from \(key.text) via \(from.map { "\($0)" } ?? "?")\n".utf8)) }
-                    return (STDIN_FILENO, STDOUT_FILENO)
+                    return SessionResponder.Application(input: STDIN_FILENO, output: STDOUT_FILENO) { why in
+                        FileHandle.standardError.write(Data("csp: session \(hex(sessionID)) failed: \(why)\n".utf8))
+                        Foundation.exit(7)
+                    }
                 }
             }
         }
@@ -200,8 +205,9 @@ extension CSPCommand {
 }
 
 /// Runs `/bin/sh -c command` with pipes as stdin and stdout; returns our ends (input: what the
-/// command writes, output: what it reads). The child is reaped by a thread.
-private func spawnShell(_ command: String) -> (input: Int32?, output: Int32)? {
+/// command writes, output: what it reads). The child is reaped by a thread; a failed session
+/// terminates it (SIGTERM), so it never takes a truncated stream for a complete one.
+private func spawnShell(_ command: String, verbose: Bool) -> SessionResponder.Application? {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/bin/sh")
     process.arguments = ["-c", command]
@@ -215,5 +221,9 @@ private func spawnShell(_ command: String) -> (input: Int32?, output: Int32)? {
     let output = dup(toChild.fileHandleForWriting.fileDescriptor)
     try? fromChild.fileHandleForReading.close()
     try? toChild.fileHandleForWriting.close()
-    return (input, output)
+    let pid = process.processIdentifier
+    return SessionResponder.Application(input: input, output: output) { why in
+        if verbose { FileHandle.standardError.write(Data("csp: terminating the session's command (\(why))\n".utf8)) }
+        kill(pid, SIGTERM)
+    }
 }

@@ -25,17 +25,23 @@ struct Midrelayd: ParsableCommand {
     @Option(help: "Seconds a broken session is kept for the host's resume.") var resumeGrace = 30
     @Option(help: "Worker threads moving octets (0: half the CPUs, at least 1).") var workers = 0
     @Option(help: "Pipe size per direction for splice, octets.") var pipeSize = 262_144
+    @Option(help: "Hop protection accepted: clear (spliced), sealed (encrypted per hop, user space) or either.")
+    var protection = "either"
     @Flag(name: .shortAndLong, help: "Log every session's start, end and refusal.") var verbose = false
 
     static func main() { mainFollowingConventions() }
 
     mutating func run() throws {
+        // A hop that breaks while splice or send writes to it must be an error to handle (EPIPE),
+        // not a signal that ends every session of the relay.
+        signal(SIGPIPE, SIG_IGN)
         let keys: RelayKeyFile
         do { keys = try RelayKeyFile.load(relayKey) } catch {
             FileHandle.standardError.write(Data("midrelayd: \(error)\n".utf8))
             throw ExitCode(1)
         }
         guard !listen.isEmpty else { throw ValidationError("give at least one --listen address:port") }
+        guard ["clear", "sealed", "either"].contains(protection) else { throw ValidationError("--protection is clear, sealed or either") }
         var settings = RelayDaemon.Settings(listen: try listen.map { text throws -> CSPEndpoint in
             guard let endpoint = CSPEndpoint(parsing: text) else { throw ValidationError("--listen '\(text)' is not address:port") }
             return endpoint
@@ -46,8 +52,8 @@ struct Midrelayd: ParsableCommand {
         settings.limits.bytesPerSession = bytesPerSession
         settings.limits.idleTimeout = .seconds(idleTimeout)
         settings.limits.resumeGrace = .seconds(resumeGrace)
-        // Sealed hops need the user-space path, not built yet: refused with a clear reason.
-        settings.limits.acceptsSealed = false
+        settings.limits.acceptsClear = protection != "sealed"
+        settings.limits.acceptsSealed = protection != "clear"
         settings.workers = workers > 0 ? workers : max(1, ProcessInfo.processInfo.activeProcessorCount / 2)
         settings.pipeSize = pipeSize
         settings.verbose = verbose

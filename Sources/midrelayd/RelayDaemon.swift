@@ -119,21 +119,38 @@ final class RelayDaemon: @unchecked Sendable {
             return refuse(error)
         }
 
-        // Hop k+1: to the target (this relay is the last one). The END-TO-END part and the
-        // protection travel unchanged; the relay never reads the end-to-end layer.
+        // Hop k+1: signaled like any flow (PROTOCOL.md 14.3), then opened to the target or to the
+        // next relay. The END-TO-END part and the protection travel unchanged; the relay never
+        // reads the end-to-end layer.
+        let onward: OnwardHop
+        do {
+            onward = try OnwardHop.decide(for: open, signingKey: keys.signingKey) { [self] line in if settings.verbose { log(line) } }
+        } catch {
+            table.withLock { $0.forget(key, generation: session.generation) }
+            return refuse(error)
+        }
+        var onwardFlags = open.hop.flags
+        if onward.isLast { onwardFlags.insert(.last) } else { onwardFlags.remove(.last) }
         let onwardOpen = HopOpen(
-            hop: HopDescriptor(sessionID: open.hop.sessionID, hopIndex: open.hop.hopIndex + 1, flags: open.hop.flags.union(.last), protection: open.hop.protection),
-            target: open.target, endToEnd: open.endToEnd)
+            hop: HopDescriptor(sessionID: open.hop.sessionID, hopIndex: open.hop.hopIndex + 1, flags: onwardFlags, protection: open.hop.protection),
+            target: open.target, relayToken: onward.relayToken, endToEnd: open.endToEnd)
         let downstream: TCPSocket
         let accept: HopAccept
+        var onwardSealing: (send: CipherState, receive: CipherState)?
         do {
-            downstream = try TCPSocket.connect(to: open.target.endpoint, timeout: settings.limits.handshakeTimeout)
+            if let bound = onward.boundSocket {
+                try bound.connect(to: onward.endpoint, timeout: settings.limits.handshakeTimeout)
+                downstream = bound
+            } else {
+                downstream = try TCPSocket.connect(to: onward.endpoint, timeout: settings.limits.handshakeTimeout)
+            }
             try? TCPOptions.setLiveness(downstream.descriptor)
-            var onward = HopHandshakeUpstream(identity: keys.identity, expectedDownstream: nil, open: onwardOpen)
-            try downstream.writeAll(try onward.hello())
-            try downstream.writeAll(try onward.open(after: try readHopFrame(from: downstream, deadline: deadline)))
+            var onwardHandshake = HopHandshakeUpstream(identity: keys.identity, expectedDownstream: onward.relayKey, open: onwardOpen)
+            try downstream.writeAll(try onwardHandshake.hello())
+            try downstream.writeAll(try onwardHandshake.open(after: try readHopFrame(from: downstream, deadline: deadline)))
             do {
-                accept = try onward.answer(try readHopFrame(from: downstream, deadline: deadline))
+                accept = try onwardHandshake.answer(try readHopFrame(from: downstream, deadline: deadline))
+                onwardSealing = onwardHandshake.sealing
             } catch HopHandshakeError.refused(let refusal) {
                 table.withLock { $0.forget(key, generation: session.generation) }
                 let text = "hop \(open.hop.hopIndex + 1): \(refusal.reason?.text ?? "\(refusal.result)")"
@@ -141,7 +158,7 @@ final class RelayDaemon: @unchecked Sendable {
             }
         } catch {
             table.withLock { $0.forget(key, generation: session.generation) }
-            return refuse(RelaySessionTable.Refusal(.middleboxUnavailable, "hop \(open.hop.hopIndex + 1) to \(open.target.endpoint): \(error)", retryAfter: 5))
+            return refuse(RelaySessionTable.Refusal(.middleboxUnavailable, "hop \(open.hop.hopIndex + 1) to \(onward.endpoint): \(error)", retryAfter: 5))
         }
         var passedUp = accept
         passedUp.chain.append(ChainEntry(hopIndex: open.hop.hopIndex, middleboxID: keys.identity.ed25519PublicKey.fingerprint))
@@ -152,24 +169,23 @@ final class RelayDaemon: @unchecked Sendable {
             downstream.abort()
             return hop.abort()
         }
-        guard open.hop.protection == .clear else {
-            // Sealed hops need the user-space path (decrypt, re-encrypt); this relay refuses them
-            // at admission (RelayLimits.acceptsSealed), so this is not reached.
-            downstream.abort()
-            return hop.abort()
-        }
         let now = ContinuousClock.now
         session = table.withLock { t in
             t.up(key, generation: session.generation, upstream: (local, remote),
-                 downstream: (downstream.localEndpoint ?? local, open.target.endpoint, nil, true), now: now)
+                 downstream: (downstream.localEndpoint ?? local, onward.endpoint, onward.relayKey, onward.isLast), now: now)
             return t.sessions[key] ?? session
         }
         let worker = workers[nextWorker.wrappingAdd(1, ordering: .relaxed).oldValue % workers.count]
         do {
-            let pair = try HopPair(key: key, generation: session.generation, upstream: hop, downstream: downstream, pipeSize: settings.pipeSize)
+            var sealers: (upstream: HopSealer, downstream: HopSealer)?
+            if open.hop.protection == .sealed, let up = handshake.sealing, let down = onwardSealing {
+                sealers = (HopSealer(send: up.send, receive: up.receive), HopSealer(send: down.send, receive: down.receive))
+            }
+            let pair = try HopPair(
+                key: key, generation: session.generation, upstream: hop, downstream: downstream, pipeSize: settings.pipeSize, sealers: sealers)
             placement.withLock { $0[key] = worker }
             worker.adopt(pair)
-            if settings.verbose { log("session \(hex(key.sessionID)) hop \(key.hopIndex)→\(key.hopIndex + 1) up (\(remote) → \(open.target.endpoint))") }
+            if settings.verbose { log("session \(hex(key.sessionID)) hop \(key.hopIndex)→\(key.hopIndex + 1) up (\(remote) → \(onward.endpoint))") }
         } catch {
             table.withLock { $0.hopsEnded(key, generation: session.generation, clean: false, reason: "\(error)", now: now) }
         }

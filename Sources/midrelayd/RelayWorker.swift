@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CSPHost
+import CSPSession
 import CSPWire
 import Foundation
 import MidcomRelay
@@ -9,21 +10,41 @@ import Synchronization
 import SystemSupport
 
 /// Both hops of one relayed session on a worker: the sockets (owned here) and the splice pipes.
+/// What a worker drives for one session: splice for clear hops, user space for sealed ones.
+protocol RelayDataPath: AnyObject {
+    func pump() -> SpliceRelay.State
+    var octetsAToB: UInt64 { get }
+    var octetsBToA: UInt64 { get }
+}
+
+extension SpliceRelay: RelayDataPath {}
+extension SealedRelay: RelayDataPath {}
+
 /// Handed from a setup thread to one worker, which alone touches it afterwards.
 final class HopPair: @unchecked Sendable {
     let key: RelaySessionTable.Key
     let generation: Int
     let upstream: Int32
     let downstream: Int32
-    var relay: SpliceRelay
+    let relay: any RelayDataPath
     var reportedUp: UInt64 = 0
     var reportedDown: UInt64 = 0
 
-    init(key: RelaySessionTable.Key, generation: Int, upstream: TCPSocket, downstream: TCPSocket, pipeSize: Int) throws {
+    /// `sealers`: the hops' ciphers when the hops are sealed (user space); nil: clear (splice).
+    init(
+        key: RelaySessionTable.Key, generation: Int, upstream: TCPSocket, downstream: TCPSocket, pipeSize: Int,
+        sealers: (upstream: HopSealer, downstream: HopSealer)?
+    ) throws {
         let up = upstream.release()
         let down = downstream.release()
         do {
-            relay = try SpliceRelay(upstream: up, downstream: down, pipeCapacity: pipeSize)
+            try TCPOptions.setNonBlocking(up)
+            try TCPOptions.setNonBlocking(down)
+            if let sealers {
+                relay = SealedRelay(upstream: up, downstream: down, upstreamSealer: sealers.upstream, downstreamSealer: sealers.downstream)
+            } else {
+                relay = try SpliceRelay(upstream: up, downstream: down, pipeCapacity: pipeSize)
+            }
         } catch {
             _ = Glibc.close(up)
             _ = Glibc.close(down)

@@ -55,7 +55,7 @@ final class SpliceRelayTests: XCTestCase {
         let (relayDown, server) = try streamPair()
         defer { [client, relayUp, relayDown, server].forEach { close($0) } }
         for fd in [relayUp, relayDown] { try TCPOptions.setNonBlocking(fd) }
-        var relay = try SpliceRelay(upstream: relayUp, downstream: relayDown, pipeCapacity: 65536)
+        let relay = try SpliceRelay(upstream: relayUp, downstream: relayDown, pipeCapacity: 65536)
         let epoll = try Epoll()
         let interest: Epoll.Events = [.readable, .writable, .peerClosed, .edgeTriggered]
         try epoll.add(relayUp, interest, token: 1)

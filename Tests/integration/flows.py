@@ -18,6 +18,9 @@ servers after --duration (at most 120 s), clients after --timeout.
       connection cannot be made, exit 2 when the echo is short
   flows.py tcp-proxy PORT --duration S [--bind ADDR]
       an HTTP CONNECT proxy: "proxy ADDR:PORT -> HOST:PORT up N down M" per finished connection
+  flows.py tcp-flip PORT --to HOST:PORT --after N --duration S [--bind ADDR]
+      a hostile forwarder: passes each connection on to HOST:PORT and flips the lowest bit of
+      the octet at offset N (upstream direction); "flip ADDR:PORT -> HOST:PORT at N up U down D"
   flows.py sniff IFACE --duration S
       captures on IFACE (AF_PACKET) and prints one line per received IP packet that carries
       options: "ipv4 SRC > DST ipopts HEX", "ipv6 SRC > DST hbh HEX", "... tcpopts HEX"
@@ -243,6 +246,42 @@ def tcp_send(args):
     sys.exit(0 if echoed == args.bytes else 2)
 
 
+def tcp_flip(args):
+    target = split_hostport(args.to)
+
+    def handle(conn, peer):
+        try:
+            upstream = socket.create_connection(target, timeout=args.duration)
+        except OSError as e:
+            say(f"flip {peer_text(peer)} -> {args.to} connect failed: {e}")
+            conn.close()
+            return
+        counter = {"up": 0, "down": 0, "flipped": False}
+
+        def pump(src, dst, key, flip):
+            try:
+                while data := src.recv(65536):
+                    if flip and not counter["flipped"] and counter[key] + len(data) > args.after:
+                        at = args.after - counter[key]
+                        data = data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
+                        counter["flipped"] = True
+                    counter[key] += len(data)
+                    dst.sendall(data)
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        down = threading.Thread(target=pump, args=(upstream, conn, "down", False), daemon=True)
+        down.start()
+        pump(conn, upstream, "up", True)
+        down.join(args.duration)
+        conn.close()
+        upstream.close()
+        say(f"flip {peer_text(peer)} -> {args.to} at {args.after} up {counter['up']} down {counter['down']} flipped {counter['flipped']}")
+
+    serve(args, handle)
+
+
 # --- capture ---------------------------------------------------------------------------------
 
 def sniff(args):
@@ -319,6 +358,13 @@ p.add_argument("--bind")
 p.add_argument("--timeout", type=float, default=3.0)
 p.add_argument("--connect", help="HOST:PORT to ask an HTTP CONNECT proxy for")
 p.set_defaults(fn=tcp_send)
+p = sub.add_parser("tcp-flip")
+p.add_argument("port", type=int)
+p.add_argument("--to", required=True)
+p.add_argument("--after", type=int, required=True)
+p.add_argument("--duration", type=float, default=10.0)
+p.add_argument("--bind")
+p.set_defaults(fn=tcp_flip)
 p = sub.add_parser("sniff")
 p.add_argument("iface")
 p.add_argument("--duration", type=float, default=10.0)

@@ -124,7 +124,7 @@ lab_cleanup() {
   set +e
   if [ $rc -ne 0 ] || [ $LAB_FAILED -ne 0 ]; then
     # On failure show what the gateway knew: its log, its table and its sessions.
-    for f in "$LAB_DIR"/*-midcomd.log; do
+    for f in "$LAB_DIR"/*-midcomd.log "$LAB_DIR"/*midrelayd.log; do
       [ -f "$f" ] || continue
       echo "----- $(basename "$f") (last 40 lines)" >&2; tail -n 40 "$f" >&2
     done
