@@ -87,7 +87,8 @@ let package = Package(
         .executableTarget(
             name: "midrelayd",
             dependencies: [
-                "MidcomRelay", "CSPSession", "CSPHost", "CSPTrust", "CSPWire", "SystemSupport", "CommandLineSupport",
+                "MidcomRelay", "MidcomCore", "MidcomControl", "CSPSession", "CSPHost", "CSPTrust", "CSPWire", "SystemSupport",
+                "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

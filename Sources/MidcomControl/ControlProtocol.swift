@@ -393,12 +393,15 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     public var rules: [RuleRecord]?
     /// `SessionRowStream.marker` when row frames follow this line (a `sessions` request with `stream`).
     public var stream: String?
+    /// midrelayd's answer to `sessions`: its relayed sessions.
+    public var relayed: [RelayedSessionRecord]?
 
     public init(
         ok: Bool, error: String? = nil, sessions: [SessionRecord]? = nil,
         status: DaemonStatus? = nil, affected: [String]? = nil, denies: [DenyRecord]? = nil, message: String? = nil,
-        rules: [RuleRecord]? = nil, stream: String? = nil
+        rules: [RuleRecord]? = nil, stream: String? = nil, relayed: [RelayedSessionRecord]? = nil
     ) {
+        self.relayed = relayed
         self.stream = stream
         self.message = message
         self.rules = rules

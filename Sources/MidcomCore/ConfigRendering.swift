@@ -40,6 +40,17 @@ extension MidcomConfiguration {
             ("denies-per-second", "\(pushback.deniesPerSecond)"), ("min-prefix-length", "\(pushback.minimumPrefixLength4)"),
             ("min-prefix-length6", "\(pushback.minimumPrefixLength6)"),
         ])
+        section("relay", [
+            ("enabled", "\(relay.enabled)"), ("listen", "[" + relay.listen.map { q($0.description) }.joined(separator: ", ") + "]"),
+            ("on-request", "\(relay.onRequest)"), ("token-lifetime", "\(relay.tokenLifetime)"),
+            ("protection", q(relay.protection.rawValue)), ("terminating", "\(relay.terminating)"),
+            ("sessions-per-key", "\(relay.sessionsPerKey)"), ("sessions-per-address", "\(relay.sessionsPerAddress)"),
+            ("max-sessions", "\(relay.maximumSessions)"), ("bytes-per-session", "\(relay.bytesPerSession)"),
+            ("idle-timeout", "\(relay.idleTimeout)"), ("resume-grace", "\(relay.resumeGrace)"),
+            ("handshake-timeout", "\(relay.handshakeTimeout)"), ("workers", "\(relay.workers)"),
+            ("setup-threads", "\(relay.setupThreads)"), ("pipe-size", "\(relay.pipeSize)"),
+            ("control-socket", q(relay.controlSocket)),
+        ])
         if let nat {
             section("nat", [
                 ("external-address", q(nat.externalAddress.description)), ("internal", list(nat.internalPrefixes)),
@@ -59,6 +70,7 @@ extension MidcomConfiguration {
             entries.append(("action", q(rule.action.rawValue)))
             entries.append(("reason", rule.reason.map(q)))
             entries.append(("redirect-to", rule.redirectTarget.map { q($0.description) }))
+            entries.append(("relay-mode", rule.action == .relay ? q(rule.relayMode.rawValue) : nil))
             entries.append(("max-lifetime", rule.maximumLifetime.map { "\($0)" }))
             entries.append(("signatures", rule.signatures.map { q($0.rawValue) }))
             for (key, value) in entries { if let value { out += "\(key) = \(value)\n" } }

@@ -60,6 +60,13 @@ public struct EngineCounters: Sendable, Equatable {
     /// Configuration reloads taken over, and the sessions they revoked (the new policy refused them).
     public var reloads: UInt64 = 0
     public var revoked: UInt64 = 0
+    /// RELAY offers sent (docs/PROTOCOL.md 14.2), and requests for flows policy relays that were
+    /// refused instead (67, 68, a chain too long, unsigned, no relay available); leg SETUPs to
+    /// our relay endpoints answered with ACCEPT, and refused (no valid token).
+    public var relayOffers: UInt64 = 0
+    public var relayOffersRefused: UInt64 = 0
+    public var relayLegsAnswered: UInt64 = 0
+    public var relayLegsRefused: UInt64 = 0
 
     public var asDictionary: [String: UInt64] {
         [
@@ -79,6 +86,8 @@ public struct EngineCounters: Sendable, Equatable {
             "denies_refreshed": deniesRefreshed, "denies_removed": deniesRemoved, "denies_expired": deniesExpired,
             "denies_refused": deniesRefused, "denies_limited": deniesLimited,
             "answered_for_responders": answeredForResponders, "reloads": reloads, "revoked": revoked,
+            "relay_offers": relayOffers, "relay_offers_refused": relayOffersRefused,
+            "relay_legs_answered": relayLegsAnswered, "relay_legs_refused": relayLegsRefused,
         ]
     }
 }

@@ -157,12 +157,22 @@ public struct GatewayEngine: Sendable {
     var clock = Instant(nanoseconds: 0)
     /// Wall-clock second of our start: signed requests stamped earlier are refused (7.3).
     let startedAtWallClock: UInt64
+    /// The key RELAY-TOKENs are minted with (relay.key, shared with midrelayd; docs/PROTOCOL.md
+    /// 14.2); nil: no relay offers (a relayed flow is refused with middlebox-unavailable).
+    let relayTokenKey: RelayTokenKey?
+    /// Whether midrelayd can take sessions; set by the daemon.
+    public var relayService: RelayServiceState = .available
+    /// The targets of recent offers, for checking a leg SETUP's token (Relay/RelayOfferBook.swift).
+    var relayOffers = RelayOfferBook()
+    /// Legs to our relay answered, for their REFRESH and TEARDOWN.
+    var relayLegs = RelayLegTable()
 
     /// `challengeSecret`: 32 random octets for the challenge tokens (random when nil);
-    /// `startedAt`: the wall clock at start, seconds since 1970.
+    /// `startedAt`: the wall clock at start, seconds since 1970; `relayTokenKey`: relay.key's
+    /// token key, with `[relay] enabled`.
     public init(
         configuration: MidcomConfiguration, identity: MiddleboxIdentity, challengeSecret: [UInt8]? = nil,
-        startedAt: UInt64 = 0
+        startedAt: UInt64 = 0, relayTokenKey: RelayTokenKey? = nil
     ) {
         self.policy = Policy(configuration: configuration)
         self.ruleHits = Array(repeating: 0, count: configuration.rules.count + 1)
@@ -174,6 +184,7 @@ public struct GatewayEngine: Sendable {
         self.replyBudget = ReplyBudget(
             perSource: configuration.trust.repliesPerSource, perSecond: configuration.trust.repliesPerSecond)
         self.startedAtWallClock = startedAt
+        self.relayTokenKey = relayTokenKey
     }
 
     // MARK: the request pipeline
@@ -234,7 +245,9 @@ public struct GatewayEngine: Sendable {
         switch type {
         case .setup: return handleSetup(request, now: now)
         case .accept, .mapped: return handleAccept(request, now: now)
-        case .reject, .redirect, .challenge: return handleRefusal(request)
+        // A RELAY from a middlebox further along ends our pending state like a REDIRECT
+        // (docs/PROTOCOL.md 14.2): the host's hop is signaled as a flow of its own.
+        case .reject, .redirect, .challenge, .relay: return handleRefusal(request)
         case .refresh: return handleRefresh(request, now: now)
         case .teardown: return handleTeardown(request, now: now)
         case .rebind: return handleRebind(request, now: now)

@@ -104,6 +104,8 @@ public struct MidcomConfiguration: Sendable, Equatable {
     // [trust], [[known-key]]
     public var trust = TrustConfiguration()
     public var pushback = PushbackConfiguration()
+    // [relay]
+    public var relay = RelayConfiguration()
 
     public init() {}
 
@@ -150,6 +152,8 @@ public struct MidcomConfiguration: Sendable, Equatable {
                 try trust.read(&reader)
             case "pushback":
                 try pushback.read(&reader)
+            case "relay":
+                try relay.read(&reader)
             case "metrics":
                 if let v = try reader.raw("listen") {
                     guard let endpoint = CSPEndpoint(parsing: v.text), endpoint.port != 0 else {
@@ -163,9 +167,10 @@ public struct MidcomConfiguration: Sendable, Equatable {
             default:
                 throw ConfigError(
                     path: path, line: section.line, message: "unknown section [\(section.name)]",
-                    fix: "valid sections are [daemon], [policy], [nat], [trust], [pushback], [metrics], [[rule]] and [[known-key]]")
+                    fix: "valid sections are [daemon], [policy], [nat], [trust], [pushback], [relay], [metrics], [[rule]] and [[known-key]]")
             }
         }
+        try checkRelayRules(file)
         let needsKeys = trust.signatures == .knownKeys || rules.contains { $0.signatures == .knownKeys }
         if needsKeys, trust.knownKeys.isEmpty {
             let line = file.tables.first { $0.name == "trust" }?.value("signatures")?.line ?? 0
@@ -183,6 +188,36 @@ public struct MidcomConfiguration: Sendable, Equatable {
             throw ConfigError(
                 path: path, line: line, message: "default-lifetime \(defaultLifetime) exceeds max-lifetime \(maximumLifetime)",
                 fix: "lower default-lifetime or raise max-lifetime in [policy]")
+        }
+    }
+
+    /// What `midcomd --check` refuses about relaying (docs/ARCHITECTURE.md, "Relayed sessions"):
+    /// a `relay` rule while `[relay]` is not enabled, one that is not for TCP (hops are TCP
+    /// connections), and `relay-mode = "terminating"` unless `[relay] terminating` allows it.
+    /// Whether `listen` names addresses of this box is midcomd's to check (it needs the kernel).
+    private func checkRelayRules(_ file: ConfigFile) throws(ConfigError) {
+        let path = file.path
+        let tables = file.tables.filter { $0.name == "rule" }
+        for (rule, table) in zip(rules, tables) where rule.action == .relay {
+            let actionLine = table.value("action")?.line ?? table.line
+            guard relay.enabled else {
+                throw ConfigError(
+                    path: path, line: actionLine, message: "[[rule]] '\(rule.name)' relays, but [relay] is not enabled",
+                    fix: "add [relay] with enabled = true and listen = [\"<an address of this box>:\(RelayConfiguration.defaultPort)\"]")
+            }
+            guard rule.proto == .tcp else {
+                throw ConfigError(
+                    path: path, line: table.value("proto")?.line ?? table.line,
+                    message: rule.proto.map { "[[rule]] '\(rule.name)' relays \($0) flows: relays carry TCP only" }
+                        ?? "[[rule]] '\(rule.name)' relays every protocol: relays carry TCP only",
+                    fix: "write proto = \"tcp\" in this rule (another rule may reject or admit the rest)")
+            }
+            if rule.relayMode == .terminating, !relay.terminating {
+                throw ConfigError(
+                    path: path, line: table.value("relay-mode")?.line ?? actionLine,
+                    message: "[[rule]] '\(rule.name)' relays through a terminating relay, but [relay] terminating is false",
+                    fix: "set terminating = true in [relay] (the relay then reads these flows), or use relay-mode = \"blind\"")
+            }
         }
     }
 
@@ -241,6 +276,12 @@ public struct MidcomConfiguration: Sendable, Equatable {
                 path: reader.path, line: section.value("default")?.line ?? section.line,
                 message: "the default action cannot be 'redirect' (it needs a target)",
                 fix: "use admit or reject, and a [[rule]] with redirect-to")
+        }
+        if defaultAction == .relay {
+            throw ConfigError(
+                path: reader.path, line: section.value("default")?.line ?? section.line,
+                message: "the default action cannot be 'relay' (relays carry TCP only)",
+                fix: "use admit or reject, and a [[rule]] with proto = \"tcp\" and action = \"relay\"")
         }
     }
 }

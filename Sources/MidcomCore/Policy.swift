@@ -5,6 +5,9 @@ public enum PolicyAction: String, Sendable, CaseIterable, Equatable {
     case admit
     case reject
     case redirect
+    /// The flow passes only through this middlebox's relay (docs/PROTOCOL.md 14.2): the host is
+    /// offered a RELAY, or refused (67, 68) when it does not allow relaying.
+    case relay
 }
 
 /// An address prefix such as `10.0.2.0/24` or `2001:db8::/32`.
@@ -46,11 +49,14 @@ public struct PolicyRule: Sendable, Equatable {
     public var maximumLifetime: UInt32?
     /// Signatures the flows this rule matches need; nil: the [trust] setting.
     public var signatures: SignatureRequirement?
+    /// How a `relay` rule's flows pass the relay (`relay-mode`); meaningless for other actions.
+    public var relayMode: RelayMode = .blind
 
     public init(
         name: String, proto: IPProtocol? = nil, source: IPPrefix? = nil, destination: IPPrefix? = nil,
         ports: ClosedRange<UInt16>? = nil, application: String? = nil, incoming: Bool? = nil, action: PolicyAction,
-        reason: String? = nil, redirectTarget: CSPEndpoint? = nil, maximumLifetime: UInt32? = nil
+        reason: String? = nil, redirectTarget: CSPEndpoint? = nil, maximumLifetime: UInt32? = nil,
+        relayMode: RelayMode = .blind
     ) {
         self.name = name
         self.proto = proto
@@ -63,6 +69,7 @@ public struct PolicyRule: Sendable, Equatable {
         self.reason = reason
         self.redirectTarget = redirectTarget
         self.maximumLifetime = maximumLifetime
+        self.relayMode = relayMode
     }
 
     public func matches(_ flow: FlowTuple, application app: String?, incoming isIncoming: Bool) -> Bool {
@@ -126,7 +133,7 @@ public struct PolicyRule: Sendable, Equatable {
             }
         }
         guard table(reader).value("action") != nil else {
-            throw ConfigError(path: path, line: reader.table.line, message: "[[rule]] '\(name)' has no action", fix: "add action = \"admit\", \"reject\" or \"redirect\"")
+            throw ConfigError(path: path, line: reader.table.line, message: "[[rule]] '\(name)' has no action", fix: "add action = \"admit\", \"reject\", \"redirect\" or \"relay\"")
         }
         action = try reader.choice("action", default: PolicyAction.admit)
         reason = try reader.optionalString("reason")
@@ -145,6 +152,12 @@ public struct PolicyRule: Sendable, Equatable {
         if reader.table.value("signatures") != nil {
             signatures = try reader.choice("signatures", default: SignatureRequirement.none)
         }
+        if let v = reader.table.value("relay-mode") {
+            relayMode = try reader.choice("relay-mode", default: relayMode)
+            guard action == .relay else {
+                throw fail(v, "[[rule]] '\(name)' has relay-mode but its action is '\(action.rawValue)'", "remove relay-mode, or write action = \"relay\"")
+            }
+        }
     }
 }
 
@@ -161,6 +174,8 @@ public struct PolicyDecision: Sendable, Equatable {
     public var redirectTarget: CSPEndpoint?
     /// What signatures the flow needs (the rule's, else the [trust] default).
     public var signatures: SignatureRequirement = .none
+    /// For `relay`: the deciding rule's relay mode.
+    public var relayMode: RelayMode = .blind
 }
 
 /// First-match rule evaluation with lifetime clamping (PCP-style: the middlebox, not the host,
@@ -186,6 +201,7 @@ public struct Policy: Sendable {
             action: action, ruleName: rule?.name, lifetime: lifetime, reason: reason, redirectTarget: rule?.redirectTarget,
             signatures: rule?.signatures ?? configuration.trust.signatures)
         decision.ruleIndex = index
+        decision.relayMode = rule?.relayMode ?? .blind
         return decision
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CSPHost
+import CSPTrust
 import CSPWire
 import Foundation
 import MidcomControl
@@ -90,7 +91,19 @@ final class Daemon: Sendable {
                 "table inet \(configuration.table) was loaded from ruleset revision \(revision), this midcomd needs revision \(NFTSchema.rulesetRevision): reload nft-rules/midcom.nft of this release (nft -f /etc/nftables.d/midcom.nft) and start midcomd again")
         }
         let identity = try PersistentIdentity.load(configuration: configuration, directory: configuration.trust.stateDirectory)
-        engine = Mutex(GatewayEngine(configuration: configuration, identity: identity, startedAt: wallClockSeconds()))
+        var relayTokenKey: RelayTokenKey?
+        if configuration.relay.enabled, let signingKey = identity.key {
+            relayTokenKey = try RelayOffering.loadTokenKey(
+                directory: configuration.trust.stateDirectory, signingKey: signingKey, log: log)
+            // Not fatal at start (an address may come up after us), but every offer naming it
+            // sends hosts nowhere until it does; `midcomd --check` refuses it.
+            for endpoint in RelayOffering.foreignListenEndpoints(configuration.relay) {
+                log(.warning, "[relay] listen \(endpoint): not an address of this box (yet): offers naming it cannot be used")
+            }
+        }
+        engine = Mutex(
+            GatewayEngine(
+                configuration: configuration, identity: identity, startedAt: wallClockSeconds(), relayTokenKey: relayTokenKey))
         let metrics = configuration.metricsListen.map { _ in MetricsService() }
         self.metrics = metrics
         var observeBatch: (@Sendable (Duration, Int) -> Void)?

@@ -74,6 +74,10 @@ struct Midcomd: ParsableCommand {
                 log(.error, "\(config): \(error)")
                 throw ExitCode(78)
             }
+            if let refused = RelayOffering.checkListen(configuration, path: config) {
+                log(.error, "\(refused)")
+                throw ExitCode(78)
+            }
             if printConfig {
                 do { print(try readConfigurationFile(path: config)?.json ?? "{}") } catch {
                     log(.error, "\(error)")

@@ -20,6 +20,7 @@ final class RelayDaemon: @unchecked Sendable {
         var setupThreads = 4
         var pipeSize = 262_144
         var verbose = false
+        var controlSocket: String?
     }
 
     let settings: Settings
@@ -30,6 +31,10 @@ final class RelayDaemon: @unchecked Sendable {
     /// Where each live session's hops are, so a resume or an operator can reach them.
     private let placement = Mutex<[RelaySessionTable.Key: RelayWorker]>([:])
     private let nextWorker = Atomic<Int>(0)
+    /// OPENs refused (any reason), for `status`.
+    let refusedCount = Atomic<Int>(0)
+
+    func workerHolding(_ key: RelaySessionTable.Key) -> RelayWorker? { placement.withLock { $0[key] } }
 
     init(settings: Settings, keys: RelayKeyFile) {
         self.settings = settings
@@ -56,6 +61,9 @@ final class RelayDaemon: @unchecked Sendable {
         }
         for listener in listeners {
             Thread.detachNewThread { [self] in acceptLoop(listener) }
+        }
+        if let path = settings.controlSocket {
+            do { try startControl(path: path) } catch { throw RelayError("control socket \(path): \(error)") }
         }
         log("relaying on \(settings.listen.map { "\($0)" }.joined(separator: ", ")) key \(keys.identity.ed25519PublicKey.text)")
         while true {
@@ -95,6 +103,7 @@ final class RelayDaemon: @unchecked Sendable {
             return hop.abort()
         }
         func refuse(_ refusal: RelaySessionTable.Refusal) {
+            refusedCount.add(1, ordering: .relaxed)
             log("refused session \(hex(open.hop.sessionID)) hop \(open.hop.hopIndex) from \(remote): \(refusal.text)")
             let reason = CSPReason(retryAfter: refusal.retryAfter, text: refusal.text)
             try? hop.writeAll(handshake.refuse(HopRefuse(result: refusal.result, reason: reason, hop: open.hop)))

@@ -68,6 +68,7 @@ extension GatewayEngine {
             flow: existing?.relay == nil ? moved : policyView(moved, relayedFor: signer),
             application: existing?.application ?? rebind.application, incoming: incoming,
             requestedLifetime: rebind.lifetime ?? existing?.grantedLifetime)
+        if decision.action == .relay { return refusedDirect(request, flow: moved, decision: decision) }
         guard decision.action != .reject else {
             counters.rejected += 1
             return rejection(
@@ -127,6 +128,7 @@ extension GatewayEngine {
         let decision = decidePolicy(
             flow: moved, application: session.application, incoming: session.incoming,
             requestedLifetime: request.message.lifetime ?? session.grantedLifetime)
+        if decision.action == .relay { return refusedDirect(request, flow: moved, decision: decision) }
         guard decision.action != .reject else {
             counters.rejected += 1
             return rejection(
@@ -167,6 +169,7 @@ extension GatewayEngine {
         let flow = session.flow.moving(session.ownerEnd, to: path.endpoint)
         let decision = decidePolicy(
             flow: flow, application: session.application, incoming: session.incoming, requestedLifetime: message.lifetime)
+        if decision.action == .relay { return refusedDirect(request, flow: flow, decision: decision) }
         guard decision.action != .reject else {
             counters.rejected += 1
             return rejection(

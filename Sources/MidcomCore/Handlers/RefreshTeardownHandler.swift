@@ -4,6 +4,7 @@ import CSPWire
 extension GatewayEngine {
     mutating func handleRefresh(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         let refresh = request.message
+        if let answered = answerForRelayLeg(request, now: now) { return answered }
         guard var session = sessions[id: refresh.sessionID], session.owner == request.source.address else {
             counters.mismatchedReplies += 1
             return rejection(
@@ -45,6 +46,7 @@ extension GatewayEngine {
     mutating func handleTeardown(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         let teardown = request.message
         let local = request.isAddressedToUs
+        if let answered = answerForRelayLeg(request, now: now) { return answered }
         if let session = sessions[id: teardown.sessionID], session.ownerKey != nil, !mayTearDown(session, request) {
             counters.authenticationFailures += 1
         }

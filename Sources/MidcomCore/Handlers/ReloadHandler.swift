@@ -37,6 +37,11 @@ extension MidcomConfiguration {
         check("[trust] state-directory", \.trust.stateDirectory)
         check("[nat]", \.nat)
         check("[metrics] listen", \.metricsListen)
+        // The token key is loaded (relay.key) at start, and the offers must name the endpoints
+        // midrelayd listens on, which it binds at its start.
+        check("[relay] enabled", \.relay.enabled)
+        check("[relay] listen", \.relay.listen)
+        check("[relay] control-socket", \.relay.controlSocket)
         return changed
     }
 }
@@ -106,6 +111,10 @@ extension GatewayEngine {
             return .revoke("\(rule) redirects it to a proxy")
         case .admit where session.state == .redirected:
             return .revoke("\(rule) no longer redirects it")
+        case .relay:
+            // Relayed flows hold no session here (the offer installs nothing): one that does was
+            // admitted directly, which the rule no longer allows.
+            return .revoke("\(rule) relays it")
         case .admit, .redirect:
             break
         }

@@ -88,7 +88,7 @@ extension GatewayEngine {
             verdict: rewritten(original: accept, forwarded), event: "\(accept.type) \(hex(session.id)) repeated: our record added again")
     }
 
-    /// REJECT, REDIRECT or CHALLENGE for a request we forwarded. A first SETUP's pending session
+    /// REJECT, REDIRECT, RELAY or CHALLENGE for a request we forwarded. A first SETUP's pending session
     /// is released. An admitted session whose REFRESH or re-SETUP was refused keeps its admission
     /// until its own lifetime ends (docs/PROTOCOL.md 6.3: a refusal releases pending state only);
     /// the host decides whether to tear it down.

@@ -15,6 +15,10 @@ extension GatewayEngine {
                 of: request, result: .malformedMessage, reason: "SETUP without FLOW", event: "SETUP without FLOW from \(source)")
         }
         let incoming = setup.requestedAction?.contains(.listen) ?? false
+        // A hop to our relay endpoint (docs/PROTOCOL.md 14.2, step 2): answered here, with its token.
+        if request.isAddressedToUs, !incoming, isOurRelayEndpoint(signaled) {
+            return answerLegToOurRelay(request, signaled: signaled, now: now)
+        }
         // A client signaling a flow to one of our NAT mappings of a listening server (it learnt
         // the public endpoint from a rendezvous, docs/PROTOCOL.md 10.7) reaches us: the pinhole
         // admits any peer, so we answer for the server.
@@ -52,6 +56,10 @@ extension GatewayEngine {
                 of: request, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
                 event: "rejected SETUP \(hex(setup.sessionID)) \(flow) by \(decision.ruleName.map { "rule '\($0)'" } ?? "the default action"): \(decision.reason ?? "policy")",
                 kernel: kernel)
+        case .relay:
+            return relay(request, flow: flow, decision: decision, incoming: incoming, existing: existing, now: now)
+        case .admit where relaysOnRequest(request, flow: flow, incoming: incoming):
+            return relay(request, flow: flow, decision: decision, incoming: incoming, existing: existing, now: now)
         case .redirect where !request.isAddressedToUs:
             return redirect(request, flow: flow, decision: decision, now: now)
         case .redirect, .admit:

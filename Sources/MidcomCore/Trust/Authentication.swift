@@ -23,7 +23,9 @@ extension GatewayEngine {
         case .invalid(let why):
             return authenticationFailed(request, why)
         case .needsSessionKey:
-            guard let key = session?.ownerKey, let deferred = request.signature.deferred, deferred.verify(with: key) else {
+            // A leg to our relay has no session here, but the key that signed its SETUP.
+            let legKey = request.isAddressedToUs ? relayLegs.leg(id, now: clock)?.key : nil
+            guard let key = session?.ownerKey ?? legKey, let deferred = request.signature.deferred, deferred.verify(with: key) else {
                 return authenticationFailed(request, "signed without IDENTITY, and not by the session's key")
             }
             request.signature.status = .valid(key)

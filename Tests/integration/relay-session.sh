@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Relayed sessions through one gateway (issue 15, scenarios 1, 3 and 4; PROTOCOL.md 14). The
+# gateway's policy relays TCP to the server's network: a signed SETUP that allows relaying gets a
+# RELAY offer (gw's record, signed, naming its relay endpoint and a token); `csp connect` opens its
+# hop to midrelayd, which opens the next hop to the server and splices the two. The two ends run
+# the end-to-end layer (Noise XX, records); the relay sees ciphertext only. A hop killed mid-
+# transfer is resumed without the application noticing; a SETUP that does not allow relaying, an
+# unsigned one, and the n+1th session of a key are refused with a reason.
+#
+#   client 10.200.1.2 ── gw 10.200.1.1 (midcomd gw1 + midrelayd :7228) 10.200.2.1 ── server 10.200.2.2
+source "$(dirname "$0")/lib.sh"
+lab_init relay
+
+step "lab: client — gw — server; gw relays TCP to 10.200.2.0/24 (midrelayd on 10.200.1.1:7228)"
+lab_basic
+"$BIN/csp" keygen --key "$LAB_DIR/client.key" >/dev/null
+"$BIN/csp" keygen --key "$LAB_DIR/server.key" >/dev/null
+server_key=$("$BIN/csp" keygen --key "$LAB_DIR/server.key" --show)
+conf=$(lab_conf gw <<'CONF'
+[daemon]
+name = "gw1"
+
+[policy]
+default = "admit"
+unsignaled = "drop"
+
+[relay]
+enabled = true
+listen = ["10.200.1.1:7228"]
+
+[[rule]]
+name = "server-net-through-the-relay"
+proto = "tcp"
+destination = "10.200.2.0/24"
+action = "relay"
+CONF
+)
+lab_midcomd gw "$conf"
+relay_key="$LAB_DIR/gw-state/relay.key"
+[ -f "$relay_key" ] || fail "midcomd made no relay key in its state directory"
+expect_eq "$(stat -c %a "$relay_key")" 600 "relay key mode"
+lab_bg gw "$LAB_DIR/midrelayd.log" "$BIN/midrelayd" --listen 10.200.1.1:7228 --relay-key "$relay_key" --sessions-per-key 3 -v
+wait_for_match "$LAB_DIR/midrelayd.log" "relaying on 10\.200\.1\.1:7228" 5
+lab_bg server "$LAB_DIR/echo.log" "$BIN/csp" serve 9000 --address 10.200.2.2 --key "$LAB_DIR/server.key" --exec cat -v
+wait_for_match "$LAB_DIR/echo.log" "^listening on 10\.200\.2\.2:9000" 5
+lab_bg server "$LAB_DIR/sink.log" "$BIN/csp" serve 9001 --address 10.200.2.2 --key "$LAB_DIR/server.key" \
+  --exec "sha256sum | cut -c1-64 > $LAB_DIR/sink.sum" -v
+wait_for_match "$LAB_DIR/sink.log" "^listening on 10\.200\.2\.2:9001" 5
+
+step "without signaling the client cannot reach the server"
+set +e; out=$(in_ns client $FLOWS tcp-send 10.200.2.2 9000 --timeout 1); rc=$?; set -e
+expect_eq "$rc" 1 "direct connection to 10.200.2.2:9000 (tcp-send exit status)"
+
+step "a SETUP that does not allow relaying: REJECT 67 relay-required, naming the rule and the gateway"
+csp_run client setup tcp 10.200.2.2:9000 --key "$LAB_DIR/client.key" --responder legacy
+expect_eq "$CSP_RC" 1 "csp exit status"
+expect_match "$CSP_OUT" "relay-required" "result code"
+expect_match "$CSP_OUT" "gw1" "the REASON names the gateway"
+step "an unsigned SETUP that would be relayed: refused (relaying binds hops to keys)"
+csp_run client setup tcp 10.200.2.2:9000 --responder legacy --allow-relay
+expect_eq "$CSP_RC" 1 "csp exit status"
+expect_match "$CSP_OUT" "relaying needs a signed SETUP" "reason"
+
+step "csp connect --signal: RELAY from gw1, hop 1 to the relay, 2 MB echoed intact end to end"
+$PY - "$LAB_DIR/marked.bin" <<'PY'
+import sys
+with open(sys.argv[1], "wb") as f:
+    for i in range(65536):
+        f.write(b"MIDCOM-PLAINTEXT-MARKER-%05d\n" % (i % 100000))
+PY
+sent=$(sha256sum <"$LAB_DIR/marked.bin" | cut -c1-64)
+lab_bg gw "$LAB_DIR/capture.log" tshark -q -i to-client -i to-server -w "$LAB_DIR/relay.pcapng" -f "tcp"
+capture_pid=$LAB_LAST_PID
+wait_for_match "$LAB_DIR/capture.log" "Capturing on" 10
+sleep 0.5
+set +e
+in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" -v \
+  <"$LAB_DIR/marked.bin" >"$LAB_DIR/echoed.bin" 2>"$LAB_DIR/connect.log"
+rc=$?
+set -e
+indent <"$LAB_DIR/connect.log"
+expect_eq "$rc" 0 "csp connect exit status"
+expect_eq "$(sha256sum <"$LAB_DIR/echoed.bin" | cut -c1-64)" "$sent" "the echo is the 2 MB sent, in order"
+expect_match "$(cat "$LAB_DIR/connect.log")" "relayed by middlebox [0-9a-f]{16} at 10\.200\.1\.1:7228" "relay offer followed"
+wait_for_match "$LAB_DIR/echo.log" "from csp-ed25519 [0-9a-f]{64} via 10\.200\.2\.1:[0-9]+" 5
+expect_no_match "$(cat "$LAB_DIR/echo.log")" "via 10\.200\.1\.2" "the server saw the client's address"
+expect_match "$(cat "$LAB_DIR/midrelayd.log")" "hop 1→2 up \(10\.200\.1\.2:[0-9]+ → 10\.200\.2\.2:9000\)" "midrelayd carried the session"
+sleep 1
+kill "$capture_pid"; wait "$capture_pid" 2>/dev/null || true
+captured=$(stat -c %s "$LAB_DIR/relay.pcapng")
+[ "$captured" -gt 4000000 ] || fail "the capture holds both hops both ways (only $captured octets)"
+expect_eq "$(grep -ac "MIDCOM-PLAINTEXT-MARKER" "$LAB_DIR/relay.pcapng" || true)" 0 "plaintext markers on the relay's links"
+echo "      capture: $captured octets on both hops, no plaintext marker"
+
+step "a hop killed mid-transfer (ss -K on the client's hop): the session resumes, 100 MB arrive intact"
+head -c 100000000 /dev/urandom >"$LAB_DIR/big.bin"
+big=$(sha256sum <"$LAB_DIR/big.bin" | cut -c1-64)
+rm -f "$LAB_DIR/sink.sum"
+(
+  set +e
+  { head -c 40000000 "$LAB_DIR/big.bin"; sleep 2; tail -c +40000001 "$LAB_DIR/big.bin"; } |
+    in_ns client "$BIN/csp" connect 10.200.2.2:9001 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" -v \
+      >/dev/null 2>"$LAB_DIR/resume.log"
+  echo $? >"$LAB_DIR/resume.rc"
+) &
+transfer=$!
+wait_for_match "$LAB_DIR/midrelayd.log" "hop 1→2 up \(10\.200\.1\.2:[0-9]+ → 10\.200\.2\.2:9001\)" 10
+sleep 1
+in_ns client ss -K dst 10.200.1.1 dport = 7228 >/dev/null 2>&1
+wait "$transfer" || true
+indent <"$LAB_DIR/resume.log"
+expect_eq "$(cat "$LAB_DIR/resume.rc")" 0 "csp connect exit status"
+expect_match "$(cat "$LAB_DIR/resume.log")" "resumed" "the client resumed"
+for _ in $(seq 1 50); do [ -s "$LAB_DIR/sink.sum" ] && break; sleep 0.1; done
+expect_eq "$(cat "$LAB_DIR/sink.sum")" "$big" "sha256 of the 100 MB the server read"
+
+step "the relay's hop to the server killed (ss -K in gw): resumed through a new hop 2"
+rm -f "$LAB_DIR/sink.sum"
+(
+  set +e
+  { head -c 40000000 "$LAB_DIR/big.bin"; sleep 2; tail -c +40000001 "$LAB_DIR/big.bin"; } |
+    in_ns client "$BIN/csp" connect 10.200.2.2:9001 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" -v \
+      >/dev/null 2>"$LAB_DIR/resume2.log"
+  echo $? >"$LAB_DIR/resume2.rc"
+) &
+transfer=$!
+sleep 1.5
+in_ns gw ss -K dst 10.200.2.2 dport = 9001 >/dev/null 2>&1
+wait "$transfer" || true
+indent <"$LAB_DIR/resume2.log"
+expect_eq "$(cat "$LAB_DIR/resume2.rc")" 0 "csp connect exit status"
+expect_match "$(cat "$LAB_DIR/resume2.log")" "resumed" "the client resumed"
+for _ in $(seq 1 50); do [ -s "$LAB_DIR/sink.sum" ] && break; sleep 0.1; done
+expect_eq "$(cat "$LAB_DIR/sink.sum")" "$big" "sha256 of the 100 MB the server read"
+
+step "limits: 3 sessions per key; the 4th is refused by the relay (REFUSE 128), passed to the host"
+holders=()
+for i in 1 2 3; do
+  (sleep 20 | in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" \
+    >/dev/null 2>"$LAB_DIR/hold$i.log") &
+  holders+=($!)
+done
+for i in 1 2 3; do wait_for_match "$LAB_DIR/midrelayd.log" "up \(10\.200\.1\.2" 5; done
+for _ in $(seq 1 50); do [ "$(grep -c "hop 1→2 up (10.200.1.2:[0-9]* → 10.200.2.2:9000)" "$LAB_DIR/midrelayd.log")" -ge 4 ] && break; sleep 0.1; done
+set +e
+out=$(echo hi | in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" 2>&1)
+rc=$?
+set -e
+indent <<<"$out"
+expect_eq "$rc" 1 "csp connect exit status for a refused session"
+expect_match "$out" "resources-exhausted: 3 relayed sessions for key" "the relay's reason reaches the host"
+for pid in "${holders[@]}"; do kill "$pid" 2>/dev/null || true; done
+echo "relay-session: all checks passed"
