@@ -15,10 +15,15 @@ struct Sessions: ParsableCommand {
     @Option(help: "Only this state: pending, admitted, redirected, legacy.") var state: String?
     @Option(help: "Only this origin: csp, nat-pmp, pcp.") var origin: String?
     @Option(help: "Only this application (as signaled in APPLICATION).") var app: String?
+    @Flag(help: "List midrelayd's relayed sessions (both hops, octets each way) instead of midcomd's sessions.")
+    var relayed = false
+    @Option(help: ArgumentHelp("midrelayd's control socket, for --relayed.", valueName: "path"))
+    var relaySocket = "/run/midcom/relay.sock"
 
     /// Streams the rows (ControlClient.listSessions): JSON is written as the frames arrive; the
     /// table once all are in (its columns are as wide as their widest cell).
     func run() throws {
+        if relayed { return try listRelayed() }
         let filter = SessionFilter(address: address, proto: proto, port: port, state: state, origin: origin, application: app)
         let request = ControlRequest(command: .sessions, filter: filter.isEmpty ? nil : filter)
         // Per piece of the answer (the first line, then each frame), not for the whole listing; an
@@ -67,6 +72,41 @@ struct Sessions: ParsableCommand {
             }
         }
         writeOut(&out)
+    }
+
+    /// `--relayed`: one row per relayed session, by its session ID, with both hops.
+    private func listRelayed() throws {
+        let response: ControlResponse
+        do { response = try ControlClient(path: relaySocket, timeout: .seconds(10)).send(ControlRequest(command: .sessions)) } catch {
+            printError("midrelayd at \(relaySocket): \(error)")
+            throw ExitCode(error.isRefusal ? 1 : 3)
+        }
+        guard response.ok, let sessions = response.relayed else {
+            printError("midrelayd at \(relaySocket): \(response.error ?? "the answer lists no relayed sessions")")
+            throw ExitCode(1)
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(sessions), as: UTF8.self))
+            return
+        }
+        func megabytes(_ octets: UInt64) -> String { String(format: "%.1f MB", Double(octets) / 1e6) }
+        var rows = [["SESSION", "HOP", "FROM (upstream)", "TO (downstream)", "MODE", "UP", "DOWN", "IDLE", "RESUMED", "STATE", "KEY"]]
+        for session in sessions {
+            let to = session.hopOut.map { ($0.remote ?? "-") + ($0.last == true ? " (last)" : "") } ?? "-"
+            let key = session.hopIn.key.map { String($0.split(separator: " ").last?.prefix(8) ?? "") + "…" } ?? "-"
+            rows.append([
+                session.session, "\(session.hopIn.index)→\(session.hopIn.index + 1)", session.hopIn.remote ?? "-", to, session.protection,
+                megabytes(session.bytesUp), megabytes(session.bytesDown), "\(Int(session.idleSeconds))s", "\(session.resumptions)",
+                session.state + (session.reason.map { " (\($0))" } ?? ""), key,
+            ])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces))
+        }
     }
 
     private func writeOut(_ out: inout [UInt8]) {

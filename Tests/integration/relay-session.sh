@@ -39,7 +39,9 @@ lab_midcomd gw "$conf"
 relay_key="$LAB_DIR/gw-state/relay.key"
 [ -f "$relay_key" ] || fail "midcomd made no relay key in its state directory"
 expect_eq "$(stat -c %a "$relay_key")" 600 "relay key mode"
-lab_bg gw "$LAB_DIR/midrelayd.log" "$BIN/midrelayd" --listen 10.200.1.1:7228 --relay-key "$relay_key" --sessions-per-key 3 -v
+# midrelayd reads midcomd's configuration ([relay] listen); the limit is lowered for the last step.
+lab_bg gw "$LAB_DIR/midrelayd.log" "$BIN/midrelayd" --config "$conf" --relay-key "$relay_key" \
+  --control-socket "$LAB_DIR/relay.sock" --sessions-per-key 3 -v
 wait_for_match "$LAB_DIR/midrelayd.log" "relaying on 10\.200\.1\.1:7228" 5
 lab_bg server "$LAB_DIR/echo.log" "$BIN/csp" serve 9000 --address 10.200.2.2 --key "$LAB_DIR/server.key" --exec cat -v
 wait_for_match "$LAB_DIR/echo.log" "^listening on 10\.200\.2\.2:9000" 5
@@ -85,6 +87,13 @@ expect_match "$(cat "$LAB_DIR/connect.log")" "relayed by middlebox [0-9a-f]{16} 
 wait_for_match "$LAB_DIR/echo.log" "from csp-ed25519 [0-9a-f]{64} via 10\.200\.2\.1:[0-9]+" 5
 expect_no_match "$(cat "$LAB_DIR/echo.log")" "via 10\.200\.1\.2" "the server saw the client's address"
 expect_match "$(cat "$LAB_DIR/midrelayd.log")" "hop 1→2 up \(10\.200\.1\.2:[0-9]+ → 10\.200\.2\.2:9000\)" "midrelayd carried the session"
+step "midctl sessions --relayed: the session with both hops and its octets each way"
+out=$("$BIN/midctl" sessions --relayed --relay-socket "$LAB_DIR/relay.sock")
+indent <<<"$out"
+expect_match "$out" "^[0-9a-f]{16} +1→2 +10\.200\.1\.2:[0-9]+ +10\.200\.2\.2:9000 \(last\) +clear +2\.[0-9] MB +2\.[0-9] MB .*ended \(closed\)" "the relayed session's row"
+json=$("$BIN/midctl" sessions --relayed --json --relay-socket "$LAB_DIR/relay.sock")
+expect_eq "$($PY -c 'import json,sys; s=json.load(sys.stdin)[0]; print(s["bytes_up"] > 1966080, s["bytes_down"] > 1966080, s["hop_in"]["index"], s["hop_out"]["remote"], s["hop_out"]["last"])' <<<"$json")" \
+  "True True 1 10.200.2.2:9000 True" "JSON: octets both ways, hop 1 in, hop 2 out to the server"
 sleep 1
 kill "$capture_pid"; wait "$capture_pid" 2>/dev/null || true
 captured=$(stat -c %s "$LAB_DIR/relay.pcapng")
@@ -149,5 +158,6 @@ set -e
 indent <<<"$out"
 expect_eq "$rc" 1 "csp connect exit status for a refused session"
 expect_match "$out" "resources-exhausted: 3 relayed sessions for key" "the relay's reason reaches the host"
+expect_eq "$("$BIN/midctl" sessions --relayed --relay-socket "$LAB_DIR/relay.sock" | grep -c " up ")" 3 "three sessions up at the relay"
 for pid in "${holders[@]}"; do kill "$pid" 2>/dev/null || true; done
 echo "relay-session: all checks passed"
