@@ -18,7 +18,7 @@ struct Sessions: ParsableCommand {
     @Flag(help: "List midrelayd's relayed sessions (both hops, octets each way) instead of midcomd's sessions.")
     var relayed = false
     @Option(help: ArgumentHelp("midrelayd's control socket, for --relayed.", valueName: "path"))
-    var relaySocket = "/run/midcom/relay.sock"
+    var relaySocket = "/run/midcom-relay/relay.sock"
 
     /// Streams the rows (ControlClient.listSessions): JSON is written as the frames arrive; the
     /// table once all are in (its columns are as wide as their widest cell).

@@ -29,7 +29,7 @@ final class RelayConfigurationTests: XCTestCase {
         XCTAssertEqual(relay.bytesPerSession, 0)
         XCTAssertEqual([relay.idleTimeout, relay.resumeGrace, relay.handshakeTimeout], [300, 30, 10])
         XCTAssertEqual([relay.workers, relay.setupThreads, relay.pipeSize], [0, 4, 262_144])
-        XCTAssertEqual(relay.controlSocket, "/run/midcom/relay.sock")
+        XCTAssertEqual(relay.controlSocket, "/run/midcom-relay/relay.sock")
         XCTAssertEqual(relay, RelayConfiguration())
     }
 

@@ -17,6 +17,17 @@ score=$(systemd-analyze security --offline=yes "$unit_dir/midcomd.service" 2>&1 
 step "exposure score $score"
 $PY -c "import sys; sys.exit(0 if float('$score') <= 2.0 else 1)" || fail "exposure $score is above 2.0"
 
+step "midrelayd.service: verify, no capability, exposure at most 2.0"
+sed "s|/usr/local/sbin/|$BIN/|g" "$ROOT/systemd/midrelayd.service" >"$unit_dir/midrelayd.service"
+out=$(systemd-analyze verify "$unit_dir/midrelayd.service" 2>&1) || fail "systemd-analyze verify midrelayd: $out"
+expect_eq "$out" "" "systemd-analyze verify output (midrelayd)"
+expect_match "$(cat "$unit_dir/midrelayd.service")" "^CapabilityBoundingSet=$" "midrelayd holds no capability"
+expect_match "$(cat "$unit_dir/midrelayd.service")" "^LoadCredential=relay.key:/var/lib/midcom/relay.key$" "the relay key is handed over as a credential"
+relay_score=$(systemd-analyze security --offline=yes "$unit_dir/midrelayd.service" 2>&1 | sed -n 's/.*Overall exposure level for midrelayd.service: \([0-9.]*\).*/\1/p')
+[ -n "$relay_score" ] || fail "no exposure score for midrelayd.service"
+step "midrelayd exposure score $relay_score"
+$PY -c "import sys; sys.exit(0 if float('$relay_score') <= 2.0 else 1)" || fail "midrelayd exposure $relay_score is above 2.0"
+
 step "sd_notify: READY=1, WATCHDOG=1 from the packet loop, STOPPING=1"
 lab_ns gw
 in_ns gw nft -f "$ROOT/nft-rules/midcom.nft"

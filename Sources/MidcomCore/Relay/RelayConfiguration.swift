@@ -61,7 +61,7 @@ public struct RelayConfiguration: Sendable, Equatable {
     /// Octets of each splice pipe (F_SETPIPE_SZ; the kernel's pipe-max-size is 1 MiB).
     public var pipeSize = 262_144
     /// midrelayd's control socket (`midctl sessions --relayed`, `status`).
-    public var controlSocket = "/run/midcom/relay.sock"
+    public var controlSocket = "/run/midcom-relay/relay.sock"
 
     public init() {}
 
