@@ -8,12 +8,28 @@ import CSPWire
 import Synchronization
 import SystemSupport
 
-/// Errors of an end of a relayed session that the application sees (`csp connect` prints them).
+/// Errors of an end of a relayed session that the application sees (`csp connect` prints them
+/// and exits with the kind's status).
 public struct SessionEndError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable, Equatable {
+        /// A relay or the responder refused (REFUSE: `refusal` says who and why).
+        case refused
+        /// The relay's or the responder's key is not the one expected.
+        case keyMismatch
+        /// The session failed closed (a record that does not decrypt, a bad resume point, an ABORT).
+        case integrity
+        /// The chain could not be rebuilt within the resume timeout.
+        case resumeTimedOut
+        /// The first hop could not be opened (connect, handshake).
+        case unreachable
+    }
+
+    public var kind: Kind
     public var description: String
     /// The hop layer's refusal, when a middlebox or the responder refused.
     public var refusal: HopRefuse?
-    public init(_ description: String, refusal: HopRefuse? = nil) {
+    public init(_ kind: Kind, _ description: String, refusal: HopRefuse? = nil) {
+        self.kind = kind
         self.description = description
         self.refusal = refusal
     }
@@ -23,12 +39,12 @@ public struct SessionEndError: Error, CustomStringConvertible, Sendable {
 /// octet of the stream that follows is read here.
 public func readHopFrame(from socket: TCPSocket, deadline: ContinuousClock.Instant) throws -> HopFrame {
     guard let header = try socket.readExactly(HopFrameHeader.length, deadline: deadline) else {
-        throw SessionEndError("the hop closed during its handshake")
+        throw SessionEndError(.unreachable, "the hop closed during its handshake")
     }
     let parsed = try header.withUnsafeBytes { buffer throws(SessionWireError) in try HopFrameHeader.parse(buffer) }
-    guard case .complete(let head, _) = parsed else { throw SessionEndError("short hop frame header") }
+    guard case .complete(let head, _) = parsed else { throw SessionEndError(.unreachable, "short hop frame header") }
     guard let body = try socket.readExactly(head.bodyLength, deadline: deadline) else {
-        throw SessionEndError("the hop closed during its handshake")
+        throw SessionEndError(.unreachable, "the hop closed during its handshake")
     }
     return HopFrame(kind: head.kind, body: body)
 }
@@ -85,8 +101,11 @@ public final class SessionInitiator {
 
     /// Opens the session and moves `input` → session → `output` until both directions closed.
     /// Throws when the session fails (integrity, refusal, resume timeout).
-    public func run(input: Int32?, output: Int32) throws {
-        var (hop, sealer) = try openHop(resume: false)
+    public func run(input: Int32?, output: Int32) throws(SessionEndError) {
+        var (hop, sealer): (TCPSocket, HopSealer?)
+        do { (hop, sealer) = try openHop(resume: false) } catch let error as SessionEndError { throw error } catch HopHandshakeError.identity(let why) {
+            throw SessionEndError(.keyMismatch, "the relay's key: \(why)")
+        } catch { throw SessionEndError(.unreachable, "\(firstHop.endpoint): \(error)") }
         var pumpInput = SessionStreamPump.Input(descriptor: input)
         var outputClosed = false
         while true {
@@ -98,7 +117,7 @@ public final class SessionInitiator {
                 return
             case .failed:
                 hop.closeAfterDraining()
-                throw SessionEndError("session failed: \(session.failure.map { "\($0)" } ?? "unknown")")
+                throw SessionEndError(.integrity, "session failed: \(session.failure.map { "\($0)" } ?? "unknown")")
             case .hopBroke(let why):
                 hop.abort()
                 log("hop 1 broke: \(why)")
@@ -107,7 +126,7 @@ public final class SessionInitiator {
         }
     }
 
-    private func resume() throws -> (TCPSocket, HopSealer?) {
+    private func resume() throws(SessionEndError) -> (TCPSocket, HopSealer?) {
         let started = ContinuousClock.now
         var wait: Duration = .zero
         while ContinuousClock.now - started < resumeTimeout {
@@ -118,13 +137,13 @@ public final class SessionInitiator {
                 resumptions += 1
                 log("resumed (attempt \(resumptions))")
                 return hop
-            } catch let error as SessionEndError where error.refusal != nil {
-                throw error  // a refusal is an answer: the session is gone there
+            } catch let error as SessionEndError where error.kind != .unreachable {
+                throw error  // a refusal or a failure is an answer: the session is gone there
             } catch {
                 log("resume: \(error)")
             }
         }
-        throw SessionEndError("the session could not be resumed within \(resumeTimeout)")
+        throw SessionEndError(.resumeTimedOut, "the session could not be resumed within \(resumeTimeout)")
     }
 
     /// Connects hop 1 and runs its handshake; on a resume, the end-to-end resume blobs too.
@@ -158,19 +177,19 @@ public final class SessionInitiator {
         do {
             accept = try handshake.answer(try readHopFrame(from: socket, deadline: deadline))
         } catch HopHandshakeError.refused(let refuse) {
-            throw SessionEndError("refused by \(firstHop.isRelay ? "the relay chain" : "the responder"): \(refuse.result)\(refuse.reason.map { ": \($0.text)" } ?? "")", refusal: refuse)
+            throw SessionEndError(.refused, "refused by \(firstHop.isRelay ? "the relay chain" : "the responder"): \(refuse.result)\(refuse.reason.map { ": \($0.text)" } ?? "")", refusal: refuse)
         }
         chain = accept.chain
         if resume {
-            guard accept.endToEnd.kind == .resumeBlob else { throw SessionEndError("the resumed hop's answer carries no resume blob") }
+            guard accept.endToEnd.kind == .resumeBlob else { throw SessionEndError(.integrity, "the resumed hop's answer carries no resume blob") }
             let peerNext = try session.readResumeAnswer(accept.endToEnd.data)
             try session.resume(peerNextExpected: peerNext, now: .now)
         } else {
-            guard accept.endToEnd.kind == .handshake2 else { throw SessionEndError("the answer carries no end-to-end handshake") }
+            guard accept.endToEnd.kind == .handshake2 else { throw SessionEndError(.integrity, "the answer carries no end-to-end handshake") }
             let key = try session.finish(secondMessage: accept.endToEnd.data, now: .now)
             if let responderKey, key != responderKey {
                 session.abort(code: 1, text: "unexpected responder key", now: .now)
-                throw SessionEndError("the responder's key is \(key.text), not the expected \(responderKey.text)")
+                throw SessionEndError(.keyMismatch, "the responder's key is \(key.text), not the expected \(responderKey.text)")
             }
             log("responder \(key.text)")
         }
@@ -318,6 +337,11 @@ final class ServedSession: @unchecked Sendable {
                 hop.close()
                 if attached, !outputClosed { _ = close(output) }
                 if let fd = input.descriptor { _ = close(fd) }
+                return
+            case .hopBroke(let why) where !attached:
+                // Broken before message 3: no keys were agreed, nothing can resume it.
+                log("session \(hex(sessionID)): hop broke during the handshake: \(why)")
+                hop.close()
                 return
             case .hopBroke(let why):
                 log("session \(hex(sessionID)): hop broke: \(why)")

@@ -60,7 +60,10 @@ public enum SessionStreamPump {
             for message in session.takeMessages() where !outputClosed { writeAll(output, message) }
             if session.peerClosed, !outputClosed {
                 outputClosed = true
-                _ = close(output)  // the application reads end of file: the peer's clean CLOSE
+                // The application reads end of file: the peer's clean CLOSE. A socket (csp serve
+                // --forward) gets a FIN even if another descriptor still refers to it.
+                _ = shutdown(output, Int32(SHUT_WR))
+                _ = close(output)
             }
             // Send what is queued (sealed for the hop first, when it is a sealed hop).
             if sealer != nil, !session.output.isEmpty {

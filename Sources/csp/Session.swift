@@ -29,8 +29,10 @@ extension CSPCommand {
             discussion: """
                 The session survives its transport connection: when the connection breaks, csp \
                 reconnects and resumes, and the stream stays complete and in order. Exit status: 0 \
-                both directions closed cleanly, 1 refused, 6 the responder's key is not the \
-                expected one, 7 the session failed (integrity, resume timeout).
+                both directions closed cleanly, 1 refused (by a middlebox, a relay or the \
+                responder: the reason is printed), 3 the first hop could not be opened, 5 the \
+                relay's or the responder's key is not the expected one, 6 the session failed \
+                closed (integrity), 7 it could not be resumed in time.
                 """)
 
         @Argument(help: "The responder: address:port.") var target: String
@@ -76,13 +78,15 @@ extension CSPCommand {
             do {
                 try initiator.run(input: STDIN_FILENO, output: STDOUT_FILENO)
                 if verbose { FileHandle.standardError.write(Data("csp: session \(hex(sessionID)) closed, \(initiator.resumptions) resumption(s)\n".utf8)) }
-            } catch let error as SessionEndError {
-                FileHandle.standardError.write(Data("csp: \(error)\n".utf8))
-                if error.refusal != nil { throw ExitCode(1) }
-                throw ExitCode(error.description.contains("not the expected") ? 6 : 7)
             } catch {
                 FileHandle.standardError.write(Data("csp: \(error)\n".utf8))
-                throw ExitCode(7)
+                switch error.kind {
+                case .refused: throw ExitCode(1)
+                case .unreachable: throw ExitCode(3)
+                case .keyMismatch: throw ExitCode(5)
+                case .integrity: throw ExitCode(6)
+                case .resumeTimedOut: throw ExitCode(7)
+                }
             }
         }
     }
@@ -166,6 +170,8 @@ extension CSPCommand {
         @Option(help: "Accept only initiators with this key (csp-ed25519 <hex>; repeatable; default: any).")
         var allow: [String] = []
         @Option(help: "Run this command (via /bin/sh -c) for each session.") var exec: String?
+        @Option(help: "Connect each session to this plain TCP service (address:port): any server becomes reachable end to end.")
+        var forward: String?
         @Flag(name: .shortAndLong, help: "Report sessions, hop breaks and resumptions on stderr.") var verbose = false
         @OptionGroup var common: Common
 
@@ -186,7 +192,15 @@ extension CSPCommand {
             responder.log = { line in if verbose { FileHandle.standardError.write(Data("csp: \(line)\n".utf8)) } }
             FileHandle.standardError.write(
                 Data("listening on \(listener.localEndpoint.map { "\($0)" } ?? "?") key \(identity.ed25519PublicKey.text)\n".utf8))
-            if let command = exec {
+            if let forward {
+                let service = try parseEndpoint(forward)
+                responder.serve(once: false) { sessionID, key, from in
+                    if verbose { FileHandle.standardError.write(Data("csp: session \(hex(sessionID)) from \(key.text) via \(from.map { "\($0)" } ?? "?") to \(service)\n".utf8)) }
+                    guard let socket = try? TCPSocket.connect(to: service, timeout: .seconds(5)) else { return nil }
+                    let fd = socket.release()
+                    return SessionResponder.Application(input: fd, output: dup(fd)) { _ in _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+                }
+            } else if let command = exec {
                 responder.serve(once: false) { sessionID, key, from in
                     if verbose { FileHandle.standardError.write(Data("csp: session \(hex(sessionID)) from \(key.text) via \(from.map { "\($0)" } ?? "?")\n".utf8)) }
                     return spawnShell(command, verbose: verbose)

@@ -98,7 +98,7 @@ table ip hostile {
 }
 NFT
 connect flipped.log
-expect_eq "$CONNECT_RC" 7 "csp connect exit status: the session failed"
+expect_eq "$CONNECT_RC" 6 "csp connect exit status: the session failed closed"
 expect_match "$(cat "$LAB_DIR/flipped.log")" "aborted by the peer \(code 1\): integrity failure" "the server's ABORT names the integrity failure"
 expect_no_match "$(cat "$LAB_DIR/flipped.log")" "resumed" "a failed session is never resumed"
 wait_for_match "$LAB_DIR/flip.log" "flipped True" 5

@@ -101,6 +101,26 @@ captured=$(stat -c %s "$LAB_DIR/relay.pcapng")
 expect_eq "$(grep -ac "MIDCOM-PLAINTEXT-MARKER" "$LAB_DIR/relay.pcapng" || true)" 0 "plaintext markers on the relay's links"
 echo "      capture: $captured octets on both hops, no plaintext marker"
 
+step "a responder with another key than the pinned one: exit 5 (the session is not run)"
+set +e
+out=$(echo secret | in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/client.key" \
+  --peer-key "$("$BIN/csp" keygen --key "$LAB_DIR/client.key" --show)" 2>&1)
+rc=$?
+set -e
+indent <<<"$out"
+expect_eq "$rc" 5 "csp connect exit status for a substituted responder"
+expect_match "$out" "not the expected" "the key mismatch is named"
+
+step "csp serve --forward: an ordinary TCP echo server (flows.py) reached end to end through the relay"
+lab_serve server "$LAB_DIR/plain.log" $FLOWS tcp-serve 9100 --bind 127.0.0.1 --duration 60
+lab_bg server "$LAB_DIR/forward.log" "$BIN/csp" serve 9002 --address 10.200.2.2 --key "$LAB_DIR/server.key" --forward 127.0.0.1:9100 -v
+wait_for_match "$LAB_DIR/forward.log" "^listening on 10\.200\.2\.2:9002" 5
+head -c 300000 /dev/urandom >"$LAB_DIR/plain.bin"
+in_ns client "$BIN/csp" connect 10.200.2.2:9002 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" \
+  <"$LAB_DIR/plain.bin" >"$LAB_DIR/plain.out" 2>"$LAB_DIR/plain-connect.log" || fail "csp connect to --forward: $(cat "$LAB_DIR/plain-connect.log")"
+cmp -s "$LAB_DIR/plain.bin" "$LAB_DIR/plain.out" || fail "the plain server's echo differs from what was sent"
+wait_for_match "$LAB_DIR/plain.log" "conn from 127\.0\.0\.1:[0-9]+ bytes 300000" 5
+
 step "a hop killed mid-transfer (ss -K on the client's hop): the session resumes, 100 MB arrive intact"
 head -c 100000000 /dev/urandom >"$LAB_DIR/big.bin"
 big=$(sha256sum <"$LAB_DIR/big.bin" | cut -c1-64)
@@ -143,21 +163,24 @@ for _ in $(seq 1 50); do [ -s "$LAB_DIR/sink.sum" ] && break; sleep 0.1; done
 expect_eq "$(cat "$LAB_DIR/sink.sum")" "$big" "sha256 of the 100 MB the server read"
 
 step "limits: 3 sessions per key; the 4th is refused by the relay (REFUSE 128), passed to the host"
+"$BIN/csp" keygen --key "$LAB_DIR/limit.key" >/dev/null
+limit_key=$("$BIN/csp" keygen --key "$LAB_DIR/limit.key" --show)
+limit_prefix=${limit_key#csp-ed25519 }; limit_prefix=${limit_prefix:0:8}
 holders=()
 for i in 1 2 3; do
-  (sleep 20 | in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" \
+  (sleep 20 | in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/limit.key" --peer-key "$server_key" \
     >/dev/null 2>"$LAB_DIR/hold$i.log") &
   holders+=($!)
 done
-for i in 1 2 3; do wait_for_match "$LAB_DIR/midrelayd.log" "up \(10\.200\.1\.2" 5; done
-for _ in $(seq 1 50); do [ "$(grep -c "hop 1→2 up (10.200.1.2:[0-9]* → 10.200.2.2:9000)" "$LAB_DIR/midrelayd.log")" -ge 4 ] && break; sleep 0.1; done
+up_sessions() { "$BIN/midctl" sessions --relayed --relay-socket "$LAB_DIR/relay.sock" | grep " up " | grep -c "$limit_prefix" || true; }
+for _ in $(seq 1 100); do [ "$(up_sessions)" -ge 3 ] && break; sleep 0.1; done
 set +e
-out=$(echo hi | in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" 2>&1)
+out=$(echo hi | in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/limit.key" --peer-key "$server_key" 2>&1)
 rc=$?
 set -e
 indent <<<"$out"
 expect_eq "$rc" 1 "csp connect exit status for a refused session"
 expect_match "$out" "resources-exhausted: 3 relayed sessions for key" "the relay's reason reaches the host"
-expect_eq "$("$BIN/midctl" sessions --relayed --relay-socket "$LAB_DIR/relay.sock" | grep -c " up ")" 3 "three sessions up at the relay"
+expect_eq "$(up_sessions)" 3 "three sessions up at the relay"
 for pid in "${holders[@]}"; do kill "$pid" 2>/dev/null || true; done
 echo "relay-session: all checks passed"
