@@ -50,7 +50,8 @@ action = "relay"
 CONF
   )
   lab_midcomd $gw "$conf"
-  lab_bg $gw "$LAB_DIR/$gw-midrelayd.log" "$BIN/midrelayd" --listen "$listen:7228" --relay-key "$LAB_DIR/$gw-state/relay.key" -v
+  lab_bg $gw "$LAB_DIR/$gw-midrelayd.log" "$BIN/midrelayd" --listen "$listen:7228" --relay-key "$LAB_DIR/$gw-state/relay.key" \
+    --control-socket "$LAB_DIR/$gw-relay.sock" -v
   wait_for_match "$LAB_DIR/$gw-midrelayd.log" "relaying on $listen:7228" 5
 done
 lab_bg server "$LAB_DIR/echo.log" "$BIN/csp" serve 9000 --address 203.0.113.2 --key "$LAB_DIR/server.key" --exec cat -v
