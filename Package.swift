@@ -97,7 +97,7 @@ let package = Package(
         .testTarget(name: "CSPWireTests", dependencies: ["CSPWire", "CSPTrust"], resources: [.copy("Vectors")]),
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore", "CSPTrust"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
-        .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire"]),
+        .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire", "CSPTrust", "CSPSession", "TestSupport"]),
         .testTarget(name: "CSPTrustTests", dependencies: ["CSPTrust", "CSPWire"], resources: [.copy("Vectors")]),
         .testTarget(name: "CSPSessionTests", dependencies: ["CSPSession", "CSPTrust", "CSPWire"]),
         .testTarget(name: "MidcomRelayTests", dependencies: ["MidcomRelay", "CSPSession", "CSPTrust", "CSPWire"]),

@@ -1,0 +1,84 @@
+import CSPHost
+import CSPSession
+import CSPTrust
+import CSPWire
+import Foundation
+import Glibc
+import Synchronization
+import TestSupport
+import XCTest
+
+/// SessionStream against a SessionResponder on loopback: the Swift API of relayed sessions, one
+/// hop (no relay), real TCP, real Noise.
+final class SessionStreamTests: XCTestCase {
+    let serverKey = SigningKey(seed: [UInt8](repeating: 7, count: 32))!
+    let clientKey = SigningKey(seed: [UInt8](repeating: 8, count: 32))!
+
+    /// A responder on 127.0.0.1 whose application echoes every octet (a thread per session).
+    private func echoResponder() throws -> (SessionResponder, CSPEndpoint, stop: () -> Void) {
+        try Host.loopbackUp()
+        let listener = try TCPSocket.listen(on: CSPEndpoint(address: IPAddress(ipv4: 0x7F00_0001), port: 0))
+        let endpoint = try XCTUnwrap(listener.localEndpoint)
+        let responder = SessionResponder(identity: SessionIdentity(signingKey: serverKey), listener: listener, allowedInitiators: nil)
+        let stopped = Atomic<Bool>(false)
+        Thread.detachNewThread {
+            responder.serve(once: false, attach: { _, _, _ in
+                var ends: [Int32] = [-1, -1]
+                guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0 else { return nil }
+                let echo = ends[1]
+                Thread.detachNewThread {
+                    var buffer = [UInt8](repeating: 0, count: 65536)
+                    while true {
+                        let got = buffer.withUnsafeMutableBytes { read(echo, $0.baseAddress, $0.count) }
+                        if got <= 0 { break }
+                        var sent = 0
+                        while sent < got {
+                            let n = buffer.withUnsafeBytes { write(echo, $0.baseAddress! + sent, got - sent) }
+                            if n <= 0 { break }
+                            sent += n
+                        }
+                    }
+                    shutdown(echo, Int32(SHUT_WR))
+                }
+                return SessionResponder.Application(input: ends[0], output: dup(ends[0]))
+            }, shouldStop: { stopped.load(ordering: .relaxed) })
+        }
+        return (responder, endpoint, { stopped.store(true, ordering: .relaxed) })
+    }
+
+    func testAStreamCarriesOctetsBothWaysAndEndsCleanly() throws {
+        guard Host.requireRoot() else { return }
+        let (_, endpoint, stop) = try echoResponder()
+        defer { stop() }
+        let initiator = SessionInitiator(
+            identity: SessionIdentity(signingKey: clientKey), sessionID: 0x5e55_1011, target: TargetEndpoint(endpoint: endpoint),
+            firstHop: FirstHop(endpoint: endpoint), responderKey: serverKey.publicKey)
+        let stream = try SessionStream.open(initiator)
+        let payload = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let writer = Thread { try? stream.write(payload); stream.closeWrite() }
+        writer.start()
+        var echoed: [UInt8] = []
+        while true {
+            let chunk = try stream.read()
+            if chunk.isEmpty { break }
+            echoed += chunk
+        }
+        XCTAssertEqual(echoed.count, payload.count)
+        XCTAssertTrue(echoed == payload, "the echo is what was written, in order")
+        XCTAssertNoThrow(try stream.finish(timeout: .seconds(10)))
+    }
+
+    func testAnotherResponderKeyEndsTheStreamWithAKeyMismatch() throws {
+        guard Host.requireRoot() else { return }
+        let (_, endpoint, stop) = try echoResponder()
+        defer { stop() }
+        let initiator = SessionInitiator(
+            identity: SessionIdentity(signingKey: clientKey), sessionID: 0x5e55_1012, target: TargetEndpoint(endpoint: endpoint),
+            firstHop: FirstHop(endpoint: endpoint), responderKey: clientKey.publicKey)
+        let stream = try SessionStream.open(initiator)
+        XCTAssertEqual(try stream.read(), [], "nothing is delivered")
+        XCTAssertThrowsError(try stream.finish(timeout: .seconds(10))) { error in
+            XCTAssertEqual((error as? SessionEndError)?.kind, .keyMismatch)
+        }
+    }
+}
