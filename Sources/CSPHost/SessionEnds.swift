@@ -69,7 +69,11 @@ public struct FirstHop: Sendable {
 public final class SessionInitiator {
     public let sessionID: UInt64
     public let target: TargetEndpoint
-    public let firstHop: FirstHop
+    public private(set) var firstHop: FirstHop
+    /// Asks the middleboxes again for the first hop (a new SETUP, a new offer): called when a relay
+    /// answers a resume with unknown-session — it forgot the session (restart, grace over) and
+    /// needs a new token; the end-to-end session resumes through the new offer (PROTOCOL.md 14.7).
+    public var reoffer: (() throws -> FirstHop)?
     public let protection: HopProtection
     /// Accept only this responder key (nil: any, the caller said so).
     public let responderKey: PublicKey?
@@ -137,6 +141,15 @@ public final class SessionInitiator {
                 resumptions += 1
                 log("resumed (attempt \(resumptions))")
                 return hop
+            } catch let error as SessionEndError where error.refusal?.result == .unknownSession && firstHop.isRelay && reoffer != nil {
+                // The relay forgot the session: signal again for a new offer, and resume through it.
+                do {
+                    firstHop = try reoffer!()
+                    log("the relay forgot the session: new offer from \(firstHop.endpoint)")
+                    wait = .zero
+                } catch {
+                    log("signaling again: \(error)")
+                }
             } catch let error as SessionEndError where error.kind != .unreachable {
                 throw error  // a refusal or a failure is an answer: the session is gone there
             } catch {

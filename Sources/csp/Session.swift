@@ -75,6 +75,15 @@ extension CSPCommand {
             let verbose = verbose
             initiator.log = { line in if verbose { FileHandle.standardError.write(Data("csp: \(line)\n".utf8)) } }
             initiator.firstSocket = boundSource
+            if signal, let key = try common.signingKey() {
+                // A relay that forgot the session needs a new offer: the same SETUP again, next sequence.
+                let connect = self
+                var sequence: UInt32 = 1
+                initiator.reoffer = {
+                    sequence += 1
+                    return try connect.signalFlow(sessionID: sessionID, target: target, key: key, sequence: sequence).0
+                }
+            }
             do {
                 try initiator.run(input: STDIN_FILENO, output: STDOUT_FILENO)
                 if verbose { FileHandle.standardError.write(Data("csp: session \(hex(sessionID)) closed, \(initiator.resumptions) resumption(s)\n".utf8)) }
@@ -96,7 +105,7 @@ extension CSPCommand.Connect {
     /// SETUP for the flow this session would be (FLOW = tcp source:port → target) with allow-relay
     /// (PROTOCOL.md 14.2): an ACCEPT, or silence, means connect straight from that source port; a
     /// RELAY names the relay, its token and its key; a REJECT ends here (exit 1).
-    func signalFlow(sessionID: UInt64, target: CSPEndpoint, key: SigningKey) throws -> (FirstHop, TCPSocket?) {
+    func signalFlow(sessionID: UInt64, target: CSPEndpoint, key: SigningKey, sequence: UInt32 = 1) throws -> (FirstHop, TCPSocket?) {
         let local = try UDPSocket.sourceAddress(toward: target)
         let source = try TCPSocket.bound(to: CSPEndpoint(address: local, port: 0))
         guard let sourcePort = source.localEndpoint?.port else { throw ValidationError("cannot bind a local TCP port") }
@@ -106,7 +115,7 @@ extension CSPCommand.Connect {
         // The responder is a `csp serve`, which answers hops, not CSP datagrams: the middleboxes
         // on the path answer for it (6.9).
         let request = try CSPMessage(
-            type: .setup, flags: [.recordRoute, .legacyResponder], sessionID: sessionID, nonce: secureRandomUInt64(), sequence: 1,
+            type: .setup, flags: [.recordRoute, .legacyResponder], sessionID: sessionID, nonce: secureRandomUInt64(), sequence: sequence,
             tlvs: [.flow(flow), .lifetime(300), .requestedAction(action)]
         ).signed(by: key, timestamp: wallClockSeconds())
         let socket = try UDPSocket(family: target.address.family, address: local)

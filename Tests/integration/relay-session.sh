@@ -27,6 +27,7 @@ unsignaled = "drop"
 [relay]
 enabled = true
 listen = ["10.200.1.1:7228"]
+token-lifetime = 5
 
 [[rule]]
 name = "server-net-through-the-relay"
@@ -40,8 +41,12 @@ relay_key="$LAB_DIR/gw-state/relay.key"
 [ -f "$relay_key" ] || fail "midcomd made no relay key in its state directory"
 expect_eq "$(stat -c %a "$relay_key")" 600 "relay key mode"
 # midrelayd reads midcomd's configuration ([relay] listen); the limit is lowered for the last step.
-lab_bg gw "$LAB_DIR/midrelayd.log" "$BIN/midrelayd" --config "$conf" --relay-key "$relay_key" \
-  --control-socket "$LAB_DIR/relay.sock" --sessions-per-key 3 -v
+start_relay() {
+  lab_bg gw "$LAB_DIR/midrelayd.log" "$BIN/midrelayd" --config "$conf" --relay-key "$relay_key" \
+    --control-socket "$LAB_DIR/relay.sock" --sessions-per-key 3 -v
+  RELAY_PID=$LAB_LAST_PID
+}
+start_relay
 wait_for_match "$LAB_DIR/midrelayd.log" "relaying on 10\.200\.1\.1:7228" 5
 lab_bg server "$LAB_DIR/echo.log" "$BIN/csp" serve 9000 --address 10.200.2.2 --key "$LAB_DIR/server.key" --exec cat -v
 wait_for_match "$LAB_DIR/echo.log" "^listening on 10\.200\.2\.2:9000" 5
@@ -159,6 +164,29 @@ wait "$transfer" || true
 indent <"$LAB_DIR/resume2.log"
 expect_eq "$(cat "$LAB_DIR/resume2.rc")" 0 "csp connect exit status"
 expect_match "$(cat "$LAB_DIR/resume2.log")" "resumed" "the client resumed"
+for _ in $(seq 1 50); do [ -s "$LAB_DIR/sink.sum" ] && break; sleep 0.1; done
+expect_eq "$(cat "$LAB_DIR/sink.sum")" "$big" "sha256 of the 100 MB the server read"
+
+step "midrelayd killed mid-transfer and restarted after the offer expired: a new offer, the session resumes, 100 MB intact"
+rm -f "$LAB_DIR/sink.sum"
+(
+  set +e
+  { head -c 40000000 "$LAB_DIR/big.bin"; sleep 10; tail -c +40000001 "$LAB_DIR/big.bin"; } |
+    in_ns client "$BIN/csp" connect 10.200.2.2:9001 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" -v \
+      >/dev/null 2>"$LAB_DIR/restart.log"
+  echo $? >"$LAB_DIR/restart.rc"
+) &
+transfer=$!
+sleep 1.5
+kill -9 "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
+sleep 6  # the relay's state is gone and the token (5 s) has expired
+start_relay
+wait_for_match "$LAB_DIR/midrelayd.log" "relaying on 10\.200\.1\.1:7228" 5
+wait "$transfer" || true
+indent <"$LAB_DIR/restart.log"
+expect_eq "$(cat "$LAB_DIR/restart.rc")" 0 "csp connect exit status"
+expect_match "$(cat "$LAB_DIR/restart.log")" "the relay forgot the session: new offer" "the client signaled again"
+expect_match "$(cat "$LAB_DIR/restart.log")" "resumed" "the client resumed"
 for _ in $(seq 1 50); do [ -s "$LAB_DIR/sink.sum" ] && break; sleep 0.1; done
 expect_eq "$(cat "$LAB_DIR/sink.sum")" "$big" "sha256 of the 100 MB the server read"
 
