@@ -55,10 +55,13 @@ public struct FirstHop: Sendable {
     public var endpoint: CSPEndpoint
     public var relayKey: PublicKey?
     public var relayToken: [UInt8]?
-    public init(endpoint: CSPEndpoint, relayKey: PublicKey? = nil, relayToken: [UInt8]? = nil) {
+    /// The offer said the relay ends the end-to-end layer (RELAY-ENDPOINT mode terminating).
+    public var terminating: Bool
+    public init(endpoint: CSPEndpoint, relayKey: PublicKey? = nil, relayToken: [UInt8]? = nil, terminating: Bool = false) {
         self.endpoint = endpoint
         self.relayKey = relayKey
         self.relayToken = relayToken
+        self.terminating = terminating
     }
     public var isRelay: Bool { relayToken != nil }
 }
@@ -75,8 +78,11 @@ public final class SessionInitiator {
     /// needs a new token; the end-to-end session resumes through the new offer (PROTOCOL.md 14.7).
     public var reoffer: (() throws -> FirstHop)?
     public let protection: HopProtection
-    /// Accept only this responder key (nil: any, the caller said so).
-    public let responderKey: PublicKey?
+    /// Accept only this responder key (nil: any, the caller said so). For a terminating relay
+    /// (PROTOCOL.md 14.9) it is the relay's own key: the relay answers as the responder.
+    public var responderKey: PublicKey?
+    /// The host agreed that a relay may end the end-to-end layer (HOP flag allow-terminating).
+    public var allowTerminating = false
     public var resumeTimeout: Duration = .seconds(60)
     public var handshakeTimeout: Duration = .seconds(10)
     /// What happened, for `-v` and the tests ("hop 1 broke: …", "resumed (epoch 1)").
@@ -180,6 +186,7 @@ public final class SessionInitiator {
         }
         var flags: HopFlags = resume ? [.resume] : []
         if !firstHop.isRelay { flags.insert(.last) }
+        if allowTerminating { flags.insert(.allowTerminating) }
         let open = HopOpen(
             hop: HopDescriptor(sessionID: sessionID, hopIndex: 1, flags: flags, protection: protection), target: target,
             relayToken: firstHop.relayToken, endToEnd: part)

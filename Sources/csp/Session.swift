@@ -46,11 +46,15 @@ extension CSPCommand {
         @Flag(help: "Signal the flow first (SETUP, signed with --key, allowing a relay): middleboxes may admit it, refuse it or offer a relay.")
         var signal = false
         @Flag(help: "With --signal: ask to be relayed even where policy would admit the flow.") var wantRelay = false
+        @Flag(help: "With --signal: accept a relay that ends the end-to-end layer and reads the stream (for targets without the session layer); the relay's key is then the responder's.")
+        var allowTerminating = false
         @Flag(name: .shortAndLong, help: "Report hop breaks and resumptions on stderr.") var verbose = false
         @OptionGroup var common: Common
 
         mutating func validate() throws {
-            if peerKey == nil, !anyPeer { throw ValidationError("name the responder's key (--peer-key) or accept any (--any-peer)") }
+            if peerKey == nil, !anyPeer, !allowTerminating {
+                throw ValidationError("name the responder's key (--peer-key) or accept any (--any-peer)")
+            }
             if !["clear", "sealed"].contains(protection) { throw ValidationError("--protection is clear or sealed") }
         }
 
@@ -75,6 +79,12 @@ extension CSPCommand {
             let verbose = verbose
             initiator.log = { line in if verbose { FileHandle.standardError.write(Data("csp: \(line)\n".utf8)) } }
             initiator.firstSocket = boundSource
+            initiator.allowTerminating = allowTerminating
+            if firstHop.terminating {
+                initiator.responderKey = firstHop.relayKey
+            } else if peerKey == nil, !anyPeer {
+                throw ValidationError("no terminating relay answers for \(target): name the responder's key (--peer-key) or accept any (--any-peer)")
+            }
             if signal, let key = try common.signingKey() {
                 // A relay that forgot the session needs a new offer: the same SETUP again, next sequence.
                 let connect = self
@@ -112,6 +122,7 @@ extension CSPCommand.Connect {
         let flow = FlowTuple(proto: .tcp, source: local, sourcePort: sourcePort, destination: target.address, destinationPort: target.port)
         var action: CSPRequestedAction = [.admit, .allowRelay]
         if wantRelay { action.insert(.wantRelay) }
+        if allowTerminating { action.insert(.allowTerminating) }
         // The responder is a `csp serve`, which answers hops, not CSP datagrams: the middleboxes
         // on the path answer for it (6.9).
         let request = try CSPMessage(
@@ -152,7 +163,10 @@ extension CSPCommand.Connect {
             if verbose {
                 FileHandle.standardError.write(Data("csp: relayed by middlebox \(hex(record.middleboxID)) at \(endpoint.endpoint) (\(relayKey.text))\n".utf8))
             }
-            return (FirstHop(endpoint: endpoint.endpoint, relayKey: relayKey, relayToken: token), nil)
+            if endpoint.modes.contains(.terminating) {
+                FileHandle.standardError.write(Data("csp: the relay at \(endpoint.endpoint) ends the end-to-end layer: it reads this session (allowed by --allow-terminating)\n".utf8))
+            }
+            return (FirstHop(endpoint: endpoint.endpoint, relayKey: relayKey, relayToken: token, terminating: endpoint.modes.contains(.terminating)), nil)
         case .accept, .mapped:
             if verbose { FileHandle.standardError.write(Data("csp: admitted: connecting straight to \(target)\n".utf8)) }
             return (FirstHop(endpoint: target), source)

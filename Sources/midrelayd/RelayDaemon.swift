@@ -111,6 +111,7 @@ final class RelayDaemon: @unchecked Sendable {
         }
         let key = RelaySessionTable.Key(sessionID: open.hop.sessionID, hopIndex: open.hop.hopIndex)
         var session: RelayedSession
+        var terminating = false
         do {
             let now = ContinuousClock.now
             let resumed = open.hop.flags.contains(.resume) ? try table.withLock { t throws(RelaySessionTable.Refusal) in try t.resume(open: open, upstreamKey: upstreamKey, now: now) } : nil
@@ -119,7 +120,8 @@ final class RelayDaemon: @unchecked Sendable {
                 // The old hops, if the worker still has them, end now; the new ones replace them.
                 placement.withLock { $0[key] }?.abort(key)
             } else {
-                try checkToken(open: open, upstreamKey: upstreamKey, relayEndpoint: local)
+                let token = try checkToken(open: open, upstreamKey: upstreamKey, relayEndpoint: local)
+                terminating = token.modes & CSPRelayModes.terminating.rawValue != 0
                 session = try table.withLock { t throws(RelaySessionTable.Refusal) in
                     try t.admit(open: open, upstreamKey: upstreamKey, upstreamAddress: remote.address, now: now)
                 }
@@ -128,6 +130,13 @@ final class RelayDaemon: @unchecked Sendable {
             return refuse(error)
         }
 
+        if terminating {
+            guard open.hop.flags.contains(.allowTerminating) else {
+                table.withLock { $0.forget(key, generation: session.generation) }
+                return refuse(RelaySessionTable.Refusal(.terminatingRelayRequired, "this relay reads the sessions it carries: allow-terminating was not granted"))
+            }
+            return terminate(hop: hop, handshake: &handshake, open: open, key: key, session: session, local: local, remote: remote, refuse: refuse)
+        }
         // Hop k+1: signaled like any flow (PROTOCOL.md 14.3), then opened to the target or to the
         // next relay. The END-TO-END part and the protection travel unchanged; the relay never
         // reads the end-to-end layer.
@@ -202,7 +211,7 @@ final class RelayDaemon: @unchecked Sendable {
 
     /// A first open needs the token the offering middlebox minted for this session, hop, key and
     /// target, at this relay endpoint (PROTOCOL.md 14.2).
-    private func checkToken(open: HopOpen, upstreamKey: PublicKey, relayEndpoint: CSPEndpoint) throws(RelaySessionTable.Refusal) {
+    private func checkToken(open: HopOpen, upstreamKey: PublicKey, relayEndpoint: CSPEndpoint) throws(RelaySessionTable.Refusal) -> RelayToken {
         guard let token = open.relayToken else {
             throw RelaySessionTable.Refusal(.unknownSession, "no relay token and no such session here")
         }
@@ -210,7 +219,7 @@ final class RelayDaemon: @unchecked Sendable {
             sessionID: open.hop.sessionID, hopIndex: open.hop.hopIndex, upstreamKey: upstreamKey,
             targetProtocol: open.target.proto.rawValue, target: open.target.endpoint, relayEndpoint: relayEndpoint)
         do {
-            _ = try keys.tokenKey.check(token, for: binding, now: UInt64(Date().timeIntervalSince1970))
+            return try keys.tokenKey.check(token, for: binding, now: UInt64(Date().timeIntervalSince1970))
         } catch .expired {
             throw RelaySessionTable.Refusal(.unknownSession, "the relay token expired: signal again for a new offer")
         } catch {

@@ -28,6 +28,15 @@ unsignaled = "drop"
 enabled = true
 listen = ["10.200.1.1:7228"]
 token-lifetime = 5
+terminating = true
+
+[[rule]]
+name = "plain-service-read-by-the-relay"
+proto = "tcp"
+destination = "10.200.2.2/32"
+port = 9200
+action = "relay"
+relay-mode = "terminating"
 
 [[rule]]
 name = "server-net-through-the-relay"
@@ -125,6 +134,23 @@ in_ns client "$BIN/csp" connect 10.200.2.2:9002 --signal --key "$LAB_DIR/client.
   <"$LAB_DIR/plain.bin" >"$LAB_DIR/plain.out" 2>"$LAB_DIR/plain-connect.log" || fail "csp connect to --forward: $(cat "$LAB_DIR/plain-connect.log")"
 cmp -s "$LAB_DIR/plain.bin" "$LAB_DIR/plain.out" || fail "the plain server's echo differs from what was sent"
 wait_for_match "$LAB_DIR/plain.log" "conn from 127\.0\.0\.1:[0-9]+ bytes 300000" 5
+
+step "a terminating relay for a server without the session layer: REJECT 68 unless allowed, then the relay answers"
+lab_serve server "$LAB_DIR/plain9200.log" $FLOWS tcp-serve 9200 --bind 10.200.2.2 --duration 60
+set +e
+out=$(echo hi | in_ns client "$BIN/csp" connect 10.200.2.2:9200 --signal --key "$LAB_DIR/client.key" --any-peer 2>&1)
+rc=$?
+set -e
+indent <<<"$out"
+expect_eq "$rc" 1 "csp connect exit status without --allow-terminating"
+expect_match "$out" "terminating-relay-required" "REJECT 68"
+in_ns client "$BIN/csp" connect 10.200.2.2:9200 --signal --key "$LAB_DIR/client.key" --allow-terminating -v \
+  <"$LAB_DIR/plain.bin" >"$LAB_DIR/plain9200.out" 2>"$LAB_DIR/terminating.log" || fail "terminating: $(cat "$LAB_DIR/terminating.log")"
+indent <"$LAB_DIR/terminating.log"
+cmp -s "$LAB_DIR/plain.bin" "$LAB_DIR/plain9200.out" || fail "the plain server's echo through the terminating relay differs"
+expect_match "$(cat "$LAB_DIR/terminating.log")" "ends the end-to-end layer: it reads this session" "the host is told the relay reads it"
+wait_for_match "$LAB_DIR/plain9200.log" "conn from 10\.200\.2\.1:[0-9]+ bytes 300000" 5
+expect_match "$(cat "$LAB_DIR/midrelayd.log")" "terminated here → 10\.200\.2\.2:9200" "midrelayd ended the end-to-end layer"
 
 step "a hop killed mid-transfer (ss -K on the client's hop): the session resumes, 100 MB arrive intact"
 head -c 100000000 /dev/urandom >"$LAB_DIR/big.bin"
