@@ -8,8 +8,8 @@
 #
 # Usage: scripts/make-deb.sh [OUTPUT-DIR]     (default: dist; MIDCOM_LINTIAN=0 skips lintian)
 #
-#   /usr/sbin/midcomd, /usr/sbin/midctl, /usr/bin/csp        stripped, no libswift*, no RUNPATH
-#   /lib/systemd/system/midcomd.service                       the repo's unit, paths /usr/sbin
+#   /usr/sbin/midcomd, midctl, midrelayd, /usr/bin/csp        stripped, no libswift*, no RUNPATH
+#   /lib/systemd/system/midcomd.service, midrelayd.service    the repo's units, paths /usr/sbin
 #   /usr/share/midcom/midcom.nft                              the ruleset include (not a conffile)
 #   /etc/midcom/midcomd.conf                                  docs/examples/midcomd.conf (conffile)
 #   /usr/share/doc/midcom/                                    README.md, docs/, examples/, copyright
@@ -21,7 +21,7 @@ ROOT=$(pwd)
 SWIFT=${SWIFT:-swift}
 SCRATCH=.build-deb
 OUT=${1:-dist}
-PROGRAMS=(midcomd midctl csp)
+PROGRAMS=(midcomd midctl csp midrelayd)
 
 log() { echo "make-deb: $*"; }
 die() { echo "make-deb: ERROR: $*" >&2; exit 1; }
@@ -89,6 +89,9 @@ sed -e 's|/usr/local/sbin/|/usr/sbin/|g' \
     systemd/midcomd.service >"$stage/lib/systemd/system/midcomd.service"
 chmod 0644 "$stage/lib/systemd/system/midcomd.service"
 if grep -n '/usr/local' "$stage/lib/systemd/system/midcomd.service"; then die "the packaged unit still names /usr/local (above)"; fi
+sed -e 's|/usr/local/sbin/|/usr/sbin/|g' systemd/midrelayd.service >"$stage/lib/systemd/system/midrelayd.service"
+chmod 0644 "$stage/lib/systemd/system/midrelayd.service"
+if grep -n '/usr/local' "$stage/lib/systemd/system/midrelayd.service"; then die "the packaged relay unit still names /usr/local (above)"; fi
 
 # The ruleset include: replaced on upgrades, so it always has the revision the binaries check.
 # It is included from /etc/nftables.conf, not run: no "#!/usr/sbin/nft -f" line.
@@ -169,7 +172,7 @@ chmod 0644 "$stage"/usr/share/bash-completion/completions/* "$stage"/usr/share/z
 shlibdir="$ROOT/$SCRATCH/deb/shlibdeps"
 rm -rf "$shlibdir"; mkdir -p "$shlibdir/debian"
 printf 'Source: midcom\n\nPackage: midcom\nArchitecture: any\n' >"$shlibdir/debian/control"
-binaries=("$ROOT/$stage/usr/sbin/midcomd" "$ROOT/$stage/usr/sbin/midctl" "$ROOT/$stage/usr/bin/csp")
+binaries=("$ROOT/$stage/usr/sbin/midcomd" "$ROOT/$stage/usr/sbin/midctl" "$ROOT/$stage/usr/bin/csp" "$ROOT/$stage/usr/sbin/midrelayd")
 shlibs=$(cd "$shlibdir" && dpkg-shlibdeps -O "${binaries[@]}" 2>"$shlibdir/warnings") \
   || { cat "$shlibdir/warnings" >&2; die "dpkg-shlibdeps failed"; }
 shlibs=${shlibs#shlibs:Depends=}

@@ -64,13 +64,7 @@ public final class SessionStream: @unchecked Sendable {
 
     /// Writes all of `bytes`; waits while the session's send buffer is full.
     public func write(_ bytes: [UInt8]) throws(SystemCallError) {
-        var sent = 0
-        let fd = fileDescriptor
-        while sent < bytes.count {
-            sent += try systemCall("send") {
-                bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
-            }
-        }
+        try TCPSocket.sendAll(bytes, to: fileDescriptor)
     }
 
     /// No more octets from this program (the session sends CLOSE once all written ones are sealed).

@@ -115,8 +115,12 @@ public final class TCPSocket: @unchecked Sendable {
 
     /// Writes all of `bytes` (blocking; MSG_NOSIGNAL: a closed peer is an error, not SIGPIPE).
     public func writeAll(_ bytes: [UInt8]) throws(SystemCallError) {
+        try Self.sendAll(bytes, to: descriptor)
+    }
+
+    /// `send` until every octet went, on any stream socket (a session stream's socketpair too).
+    static func sendAll(_ bytes: [UInt8], to fd: Int32) throws(SystemCallError) {
         var sent = 0
-        let fd = descriptor
         while sent < bytes.count {
             sent += try systemCall("send") {
                 bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }

@@ -146,7 +146,7 @@ expect_eq "$(in_root dpkg-query -W -f '${Status}' midcom)" "install ok installed
 [ ! -e "$PKGROOT/etc/systemd/system/multi-user.target.wants/midcomd.service" ] || fail "installing enabled the service"
 
 step "the installed files"
-for f in /usr/sbin/midcomd /usr/sbin/midctl /usr/bin/csp /lib/systemd/system/midcomd.service /usr/share/midcom/midcom.nft \
+for f in /usr/sbin/midcomd /usr/sbin/midctl /usr/bin/csp /usr/sbin/midrelayd /lib/systemd/system/midcomd.service /lib/systemd/system/midrelayd.service /usr/share/midcom/midcom.nft \
   /etc/midcom/midcomd.conf /usr/share/doc/midcom/README.md /usr/share/doc/midcom/copyright \
   /usr/share/doc/midcom/examples/home-gateway.conf /usr/share/doc/midcom/examples/home-gateway.nft \
   /usr/share/bash-completion/completions/midctl /usr/share/zsh/vendor-completions/_csp /usr/share/fish/vendor_completions.d/midcomd.fish; do

@@ -152,69 +152,47 @@ expect_match "$(cat "$LAB_DIR/terminating.log")" "ends the end-to-end layer: it 
 wait_for_match "$LAB_DIR/plain9200.log" "conn from 10\.200\.2\.1:[0-9]+ bytes 300000" 5
 expect_match "$(cat "$LAB_DIR/midrelayd.log")" "terminated here → 10\.200\.2\.2:9200" "midrelayd ended the end-to-end layer"
 
-step "a hop killed mid-transfer (ss -K on the client's hop): the session resumes, 100 MB arrive intact"
 head -c 100000000 /dev/urandom >"$LAB_DIR/big.bin"
 big=$(sha256sum <"$LAB_DIR/big.bin" | cut -c1-64)
-rm -f "$LAB_DIR/sink.sum"
-(
-  set +e
-  { head -c 40000000 "$LAB_DIR/big.bin"; sleep 2; tail -c +40000001 "$LAB_DIR/big.bin"; } |
-    in_ns client "$BIN/csp" connect 10.200.2.2:9001 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" -v \
-      >/dev/null 2>"$LAB_DIR/resume.log"
-  echo $? >"$LAB_DIR/resume.rc"
-) &
-transfer=$!
-wait_for_match "$LAB_DIR/midrelayd.log" "hop 1→2 up \(10\.200\.1\.2:[0-9]+ → 10\.200\.2\.2:9001\)" 10
-sleep 1
-in_ns client ss -K dst 10.200.1.1 dport = 7228 >/dev/null 2>&1
-wait "$transfer" || true
-indent <"$LAB_DIR/resume.log"
-expect_eq "$(cat "$LAB_DIR/resume.rc")" 0 "csp connect exit status"
-expect_match "$(cat "$LAB_DIR/resume.log")" "resumed" "the client resumed"
-for _ in $(seq 1 50); do [ -s "$LAB_DIR/sink.sum" ] && break; sleep 0.1; done
-expect_eq "$(cat "$LAB_DIR/sink.sum")" "$big" "sha256 of the 100 MB the server read"
+# break_and_resume NAME GAP BREAK...: 100 MB to the sha256 sink with a GAP-second pause after
+# 40 MB, during which BREAK (a command) breaks something; then the client must have resumed, exited
+# 0, and the server's sha256 must be the sender's. The client's log is $LAB_DIR/NAME.log.
+break_and_resume() {
+  local name=$1 gap=$2 transfer; shift 2
+  rm -f "$LAB_DIR/sink.sum"
+  (
+    set +e
+    { head -c 40000000 "$LAB_DIR/big.bin"; sleep "$gap"; tail -c +40000001 "$LAB_DIR/big.bin"; } |
+      in_ns client "$BIN/csp" connect 10.200.2.2:9001 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" -v \
+        >/dev/null 2>"$LAB_DIR/$name.log"
+    echo $? >"$LAB_DIR/$name.rc"
+  ) &
+  transfer=$!
+  wait_for_match "$LAB_DIR/midrelayd.log" "hop 1→2 up \(10\.200\.1\.2:[0-9]+ → 10\.200\.2\.2:9001\)" 10
+  sleep 1
+  "$@"
+  wait "$transfer" || true
+  indent <"$LAB_DIR/$name.log"
+  expect_eq "$(cat "$LAB_DIR/$name.rc")" 0 "csp connect exit status"
+  expect_match "$(cat "$LAB_DIR/$name.log")" "resumed" "the client resumed"
+  for _ in $(seq 1 50); do [ -s "$LAB_DIR/sink.sum" ] && break; sleep 0.1; done
+  expect_eq "$(cat "$LAB_DIR/sink.sum")" "$big" "sha256 of the 100 MB the server read"
+}
+restart_relay() {
+  kill -9 "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
+  : >"$LAB_DIR/midrelayd.log"
+  sleep 6  # the relay's state is gone and the token (5 s) has expired
+  start_relay
+  wait_for_match "$LAB_DIR/midrelayd.log" "relaying on 10\.200\.1\.1:7228" 5
+}
 
+step "a hop killed mid-transfer (ss -K on the client's hop): the session resumes, 100 MB arrive intact"
+break_and_resume resume 2 in_ns client ss -K dst 10.200.1.1 dport = 7228
 step "the relay's hop to the server killed (ss -K in gw): resumed through a new hop 2"
-rm -f "$LAB_DIR/sink.sum"
-(
-  set +e
-  { head -c 40000000 "$LAB_DIR/big.bin"; sleep 2; tail -c +40000001 "$LAB_DIR/big.bin"; } |
-    in_ns client "$BIN/csp" connect 10.200.2.2:9001 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" -v \
-      >/dev/null 2>"$LAB_DIR/resume2.log"
-  echo $? >"$LAB_DIR/resume2.rc"
-) &
-transfer=$!
-sleep 1.5
-in_ns gw ss -K dst 10.200.2.2 dport = 9001 >/dev/null 2>&1
-wait "$transfer" || true
-indent <"$LAB_DIR/resume2.log"
-expect_eq "$(cat "$LAB_DIR/resume2.rc")" 0 "csp connect exit status"
-expect_match "$(cat "$LAB_DIR/resume2.log")" "resumed" "the client resumed"
-for _ in $(seq 1 50); do [ -s "$LAB_DIR/sink.sum" ] && break; sleep 0.1; done
-expect_eq "$(cat "$LAB_DIR/sink.sum")" "$big" "sha256 of the 100 MB the server read"
-
+break_and_resume resume2 2 in_ns gw ss -K dst 10.200.2.2 dport = 9001
 step "midrelayd killed mid-transfer and restarted after the offer expired: a new offer, the session resumes, 100 MB intact"
-rm -f "$LAB_DIR/sink.sum"
-(
-  set +e
-  { head -c 40000000 "$LAB_DIR/big.bin"; sleep 10; tail -c +40000001 "$LAB_DIR/big.bin"; } |
-    in_ns client "$BIN/csp" connect 10.200.2.2:9001 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" -v \
-      >/dev/null 2>"$LAB_DIR/restart.log"
-  echo $? >"$LAB_DIR/restart.rc"
-) &
-transfer=$!
-sleep 1.5
-kill -9 "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
-sleep 6  # the relay's state is gone and the token (5 s) has expired
-start_relay
-wait_for_match "$LAB_DIR/midrelayd.log" "relaying on 10\.200\.1\.1:7228" 5
-wait "$transfer" || true
-indent <"$LAB_DIR/restart.log"
-expect_eq "$(cat "$LAB_DIR/restart.rc")" 0 "csp connect exit status"
+break_and_resume restart 10 restart_relay
 expect_match "$(cat "$LAB_DIR/restart.log")" "the relay forgot the session: new offer" "the client signaled again"
-expect_match "$(cat "$LAB_DIR/restart.log")" "resumed" "the client resumed"
-for _ in $(seq 1 50); do [ -s "$LAB_DIR/sink.sum" ] && break; sleep 0.1; done
-expect_eq "$(cat "$LAB_DIR/sink.sum")" "$big" "sha256 of the 100 MB the server read"
 
 step "limits: 3 sessions per key; the 4th is refused by the relay (REFUSE 128), passed to the host"
 "$BIN/csp" keygen --key "$LAB_DIR/limit.key" >/dev/null
