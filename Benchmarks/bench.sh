@@ -4,10 +4,10 @@
 # (3 in quick mode), median and spread; see docs/PERFORMANCE.md for what each figure means.
 # Prints the table and writes Benchmarks/results/latest.json. Benchmarks, not tests: nothing here fails on a
 # number; the script fails only when a measurement could not be made.
-#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, 11, 12, 13, 14, shorter runs
+#   BENCH_QUICK=1       subset: figures 1 (64 B), 2, 3, 4, 6, 7 (≤ 100k), 10, 11, 12, 13, 14, 15, shorter runs
 #   BENCH_RUNS=N        runs per figure (default 5, quick 3)
 #   BENCH_FIG13_PORTS=N ports per natpmpc loop in figure 13 (default 300, quick 150)
-#   BENCH_FIGURES="1 3" only these figures (1–14; 10 = the cost of trust: signed ÷ unsigned setups/s with
+#   BENCH_FIGURES="1 3" only these figures (1–15; 10 = the cost of trust: signed ÷ unsigned setups/s with
 #                       challenge = never, CPU per Ed25519 verification, and a spoofed-source SETUP flood against
 #                       the default trust settings while an initiator that answers CHALLENGEs sets up sessions;
 #                       11 = mobility: signed REBINDs/s ÷ signed re-SETUPs/s of the same sessions, and the
@@ -17,7 +17,10 @@
 #                       13 = NAT-PMP mappings created+removed/s, midcomd ÷ miniupnpd, the same clients: Debian's
 #                       natpmpc, a process per request, and natpmpload; 14 = reader CPU per packet where the
 #                       kernel's share is small: 64 B UDP on loopback queued from OUTPUT and dropped at raw
-#                       prerouting, midcomd ÷ the tuned C loop ÷ nfqref batch)
+#                       prerouting, midcomd ÷ the tuned C loop ÷ nfqref batch; 15 = relayed sessions: csp's
+#                       end-to-end encrypted transfer relayed by midrelayd ÷ the same forwarded by the kernel,
+#                       relayed sessions/s, gateway CPU per GB, beside Debian's danted (SOCKS5) and coturn (TURN))
+#   BENCH_FIG15_CLIENTS=N figure 15: concurrent session clients (default 8)
 #   BENCH_FIG14_TUNE="name:nfqref options;…"   figure 14: extra C loop variants (how nfqref batch was tuned)
 #   BENCH_FIG14_CASES="none ctuned cbatch midcomd"  figure 14: the cases to run
 #   BENCH_FIG9_READER_CPUS, BENCH_FIG9_LOAD_CPUS, BENCH_FIG9_QUEUES, BENCH_FIG9_FLOWS, BENCH_FIG9_RATE
@@ -29,8 +32,8 @@ source "$(dirname "$0")/lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (namespaces, nftables, NFQUEUE): sudo make bench" >&2; exit 1; }
 QUICK=${BENCH_QUICK:-0}
-if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10 11 12 13 14"}
-else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10 11 12 13 14"}; fi
+if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10 11 12 13 14 15"}
+else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10 11 12 13 14 15"}; fi
 mkdir -p "$RESULTS" "$BIN"
 RAW="$RESULTS/raw.jsonl"
 : >"$RAW"
@@ -1271,6 +1274,264 @@ NFT
     done
     say "figure 14 run $run/$RUNS done"
   done
+}
+
+# MARK: figure 15 — relayed sessions (issue 15)
+# The lab of the other figures, with the gateway's work on READER_CPU and the ends' on LOAD_CPU: RPS on gw's two
+# veths sends everything gw receives to READER_CPU (kernel forwarding, or the relays' TCP receive), RPS on the
+# client's and the server's veth sends what they receive to LOAD_CPU. The relays (midrelayd, danted, turnserver)
+# and midcomd run on READER_CPU, every client and server program on LOAD_CPU; so READER_CPU does the gateway's
+# work and nothing else of the lab, whichever way the octets cross it.
+# gw runs, side by side for the whole figure: midcomd (release build, the shipped ruleset, `default = admit`,
+# `unsignaled = drop`, [relay] on 10.201.1.1:7228, a rule relaying TCP to 10.201.2.2 ports 9000–9099);
+# midrelayd (midcomd's relay.key, one worker, limits raised so that no bench session is refused); Debian's
+# danted (SOCKS5 on 10.201.1.1:1080, no authentication, CONNECT to the server's /24); Debian's turnserver (TURN
+# on 10.201.1.1:3478, long-term credentials, TCP relays from 10.201.2.1 to the server only, one relay thread).
+# Flows that are forwarded, not relayed, are admitted by admit4_anyport elements (as in figure 5): the kernel's
+# fast path; midcomd sees none of their packets.
+# a. Throughput, per run, cases interleaved, FIG15_SECS (2 × D) of sending each; rate = octets the sink got ÷
+#    its time from the first octet to the end (connection set-up and handshakes are not in it):
+#    csp-direct    `cat /dev/zero` for FIG15_SECS into `csp connect` (no signaling) → gw forwards →
+#                  `csp serve 9000 --exec "tcpxfer.py stdin-sink"`: the end-to-end session (Noise XX, records,
+#                  clear hop) forwarded by the kernel;
+#    csp-relayed   the same two programs with `csp connect --signal`: midcomd answers RELAY, hop 1 to midrelayd,
+#                  hop 2 to the server, spliced (the issue's target: ≥ 0.8 × csp-direct);
+#    iperf3        raw TCP forwarded: what the ends' encryption costs, for context;
+#    plain-direct  `tcpxfer.py send` → `tcpxfer.py sink` on 5001, forwarded: the anchors' reference;
+#    plain-dante   the same through danted (RFC 1928 CONNECT); plain-coturn: through an RFC 6062 TCP allocation
+#                  on turnserver (Allocate, CreatePermission, Connect, ConnectionBind);
+#    paced-direct, paced-dante, paced-coturn: the plain cases paced to this run's csp-relayed rate in 64 KiB
+#                  sends, so that every relay's CPU per GB is compared at the same rate and send size.
+#    Gateway CPU per GB = (Δ irq + softirq of READER_CPU + Δ the relay's user+system time, threads and child
+#    processes) ÷ GB the sink got; the relay's own share is recorded apart, and both CPUs' busy shares.
+# b. Sessions/s: FIG15_CLIENTS loops (sessions-loop.sh) side by side for FIG15_SECS, each opening one session
+#    after another: a line of text into `csp connect`, echoed by `csp serve --exec cat`, both directions
+#    closed. Cases: direct (no signaling, straight to the server), admitted (--signal: midcomd ACCEPTs, the
+#    flow goes straight to the server), relayed (--signal: RELAY, hop 1 to midrelayd, hop 2 to the server;
+#    nothing on hop 2's path speaks CSP, so midrelayd's own SETUP for it waits for silence), relayed-answered
+#    (the same while `cspload respond` on the server answers that SETUP at once). Also p50/p99 of a session's
+#    wall time, midcomd + midrelayd CPU per session, and the hops midrelayd carried per relayed session.
+FIG15_CLIENTS=${BENCH_FIG15_CLIENTS:-8}
+FIG15_CONF=$'[daemon]\nname = "gw"\n[policy]\ndefault = "admit"\nunsignaled = "drop"\nmax-sessions = 4000000
+[relay]\nenabled = true\nlisten = ["10.201.1.1:7228"]\nsessions-per-key = 100000\nsessions-per-address = 100000
+max-sessions = 100000\n[[rule]]\nname = "bench-through-the-relay"\nproto = "tcp"\ndestination = "10.201.2.2/32"
+port = "9000-9099"\naction = "relay"'
+FIG15_XFER="$BENCH_DIR/tcpxfer.py"
+# fig15_tree_cpu_ns PID: user+system time of a process, its threads and every descendant (alive: their own
+# time and their reaped children's; reaped: in the parent's cutime/cstime), in ns (clock ticks): danted works
+# in child processes.
+fig15_tree_cpu_ns() {
+  python3 - "$1" <<'PY'
+import os, sys
+root, hz, kids, cpu = int(sys.argv[1]), os.sysconf("SC_CLK_TCK"), {}, {}
+for d in os.listdir("/proc"):
+    if not d.isdigit():
+        continue
+    try:
+        s = open(f"/proc/{d}/stat").read()
+    except OSError:
+        continue
+    f = s[s.rindex(")") + 2:].split()
+    kids.setdefault(int(f[1]), []).append(int(d))
+    cpu[int(d)] = sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+todo, total = [root], 0
+while todo:
+    p = todo.pop()
+    total += cpu.get(p, 0)
+    todo += kids.get(p, [])
+print(total * 1000000000 // hz)
+PY
+}
+fig15_irq_ns() { awk -v c="cpu$1" -v hz="$(getconf CLK_TCK)" '$1 == c {printf "%.0f", ($7 + $8) * 1e9 / hz}' /proc/stat; }
+fig15_busy_ns() { awk -v c="cpu$1" -v hz="$(getconf CLK_TCK)" '$1 == c {printf "%.0f", ($2 + $3 + $4 + $7 + $8 + $9) * 1e9 / hz}' /proc/stat; }
+fig15_rps() { in_ns "$1" sh -c "printf '%x' $((1 << $3)) >/sys/class/net/$2/queues/rx-0/rps_cpus"; }
+# fig15_up_count: relayed hops midrelayd reported up so far (its -v log).
+fig15_up_count() { grep -c "hop 1→2 up" "$BL_DIR/midrelayd.log" || true; }
+
+fig15() {
+  command -v iperf3 >/dev/null || { echo "figure 15: needs iperf3 (scripts/install-deps.sh bench)" >&2; return 1; }
+  bl_lab
+  fig15_rps gw to-client "$READER_CPU"; fig15_rps gw to-server "$READER_CPU"
+  fig15_rps client to-gw "$LOAD_CPU"; fig15_rps server to-gw "$LOAD_CPU"
+  bl_ruleset
+  local e
+  for e in 9000 9050 5001 5201; do
+    in_ns gw nft add element inet midcom admit4_anyport "{ 10.201.1.2 . tcp . 10.201.2.2 . $e timeout 2h }"
+  done
+  bl_midcomd "$FIG15_CONF"
+  local relay_key="$BL_DIR/gw-state/relay.key"
+  [ -f "$relay_key" ] || { echo "figure 15: midcomd made no relay key (does this midcomd relay?)" >&2; return 1; }
+  # midrelayd reads midcomd's configuration ([relay]: listen, limits, setup threads), as it is deployed.
+  bl_bg gw "$BL_DIR/midrelayd.log" taskset -c "$READER_CPU" "$SWIFT_BIN/midrelayd" --config "$BL_DIR/midcomd.conf" \
+    --relay-key "$relay_key" --control-socket "$BL_DIR/relay.sock" -v
+  RELAY_PID=$BL_LAST_PID
+  local ckey="$BL_DIR/client.key" skey="$BL_DIR/server.key" speer
+  "$SWIFT_BIN/csp" keygen --key "$ckey" >/dev/null
+  "$SWIFT_BIN/csp" keygen --key "$skey" >/dev/null
+  speer=$("$SWIFT_BIN/csp" keygen --key "$skey" --show)
+  : >"$BL_DIR/csp-sink.jsonl"
+  bl_bg server "$BL_DIR/serve-xfer.log" taskset -c "$LOAD_CPU" "$SWIFT_BIN/csp" serve 9000 --address 10.201.2.2 --key "$skey" \
+    --exec "python3 $FIG15_XFER stdin-sink >>$BL_DIR/csp-sink.jsonl"
+  bl_bg server "$BL_DIR/serve-echo.log" taskset -c "$LOAD_CPU" "$SWIFT_BIN/csp" serve 9050 --address 10.201.2.2 --key "$skey" --exec cat
+  bl_bg server "$BL_DIR/serve-echo2.log" taskset -c "$LOAD_CPU" "$SWIFT_BIN/csp" serve 9150 --address 10.201.2.2 --key "$skey" --exec cat
+  bl_bg server "$BL_DIR/iperf-server.log" taskset -c "$LOAD_CPU" iperf3 -s -p 5201
+  # The anchors: Debian's dante-server and coturn, where installed.
+  FIG15_DANTE_PID= FIG15_TURN_PID=
+  if command -v danted >/dev/null; then
+    printf '%s\n' "logoutput: stderr" "internal: 10.201.1.1 port = 1080" "external: 10.201.2.1" "clientmethod: none" \
+      "socksmethod: none" "user.privileged: root" "user.unprivileged: nobody" \
+      "client pass { from: 10.201.1.0/24 to: 0.0.0.0/0 }" "socks pass { from: 10.201.1.0/24 to: 10.201.2.0/24 command: connect }" \
+      >"$BL_DIR/danted.conf"
+    bl_bg gw "$BL_DIR/danted.log" taskset -c "$READER_CPU" danted -f "$BL_DIR/danted.conf" -p "$BL_DIR/danted.pid"
+    FIG15_DANTE_PID=$BL_LAST_PID
+  else say "figure 15: no danted (Debian dante-server): the SOCKS5 anchor is skipped"; fi
+  if command -v turnserver >/dev/null; then
+    # One relay thread (the relay gets one CPU, as midrelayd's one worker); TCP relays only towards the server.
+    bl_bg gw "$BL_DIR/turnserver.log" taskset -c "$READER_CPU" turnserver -n --listening-ip=10.201.1.1 --listening-port=3478 \
+      --relay-ip=10.201.2.1 --lt-cred-mech --user=bench:bench --realm=midcom.bench --no-tls --no-dtls --no-cli --no-udp \
+      --relay-threads=1 --allowed-peer-ip=10.201.2.2 --log-file=stdout --simple-log --pidfile="$BL_DIR/turnserver.pid" \
+      --userdb="$BL_DIR/turndb"
+    FIG15_TURN_PID=$BL_LAST_PID
+  else say "figure 15: no turnserver (Debian coturn): the TURN anchor is skipped"; fi
+  local up
+  for _ in $(seq 1 50); do
+    up=1
+    grep -q "relaying on" "$BL_DIR/midrelayd.log" || up=0
+    grep -q "^listening on" "$BL_DIR/serve-xfer.log" || up=0
+    grep -q "^listening on" "$BL_DIR/serve-echo.log" || up=0
+    grep -q "^listening on" "$BL_DIR/serve-echo2.log" || up=0
+    [ -z "$FIG15_DANTE_PID" ] || in_ns gw ss -Hltn 'sport = :1080' | grep -q . || up=0
+    [ -z "$FIG15_TURN_PID" ] || in_ns gw ss -Hltn 'sport = :3478' | grep -q . || up=0
+    [ $up = 1 ] && break
+    sleep 0.1
+  done
+  [ $up = 1 ] || { echo "figure 15: the relays and servers did not all come up in 5 s" >&2; return 1; }
+  # Warm-up, untimed: one relayed session (first contact: midcomd CHALLENGEs the client's address once).
+  local out
+  out=$(printf 'warm-up\n' | in_ns client timeout 20 "$SWIFT_BIN/csp" connect 10.201.2.2:9050 --signal --key "$ckey" --peer-key "$speer" \
+    --state-dir "$BL_DIR/cs-warm" 2>&1) || { echo "figure 15: the warm-up relayed session failed: $out" >&2; return 1; }
+  [ "$(fig15_up_count)" -ge 1 ] || { echo "figure 15: the warm-up session was not relayed: $out" >&2; return 1; }
+  FIG15_SECS=$(echo "$D * 2" | bc)
+  local cases=(csp-direct csp-relayed iperf3) anchors=(direct) a c
+  [ -n "$FIG15_DANTE_PID" ] && anchors+=(dante)
+  [ -n "$FIG15_TURN_PID" ] && anchors+=(coturn)
+  for a in "${anchors[@]}"; do cases+=("plain-$a"); done
+  for a in "${anchors[@]}"; do cases+=("paced-$a"); done
+  for run in $(seq 1 "$RUNS"); do
+    for c in "${cases[@]}"; do fig15_xfer "$c" "$run" "$ckey" "$speer"; done
+    for c in direct admitted relayed relayed-answered; do fig15_sessions "$c" "$run" "$ckey" "$speer"; done
+    say "figure 15 run $run/$RUNS done"
+  done
+  record 15 midrelayd refused 1 "$(grep -c "refused session" "$BL_DIR/midrelayd.log" || true)"
+  bl_stop "$RELAY_PID"
+  [ -n "$FIG15_DANTE_PID" ] && bl_stop "$FIG15_DANTE_PID"
+  [ -n "$FIG15_TURN_PID" ] && bl_stop "$FIG15_TURN_PID"
+  bl_stop "$MIDCOMD_PID"
+}
+
+# fig15_xfer CASE RUN CLIENT_KEY SERVER_PEER: one transfer of FIG15_SECS (see fig15).
+fig15_xfer() {
+  local c=$1 run=$2 ckey=$3 speer=$4 pid= sink= out res u0 g0 b0 z0 l0 t0 u1 g1 b1 z1 l1 t1 bytes secs
+  case $c in
+    *-dante) pid=$FIG15_DANTE_PID ;;
+    *-coturn) pid=$FIG15_TURN_PID ;;
+    csp-relayed) pid=$RELAY_PID ;;
+  esac
+  if [ "${c#plain-}" != "$c" ] || [ "${c#paced-}" != "$c" ]; then
+    bl_bg server "$BL_DIR/sink.log" taskset -c "$LOAD_CPU" python3 "$FIG15_XFER" sink 10.201.2.2 5001 -t 30
+    sink=$BL_LAST_PID
+    for _ in $(seq 1 50); do in_ns server ss -Hltn 'sport = :5001' | grep -q . && break; sleep 0.1; done
+  fi
+  local n0; n0=$(wc -l <"$BL_DIR/csp-sink.jsonl"); local h0; h0=$(fig15_up_count)
+  u0=0; [ -n "$pid" ] && u0=$(fig15_tree_cpu_ns "$pid")
+  g0=$(fig15_irq_ns "$READER_CPU"); b0=$(fig15_busy_ns "$READER_CPU"); z0=$(fig15_irq_ns "$LOAD_CPU"); l0=$(fig15_busy_ns "$LOAD_CPU")
+  t0=$(date +%s%N)
+  local limit=$(( ${FIG15_SECS%.*} + 30 ))
+  case $c in
+    csp-direct|csp-relayed)
+      local sig=(); [ $c = csp-relayed ] && sig=(--signal)
+      out=$(in_ns client taskset -c "$LOAD_CPU" timeout "$limit" bash -c 'timeout "$1" cat /dev/zero | "$2" "${@:3}"' _ "$FIG15_SECS" \
+        "$SWIFT_BIN/csp" connect 10.201.2.2:9000 "${sig[@]}" --key "$ckey" --peer-key "$speer" --state-dir "$BL_DIR/cs-xfer" 2>&1) \
+        || { echo "figure 15: csp connect ($c) failed: $out" >&2; return 1; }
+      for _ in $(seq 1 100); do [ "$(wc -l <"$BL_DIR/csp-sink.jsonl")" -gt "$n0" ] && break; sleep 0.1; done
+      res=$(tail -1 "$BL_DIR/csp-sink.jsonl")
+      [ "$(wc -l <"$BL_DIR/csp-sink.jsonl")" -gt "$n0" ] || { echo "figure 15: the csp sink reported nothing ($c)" >&2; return 1; } ;;
+    iperf3)
+      res=$(in_ns client taskset -c "$LOAD_CPU" timeout "$limit" iperf3 -c 10.201.2.2 -p 5201 -t "$FIG15_SECS" -J \
+        | python3 -c "import json,sys; e=json.load(sys.stdin)['end']['sum_received']; print(json.dumps({'bytes': e['bytes'], 'seconds': e['seconds']}))") ;;
+    plain-*|paced-*)
+      local via=()
+      case $c in *-dante) via=(--socks5 10.201.1.1:1080) ;; *-coturn) via=(--turn 10.201.1.1:3478 --user bench --password bench) ;; esac
+      # Paced: 64 KiB sends (about what csp connect writes at a time) at this run's relayed csp rate.
+      [ "${c#paced-}" != "$c" ] && via+=(-r "$FIG15_PACE" -c 65536)
+      out=$(in_ns client taskset -c "$LOAD_CPU" timeout "$limit" python3 "$FIG15_XFER" send 10.201.2.2 5001 -d "$FIG15_SECS" "${via[@]}" 2>&1) \
+        || { echo "figure 15: tcpxfer send ($c) failed: $out" >&2; return 1; }
+      wait "$sink" || true
+      res=$(tail -1 "$BL_DIR/sink.log")
+      record 15 "$c" sent_minus_received "$run" "$(( $(echo "$out" | json_field bytes) - $(echo "$res" | json_field bytes) ))"
+      record 15 "$c" setup_ms "$run" "$(echo "$out" | json_field setup_ms)" ;;
+  esac
+  u1=0; [ -n "$pid" ] && u1=$(fig15_tree_cpu_ns "$pid")
+  g1=$(fig15_irq_ns "$READER_CPU"); b1=$(fig15_busy_ns "$READER_CPU"); z1=$(fig15_irq_ns "$LOAD_CPU"); l1=$(fig15_busy_ns "$LOAD_CPU")
+  t1=$(date +%s%N)
+  bytes=$(echo "$res" | json_field bytes); secs=$(echo "$res" | json_field seconds)
+  [ "$bytes" -gt 0 ] || { echo "figure 15: no octets arrived ($c): $res $out" >&2; return 1; }
+  if [ $c = csp-relayed ] && [ "$(fig15_up_count)" -le "$h0" ]; then echo "figure 15: the csp-relayed transfer did not go through midrelayd" >&2; return 1; fi
+  if [ $c = csp-direct ] && [ "$(fig15_up_count)" -ne "$h0" ]; then echo "figure 15: the csp-direct transfer went through midrelayd" >&2; return 1; fi
+  local gb; gb=$(echo "$bytes / 1000000000" | bc -l)
+  record 15 "$c" bps "$run" "$(fig12_div "$((bytes * 8))" "$secs")"
+  [ $c = csp-relayed ] && FIG15_PACE=$(fig12_div "$bytes" "$secs")
+  record 15 "$c" softirq_ns_per_gb "$run" "$(fig12_div "$((g1 - g0))" "$gb")"
+  record 15 "$c" gw_cpu_ns_per_gb "$run" "$(fig12_div "$((g1 - g0 + u1 - u0))" "$gb")"
+  [ -n "$pid" ] && record 15 "$c" relay_cpu_ns_per_gb "$run" "$(fig12_div "$((u1 - u0))" "$gb")"
+  # Context: how busy READER_CPU was in the window (with whatever else the machine runs there), and whether
+  # the ends' CPU did gateway work (its irq + softirq per GB: the receive of the ends themselves).
+  record 15 "$c" reader_cpu_busy_share "$run" "$(fig12_div "$((b1 - b0))" "$((t1 - t0))")"
+  record 15 "$c" load_cpu_busy_share "$run" "$(fig12_div "$((l1 - l0))" "$((t1 - t0))")"
+  record 15 "$c" load_cpu_irq_ns_per_gb "$run" "$(fig12_div "$((z1 - z0))" "$gb")"
+  local reset; reset=$(echo "$res" | python3 -c "import json,sys; print(int(json.loads(sys.stdin.read()).get('reset', False)))")
+  record 15 "$c" sink_reset "$run" "$reset"
+}
+
+# fig15_sessions CASE RUN CLIENT_KEY SERVER_PEER: FIG15_CLIENTS session loops side by side for FIG15_SECS.
+fig15_sessions() {
+  local c=$1 run=$2 ckey=$3 speer=$4 port=9050 sig=() i pids=() m0 m1 r0 r1 h0 resp=
+  case $c in admitted) port=9150; sig=(--signal) ;; relayed*) sig=(--signal) ;; esac
+  if [ $c = relayed-answered ]; then
+    # The server's host answers the relay's own SETUP for hop 2 at once (ACCEPT), as a target whose host runs
+    # a CSP agent would: what a relayed session costs without waiting for silence on hop 2's path.
+    bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -d "$(( ${FIG15_SECS%.*} + 40 ))"
+    resp=$BL_LAST_PID
+    sleep 0.2
+  fi
+  h0=$(fig15_up_count)
+  m0=$(bl_task_cpu_ns "$MIDCOMD_PID"); r0=$(bl_task_cpu_ns "$RELAY_PID")
+  for i in $(seq 1 "$FIG15_CLIENTS"); do
+    in_ns client taskset -c "$LOAD_CPU" timeout $(( ${FIG15_SECS%.*} + 30 )) bash "$BENCH_DIR/sessions-loop.sh" "$FIG15_SECS" 100000 \
+      "$SWIFT_BIN/csp" connect "10.201.2.2:$port" "${sig[@]}" --key "$ckey" --peer-key "$speer" --state-dir "$BL_DIR/cs-$i" \
+      >"$BL_DIR/loop-$i.json" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  m1=$(bl_task_cpu_ns "$MIDCOMD_PID"); r1=$(bl_task_cpu_ns "$RELAY_PID")
+  [ -n "$resp" ] && bl_stop "$resp"
+  local sum; sum=$(cat "$BL_DIR"/loop-*.json | python3 -c "
+import json, statistics, sys
+rows = [json.loads(l) for l in sys.stdin if l.startswith('{')]
+ok = [r for r in rows if r['sessions']]
+print(json.dumps({'loops': len(rows), 'sessions': sum(r['sessions'] for r in rows), 'failed': sum(r['failed'] for r in rows),
+  'seconds': max([r['seconds'] for r in rows] or [0]), 'p50_ms': statistics.median([r['p50_ms'] for r in ok]) if ok else 0,
+  'p99_ms': max([r['p99_ms'] for r in ok] or [0]), 'first_error': next((r['first_error'] for r in rows if r['first_error']), '')}))")
+  rm -f "$BL_DIR"/loop-*.json
+  local n; n=$(echo "$sum" | json_field sessions)
+  [ "$(echo "$sum" | json_field loops)" = "$FIG15_CLIENTS" ] || { echo "figure 15: a session loop printed nothing ($c): $sum" >&2; return 1; }
+  [ "$(echo "$sum" | json_field failed)" = 0 ] || say "figure 15: $(echo "$sum" | json_field failed) $c sessions failed in run $run: $(echo "$sum" | json_field first_error)"
+  record 15 "sessions-$c" sessions_per_s "$run" "$(fig12_div "$n" "$(echo "$sum" | json_field seconds)")"
+  record 15 "sessions-$c" failed "$run" "$(echo "$sum" | json_field failed)"
+  record 15 "sessions-$c" p50_ms "$run" "$(echo "$sum" | json_field p50_ms)"
+  record 15 "sessions-$c" p99_ms "$run" "$(echo "$sum" | json_field p99_ms)"
+  record 15 "sessions-$c" gw_user_cpu_ns_per_session "$run" "$(( (m1 - m0 + r1 - r0) / (n > 0 ? n : 1) ))"
+  record 15 "sessions-$c" relayed_hops_per_session "$run" "$(fig12_div "$(( $(fig15_up_count) - h0 ))" "$n")"
 }
 
 START=$(date +%s)

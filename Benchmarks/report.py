@@ -366,6 +366,68 @@ for c in sorted({k[1] for k in values if k[0] == "14" and k[1].startswith("ctune
         stat(14, "ctuned", "cpu_ns_per_packet"), "ns", higher_is_better=False)
     row(14, f"  C loop variant {c[6:]}: kernel queue drops", stat(14, c, "kernel_drops"), None, "pkts", higher_is_better=False)
 
+# 15 relayed sessions (issue 15): relayed ÷ forwarded by the kernel, the same programs; the anchors side by side
+GB = "ns/GB"
+notes = {}
+for a in ("dante", "coturn"):
+    r = stat(15, f"plain-{a}", "sink_reset")
+    if r and r["max"] > 0:
+        lost = stat(15, f"plain-{a}", "sent_minus_received")
+        notes[a] = (f"{a} answers the sender's end of stream by resetting both connections (the sink counts up to the reset"
+                    + (f"; median {lost['median']:.0f} octets in flight lost)" if lost and lost["max"] > 0 else "; nothing lost here)"))
+row(15, "relayed TCP throughput, e2e encrypted (csp connect → midrelayd, splice → csp serve) ÷ the same forwarded by the kernel",
+    stat(15, "csp-relayed", "bps"), stat(15, "csp-direct", "bps"), "bit/s", 0.8)
+row(15, "  e2e-encrypted transfer (csp) ÷ raw TCP (iperf3), both forwarded: what the ends cost",
+    stat(15, "csp-direct", "bps"), stat(15, "iperf3", "bps"), "bit/s")
+row(15, "  LOAD_CPU (both ends) busy share during the forwarded csp transfer (1: the ends are the bound)",
+    stat(15, "csp-direct", "load_cpu_busy_share"), None, "")
+row(15, "  READER_CPU busy share during the relayed transfer (all of it: the relay, softirq, anything else there)",
+    stat(15, "csp-relayed", "reader_cpu_busy_share"), None, "", higher_is_better=False)
+row(15, "  plain transfer (tcpxfer.py) ÷ raw TCP (iperf3), both forwarded", stat(15, "plain-direct", "bps"), stat(15, "iperf3", "bps"), "bit/s")
+row(15, "SOCKS5 relay (danted) ÷ the same plain transfer forwarded by the kernel", stat(15, "plain-dante", "bps"),
+    stat(15, "plain-direct", "bps"), "bit/s", note=notes.get("dante", ""))
+row(15, "TURN TCP relay, RFC 6062 (coturn) ÷ the same plain transfer forwarded by the kernel", stat(15, "plain-coturn", "bps"),
+    stat(15, "plain-direct", "bps"), "bit/s", note=notes.get("coturn", ""))
+row(15, "gateway CPU per GB (READER_CPU irq+softirq + the relay): midrelayd ÷ kernel forwarding of the same csp transfer",
+    stat(15, "csp-relayed", "gw_cpu_ns_per_gb"), stat(15, "csp-direct", "gw_cpu_ns_per_gb"), GB, higher_is_better=False)
+row(15, "  midrelayd's own CPU per GB (utime + stime, all threads)", stat(15, "csp-relayed", "relay_cpu_ns_per_gb"), None, GB,
+    higher_is_better=False)
+row(15, "  READER_CPU irq+softirq per GB: relayed ÷ forwarded (the relay's two TCP stacks vs forwarding)",
+    stat(15, "csp-relayed", "softirq_ns_per_gb"), stat(15, "csp-direct", "softirq_ns_per_gb"), GB, higher_is_better=False)
+for a, label in (("dante", "danted"), ("coturn", "coturn")):
+    row(15, f"  at the relayed csp rate, 64 KiB sends: gateway CPU per GB, {label} ÷ midrelayd",
+        stat(15, f"paced-{a}", "gw_cpu_ns_per_gb"), stat(15, "csp-relayed", "gw_cpu_ns_per_gb"), GB, higher_is_better=False)
+    row(15, f"  at the relayed csp rate: relay process CPU per GB, {label} ÷ midrelayd",
+        stat(15, f"paced-{a}", "relay_cpu_ns_per_gb"), stat(15, "csp-relayed", "relay_cpu_ns_per_gb"), GB, higher_is_better=False)
+    row(15, f"  at full speed: gateway CPU per GB, {label} ÷ kernel forwarding of the same plain transfer",
+        stat(15, f"plain-{a}", "gw_cpu_ns_per_gb"), stat(15, "plain-direct", "gw_cpu_ns_per_gb"), GB, higher_is_better=False)
+row(15, "  at the relayed csp rate: kernel forwarding CPU per GB, plain 64 KiB sends ÷ the csp transfer",
+    stat(15, "paced-direct", "gw_cpu_ns_per_gb"), stat(15, "csp-direct", "gw_cpu_ns_per_gb"), GB, higher_is_better=False)
+row(15, "  paced rate reached: plain forwarded ÷ relayed csp (1 expected)", stat(15, "paced-direct", "bps"), stat(15, "csp-relayed", "bps"),
+    "bit/s")
+fails = [c for c in ("direct", "admitted", "relayed", "relayed-answered")
+         if (stat(15, f"sessions-{c}", "failed") or {"max": 0})["max"] > 0]
+sess_note = ("sessions failed: " + ", ".join(fails)) if fails else ""
+row(15, "relayed sessions/s ÷ the same sessions direct (no signaling; a line echoed, both closed; concurrent clients)",
+    stat(15, "sessions-relayed", "sessions_per_s"), stat(15, "sessions-direct", "sessions_per_s"), "sessions/s", note=sess_note)
+row(15, "  relayed ÷ admitted sessions/s (both signaled; admitted: ACCEPT, straight to the server)",
+    stat(15, "sessions-relayed", "sessions_per_s"), stat(15, "sessions-admitted", "sessions_per_s"), "sessions/s")
+row(15, "  relayed, hop 2's SETUP answered at once ÷ relayed (hop 2's path silent)",
+    stat(15, "sessions-relayed-answered", "sessions_per_s"), stat(15, "sessions-relayed", "sessions_per_s"), "sessions/s")
+row(15, "  relayed, hop 2's SETUP answered ÷ admitted sessions/s",
+    stat(15, "sessions-relayed-answered", "sessions_per_s"), stat(15, "sessions-admitted", "sessions_per_s"), "sessions/s")
+row(15, "  admitted ÷ direct sessions/s (what signaling adds)", stat(15, "sessions-admitted", "sessions_per_s"),
+    stat(15, "sessions-direct", "sessions_per_s"), "sessions/s")
+for c in ("relayed", "relayed-answered", "admitted"):
+    row(15, f"  session wall time p50 under load: {c} ÷ direct", stat(15, f"sessions-{c}", "p50_ms"),
+        stat(15, "sessions-direct", "p50_ms"), "ms", higher_is_better=False)
+row(15, "  midcomd + midrelayd CPU per session: relayed ÷ admitted", stat(15, "sessions-relayed", "gw_user_cpu_ns_per_session"),
+    stat(15, "sessions-admitted", "gw_user_cpu_ns_per_session"), "ns", higher_is_better=False)
+row(15, "  hops midrelayd carried per relayed session (1 expected)", stat(15, "sessions-relayed", "relayed_hops_per_session"),
+    None, "")
+refused = stat(15, "midrelayd", "refused")
+if refused and refused["max"] > 0:
+    row(15, "sessions midrelayd refused during the figure (0 expected)", refused, None, "", 0, higher_is_better=False)
 
 def fmt(x, unit=""):
     if x is None:

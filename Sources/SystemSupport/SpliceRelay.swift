@@ -62,7 +62,10 @@ public final class SpliceRelay {
         // and 1024 rounds per call keep one busy session from starving the worker's others.
         for _ in 0..<1024 {
             if pipe.pending > 0 {
-                switch pipe.drain(to: destination, more: !readEnded) {
+                // MORE (TCP may hold a partial segment) only when the pipe came back full, i.e.
+                // more is surely waiting: on every splice it would delay the end of each burst
+                // (a request/response's last segment) by TCP's cork timeout, ~200 ms.
+                switch pipe.drain(to: destination, more: !readEnded && pipe.pending == pipe.capacity) {
                 case .success: continue
                 case .failure(let code) where code == EAGAIN: return nil  // EPOLLOUT on destination resumes
                 case .failure(let code): return (code, false)

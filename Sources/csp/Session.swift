@@ -252,8 +252,9 @@ private func spawnShell(_ command: String, verbose: Bool) -> SessionResponder.Ap
     let fromChild = Pipe()
     process.standardInput = toChild
     process.standardOutput = fromChild
+    // Reaped by Foundation when it exits (a waitUntilExit thread would spin on the run loop).
+    process.terminationHandler = { _ in }
     do { try process.run() } catch { return nil }
-    Thread.detachNewThread { process.waitUntilExit() }
     let input = dup(fromChild.fileHandleForReading.fileDescriptor)
     let output = dup(toChild.fileHandleForWriting.fileDescriptor)
     try? fromChild.fileHandleForReading.close()

@@ -6,6 +6,7 @@ import CSPSession
 import CSPTrust
 import CSPWire
 import MidcomRelay
+import Synchronization
 import SystemSupport
 
 /// Where hop k+1 goes, decided by the relay's own SETUP for it (PROTOCOL.md 14.3): straight to
@@ -23,10 +24,13 @@ struct OnwardHop {
     /// Signals relay:y → target with RELAYED-SESSION (S, k+1); without a signing key the relay
     /// cannot signal and connects straight to the target.
     static func decide(
-        for open: HopOpen, signingKey: SigningKey?, cspPort: UInt16 = CSPMessage.defaultPort, log: (String) -> Void
+        for open: HopOpen, signingKey: SigningKey?, silence: SilentTargets, cspPort: UInt16 = CSPMessage.defaultPort,
+        log: (String) -> Void
     ) throws(RelaySessionTable.Refusal) -> OnwardHop {
         let target = open.target.endpoint
         guard let signingKey else { return OnwardHop(endpoint: target) }
+        // Nothing on the path to this target answered a moment ago: do not wait 0.75 s again.
+        if silence.isSilent(target.address) { return OnwardHop(endpoint: target) }
         let next = open.hop.hopIndex + 1
         let socket: TCPSocket
         let flow: FlowTuple
@@ -67,6 +71,7 @@ struct OnwardHop {
         }
         switch outcome {
         case .failure(.noAnswer):
+            silence.remember(target.address)
             log("hop \(next): no CSP answer: straight to \(target)")
             return OnwardHop(endpoint: target, boundSocket: socket)
         case .failure(let error):
@@ -88,6 +93,31 @@ struct OnwardHop {
             default:
                 throw RelaySessionTable.Refusal(reply.result, "hop \(next): \(reply.reason?.text ?? "\(reply.result)")", retryAfter: reply.reason?.retryAfter ?? 0)
             }
+        }
+    }
+}
+
+/// Targets whose onward SETUP went unanswered (no CSP middlebox between the relay and them), for a
+/// minute: a relay would otherwise wait 0.75 s per session on a setup thread for the same silence.
+/// A middlebox that appears meanwhile refuses or drops the unsignaled hop; after a minute the relay
+/// asks again.
+final class SilentTargets: Sendable {
+    private let until = Mutex<[IPAddress: ContinuousClock.Instant]>([:])
+    static let memory: Duration = .seconds(60)
+
+    func isSilent(_ address: IPAddress) -> Bool {
+        until.withLock { table in
+            guard let expiry = table[address] else { return false }
+            if expiry > .now { return true }
+            table.removeValue(forKey: address)
+            return false
+        }
+    }
+
+    func remember(_ address: IPAddress) {
+        until.withLock { table in
+            if table.count >= 4096 { table.removeAll() }  // bounded: a flood of targets only costs waiting
+            table[address] = .now + Self.memory
         }
     }
 }

@@ -33,6 +33,7 @@ final class RelayDaemon: @unchecked Sendable {
     private let nextWorker = Atomic<Int>(0)
     /// OPENs refused (any reason), for `status`.
     let refusedCount = Atomic<Int>(0)
+    let silentTargets = SilentTargets()
 
     func workerHolding(_ key: RelaySessionTable.Key) -> RelayWorker? { placement.withLock { $0[key] } }
 
@@ -142,7 +143,7 @@ final class RelayDaemon: @unchecked Sendable {
         // reads the end-to-end layer.
         let onward: OnwardHop
         do {
-            onward = try OnwardHop.decide(for: open, signingKey: keys.signingKey) { [self] line in if settings.verbose { log(line) } }
+            onward = try OnwardHop.decide(for: open, signingKey: keys.signingKey, silence: silentTargets) { [self] line in if settings.verbose { log(line) } }
         } catch {
             table.withLock { $0.forget(key, generation: session.generation) }
             return refuse(error)
