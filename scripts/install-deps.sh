@@ -11,11 +11,14 @@ packages=(
   dpkg-dev binutils lintian                                  # package: make deb (dpkg-shlibdeps, strip, lintian)
   libcurl4-openssl-dev                                       # package: static FoundationNetworking links libcurl
   debootstrap man-db                                         # test: package-install.sh (clean root, man -w)
+  qemu-system-x86 busybox-static kmod cpio                   # test: Tests/qemu (stock Debian kernel under QEMU: native queue)
+  keepalived conntrackd                                      # test: ha-failover.sh (VRRP addresses, FTFW conntrack sync; docs/examples/ha)
 )
 # `install-deps.sh bench`: also what `make bench` needs (load generators, the miniupnpd reference; figure 10:
-# libcrypto for cspload's Ed25519 signatures, the openssl tool for the verification reference).
+# libcrypto for cspload's Ed25519 signatures, the openssl tool for the verification reference; figure 15: the
+# relay anchors, Dante's SOCKS5 server and coturn's TURN server, started by the bench in its own namespaces).
 if [ "${1:-}" = bench ]; then
-  packages+=(gcc bc iperf3 miniupnpd-nftables libssl-dev openssl)
+  packages+=(gcc bc iperf3 miniupnpd-nftables libssl-dev openssl dante-server coturn)
 fi
 missing=()
 for p in "${packages[@]}"; do
