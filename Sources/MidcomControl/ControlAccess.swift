@@ -45,7 +45,7 @@ extension ControlCommand {
     public var isReadOnly: Bool {
         switch self {
         case .sessions, .show, .status, .denies, .rules, .showConfig, .monitor: true
-        case .delete, .flush, .undeny, .reload: false
+        case .delete, .flush, .undeny, .reload, .announce: false
         }
     }
 }

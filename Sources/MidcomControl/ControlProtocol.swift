@@ -90,7 +90,9 @@ public enum ControlCommand: String, Codable, Sendable, CaseIterable {
     /// The configuration in effect, as midcomd.conf text.
     case showConfig = "show-config"
     /// Stream session events live: after the `ok` response, one `ControlEvent` line each.
-    case monitor
+    /// Restart the NAT-PMP/PCP epoch and announce it again (a HA pair's new active box).
+    case announce
+        case monitor
 
     /// Whether the command names one session through `ControlRequest.sessionID`.
     public var needsSessionID: Bool { self == .show || self == .delete || self == .undeny }

@@ -157,6 +157,9 @@ public struct GatewayEngine: Sendable {
     var clock = Instant(nanoseconds: 0)
     /// Wall-clock second of our start: signed requests stamped earlier are refused (7.3).
     let startedAtWallClock: UInt64
+    /// Where the NAT-PMP/PCP epoch counts from (RFC 6887 8.5): the start, or the moment an
+    /// operator (a HA pair's new active box) said the mappings' state may be gone.
+    var portMappingEpochStart: UInt64
     /// The key RELAY-TOKENs are minted with (relay.key, shared with midrelayd; docs/PROTOCOL.md
     /// 14.2); nil: no relay offers (a relayed flow is refused with middlebox-unavailable).
     let relayTokenKey: RelayTokenKey?
@@ -184,6 +187,7 @@ public struct GatewayEngine: Sendable {
         self.replyBudget = ReplyBudget(
             perSource: configuration.trust.repliesPerSource, perSecond: configuration.trust.repliesPerSecond)
         self.startedAtWallClock = startedAt
+        self.portMappingEpochStart = startedAt
         self.relayTokenKey = relayTokenKey
     }
 

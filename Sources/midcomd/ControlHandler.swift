@@ -55,6 +55,15 @@ extension Daemon {
             return ControlResponse(ok: true, affected: sessions.map { hex($0.id) }.sorted())
         case .status:
             return ControlResponse(ok: true, status: status())
+        case .announce:
+            guard configuration.nat != nil else { return ControlResponse(ok: true, message: "no [nat]: no NAT-PMP/PCP clients to tell") }
+            let epoch = engine.withLock { engine -> UInt32 in
+                engine.restartPortMappingEpoch(wallClock: wallClock())
+                return engine.portMappingEpoch(wallClock: wallClock())
+            }
+            announceRequested.store(true, ordering: .relaxed)
+            log(.notice, "midctl announce: the port-mapping epoch starts again; announcing it to the inside hosts")
+            return ControlResponse(ok: true, message: "epoch \(epoch): announcing to the inside hosts (NAT-PMP and PCP ANNOUNCE, 10 times over about 4 minutes)")
         case .reload:
             switch reload(trigger: "midctl reload") {
             case .success(let summary): return ControlResponse(ok: true, message: summary)

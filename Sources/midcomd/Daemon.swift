@@ -54,6 +54,8 @@ final class Daemon: Sendable {
     let kernelErrors = Atomic<UInt64>(0)
     let failedReplies = Atomic<UInt64>(0)
     let stopping = Atomic<Bool>(false)
+    /// `midctl announce`: the port-mapping thread starts its announcements again.
+    let announceRequested = Atomic<Bool>(false)
 
     /// The file and overrides the configuration came from: read again on reload.
     let source: ConfigurationSource

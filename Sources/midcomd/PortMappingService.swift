@@ -18,6 +18,10 @@ extension Daemon {
         var announcements = 0
         var nextAnnouncement = ContinuousClock.now
         while !stopping.load(ordering: .relaxed) {
+            if announceRequested.exchange(false, ordering: .relaxed) {
+                announcements = 0
+                nextAnnouncement = .now
+            }
             if announcements < 10, ContinuousClock.now >= nextAnnouncement {
                 announce(on: socket)
                 announcements += 1

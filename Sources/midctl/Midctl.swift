@@ -25,7 +25,7 @@ struct Midctl: ParsableCommand {
                  (not running, permission denied, timeout)
             """,
         version: midcomVersion,
-        subcommands: [Sessions.self, Show.self, Delete.self, Flush.self, Status.self, Denies.self, Undeny.self, Reload.self, Rules.self, ShowConfig.self, Monitor.self],
+        subcommands: [Sessions.self, Show.self, Delete.self, Flush.self, Status.self, Denies.self, Undeny.self, Reload.self, Rules.self, ShowConfig.self, Monitor.self, Announce.self],
         defaultSubcommand: Sessions.self
     )
 

@@ -243,6 +243,22 @@ struct Reload: ParsableCommand {
     }
 }
 
+struct Announce: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start the NAT-PMP/PCP epoch again and announce it to the inside hosts (after a HA takeover).",
+        discussion: """
+            A box that took over a HA pair's addresses may lack some mappings; clients that see the \
+            epoch go back re-map (RFC 6887 8.5, RFC 6886 3.2.1). keepalived's notify script runs it.
+            """)
+
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        let response = try connection.perform(ControlRequest(command: .announce))
+        print(response.message ?? "announced")
+    }
+}
+
 struct Monitor: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Follow session events live: setup, admit, reject (with the rule), refresh, expire, teardown, rebind, …",

@@ -64,7 +64,7 @@ final class ControlProtocolTests: XCTestCase {
             ("garbage", "malformed request: not a JSON object"),
             ("[1,2]", "malformed request: not a JSON object"),
             ("{}", "malformed request: missing field 'command'"),
-            (#"{"command":"reboot"}"#, "malformed request: unknown command (expected one of: sessions, show, delete, flush, status, denies, undeny, reload, rules, show-config, monitor)"),
+            (#"{"command":"reboot"}"#, "malformed request: unknown command (expected one of: sessions, show, delete, flush, status, denies, undeny, reload, rules, show-config, announce, monitor)"),
             (#"{"command":"show","sessionID":7}"#, "malformed request: field 'sessionID' is not of type String"),
             (#"{"command":"flush","dryRun":"yes"}"#, "malformed request: field 'dryRun' is not of type Bool"),
         ]

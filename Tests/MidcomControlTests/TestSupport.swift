@@ -58,6 +58,8 @@ enum Fixtures {
             return .failure("no DENY filter \(request.sessionID ?? "")")
         case .reload:
             return ControlResponse(ok: true, message: "reloaded")
+        case .announce:
+            return ControlResponse(ok: true, message: "epoch 0: announcing")
         case .rules:
             return ControlResponse(ok: true, rules: [])
         case .showConfig:

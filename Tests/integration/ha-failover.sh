@@ -65,7 +65,7 @@ ha_files() {
   local i=$1 d="$LAB_DIR/gw$1"
   mkdir -p "$d"
   local paths=(
-    -e "s|/usr/bin/midctl|$BIN/midctl|g"
+    -e "s|/usr/sbin/midctl|$BIN/midctl|g"
     -e "s|/run/midcom/control.sock|$LAB_DIR/gw$i.sock|g"
     -e "s|/etc/keepalived/midcom-ha-notify.sh|$d/midcom-ha-notify.sh|g"
     -e "s|/etc/conntrackd/conntrackd.conf|$d/conntrackd.conf|g"

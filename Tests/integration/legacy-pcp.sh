@@ -121,6 +121,18 @@ pcp map 192.168.1.1 --proto udp --internal-port 5004 --lifetime 60 --nonce $owne
 expect_match "$PCP_OUT" "result=SUCCESS .*external=203\.0\.113\.1:5004" "re-MAP claims the adopted mapping, same port"
 expect_match "$(midctl nat sessions)" "192\.168\.1\.2:5004 +admitted +nat .* pcp$" "origin pcp again"
 
+step "midctl announce (a HA pair's new active box): the epoch starts again and is multicast to the inside"
+sleep_until "$(after "$(now_s)" 2)"
+pcp announce 192.168.1.1
+running=$(field epoch)
+lab_bg inside "$LAB_DIR/announce2.log" $PCPC listen-announce --iface-address 192.168.1.2 --duration 10
+wait_for_match "$LAB_DIR/announce2.log" "^listening on" 3
+out=$(midctl nat announce); indent <<<"$out"
+expect_match "$out" "^epoch [01]: announcing to the inside hosts" "midctl announce"
+wait_for_match "$LAB_DIR/announce2.log" "opcode=ANNOUNCE result=SUCCESS code=0 lifetime=0 epoch=[01] from=192\.168\.1\.1:5351" 3
+pcp announce 192.168.1.1
+[ "$(field epoch)" -lt "$running" ] || fail "the epoch did not go back after midctl announce: $running then $(field epoch)"
+
 step "MAP with lifetime 0 and the owner's nonce deletes it: the peer is refused again"
 pcp map 192.168.1.1 --proto udp --internal-port 5004 --lifetime 0 --nonce $owner
 expect_match "$PCP_OUT" "result=SUCCESS code=0 lifetime=0 " "deleted"

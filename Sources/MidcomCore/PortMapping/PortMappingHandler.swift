@@ -85,7 +85,13 @@ public struct PortMappingOutcome: Sendable, Equatable {
 extension GatewayEngine {
     /// Seconds since this middlebox lost its state (it started): NAT-PMP's and PCP's epoch.
     public func portMappingEpoch(wallClock: UInt64) -> UInt32 {
-        UInt32(truncatingIfNeeded: wallClock >= startedAtWallClock ? wallClock - startedAtWallClock : 0)
+        UInt32(truncatingIfNeeded: wallClock >= portMappingEpochStart ? wallClock - portMappingEpochStart : 0)
+    }
+
+    /// The epoch starts again at 0 (RFC 6887 8.5: clients that see it go back re-map): what a box
+    /// of a HA pair says after taking over the addresses, whose mappings it may not all hold.
+    public mutating func restartPortMappingEpoch(wallClock: UInt64) {
+        portMappingEpochStart = wallClock
     }
 
     /// The external address mappings are made on, nil without `[nat]`.

@@ -3,7 +3,7 @@
 # notify_backup, notify_fault), modelled on conntrackd's primary-backup.sh.
 # Usage: midcom-ha-notify.sh master|backup|fault
 CONNTRACKD="/usr/sbin/conntrackd -C /etc/conntrackd/conntrackd.conf"
-MIDCTL="/usr/bin/midctl --socket /run/midcom/control.sock"
+MIDCTL="/usr/sbin/midctl --socket /run/midcom/control.sock"
 
 # keepalived drops a notify script's output: keep it, with times, for the post-mortem.
 exec >>/var/log/midcom-ha.log 2>&1
@@ -27,6 +27,9 @@ case "$1" in
     #    midcomd only: hosts learn of our epoch from our record in the next reply that crosses
     #    us (their keepers then re-signal, docs/PROTOCOL.md 6.5). Log what they will see.
     log "master: $($MIDCTL status --json 2>/dev/null | tr -d '\n' | sed -n 's/.*"epoch" *: *\([0-9]*\).*/epoch \1/p')"
+    # 4. NAT-PMP and PCP clients: our port-mapping epoch starts again and is announced to the
+    #    inside hosts (RFC 6886 3.2.1, RFC 6887 8.5), so they re-map what we may lack.
+    log "announce: $($MIDCTL announce 2>&1)"
     ;;
   backup)
     # Make sure conntrackd runs, shorten the kernel timers of entries this box no longer
