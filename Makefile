@@ -2,7 +2,7 @@
 SWIFT ?= swift
 BUILD := .build/debug
 
-.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests fuzz install uninstall deb clean check-root bench diagrams
+.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests qemu-test fuzz install uninstall deb clean check-root bench diagrams
 
 all: build
 
@@ -21,9 +21,10 @@ demo: build
 	@echo "== Midcom demo: a gateway admits a signaled flow and drops an unsignaled one =="
 	@bash Tests/integration/foundation.sh
 
-## test: every test: unit, kernel adapter, end-to-end scenarios, wire tools
-# The package is built first (scenario package-install installs it into a clean root).
-test: build deb unit scenarios wire-tests
+## test: every test: unit, kernel adapter, end-to-end scenarios, wire tools, scenarios on a stock kernel (QEMU)
+# The package is built first (scenario package-install installs it into a clean root; qemu-test
+# runs its static binaries in the guest).
+test: build deb unit scenarios wire-tests qemu-test
 	@echo "make test: all suites passed"
 
 # Unit tests and kernel-adapter tests. The whole XCTest run happens in a private, empty network
@@ -41,33 +42,44 @@ wire-tests: check-root
 	@if [ -x Tests/wire/tshark.sh ]; then bash Tests/wire/tshark.sh; fi
 	@if [ -x Tests/wire/fuzz.sh ]; then bash Tests/wire/fuzz.sh $${FUZZ_SECONDS:-30}; fi
 
+## qemu-test: foundation and signaling scenarios on Debian's stock kernel under QEMU (tcg), where
+# midcomd uses the native nft queue expression (this VM's kernel has only the compat target).
+# Runs the static binaries `make deb` built last (builds them only if missing): after changing
+# the sources, `make deb qemu-test`. Tests/qemu/run.sh explains the harness and its knobs.
+qemu-test: check-root
+	@bash Tests/qemu/run.sh
+
 ## install: binaries to $(PREFIX)/sbin (default /usr/local), ruleset, unit, docs, completions, example configuration
 # DESTDIR=DIR stages everything below DIR (no root needed then). The unit's ExecStart/ExecReload
 # and Documentation= name the PREFIX used. Manual pages are installed when `make deb` made them.
 PREFIX ?= /usr/local
 DESTDIR ?=
 RELEASE ?= .build/release
-PROGRAMS := midcomd midctl csp
+PROGRAMS := midcomd midctl csp midrelayd
 DOCDIR = $(PREFIX)/share/doc/midcom
-MANPAGES = $(wildcard .build-deb/deb/manual/midcomd.8 .build-deb/deb/manual/midctl.8 .build-deb/deb/manual/csp.1)
+MANPAGES = $(wildcard .build-deb/deb/manual/midcomd.8 .build-deb/deb/manual/midctl.8 .build-deb/deb/manual/midrelayd.8 .build-deb/deb/manual/csp.1)
 ZSHDIR = $(if $(filter /usr,$(PREFIX)),$(PREFIX)/share/zsh/vendor-completions,$(PREFIX)/share/zsh/site-functions)
 DOCS = README.md $(wildcard docs/*.md) $(wildcard docs/diagrams/*.svg) docs/examples/midcomd.conf docs/examples/home-gateway.conf docs/examples/home-gateway.nft
-INSTALLED_FILES = $(PREFIX)/sbin/midcomd $(PREFIX)/sbin/midctl $(PREFIX)/bin/csp /etc/nftables.d/midcom.nft \
-  /etc/systemd/system/midcomd.service $(addprefix $(DOCDIR)/,$(patsubst docs/examples/%,examples/%,$(DOCS))) \
+INSTALLED_FILES = $(PREFIX)/sbin/midcomd $(PREFIX)/sbin/midctl $(PREFIX)/sbin/midrelayd $(PREFIX)/bin/csp /etc/nftables.d/midcom.nft \
+  /etc/systemd/system/midcomd.service /etc/systemd/system/midrelayd.service $(addprefix $(DOCDIR)/,$(patsubst docs/examples/%,examples/%,$(DOCS))) \
   $(PROGRAMS:%=$(PREFIX)/share/bash-completion/completions/%) $(PROGRAMS:%=$(ZSHDIR)/_%) \
   $(PROGRAMS:%=$(PREFIX)/share/fish/vendor_completions.d/%.fish) \
-  $(foreach m,midcomd.8 midctl.8 csp.1 midcomd.conf.5,$(PREFIX)/share/man/man$(subst .,,$(suffix $(m)))/$(m).gz)
+  $(foreach m,midcomd.8 midctl.8 midrelayd.8 csp.1 midcomd.conf.5,$(PREFIX)/share/man/man$(subst .,,$(suffix $(m)))/$(m).gz)
 
 install: $(if $(DESTDIR),,check-root)
 	@for p in $(PROGRAMS); do echo "$(SWIFT) build -c release --product $$p"; $(SWIFT) build -c release --product $$p || exit 1; done
 	install -D -m 0755 $(RELEASE)/midcomd $(DESTDIR)$(PREFIX)/sbin/midcomd
 	install -D -m 0755 $(RELEASE)/midctl $(DESTDIR)$(PREFIX)/sbin/midctl
 	install -D -m 0755 $(RELEASE)/csp $(DESTDIR)$(PREFIX)/bin/csp
+	install -D -m 0755 $(RELEASE)/midrelayd $(DESTDIR)$(PREFIX)/sbin/midrelayd
 	install -D -m 0644 nft-rules/midcom.nft $(DESTDIR)/etc/nftables.d/midcom.nft
 	install -d $(DESTDIR)/etc/systemd/system
 	sed -e 's|/usr/local/sbin/|$(PREFIX)/sbin/|g' -e 's|file:///usr/share/doc/midcom/|file://$(DOCDIR)/|' \
 	  systemd/midcomd.service >$(DESTDIR)/etc/systemd/system/midcomd.service
 	chmod 0644 $(DESTDIR)/etc/systemd/system/midcomd.service
+	sed -e 's|/usr/local/sbin/|$(PREFIX)/sbin/|g' -e 's|file:///usr/share/doc/midcom/|file://$(DOCDIR)/|' \
+	  systemd/midrelayd.service >$(DESTDIR)/etc/systemd/system/midrelayd.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/midrelayd.service
 	@for f in $(DOCS); do case $$f in docs/examples/*) d=examples/$${f#docs/examples/} ;; *) d=$$f ;; esac; \
 	  install -D -m 0644 "$$f" "$(DESTDIR)$(DOCDIR)/$$d" || exit 1; done
 	@echo "install: documentation in $(DESTDIR)$(DOCDIR)"
@@ -78,7 +90,7 @@ install: $(if $(DESTDIR),,check-root)
 	@echo "install: bash, zsh and fish completions"
 	@for m in $(MANPAGES); do n=$$(basename $$m); gzip -9n -c $$m | install -D -m 0644 /dev/stdin $(DESTDIR)$(PREFIX)/share/man/man$${n##*.}/$$n.gz || exit 1; done
 	@sed "s/@VERSION@/$$($(RELEASE)/midcomd --version)/" packaging/midcomd.conf.5 | gzip -9n | install -D -m 0644 /dev/stdin $(DESTDIR)$(PREFIX)/share/man/man5/midcomd.conf.5.gz
-	@echo "install: manual pages $(if $(MANPAGES),$(notdir $(MANPAGES)) ,)midcomd.conf.5$(if $(MANPAGES),, (midcomd, midctl and csp pages: run make deb first))"
+	@echo "install: manual pages $(if $(MANPAGES),$(notdir $(MANPAGES)) ,)midcomd.conf.5$(if $(MANPAGES),, (midcomd, midctl, midrelayd and csp pages: run make deb first))"
 	@if [ -f $(DESTDIR)/etc/midcom/midcomd.conf ]; then echo "install: keeping /etc/midcom/midcomd.conf"; \
 	  else install -D -m 0644 docs/examples/midcomd.conf $(DESTDIR)/etc/midcom/midcomd.conf && echo "install: /etc/midcom/midcomd.conf from docs/examples/midcomd.conf"; fi
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -24,7 +24,7 @@ unsignaled = "drop"
 CONF
 )
 lab_midcomd gw "$conf"
-expect_match "$(enqueue)" "queue .*num 0" "the first daemon's queue rule"
+expect_match "$(enqueue)" "$(queue_rule 0)" "the first daemon's queue rule"
 lab_bg server "$LAB_DIR/listen4.log" "$BIN/csp" listen --duration 20
 sleep 0.3
 
@@ -43,7 +43,7 @@ lab_bg gw "$LAB_DIR/gw2-midcomd.log" "$BIN/midcomd" --config "$conf2" --control-
 second=$LAB_LAST_PID
 for _ in $(seq 1 50); do kill -0 "$second" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$second" 2>/dev/null; then
-  fail "the second midcomd (queue 1) still runs after 5 s; enqueue chain now: $(enqueue | grep -E 'queue .*num' | tr -s ' \t' ' ')"
+  fail "the second midcomd (queue 1) still runs after 5 s; enqueue chain now: $(enqueue | grep -E "$(queue_rule '[0-9]+(-[0-9]+)?')" | tr -s ' \t' ' ')"
 fi
 set +e; wait "$second"; rc=$?; set -e
 out=$(cat "$LAB_DIR/gw2-midcomd.log")
@@ -53,10 +53,10 @@ expect_match "$out" "another midcomd" "the second daemon's message"
 
 step "the first daemon keeps its queue rule and answers signaling"
 chain=$(enqueue)
-indent <<<"$(grep -E 'queue .*num' <<<"$chain" || true)"
-expect_match "$chain" "queue .*num 0" "the first daemon's queue rule after the second start"
+indent <<<"$(grep -E "$(queue_rule '[0-9]+(-[0-9]+)?')" <<<"$chain" || true)"
+expect_match "$chain" "$(queue_rule 0)" "the first daemon's queue rule after the second start"
 expect_no_match "$chain" "num 1" "a queue rule of the second daemon"
-expect_eq "$(grep -cE 'queue .*num' <<<"$chain" || true)" 1 "queue rules in enqueue"
+expect_eq "$(grep -cE "$(queue_rule '[0-9]+(-[0-9]+)?')" <<<"$chain" || true)" 1 "queue rules in enqueue"
 kill -0 "$MIDCOMD_PID" || fail "the first midcomd died"
 expect_match "$(midctl gw status)" "queue" "the first daemon answers midctl"
 csp_run client setup udp 10.200.2.2:5000 --sport 4000 --lifetime 30

@@ -25,7 +25,7 @@ sleep 0.3
 csp_run client setup udp 10.200.2.2:5000 --sport 4000 --lifetime 60
 expect_eq "$CSP_RC" 0 "csp setup before SIGHUP"
 s1=$(session_of "$CSP_OUT")
-expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "queue .*num 0" "queue rule before SIGHUP"
+expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "$(queue_rule 0)" "queue rule before SIGHUP"
 
 step "kill -HUP midcomd: still running 1 s later, logged, nothing lost"
 kill -HUP "$MIDCOMD_PID"
@@ -36,7 +36,7 @@ if ! kill -0 "$MIDCOMD_PID" 2>/dev/null; then
 fi
 wait_for_match "$LAB_DIR/gw-midcomd.log" "SIGHUP" 2
 indent <<<"$(grep SIGHUP "$LAB_DIR/gw-midcomd.log")"
-expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "queue .*num 0" "queue rule after SIGHUP"
+expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "$(queue_rule 0)" "queue rule after SIGHUP"
 expect_match "$(midctl gw sessions)" "^$s1 +udp +10\.200\.1\.2:4000 +10\.200\.2\.2:5000 +admitted" "session admitted before SIGHUP"
 
 step "csp setup after SIGHUP still succeeds"

@@ -97,6 +97,13 @@ lab_midcomd() {
 
 midctl() { local n=$1; shift; "$BIN/midctl" --socket "$LAB_DIR/$n.sock" "$@"; }
 
+# queue_rule N: a regex for midcomd's queue rule to queue (or range) N in `nft list` output, in
+# either encoding: the xtables target through nft_compat ("queue num 0 bypass", kernels without
+# nft_queue, like the development VM's) or the native expression ("queue flags bypass to 0",
+# stock kernels; Tests/qemu runs the scenarios there).
+queue_rule() { echo "queue (num $1( |\$)|(flags [a-z,]+ )?to $1( |\$))"; }
+
+
 # status_counter NS NAME: one counter from `midctl status --json`.
 status_counter() {
   midctl "$1" status --json | $PY -c "import json,sys; print(json.load(sys.stdin)['counters'].get('$2', 0))"

@@ -67,7 +67,7 @@ in_ns gw nft -f "$LAB_DIR/with-midcom.conf"
 took=$(ms_until "$element" nft_set gw admit4)
 step "restored in $took ms"
 [ "$took" -le 1000 ] || fail "restoring took $took ms"
-expect_match "$(in_ns gw nft list chain inet midcom enqueue)" "queue .*num 0" "queue rule back"
+expect_match "$(in_ns gw nft list chain inet midcom enqueue)" "$(queue_rule 0)" "queue rule back"
 expect_match "$(midctl gw status)" "ruleset: +intact" "status intact"
 expect_eq "$(status_counter gw ruleset_restored)" 1 "ruleset_restored"
 out=$(ping 5000 4000); indent <<<"$out"; expect_match "$out" "sent 3 replies 3 " "the admitted flow passes"
@@ -88,7 +88,7 @@ sed 's/comment "midcom ruleset revision [0-9]*"/comment "midcom ruleset revision
 in_ns gw nft -f "$LAB_DIR/old.nft"
 took=$(ms_until "ruleset: +WRONG REVISION: table loaded from ruleset revision 4" midctl gw status)
 step "noticed in $took ms"
-expect_no_match "$(in_ns gw nft list chain inet midcom enqueue)" "queue .*num" "no queue rule in a table of another revision"
+expect_no_match "$(in_ns gw nft list chain inet midcom enqueue)" "$(queue_rule '[0-9]+')" "no queue rule in a table of another revision"
 in_ns gw nft -f "$ROOT/nft-rules/midcom.nft"
 took=$(ms_until "$element" nft_set gw admit4)
 [ "$took" -le 1000 ] || fail "restoring took $took ms"
@@ -96,7 +96,7 @@ expect_match "$(midctl gw status)" "ruleset: +intact" "status intact again"
 
 step "nft flush chain inet midcom enqueue: the queue rule is put back"
 in_ns gw nft flush chain inet midcom enqueue
-took=$(ms_until "queue .*num 0" in_ns gw nft list chain inet midcom enqueue)
+took=$(ms_until "$(queue_rule 0)" in_ns gw nft list chain inet midcom enqueue)
 step "queue rule back in $took ms"
 [ "$took" -le 1000 ] || fail "putting back the queue rule took $took ms"
 out=$(ping 6000 4003); indent <<<"$out"; expect_match "$out" "sent 3 replies 0 " "unsignaled flows are judged again"

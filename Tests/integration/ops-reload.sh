@@ -57,7 +57,7 @@ sed -i 's/^name = "gw1"$/name = "gw1"\nqueue = 5/' "$conf"
 set +e; out=$(midctl gw reload 2>&1); rc=$?; set -e; indent <<<"$out"
 expect_eq "$rc" 1 "midctl reload exit status"
 expect_match "$out" "\[daemon\] queue changed: restart midcomd to apply it" "restart-only setting named"
-expect_match "$(in_ns gw nft list chain inet midcom enqueue)" "queue .*num 0" "still on queue 0"
+expect_match "$(in_ns gw nft list chain inet midcom enqueue)" "$(queue_rule 0)" "still on queue 0"
 
 step "reload with a rule rejecting UDP 5000, max-lifetime 120 and known keys = key A only for 6000"
 write_conf 120 "$(printf '[[rule]]\nname = "no-5000"\nproto = "udp"\nport = 5000\naction = "reject"\nreason = "5000 is closed now"\n\n[[rule]]\nname = "6000-known-keys"\nproto = "udp"\nport = 6000\naction = "admit"\nsignatures = "known-keys"\n\n[[known-key]]\nname = "A"\nkey = "%s"\n' "$KEY_A")"

@@ -36,7 +36,7 @@ in_ns gw nft -f "$LAB_DIR/old.nft"
 run in_ns gw "$BIN/midcomd" --config /dev/null --control-socket "$LAB_DIR/gw.sock"
 expect_eq "$rc" 1 "exit status with an old ruleset"
 expect_match "$out" "has no set drop4: it was loaded from an older ruleset; reload nft-rules/midcom.nft" "old ruleset message"
-expect_eq "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null | grep -c 'queue num' || true)" 0 "no queue rule left behind"
+expect_eq "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null | grep -cE "$(queue_rule '[0-9]+')" || true)" 0 "no queue rule left behind"
 in_ns gw nft delete table inet midcom
 
 step "missing privilege"
@@ -67,16 +67,16 @@ expect_eq "$rc" 1 "exit status of the third daemon"
 expect_match "$out" "already bound by another process" "queue busy message"
 in_ns gw nft delete table inet other
 expect_match "$(midctl gw status)" "queue encoding: (compat|native)" "first daemon still answers"
-expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "queue .*num 0" "queue rule of the first daemon kept"
+expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "$(queue_rule 0)" "queue rule of the first daemon kept"
 
 step "queue-count = 2: one reader per queue, fan-out rule over both"
 kill -TERM "$MIDCOMD_PID"; wait "$MIDCOMD_PID" 2>/dev/null || true
 printf '[daemon]\nqueue = 4\nqueue-count = 2\n' >"$LAB_DIR/multi.conf"
 lab_midcomd gw "$LAB_DIR/multi.conf"
-expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "queue .*num 4-5" "fan-out rule"
+expect_match "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null)" "$(queue_rule 4-5)" "fan-out rule"
 bound=$(in_ns gw cat /proc/net/netfilter/nfnetlink_queue | awk '{print $1}' | sort -n | tr '\n' ' ')
 # 4 and 5 for the fan-out, 6 the proved-sources queue (the number after them).
 expect_eq "$bound" "4 5 6 " "queues bound in the namespace"
-expect_match "$(in_ns gw nft list chain inet midcom enqueue_proved 2>/dev/null)" "queue .*num 6" "proved-sources queue rule"
+expect_match "$(in_ns gw nft list chain inet midcom enqueue_proved 2>/dev/null)" "$(queue_rule 6)" "proved-sources queue rule"
 expect_match "$(midctl gw status)" "queues: +4 5" "midctl status lists both queues"
 echo "startup-errors: all checks passed"

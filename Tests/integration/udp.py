@@ -2,7 +2,8 @@
 """Bounded UDP traffic for the integration tests (stdlib only).
 
   udp.py send DEST_ADDR DEST_PORT --sport N --count N [--size N] [--interval S]
-  udp.py recv PORT --duration S [--bind ADDR]     prints: received N from ADDR:PORT ...
+  udp.py recv PORT --duration S [--bind ADDR]     prints: listening on ADDR:PORT once bound,
+                                                  then received N from ADDR:PORT ...
 """
 import argparse
 import socket
@@ -29,6 +30,8 @@ def recv(args):
     bind = args.bind or "0.0.0.0"
     s = socket.socket(family_of(bind), socket.SOCK_DGRAM)
     s.bind((bind, args.port))
+    # lib.sh's lab_serve waits for this line: no test packet races the bind (slow hosts, QEMU).
+    print(f"listening on {bind}:{args.port}", flush=True)
     deadline = time.monotonic() + min(args.duration, 120)
     count = 0
     peers = set()
