@@ -111,12 +111,14 @@ public final class SessionInitiator {
 
     /// Opens the session and moves `input` → session → `output` until both directions closed.
     /// Throws when the session fails (integrity, refusal, resume timeout).
-    public func run(input: Int32?, output: Int32) throws(SessionEndError) {
+    /// `messages`: `input` and `output` are SOCK_SEQPACKET sockets, one application message per
+    /// read and write (MESSAGE records) instead of a byte stream.
+    public func run(input: Int32?, output: Int32, messages: Bool = false) throws(SessionEndError) {
         var (hop, sealer): (TCPSocket, HopSealer?)
         do { (hop, sealer) = try openHop(resume: false) } catch let error as SessionEndError { throw error } catch HopHandshakeError.identity(let why) {
             throw SessionEndError(.keyMismatch, "the relay's key: \(why)")
         } catch { throw SessionEndError(.unreachable, "\(firstHop.endpoint): \(error)") }
-        var pumpInput = SessionStreamPump.Input(descriptor: input)
+        var pumpInput = SessionStreamPump.Input(descriptor: input, messages: messages)
         var outputClosed = false
         while true {
             switch SessionStreamPump.run(
@@ -229,10 +231,13 @@ public final class SessionResponder: @unchecked Sendable {
     public struct Application: Sendable {
         public var input: Int32?
         public var output: Int32
+        /// SOCK_SEQPACKET descriptors: one message per read and write (MESSAGE records).
+        public var messages: Bool
         public var onFailure: (@Sendable (String) -> Void)?
-        public init(input: Int32?, output: Int32, onFailure: (@Sendable (String) -> Void)? = nil) {
+        public init(input: Int32?, output: Int32, messages: Bool = false, onFailure: (@Sendable (String) -> Void)? = nil) {
             self.input = input
             self.output = output
+            self.messages = messages
             self.onFailure = onFailure
         }
     }
@@ -389,7 +394,7 @@ final class ServedSession: @unchecked Sendable {
                     continue
                 }
                 attached = true
-                input = SessionStreamPump.Input(descriptor: ends.input)
+                input = SessionStreamPump.Input(descriptor: ends.input, messages: ends.messages)
                 output = ends.output
                 onFailure = ends.onFailure
             }

@@ -31,8 +31,26 @@ public final class SessionStream: @unchecked Sendable {
     /// Starts the session: the first hop is opened on the session's thread; a refusal or an
     /// unreachable first hop shows as end of file on `read` and as the error of `finish()`.
     public static func open(_ initiator: SessionInitiator) throws(SystemCallError) -> SessionStream {
+        try start(initiator, messages: false)
+    }
+
+    /// The datagram variant (PROTOCOL.md 14.11): each `send` is one MESSAGE record, each
+    /// `receiveMessage` one whole message, in order and reliably (1–16384 octets; the socket pair
+    /// is SOCK_SEQPACKET, so `fileDescriptor` keeps message boundaries too).
+    public static func openMessages(_ initiator: SessionInitiator) throws(SystemCallError) -> SessionStream {
+        try start(initiator, messages: true)
+    }
+
+    /// One whole message of the peer; nil at the end.
+    public func receiveMessage() throws(SystemCallError) -> [UInt8]? {
+        let message = try read(maximum: EndToEndSession.maximumDataLength)
+        return message.isEmpty ? nil : message
+    }
+
+    private static func start(_ initiator: SessionInitiator, messages: Bool) throws(SystemCallError) -> SessionStream {
+        let kind = messages ? Int32(SOCK_SEQPACKET.rawValue) : Int32(SOCK_STREAM.rawValue)
         var ends: [Int32] = [-1, -1]
-        _ = try systemCall("socketpair") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) }
+        _ = try systemCall("socketpair") { socketpair(AF_UNIX, kind | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) }
         let stream = SessionStream(fileDescriptor: ends[0])
         let sessionSide = ends[1]
         // The session writes received octets to a second descriptor of its end, so it can half-close
@@ -42,7 +60,9 @@ public final class SessionStream: @unchecked Sendable {
         nonisolated(unsafe) let initiator = initiator
         Thread.detachNewThread {
             var result: Result<Void, SessionEndError> = .success(())
-            do throws(SessionEndError) { try initiator.run(input: sessionSide, output: output) } catch { result = .failure(error) }
+            do throws(SessionEndError) { try initiator.run(input: sessionSide, output: output, messages: messages) } catch {
+                result = .failure(error)
+            }
             _ = Glibc.shutdown(sessionSide, Int32(SHUT_RDWR))
             _ = Glibc.close(sessionSide)
             _ = Glibc.close(output)
@@ -62,7 +82,8 @@ public final class SessionStream: @unchecked Sendable {
         return bytes
     }
 
-    /// Writes all of `bytes`; waits while the session's send buffer is full.
+    /// Writes all of `bytes` (on a message session: one message, at most 16384 octets); waits
+    /// while the session's send buffer is full.
     public func write(_ bytes: [UInt8]) throws(SystemCallError) {
         try TCPSocket.sendAll(bytes, to: fileDescriptor)
     }

@@ -28,11 +28,16 @@ public enum SessionStreamPump {
     /// input has ended (so a resumed hop does not read it again).
     public struct Input: Sendable {
         public let descriptor: Int32?
+        /// Each read of the descriptor is one application message (a SOCK_SEQPACKET socket):
+        /// carried as a MESSAGE record, delivered whole (the datagram API, PROTOCOL.md 14.11).
+        public let messages: Bool
         var pending: [UInt8] = []
+        var pendingMessage: [UInt8]?
         var ended = false
         var closeSent = false
-        public init(descriptor: Int32?) {
+        public init(descriptor: Int32?, messages: Bool = false) {
             self.descriptor = descriptor
+            self.messages = messages
             ended = descriptor == nil
         }
     }
@@ -94,7 +99,7 @@ public enum SessionStreamPump {
             }
 
             var polls = [pollfd(fd: fd, events: Int16(POLLIN) | (outputPending ? Int16(POLLOUT) : 0), revents: 0)]
-            let wantsInput = !input.ended && input.pending.isEmpty && session.canWrite
+            let wantsInput = !input.ended && input.pending.isEmpty && input.pendingMessage == nil && session.canWrite
             if wantsInput, let descriptor = input.descriptor { polls.append(pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)) }
             var timeout: Int32 = 1000
             if let deadline = session.nextDeadline {
@@ -125,8 +130,11 @@ public enum SessionStreamPump {
                 }
             }
             if polls.count > 1, polls[1].revents != 0, let descriptor = input.descriptor {
-                let got = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-                if got > 0 {
+                let limit = input.messages ? EndToEndSession.maximumDataLength : buffer.count
+                let got = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, limit) }
+                if got > 0, input.messages {
+                    input.pendingMessage = Array(buffer[0..<got])
+                } else if got > 0 {
                     input.pending = Array(buffer[0..<got])
                 } else if got == 0 || (errno != EAGAIN && errno != EINTR) {
                     input.ended = true
@@ -138,11 +146,14 @@ public enum SessionStreamPump {
     /// Hands pending input to the session, and the input's end as CLOSE once all of it is sealed.
     private static func feedInput(_ session: inout EndToEndSession, _ input: inout Input, now: ContinuousClock.Instant) {
         guard session.phase == .established else { return }
+        if let message = input.pendingMessage, session.send(message: message, now: now) {
+            input.pendingMessage = nil
+        }
         if !input.pending.isEmpty {
             let taken = session.write(input.pending, now: now)
             input.pending.removeFirst(taken)
         }
-        if input.ended, input.pending.isEmpty, !input.closeSent {
+        if input.ended, input.pending.isEmpty, input.pendingMessage == nil, !input.closeSent {
             input.closeSent = true
             session.close(now: now)
         }

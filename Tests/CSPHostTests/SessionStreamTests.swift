@@ -14,8 +14,9 @@ final class SessionStreamTests: XCTestCase {
     let serverKey = SigningKey(seed: [UInt8](repeating: 7, count: 32))!
     let clientKey = SigningKey(seed: [UInt8](repeating: 8, count: 32))!
 
-    /// A responder on 127.0.0.1 whose application echoes every octet (a thread per session).
-    private func echoResponder() throws -> (SessionResponder, CSPEndpoint, stop: () -> Void) {
+    /// A responder on 127.0.0.1 whose application echoes every octet (or, with `messages`, every
+    /// message) back: a thread per session.
+    private func echoResponder(messages: Bool = false) throws -> (SessionResponder, CSPEndpoint, stop: () -> Void) {
         try Host.loopbackUp()
         let listener = try TCPSocket.listen(on: CSPEndpoint(address: IPAddress(ipv4: 0x7F00_0001), port: 0))
         let endpoint = try XCTUnwrap(listener.localEndpoint)
@@ -24,7 +25,8 @@ final class SessionStreamTests: XCTestCase {
         Thread.detachNewThread {
             responder.serve(once: false, attach: { _, _, _ in
                 var ends: [Int32] = [-1, -1]
-                guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0 else { return nil }
+                let kind = messages ? Int32(SOCK_SEQPACKET.rawValue) : Int32(SOCK_STREAM.rawValue)
+                guard socketpair(AF_UNIX, kind, 0, &ends) == 0 else { return nil }
                 let echo = ends[1]
                 Thread.detachNewThread {
                     var buffer = [UInt8](repeating: 0, count: 65536)
@@ -40,7 +42,7 @@ final class SessionStreamTests: XCTestCase {
                     }
                     shutdown(echo, Int32(SHUT_WR))
                 }
-                return SessionResponder.Application(input: ends[0], output: dup(ends[0]))
+                return SessionResponder.Application(input: ends[0], output: dup(ends[0]), messages: messages)
             }, shouldStop: { stopped.load(ordering: .relaxed) })
         }
         return (responder, endpoint, { stopped.store(true, ordering: .relaxed) })
@@ -80,5 +82,23 @@ final class SessionStreamTests: XCTestCase {
         XCTAssertThrowsError(try stream.finish(timeout: .seconds(10))) { error in
             XCTAssertEqual((error as? SessionEndError)?.kind, .keyMismatch)
         }
+    }
+
+    func testTheDatagramVariantDeliversWholeMessagesInOrder() throws {
+        guard Host.requireRoot() else { return }
+        let (_, endpoint, stop) = try echoResponder(messages: true)
+        defer { stop() }
+        let initiator = SessionInitiator(
+            identity: SessionIdentity(signingKey: clientKey), sessionID: 0x5e55_1013, target: TargetEndpoint(endpoint: endpoint),
+            firstHop: FirstHop(endpoint: endpoint), responderKey: serverKey.publicKey)
+        let stream = try SessionStream.openMessages(initiator)
+        let sent: [[UInt8]] = [[1], Array(repeating: 2, count: 1000), Array(repeating: 3, count: 16384), [4, 4]]
+        for message in sent { try stream.write(message) }
+        var received: [[UInt8]] = []
+        while received.count < sent.count, let message = try stream.receiveMessage() { received.append(message) }
+        XCTAssertEqual(received, sent, "each message whole, in order, boundaries kept")
+        stream.closeWrite()
+        XCTAssertNil(try stream.receiveMessage(), "the end after the peer's CLOSE")
+        XCTAssertNoThrow(try stream.finish(timeout: .seconds(10)))
     }
 }
