@@ -194,6 +194,31 @@ step "midrelayd killed mid-transfer and restarted after the offer expired: a new
 break_and_resume restart 10 restart_relay
 expect_match "$(cat "$LAB_DIR/restart.log")" "the relay forgot the session: new offer" "the client signaled again"
 
+step "hostile hops: 200 connections of garbage, a bad magic, an oversized and an unknown frame: each ends, the relay serves on"
+in_ns client $PY - <<'PY'
+import socket
+bad = [b"GET / HTTP/1.1\r\n\r\n", b"CH\x02\x01\x00\x20" + bytes(32), b"CH\x01\x01\xff\xff", b"CH\x01\x09\x00\x01x", b"\x00" * 4096]
+closed = 0
+for i in range(200):
+    s = socket.create_connection(("10.200.1.1", 7228), timeout=5)
+    try:
+        s.sendall(bad[i % len(bad)])
+        s.settimeout(5)
+        while s.recv(4096):
+            pass
+        closed += 1
+    except ConnectionResetError:
+        closed += 1
+    finally:
+        s.close()
+print(f"      {closed} of 200 hostile hops ended by the relay")
+assert closed == 200
+PY
+kill -0 "$RELAY_PID" || fail "midrelayd died on hostile hops"
+echo hello | in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" \
+  >"$LAB_DIR/after-hostile.out" 2>&1 || fail "a session after the hostile hops: $(cat "$LAB_DIR/after-hostile.out")"
+expect_eq "$(cat "$LAB_DIR/after-hostile.out")" "hello" "a session after the hostile hops is echoed"
+
 step "limits: 3 sessions per key; the 4th is refused by the relay (REFUSE 128), passed to the host"
 "$BIN/csp" keygen --key "$LAB_DIR/limit.key" >/dev/null
 limit_key=$("$BIN/csp" keygen --key "$LAB_DIR/limit.key" --show)
