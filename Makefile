@@ -41,6 +41,9 @@ scenarios: check-root
 wire-tests: check-root
 	@if [ -x Tests/wire/tshark.sh ]; then bash Tests/wire/tshark.sh; fi
 	@if [ -x Tests/wire/fuzz.sh ]; then bash Tests/wire/fuzz.sh $${FUZZ_SECONDS:-30}; fi
+	@# The Noise vectors the Swift tests check were made by an independent implementation over
+	@# Python's cryptography: it must still produce them (docs/PROTOCOL.md 14.13).
+	@python3 Tests/crypto/noise_xx_crosscheck.py --check Tests/CSPTrustTests/Vectors/noise-xx-crosscheck.json
 
 ## qemu-test: foundation and signaling scenarios on Debian's stock kernel under QEMU (tcg), where
 # midcomd uses the native nft queue expression (this VM's kernel has only the compat target).
