@@ -80,6 +80,9 @@ extension Daemon {
         let replaced = state.handle != knownHandle
         let queueRulesMissing = ["enqueue", "enqueue_proved"].contains { ((try? nft.ruleCount(table: table, chain: $0)) ?? 0) == 0 }
         guard replaced || queueRulesMissing || rulesetCondition.withLock({ $0 }) != .intact else { return }
+        // Stopping removes the queue rules on purpose: putting them back now would leave a queue
+        // rule with no reader once this process is gone (a race seen under emulation).
+        guard !stopping.load(ordering: .relaxed) else { return }
         let started = ContinuousClock.now
         do {
             try installQueueRules()
