@@ -29,7 +29,8 @@ public struct DiscoveryProbe: Sendable {
         let family = destination.address.family
         // ANNOUNCEs come back to this socket: its port goes into the option as the reply port.
         let socket = try UDPSocket(family: family)
-        let option = CSPDiscoveryOption(replyPort: socket.localPort, nonce: secureRandomUInt64())
+        // Never 0: nonce 0 marks an unsolicited ANNOUNCE (docs/PROTOCOL.md 5.7.1).
+        let option = CSPDiscoveryOption(replyPort: socket.localPort, nonce: max(1, secureRandomUInt64()))
         // An empty datagram: to a CSP port it is the pure probe of docs/PROTOCOL.md 9.2 (answered and
         // forwarded, never mistaken for a malformed message); to any other port it carries nothing.
         let probe: [UInt8] = []

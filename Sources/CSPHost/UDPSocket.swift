@@ -13,9 +13,10 @@ public final class UDPSocket: Sendable {
     /// Opens a socket bound to `address` (nil = any) and `port` (0 = ephemeral).
     /// `transparent` (IP_TRANSPARENT / IPV6_TRANSPARENT, needs CAP_NET_ADMIN) allows binding a
     /// non-local address: a middlebox answering in a peer's place sends from the peer's address.
+    /// `interfaceIndex` scopes an IPv6 link-local or link-scope multicast `address` (ff02::1 on eth0).
     public init(
         family: IPAddress.Family, address: IPAddress? = nil, port: UInt16 = 0, reuseAddress: Bool = false,
-        transparent: Bool = false
+        transparent: Bool = false, interfaceIndex: UInt32 = 0
     ) throws(SystemCallError) {
         self.family = family
         // The socket is configured through a local owner and handed to `fd` only when it is ready: a
@@ -35,7 +36,7 @@ public final class UDPSocket: Sendable {
             _ = try systemCall("setsockopt(IP_TRANSPARENT) (needs CAP_NET_ADMIN)") { setsockopt(socket.rawValue, level, name, &one, size) }
         }
         let local = CSPEndpoint(address: address ?? (family == .ipv4 ? IPAddress(ipv4: 0) : IPAddress(ipv6: 0, 0)), port: port)
-        try Self.withSockaddr(local) { sa, len throws(SystemCallError) in
+        try Self.withSockaddr(local, scope: interfaceIndex) { sa, len throws(SystemCallError) in
             _ = try systemCall("bind to \(local)") { bind(socket.rawValue, sa, len) }
         }
         fd = socket.release()
@@ -91,9 +92,9 @@ public final class UDPSocket: Sendable {
         return (Array(buffer[0..<count]), from)
     }
 
-    static func withSockaddr<R>(_ endpoint: CSPEndpoint, _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> R)
-        throws(SystemCallError) -> R
-    {
+    static func withSockaddr<R>(
+        _ endpoint: CSPEndpoint, scope: UInt32 = 0, _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> R
+    ) throws(SystemCallError) -> R {
         var storage = sockaddr_storage()
         let bytes = endpoint.address.bytes
         let length: Int
@@ -108,6 +109,7 @@ public final class UDPSocket: Sendable {
             var sin6 = sockaddr_in6()
             sin6.sin6_family = sa_family_t(AF_INET6)
             sin6.sin6_port = endpoint.port.bigEndian
+            sin6.sin6_scope_id = scope
             withUnsafeMutableBytes(of: &sin6.sin6_addr) { $0.copyBytes(from: bytes) }
             withUnsafeMutableBytes(of: &storage) { dst in withUnsafeBytes(of: sin6) { dst.copyMemory(from: $0) } }
             length = MemoryLayout<sockaddr_in6>.size
@@ -161,4 +163,48 @@ extension UDPSocket {
         guard let local = endpoint(from: storage) else { throw SystemCallError(call: "getsockname", errno: EINVAL) }
         return local.address
     }
+}
+
+extension UDPSocket {
+    /// The all-hosts groups an unsolicited ANNOUNCE goes to (docs/PROTOCOL.md 5.7.1).
+    public static let allHostsIPv4 = IPAddress(ipv4: 0xe000_0001)
+    public static let allNodesIPv6 = IPAddress(bytes: [0xff, 0x02] + [UInt8](repeating: 0, count: 13) + [1])!
+
+    /// A socket that hears the all-hosts group of `near`'s family on `port` (and nothing sent to
+    /// this host's own addresses: it is bound to the group, so it never takes a unicast datagram
+    /// from another socket of the port). IPv6 listens on the interface that has `near`.
+    public static func allHostsListener(near: IPAddress, port: UInt16) throws(SystemCallError) -> UDPSocket {
+        if near.family == .ipv4 {
+            return try UDPSocket(family: .ipv4, address: allHostsIPv4, port: port, reuseAddress: true)
+        }
+        return try UDPSocket(family: .ipv6, address: allNodesIPv6, port: port, reuseAddress: true, interfaceIndex: interfaceIndex(of: near))
+    }
+
+    /// The index of the interface that has `address` (getifaddrs), 0 when none has it.
+    public static func interfaceIndex(of address: IPAddress) -> UInt32 {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return 0 }
+        defer { freeifaddrs(first) }
+        var cursor: UnsafeMutablePointer<ifaddrs>? = first
+        while let entry = cursor {
+            cursor = entry.pointee.ifa_next
+            guard let sa = entry.pointee.ifa_addr, Int32(sa.pointee.sa_family) == AF_INET6, address.family == .ipv6 else { continue }
+            let bytes = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { withUnsafeBytes(of: $0.pointee.sin6_addr) { Array($0) } }
+            if bytes == address.bytes, let name = entry.pointee.ifa_name { return if_nametoindex(name) }
+        }
+        return 0
+    }
+}
+
+/// Waits until the address watcher or one of `sockets` has something to read, or `timeout`
+/// passes: one poll(2) over all of them, so a keeper sleeps until an event instead of polling.
+/// Returns whether the watcher is readable and which sockets are.
+public func waitReadable(_ watcher: AddressWatcher, _ sockets: [UDPSocket], timeout: Duration) throws(SystemCallError)
+    -> (watcher: Bool, sockets: [Bool])
+{
+    var fds = [pollfd(fd: watcher.fd, events: Int16(POLLIN), revents: 0)] + sockets.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+    let milliseconds = Int32(clamping: max(0, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+    let ready = try systemCall("poll") { poll(&fds, nfds_t(fds.count), milliseconds) }
+    guard ready > 0 else { return (false, sockets.map { _ in false }) }
+    return (fds[0].revents != 0, fds.dropFirst().map { $0.revents != 0 })
 }

@@ -17,7 +17,8 @@ extension CSPCommand {
                 Refreshes at half the effective lifetime (±10 %); compares each answer's records with \\
                 the last ones and signals the whole session again (SETUP, same ID, next sequence) when a \\
                 middlebox restarted (epoch), appeared or left, or when a middlebox no longer knows the \\
-                session; watches the host's addresses (rtnetlink events) and sends REBIND from the new \\
+                session; REFRESHes at once when a middlebox multicasts an epoch the path does not hold \\
+                (docs/PROTOCOL.md 5.7.1: at most every 2 s, the answer decides); watches the host's addresses (rtnetlink events) and sends REBIND from the new \\
                 address when the session's address goes away and another of its family comes up. One \\
                 JSON line per event on stdout. Exit 0 at the end of --duration, 1 when the session \\
                 could not be kept.
@@ -32,6 +33,18 @@ extension CSPCommand {
             let key = try common.signingKey()
             var keeper = SessionKeeper(records: entry.records)
             let watcher = try AddressWatcher()
+            // Unsolicited ANNOUNCEs of middlebox epochs (PROTOCOL.md 5.7.1): a reason to REFRESH at
+            // once (a restarted middlebox, a HA pair's new active box), judged by the gate.
+            var gate = EpochAnnouncementGate(pinned: try common.trust().pinned)
+            let ownAddress = entry.flow.map { entry.incoming ? $0.destination : $0.source }
+            var announcements: [UDPSocket] = []
+            if let ownAddress {
+                do {
+                    announcements = [try UDPSocket.allHostsListener(near: ownAddress, port: common.cspPort)]
+                } catch {
+                    printError("epoch announcements will not be heard (the session is refreshed as usual): \(error)")
+                }
+            }
             let clock = ContinuousClock()
             let end = duration > 0 ? clock.now.advanced(by: .milliseconds(Int64(duration * 1000))) : nil
             var effective = lifetime
@@ -45,7 +58,14 @@ extension CSPCommand {
                 // A REBIND waiting to be retried (the route may come a moment after the address)
                 // is retried within 100 ms, not after the next address event or refresh.
                 let wait = moveTo == nil ? min(clock.now.duration(to: nextRefresh), .seconds(1)) : .milliseconds(100)
-                for event in try watcher.next(timeout: max(wait, .milliseconds(10))) {
+                let ready = try waitReadable(watcher, announcements, timeout: max(wait, .milliseconds(10)))
+                if ready.sockets.first == true, let (bytes, from) = try? announcements[0].receive(timeout: .zero, maximumLength: 1500) {
+                    if case .refreshNow(let middlebox, let epoch) = gate.consider(bytes, path: keeper.path, now: clock.now) {
+                        report(["event": "announced", "session": hex(id), "middlebox": hex(middlebox), "epoch": "\(epoch)", "from": "\(from)"])
+                        if !lostAddress, moveTo == nil { nextRefresh = clock.now }
+                    }
+                }
+                for event in ready.watcher ? try watcher.next(timeout: .zero) : [] {
                     guard let flow = common.sessions.load(id)?.flow else { continue }
                     let own = entry.incoming ? flow.destination : flow.source
                     if event.kind == .removed, event.address == own {
@@ -156,6 +176,11 @@ extension CSPCommand {
                 KeeperStatus(pid: getpid(), event: event, at: wallClockSeconds(), lifetime: UInt32(fields["lifetime"] ?? "") ?? lifetime)
                     .save(common.sessions, id)
             }
+            // When, to the millisecond (wall clock): scripts measure how fast the keeper reacted.
+            var time = timespec()
+            clock_gettime(CLOCK_REALTIME, &time)
+            var fields = fields
+            fields["at"] = "\(time.tv_sec).\(String(1000 + time.tv_nsec / 1_000_000).dropFirst())"
             let body = fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value)\"" }.joined(separator: ",")
             print("{\(body)}")
             fflush(nil)

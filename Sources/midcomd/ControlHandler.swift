@@ -56,14 +56,19 @@ extension Daemon {
         case .status:
             return ControlResponse(ok: true, status: status())
         case .announce:
-            guard configuration.nat != nil else { return ControlResponse(ok: true, message: "no [nat]: no NAT-PMP/PCP clients to tell") }
+            epochAnnouncementRequests.add(1, ordering: .relaxed)
+            let csp = "epoch \(engine.withLock { $0.identity.epoch }): announcing to the inside CSP hosts (ANNOUNCE to 224.0.0.1 and ff02::1, 3 times over 1.5 s)"
+            guard configuration.nat != nil else {
+                log(.notice, "midctl announce: announcing our epoch to the inside hosts")
+                return ControlResponse(ok: true, message: "\(csp); no [nat]: no NAT-PMP/PCP clients to tell")
+            }
             let epoch = engine.withLock { engine -> UInt32 in
                 engine.restartPortMappingEpoch(wallClock: wallClock())
                 return engine.portMappingEpoch(wallClock: wallClock())
             }
             announceRequested.store(true, ordering: .relaxed)
             log(.notice, "midctl announce: the port-mapping epoch starts again; announcing it to the inside hosts")
-            return ControlResponse(ok: true, message: "epoch \(epoch): announcing to the inside hosts (NAT-PMP and PCP ANNOUNCE, 10 times over about 4 minutes)")
+            return ControlResponse(ok: true, message: "\(csp); port-mapping epoch \(epoch): announcing to NAT-PMP/PCP clients (10 times over about 4 minutes)")
         case .reload:
             switch reload(trigger: "midctl reload") {
             case .success(let summary): return ControlResponse(ok: true, message: summary)
@@ -208,6 +213,7 @@ extension Daemon {
         counters["replies_failed"] = failedReplies.load(ordering: .relaxed)
         counters["reload_failures"] = reloadFailures.load(ordering: .relaxed)
         counters.merge(restart.counters) { $1 }
+        counters["epoch_announcements"] = epochAnnouncements.load(ordering: .relaxed)
         counters["ruleset_lost"] = rulesetLost.load(ordering: .relaxed)
         counters["ruleset_restored"] = rulesetRestored.load(ordering: .relaxed)
         let cleaned = cleanup.counters

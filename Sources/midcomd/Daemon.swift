@@ -54,8 +54,15 @@ final class Daemon: Sendable {
     let kernelErrors = Atomic<UInt64>(0)
     let failedReplies = Atomic<UInt64>(0)
     let stopping = Atomic<Bool>(false)
+    /// Set by shutdown as it removes the queue rules, under this lock; the ruleset watcher puts
+    /// them back only under it, and never once it is set.
+    let queueRulesRemovedForGood = Mutex<Bool>(false)
     /// `midctl announce`: the port-mapping thread starts its announcements again.
     let announceRequested = Atomic<Bool>(false)
+    /// Requests to announce our epoch to the inside hosts (CSP ANNOUNCE): 1 at start, one more per
+    /// `midctl announce`; the announcing thread sends its schedule whenever the count changes.
+    let epochAnnouncementRequests = Atomic<UInt64>(1)
+    let epochAnnouncements = Atomic<UInt64>(0)
 
     /// The file and overrides the configuration came from: read again on reload.
     let source: ConfigurationSource
@@ -222,6 +229,7 @@ final class Daemon: Sendable {
         Thread.detachNewThread { [self] in self.adoptKernelState() }
         Thread.detachNewThread { [self] in self.writeSnapshotsPeriodically() }
         Thread.detachNewThread { [self] in self.watchRuleset() }
+        Thread.detachNewThread { [self] in self.announceEpochOnRequest() }
         if let metrics, let listen = configuration.metricsListen { metrics.serve(at: listen, daemon: self) }
         let identity = engine.withLock { $0.identity }
         log(.notice, "middlebox \(hex(identity.id)) key \(identity.key?.publicKey.text ?? "none") (challenge \(configuration.trust.challenge.rawValue), signatures \(configuration.trust.signatures.rawValue))")
@@ -278,11 +286,14 @@ final class Daemon: Sendable {
         control.withLock { $0?.stop() }
         // The packet loops have stopped: the snapshot holds every session, for the next start.
         writeSessionSnapshot(clean: true)
-        for chain in ["enqueue", "enqueue_proved"] {
-            do {
-                try nft.flushChain(table: configuration.table, chain: chain)
-            } catch {
-                log(.error, "could not remove the queue rule of \(chain): \(error)")
+        queueRulesRemovedForGood.withLock { removed in
+            removed = true
+            for chain in ["enqueue", "enqueue_proved"] {
+                do {
+                    try nft.flushChain(table: configuration.table, chain: chain)
+                } catch {
+                    log(.error, "could not remove the queue rule of \(chain): \(error)")
+                }
             }
         }
         do { try filterPortMappingInput(serving: false) } catch {

@@ -57,7 +57,7 @@ extension Daemon {
         let natPMP = NATPMP.externalAddressResponse(.success, epoch: epoch, address: nat.externalAddress)
         let pcp = PCP.response(opcode: PCP.Opcode.announce.rawValue, result: .success, lifetime: 0, epoch: epoch, mapping: nil)
         let group = CSPEndpoint(address: IPAddress(ipv4: 0xe000_0001), port: NATPMP.clientPort)
-        for address in Self.localIPv4Addresses() where nat.isInternal(address) {
+        for address in Self.localAddresses().map(\.address) where address.family == .ipv4 && nat.isInternal(address) {
             do {
                 // IP_MULTICAST_IF (32): leave by the interface that has this address.
                 try socket.setOption(level: Int32(IPPROTO_IP), name: 32, bytes: address.bytes)
@@ -67,23 +67,6 @@ extension Daemon {
                 log.limited(.warning, category: "nat-pmp", "cannot announce the external address via \(address): \(error)")
             }
         }
-    }
-
-    /// This host's IPv4 addresses (getifaddrs).
-    static func localIPv4Addresses() -> [IPAddress] {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return [] }
-        defer { freeifaddrs(first) }
-        var addresses: [IPAddress] = []
-        var cursor: UnsafeMutablePointer<ifaddrs>? = first
-        while let entry = cursor {
-            if let sa = entry.pointee.ifa_addr, sa.pointee.sa_family == sa_family_t(AF_INET) {
-                let value = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
-                addresses.append(IPAddress(ipv4: value))
-            }
-            cursor = entry.pointee.ifa_next
-        }
-        return addresses
     }
 
     /// The answer to one NAT-PMP datagram (nil: dropped, counted).

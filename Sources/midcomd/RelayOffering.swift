@@ -31,35 +31,8 @@ enum RelayOffering {
     /// The `listen` endpoints whose address is not one of this box's (getifaddrs): an offer
     /// naming one would send hosts nowhere.
     static func foreignListenEndpoints(_ relay: RelayConfiguration) -> [CSPEndpoint] {
-        let local = localAddresses()
+        let local = Set(Daemon.localAddresses().map(\.address))
         return relay.listen.filter { !local.contains($0.address) }
-    }
-
-    /// This host's IPv4 and IPv6 addresses, every interface.
-    static func localAddresses() -> Set<IPAddress> {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return [] }
-        defer { freeifaddrs(first) }
-        var addresses: Set<IPAddress> = []
-        var cursor: UnsafeMutablePointer<ifaddrs>? = first
-        while let entry = cursor {
-            if let sa = entry.pointee.ifa_addr {
-                switch Int32(sa.pointee.sa_family) {
-                case AF_INET:
-                    let value = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
-                    addresses.insert(IPAddress(ipv4: value))
-                case AF_INET6:
-                    let bytes = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { pointer in
-                        withUnsafeBytes(of: pointer.pointee.sin6_addr) { Array($0) }
-                    }
-                    if let address = IPAddress(bytes: bytes) { addresses.insert(address) }
-                default:
-                    break
-                }
-            }
-            cursor = entry.pointee.ifa_next
-        }
-        return addresses
     }
 
     /// `midcomd --check`'s refusal of a `listen` address the box does not have, with the line of

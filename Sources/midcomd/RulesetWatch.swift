@@ -80,12 +80,18 @@ extension Daemon {
         let replaced = state.handle != knownHandle
         let queueRulesMissing = ["enqueue", "enqueue_proved"].contains { ((try? nft.ruleCount(table: table, chain: $0)) ?? 0) == 0 }
         guard replaced || queueRulesMissing || rulesetCondition.withLock({ $0 }) != .intact else { return }
-        // Stopping removes the queue rules on purpose: putting them back now would leave a queue
-        // rule with no reader once this process is gone (a race seen under emulation).
-        guard !stopping.load(ordering: .relaxed) else { return }
         let started = ContinuousClock.now
         do {
-            try installQueueRules()
+            // Stopping removes the queue rules on purpose: putting them back then would leave a
+            // queue rule with no reader once this process is gone (a race seen under emulation).
+            // Under the lock shutdown takes to remove them, so the check and the install are one
+            // step: either the rules go in before shutdown flushes them, or not at all.
+            let installed = try queueRulesRemovedForGood.withLock { removed throws -> Bool in
+                guard !removed, !stopping.load(ordering: .relaxed) else { return false }
+                try installQueueRules()
+                return true
+            }
+            guard installed else { return }
             var restored = 0
             if replaced {
                 try filterPortMappingInput(serving: portMappingSocket != nil)

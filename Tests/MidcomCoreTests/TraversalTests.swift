@@ -1,3 +1,4 @@
+import CSPTrust
 import CSPWire
 import XCTest
 
@@ -150,6 +151,26 @@ final class TraversalTests: XCTestCase {
         XCTAssertNotNil(small)
         XCTAssertFalse(small?.message.tlvs.contains(.middleboxName("nat1")) ?? true)
         XCTAssertNil(e.announce(to: client, nonce: 6, triggerLength: 20, now: .seconds(5)))
+    }
+
+    /// The unsolicited ANNOUNCE of our epoch (PROTOCOL.md 5.7.1): nonce and session 0, our record,
+    /// signed with our key, the signature valid over what goes on the wire.
+    func testEpochAnnouncementIsUnsolicitedAndSigned() throws {
+        let key = SigningKey(seed: [UInt8](repeating: 0x21, count: 32))!
+        let signing = GatewayEngine(configuration: MidcomConfiguration(), identity: MiddleboxIdentity(id: 7, epoch: 9, name: "nat1", key: key))
+        let message = signing.epochAnnouncement()
+        XCTAssertEqual(message.type, .announce)
+        XCTAssertEqual(message.nonce, 0)
+        XCTAssertEqual(message.sessionID, 0)
+        XCTAssertTrue(message.flags.contains(.fromMiddlebox))
+        XCTAssertEqual(message.records.map(\.middleboxID), [7])
+        XCTAssertEqual(message.records.map(\.epoch), [9])
+        let bytes = try message.serialize()
+        let parsed = try CSPMessage.parse(bytes)
+        XCTAssertEqual(SignatureCheck.check(bytes, message: parsed, checkRecords: true).records.map(\.status), [.valid(key.publicKey)])
+        // Without a key: the same announcement, unsigned (it only informs).
+        let plain = try engine().epochAnnouncement().serialize()
+        XCTAssertEqual(SignatureCheck.check(plain, message: try CSPMessage.parse(plain), checkRecords: true).records.map(\.status), [.unsigned])
     }
 
     func testNATConfigurationErrors() {

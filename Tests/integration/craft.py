@@ -129,7 +129,8 @@ def send(args):
     nonce = int(args.nonce, 16) if args.nonce else int.from_bytes(os.urandom(8), "big")
     data = message(args.type, tlvs, session, nonce, args.seq, args.flags, args.result, args.size)
     s = udp_socket(args.addr, args.sport, args.bind)
-    s.sendto(data, (args.addr, args.port))
+    for _ in range(max(1, min(args.count, 1000))):
+        s.sendto(data, (args.addr, args.port))
     say(f"sent {len(data)} octets {text(data)} to {args.addr}:{args.port} from port {s.getsockname()[1]}")
     if args.wait:
         deadline, replies, responded = time.monotonic() + min(args.wait, MAX_SECONDS), 0, 0
@@ -238,6 +239,7 @@ p.add_argument("--tlv", action="append", default=[])
 p.add_argument("--size", type=int)
 p.add_argument("--wait", type=float, default=0.0)
 p.add_argument("--respond", action="store_true")
+p.add_argument("--count", type=int, default=1, help="send the datagram this many times (at most 1000)")
 p.set_defaults(fn=send)
 p = sub.add_parser("recv")
 p.add_argument("port", type=int)

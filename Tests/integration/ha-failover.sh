@@ -15,6 +15,7 @@
 source "$(dirname "$0")/lib.sh"
 lab_init hafail
 EXAMPLES=$ROOT/docs/examples/ha
+CRAFT="$PY $ROOT/Tests/integration/craft.py"
 for tool in keepalived conntrackd; do
   command -v "$tool" >/dev/null || fail "$tool is missing: run scripts/install-deps.sh"
 done
@@ -129,15 +130,32 @@ gw1_id=$(sed -n 's/.*middlebox gw id \([0-9a-f]\{16\}\) epoch.*/\1/p' <<<"$CSP_O
 csp_run client setup udp 198.51.100.10:5000 --sport 4000 --lifetime 120
 expect_eq "$CSP_RC" 0 "UDP setup"
 
-step "a pinhole for the server to the client's port 6000 (no connection yet), kept by csp keep (lifetime 6 s)"
+step "a pinhole for the server to the client's port 6000 (no connection yet), kept by csp keep (lifetime 120 s: refreshes ~60 s apart)"
 export CSP_STATE_DIR="$LAB_DIR/csp-state"
 in_ns client "$BIN/csp" keygen --key "$LAB_DIR/client.key" >/dev/null
 lab_serve client "$LAB_DIR/pin.log" $FLOWS udp-echo 6000 --duration 60
-csp_run client setup udp --incoming --peer 198.51.100.10 --local-port 6000 --lifetime 6 --key "$LAB_DIR/client.key"
+csp_run client setup udp --incoming --peer 198.51.100.10 --local-port 6000 --lifetime 120 --key "$LAB_DIR/client.key"
 expect_eq "$CSP_RC" 0 "pinhole setup"
 pin=$(session_of "$CSP_OUT")
-lab_bg client "$LAB_DIR/keep.log" "$BIN/csp" keep "$pin" --lifetime 6 --duration 60 --key "$LAB_DIR/client.key"
+lab_bg client "$LAB_DIR/keep.log" "$BIN/csp" keep "$pin" --lifetime 120 --duration 90 --key "$LAB_DIR/client.key"
 wait_for_match "$LAB_DIR/keep.log" '"event":"keeping"' 5
+sleep 0.3
+
+# Epoch announcements (docs/PROTOCOL.md 5.7.1) are unauthenticated multicast on the LAN: anyone
+# inside can send them. A forged one may cost one REFRESH per 2 s, never a change of state.
+step "forged epoch ANNOUNCEs on the LAN (50 unsigned ones of an unknown middlebox, 50 with a discovery nonce): at most one REFRESH, no re-signal"
+record=$(printf '%016x%08x%02x%02x%08x' 0x6666 7 0 0 0)
+in_ns client $CRAFT send 224.0.0.1 7227 --type 14 --flags 1 --session 0 --nonce 0 --seq 0 --tlv 0x000a=00000007 \
+  --tlv "0x0009=$record" --count 50 >/dev/null
+in_ns client $CRAFT send 224.0.0.1 7227 --type 14 --flags 1 --session 0 --nonce 1234 --seq 0 --tlv 0x000a=00000008 \
+  --tlv "0x0009=$(printf '%016x%08x%02x%02x%08x' 0x6667 8 0 0 0)" --count 50 >/dev/null
+wait_for_match "$LAB_DIR/keep.log" '"event":"refreshed"' 5
+sleep 0.5
+indent <"$LAB_DIR/keep.log"
+expect_eq "$(grep -c '"event":"announced"' "$LAB_DIR/keep.log")" 1 "announcements the keeper acted on"
+expect_match "$(grep '"event":"announced"' "$LAB_DIR/keep.log")" '"middlebox":"0000000000006666"' "the one acted on"
+expect_no_match "$(cat "$LAB_DIR/keep.log")" '"event":"resignaled"' "a re-signal after forged announcements"
+expect_match "$(midctl gw1 sessions)" "$pin +udp .*admitted" "the pinhole on gw1, unchanged"
 expect_eq "$(midctl gw2 sessions --json | $PY -c 'import json,sys; print(len(json.load(sys.stdin)))')" 0 "sessions gw2's midcomd knows"
 
 # The streams: TCP writes 1000 bytes every 10 ms and reads the echo; UDP sends a numbered datagram
@@ -233,12 +251,16 @@ gw2_id=$(sed -n 's/.*middlebox gw id \([0-9a-f]\{16\}\) epoch.*/\1/p' <<<"$CSP_O
 out=$(in_ns client $FLOWS udp-ping 198.51.100.10 5001 --sport 4001 --count 5 --interval 0.02 --wait 0.5)
 indent <<<"$out"; expect_match "$out" "sent 5 replies 5 " "data of the new session"
 
-step "the kept pinhole: the keeper sees gw2's record (a new middlebox) and re-signals; the server gets in"
+step "the kept pinhole: gw2 announces its epoch (notify_master: midctl announce); the keeper REFRESHes at once, sees gw2's record and re-signals; the server gets in"
 wait_for_match "$LAB_DIR/keep.log" '"event":"resignaled"' 10
+resignaled_at=$(grep '"event":"resignaled"' "$LAB_DIR/keep.log" | head -1 | sed -n 's/.*"at":"\([0-9.]*\)".*/\1/p')
+resignal=$(awk -v a="$kill_at" -v b="$resignaled_at" 'BEGIN { printf "%.2f", b - a }')
+echo "      $(grep '"event":"announced"' "$LAB_DIR/keep.log" | tail -1)"
 echo "      $(grep resignaled "$LAB_DIR/keep.log" | head -1)"
-resignal=$(awk -v a="$kill_at" -v b="$(now_s)" 'BEGIN { printf "%.2f", b - a }')
+expect_match "$(grep '"event":"announced"' "$LAB_DIR/keep.log" | tail -1)" "\"middlebox\":\"$gw2_id\"" "gw2's announcement reached the keeper"
+awk -v r="$resignal" 'BEGIN { exit !(r <= 5.0) }' || fail "the keeper re-signaled ${resignal} s after gw1's death (its next refresh was ~60 s away: the announcement did not work)"
 expect_match "$(midctl gw2 sessions)" "$pin +udp +198\.51\.100\.10(:\*)? +192\.168\.1\.10:6000 +admitted" "the pinhole on gw2"
 out=$(in_ns server $FLOWS udp-ping 192.168.1.10 6000 --sport 7100 --count 3 --interval 0.02 --wait 0.5)
 indent <<<"$out"; expect_match "$out" "sent 3 replies 3 " "data through the re-signaled pinhole"
-echo "      figures: the pinhole was back on gw2 at most ${resignal} s after gw1's death (keeper refresh interval ~3 s)"
+echo "      figures: the pinhole was back on gw2 ${resignal} s after gw1's death (keeper refresh interval ~60 s; announcement-driven)"
 echo "ha-failover: all checks passed (takeover ${takeover} s, TCP gap ${tcp_gap} s, UDP gap ${udp_gap} s)"

@@ -128,7 +128,7 @@ running=$(field epoch)
 lab_bg inside "$LAB_DIR/announce2.log" $PCPC listen-announce --iface-address 192.168.1.2 --duration 10
 wait_for_match "$LAB_DIR/announce2.log" "^listening on" 3
 out=$(midctl nat announce); indent <<<"$out"
-expect_match "$out" "^epoch [01]: announcing to the inside hosts" "midctl announce"
+expect_match "$out" "port-mapping epoch [01]: announcing to NAT-PMP/PCP clients" "midctl announce"
 wait_for_match "$LAB_DIR/announce2.log" "opcode=ANNOUNCE result=SUCCESS code=0 lifetime=0 epoch=[01] from=192\.168\.1\.1:5351" 3
 pcp announce 192.168.1.1
 [ "$(field epoch)" -lt "$running" ] || fail "the epoch did not go back after midctl announce: $running then $(field epoch)"

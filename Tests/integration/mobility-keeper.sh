@@ -28,12 +28,13 @@ wait_for_match "$LAB_DIR/keep.log" '"event":"keeping"' 5
 replies() { in_ns client $FLOWS udp-ping 10.200.2.2 5000 --sport 4000 --count 3 --wait 0.3 | sed -n 's/.*replies \([0-9]*\).*/\1/p'; }
 expect_eq "$(replies)" 3 "data before"
 
-step "a. gw1 restarts with a new epoch: the keeper re-signals at its next refresh"
+step "a. gw1 restarts with a new epoch and announces it (PROTOCOL.md 5.7.1): the keeper refreshes at once and re-signals"
 kill "$MIDCOMD_PID"; wait "$MIDCOMD_PID" 2>/dev/null || true
 restart_at=$(now_s)
 lab_midcomd gw "$conf"
 wait_for_match "$LAB_DIR/keep.log" '"event":"resignaled".*restarted \(epoch' 10
 echo "      $(grep resignaled "$LAB_DIR/keep.log" | head -1)"
+expect_match "$(cat "$LAB_DIR/keep.log")" '"event":"announced"' "the keeper heard the restarted gw's epoch announcement"
 expect_eq "$(replies)" 3 "data after the re-signal"
 echo "      restart → re-signaled: $(awk -v a="$restart_at" -v b="$(now_s)" 'BEGIN { printf "%.2f", b - a }') s"
 expect_match "$(midctl gw sessions)" "$s +udp +10\.200\.1\.2:4000 +10\.200\.2\.2:5000 +admitted" "the session is known again"

@@ -55,6 +55,21 @@ extension GatewayEngine {
     }
 }
 
+extension GatewayEngine {
+    /// The unsolicited ANNOUNCE of our epoch (docs/PROTOCOL.md 5.7.1), multicast to the inside hosts
+    /// at start and when `midctl announce` asks (a HA pair's new active box): session 0 and nonce 0
+    /// mark it unsolicited; EPOCH, MIDDLEBOX-NAME and our record, signed when we have a key. Hosts
+    /// take it only as a reason to ask at once (a REFRESH), never as a fact: the answer's records
+    /// decide whether they signal again.
+    public func epochAnnouncement() -> CSPMessage {
+        let record = CSPMiddleboxRecord(middleboxID: identity.id, epoch: identity.epoch, decision: .forwarded, grantedLifetime: 0)
+        return sealed(
+            CSPMessage(
+                type: .announce, flags: .fromMiddlebox, result: .success, sessionID: 0, nonce: 0,
+                tlvs: [.epoch(identity.epoch), .middleboxName(identity.name), .middleboxRecord(record)]))
+    }
+}
+
 extension CSPMessage {
     /// The message with the IDENTITY and SIGNATURE of every record removed (to re-sign it).
     var withoutRecordSignatures: CSPMessage {

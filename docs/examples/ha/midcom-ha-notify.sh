@@ -24,11 +24,11 @@ case "$1" in
     $CONNTRACKD -R || log "ERROR: conntrackd -R (resync) failed"
     $CONNTRACKD -B || log "ERROR: conntrackd -B (bulk send) failed"
     # 3. Sessions without a connection (pinholes, pending admissions) live in the old master's
-    #    midcomd only: hosts learn of our epoch from our record in the next reply that crosses
-    #    us (their keepers then re-signal, docs/PROTOCOL.md 6.5). Log what they will see.
+    #    midcomd only. `midctl announce` multicasts our epoch to the inside hosts (CSP ANNOUNCE,
+    #    docs/PROTOCOL.md 5.7.1): their session keepers REFRESH at once, see our record in the
+    #    answer and signal their sessions again (6.5). It also starts the NAT-PMP/PCP epoch again
+    #    and announces it (RFC 6886 3.2.1, RFC 6887 8.5), so those clients re-map what we lack.
     log "master: $($MIDCTL status --json 2>/dev/null | tr -d '\n' | sed -n 's/.*"epoch" *: *\([0-9]*\).*/epoch \1/p')"
-    # 4. NAT-PMP and PCP clients: our port-mapping epoch starts again and is announced to the
-    #    inside hosts (RFC 6886 3.2.1, RFC 6887 8.5), so they re-map what we may lack.
     log "announce: $($MIDCTL announce 2>&1)"
     ;;
   backup)
