@@ -94,12 +94,12 @@ let package = Package(
         ),
         // Fuzz harness for CSPWire; see Tests/wire/fuzz.sh. A plain build yields a corpus replay tool.
         .executableTarget(name: "CSPWireFuzz", dependencies: ["CSPWire"]),
-        .testTarget(name: "CSPWireTests", dependencies: ["CSPWire", "CSPTrust"], resources: [.copy("Vectors")]),
+        .testTarget(name: "CSPWireTests", dependencies: ["CSPWire", "CSPTrust", "TestSupport"], resources: [.copy("Vectors")]),
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore", "CSPTrust"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
         .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire", "CSPTrust", "CSPSession", "TestSupport"]),
         .testTarget(name: "CSPTrustTests", dependencies: ["CSPTrust", "CSPWire"], resources: [.copy("Vectors")]),
-        .testTarget(name: "CSPSessionTests", dependencies: ["CSPSession", "CSPTrust", "CSPWire"]),
+        .testTarget(name: "CSPSessionTests", dependencies: ["CSPSession", "CSPTrust", "CSPWire", "TestSupport"]),
         .testTarget(name: "MidcomRelayTests", dependencies: ["MidcomRelay", "CSPSession", "CSPTrust", "CSPWire"]),
         .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"]),
         // Runs commands (nft, ip) for the tests that use the real kernel; linked by test targets only.

@@ -1,16 +1,13 @@
 import CSPTrust
 import CSPWire
 import Foundation
+import TestSupport
 
 /// The published test vectors (docs/PROTOCOL.md, "Test vectors"). Each is stored as
 /// `Vectors/<name>.hex`; `VectorFileTests` checks the files are exactly what the codec emits.
 /// To regenerate after a deliberate wire change: `CSP_REGENERATE_VECTORS=1 swift test --filter VectorFileTests`.
 enum TestVectors {
-    struct Vector {
-        var name: String
-        var summary: String
-        var bytes: () throws -> [UInt8]
-    }
+    typealias Vector = TestVector
 
     static let hostV4 = IPAddress("192.0.2.10")!
     static let peerV4 = IPAddress("198.51.100.20")!
@@ -161,27 +158,5 @@ enum TestVectors {
                 Vector(name: "discovery-tcp-option", summary: "TCP option kind 253, ExID 0x4353",
                        bytes: { discovery.tcpOption }),
             ]
-    }
-
-    // MARK: file format: "# name: summary" lines, then hex, 16 octets per line
-
-    static func render(_ vector: Vector) throws -> String {
-        let bytes = try vector.bytes()
-        var text = "# \(vector.name): \(vector.summary)\n# \(bytes.count) octets\n"
-        for start in stride(from: 0, to: bytes.count, by: 16) {
-            text += bytes[start..<min(start + 16, bytes.count)].map { String(format: "%02x", $0) }.joined(separator: " ") + "\n"
-        }
-        return text
-    }
-
-    static func parseHex(_ text: String) -> [UInt8]? {
-        var out: [UInt8] = []
-        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-            for word in line.split(separator: " ") {
-                guard word.count == 2, let b = UInt8(word, radix: 16) else { return nil }
-                out.append(b)
-            }
-        }
-        return out
     }
 }

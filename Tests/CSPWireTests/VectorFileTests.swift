@@ -1,6 +1,7 @@
 import CSPTrust
 import CSPWire
 import Foundation
+import TestSupport
 import XCTest
 
 /// The files under Vectors/ (published in docs/PROTOCOL.md) are exactly what the codec emits, and
@@ -14,7 +15,7 @@ final class VectorFileTests: XCTestCase {
         if ProcessInfo.processInfo.environment["CSP_REGENERATE_VECTORS"] == "1" {
             let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Vectors")
             for vector in TestVectors.all {
-                try TestVectors.render(vector).write(to: source.appendingPathComponent(vector.name + ".hex"), atomically: true, encoding: .utf8)
+                try VectorFile.render(vector).write(to: source.appendingPathComponent(vector.name + ".hex"), atomically: true, encoding: .utf8)
             }
             return
         }
@@ -22,8 +23,8 @@ final class VectorFileTests: XCTestCase {
         for vector in TestVectors.all {
             let url = directory.appendingPathComponent(vector.name + ".hex")
             let text = try String(contentsOf: url, encoding: .utf8)
-            XCTAssertEqual(text, try TestVectors.render(vector), vector.name)
-            XCTAssertEqual(TestVectors.parseHex(text), try vector.bytes(), vector.name)
+            XCTAssertEqual(text, try VectorFile.render(vector), vector.name)
+            XCTAssertEqual(VectorFile.parseHex(text), try vector.bytes(), vector.name)
         }
         // No stale files.
         let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".hex") }
@@ -33,7 +34,7 @@ final class VectorFileTests: XCTestCase {
     func testMessageVectorsParse() throws {
         let directory = try vectorDirectory()
         for (name, _, message) in TestVectors.messages {
-            let bytes = try XCTUnwrap(TestVectors.parseHex(try String(contentsOf: directory.appendingPathComponent(name + ".hex"), encoding: .utf8)))
+            let bytes = try XCTUnwrap(VectorFile.parseHex(try String(contentsOf: directory.appendingPathComponent(name + ".hex"), encoding: .utf8)))
             XCTAssertEqual(try CSPMessage.parse(bytes), message, name)
         }
     }
@@ -45,7 +46,7 @@ final class VectorFileTests: XCTestCase {
             throw XCTSkip("docs/PROTOCOL.md not reachable from \(doc.path)")
         }
         for vector in TestVectors.all {
-            XCTAssertTrue(text.contains("```\n" + (try TestVectors.render(vector)) + "```\n"), "PROTOCOL.md lacks vector \(vector.name)")
+            XCTAssertTrue(text.contains("```\n" + (try VectorFile.render(vector)) + "```\n"), "PROTOCOL.md lacks vector \(vector.name)")
         }
     }
 }
