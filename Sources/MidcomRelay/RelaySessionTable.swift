@@ -128,7 +128,10 @@ public struct RelaySessionTable: Sendable {
         guard var session = sessions[key] else { return nil }
         if session.state == .ended {
             let reason = session.endReason ?? "ended"
-            if reason.hasPrefix("byte limit") { throw Refusal(.policyDenied, reason) }
+            // Ended by the relay's own decision (a limit, the operator): final, so the host stops
+            // instead of asking the middleboxes for a new offer and coming back to this tombstone
+            // until its resume timeout. Other ends (a break not resumed in time) say "unknown".
+            if Self.endedByDecision(reason) { throw Refusal(.policyDenied, reason) }
             throw Refusal(.unknownSession, reason)
         }
         guard session.upstreamKey == upstreamKey else { throw Refusal(.authenticationFailed, "the session belongs to another key") }
@@ -178,7 +181,7 @@ public struct RelaySessionTable: Sendable {
     /// keeps it for `resume-grace`, for the host's resume.
     public mutating func hopsEnded(_ key: Key, generation: Int, clean: Bool, reason: String, now: ContinuousClock.Instant) {
         guard var session = sessions[key], session.generation == generation else { return }
-        if clean || reason.hasPrefix("byte limit") || reason == "idle" || reason == "deleted by operator" {
+        if clean || Self.endedByDecision(reason) {
             session.state = .ended
         } else {
             session.state = .broken
@@ -217,6 +220,11 @@ public struct RelaySessionTable: Sendable {
             }
         }
         return idle
+    }
+
+    /// Reasons the relay itself ends a session for (not a break): the session must not come back.
+    static func endedByDecision(_ reason: String) -> Bool {
+        reason.hasPrefix("byte limit") || reason == "idle" || reason == "deleted by operator"
     }
 
     /// IPv4 /32, IPv6 /64: what one subscriber usually has.

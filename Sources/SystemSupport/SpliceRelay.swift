@@ -23,6 +23,9 @@ public final class SpliceRelay {
     /// Octets moved a → b and b → a (what the receiving socket gave).
     public private(set) var octetsAToB: UInt64 = 0
     public private(set) var octetsBToA: UInt64 = 0
+    /// Reading stops (both ways) once this many octets moved in all: a byte limit holds to within
+    /// one pipe's worth instead of whatever arrives before the caller looks.
+    public var octetBudget: UInt64 = .max
 
     public enum State: Equatable, Sendable {
         /// Both directions may still carry octets.
@@ -44,10 +47,16 @@ public final class SpliceRelay {
 
     /// Moves every octet that can move now, both ways.
     public func pump() -> State {
-        if let failure = Self.move(from: a, to: b, through: aToB, readEnded: &aReadEnded, writeShut: &bWriteShut, octets: &octetsAToB) {
+        if let failure = Self.move(
+            from: a, to: b, through: aToB, readEnded: &aReadEnded, writeShut: &bWriteShut, octets: &octetsAToB,
+            allowed: octetBudget &- min(octetBudget, octetsBToA))
+        {
             return .failed(errno: failure.errno, onUpstream: failure.onSource)
         }
-        if let failure = Self.move(from: b, to: a, through: bToA, readEnded: &bReadEnded, writeShut: &aWriteShut, octets: &octetsBToA) {
+        if let failure = Self.move(
+            from: b, to: a, through: bToA, readEnded: &bReadEnded, writeShut: &aWriteShut, octets: &octetsBToA,
+            allowed: octetBudget &- min(octetBudget, octetsAToB))
+        {
             return .failed(errno: failure.errno, onUpstream: !failure.onSource)
         }
         return aWriteShut && bWriteShut ? .finished : .open
@@ -56,7 +65,7 @@ public final class SpliceRelay {
     /// One direction until it would block; nil, or the failure and whether the source socket had it.
     private static func move(
         from source: Int32, to destination: Int32, through pipe: SplicePipe, readEnded: inout Bool,
-        writeShut: inout Bool, octets: inout UInt64
+        writeShut: inout Bool, octets: inout UInt64, allowed: UInt64
     ) -> (errno: Int32, onSource: Bool)? {
         // Bounded: each round moves octets or ends; a pipe of 64 KiB–1 MiB empties in a few rounds,
         // and 1024 rounds per call keep one busy session from starving the worker's others.
@@ -78,6 +87,7 @@ public final class SpliceRelay {
                 }
                 return nil
             }
+            if octets >= allowed { return nil }  // the budget is spent: the caller ends the session
             switch pipe.fill(from: source) {
             case .success(0): readEnded = true
             case .success(let moved): octets += UInt64(moved)

@@ -13,6 +13,7 @@ import SystemSupport
 /// What a worker drives for one session: splice for clear hops, user space for sealed ones.
 protocol RelayDataPath: AnyObject {
     func pump() -> SpliceRelay.State
+    var octetBudget: UInt64 { get set }
     var octetsAToB: UInt64 { get }
     var octetsBToA: UInt64 { get }
 }
@@ -29,6 +30,9 @@ final class HopPair: @unchecked Sendable {
     let relay: any RelayDataPath
     var reportedUp: UInt64 = 0
     var reportedDown: UInt64 = 0
+    /// Octets these hops may still move before the session's byte limit (nil: no limit); set when
+    /// the worker takes the pair, from what earlier hops of the session moved.
+    var allowance: UInt64?
 
     /// `sealers`: the hops' ciphers when the hops are sealed (user space); nil: clear (splice).
     init(
@@ -136,6 +140,12 @@ final class RelayWorker: @unchecked Sendable {
     private func place(_ pair: HopPair) {
         let slot = freeSlots.popLast() ?? { slots.append(nil); return slots.count - 1 }()
         slots[slot] = pair
+        let limit = daemon.settings.limits.bytesPerSession
+        if limit > 0 {
+            let moved = daemon.table.withLock { $0.sessions[pair.key].map { $0.octetsUp + $0.octetsDown } ?? 0 }
+            pair.allowance = limit > moved ? limit - moved : 0
+            pair.relay.octetBudget = pair.allowance ?? .max
+        }
         let interest: Epoll.Events = [.readable, .writable, .peerClosed, .edgeTriggered]
         do {
             try epoll.add(pair.upstream, interest, token: UInt64(slot + 1) << 1)
@@ -149,7 +159,13 @@ final class RelayWorker: @unchecked Sendable {
 
     private func pump(_ pair: HopPair, slot: Int) {
         switch pair.relay.pump() {
-        case .open: break
+        case .open:
+            // The byte limit holds as the octets move, not only in the once-a-second report (at
+            // line rate a second is gigabytes past it): the relay stops reading at its budget, one
+            // pipe (splice) or one 64 KiB read (sealed) over at most, and the session ends here.
+            if let allowance = pair.allowance, pair.relay.octetsAToB + pair.relay.octetsBToA >= allowance {
+                end(pair, slot: slot, abortive: true, clean: false, reason: "byte limit reached")
+            }
         case .finished: end(pair, slot: slot, abortive: false, clean: true, reason: "closed")
         case .failed(let code, let onUpstream):
             end(pair, slot: slot, abortive: true, clean: false, reason: "hop \(onUpstream ? "upstream" : "downstream") broke: \(SystemCallError.text(code))")

@@ -20,6 +20,8 @@ final class SealedRelay {
     private var bWriteShut = false
     private(set) var octetsAToB: UInt64 = 0
     private(set) var octetsBToA: UInt64 = 0
+    /// Reading stops once this many plaintext octets moved in all (one read's worth over at most).
+    var octetBudget: UInt64 = .max
     private var buffer = [UInt8](repeating: 0, count: 65536)
     private var plain: [UInt8] = []
     /// Sealed octets waiting for a slow hop before the other one is read again (TCP's backpressure
@@ -60,6 +62,7 @@ final class SealedRelay {
                 }
                 return nil
             }
+            if octetsAToB + octetsBToA >= octetBudget { return nil }  // spent: the worker ends the session
             let got = buffer.withUnsafeMutableBytes { recv(source, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
             if got == 0 {
                 if towardB { aReadEnded = true } else { bReadEnded = true }

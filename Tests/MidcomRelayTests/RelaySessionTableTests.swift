@@ -90,5 +90,13 @@ final class RelaySessionTableTests: XCTestCase {
         XCTAssertFalse(table.count(key, generation: 0, up: 100, down: 0, now: start), "1000 octets reached")
         XCTAssertEqual(table.expire(now: start + .seconds(299)), [])
         XCTAssertEqual(table.expire(now: start + .seconds(300)), [key], "idle for 300 s")
+        // Ended by the relay's decision: a resume is refused for good (policy), not "unknown" (which
+        // sends the host to the middleboxes for a new offer, back to this tombstone until it gives up).
+        table.hopsEnded(key, generation: 0, clean: false, reason: "idle", now: start + .seconds(300))
+        XCTAssertEqual(table.sessions[key]?.state, .ended)
+        XCTAssertThrowsError(try table.resume(open: open(12, flags: .resume), upstreamKey: host, now: start + .seconds(301))) {
+            XCTAssertEqual(($0 as? RelaySessionTable.Refusal)?.result, .policyDenied)
+            XCTAssertEqual(($0 as? RelaySessionTable.Refusal)?.text, "idle")
+        }
     }
 }

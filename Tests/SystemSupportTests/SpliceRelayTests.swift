@@ -84,6 +84,38 @@ final class SpliceRelayTests: XCTestCase {
         XCTAssertEqual(relay.octetsBToA, UInt64(download.count))
     }
 
+    /// A byte limit holds as octets move: with a budget of 200 kB the relay stops reading within
+    /// one pipe's worth of it, although 3 MB are waiting, and does not finish.
+    func testReadingStopsAtTheOctetBudget() throws {
+        let (client, relayUp) = try streamPair()
+        let (relayDown, server) = try streamPair()
+        defer { [client, relayUp, relayDown, server].forEach { close($0) } }
+        for fd in [relayUp, relayDown] { try TCPOptions.setNonBlocking(fd) }
+        let relay = try SpliceRelay(upstream: relayUp, downstream: relayDown, pipeCapacity: 65536)
+        relay.octetBudget = 200_000
+        let epoll = try Epoll()
+        let interest: Epoll.Events = [.readable, .writable, .peerClosed, .edgeTriggered]
+        try epoll.add(relayUp, interest, token: 1)
+        try epoll.add(relayDown, interest, token: 2)
+        let clientPeer = Peer(fd: client, sending: pattern(3 << 20, seed: 3))
+        let serverPeer = Peer(fd: server, sending: [])
+        clientPeer.start()
+        serverPeer.start()
+        var state = relay.pump()
+        let deadline = Date().addingTimeInterval(2)
+        while state == .open, Date() < deadline {
+            epoll.wait(timeoutMilliseconds: 50) { _, _ in }
+            state = relay.pump()
+        }
+        XCTAssertEqual(state, .open, "a relay past its budget neither finishes nor fails: its owner ends it")
+        XCTAssertGreaterThanOrEqual(relay.octetsAToB + relay.octetsBToA, 200_000)
+        XCTAssertLessThanOrEqual(relay.octetsAToB + relay.octetsBToA, 200_000 + 1 << 20, "over by one pipe at most")
+        shutdown(relayUp, Int32(SHUT_RDWR))
+        shutdown(relayDown, Int32(SHUT_RDWR))
+        _ = clientPeer.done.wait(timeout: .now() + 5)
+        _ = serverPeer.done.wait(timeout: .now() + 5)
+    }
+
     func testAPipeIsAskedForItsSizeAndKeepsAtLeastTheDefault() throws {
         let pipe = try SplicePipe(capacity: 262_144)
         XCTAssertGreaterThanOrEqual(pipe.capacity, 65536)

@@ -52,7 +52,7 @@ expect_eq "$(stat -c %a "$relay_key")" 600 "relay key mode"
 # midrelayd reads midcomd's configuration ([relay] listen); the limit is lowered for the last step.
 start_relay() {
   lab_bg gw "$LAB_DIR/midrelayd.log" "$BIN/midrelayd" --config "$conf" --relay-key "$relay_key" \
-    --control-socket "$LAB_DIR/relay.sock" --sessions-per-key 3 -v
+    --control-socket "$LAB_DIR/relay.sock" --sessions-per-key 3 -v "$@"
   RELAY_PID=$LAB_LAST_PID
 }
 start_relay
@@ -240,4 +240,42 @@ expect_eq "$rc" 1 "csp connect exit status for a refused session"
 expect_match "$out" "resources-exhausted: 3 relayed sessions for key" "the relay's reason reaches the host"
 expect_eq "$(up_sessions)" 3 "three sessions up at the relay"
 for pid in "${holders[@]}"; do kill "$pid" 2>/dev/null || true; done
+
+step "limits at the relay (midrelayd restarted with --idle-timeout 2 --bytes-per-session 3000000): an idle session and a transfer past 3 MB are cut at the relay"
+kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
+: >"$LAB_DIR/midrelayd.log"
+start_relay --idle-timeout 2 --bytes-per-session 3000000
+wait_for_match "$LAB_DIR/midrelayd.log" "relaying on 10\.200\.1\.1:7228" 5
+relayed() { "$BIN/midctl" sessions --relayed --relay-socket "$LAB_DIR/relay.sock"; }
+# stdin stays open (sleep) and silent: csp connect's exit status goes to idle.rc when it ends.
+(sleep 15 | { status=0; in_ns client "$BIN/csp" connect 10.200.2.2:9000 --signal --key "$LAB_DIR/client.key" --peer-key "$server_key" -v \
+  >"$LAB_DIR/idle.out" 2>"$LAB_DIR/idle.log" || status=$?; echo $status >"$LAB_DIR/idle.rc"; }) &
+for _ in $(seq 1 50); do relayed | grep -q " up " && break; sleep 0.1; done
+expect_match "$(relayed)" " up " "the idle session is up at the relay"
+up_at=$(now_s)
+for _ in $(seq 1 80); do relayed | grep -q "ended (idle)" && break; sleep 0.1; done
+cut=$(awk -v a="$up_at" -v b="$(now_s)" 'BEGIN { printf "%.1f", b - a }')
+out=$(relayed); indent <<<"$out"
+expect_match "$out" "10\.200\.2\.2:9000 .*ended \(idle\)" "the idle session ended at the relay"
+awk -v c="$cut" 'BEGIN { exit !(c >= 1.0 && c <= 5.0) }' || fail "idle session cut after ${cut} s (idle timeout 2 s, checked every second)"
+for _ in $(seq 1 100); do [ -s "$LAB_DIR/idle.rc" ] && break; sleep 0.1; done
+[ -s "$LAB_DIR/idle.rc" ] || fail "csp connect still runs 10 s after the relay cut its idle session: $(cat "$LAB_DIR/idle.log")"
+rc=$(cat "$LAB_DIR/idle.rc")
+expect_match "$(cat "$LAB_DIR/idle.log")" "refused by the relay chain: policy-denied: idle" "the relay's reason reaches the host"
+echo "      idle session cut ${cut} s after it came up; csp connect exit $rc: $(tail -n 1 "$LAB_DIR/idle.log")"
+[ "$rc" -ne 0 ] || fail "csp connect exited 0 although the relay cut the session"
+: >"$LAB_DIR/sink.sum"
+set +e
+head -c 20000000 /dev/urandom | in_ns client "$BIN/csp" connect 10.200.2.2:9001 --signal --key "$LAB_DIR/client.key" \
+  --peer-key "$server_key" >/dev/null 2>"$LAB_DIR/bytes.log"
+rc=$?
+set -e
+out=$(relayed); indent <<<"$out"
+expect_match "$out" "10\.200\.2\.2:9001 .*ended \(byte limit reached\)" "the session past 3 MB ended at the relay"
+[ "$rc" -ne 0 ] || fail "csp connect exited 0 although the relay cut the transfer at its byte limit"
+json=$("$BIN/midctl" sessions --relayed --json --relay-socket "$LAB_DIR/relay.sock")
+moved=$($PY -c 'import json,sys; print(max(s["bytes_up"] + s["bytes_down"] for s in json.load(sys.stdin) if s["hop_out"]["remote"].endswith(":9001")))' <<<"$json")
+echo "      byte limit: csp connect exit $rc after ${moved} octets through the relay (limit 3000000: the relay stops reading at it)"
+# Over by one pipe (≤ 1 MiB) at most: the limit is held as octets move, not once a second.
+[ "$moved" -ge 3000000 ] && [ "$moved" -le $((3000000 + 1048576)) ] || fail "octets through the relay before the cut: $moved"
 echo "relay-session: all checks passed"
