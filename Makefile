@@ -2,7 +2,7 @@
 SWIFT ?= swift
 BUILD := .build/debug
 
-.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests qemu-test fuzz install uninstall deb clean check-root bench diagrams
+.PHONY: all deps build demo test unit netfilter-tests scenarios wire-tests qemu-test fuzz install uninstall deb clean check-root bench bench-qemu diagrams
 
 all: build
 
@@ -123,6 +123,13 @@ diagrams:
 bench: check-root
 	@scripts/install-deps.sh bench
 	@bash Benchmarks/bench.sh
+
+## bench-qemu: figure 1 with the native nft queue expression, on Debian's stock kernel under QEMU (≈ 4 min):
+# midcomd ÷ the C reference in the same guest, per-run ratios only (emulated CPUs), and the same with the
+# compat target as the control. The static binaries of `make deb`, as qemu-test; BENCH_RUNS=N (default 3).
+# Benchmarks/bench.sh's figure 1q; docs/PERFORMANCE.md, "Figure 1q".
+bench-qemu: check-root
+	@BENCH_FIGURES=1q bash Benchmarks/bench.sh
 
 clean:
 	rm -rf .build

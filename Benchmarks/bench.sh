@@ -20,6 +20,14 @@
 #                       prerouting, midcomd ÷ the tuned C loop ÷ nfqref batch; 15 = relayed sessions: csp's
 #                       end-to-end encrypted transfer relayed by midrelayd ÷ the same forwarded by the kernel,
 #                       relayed sessions/s, gateway CPU per GB, beside Debian's danted (SOCKS5) and coturn (TURN))
+#   BENCH_FIGURES=1q    figure 1 on Debian's stock kernel under QEMU (tcg), where midcomd and nfqref use the
+#                       NATIVE nft queue expression (this VM's kernel has only the compat target): midcomd ÷ nfqref
+#                       in the same guest, per-run ratios only, and the same with the compat target in the same
+#                       guest as the control (`sudo make bench-qemu`; not in the default list; runs `make
+#                       qemu-test`'s harness with the static binaries of `make deb`; alone: 3 runs unless BENCH_RUNS, ≈ 4 min)
+#   BENCH_QEMU_SECONDS=S figure 1q: seconds per case (default 3); BENCH_QEMU_RATE=PPS its fixed load (default:
+#                       half the slowest reader's rate in the first run); BENCH_QEMU_ENCODINGS="native" leaves out
+#                       the compat control (default "native compat"; half the time)
 #   BENCH_FIG15_CLIENTS=N figure 15: concurrent session clients (default 8)
 #   BENCH_FIG14_TUNE="name:nfqref options;…"   figure 14: extra C loop variants (how nfqref batch was tuned)
 #   BENCH_FIG14_CASES="none ctuned cbatch midcomd"  figure 14: the cases to run
@@ -34,6 +42,8 @@ source "$(dirname "$0")/lib.sh"
 QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then RUNS=${BENCH_RUNS:-3}; D=1.5; FIGS=${BENCH_FIGURES:-"1 2 3 4 6 7 10 11 12 13 14 15"}
 else RUNS=${BENCH_RUNS:-5}; D=3; FIGS=${BENCH_FIGURES:-"1 2 3 4 5 6 7 8 9 10 11 12 13 14 15"}; fi
+# Figure 1q alone: 3 runs unless BENCH_RUNS says otherwise (a run is ≈ 80 s under emulation).
+if [ "$FIGS" = 1q ]; then RUNS=${BENCH_RUNS:-3}; fi
 mkdir -p "$RESULTS" "$BIN"
 RAW="$RESULTS/raw.jsonl"
 : >"$RAW"
@@ -49,7 +59,8 @@ for p in nfqref udpblast cspload nftload natpmpload udpgap; do
   fi
 done
 # BENCH_SWIFT_BUILD=0 reuses the Swift binaries already in .build-bench (C-only iterations, e.g. figure 14's tuning).
-if [ "${BENCH_SWIFT_BUILD:-1}" != 0 ]; then
+# Figure 1q alone needs none: its guest runs the static binaries of `make deb`.
+if [ "${BENCH_SWIFT_BUILD:-1}" != 0 ] && [ -n "$(tr ' ' '\n' <<<"$FIGS" | grep -vx -e 1q -e '')" ]; then
   (cd "$ROOT" && nice -n 10 swift build -c release --scratch-path .build-bench 2>&1 | tail -1)
   (cd "$BENCH_DIR" && nice -n 10 swift build -c release --scratch-path "$ROOT/.build-bench/benchpkg" 2>&1 | tail -1)
 fi
@@ -120,6 +131,25 @@ fig1() {
     done
     say "figure 1 run $run/$RUNS done"
   done
+}
+
+# MARK: figure 1q — figure 1 with the native queue expression, in QEMU (the host kernel has only the compat target)
+# Tests/qemu/bench-fig1.sh does the measuring in the guest (what, and how the encoding is checked: its header);
+# this boots it through `make qemu-test`'s harness with the C programs built above and takes the guest's
+# `midcom-bench:` lines (lib.sh's record format) into raw.jsonl. Emulated CPUs: only ratios of two readers in
+# the same run are reported. At 3 s per case a run takes ≈ 80 s with both encodings (13 cases), ≈ 40 s with
+# native only. Bounded: QEMU is stopped after 60 s + (S + 8) s per case.
+QEMU_KERNEL=
+fig1q() {
+  local secs=${BENCH_QEMU_SECONDS:-3} runs=$RUNS encs=${BENCH_QEMU_ENCODINGS:-"native compat"} log="$BL_DIR/qemu-fig1.log"
+  case $encs in native) ;; "native compat") ;; *) echo "figure 1q: BENCH_QEMU_ENCODINGS is \"native\" or \"native compat\"" >&2; return 1 ;; esac
+  local cases=$(( 1 + 6 * $(wc -w <<<"$encs") ))
+  MIDCOM_QEMU_BENCH="fig1 runs=$runs seconds=$secs rate=${BENCH_QEMU_RATE:-0} encodings=${encs// /+}" MIDCOM_QEMU_BENCH_BIN="$BIN" \
+    MIDCOM_QEMU_TIMEOUT=$(( 60 + runs * cases * (secs + 8) )) bash "$ROOT/Tests/qemu/run.sh" 2>&1 | tee "$log" >&2 ||
+    { echo "figure 1q: the QEMU run failed (above)" >&2; return 1; }
+  QEMU_KERNEL=$(sed -n 's/^midcom-bench-kernel: //p' "$log" | tail -1)
+  sed -n 's/^midcom-bench: //p' "$log" >>"$RAW"
+  grep -q '"fig":"1q","case":"midcomd-vs-cbatch-64"' "$RAW" || { echo "figure 1q: the guest reported no result" >&2; return 1; }
 }
 
 # MARK: figure 2 — added latency of a queued packet at 10 kpps (one-way, sender and receiver on LOAD_CPU)
@@ -1540,7 +1570,7 @@ python3 - "$META" <<PYEOF
 import json, os, subprocess, sys
 meta = {"kernel": os.uname().release, "cpus": os.cpu_count(), "runs": $RUNS, "quick": $QUICK == 1,
         "seconds_per_run": $D, "nfqueue_encoding": "$ENCODING", "reader_cpu": $READER_CPU, "load_cpu": $LOAD_CPU,
-        "elapsed_s": $(date +%s) - $START, "commit": subprocess.run(["git", "-C", "$ROOT", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
+        "elapsed_s": $(date +%s) - $START, "qemu_kernel": "$QEMU_KERNEL", "commit": subprocess.run(["git", "-C", "$ROOT", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
 json.dump(meta, open(sys.argv[1], "w"))
 PYEOF
 python3 "$BENCH_DIR/report.py" "$RAW" "$META" "$RESULTS/latest.json"

@@ -13,8 +13,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR="$ROOT/Benchmarks"
 # BENCH_RESULTS: another directory for raw.jsonl, latest.json and the C binaries (runs side by side).
 RESULTS=${BENCH_RESULTS:-"$BENCH_DIR/results"}
-BIN="$RESULTS/bin"
-SWIFT_BIN="$ROOT/.build-bench/release"
+# BENCH_BIN, BENCH_SWIFT_BIN: where the C programs and midcomd/midctl are when they were built elsewhere (figure
+# 1q's QEMU guest, Tests/qemu/bench-fig1.sh, sources this file with the binaries of its image).
+BIN=${BENCH_BIN:-"$RESULTS/bin"}
+SWIFT_BIN=${BENCH_SWIFT_BIN:-"$ROOT/.build-bench/release"}
 READER_CPU=${READER_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 

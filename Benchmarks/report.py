@@ -76,6 +76,34 @@ row(1, "reader CPU per packet at 50 kpps: midcomd ÷ C per-packet", stat(1, "mid
 row(1, "queue drops at 50 kpps: midcomd (C batch as reference)", stat(1, "midcomd-50k", "kernel_drops"),
     stat(1, "cbatch-50k", "kernel_drops"), "pkts", higher_is_better=False)
 
+# 1q figure 1 in QEMU (tcg) on a stock kernel, with the native nft queue expression (Tests/qemu/bench-fig1.sh),
+# and the compat target in the same guest as the control (cases ending in -compat). Emulated CPUs: the values are
+# the ratios of each run (both readers in the same guest, a minute apart at most), median [min–max] over the runs;
+# the guest's absolute numbers stay in latest.json's raw values only.
+if any(k[0] == "1q" for k in values):
+    where = f"QEMU tcg, {meta.get('qemu_kernel') or 'stock kernel'}"
+    for x, enc in (("", "native queue expression"), ("-compat", "compat (xtables NFQUEUE target), the control")):
+        if not stat("1q", f"midcomd-vs-cbatch-64{x}", "pps_ratio"):
+            continue
+        ind = "" if not x else "  "
+        share = stat("1q", f"midcomd-fixed{x}", "received_share")
+        row("1q", f"{ind}queue pps 64 B, midcomd ÷ best C loop (batch), {enc}, {where}",
+            stat("1q", f"midcomd-vs-cbatch-64{x}", "pps_ratio"), None, "×")
+        row("1q", f"  queue pps 64 B, midcomd ÷ C per-packet verdicts, {enc}", stat("1q", f"midcomd-vs-cperpkt-64{x}", "pps_ratio"),
+            None, "×")
+        row("1q", f"  queue pps 64 B, C batch ÷ kernel only (ruleset, no daemon), {enc}",
+            stat("1q", f"cbatch-vs-ruleset-64{x}", "pps_ratio"), None, "×")
+        row("1q", f"{ind}reader CPU per packet at a fixed load, midcomd ÷ C batch, {enc}",
+            stat("1q", f"midcomd-vs-cbatch-fixed{x}", "cpu_ratio"), None, "×", higher_is_better=False,
+            note=f"fixed load: received ÷ sent {share['min']:.3f}–{share['max']:.3f} for midcomd" if share else "")
+        row("1q", f"  reader CPU per packet at a fixed load, midcomd ÷ C per-packet, {enc}",
+            stat("1q", f"midcomd-vs-cperpkt-fixed{x}", "cpu_ratio"), None, "×", higher_is_better=False)
+    for c, label in (("midcomd", "midcomd"), ("cbatch", "C batch")):
+        if stat("1q", f"{c}-native-vs-compat-fixed", "cpu_ratio"):
+            row("1q", f"  native ÷ compat, {label}: reader CPU per packet at the fixed load",
+                stat("1q", f"{c}-native-vs-compat-fixed", "cpu_ratio"), None, "×", higher_is_better=False)
+            row("1q", f"  native ÷ compat, {label}: queue pps 64 B", stat("1q", f"{c}-native-vs-compat-64", "pps_ratio"), None, "×")
+
 # 2 latency
 for p in ("p50", "p99"):
     k = stat(2, "ruleset", f"lat_{p}_ns")

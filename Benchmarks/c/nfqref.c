@@ -1,10 +1,11 @@
 // nfqref: the reference NFQUEUE readers the Midcom benchmark compares midcomd against.
 //
-//   nfqref rule QUEUE TOTAL [TABLE [CHAIN]]
+//   nfqref rule QUEUE TOTAL [TABLE [CHAIN [native|compat]]]
 //                                       install the queue rule into chain CHAIN (default `enqueue`) of `table inet TABLE`
 //                                       (native `queue` expression, else the xtables NFQUEUE target via
 //                                       nft_compat, as midcomd does; prints which), with bypass (flows spread
-//                                       over TOTAL queues by hash)
+//                                       over TOTAL queues by hash); with an encoding named, that one or none
+//                                       (figure 1q compares both on a kernel that has both)
 //   nfqref batch   [options]            accept everything: recvmmsg, one NFQNL_MSG_VERDICT_BATCH per drained socket
 //   nfqref perpkt  [options]            accept everything: recvmmsg, one NFQNL_MSG_VERDICT per packet
 //   nfqref admit   [options]            like batch, but first inserts one `admit4` element per queued flow
@@ -506,7 +507,7 @@ static void run_csp(uint32_t copy_range, double max_seconds) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: nfqref rule QUEUE TOTAL [TABLE [CHAIN]] | nfqref batch|perpkt|admit|csp [-q N] [-c COPY] [-d SECONDS]"
+        fprintf(stderr, "usage: nfqref rule QUEUE TOTAL [TABLE [CHAIN [native|compat]]] | nfqref batch|perpkt|admit|csp [-q N] [-c COPY] [-d SECONDS]"
                         " [-t TIMEOUT_S] [-T TABLE] [-b N] [-p N] [-V] [-r MIB] [-E] [-G] [-F] [-L N] [-w block|poll|spin] [-x] [-k]\n");
         return 2;
     }
@@ -515,11 +516,18 @@ int main(int argc, char **argv) {
         if (argc < 4) return 2;
         if (argc > 4) table_name = argv[4];
         if (argc > 5) chain_name = argv[5];
+        const char *only = argc > 6 ? argv[6] : NULL;
+        if (only && strcmp(only, "native") != 0 && strcmp(only, "compat") != 0) return 2;
         uint16_t q = (uint16_t)atoi(argv[2]), total = (uint16_t)atoi(argv[3]);
-        int err = install_rule(q, total, 1);
-        if (err == 0) { printf("native\n"); return 0; }
-        err = install_rule(q, total, 0);
-        if (err == 0) { printf("compat\n"); return 0; }
+        int err = 0;
+        if (!only || strcmp(only, "native") == 0) {
+            err = install_rule(q, total, 1);
+            if (err == 0) { printf("native\n"); return 0; }
+        }
+        if (!only || strcmp(only, "compat") == 0) {
+            err = install_rule(q, total, 0);
+            if (err == 0) { printf("compat\n"); return 0; }
+        }
         fprintf(stderr, "nfqref rule: %s\n", strerror(err));
         return 1;
     }

@@ -20,11 +20,15 @@
 #             builds them (scripts/make-deb.sh, scratch .build-deb; built here, niced, only when
 #             missing; MIDCOM_QEMU_BIN=DIR takes them from elsewhere), nft-rules/midcom.nft,
 #             Tests/integration (lib.sh and the scenarios, unchanged) and Tests/qemu
+#   bench     only with MIDCOM_QEMU_BENCH_BIN=DIR (the bench's figure 1q sets it): the C programs
+#             nfqref and udpblast from DIR (Benchmarks/bench.sh builds them there, linked against the
+#             host's libraries, which go in as for nft) and Benchmarks/lib.sh; a separate cached image
 #
 # Cache: MIDCOM_QEMU_CACHE (default /var/cache/midcom-qemu) keeps the kernel package, its unpacked
-# tree and the last initramfs, named after the SHA-256 of everything that went into it: an
-# unchanged tree reuses it, any changed input (a binary, a script, a host library) builds a new
-# one and removes the old. Needs root (the cache, /dev/console in the image).
+# tree and the last initramfs (one for the tests, one with the bench's programs), named after the
+# SHA-256 of everything that went into it: an unchanged tree reuses it, any changed input (a binary,
+# a script, a host library) builds a new one and removes the old. Needs root (the cache, /dev/console
+# in the image).
 #
 # Output: the last two lines on stdout are `KERNEL=path` and `INITRD=path`; progress on stderr.
 set -euo pipefail
@@ -179,6 +183,17 @@ while read -r f; do add "/opt/midcom/$f" "$ROOT/$f"; done < <(cd "$ROOT" && find
   -not -name run.sh -not -name build-image.sh | sort)
 add /etc/services /etc/services
 add /etc/protocols /etc/protocols
+# The bench's programs (figure 1q): the C references and the load, as the host's bench built them.
+bench_bin=${MIDCOM_QEMU_BENCH_BIN:-}
+flavour=""
+if [ -n "$bench_bin" ]; then
+  for p in nfqref udpblast; do
+    [ -x "$bench_bin/$p" ] || die "MIDCOM_QEMU_BENCH_BIN=$bench_bin has no $p (Benchmarks/bench.sh builds it)"
+    add_program "$bench_bin/$p" "/opt/midcom/bench/bin/$p"
+  done
+  add /opt/midcom/Benchmarks/lib.sh "$ROOT/Benchmarks/lib.sh"
+  flavour=bench-
+fi
 
 sort -u -o "$manifest" "$manifest"
 # Content hash: what every file holds and where it goes, the kernel, and this script.
@@ -188,7 +203,7 @@ hash=$( {
   cut -f1 "$manifest"
   cut -f2 "$manifest" | grep -vx -- - | tr '\n' '\0' | xargs -0 sha256sum
 } | sha256sum | cut -c1-16)
-initrd="$CACHE/initramfs-$kver-$hash.cpio"
+initrd="$CACHE/initramfs-$kver-$flavour$hash.cpio"
 if [ -f "$initrd" ]; then
   log "cached image $(basename "$initrd") (kernel $kver, $(du -h "$initrd" | cut -f1))"
 else
@@ -227,7 +242,12 @@ else
   rm -f "$initrd.tmp"
   (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet >"$initrd.tmp")
   mv "$initrd.tmp" "$initrd"
-  for old in "$CACHE"/initramfs-*.cpio*; do [ "$old" = "$initrd" ] || rm -f "$old"; done
+  # One image of each flavour (the tests', the bench's): alternating between them rebuilds neither.
+  for old in "$CACHE"/initramfs-*.cpio*; do
+    [ "$old" = "$initrd" ] && continue
+    case $old in *-bench-*) [ -n "$flavour" ] || continue ;; *) [ -z "$flavour" ] || continue ;; esac
+    rm -f "$old"
+  done
   log "built $(basename "$initrd") in $(( $(date +%s) - started ))s (kernel $kver, $(du -h "$initrd" | cut -f1), $(wc -l <"$manifest") files)"
 fi
 echo "KERNEL=$vmlinuz"

@@ -16,14 +16,18 @@
 # One line per check in run-all.sh's format (the check's whole output after a FAIL, or always
 # with midcom.verbose=1 on the kernel command line); the exit status is the number of failures.
 # Kernel command line: midcom.scenarios=a,b,c replaces the list below; midcom.verbose=1.
+# midcom.bench=NAME,key=value,... runs Tests/qemu/bench-NAME.sh with those arguments instead of the
+# checks (the bench's figure 1q: run.sh's MIDCOM_QEMU_BENCH); its exit status is the guest's.
 set -u
 ROOT=/opt/midcom
 scenarios=(foundation 05-rejection 06-nat-outgoing 07-nat-incoming)
 verbose=0
+bench=()
 for arg in $(</proc/cmdline); do
   case $arg in
     midcom.scenarios=*) IFS=, read -ra scenarios <<<"${arg#*=}" ;;
     midcom.verbose=1) verbose=1 ;;
+    midcom.bench=*) IFS=, read -ra bench <<<"${arg#*=}" ;;
   esac
 done
 passed=0; failed=0
@@ -41,6 +45,11 @@ run_check() {
 }
 
 echo "guest: kernel $(uname -r), $(nproc) CPUs, /init after ${MIDCOM_BOOTED:-?}s, checks start after $(cut -d' ' -f1 /proc/uptime)s; $(nft --version)"
+if [ ${#bench[@]} -gt 0 ]; then
+  [[ ${bench[0]} =~ ^[a-z0-9]+$ ]] && [ -f "$ROOT/Tests/qemu/bench-${bench[0]}.sh" ] ||
+    { echo "guest: no benchmark '${bench[0]}' (Tests/qemu/bench-NAME.sh) in this image"; exit 1; }
+  exec bash "$ROOT/Tests/qemu/bench-${bench[0]}.sh" "${bench[@]:1}"
+fi
 
 # The scenarios get the real midctl and csp, and a midcomd that is the real one (exec, same PID)
 # with its stderr also copied to /tmp/midcomd-logs: lib.sh deletes its lab directory with the

@@ -36,6 +36,10 @@
 # MIDCOM_QEMU_VERBOSE=1 (every check's whole output), MIDCOM_QEMU_KEEP=1 (keep the console log),
 # MIDCOM_QEMU_SMP, MIDCOM_QEMU_MEM (MiB); build-image.sh's MIDCOM_QEMU_CACHE, MIDCOM_QEMU_KERNEL,
 # MIDCOM_QEMU_BIN.
+#
+# The same guest also carries a benchmark (the bench's figure 1q, `sudo make bench-qemu`; Benchmarks/bench.sh
+# sets these): MIDCOM_QEMU_BENCH="fig1 runs=3 seconds=3" runs Tests/qemu/bench-fig1.sh with those arguments
+# instead of the checks, in an image that also holds the C programs of MIDCOM_QEMU_BENCH_BIN (build-image.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TIMEOUT=${MIDCOM_QEMU_TIMEOUT:-360}
@@ -47,6 +51,9 @@ die() { echo "qemu-test: FAIL: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "needs root (the image cache, device nodes): sudo make qemu-test"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is missing: run scripts/install-deps.sh"
+if [ -n "${MIDCOM_QEMU_BENCH:-}" ] && [ -z "${MIDCOM_QEMU_BENCH_BIN:-}" ]; then
+  die "MIDCOM_QEMU_BENCH needs MIDCOM_QEMU_BENCH_BIN (the directory of the C programs to put into the image)"
+fi
 started=$(date +%s%N)
 elapsed() { local t=$(( ($(date +%s%N) - started) / 100000000 )); echo "$((t / 10)).$((t % 10))"; }
 
@@ -76,6 +83,9 @@ trap 'exit 130' INT TERM
 append="console=ttyS0 quiet loglevel=3 panic=1 rdinit=/init"
 if [ -n "${MIDCOM_QEMU_SCENARIOS:-}" ]; then append+=" midcom.scenarios=$(tr ' ' ',' <<<"$MIDCOM_QEMU_SCENARIOS")"; fi
 if [ "${MIDCOM_QEMU_VERBOSE:-0}" = 1 ]; then append+=" midcom.verbose=1"; fi
+if [ -n "${MIDCOM_QEMU_BENCH:-}" ]; then
+  append+=" midcom.bench=$(tr -s ' ' ',' <<<"$MIDCOM_QEMU_BENCH")"
+fi
 
 say "booting $(basename "$kernel") under QEMU (tcg, $SMP vCPUs, $MEM MiB; at most ${TIMEOUT}s)"
 : >"$TMP/console.log"
@@ -104,5 +114,10 @@ if [ -z "$result" ]; then
   [ -s "$TMP/qemu.out" ] && sed 's/^/     | qemu: /' "$TMP/qemu.out" >&2
   die "the guest did not report a result ($why) after $(elapsed)s"
 fi
+if [ "$result" != 0 ] && [ -n "${MIDCOM_QEMU_BENCH:-}" ]; then die "the benchmark failed in the guest (status $result, above) after $(elapsed)s"; fi
 [ "$result" = 0 ] || die "$result check(s) failed in the guest (above) after $(elapsed)s"
-say "all checks passed on $(basename "$kernel" | sed 's/^vmlinuz-//') with the native queue expression in $(elapsed)s"
+if [ -n "${MIDCOM_QEMU_BENCH:-}" ]; then
+  say "benchmark ${MIDCOM_QEMU_BENCH%% *} done on $(basename "$kernel" | sed 's/^vmlinuz-//') in $(elapsed)s"
+else
+  say "all checks passed on $(basename "$kernel" | sed 's/^vmlinuz-//') with the native queue expression in $(elapsed)s"
+fi
