@@ -14,7 +14,8 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CNetfilter", pkgConfig: "libnetfilter_queue"),
-        .target(name: "SystemSupport"),
+        .target(name: "CLinuxSystem"),
+        .target(name: "SystemSupport", dependencies: ["CLinuxSystem"]),
         .target(name: "Netfilter", dependencies: ["CNetfilter", "SystemSupport"]),
         .target(name: "CSPWire"),
         .target(name: "CSPTrust", dependencies: ["CSPWire", "SystemSupport", .product(name: "Crypto", package: "swift-crypto")]),
