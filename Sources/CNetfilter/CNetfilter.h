@@ -81,7 +81,44 @@ static inline int cnf_recvmmsg(int fd, struct cnf_mmsghdr *messages, unsigned in
     return (int)syscall(SYS_recvmmsg, fd, messages, count, 0, NULL);
 }
 
-// MARK: NFQUEUE attribute readers (attributes are validated by nfq_nlmsg_parse before these are called)
+// MARK: NFQUEUE attributes
+
+/// The attributes of one NFQNL_MSG_PACKET into `attrs` (indexed by type, `count` entries, cleared
+/// first): a plain walk instead of nfq_nlmsg_parse, whose per-attribute callback and mnl validation
+/// calls cost ~4 % of the reader's CPU at 600k packets/s (bench figure 14's profile). Same checks:
+/// every attribute lies within the message; the fixed-size ones (the packet header, the u32s read
+/// below) are long enough, or the message is refused (-1) as nfq_nlmsg_parse refuses it; types
+/// beyond `count` are skipped. Returns 0 or -1.
+static inline int cnf_nfq_parse_packet(const struct nlmsghdr *nlh, struct nlattr **attrs, int count) {
+    for (int i = 0; i < count; i++) attrs[i] = NULL;
+    const size_t start = MNL_ALIGN(sizeof(struct nlmsghdr)) + MNL_ALIGN(sizeof(struct nfgenmsg));
+    if (nlh->nlmsg_len < start) return -1;
+    const char *base = (const char *)nlh;
+    size_t offset = start;
+    while (offset + sizeof(struct nlattr) <= nlh->nlmsg_len) {
+        struct nlattr *attr = (struct nlattr *)(base + offset);
+        size_t length = attr->nla_len;
+        if (length < sizeof(struct nlattr) || offset + length > nlh->nlmsg_len) return -1;
+        int type = attr->nla_type & NLA_TYPE_MASK;
+        size_t payload = length - sizeof(struct nlattr);
+        switch (type) {
+        case NFQA_PACKET_HDR:
+            if (payload < sizeof(struct nfqnl_msg_packet_hdr)) return -1;
+            break;
+        case NFQA_MARK: case NFQA_IFINDEX_INDEV: case NFQA_IFINDEX_OUTDEV: case NFQA_IFINDEX_PHYSINDEV:
+        case NFQA_IFINDEX_PHYSOUTDEV: case NFQA_CAP_LEN: case NFQA_SKB_INFO: case NFQA_UID: case NFQA_GID:
+            if (payload < sizeof(uint32_t)) return -1;
+            break;
+        default:
+            break;
+        }
+        if (type < count) attrs[type] = attr;
+        offset += MNL_ALIGN(length);
+    }
+    return 0;
+}
+
+// Readers of attributes cnf_nfq_parse_packet accepted.
 
 static inline uint32_t cnf_nfq_packet_id(const struct nlattr *hdr_attr) {
     const struct nfqnl_msg_packet_hdr *ph = (const struct nfqnl_msg_packet_hdr *)mnl_attr_get_payload(hdr_attr);

@@ -311,8 +311,7 @@ public final class NetfilterQueue: @unchecked Sendable {
                 continue
             }
             guard type == packetType else { continue }
-            attributes.update(repeating: nil, count: attributeCount)
-            guard nfq_nlmsg_parse(nlh, attributes) >= 0, let header = attributes[Int(NFQA_PACKET_HDR.rawValue)] else {
+            guard cnf_nfq_parse_packet(nlh, attributes, Int32(attributeCount)) == 0, let header = attributes[Int(NFQA_PACKET_HDR.rawValue)] else {
                 continue  // without a packet header there is no id to give a verdict for
             }
             let id = cnf_nfq_packet_id(header)
@@ -453,8 +452,7 @@ public final class NetfilterQueue: @unchecked Sendable {
                 if Int32(cnf_nlmsg_type(message)) == NLMSG_ERROR && cnf_nlmsg_seq(message) == sequence {
                     result = cnf_nlmsg_error_code(message)
                 } else if cnf_nlmsg_type(message) == packetType {
-                    attributes.update(repeating: nil, count: attributeCount)
-                    if nfq_nlmsg_parse(message, attributes) >= 0, let header = attributes[Int(NFQA_PACKET_HDR.rawValue)] {
+                    if cnf_nfq_parse_packet(message, attributes, Int32(attributeCount)) == 0, let header = attributes[Int(NFQA_PACKET_HDR.rawValue)] {
                         var scratch = LoopState(counters: QueueCounters())
                         sendRepeatDuringSetup(id: cnf_nfq_packet_id(header), loop: &scratch)
                     }

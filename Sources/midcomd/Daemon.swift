@@ -50,6 +50,7 @@ final class Daemon: Sendable {
     /// thread's business.
     let replies = ReplyQueue()
     let started = ContinuousClock.now
+    let startedNanoseconds = Daemon.bootTimeNanoseconds()
     let malformedPackets = Atomic<UInt64>(0)
     let kernelErrors = Atomic<UInt64>(0)
     let failedReplies = Atomic<UInt64>(0)
@@ -337,9 +338,18 @@ final class Daemon: Sendable {
     /// Seconds since 1970 (TIMESTAMP and challenge tokens need the wall clock).
     func wallClock() -> UInt64 { wallClockSeconds() }
 
+    /// The engine's clock: nanoseconds since start. Read for every queued packet, so straight from
+    /// CLOCK_BOOTTIME (what ContinuousClock reads on Linux) in integers: `Duration` arithmetic
+    /// (128-bit attoseconds) and `ContinuousClock.now` cost ~4 % of the reader's CPU in bench
+    /// figure 14's profile.
     func now() -> Instant {
-        let elapsed = started.duration(to: .now)
-        return Instant(nanoseconds: UInt64(elapsed.components.seconds) * 1_000_000_000 + UInt64(elapsed.components.attoseconds / 1_000_000_000))
+        Instant(nanoseconds: Self.bootTimeNanoseconds() &- startedNanoseconds)
+    }
+
+    static func bootTimeNanoseconds() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &time)
+        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
     }
 
     /// Called by the packet loop itself, so the watchdog fires only while packets can be served.
