@@ -301,7 +301,21 @@ public struct CSPMessage: Hashable, Sendable {
 }
 
 /// A session ID (or any 64-bit identifier) as the 16 hex digits hosts, logs and midctl show.
+/// Written digit by digit into the string's own storage: it runs for every element midcomd tags and
+/// every row `midctl sessions` prints (a million at a time), where `String(_:radix:)` and padding
+/// cost several allocations.
 public func hex(_ id: UInt64) -> String {
-    let digits = String(id, radix: 16)
-    return String(repeating: "0", count: max(0, 16 - digits.count)) + digits
+    String(unsafeUninitializedCapacity: 16) { buffer in
+        writeHex(id, into: buffer, at: 0)
+        return 16
+    }
+}
+
+/// The 16 lower-case hex digits of `id` at `offset` of `buffer` (which has room for them).
+@inlinable
+public func writeHex(_ id: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>, at offset: Int) {
+    for index in 0..<16 {
+        let nibble = UInt8(truncatingIfNeeded: id >> UInt64(60 - 4 * index)) & 0xf
+        buffer[offset + index] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
+    }
 }

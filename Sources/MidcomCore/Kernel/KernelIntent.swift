@@ -119,7 +119,14 @@ public struct ElementTag: Hashable, Sendable {
 
     /// "csp <16 hex digits> <kind>[ <application>]"; the application keeps printable ASCII only.
     public var comment: String {
-        var text = "csp \(hex(sessionID)) \(kind.rawValue)"
+        // Written in place (22 octets), not interpolated: one per element midcomd installs.
+        let kindOctet = kind.rawValue.asciiValue ?? 0x3f
+        var text = String(unsafeUninitializedCapacity: 22) { buffer in
+            (buffer[0], buffer[1], buffer[2], buffer[3]) = (0x63, 0x73, 0x70, 0x20)  // "csp "
+            writeHex(sessionID, into: buffer, at: 4)
+            (buffer[20], buffer[21]) = (0x20, kindOctet)
+            return 22
+        }
         if let application, !application.isEmpty {
             let printable = application.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7f }
             text += " " + String(String.UnicodeScalarView(printable.prefix(Self.maximumApplicationLength)))
