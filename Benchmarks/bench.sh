@@ -286,10 +286,19 @@ fig4() {
 
 # MARK: figure 5 — fast path of an admitted flow: midcomd running vs the same ruleset without a daemon, and vs
 # no inet midcom table at all (a gateway without Midcom: plain forwarding, conntrack only).
-# Cases: none (no table), ruleset (no daemon), midcomd, and midcomd-flowtable when this midcomd accepts
-# `[kernel] flowtable = true` (`midcomd --check`; skipped otherwise): the admitted flows offloaded to an nftables
-# flowtable. To measure another option the same way, add a case name to FIG5_CASES and its config to fig5_conf.
-FIG5_CASES="none ruleset midcomd midcomd-flowtable"
+# Cases: none (no table: plain forwarding, no conntrack at all), rpfilter (no table, the kernel's strict
+# reverse-path filter on), stateful (a gateway without Midcom as deployed: a stateful firewall table, conntrack
+# on every packet, with rp_filter), ruleset (no daemon), ruleset-no-antispoof (the ruleset with its
+# `fib` reverse-path chain emptied: what the rest of Midcom's ruleset costs; any ruleset-no-CHAIN works), midcomd, and midcomd-flowtable when
+# this midcomd accepts `[kernel] flowtable = true` (`midcomd --check`; skipped otherwise): the admitted flows
+# offloaded to an nftables flowtable. To measure another option the same way, add a case name to FIG5_CASES and
+# its config to fig5_conf.
+FIG5_CASES=${BENCH_FIG5_CASES:-"none rpfilter stateful ruleset ruleset-no-antispoof ruleset-no-pushback midcomd midcomd-flowtable"}
+# fig5_rp_filter 0|1: the gateway's IPv4 reverse-path filter (strict), on every interface.
+fig5_rp_filter() {
+  local key
+  for key in $(in_ns gw sysctl -aN 2>/dev/null | grep -E '^net\.ipv4\.conf\..*\.rp_filter$'); do in_ns gw sysctl -qw "$key=$1"; done
+}
 fig5_conf() {
   case $1 in
     midcomd) printf '[policy]\nunsignaled = "drop"\n' ;;
@@ -310,12 +319,23 @@ fig5() {
   done
   for run in $(seq 1 "$RUNS"); do
     for c in "${cases[@]}"; do
-      if [ $c = none ]; then
+      in_ns gw nft delete table inet fig5stateful 2>/dev/null || true
+      if [ $c = none ] || [ $c = rpfilter ] || [ $c = stateful ]; then
         in_ns gw nft delete table inet midcom 2>/dev/null || true
+        # stateful: a gateway without Midcom as deployed, i.e. a stateful firewall (conntrack on every
+        # forwarded packet, established accepted first, invalid dropped) with the strict rp_filter.
+        [ $c = stateful ] && in_ns gw nft -f - <<'NFT'
+table inet fig5stateful {
+  chain forward { type filter hook forward priority filter; policy accept; ct state established,related accept; ct state invalid drop; }
+}
+NFT
       else
         bl_ruleset
         in_ns gw nft add element inet midcom admit4_anyport "{ 10.201.1.2 . tcp . 10.201.2.2 . 5201 timeout 1h, 10.201.1.2 . udp . 10.201.2.2 . 9000 timeout 1h }"
       fi
+      # ruleset-no-CHAIN: the ruleset with one of its chains emptied (what that chain costs).
+      [ "${c#ruleset-no-}" != "$c" ] && in_ns gw nft flush chain inet midcom "${c#ruleset-no-}"
+      fig5_rp_filter "$( { [ $c = rpfilter ] || [ $c = stateful ]; } && echo 1 || echo 0)"
       local q0=0
       if [ "${c#midcomd}" != "$c" ]; then bl_midcomd "$(fig5_conf "$c")"; q0=$(midcomd_counter queue_received); fi
       local bps; bps=$(in_ns client taskset -c "$LOAD_CPU" timeout $(( ${D%.*} + 20 )) iperf3 -c 10.201.2.2 -p 5201 -t "$D" -J | python3 -c "import json,sys; print(json.load(sys.stdin)['end']['sum_received']['bits_per_second'])")

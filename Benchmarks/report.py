@@ -185,6 +185,17 @@ row(5, "fast path TCP (iperf3): midcomd running ÷ no inet midcom table", stat(5
 row(5, "fast path UDP 64 B pps: midcomd running ÷ no inet midcom table", stat(5, "midcomd", "udp_pps"), stat(5, "none", "udp_pps"), "pps", 1.0)
 row(5, "  ruleset, no daemon ÷ no table: TCP", stat(5, "ruleset", "tcp_bps"), stat(5, "none", "tcp_bps"), "bit/s")
 row(5, "  ruleset, no daemon ÷ no table: UDP 64 B", stat(5, "ruleset", "udp_pps"), stat(5, "none", "udp_pps"), "pps")
+row(5, "fast path TCP (iperf3): midcomd running ÷ no table with rp_filter=1 (a gateway that drops spoofed sources)", stat(5, "midcomd", "tcp_bps"), stat(5, "rpfilter", "tcp_bps"), "bit/s", 1.0)
+row(5, "fast path UDP 64 B pps: midcomd running ÷ no table with rp_filter=1", stat(5, "midcomd", "udp_pps"), stat(5, "rpfilter", "udp_pps"), "pps", 1.0)
+row(5, "fast path TCP (iperf3): midcomd running ÷ a stateful firewall without Midcom (conntrack, rp_filter)", stat(5, "midcomd", "tcp_bps"), stat(5, "stateful", "tcp_bps"), "bit/s", 1.0)
+row(5, "fast path UDP 64 B pps: midcomd running ÷ a stateful firewall without Midcom", stat(5, "midcomd", "udp_pps"), stat(5, "stateful", "udp_pps"), "pps", 1.0)
+row(5, "  stateful firewall ÷ no table: TCP", stat(5, "stateful", "tcp_bps"), stat(5, "none", "tcp_bps"), "bit/s")
+row(5, "  stateful firewall ÷ no table: UDP 64 B", stat(5, "stateful", "udp_pps"), stat(5, "none", "udp_pps"), "pps")
+row(5, "  ruleset without its pushback chain ÷ no table: UDP 64 B", stat(5, "ruleset-no-pushback", "udp_pps"), stat(5, "none", "udp_pps"), "pps")
+row(5, "  rp_filter=1 ÷ no table: TCP", stat(5, "rpfilter", "tcp_bps"), stat(5, "none", "tcp_bps"), "bit/s")
+row(5, "  rp_filter=1 ÷ no table: UDP 64 B", stat(5, "rpfilter", "udp_pps"), stat(5, "none", "udp_pps"), "pps")
+row(5, "  ruleset without its fib reverse-path rule ÷ no table: TCP", stat(5, "ruleset-no-antispoof", "tcp_bps"), stat(5, "none", "tcp_bps"), "bit/s")
+row(5, "  ruleset without its fib reverse-path rule ÷ no table: UDP 64 B", stat(5, "ruleset-no-antispoof", "udp_pps"), stat(5, "none", "udp_pps"), "pps")
 # Cases added to FIG5_CASES in bench.sh (e.g. midcomd-flowtable, skipped when midcomd rejects its config).
 for c in sorted({k[1] for k in values if k[0] == "5" and k[1].startswith("midcomd-")}):
     row(5, f"fast path TCP (iperf3): {c} ÷ no inet midcom table", stat(5, c, "tcp_bps"), stat(5, "none", "tcp_bps"), "bit/s", 1.0)
