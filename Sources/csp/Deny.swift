@@ -13,12 +13,12 @@ extension CSPCommand {
         static let configuration = CommandConfiguration(
             abstract: "Ask the middleboxes upstream to drop traffic from a prefix to this host (DENY, signed).",
             discussion: """
-                The DENY goes towards the attack (to an address inside PREFIX, --toward), so every CSP \\
-                middlebox between here and there sees it; each checks the signature and that this host \\
-                proved its address, installs a filter for traffic from PREFIX to this host only, and \\
-                answers with its record. The answers are collected for --wait seconds: one line per \\
-                middlebox. Refresh with the same --session before the lifetime ends; --lifetime 0 \\
-                removes the filters. Exit 0 when a middlebox installed (or removed) the filter, 1 when \\
+                The DENY goes towards the attack (to an address inside PREFIX, --toward), so every CSP \
+                middlebox between here and there sees it; each checks the signature and that this host \
+                proved its address, installs a filter for traffic from PREFIX to this host only, and \
+                answers with its record. The answers are collected for --wait seconds: one line per \
+                middlebox. Refresh with the same --session before the lifetime ends; --lifetime 0 \
+                removes the filters. Exit 0 when a middlebox installed (or removed) the filter, 1 when \
                 all refused, 3 when none answered.
                 """)
         @Argument(help: "The attacking prefix, e.g. 203.0.113.0/24.") var prefix: String

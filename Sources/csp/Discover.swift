@@ -8,8 +8,8 @@ extension CSPCommand {
         static let configuration = CommandConfiguration(
             abstract: "Find the CSP middleboxes on the path toward a destination (discovery option → ANNOUNCE).",
             discussion: """
-                Sends one packet carrying the discovery option (in an IPv4 option, an IPv6 hop-by-hop \\
-                option, or a TCP SYN option) toward DEST; every CSP middlebox on the path answers with \\
+                Sends one packet carrying the discovery option (in an IPv4 option, an IPv6 hop-by-hop \
+                option, or a TCP SYN option) toward DEST; every CSP middlebox on the path answers with \
                 ANNOUNCE (its name, identity and epoch). Exit 0 when at least one answered, 3 when none did.
                 The ipv6 and tcp encodings need CAP_NET_RAW.
                 """)

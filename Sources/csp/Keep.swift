@@ -14,13 +14,14 @@ extension CSPCommand {
         static let configuration = CommandConfiguration(
             abstract: "Keep a session: refresh it, re-signal when the path changes, REBIND when the address moves.",
             discussion: """
-                Refreshes at half the effective lifetime (±10 %); compares each answer's records with \\
-                the last ones and signals the whole session again (SETUP, same ID, next sequence) when a \\
-                middlebox restarted (epoch), appeared or left, or when a middlebox no longer knows the \\
-                session; REFRESHes at once when a middlebox multicasts an epoch the path does not hold \\
-                (docs/PROTOCOL.md 5.7.1: at most every 2 s, the answer decides); watches the host's addresses (rtnetlink events) and sends REBIND from the new \\
-                address when the session's address goes away and another of its family comes up. One \\
-                JSON line per event on stdout. Exit 0 at the end of --duration, 1 when the session \\
+                Refreshes at half the effective lifetime (±10 %); compares each answer's records with \
+                the last ones and signals the whole session again (SETUP, same ID, next sequence) when a \
+                middlebox restarted (epoch), appeared or left, or when a middlebox no longer knows the \
+                session; REFRESHes at once when a middlebox multicasts an epoch the path does not \
+                hold (docs/PROTOCOL.md 5.7.1: at most every 2 s, the answer decides); watches the \
+                host's addresses (rtnetlink events) and sends REBIND from the new address when the \
+                session's address goes away and another of its family comes up. One \
+                JSON line per event on stdout. Exit 0 at the end of --duration, 1 when the session \
                 could not be kept.
                 """)
         @Argument(help: "Session ID (16 hex digits), set up with this csp (its flow is stored).") var session: String

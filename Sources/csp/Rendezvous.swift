@@ -16,11 +16,11 @@ extension CSPCommand {
             commandName: "rendezvous",
             abstract: "Run a rendezvous: hidden servers register here; clients' SETUPs are relayed to them.",
             discussion: """
-                A server registers with `csp listen --rendezvous THIS-HOST --register udp/5004 --key K` \\
-                (signed; its agent's endpoint must answer a CHALLENGE). A client then signals \\
-                `csp setup udp THIS-HOST:5004`: the SETUP is relayed to the server's agent with this \\
-                rendezvous's signed record, and the server's answer (a signed REDIRECT to where it \\
-                can be reached, e.g. its NAT's mapping) comes back through here. Data flows directly. \\
+                A server registers with `csp listen --rendezvous THIS-HOST --register udp/5004 --key K` \
+                (signed; its agent's endpoint must answer a CHALLENGE). A client then signals \
+                `csp setup udp THIS-HOST:5004`: the SETUP is relayed to the server's agent with this \
+                rendezvous's signed record, and the server's answer (a signed REDIRECT to where it \
+                can be reached, e.g. its NAT's mapping) comes back through here. Data flows directly. \
                 One line per event on stdout.
                 """)
         @Option(help: "Address to bind (default: all IPv4; give :: for IPv6).") var address: String?

@@ -47,9 +47,9 @@ extension CSPCommand {
         static let configuration = CommandConfiguration(
             abstract: "List the sessions this csp signaled (and what their keepers do).",
             discussion: """
-                Reads the state directory (--state-dir, $CSP_STATE_DIR, ~/.local/state/csp): one \\
-                line per session with its role, flow, peer, last sequence, the middleboxes of the \\
-                last answer, and, for a session kept by `csp keep`, the keeper's last event and \\
+                Reads the state directory (--state-dir, $CSP_STATE_DIR, ~/.local/state/csp): one \
+                line per session with its role, flow, peer, last sequence, the middleboxes of the \
+                last answer, and, for a session kept by `csp keep`, the keeper's last event and \
                 whether it still runs. --json prints one array for scripts. Exit 0.
                 """)
         @Flag(help: "Print a JSON array.") var json = false

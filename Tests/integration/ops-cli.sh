@@ -25,6 +25,16 @@ expect_eq "$rc" 2 "midctl show without an id"; expect_match "$out" "^midctl: " "
 expect_match "$("$BIN/midcomd" --help)" "2 usage" "midcomd --help documents 2"
 expect_match "$("$BIN/csp" --help)" "2 usage error" "csp --help documents 2"
 
+step "every command's help reads as prose: no line ends in a stray backslash (a doubled line continuation)"
+for tool in csp midctl midrelayd midcomd; do
+  commands=$("$BIN/$tool" --help 2>&1 | sed -n '/^SUBCOMMANDS:/,/^$/p' | awk 'NR > 1 && NF { print $1 }')
+  for command in "" $commands; do
+    # shellcheck disable=SC2086
+    help=$("$BIN/$tool" $command --help 2>&1 || true)
+    expect_no_match "$help" '\\$' "$tool $command --help"
+  done
+done
+
 step "an unknown command says so and lists the commands"
 run "$BIN/midctl" monitorr
 expect_eq "$rc" 2 "midctl monitorr"
