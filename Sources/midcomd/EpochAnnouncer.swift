@@ -32,6 +32,8 @@ extension Daemon {
                 announceEpoch(on: sockets)
                 sent += 1
             }
+            // A 100 ms poll of one atomic: requests are rare (an operator, a failover) and this
+            // thread has nothing else to wait for.
             usleep(100_000)
         }
     }
@@ -42,9 +44,9 @@ extension Daemon {
         guard let bytes = try? message.serialize() else { return }
         // Once per interface and family, however many inside addresses it has (a HA pair's
         // virtual address sits next to the box's own).
-        var done = Set<LocalAddress>()
+        var done = Set<[UInt32]>()
         for local in Self.localAddresses() where inside.isInside(local.address) {
-            let interface = LocalAddress(address: local.address.family == .ipv4 ? IPAddress(ipv4: 0) : IPAddress(ipv6: 0, 0), interfaceIndex: local.interfaceIndex)
+            let interface = [local.interfaceIndex, UInt32(local.address.family.rawValue)]
             guard let socket = sockets[local.address.family], done.insert(interface).inserted else { continue }
             do {
                 if local.address.family == .ipv4 {

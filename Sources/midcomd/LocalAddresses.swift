@@ -4,7 +4,7 @@ import Glibc
 import CSPWire
 
 /// One address of this host and the interface that has it.
-struct LocalAddress: Hashable {
+struct LocalAddress {
     var address: IPAddress
     var interfaceIndex: UInt32
 }
