@@ -8,9 +8,15 @@ import SystemSupport
 /// from `input` become DATA records, records from the hop become octets on `output`, timers fire.
 /// Returns when the session ended (cleanly or failed) or the hop broke (the caller resumes).
 ///
-/// One thread, poll(2) on the hop and the input: the hop socket is non-blocking (writes wait for
-/// POLLOUT, so two ends writing large blocks at each other cannot deadlock); `output` is written
-/// blocking — an application that stops reading stops the session, as with a plain socket.
+/// One thread, poll(2) on the hop, the input and the output: the hop socket is non-blocking (writes
+/// wait for POLLOUT, so two ends writing large blocks at each other cannot deadlock). The
+/// application's descriptors above 2 are made non-blocking too: the output is written as the
+/// application takes octets while the hop is still read, so an application that waits for us to
+/// read what it writes before it reads more (an echo, a server answering pipelined requests)
+/// never waits on us while we wait on it. What it has not taken is not acknowledged
+/// (EndToEndSession.delivered): the peer's send buffer bounds it. Standard descriptors (a
+/// terminal, a shell's pipe, shared with other processes) stay blocking: a reader that stops
+/// stops the session, as with a plain socket.
 public enum SessionStreamPump {
     public enum Outcome: Equatable, Sendable {
         /// Both directions closed; the hop was shut down (FIN).
@@ -48,6 +54,8 @@ public enum SessionStreamPump {
     ) -> Outcome {
         let fd = hop.descriptor
         try? TCPOptions.setNonBlocking(fd)
+        if output > STDERR_FILENO { try? TCPOptions.setNonBlocking(output) }
+        if let descriptor = input.descriptor, descriptor > STDERR_FILENO { try? TCPOptions.setNonBlocking(descriptor) }
         var buffer = [UInt8](repeating: 0, count: 65536)
         // A sealed hop: the session's octets sealed once more for this hop, waiting to be sent.
         var sealedOut: [UInt8] = []
@@ -59,11 +67,10 @@ public enum SessionStreamPump {
             let now = ContinuousClock.now
             session.tick(now: now)
             feedInput(&session, &input, now: now)
-            // Deliver what arrived.
-            let received = session.takeReceived()
-            if !received.isEmpty, !outputClosed { writeAll(output, received) }
-            for message in session.takeMessages() where !outputClosed { writeAll(output, message) }
-            if session.peerClosed, !outputClosed {
+            // Deliver what arrived, as far as the application takes it now.
+            deliver(&session, to: output, outputClosed: &outputClosed, now: now)
+            let undelivered = !session.pendingOctets.isEmpty || !session.pendingMessages.isEmpty
+            if session.peerClosed, !undelivered, !outputClosed, output >= 0 {
                 outputClosed = true
                 // The application reads end of file: the peer's clean CLOSE. A socket (csp serve
                 // --forward) gets a FIN even if another descriptor still refers to it.
@@ -92,15 +99,23 @@ public enum SessionStreamPump {
             case .failed where !outputPending:
                 hop.shutdownWrite()
                 return .failed
-            case .closed where !outputPending:
+            case .closed where !outputPending && (!undelivered || outputClosed):
                 hop.shutdownWrite()
                 return .finished
             default: break
             }
 
-            var polls = [pollfd(fd: fd, events: Int16(POLLIN) | (outputPending ? Int16(POLLOUT) : 0), revents: 0)]
+            // The hop is read unless the application left a receive buffer's worth untaken (a
+            // peer within its send buffer never gets there); the output is watched while it lags.
+            let hopEvents = (session.receiveWindowFull ? 0 : Int16(POLLIN)) | (outputPending ? Int16(POLLOUT) : 0)
+            var polls = [pollfd(fd: fd, events: hopEvents, revents: 0)]
             let wantsInput = !input.ended && input.pending.isEmpty && input.pendingMessage == nil && session.canWrite
-            if wantsInput, let descriptor = input.descriptor { polls.append(pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)) }
+            var inputIndex: Int?
+            if wantsInput, let descriptor = input.descriptor {
+                inputIndex = polls.count
+                polls.append(pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0))
+            }
+            if undelivered, output >= 0, !outputClosed { polls.append(pollfd(fd: output, events: Int16(POLLOUT), revents: 0)) }
             var timeout: Int32 = 1000
             if let deadline = session.nextDeadline {
                 let left = deadline - ContinuousClock.now
@@ -129,7 +144,7 @@ public enum SessionStreamPump {
                     return .hopBroke("receive: \(SystemCallError.text(errno))")
                 }
             }
-            if polls.count > 1, polls[1].revents != 0, let descriptor = input.descriptor {
+            if let inputIndex, polls[inputIndex].revents != 0, let descriptor = input.descriptor {
                 let limit = input.messages ? EndToEndSession.maximumDataLength : buffer.count
                 let got = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, limit) }
                 if got > 0, input.messages {
@@ -159,13 +174,47 @@ public enum SessionStreamPump {
         }
     }
 
-    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, bytes.count - written) }
-            if n < 0, errno == EINTR { continue }
-            if n <= 0 { return }
-            written += n
+    /// Writes what the session received to the application until it would block (EAGAIN on a
+    /// non-blocking output) and tells the session what was taken. An application that went away
+    /// (EPIPE, any other error) has its output closed; what arrives afterwards is dropped (and
+    /// acknowledged: the peer must not wait for a reader that is gone).
+    private static func deliver(_ session: inout EndToEndSession, to output: Int32, outputClosed: inout Bool, now: ContinuousClock.Instant) {
+        guard output >= 0 else { return }  // no application attached yet: records wait in the session
+        if outputClosed {
+            session.delivered(octets: session.pendingOctets.count, messages: session.pendingMessages.count, now: now)
+            return
+        }
+        var octets = 0
+        var broken = false
+        let pending = session.pendingOctets
+        while octets < pending.count {
+            let n = pending.withUnsafeBytes { write(output, $0.baseAddress! + octets, $0.count - octets) }
+            if n > 0 {
+                octets += n
+            } else if n < 0, errno == EINTR {
+                continue
+            } else {
+                broken = n == 0 || errno != EAGAIN
+                break
+            }
+        }
+        var messages = 0
+        if !broken {
+            for message in session.pendingMessages {
+                let n = message.withUnsafeBytes { write(output, $0.baseAddress, $0.count) }
+                if n < 0, errno == EAGAIN || errno == EINTR { break }
+                if n < 0 {
+                    broken = true
+                    break
+                }
+                messages += 1
+            }
+        }
+        session.delivered(octets: octets, messages: messages, now: now)
+        if broken {
+            outputClosed = true
+            _ = close(output)
+            session.delivered(octets: session.pendingOctets.count, messages: session.pendingMessages.count, now: now)
         }
     }
 }

@@ -6,7 +6,9 @@ import CSPTrust
 ///
 /// Pure: it is fed the octets its hop delivered (`receive`) and the time (`tick`), and it produces
 /// the octets to write to the hop (`output`) and what the application gets (`received`,
-/// `messages`, `peerClosed`, `failure`). A socket driver (CSPHost's for the ends) moves the octets.
+/// `messages`, `peerClosed`, `failure`). A socket driver (CSPHost's for the ends) moves the octets
+/// and says what the application took (`delivered`): a record is acknowledged only then, so the
+/// peer's send buffer is also this end's receive window and the hop can always be read.
 /// The hops themselves never see inside: relays carry these octets unchanged.
 public struct EndToEndSession: Sendable {
     public enum Role: Hashable, Sendable { case initiator, responder }
@@ -47,6 +49,10 @@ public struct EndToEndSession: Sendable {
         public var sendBuffer = 4 << 20
         /// Further room for control records (ACK, CLOSE, ABORT, KEY-UPDATE, PING).
         public var controlReserve = 64 << 10
+        /// Received octets the application has not taken before the driver stops reading the hop.
+        /// A peer within its own send buffer never gets here (nothing is acknowledged before the
+        /// application took it); one that ignores it is slowed by TCP, not by our memory.
+        public var receiveBuffer = 8 << 20
         /// An ACK after this many eliciting octets or records since the last one ...
         public var ackAfterOctets = 64 << 10
         public var ackAfterRecords = 8
@@ -97,6 +103,18 @@ public struct EndToEndSession: Sendable {
     private var elicitingOctetsSinceAck = 0
     private var firstUnacknowledgedAt: ContinuousClock.Instant?
     private var acksSinceOurAck = 0
+    /// The nextExpected of our last ACK: what the peer may have dropped from its buffer.
+    private var acknowledgedThrough: UInt64 = 0
+    /// DATA and MESSAGE records whose payload the application has not taken all of, oldest first:
+    /// their sequence number and where they end in the count of octets (or messages) received.
+    private var undeliveredData: [(sequence: UInt64, end: UInt64)] = []
+    private var undeliveredDataHead = 0
+    private var undeliveredMessages: [(sequence: UInt64, end: UInt64)] = []
+    private var undeliveredMessagesHead = 0
+    private var octetsReceivedTotal: UInt64 = 0
+    private var octetsDeliveredTotal: UInt64 = 0
+    private var messagesReceivedTotal: UInt64 = 0
+    private var messagesDeliveredTotal: UInt64 = 0
     public private(set) var peerClosed = false
 
     // Resumption.
@@ -105,10 +123,14 @@ public struct EndToEndSession: Sendable {
     /// Octets to write to the current hop, in order. The driver writes a prefix and calls
     /// `consumeOutput(_:)` with how much went out.
     public private(set) var output: [UInt8] = []
-    /// Application octets received, in order; the driver takes them with `takeReceived()`.
+    /// Application octets received and not yet taken, in order: `received[receivedStart...]`
+    /// (`pendingOctets`); the driver writes a prefix to the application and calls `delivered`.
     public private(set) var received: [UInt8] = []
-    /// Whole application messages received (MESSAGE records).
+    private var receivedStart = 0
+    /// Whole application messages received (MESSAGE records) and not yet taken:
+    /// `messages[messagesStart...]` (`pendingMessages`).
     public private(set) var messages: [[UInt8]] = []
+    private var messagesStart = 0
 
     private let prologue: [UInt8]
 
@@ -226,14 +248,77 @@ public struct EndToEndSession: Sendable {
         fail(.aborted(code: code, text: text), notifyPeer: false)
     }
 
-    public mutating func takeReceived() -> [UInt8] {
-        defer { received.removeAll(keepingCapacity: true) }
-        return received
+    /// Received octets the application has not taken yet.
+    public var pendingOctets: ArraySlice<UInt8> { received[receivedStart...] }
+    /// Received messages the application has not taken yet.
+    public var pendingMessages: ArraySlice<[UInt8]> { messages[messagesStart...] }
+    /// Octets (messages counted by size) received and not taken: past `limits.receiveBuffer` the
+    /// driver stops reading the hop.
+    public private(set) var undeliveredOctets = 0
+    public var receiveWindowFull: Bool { undeliveredOctets >= limits.receiveBuffer }
+
+    /// The application took the first `octets` of `pendingOctets` and the first `messages` of
+    /// `pendingMessages`: the records they came in may now be acknowledged.
+    public mutating func delivered(octets: Int = 0, messages count: Int = 0, now: ContinuousClock.Instant) {
+        let octets = min(octets, received.count - receivedStart)
+        let count = min(count, messages.count - messagesStart)
+        guard octets > 0 || count > 0 else { return }
+        receivedStart += octets
+        octetsDeliveredTotal += UInt64(octets)
+        undeliveredOctets -= octets
+        if receivedStart == received.count || receivedStart > 1 << 20 {
+            received.removeFirst(receivedStart)
+            receivedStart = 0
+        }
+        for index in messagesStart..<(messagesStart + count) { undeliveredOctets -= messages[index].count }
+        messagesStart += count
+        messagesDeliveredTotal += UInt64(count)
+        if messagesStart == messages.count || messagesStart > 1024 {
+            messages.removeFirst(messagesStart)
+            messagesStart = 0
+        }
+        Self.dropDelivered(&undeliveredData, head: &undeliveredDataHead, through: octetsDeliveredTotal)
+        Self.dropDelivered(&undeliveredMessages, head: &undeliveredMessagesHead, through: messagesDeliveredTotal)
+        // What the peer waits for may be free now: acknowledge as if it had just arrived.
+        guard phase == .established || phase == .closed, acknowledgeable > acknowledgedThrough else { return }
+        if elicitingRecordsSinceAck >= limits.ackAfterRecords || elicitingOctetsSinceAck >= limits.ackAfterOctets || peerClosed {
+            sendAck(now: now)
+        } else if firstUnacknowledgedAt == nil {
+            firstUnacknowledgedAt = now
+        }
     }
 
-    public mutating func takeMessages() -> [[UInt8]] {
-        defer { messages.removeAll() }
-        return messages
+    /// Takes every pending octet at once (a driver that writes them all, and tests).
+    public mutating func takeReceived(now: ContinuousClock.Instant = .now) -> [UInt8] {
+        let taken = Array(pendingOctets)
+        delivered(octets: taken.count, now: now)
+        return taken
+    }
+
+    /// Takes every pending message at once.
+    public mutating func takeMessages(now: ContinuousClock.Instant = .now) -> [[UInt8]] {
+        let taken = Array(pendingMessages)
+        delivered(messages: taken.count, now: now)
+        return taken
+    }
+
+    private static func dropDelivered(_ records: inout [(sequence: UInt64, end: UInt64)], head: inout Int, through total: UInt64) {
+        while head < records.count, records[head].end <= total { head += 1 }
+        if head == records.count || head > 1024 {
+            records.removeFirst(head)
+            head = 0
+        }
+    }
+
+    /// The nextExpected an ACK may say: below the first record whose payload the application has
+    /// not taken all of (so the peer keeps it: our window), else every record that arrived.
+    private var acknowledgeable: UInt64 {
+        var through = nextExpected
+        if undeliveredDataHead < undeliveredData.count { through = min(through, undeliveredData[undeliveredDataHead].sequence) }
+        if undeliveredMessagesHead < undeliveredMessages.count {
+            through = min(through, undeliveredMessages[undeliveredMessagesHead].sequence)
+        }
+        return through
     }
 
     public mutating func consumeOutput(_ count: Int) {
@@ -281,7 +366,7 @@ public struct EndToEndSession: Sendable {
     /// Timers: the delayed ACK, keepalive, rekeying. Call at `nextDeadline` (or sooner).
     public mutating func tick(now: ContinuousClock.Instant) {
         guard phase == .established || phase == .closed else { return }
-        if let first = firstUnacknowledgedAt, now - first >= limits.ackDelay { sendAck(now: now) }
+        if let first = firstUnacknowledgedAt, now - first >= limits.ackDelay, acknowledgeable > acknowledgedThrough { sendAck(now: now) }
         guard phase == .established else { return }
         if let keepalive = limits.keepalive, now - lastSendAt >= keepalive {
             send(.ping(token: nextSend), now: now)
@@ -297,7 +382,8 @@ public struct EndToEndSession: Sendable {
     /// When `tick` has something to do next (nil: nothing timed is pending).
     public var nextDeadline: ContinuousClock.Instant? {
         guard phase == .established || phase == .closed else { return nil }
-        var deadline = firstUnacknowledgedAt.map { $0 + limits.ackDelay }
+        // The delayed ACK only when it would say something new (else it waits for `delivered`).
+        var deadline = acknowledgeable > acknowledgedThrough ? firstUnacknowledgedAt.map { $0 + limits.ackDelay } : nil
         if phase == .established {
             if let keepalive = limits.keepalive { deadline = min(deadline ?? lastSendAt + keepalive, lastSendAt + keepalive) }
             let rekey = lastRekeyAt + limits.rekeyInterval
@@ -402,7 +488,9 @@ public struct EndToEndSession: Sendable {
     }
 
     private mutating func sendAck(now: ContinuousClock.Instant) {
-        send(.ack(nextExpected: nextExpected), now: now)
+        let through = acknowledgeable
+        send(.ack(nextExpected: through), now: now)
+        acknowledgedThrough = through
     }
 
     private mutating func readThirdMessage(_ message: [UInt8], now: ContinuousClock.Instant) {
@@ -447,14 +535,22 @@ public struct EndToEndSession: Sendable {
         case .data(let body):
             guard !peerClosed else { fail(.integrity("DATA after CLOSE")); return }
             received.append(contentsOf: body)
+            if !body.isEmpty {
+                octetsReceivedTotal += UInt64(body.count)
+                undeliveredOctets += body.count
+                undeliveredData.append((nextExpected - 1, octetsReceivedTotal))
+            }
         case .message(let body):
             guard !peerClosed else { fail(.integrity("MESSAGE after CLOSE")); return }
             messages.append(body)
+            messagesReceivedTotal += 1
+            undeliveredOctets += body.count
+            undeliveredMessages.append((nextExpected - 1, messagesReceivedTotal))
         case .ack(let upTo):
             guard upTo <= nextSend else { fail(.integrity("ACK for record \(upTo) never sent")); return }
             acknowledge(upTo: upTo)
             acksSinceOurAck += 1
-            if acksSinceOurAck >= 64 { sendAck(now: now) }
+            if acksSinceOurAck >= 64, acknowledgeable > acknowledgedThrough { sendAck(now: now) }
             checkClosed()
             return
         case .close:
@@ -473,7 +569,10 @@ public struct EndToEndSession: Sendable {
         elicitingRecordsSinceAck += 1
         elicitingOctetsSinceAck += ciphertext.count
         if firstUnacknowledgedAt == nil { firstUnacknowledgedAt = now }
-        if elicitingRecordsSinceAck >= limits.ackAfterRecords || elicitingOctetsSinceAck >= limits.ackAfterOctets || record == .close {
+        // Records the application has not taken are not acknowledged yet: `delivered` does it.
+        if elicitingRecordsSinceAck >= limits.ackAfterRecords || elicitingOctetsSinceAck >= limits.ackAfterOctets || record == .close,
+            acknowledgeable > acknowledgedThrough
+        {
             sendAck(now: now)
         }
         checkClosed()

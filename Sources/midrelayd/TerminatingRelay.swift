@@ -47,7 +47,7 @@ extension RelayDaemon {
         if settings.verbose { log("session \(hex(key.sessionID)) hop \(key.hopIndex) terminated here → \(open.target.endpoint) (plain TCP)") }
         let hopSealer = open.hop.protection == .sealed ? handshake.sealing.map { HopSealer(send: $0.send, receive: $0.receive) } : nil
         // The session's own thread: it lives as long as the session, unlike the setup slot.
-        nonisolated(unsafe) let started = endToEnd
+        let started = endToEnd
         let generation = session.generation
         Thread.detachNewThread { [self] in
             var session = started

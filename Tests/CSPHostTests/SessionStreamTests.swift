@@ -16,7 +16,9 @@ final class SessionStreamTests: XCTestCase {
 
     /// A responder on 127.0.0.1 whose application echoes every octet (or, with `messages`, every
     /// message) back: a thread per session.
-    private func echoResponder(messages: Bool = false) throws -> (SessionResponder, CSPEndpoint, stop: () -> Void) {
+    /// `copies`: how many times each octet read is written back (2: an application that answers
+    /// with more than it is sent, so it waits on the session's reading while the session writes).
+    private func echoResponder(messages: Bool = false, copies: Int = 1) throws -> (SessionResponder, CSPEndpoint, stop: () -> Void) {
         try Host.loopbackUp()
         let listener = try TCPSocket.listen(on: CSPEndpoint(address: IPAddress(ipv4: 0x7F00_0001), port: 0))
         let endpoint = try XCTUnwrap(listener.localEndpoint)
@@ -33,11 +35,13 @@ final class SessionStreamTests: XCTestCase {
                     while true {
                         let got = buffer.withUnsafeMutableBytes { read(echo, $0.baseAddress, $0.count) }
                         if got <= 0 { break }
-                        var sent = 0
-                        while sent < got {
-                            let n = buffer.withUnsafeBytes { write(echo, $0.baseAddress! + sent, got - sent) }
-                            if n <= 0 { break }
-                            sent += n
+                        for _ in 0..<copies {
+                            var sent = 0
+                            while sent < got {
+                                let n = buffer.withUnsafeBytes { write(echo, $0.baseAddress! + sent, got - sent) }
+                                if n <= 0 { break }
+                                sent += n
+                            }
                         }
                     }
                     shutdown(echo, Int32(SHUT_WR))
@@ -67,6 +71,35 @@ final class SessionStreamTests: XCTestCase {
         }
         XCTAssertEqual(echoed.count, payload.count)
         XCTAssertTrue(echoed == payload, "the echo is what was written, in order")
+        XCTAssertNoThrow(try stream.finish(timeout: .seconds(10)))
+    }
+
+    /// The session's end must never wait on its application while the application waits on it: an
+    /// application that writes back twice what it reads blocks on writing until the session reads
+    /// it, so a session end that blocked on writing to the application (as the first version did)
+    /// stopped both for good (seen in CI as a relay-series failure: 30 s still, then the hops' TCP
+    /// user timeout and a resume the stuck responder could not take).
+    func testAnApplicationThatAnswersMoreThanItReadsDoesNotStallTheSession() throws {
+        guard Host.requireRoot() else { return }
+        let (_, endpoint, stop) = try echoResponder(copies: 2)
+        defer { stop() }
+        let initiator = SessionInitiator(
+            identity: SessionIdentity(signingKey: clientKey), sessionID: 0x5e55_1014, target: TargetEndpoint(endpoint: endpoint),
+            firstHop: FirstHop(endpoint: endpoint), responderKey: serverKey.publicKey)
+        let stream = try SessionStream.open(initiator)
+        let payload = (0..<(6 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let writer = Thread { try? stream.write(payload); stream.closeWrite() }
+        writer.start()
+        var echoed = 0
+        let deadline = ContinuousClock.now + .seconds(30)
+        var poller = pollfd(fd: stream.fileDescriptor, events: Int16(POLLIN), revents: 0)
+        while ContinuousClock.now < deadline {
+            guard poll(&poller, 1, 1000) > 0 else { continue }
+            let chunk = try stream.read()
+            if chunk.isEmpty { break }
+            echoed += chunk.count
+        }
+        XCTAssertEqual(echoed, 2 * payload.count, "every octet came back twice within 30 s")
         XCTAssertNoThrow(try stream.finish(timeout: .seconds(10)))
     }
 

@@ -64,6 +64,41 @@ final class EndToEndSessionTests: XCTestCase {
         XCTAssertFalse(host.canWrite)
     }
 
+    /// An ACK covers a record only once the application took what it carried, so a slow
+    /// application holds the peer to its send buffer (the window) while the hop is still read.
+    func testOnlyWhatTheApplicationTookIsAcknowledged() throws {
+        var limits = EndToEndSession.Limits()
+        limits.sendBuffer = 64 << 10
+        var (host, server) = try handshake(limits: limits)
+        let upload = pattern(1 << 20)
+        var sent = host.write(upload, now: start)
+        XCTAssertEqual(sent, 4 * 16384)
+        deliver(&host, to: &server)
+        server.tick(now: start + .seconds(1))
+        deliver(&server, to: &host)
+        XCTAssertFalse(host.canWrite, "nothing the application has not taken is acknowledged")
+        XCTAssertEqual(server.pendingOctets.count, sent)
+        XCTAssertFalse(server.nextDeadline.map { $0 <= start + .seconds(1) } ?? false, "no ACK timer spins meanwhile")
+
+        var taken = Array(server.pendingOctets.prefix(20_000))
+        server.delivered(octets: taken.count, now: start + .seconds(1))
+        server.tick(now: start + .seconds(2))
+        deliver(&server, to: &host)
+        XCTAssertTrue(host.canWrite, "the record the application finished is acknowledged")
+        XCTAssertEqual(host.unacknowledgedOctets, 3 * (16384 + 19), "the partly taken record and the later ones are kept")
+
+        for round in 0..<200 where sent < upload.count {
+            let now = start + .seconds(2) + .milliseconds(25 * round)
+            sent += host.write(upload[sent...], now: now)
+            deliver(&host, to: &server)
+            taken += server.takeReceived(now: now)
+            server.tick(now: now + .milliseconds(21))
+            deliver(&server, to: &host)
+        }
+        taken += server.takeReceived(now: start + .seconds(2))
+        XCTAssertEqual(taken, upload, "all of it, in order, through a 64 KiB window")
+    }
+
     func testCloseBothWaysEndsCleanly() throws {
         var (host, server) = try handshake()
         _ = host.write(Array("last words".utf8), now: start)
