@@ -8,12 +8,20 @@
 public enum SessionRowRenderer {
     static let hexDigits = Array("0123456789abcdef".utf8)
 
-    /// 16 lowercase hex digits.
+    /// 16 lowercase hex digits (as CSPWire's `hex`, which this target does not depend on).
     public static func hex(_ id: UInt64) -> String {
         String(unsafeUninitializedCapacity: 16) { buffer in
-            for index in 0..<16 { buffer[index] = hexDigits[Int(id >> UInt64(60 - 4 * index) & 0xf)] }
+            for index in 0..<16 { buffer[index] = hexDigit(of: id, at: index) }
             return 16
         }
+    }
+
+    /// The `index`th of the 16 hex digits of `id`, most significant first.
+    @inline(__always)
+    static func hexDigit(of id: UInt64, at index: Int) -> UInt8 { hexDigits[Int(id >> UInt64(60 - 4 * index) & 0xf)] }
+
+    static func appendHex(_ id: UInt64, to out: inout [UInt8]) {
+        for index in 0..<16 { out.append(hexDigit(of: id, at: index)) }
     }
 
     // MARK: - JSON (JSONEncoder with .prettyPrinted, .sortedKeys, .withoutEscapingSlashes)
@@ -131,7 +139,7 @@ public enum SessionRowRenderer {
 
     static func appendHexString(_ id: UInt64, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
-        for index in 0..<16 { out.append(hexDigits[Int(id >> UInt64(60 - 4 * index) & 0xf)]) }
+        appendHex(id, to: &out)
         out.append(UInt8(ascii: "\""))
     }
 
@@ -310,7 +318,7 @@ public enum SessionRowRenderer {
     static func appendCell(_ column: Int, of row: SessionRowView, reader: SessionRowReader, to cell: inout [UInt8]) {
         let payload = reader.payload
         switch column {
-        case 0: for index in 0..<16 { cell.append(hexDigits[Int(row.id >> UInt64(60 - 4 * index) & 0xf)]) }
+        case 0: appendHex(row.id, to: &cell)
         case 1: cell += payload[row.proto]
         case 2: appendEndpoint(payload[row.source], port: row.sourcePort, to: &cell)
         case 3: appendEndpoint(payload[row.destination], port: row.destinationPort, to: &cell)

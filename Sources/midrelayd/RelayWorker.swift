@@ -30,9 +30,6 @@ final class HopPair: @unchecked Sendable {
     let relay: any RelayDataPath
     var reportedUp: UInt64 = 0
     var reportedDown: UInt64 = 0
-    /// Octets these hops may still move before the session's byte limit (nil: no limit); set when
-    /// the worker takes the pair, from what earlier hops of the session moved.
-    var allowance: UInt64?
 
     /// `sealers`: the hops' ciphers when the hops are sealed (user space); nil: clear (splice).
     init(
@@ -142,9 +139,9 @@ final class RelayWorker: @unchecked Sendable {
         slots[slot] = pair
         let limit = daemon.settings.limits.bytesPerSession
         if limit > 0 {
+            // What these hops may still move: the limit less what earlier hops of the session moved.
             let moved = daemon.table.withLock { $0.sessions[pair.key].map { $0.octetsUp + $0.octetsDown } ?? 0 }
-            pair.allowance = limit > moved ? limit - moved : 0
-            pair.relay.octetBudget = pair.allowance ?? .max
+            pair.relay.octetBudget = limit > moved ? limit - moved : 0
         }
         let interest: Epoll.Events = [.readable, .writable, .peerClosed, .edgeTriggered]
         do {
@@ -163,7 +160,7 @@ final class RelayWorker: @unchecked Sendable {
             // The byte limit holds as the octets move, not only in the once-a-second report (at
             // line rate a second is gigabytes past it): the relay stops reading at its budget, one
             // pipe (splice) or one 64 KiB read (sealed) over at most, and the session ends here.
-            if let allowance = pair.allowance, pair.relay.octetsAToB + pair.relay.octetsBToA >= allowance {
+            if pair.relay.octetBudget != .max, pair.relay.octetsAToB + pair.relay.octetsBToA >= pair.relay.octetBudget {
                 end(pair, slot: slot, abortive: true, clean: false, reason: "byte limit reached")
             }
         case .finished: end(pair, slot: slot, abortive: false, clean: true, reason: "closed")

@@ -197,9 +197,14 @@ final class SessionRowStreamTests: XCTestCase {
         }
     }
 
-    func streamingServer(_ directory: TemporaryDirectory, records: [SessionRecord], made: FrameCounter? = nil, perFrame: Int = 1000) throws -> ControlServer {
+    /// `timeout`: the server's time per frame; the default leaves a debug-built client room on a
+    /// loaded machine (200 ms dropped it mid-listing while another build ran).
+    func streamingServer(
+        _ directory: TemporaryDirectory, records: [SessionRecord], made: FrameCounter? = nil, perFrame: Int = 1000,
+        timeout: Duration = .seconds(5)
+    ) throws -> ControlServer {
         let server = try ControlServer(
-            path: directory.socketPath, connectionTimeout: .milliseconds(200),
+            path: directory.socketPath, connectionTimeout: timeout,
             sessionRows: { request in
                 if request.filter?.state == "bogus" { return .refused("unknown state 'bogus'") }
                 return .rows(CountingSource(records: records, perFrame: perFrame, made: made))
@@ -261,7 +266,7 @@ final class SessionRowStreamTests: XCTestCase {
         let record = Self.record(1, random: &random)
         let records = [SessionRecord](repeating: record, count: 400_000)
         let made = FrameCounter()
-        let server = try streamingServer(directory, records: records, made: made, perFrame: 2000)
+        let server = try streamingServer(directory, records: records, made: made, perFrame: 2000, timeout: .milliseconds(200))
         defer { server.stop() }
         let client = try RawClient(path: directory.socketPath)
         try client.send(#"{"command":"sessions","stream":true}"# + "\n")
