@@ -37,10 +37,10 @@ CONF
 )
 lab_midcomd gw "$conf"
 # The server's own agent accepts only port 5000.
-lab_bg server "$LAB_DIR/listen4.log" "$BIN/csp" listen --accept-ports 5000 --duration 60
-lab_bg server "$LAB_DIR/listen6.log" "$BIN/csp" listen --address :: --duration 60
-lab_serve server "$LAB_DIR/telnet.log" $FLOWS tcp-serve 23 --duration 60
-sleep 0.5
+lab_bg server "$LAB_DIR/listen4.log" "$BIN/csp" listen --accept-ports 5000 --duration "$(scaled 60)"
+lab_bg server "$LAB_DIR/listen6.log" "$BIN/csp" listen --address :: --duration "$(scaled 60)"
+lab_serve server "$LAB_DIR/telnet.log" $FLOWS tcp-serve 23 --duration "$(scaled 60)"
+sleep "$(scaled 0.5)"
 
 # no_state LABEL SESSION: nothing installed and nothing remembered for SESSION.
 no_state() {
@@ -49,7 +49,7 @@ no_state() {
 }
 
 step "tcp 10.200.2.2:23: the rule's REJECT with code and reason"
-csp_run client setup tcp 10.200.2.2:23 --lifetime 30
+csp_run client setup tcp 10.200.2.2:23 --lifetime "$(scaled 30)"
 expect_eq "$CSP_RC" 1 "csp exit status for REJECT"
 expect_match "$CSP_OUT" "REJECT from 10\.200\.2\.2:7227 \(middlebox\) in [0-9.]+ ms: policy-denied: telnet is forbidden by site policy" "reject line"
 expect_match "$CSP_OUT" "middlebox gw1 id [0-9a-f]{16} epoch [0-9]+: rejected; signed by key [0-9a-f]{16}" "gw1's record, signed"
@@ -67,7 +67,7 @@ expect_eq "$CSP_RC" 1 "csp --machine exit status"
 expect_match "$CSP_OUT" "^type=REJECT result=policy-denied session=[0-9a-f]{16} from=10\.200\.2\.2:7227 middlebox=true .*reason=\"telnet is forbidden by site policy\" records=1 signers=[0-9a-f]{16}:untrusted challenges=1$" "machine line"
 
 step "IPv6: tcp [fd00:2::2]:23 is rejected the same way"
-csp_run client setup tcp '[fd00:2::2]:23' --lifetime 30
+csp_run client setup tcp '[fd00:2::2]:23' --lifetime "$(scaled 30)"
 expect_eq "$CSP_RC" 1 "IPv6 csp exit status"
 expect_match "$CSP_OUT" "REJECT from \[fd00:2::2\]:7227 \(middlebox\) .*: policy-denied: telnet is forbidden by site policy" "IPv6 reject line"
 no_state "telnet6" "$(session_of "$CSP_OUT")"
@@ -87,7 +87,7 @@ wait_for_match "$LAB_DIR/listen4.log" "SETUP $refused .* -> REJECT" 2
 no_state "refused" "$refused"
 
 step "control: udp 10.200.2.2:5000 is admitted (the path and the server's agent work)"
-csp_run client setup udp 10.200.2.2:5000 --sport 4000 --lifetime 30
+csp_run client setup udp 10.200.2.2:5000 --sport 4000 --lifetime "$(scaled 30)"
 expect_eq "$CSP_RC" 0 "admitted setup exit status"
 expect_eq "$(nft_element_count gw)" 1 "elements after the one admitted flow"
 expect_eq "$(status_counter gw rejected)" 4 "rejected counter (REJECTs originated by gw1)"

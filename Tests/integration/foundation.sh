@@ -11,7 +11,9 @@ lab_init foundation
 
 step "building the lab: client — gateway — server (IPv4 + IPv6)"
 lab_basic
-cat >"$LAB_DIR/midcomd.conf" <<'CONF'
+# Lifetimes this scenario waits out are `scaled` (lib.sh): longer in the slow QEMU guest.
+lifetime=$(scaled 10)
+cat >"$LAB_DIR/midcomd.conf" <<CONF
 [daemon]
 name = "gw1"
 
@@ -19,6 +21,7 @@ name = "gw1"
 default = "admit"
 unsignaled = "drop"
 max-lifetime = 600
+drop-cache = $lifetime
 
 [[rule]]
 name = "no-telnet"
@@ -41,21 +44,21 @@ sleep 0.3
 step "unsignaled UDP 10.200.1.2:4001 -> 10.200.2.2:5001 must be dropped; after the first packet, by the kernel"
 lab_serve server "$LAB_DIR/recv-unsignaled.log" $UDP recv 5001 --duration 2
 in_ns client $UDP send 10.200.2.2 5001 --sport 4001 --count 1 >/dev/null
-sleep 0.3
+sleep "$(scaled 0.3)"
 in_ns client $UDP send 10.200.2.2 5001 --sport 4001 --count 4 >/dev/null
 wait_for_match "$LAB_DIR/recv-unsignaled.log" "^received " 5
 expect_match "$(cat "$LAB_DIR/recv-unsignaled.log")" "^received 0 " "unsignaled flow"
 expect_eq "$(status_counter gw unsignaled_dropped)" 1 "unsignaled packets judged (and dropped) by midcomd"
 expect_match "$(in_ns gw nft list set inet midcom drop4)" "10.200.1.2 . udp . 4001 . 10.200.2.2 . 5001 counter packets 4 " "drop-cache element dropped the other 4 in the kernel"
 
-step "csp setup udp 10.200.2.2:5000 --sport 4000 --lifetime 10"
-out=$(in_ns client "$BIN/csp" setup udp 10.200.2.2:5000 --sport 4000 --lifetime 10 --app demo) || fail "csp setup was not accepted: $out"
+step "csp setup udp 10.200.2.2:5000 --sport 4000 --lifetime $lifetime"
+out=$(in_ns client "$BIN/csp" setup udp 10.200.2.2:5000 --sport 4000 --lifetime "$lifetime" --app demo) || fail "csp setup was not accepted: $out"
 echo "$out" | sed 's/^/      /'
 expect_match "$out" "ACCEPT from 10.200.2.2:7227" "reply"
-expect_match "$out" "middlebox gw1 .*admitted, 10s" "gateway record in the ACCEPT"
+expect_match "$out" "middlebox gw1 .*admitted, ${lifetime}s" "gateway record in the ACCEPT"
 session=$(sed -n 's/^session \([0-9a-f]\{16\}\):.*/\1/p' <<<"$out")
 elements=$(in_ns gw nft list set inet midcom admit4)
-expect_match "$elements" "10.200.1.2 . udp . 4000 . 10.200.2.2 . 5000 .*timeout 10s" "admit element with the granted lifetime"
+expect_match "$elements" "10.200.1.2 . udp . 4000 . 10.200.2.2 . 5000 .*timeout ${lifetime}s" "admit element with the granted lifetime"
 
 step "50 datagrams on the admitted flow reach the server without entering user space"
 queued_before=$(status_counter gw queue_received)
@@ -78,7 +81,7 @@ rows = json.loads('''$json''')
 row = [r for r in rows if r["id"] == sys.argv[1]][0]
 assert row["state"] == "admitted" and row["proto"] == "udp", row
 assert row["sourcePort"] == 4000 and row["destinationPort"] == 5000, row
-assert row["packets"] >= 50 and 0 < row["remainingSeconds"] <= 10, row
+assert row["packets"] >= 50 and 0 < row["remainingSeconds"] <= $lifetime, row
 assert row["application"] == "demo", row
 PYEOF
 
@@ -106,11 +109,11 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for payload in [b'garbage', b'CS\x01', b'CS\x09\x01' + bytes(40), b'CS\x01\x01\x00\x00\x00\x40' + bytes(20)]:
     s.sendto(payload, ('10.200.2.2', 7227))
 "
-sleep 0.5
+sleep "$(scaled 0.5)"
 expect_eq "$(status_counter gw malformed_messages)" "$((before + 4))" "malformed messages counted"
 kill -0 "$MIDCOMD_PID" || fail "midcomd died on malformed input"
 
-step "lifetime expiry: 10 s after the ACCEPT without refresh the element goes, then the session"
+step "lifetime expiry: $lifetime s after the ACCEPT without refresh the element goes, then the session"
 wait_until_gone 12 "4000 . 10.200.2.2 . 5000" "expired element" in_ns gw nft list set inet midcom admit4
 wait_until_gone 6 "$session" "expired session in midctl" midctl gw sessions
 lab_serve server "$LAB_DIR/recv-expired.log" $UDP recv 5000 --duration 1.5
@@ -120,8 +123,8 @@ expect_match "$(cat "$LAB_DIR/recv-expired.log")" "^received 0 " "data after exp
 
 step "SIGTERM: the queue rule goes, the table, the operator's table and hand-written element stay"
 kill -TERM "$MIDCOMD_PID"
-for _ in $(seq 1 50); do kill -0 "$MIDCOMD_PID" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$MIDCOMD_PID" 2>/dev/null && fail "midcomd did not stop within 5 s of SIGTERM"
+for _ in $(seq 1 $((50 * LAB_TIME_SCALE))); do kill -0 "$MIDCOMD_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$MIDCOMD_PID" 2>/dev/null && fail "midcomd did not stop within $((5 * LAB_TIME_SCALE)) s of SIGTERM"
 expect_eq "$(in_ns gw nft list chain inet midcom enqueue | grep -cE "queue (num|flags|to) " || true)" 0 "queue rules left after stop"
 expect_match "$(in_ns gw nft list set inet midcom admit4)" "9999 . 10.200.2.2 . 9999" "operator element after stop"
 expect_match "$(in_ns gw nft list table inet operator)" "counter packets" "operator table after stop"
@@ -143,7 +146,7 @@ expect_match "$(cat "$LAB_DIR/recv-6001.log")" "^received 0 " "other flow withou
 step "restart: flows admitted in the kernel before (here the hand-written element) are adopted as sessions"
 lab_midcomd gw "$LAB_DIR/midcomd.conf"
 adopted=""
-for _ in $(seq 1 50); do
+for _ in $(seq 1 $((50 * LAB_TIME_SCALE))); do
   adopted=$(midctl gw sessions | grep -E "udp +10\.200\.1\.2:9999 +10\.200\.2\.2:9999 +admitted" || true)
   [ -n "$adopted" ] && break; sleep 0.1
 done

@@ -13,6 +13,13 @@ UDP="$PY $ROOT/Tests/integration/udp.py"
 LAB_NAMESPACES=()
 LAB_PIDS=()
 LAB_FAILED=0
+# Waits (wait_for_match, wait_until_gone, lab_midcomd, udp.py's receive durations, `scaled`) and
+# the lifetimes a scenario chooses with `scaled` last this many times longer: a whole number, 1
+# here. The QEMU guest sets it (Tests/qemu/guest.sh): there everything runs 15-20x slower, and
+# slower again when the host itself is starved of CPU.
+export LAB_TIME_SCALE=${LAB_TIME_SCALE:-1}
+# scaled N: N (seconds, fractions allowed) times LAB_TIME_SCALE.
+scaled() { awk -v n="$1" -v k="$LAB_TIME_SCALE" 'BEGIN { print n * k }'; }
 
 lab_init() {
   if [ "$(id -u)" != 0 ]; then
@@ -87,12 +94,12 @@ lab_midcomd() {
   [ -z "$config" ] && args+=(--config /dev/null)
   lab_bg "$n" "$LAB_DIR/$n-midcomd.log" "$BIN/midcomd" "${args[@]}"
   MIDCOMD_PID=$LAB_LAST_PID
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 $((100 * LAB_TIME_SCALE))); do
     if "$BIN/midctl" --socket "$LAB_DIR/$n.sock" status >/dev/null 2>&1; then return 0; fi
     kill -0 "$MIDCOMD_PID" 2>/dev/null || { cat "$LAB_DIR/$n-midcomd.log" >&2; fail "midcomd in $n exited at start"; }
     sleep 0.1
   done
-  fail "midcomd in $n did not answer on its control socket within 10 s"
+  fail "midcomd in $n did not answer on its control socket within $((10 * LAB_TIME_SCALE)) s"
 }
 
 midctl() { local n=$1; shift; "$BIN/midctl" --socket "$LAB_DIR/$n.sock" "$@"; }
@@ -197,7 +204,7 @@ session_of() { sed -n 's/^session \([0-9a-f]\{16\}\):.*/\1/p' <<<"$1" | head -1;
 
 # wait_for_match FILE REGEX SECONDS: wait (bounded) until a line of FILE matches; fails otherwise.
 wait_for_match() {
-  local file=$1 regex=$2 seconds=$3 i
+  local file=$1 regex=$2 seconds=$(($3 * LAB_TIME_SCALE)) i
   for ((i = 0; i < seconds * 10; i++)); do
     grep -Eq -- "$regex" "$file" 2>/dev/null && return 0
     sleep 0.1
@@ -398,7 +405,7 @@ print({r["id"]: r["state"] for r in json.load(sys.stdin)}.get(sys.argv[1], "none
 # wait_until_gone SECONDS REGEX WHAT CMD...: wait (bounded) until CMD's output no longer matches
 # REGEX (e.g. an element removed after a grace period); fails otherwise.
 wait_until_gone() {
-  local seconds=$1 regex=$2 what=$3 i; shift 3
+  local seconds=$(($1 * LAB_TIME_SCALE)) regex=$2 what=$3 i; shift 3
   for ((i = 0; i < seconds * 10; i++)); do
     "$@" 2>/dev/null | grep -Eq -- "$regex" || return 0
     sleep 0.1

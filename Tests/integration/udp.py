@@ -6,6 +6,7 @@
                                                   then received N from ADDR:PORT ...
 """
 import argparse
+import os
 import socket
 import sys
 import time
@@ -32,7 +33,9 @@ def recv(args):
     s.bind((bind, args.port))
     # lib.sh's lab_serve waits for this line: no test packet races the bind (slow hosts, QEMU).
     print(f"listening on {bind}:{args.port}", flush=True)
-    deadline = time.monotonic() + min(args.duration, 120)
+    # LAB_TIME_SCALE (lib.sh): a slow guest's sender may start seconds after this listener.
+    scale = int(os.environ.get("LAB_TIME_SCALE", "1"))
+    deadline = time.monotonic() + min(args.duration * scale, 120)
     count = 0
     peers = set()
     while True:
