@@ -113,13 +113,16 @@ public final class SessionInitiator {
     /// Throws when the session fails (integrity, refusal, resume timeout).
     /// `messages`: `input` and `output` are SOCK_SEQPACKET sockets, one application message per
     /// read and write (MESSAGE records) instead of a byte stream.
+    /// `output` is closed when run returns (or earlier: at the peer's CLOSE, or when the
+    /// application stopped taking octets), so the caller must not close it again.
     public func run(input: Int32?, output: Int32, messages: Bool = false) throws(SessionEndError) {
+        var outputClosed = false
+        defer { if !outputClosed { _ = close(output) } }
         var (hop, sealer): (TCPSocket, HopSealer?)
         do { (hop, sealer) = try openHop(resume: false) } catch let error as SessionEndError { throw error } catch HopHandshakeError.identity(let why) {
             throw SessionEndError(.keyMismatch, "the relay's key: \(why)")
         } catch { throw SessionEndError(.unreachable, "\(firstHop.endpoint): \(error)") }
         var pumpInput = SessionStreamPump.Input(descriptor: input, messages: messages)
-        var outputClosed = false
         while true {
             switch SessionStreamPump.run(
                 session: &session, hop: hop, input: &pumpInput, output: output, outputClosed: &outputClosed, sealer: &sealer)

@@ -63,9 +63,9 @@ public final class SessionStream: @unchecked Sendable {
             do throws(SessionEndError) { try initiator.run(input: sessionSide, output: output, messages: messages) } catch {
                 result = .failure(error)
             }
+            // `output` was closed by run (a second close could hit a descriptor reused meanwhile).
             _ = Glibc.shutdown(sessionSide, Int32(SHUT_RDWR))
             _ = Glibc.close(sessionSide)
-            _ = Glibc.close(output)
             stream.outcome.withLock { $0 = result }
             stream.done.signal()
         }
