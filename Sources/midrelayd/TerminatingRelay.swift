@@ -58,8 +58,10 @@ extension RelayDaemon {
             var outcome = SessionStreamPump.run(
                 session: &session, hop: hop, input: &input, output: -1, outputClosed: &outputClosed, sealer: &sealer, untilEstablished: true)
             if outcome == .established {
+                let output = dup(fd)
                 outcome = SessionStreamPump.run(
-                    session: &session, hop: hop, input: &input, output: dup(fd), outputClosed: &outputClosed, sealer: &sealer)
+                    session: &session, hop: hop, input: &input, output: output, outputClosed: &outputClosed, sealer: &sealer)
+                if !outputClosed { _ = Glibc.close(output) }  // the pump closes it only at the peer's CLOSE
             }
             let clean = outcome == .finished
             if clean { hop.close() } else { hop.closeAfterDraining() }
