@@ -33,6 +33,7 @@
 #include <libnftnl/expr.h>
 #include <libnftnl/set.h>
 #include <libnftnl/gen.h>
+#include <libnftnl/flowtable.h>
 
 // Layouts we read or write byte for byte.
 _Static_assert(sizeof(struct nlmsghdr) == 16, "struct nlmsghdr");

@@ -19,6 +19,7 @@ extension MidcomConfiguration {
             ("control-admin-group", controlAdminGroup.map(q)), ("queue-max-length", "\(queueMaximumLength)"),
             ("queue-fail-open", "\(queueFailOpen)"), ("queue-receive-buffer", "\(queueReceiveBuffer)"), ("csp-port", "\(cspPort)"),
             ("name", q(middleboxName)), ("id", middleboxID.map { q(hex($0)) }), ("table", q(table)),
+            ("flowtable-devices", "[" + flowtableDevices.map(q).joined(separator: ", ") + "]"),
         ])
         section("policy", [
             ("default", q(defaultAction.rawValue)), ("unsignaled", q(unsignaled.rawValue)), ("default-lifetime", "\(defaultLifetime)"),

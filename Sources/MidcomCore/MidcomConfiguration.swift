@@ -64,6 +64,10 @@ public struct MidcomConfiguration: Sendable, Equatable {
     /// Stable middlebox ID for records (PROTOCOL.md: SHOULD survive restarts); nil = random per start.
     public var middleboxID: UInt64?
     public var table = "midcom"
+    /// Interfaces whose forwarded traffic the kernel's flowtable may carry: established connections
+    /// of admitted flows between them are offloaded to its ingress fast path (nft-rules/midcom.nft,
+    /// chain offload_admitted). Empty: no flowtable (the default).
+    public var flowtableDevices: [String] = []
 
     // [policy]
     public var defaultAction: PolicyAction = .admit
@@ -221,6 +225,14 @@ public struct MidcomConfiguration: Sendable, Equatable {
         }
     }
 
+    /// What Linux accepts as an interface name (dev_valid_name): 1 to 15 octets, not "." or "..",
+    /// no '/', ':' or white space.
+    static func isInterfaceName(_ name: String) -> Bool {
+        let octets = Array(name.utf8)
+        guard (1...15).contains(octets.count), name != ".", name != ".." else { return false }
+        return !octets.contains { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: ":") || $0 <= 0x20 || $0 == 0x7F }
+    }
+
     /// `[daemon]`: queue, sockets, identity, table.
     private mutating func readDaemon(_ reader: inout TableReader) throws(ConfigError) {
         queueNumber = try reader.integer("queue", default: queueNumber)
@@ -245,6 +257,16 @@ public struct MidcomConfiguration: Sendable, Equatable {
             middleboxID = id
         }
         table = try reader.string("table", default: table)
+        if let (names, v) = try reader.stringList("flowtable-devices") {
+            let fix = "write the interfaces the gateway forwards between, e.g. flowtable-devices = [\"lan0\", \"wan0\"]"
+            for name in names where !Self.isInterfaceName(name) {
+                throw reader.error(v, "'\(name)' is not an interface name (1 to 15 characters, no '/', ':' or space)", fix: fix)
+            }
+            if let repeated = names.first(where: { name in names.filter { $0 == name }.count > 1 }) {
+                throw reader.error(v, "interface '\(repeated)' is named twice", fix: "name each interface once")
+            }
+            flowtableDevices = names
+        }
         try reader.rejectUnknownKeys()
     }
 

@@ -88,11 +88,28 @@ public final class NFTKernelProgrammer: KernelProgrammer {
     let conntrack: ConntrackClient
     let table: String
 
-    public init(nft: NFTablesClient, conntrack: ConntrackClient, table: String, observeBatch: (@Sendable (Duration, Int) -> Void)? = nil) {
+    /// The devices of the flowtable (`flowtable-devices`); empty: no flowtable.
+    public let flowtableDevices: [String]
+    /// Told when the flowtable could not be emptied after a DoS pushback filter was installed.
+    let flowtableEmptyFailed: (@Sendable (any Error) -> Void)?
+
+    public init(nft: NFTablesClient, conntrack: ConntrackClient, table: String, flowtableDevices: [String] = [],
+                flowtableEmptyFailed: (@Sendable (any Error) -> Void)? = nil,
+                observeBatch: (@Sendable (Duration, Int) -> Void)? = nil) {
         self.nft = nft
         self.conntrack = conntrack
         self.table = table
+        self.flowtableDevices = flowtableDevices
+        self.flowtableEmptyFailed = flowtableEmptyFailed
         self.observeBatch = observeBatch
+    }
+
+    /// Creates the flowtable on `flowtableDevices` and links it (chain established), or with no
+    /// devices removes what an earlier start with them left. Creating it anew also empties it.
+    public func linkFlowtable() throws {
+        try nft.installOffload(
+            table: table, flowtable: NFTSchema.Flowtable.name, devices: flowtableDevices, entry: NFTSchema.Flowtable.entryChain,
+            candidates: NFTSchema.Flowtable.candidatesChain, offload: NFTSchema.Flowtable.offloadChain)
     }
 
     /// Told how long each batch took and how many changes it carried (the metrics endpoint's
@@ -102,10 +119,20 @@ public final class NFTKernelProgrammer: KernelProgrammer {
     public func apply(_ changes: [KernelChange]) throws {
         var batch = NFTChangeSet(table: table)
         for change in changes { batch.append(change) }
-        guard let observeBatch else { return try nft.apply(batch) }
-        let start = ContinuousClock.now
-        defer { observeBatch(start.duration(to: .now), changes.count) }
-        try nft.apply(batch)
+        if let observeBatch {
+            let start = ContinuousClock.now
+            defer { observeBatch(start.duration(to: .now), changes.count) }
+            try nft.apply(batch)
+        } else {
+            try nft.apply(batch)
+        }
+        // An offloaded flow's packets reach no hook before `forward`, chain pushback's among them:
+        // a new filter would not stop an attack that is offloaded already. Emptying the flowtable
+        // sends every flow through the slow path again (the filter drops its packets there; the
+        // others are offloaded again at their next packet). Filters come rarely and in bursts.
+        if !flowtableDevices.isEmpty, changes.contains(where: \.installsDenyFilter) {
+            do { try linkFlowtable() } catch { flowtableEmptyFailed?(error) }
+        }
     }
 
     public func forgetConnections(of flows: [FlowTuple]) throws -> Int {
@@ -132,5 +159,13 @@ public final class NFTKernelProgrammer: KernelProgrammer {
             }
         }
         return unused
+    }
+}
+
+extension KernelChange {
+    /// A DoS pushback filter put into the kernel for the first time.
+    var installsDenyFilter: Bool {
+        if case .install(.denyFilter, _, _) = self { return true }
+        return false
     }
 }

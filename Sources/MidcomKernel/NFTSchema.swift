@@ -9,8 +9,21 @@ public enum NFTSchema {
     /// The revision of nft-rules/midcom.nft this midcomd needs, carried in the table's comment
     /// ("midcom ruleset revision N"). Raised when the rules change in a way the daemon relies on
     /// (2: answers from a CSP port are enqueued only inside conntrack, with mark 0x4d430003;
-    /// 3: anti-spoofing, proved sources; 4: DENY filters, sets deny4/deny6 and chain pushback).
-    public static let rulesetRevision = 5
+    /// 3: anti-spoofing, proved sources; 4: DENY filters, sets deny4/deny6 and chain pushback;
+    /// 5: NAT-PMP/PCP input filter; 6: chains established, offload_admitted and offload for the
+    /// flowtable).
+    public static let rulesetRevision = 6
+
+    /// The flowtable midcomd creates when `flowtable-devices` is set, and the chains of the ruleset
+    /// that lead to it: `established` (empty, or `goto offload_admitted` while the flowtable is
+    /// linked), `offload_admitted` (the ruleset's admission lookups) and `to_flowtable` (empty, or
+    /// `flow add @fastpath`).
+    public enum Flowtable {
+        public static let name = "fastpath"
+        public static let entryChain = "established"
+        public static let candidatesChain = "offload_admitted"
+        public static let offloadChain = "to_flowtable"
+    }
 
     /// The revision a table comment names; 1 for a table without one (rulesets before revisions).
     public static func revision(ofTableComment comment: String) -> Int {

@@ -302,6 +302,40 @@ public final class NFTablesClient: @unchecked Sendable {
         }
     }
 
+    /// Offloads the established connections of admitted flows to an nftables flowtable on `devices`
+    /// (empty: removes that), in one transaction: flush chains `entry` and `offload`, delete the
+    /// flowtable if it exists, and with devices create it again (hook ingress, priority filter,
+    /// counters on), put `flow add @flowtable` into `offload` and `goto candidates` into `entry`.
+    ///
+    /// The ruleset decides which connections are candidates (chain `candidates`: the admission sets,
+    /// ending in `goto offload`); this only links the chains, because a rule naming a flowtable cannot
+    /// be loaded where the flowtable does not exist. Deleting and creating the flowtable again also
+    /// ends every flow offloaded so far: their next packets take the slow path again (its pushback
+    /// filters and admission lookups), and only flows still admitted are offloaded anew.
+    public func installOffload(family: NFTFamily = .inet, table: String = "midcom", flowtable: String, devices: [String],
+                               entry: String, candidates: String, offload: String) throws(NetfilterError) {
+        try state.withLock { (state: inout State) throws(NetfilterError) in
+            func batch(deleting: Bool) throws(NetfilterError) -> RuleBatch {
+                var batch = RuleBatch(encoder: state.encoder, firstSequence: state.reserveSequences())
+                try batch.appendFlushChain(family: family, table: table, chain: entry)
+                try batch.appendFlushChain(family: family, table: table, chain: offload)
+                if deleting { try batch.appendDeleteFlowtable(family: family, table: table, name: flowtable) }
+                if !devices.isEmpty {
+                    try batch.appendNewFlowtable(family: family, table: table, name: flowtable, devices: devices)
+                    try batch.appendFlowOffloadRule(family: family, table: table, chain: offload, flowtable: flowtable)
+                    try batch.appendGotoRule(family: family, table: table, chain: entry, target: candidates)
+                }
+                return batch
+            }
+            var first = try batch(deleting: true)
+            guard let error = try self.send(&first, state: &state) else { return }
+            // Nothing to delete (the usual case at the first start and after a ruleset reload).
+            guard case .deleteFlowtable = error.target, error.error.errno == ENOENT else { throw error.error }
+            var second = try batch(deleting: false)
+            if let retryError = try self.send(&second, state: &state) { throw retryError.error }
+        }
+    }
+
     /// Deletes every rule of `chain` (NFT_MSG_DELRULE without a handle), in one batch.
     public func flushChain(family: NFTFamily = .inet, table: String = "midcom", chain: String) throws(NetfilterError) {
         try state.withLock { (state: inout State) throws(NetfilterError) in
@@ -485,6 +519,9 @@ enum Target {
     case flushSet(family: String, table: String, set: String)
     case flushChain(family: NFTFamily, table: String, chain: String)
     case queueRule(family: NFTFamily, table: String, chain: String, encoding: QueueEncoding)
+    case deleteFlowtable(family: NFTFamily, table: String, name: String)
+    case newFlowtable(family: NFTFamily, table: String, name: String, devices: [String])
+    case offloadRule(family: NFTFamily, table: String, chain: String)
     case listElements(family: NFTFamily, table: String, set: String)
     case getTable(family: NFTFamily, table: String)
     case getSet(family: NFTFamily, table: String, set: String)
@@ -516,6 +553,9 @@ enum Target {
         case .deleteElement, .flushSet: "NFT_MSG_DELSETELEM"
         case .flushChain: "NFT_MSG_DELRULE"
         case .queueRule(_, _, _, let encoding): "NFT_MSG_NEWRULE (\(encoding == .native ? "queue expression" : "xt NFQUEUE target rev 3"))"
+        case .deleteFlowtable: "NFT_MSG_DELFLOWTABLE"
+        case .newFlowtable: "NFT_MSG_NEWFLOWTABLE"
+        case .offloadRule: "NFT_MSG_NEWRULE"
         case .listElements: "NFT_MSG_GETSETELEM"
         case .getTable: "NFT_MSG_GETTABLE"
         case .getSet: "NFT_MSG_GETSET"
@@ -532,6 +572,10 @@ enum Target {
         case .flushSet(let family, let table, let set): "set \(family) \(table) \(set)"
         case .flushChain(let family, let table, let chain), .queueRule(let family, let table, let chain, _):
             "chain \(family) \(table) \(chain)"
+        case .offloadRule(let family, let table, let chain): "chain \(family) \(table) \(chain)"
+        case .deleteFlowtable(let family, let table, let name): "flowtable \(family) \(table) \(name)"
+        case .newFlowtable(let family, let table, let name, let devices):
+            "flowtable \(family) \(table) \(name) on \(devices.joined(separator: ", "))"
         case .listElements(let family, let table, let set): "set \(family) \(table) \(set)"
         case .getTable(let family, let table): "table \(family) \(table)"
         case .getSet(let family, let table, let set): "set \(family) \(table) \(set)"
@@ -560,6 +604,12 @@ enum Target {
             return "this kernel has no nft queue expression (nft_queue); use the compat encoding"
         case (.queueRule(_, _, _, .compat), ENOENT), (.queueRule(_, _, _, .compat), EOPNOTSUPP):
             return "this kernel has no xtables NFQUEUE target for nf_tables (load the nft_compat and xt_NFQUEUE modules)"
+        case (.newFlowtable, ENOENT), (.newFlowtable, EOPNOTSUPP), (.offloadRule, ENOENT), (.offloadRule, EOPNOTSUPP):
+            return "this kernel has no nftables flowtables (CONFIG_NF_FLOW_TABLE, nf_flow_table_inet): remove flowtable-devices from [daemon] in midcomd.conf"
+        case (.newFlowtable, EBUSY), (.newFlowtable, EEXIST):
+            return "a device is already in another flowtable (a device can be in one flowtable per family): remove it from that flowtable or from flowtable-devices"
+        case (.newFlowtable, EINVAL):
+            return "the kernel refused the flowtable's devices or hook (every device must exist and be up to date in flowtable-devices)"
         case (.queueRule, EINVAL):
             return "the kernel refused the queue numbers or flags (queueNumber + queueCount must stay below 65536)"
         case (.addElement(_, _, let set, _, true, _), EOPNOTSUPP):
@@ -658,6 +708,92 @@ private struct RuleBatch {
             throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
         }
         nftnl_rule_add_expr(rule, expression)  // the rule owns the expression from here
+        try append(target) { buffer, sequence in
+            let flags = UInt16(NLM_F_CREATE | NLM_F_APPEND)
+            guard let nlh = nftnl_nlmsg_build_hdr(buffer, msgType(NFT_MSG_NEWRULE), UInt16(family.rawValue), flags, sequence) else { return nil }
+            nftnl_rule_nlmsg_build_payload(nlh, rule)
+            return Int(nlh.pointee.nlmsg_len)
+        }
+    }
+
+    mutating func appendDeleteFlowtable(family: NFTFamily, table: String, name: String) throws(NetfilterError) {
+        let target = Target.deleteFlowtable(family: family, table: table, name: name)
+        guard let flowtable = nftnl_flowtable_alloc() else {
+            throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
+        }
+        defer { nftnl_flowtable_free(flowtable) }
+        nftnl_flowtable_set_str(flowtable, attr(NFTNL_FLOWTABLE_TABLE), table)
+        nftnl_flowtable_set_str(flowtable, attr(NFTNL_FLOWTABLE_NAME), name)
+        try append(target) { buffer, sequence in
+            guard let nlh = nftnl_nlmsg_build_hdr(buffer, msgType(NFT_MSG_DELFLOWTABLE), UInt16(family.rawValue), 0, sequence) else { return nil }
+            nftnl_flowtable_nlmsg_build_payload(nlh, flowtable)
+            return Int(nlh.pointee.nlmsg_len)
+        }
+    }
+
+    /// A flowtable on the ingress hook of `devices` at priority filter (0), with counters, so
+    /// conntrack's accounting keeps counting what the fast path forwards.
+    mutating func appendNewFlowtable(family: NFTFamily, table: String, name: String, devices: [String]) throws(NetfilterError) {
+        let target = Target.newFlowtable(family: family, table: table, name: name, devices: devices)
+        guard let flowtable = nftnl_flowtable_alloc() else {
+            throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
+        }
+        defer { nftnl_flowtable_free(flowtable) }
+        nftnl_flowtable_set_str(flowtable, attr(NFTNL_FLOWTABLE_TABLE), table)
+        nftnl_flowtable_set_str(flowtable, attr(NFTNL_FLOWTABLE_NAME), name)
+        nftnl_flowtable_set_u32(flowtable, attr(NFTNL_FLOWTABLE_HOOKNUM), UInt32(NF_NETDEV_INGRESS.rawValue))
+        nftnl_flowtable_set_s32(flowtable, attr(NFTNL_FLOWTABLE_PRIO), 0)
+        nftnl_flowtable_set_u32(flowtable, attr(NFTNL_FLOWTABLE_FLAGS), UInt32(NFT_FLOWTABLE_COUNTER.rawValue))
+        // libnftnl copies the names; the C strings only live for this call.
+        let names = devices.map { strdup($0) }
+        defer { names.forEach { free($0) } }
+        var array: [UnsafePointer<CChar>?] = names.map { UnsafePointer($0) } + [nil]
+        let stored = array.withUnsafeMutableBufferPointer { nftnl_flowtable_set_array(flowtable, attr(NFTNL_FLOWTABLE_DEVICES), $0.baseAddress) }
+        guard stored == 0 else {
+            throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
+        }
+        try append(target) { buffer, sequence in
+            let flags = UInt16(NLM_F_CREATE | NLM_F_EXCL)
+            guard let nlh = nftnl_nlmsg_build_hdr(buffer, msgType(NFT_MSG_NEWFLOWTABLE), UInt16(family.rawValue), flags, sequence) else { return nil }
+            nftnl_flowtable_nlmsg_build_payload(nlh, flowtable)
+            return Int(nlh.pointee.nlmsg_len)
+        }
+    }
+
+    /// `flow add @flowtable`, appended to `chain`.
+    mutating func appendFlowOffloadRule(family: NFTFamily, table: String, chain: String, flowtable: String) throws(NetfilterError) {
+        let target = Target.offloadRule(family: family, table: table, chain: chain)
+        guard let expression = nftnl_expr_alloc("flow_offload") else {
+            throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
+        }
+        nftnl_expr_set_str(expression, attr(NFTNL_EXPR_FLOW_TABLE_NAME), flowtable)
+        try appendRule(target, family: family, table: table, chain: chain, expression: expression)
+    }
+
+    /// `goto destination`, appended to `chain`.
+    mutating func appendGotoRule(family: NFTFamily, table: String, chain: String, target destination: String) throws(NetfilterError) {
+        let target = Target.offloadRule(family: family, table: table, chain: chain)
+        guard let expression = nftnl_expr_alloc("immediate") else {
+            throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
+        }
+        nftnl_expr_set_u32(expression, attr(NFTNL_EXPR_IMM_DREG), UInt32(NFT_REG_VERDICT.rawValue))
+        nftnl_expr_set_u32(expression, attr(NFTNL_EXPR_IMM_VERDICT), UInt32(bitPattern: NFT_GOTO.rawValue))
+        nftnl_expr_set_str(expression, attr(NFTNL_EXPR_IMM_CHAIN), destination)
+        try appendRule(target, family: family, table: table, chain: chain, expression: expression)
+    }
+
+    /// A rule of one expression (which the rule takes over, also when this throws).
+    private mutating func appendRule(_ target: Target, family: NFTFamily, table: String, chain: String,
+                                     expression: OpaquePointer) throws(NetfilterError) {
+        guard let rule = nftnl_rule_alloc() else {
+            nftnl_expr_free(expression)
+            throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
+        }
+        defer { nftnl_rule_free(rule) }
+        nftnl_rule_set_str(rule, attr(NFTNL_RULE_TABLE), table)
+        nftnl_rule_set_str(rule, attr(NFTNL_RULE_CHAIN), chain)
+        nftnl_rule_set_u32(rule, attr(NFTNL_RULE_FAMILY), UInt32(family.rawValue))
+        nftnl_rule_add_expr(rule, expression)
         try append(target) { buffer, sequence in
             let flags = UInt16(NLM_F_CREATE | NLM_F_APPEND)
             guard let nlh = nftnl_nlmsg_build_hdr(buffer, msgType(NFT_MSG_NEWRULE), UInt16(family.rawValue), flags, sequence) else { return nil }

@@ -120,7 +120,12 @@ final class Daemon: Sendable {
         if let histogram = metrics?.batchLatency {
             observeBatch = { duration, _ in histogram.record(duration) }
         }
-        kernel = NFTKernelProgrammer(nft: nft, conntrack: try ConntrackClient(), table: configuration.table, observeBatch: observeBatch)
+        kernel = NFTKernelProgrammer(
+            nft: nft, conntrack: try ConntrackClient(), table: configuration.table, flowtableDevices: configuration.flowtableDevices,
+            flowtableEmptyFailed: { [log] error in
+                log.limited(.error, category: "flowtable", "could not empty the flowtable after a pushback filter came (offloaded flows may pass it until their connections end): \(error)")
+            },
+            observeBatch: observeBatch)
         cleanup = CleanupService(kernel: kernel)
         // Bind the queue before touching the queue rule: if another process holds the queue, we
         // must fail without replacing (and then removing) the rule it depends on.
@@ -186,6 +191,7 @@ final class Daemon: Sendable {
         do {
             try checkRuleset()
             try filterPortMappingInput(serving: portMapping != nil)
+            try linkFlowtable()
         } catch {
             do {
                 try nft.flushChain(table: configuration.table, chain: "enqueue")

@@ -95,6 +95,7 @@ extension Daemon {
             var restored = 0
             if replaced {
                 try filterPortMappingInput(serving: portMappingSocket != nil)
+                try linkFlowtable()
                 let changes = engine.withLock { $0.kernelState(now: self.now()) }
                 var start = 0
                 while start < changes.count {
@@ -114,6 +115,21 @@ extension Daemon {
             log(.notice, "\(what): put back the queue rules\(replaced ? " and \(restored) kernel element(s) of live sessions" : "") in \(took)")
         } catch {
             log.limited(.error, category: "ruleset", "could not put back midcomd's kernel state after an nftables reload: \(error)")
+        }
+    }
+
+    /// The flowtable of `flowtable-devices` and the rules that lead to it, or (none configured)
+    /// none left from an earlier start. Every device must exist: the kernel's answer for a missing
+    /// one is the same as for a kernel without flowtables.
+    func linkFlowtable() throws {
+        for device in configuration.flowtableDevices where if_nametoindex(device) == 0 {
+            throw DaemonError(
+                "flowtable-devices in [daemon] names '\(device)', which is not an interface here: name the interfaces the gateway forwards between (ip link), or remove flowtable-devices")
+        }
+        do {
+            try kernel.linkFlowtable()
+        } catch {
+            throw DaemonError("cannot set up the flowtable on \(configuration.flowtableDevices.joined(separator: ", ")): \(error)")
         }
     }
 

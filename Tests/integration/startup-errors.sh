@@ -26,7 +26,7 @@ sed '/comment "midcom ruleset revision/d' "$ROOT/nft-rules/midcom.nft" >"$LAB_DI
 in_ns gw nft -f "$LAB_DIR/rev1.nft"
 run in_ns gw "$BIN/midcomd" --config /dev/null --control-socket "$LAB_DIR/gw.sock"
 expect_eq "$rc" 1 "exit status with a revision-1 ruleset"
-expect_match "$out" "was loaded from ruleset revision 1, this midcomd needs revision 5: reload nft-rules/midcom.nft" "revision message"
+expect_match "$out" "was loaded from ruleset revision 1, this midcomd needs revision 6: reload nft-rules/midcom.nft" "revision message"
 expect_eq "$(echo "$out" | wc -l)" 1 "one line"
 in_ns gw nft delete table inet midcom
 
@@ -56,7 +56,7 @@ expect_eq "$(echo "$out" | wc -l)" 1 "one line"
 step "a daemon on another table but the same queue is refused by the queue bind"
 in_ns gw nft -f - <<'NFT'
 table inet other {
-	comment "midcom ruleset revision 5"
+	comment "midcom ruleset revision 6"
 	set csp_ports { type inet_service; }
 	chain enqueue { }
 }
@@ -79,4 +79,38 @@ bound=$(in_ns gw cat /proc/net/netfilter/nfnetlink_queue | awk '{print $1}' | so
 expect_eq "$bound" "4 5 6 " "queues bound in the namespace"
 expect_match "$(in_ns gw nft list chain inet midcom enqueue_proved 2>/dev/null)" "$(queue_rule 6)" "proved-sources queue rule"
 expect_match "$(midctl gw status)" "queues: +4 5" "midctl status lists both queues"
+step "flowtable-devices: a missing interface, or a kernel without flowtables, is one sentence and leaves nothing behind"
+kill -TERM "$MIDCOMD_PID"; wait "$MIDCOMD_PID" 2>/dev/null || true
+printf '[daemon]\nflowtable-devices = ["nosuch0"]\n' >"$LAB_DIR/ft-missing.conf"
+run in_ns gw "$BIN/midcomd" --config "$LAB_DIR/ft-missing.conf" --control-socket "$LAB_DIR/ft.sock"
+expect_eq "$rc" 1 "exit status with a missing flowtable device"
+expect_match "$out" "flowtable-devices in \[daemon\] names 'nosuch0', which is not an interface here" "missing device message"
+expect_eq "$(echo "$out" | wc -l)" 1 "one line"
+expect_eq "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null | grep -cE "$(queue_rule '[0-9]+')" || true)" 0 "no queue rule left behind"
+in_ns gw ip link add ft0 type veth peer name ft1
+in_ns gw ip link set ft0 up
+printf '[daemon]\nflowtable-devices = ["ft0"]\n' >"$LAB_DIR/ft.conf"
+if in_ns gw nft -f - 2>/dev/null <<'NFT'
+table inet flowtable_probe { flowtable f { hook ingress priority 0; devices = { ft0 }; } }
+NFT
+then
+  in_ns gw nft delete table inet flowtable_probe
+  echo "  (this kernel has flowtables: midcomd must link one)"
+  lab_midcomd gw "$LAB_DIR/ft.conf"
+  expect_match "$(in_ns gw nft list flowtable inet midcom fastpath)" 'devices = \{ ft0 \}' "flowtable on ft0"
+  expect_match "$(in_ns gw nft list chain inet midcom established)" "goto offload_admitted" "established links the candidates"
+  expect_match "$(in_ns gw nft list chain inet midcom to_flowtable)" "flow add @fastpath" "candidates go to the flowtable"
+  kill -TERM "$MIDCOMD_PID"; wait "$MIDCOMD_PID" 2>/dev/null || true
+  lab_midcomd gw
+  expect_eq "$(in_ns gw nft list flowtables 2>/dev/null | grep -c fastpath || true)" 0 "a start without flowtable-devices removes it"
+  expect_eq "$(in_ns gw nft list chain inet midcom established | grep -c goto || true)" 0 "and its link"
+else
+  echo "  (this kernel has no flowtables: midcomd must say so)"
+  run in_ns gw "$BIN/midcomd" --config "$LAB_DIR/ft.conf" --control-socket "$LAB_DIR/ft.sock"
+  expect_eq "$rc" 1 "exit status on a kernel without flowtables"
+  expect_match "$out" "cannot set up the flowtable on ft0: .*this kernel has no nftables flowtables \(CONFIG_NF_FLOW_TABLE" "no-flowtable message"
+  expect_eq "$(echo "$out" | wc -l)" 1 "one line"
+  expect_eq "$(in_ns gw nft list chain inet midcom enqueue 2>/dev/null | grep -cE "$(queue_rule '[0-9]+')" || true)" 0 "no queue rule left behind"
+  expect_eq "$(in_ns gw nft list chain inet midcom established | grep -c goto || true)" 0 "established left empty"
+fi
 echo "startup-errors: all checks passed"

@@ -34,6 +34,7 @@ extension MidcomConfiguration {
         check("[daemon] name", \.middleboxName)
         check("[daemon] id", \.middleboxID)
         check("[daemon] table", \.table)
+        check("[daemon] flowtable-devices", \.flowtableDevices)
         check("[trust] state-directory", \.trust.stateDirectory)
         check("[nat]", \.nat)
         check("[metrics] listen", \.metricsListen)
