@@ -289,10 +289,10 @@ fig4() {
 # Cases: none (no table: plain forwarding, no conntrack at all), rpfilter (no table, the kernel's strict
 # reverse-path filter on), stateful (a gateway without Midcom as deployed: a stateful firewall table, conntrack
 # on every packet, with rp_filter), ruleset (no daemon), ruleset-no-antispoof (the ruleset with its
-# `fib` reverse-path chain emptied: what the rest of Midcom's ruleset costs; any ruleset-no-CHAIN works), midcomd, and midcomd-flowtable when
-# this midcomd accepts `[kernel] flowtable = true` (`midcomd --check`; skipped otherwise): the admitted flows
-# offloaded to an nftables flowtable. To measure another option the same way, add a case name to FIG5_CASES and
-# its config to fig5_conf.
+# `fib` reverse-path chain emptied: what the rest of Midcom's ruleset costs; any ruleset-no-CHAIN works), midcomd, and
+# midcomd-flowtable (`flowtable-devices`: the admitted flows offloaded to an nftables flowtable) where the kernel has
+# flowtables (skipped, and said so, otherwise). To measure another option the same way, add a case name to
+# FIG5_CASES and its config to fig5_conf.
 FIG5_CASES=${BENCH_FIG5_CASES:-"none rpfilter stateful ruleset ruleset-no-antispoof ruleset-no-pushback midcomd midcomd-flowtable"}
 # fig5_rp_filter 0|1: the gateway's IPv4 reverse-path filter (strict), on every interface.
 fig5_rp_filter() {
@@ -302,7 +302,7 @@ fig5_rp_filter() {
 fig5_conf() {
   case $1 in
     midcomd) printf '[policy]\nunsignaled = "drop"\n' ;;
-    midcomd-flowtable) printf '[policy]\nunsignaled = "drop"\n[kernel]\nflowtable = true\n' ;;
+    midcomd-flowtable) printf '[daemon]\nflowtable-devices = ["to-client", "to-server"]\n[policy]\nunsignaled = "drop"\n' ;;
   esac
 }
 fig5() {
@@ -315,6 +315,13 @@ fig5() {
       fig5_conf "$c" >"$BL_DIR/check.conf"
       "$SWIFT_BIN/midcomd" --config "$BL_DIR/check.conf" --check >/dev/null 2>&1 || { say "figure 5: $c skipped (midcomd does not accept its configuration)"; continue; }
     fi
+    if [ $c = midcomd-flowtable ] && ! in_ns gw nft -f - >/dev/null 2>&1 <<'NFT'
+table inet fig5probe { flowtable f { hook ingress priority 0; devices = { to-client }; } }
+NFT
+    then
+      say "figure 5: $c skipped (this kernel has no nftables flowtables, CONFIG_NF_FLOW_TABLE)"; continue
+    fi
+    in_ns gw nft delete table inet fig5probe 2>/dev/null || true
     cases+=("$c")
   done
   for run in $(seq 1 "$RUNS"); do

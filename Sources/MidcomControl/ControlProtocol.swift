@@ -326,6 +326,8 @@ public struct DaemonStatus: Codable, Sendable, Equatable {
     public var counters: [String: UInt64]
     /// The daemon's table in the kernel: "intact", or what an nftables reload did to it.
     public var ruleset: String?
+    /// The flowtable admitted flows are offloaded to ("fastpath on lan0, wan0"), or "off".
+    public var flowtable: String?
 
     public init(
         version: String, pid: Int32, uptimeSeconds: Double, epoch: UInt32,

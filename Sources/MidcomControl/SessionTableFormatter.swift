@@ -142,6 +142,7 @@ public enum SessionTableFormatter {
             ("queues", queues),
             ("queue encoding", status.queueEncoding),
             ("ruleset", status.ruleset ?? unknown),
+            ("flowtable", status.flowtable ?? unknown),
             ("sessions", String(status.sessions)),
             ("counters", status.counters.isEmpty ? "none" : ""),
         ])

@@ -1,6 +1,7 @@
 import CSPWire
 import MidcomCore
 import Netfilter
+import Synchronization
 
 /// The kernel as midcomd's glue sees it: program a batch of engine decisions, end the connections
 /// of removed admissions, list what is there. `NFTKernelProgrammer` is the real one; tests use a
@@ -92,6 +93,9 @@ public final class NFTKernelProgrammer: KernelProgrammer {
     public let flowtableDevices: [String]
     /// Told when the flowtable could not be emptied after a DoS pushback filter was installed.
     let flowtableEmptyFailed: (@Sendable (any Error) -> Void)?
+    /// Times the flowtable was emptied for new pushback filters, and times that failed.
+    public let flowtableEmptied = Atomic<UInt64>(0)
+    public let flowtableEmptyFailures = Atomic<UInt64>(0)
 
     public init(nft: NFTablesClient, conntrack: ConntrackClient, table: String, flowtableDevices: [String] = [],
                 flowtableEmptyFailed: (@Sendable (any Error) -> Void)? = nil,
@@ -131,7 +135,13 @@ public final class NFTKernelProgrammer: KernelProgrammer {
         // sends every flow through the slow path again (the filter drops its packets there; the
         // others are offloaded again at their next packet). Filters come rarely and in bursts.
         if !flowtableDevices.isEmpty, changes.contains(where: \.installsDenyFilter) {
-            do { try linkFlowtable() } catch { flowtableEmptyFailed?(error) }
+            do {
+                try linkFlowtable()
+                flowtableEmptied.add(1, ordering: .relaxed)
+            } catch {
+                flowtableEmptyFailures.add(1, ordering: .relaxed)
+                flowtableEmptyFailed?(error)
+            }
         }
     }
 

@@ -220,6 +220,10 @@ extension Daemon {
         counters["conntrack_deleted"] = cleaned.deleted
         counters["conntrack_cleanup_failures"] = cleaned.failures
         counters["conntrack_cleanup_overflowed"] = cleaned.overflowed
+        if !configuration.flowtableDevices.isEmpty {
+            counters["flowtable_emptied"] = kernel.flowtableEmptied.load(ordering: .relaxed)
+            counters["flowtable_empty_failures"] = kernel.flowtableEmptyFailures.load(ordering: .relaxed)
+        }
         for number in configuration.queueNumber..<configuration.queueNumber + configuration.queueCount {
             if let kernel = NetfilterQueue.kernelStatistics(queueNumber: number) {
                 counters["kernel_queue_dropped", default: 0] += UInt64(kernel.queueDropped)
@@ -233,6 +237,8 @@ extension Daemon {
             queueNumbers: Array(configuration.queueNumber..<configuration.queueNumber + configuration.queueCount),
             queueEncoding: encoding.rawValue, sessions: count, counters: counters)
         status.ruleset = rulesetCondition.withLock { $0 }.description
+        status.flowtable = configuration.flowtableDevices.isEmpty
+            ? "off" : "\(NFTSchema.Flowtable.name) on \(configuration.flowtableDevices.joined(separator: ", "))"
         return status
     }
 }

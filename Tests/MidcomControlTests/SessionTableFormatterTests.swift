@@ -84,6 +84,7 @@ final class SessionTableFormatterTests: XCTestCase {
             queues:         0 1
             queue encoding: fanout
             ruleset:        -
+            flowtable:      -
             sessions:       2
             counters:
               admitted          7

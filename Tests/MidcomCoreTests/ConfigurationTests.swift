@@ -27,6 +27,21 @@ final class ConfigurationTests: XCTestCase {
         assertConfigError("[daemon]\nqueue-fail-open = yes\n", line: 2, contains: "'yes' is not a TOML value")
     }
 
+    func testFlowtableDevices() throws {
+        XCTAssertEqual(MidcomConfiguration().flowtableDevices, [])
+        let config = try MidcomConfiguration(path: "x", text: "[daemon]\nflowtable-devices = [\"lan0\", \"wan0.100\"]\n")
+        XCTAssertEqual(config.flowtableDevices, ["lan0", "wan0.100"])
+        // Shown as it is read back; changing it needs a restart (the flowtable is made at start).
+        XCTAssertEqual(try MidcomConfiguration(path: "shown", text: config.tomlText).flowtableDevices, ["lan0", "wan0.100"])
+        XCTAssertEqual(try MidcomConfiguration(path: "shown", text: MidcomConfiguration().tomlText).flowtableDevices, [])
+        XCTAssertEqual(MidcomConfiguration().restartOnlyChanges(to: config), ["[daemon] flowtable-devices"])
+        assertConfigError("[daemon]\nflowtable-devices = [\"a-very-long-name0\"]\n", line: 2, contains: "'a-very-long-name0' is not an interface name")
+        assertConfigError("[daemon]\nflowtable-devices = [\"eth0/1\"]\n", line: 2, contains: "is not an interface name")
+        assertConfigError("[daemon]\nflowtable-devices = [\"\"]\n", line: 2, contains: "'' is not an interface name")
+        assertConfigError("[daemon]\nflowtable-devices = [\"lan0\", \"lan0\"]\n", line: 2, contains: "interface 'lan0' is named twice")
+        assertConfigError("[daemon]\nflowtable-devices = [1]\n", line: 2, contains: "a list of strings")
+    }
+
     func testEmptyFileGivesDefaults() throws {
         XCTAssertEqual(try MidcomConfiguration(path: "x", text: ""), MidcomConfiguration())
     }

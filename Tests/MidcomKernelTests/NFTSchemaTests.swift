@@ -89,6 +89,12 @@ final class NFTSchemaTests: XCTestCase {
         XCTAssertNil(try client.setLayout(table: "midcom", set: "no_such_set"))
         XCTAssertEqual(NFTSchema.revision(ofTableComment: try XCTUnwrap(client.tableComment(table: "midcom"))), NFTSchema.rulesetRevision)
         let kernel = NFTKernelProgrammer(nft: client, conntrack: try ConntrackClient(), table: "midcom")
+        // The flowtable's chains: the candidates are the ruleset's (one lookup per admission set),
+        // the two links midcomd's. Without devices, linking leaves (and makes) both links empty.
+        XCTAssertEqual(try client.ruleCount(table: "midcom", chain: NFTSchema.Flowtable.candidatesChain), NFTSchema.admissionSets.count)
+        try kernel.linkFlowtable()
+        XCTAssertEqual(try client.ruleCount(table: "midcom", chain: NFTSchema.Flowtable.entryChain), 0)
+        XCTAssertEqual(try client.ruleCount(table: "midcom", chain: NFTSchema.Flowtable.offloadChain), 0)
         let tag = ElementTag(sessionID: 0xfeed, kind: .incoming, application: "ssh")
         try kernel.apply(samples.map { .install($0, lifetime: 60, tag: tag) })
         let adopted = kernel.adoptableElements { set, error in XCTFail("\(set): \(error)") }
