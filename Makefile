@@ -124,12 +124,13 @@ bench: check-root
 	@scripts/install-deps.sh bench
 	@bash Benchmarks/bench.sh
 
-## bench-qemu: figure 1 with the native nft queue expression, on Debian's stock kernel under QEMU (≈ 4 min):
-# midcomd ÷ the C reference in the same guest, per-run ratios only (emulated CPUs), and the same with the
-# compat target as the control. The static binaries of `make deb`, as qemu-test; BENCH_RUNS=N (default 3).
-# Benchmarks/bench.sh's figure 1q; docs/PERFORMANCE.md, "Figure 1q".
+## bench-qemu: figures 1 and 5 on Debian's stock kernel under QEMU (≈ 6 min): figure 1 with the native nft
+# queue expression (midcomd ÷ the C reference in the same guest, and the same with the compat target as the
+# control) and figure 5 with the flowtable option (bulk TCP through the gateway ÷ no table, ÷ a stateful
+# firewall); per-run ratios only (emulated CPUs). The static binaries of `make deb`, as qemu-test;
+# BENCH_RUNS=N (default 3). Benchmarks/bench.sh's figures 1q and 5q; docs/PERFORMANCE.md, "Figure 1q", "Figure 5q".
 bench-qemu: check-root
-	@BENCH_FIGURES=1q bash Benchmarks/bench.sh
+	@BENCH_FIGURES="1q 5q" bash Benchmarks/bench.sh
 
 clean:
 	rm -rf .build

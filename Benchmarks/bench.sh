@@ -25,7 +25,11 @@
 #                       in the same guest, per-run ratios only, and the same with the compat target in the same
 #                       guest as the control (`sudo make bench-qemu`; not in the default list; runs `make
 #                       qemu-test`'s harness with the static binaries of `make deb`; alone: 3 runs unless BENCH_RUNS, ≈ 4 min)
-#   BENCH_QEMU_SECONDS=S figure 1q: seconds per case (default 3); BENCH_QEMU_RATE=PPS its fixed load (default:
+#   BENCH_FIGURES=5q    figure 5 on Debian's stock kernel under QEMU with the flowtable option (this VM's kernel
+#                       has no flowtables): bulk TCP through the gateway, midcomd-flowtable ÷ no table, ÷ a
+#                       stateful firewall, ÷ midcomd without it; per-run ratios only (`sudo make bench-qemu` runs
+#                       1q and 5q; ≈ 2 min for 5q alone)
+#   BENCH_QEMU_SECONDS=S figures 1q and 5q: seconds per case (default 3); BENCH_QEMU_RATE=PPS its fixed load (default:
 #                       half the slowest reader's rate in the first run); BENCH_QEMU_ENCODINGS="native" leaves out
 #                       the compat control (default "native compat"; half the time)
 #   BENCH_FIG15_CLIENTS=N figure 15: concurrent session clients (default 8)
@@ -150,6 +154,21 @@ fig1q() {
   QEMU_KERNEL=$(sed -n 's/^midcom-bench-kernel: //p' "$log" | tail -1)
   sed -n 's/^midcom-bench: //p' "$log" >>"$RAW"
   grep -q '"fig":"1q","case":"midcomd-vs-cbatch-64"' "$RAW" || { echo "figure 1q: the guest reported no result" >&2; return 1; }
+}
+
+# MARK: figure 5q — figure 5 with the flowtable option, in QEMU (the host kernel has no nftables flowtables)
+# Tests/qemu/bench-fig5.sh does the measuring in the guest (cases, and the check that the flow was offloaded:
+# its header); booted like figure 1q. Bulk TCP only: a one-way UDP flood never becomes `established` and is
+# never offloaded. Emulated CPUs: only ratios of two cases in the same run are reported. ≈ 30 s per run at
+# 3 s per case. Bounded: QEMU is stopped after 60 s + (S + 15) s per case.
+fig5q() {
+  local secs=${BENCH_QEMU_SECONDS:-3} runs=$RUNS log="$BL_DIR/qemu-fig5.log"
+  MIDCOM_QEMU_BENCH="fig5 runs=$runs seconds=$secs" MIDCOM_QEMU_BENCH_BIN="$BIN" \
+    MIDCOM_QEMU_TIMEOUT=$(( 60 + runs * 5 * (secs + 15) )) bash "$ROOT/Tests/qemu/run.sh" 2>&1 | tee "$log" >&2 ||
+    { echo "figure 5q: the QEMU run failed (above)" >&2; return 1; }
+  QEMU_KERNEL=$(sed -n 's/^midcom-bench-kernel: //p' "$log" | tail -1)
+  sed -n 's/^midcom-bench: //p' "$log" >>"$RAW"
+  grep -q '"fig":"5q","case":"flowtable-vs-none"' "$RAW" || { echo "figure 5q: the guest reported no result" >&2; return 1; }
 }
 
 # MARK: figure 2 — added latency of a queued packet at 10 kpps (one-way, sender and receiver on LOAD_CPU)

@@ -104,6 +104,22 @@ if any(k[0] == "1q" for k in values):
                 stat("1q", f"{c}-native-vs-compat-fixed", "cpu_ratio"), None, "×", higher_is_better=False)
             row("1q", f"  native ÷ compat, {label}: queue pps 64 B", stat("1q", f"{c}-native-vs-compat-64", "pps_ratio"), None, "×")
 
+# 5q figure 5 in QEMU (tcg) on a stock kernel with the flowtable option (Tests/qemu/bench-fig5.sh): bulk TCP through
+# the gateway; per-run ratios of two cases in the same guest, median [min–max] over the runs.
+if any(k[0] == "5q" for k in values):
+    where = f"QEMU tcg, {meta.get('qemu_kernel') or 'stock kernel'}"
+    row("5q", f"fast path TCP (iperf3): midcomd with flowtable ÷ no table at all, {where}",
+        stat("5q", "flowtable-vs-none", "tcp_ratio"), None, "×", 1.0)
+    row("5q", "  midcomd with flowtable ÷ a stateful firewall without Midcom (conntrack, rp_filter)",
+        stat("5q", "flowtable-vs-stateful", "tcp_ratio"), None, "×", 1.0)
+    row("5q", "  midcomd with flowtable ÷ midcomd without", stat("5q", "flowtable-vs-midcomd", "tcp_ratio"), None, "×")
+    row("5q", "  midcomd without flowtable ÷ no table", stat("5q", "midcomd-vs-none", "tcp_ratio"), None, "×")
+    row("5q", "  stateful firewall ÷ no table", stat("5q", "stateful-vs-none", "tcp_ratio"), None, "×")
+    row("5q", "  octets on the slow path ÷ octets transferred, with the flowtable (offloaded after the handshake)",
+        stat("5q", "midcomd-flowtable", "slow_path_share"), None, "×", higher_is_better=False)
+    row("5q", "  octets on the slow path ÷ octets transferred, midcomd without flowtable",
+        stat("5q", "midcomd", "slow_path_share"), None, "×", higher_is_better=False)
+
 # 2 latency
 for p in ("p50", "p99"):
     k = stat(2, "ruleset", f"lat_{p}_ns")

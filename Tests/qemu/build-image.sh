@@ -183,7 +183,7 @@ while read -r f; do add "/opt/midcom/$f" "$ROOT/$f"; done < <(cd "$ROOT" && find
   -not -name run.sh -not -name build-image.sh | sort)
 add /etc/services /etc/services
 add /etc/protocols /etc/protocols
-# The bench's programs (figure 1q): the C references and the load, as the host's bench built them.
+# The bench's programs (figures 1q and 5q): the C references and the load, as the host's bench built them.
 bench_bin=${MIDCOM_QEMU_BENCH_BIN:-}
 flavour=""
 if [ -n "$bench_bin" ]; then
@@ -191,6 +191,9 @@ if [ -n "$bench_bin" ]; then
     [ -x "$bench_bin/$p" ] || die "MIDCOM_QEMU_BENCH_BIN=$bench_bin has no $p (Benchmarks/bench.sh builds it)"
     add_program "$bench_bin/$p" "/opt/midcom/bench/bin/$p"
   done
+  # Figure 5q's load: the host's iperf3 (bulk TCP through the gateway).
+  iperf=$(command -v iperf3) || die "iperf3 is missing on the host: run scripts/install-deps.sh"
+  add_program "$(readlink -f "$iperf")" /opt/midcom/bench/bin/iperf3
   add /opt/midcom/Benchmarks/lib.sh "$ROOT/Benchmarks/lib.sh"
   flavour=bench-
 fi
