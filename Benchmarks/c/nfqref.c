@@ -8,9 +8,12 @@
 //                                       (figure 1q compares both on a kernel that has both)
 //   nfqref batch   [options]            accept everything: recvmmsg, one NFQNL_MSG_VERDICT_BATCH per drained socket
 //   nfqref perpkt  [options]            accept everything: recvmmsg, one NFQNL_MSG_VERDICT per packet
-//   nfqref admit   [options]            like batch, but first inserts one `admit4` element per queued flow
+//   nfqref admit   [options] [-m]       like batch, but first inserts one `admit4` element per queued flow
 //                                       (all flows of one receive burst in one nftables batch), verdict with
-//                                       the admitted mark: the best possible new-flow admission
+//                                       the admitted mark: the best possible new-flow admission. -m: the same
+//                                       work as midcomd's `unsignaled = admit` besides: a session record per flow
+//                                       in a hash table (160 octets, as midcomd's Session) and the session's tag
+//                                       as the element's comment ("csp <id> l", as midcomd writes it)
 //   nfqref csp     [options] [-k]       figure 4's C reference: the two queue crossings of a signaled session
 //                                       (SETUP remembered and accepted; ACCEPT admitted with one NEWSETELEM per
 //                                       burst and accepted, with a record appended when the SETUP asked for
@@ -137,6 +140,39 @@ static uint32_t element_timeout_ms = 60000;
 static void admit_elements_timeouts(const uint8_t (*keys)[20], const uint32_t *timeouts_ms, int n);
 static void admit_elements(const uint8_t (*keys)[20], int n) { admit_elements_timeouts(keys, NULL, n); }
 
+// nfqref admit -m: what midcomd keeps and writes per admitted flow besides the element.
+static int admit_like_midcomd = 0;
+/// A session record the size of midcomd's `Session` (160 octets): key, ID, times, the rest as padding.
+struct session_record {
+    uint8_t key[20];
+    uint32_t used;
+    uint64_t id, created_ns, expires_ns;
+    uint8_t rest[160 - 20 - 4 - 24];
+};
+_Static_assert(sizeof(struct session_record) == 160, "session record");
+#define SESSION_SLOTS (1u << 22)  // open addressing, linear probing; pages are touched only when used
+static struct session_record *sessions;
+static uint64_t session_count;
+/// The session of a flow, made when new (the ID from the key's hash, as midcomd derives a legacy session's ID).
+static const struct session_record *session_for(const uint8_t key[20], uint64_t now_ns) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a: the kind of fast hash a tuned C table would use
+    for (int i = 0; i < 20; i++) h = (h ^ key[i]) * 1099511628211ull;
+    for (uint32_t i = (uint32_t)h & (SESSION_SLOTS - 1);; i = (i + 1) & (SESSION_SLOTS - 1)) {
+        struct session_record *r = &sessions[i];
+        if (!r->used) {
+            memcpy(r->key, key, 20);
+            r->used = 1;
+            r->id = h | 1ull << 63;
+            r->created_ns = now_ns;
+            r->expires_ns = now_ns + (uint64_t)element_timeout_ms * 1000000u;
+            session_count++;
+            return r;
+        }
+        if (memcmp(r->key, key, 20) == 0) return r;
+    }
+}
+static uint64_t element_ids[MAX_PENDING + MAX_VLEN];
+
 /// Adds `n` admit4 elements in one transaction, each with its own timeout (ms) when `timeouts_ms` is given.
 static void admit_elements_timeouts(const uint8_t (*keys)[20], const uint32_t *timeouts_ms, int n) {
     if (n == 0) return;
@@ -152,6 +188,14 @@ static void admit_elements_timeouts(const uint8_t (*keys)[20], const uint32_t *t
         struct nftnl_set_elem *e = nftnl_set_elem_alloc();
         nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, keys[i], 20);
         nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, timeouts_ms ? timeouts_ms[i] : element_timeout_ms);
+        if (admit_like_midcomd) {
+            // The session's tag, as nft stores a comment: type 0, length, text, NUL.
+            uint8_t udata[2 + 32];
+            int len = snprintf((char *)udata + 2, sizeof udata - 2, "csp %016llx l", (unsigned long long)element_ids[i]);
+            udata[0] = 0;
+            udata[1] = (uint8_t)(len + 1);
+            nftnl_set_elem_set(e, NFTNL_SET_ELEM_USERDATA, udata, (uint32_t)len + 3);
+        }
         nftnl_set_elem_add(s, e);
     }
     struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(mnl_nlmsg_batch_current(b), NFT_MSG_NEWSETELEM, NFPROTO_INET,
@@ -538,7 +582,7 @@ int main(int argc, char **argv) {
     double max_seconds = 60;
     int opt;
     optind = 2;
-    while ((opt = getopt(argc, argv, "q:c:d:t:T:b:p:r:EGFw:xVL:k")) != -1) {
+    while ((opt = getopt(argc, argv, "q:c:d:t:T:b:p:r:EGFw:xVL:km")) != -1) {
         switch (opt) {
         case 'q': queue_num = (uint16_t)atoi(optarg); break;
         case 'c': copy_range = (uint32_t)atoi(optarg); break;
@@ -561,12 +605,18 @@ int main(int argc, char **argv) {
         case 'V': tune.flush_every = 1; break;
         case 'L': tune.qmaxlen = (uint32_t)atoi(optarg); break;
         case 'k': sign = 1; break;
+        case 'm': admit_like_midcomd = 1; break;
         default: return 2;
         }
     }
     if (tune.vlen < 1 || tune.vlen > MAX_VLEN || tune.max_pending < 1 || tune.max_pending > MAX_PENDING) return 2;
     bu_install_signals();
     queue_open(copy_range);
+    if (admit_like_midcomd) {
+        if (!admit) return 2;
+        sessions = calloc(SESSION_SLOTS, sizeof *sessions);
+        if (!sessions) bu_die("calloc sessions");
+    }
     if (admit || csp) {
         nft = mnl_socket_open(NETLINK_NETFILTER);
         if (!nft || mnl_socket_bind(nft, 0, MNL_SOCKET_AUTOPID) < 0) bu_die("nftables socket");
@@ -658,8 +708,10 @@ int main(int argc, char **argv) {
                 uint32_t id = ntohl(ph->packet_id);
                 received++;
                 if (admit && payload &&
-                    admit4_key(mnl_attr_get_payload(payload), mnl_attr_get_payload_len(payload), keys[nkeys]))
+                    admit4_key(mnl_attr_get_payload(payload), mnl_attr_get_payload_len(payload), keys[nkeys])) {
+                    if (admit_like_midcomd) element_ids[nkeys] = session_for(keys[nkeys], bu_now_ns())->id;
                     nkeys++;
+                }
                 if (batch) {
                     pending_last = id;
                     pending++;

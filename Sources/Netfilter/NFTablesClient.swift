@@ -677,13 +677,6 @@ private struct RuleBatch {
     mutating func appendQueueRule(family: NFTFamily, table: String, chain: String, spec: QueueRuleSpec,
                                   encoding: QueueEncoding) throws(NetfilterError) {
         let target = Target.queueRule(family: family, table: table, chain: chain, encoding: encoding)
-        guard let rule = nftnl_rule_alloc() else {
-            throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
-        }
-        defer { nftnl_rule_free(rule) }
-        nftnl_rule_set_str(rule, attr(NFTNL_RULE_TABLE), table)
-        nftnl_rule_set_str(rule, attr(NFTNL_RULE_CHAIN), chain)
-        nftnl_rule_set_u32(rule, attr(NFTNL_RULE_FAMILY), UInt32(family.rawValue))
         let expression: OpaquePointer?
         switch encoding {
         case .native:
@@ -707,13 +700,7 @@ private struct RuleBatch {
         guard let expression else {
             throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
         }
-        nftnl_rule_add_expr(rule, expression)  // the rule owns the expression from here
-        try append(target) { buffer, sequence in
-            let flags = UInt16(NLM_F_CREATE | NLM_F_APPEND)
-            guard let nlh = nftnl_nlmsg_build_hdr(buffer, msgType(NFT_MSG_NEWRULE), UInt16(family.rawValue), flags, sequence) else { return nil }
-            nftnl_rule_nlmsg_build_payload(nlh, rule)
-            return Int(nlh.pointee.nlmsg_len)
-        }
+        try appendRule(target, family: family, table: table, chain: chain, expression: expression)
     }
 
     mutating func appendDeleteFlowtable(family: NFTFamily, table: String, name: String) throws(NetfilterError) {

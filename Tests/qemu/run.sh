@@ -22,6 +22,9 @@
 #        foundation        Tests/integration/foundation.sh: signaled flow passes, unsignaled dropped
 #        05-rejection, 06-nat-outgoing, 07-nat-incoming: signaling scenarios (REJECT with its
 #                          reasons and no state; NAT both ways)
+#        flowtable         Tests/qemu/flowtable.sh: flowtable-devices (the development VM's kernel
+#                          has no flowtables): admitted flows offloaded, a revoked or pushed-back
+#                          flow stopped although offloaded, flows of the default policy left alone
 #        only-native       every midcomd those scenarios started logged the native encoding
 #      The scenarios are the host's scripts, unchanged (lib.sh; namespaces inside the guest).
 #   3. The guest reports `midcom-qemu: guest exit N` and powers off; this script exits with 0 only
