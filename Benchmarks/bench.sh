@@ -195,8 +195,9 @@ fig3() {
   local conf=$'[policy]\nunsignaled = "admit"\nlegacy-lifetime = 60\nmax-sessions = 4000000'
   for run in $(seq 1 "$RUNS"); do
     # cadmit-m: the C admission doing midcomd's work besides (a session record per flow in a hash table, the
-    # session's tag as the element's comment): `nfqref admit -m`.
-    for c in cadmit cadmit-m midcomd; do
+    # session's tag as the element's comment): `nfqref admit -m`. BENCH_FIG3_CASES reorders or repeats cases
+    # (the order matters: each case leaves its flows in conntrack for the next).
+    for c in ${BENCH_FIG3_CASES:-cadmit cadmit-m midcomd}; do
       # Throughput: new flows offered as fast as one core can send them, for D seconds.
       bl_ruleset
       case $c in
