@@ -46,7 +46,8 @@ wire-tests: check-root
 	@python3 Tests/crypto/noise_xx_crosscheck.py --check Tests/CSPTrustTests/Vectors/noise-xx-crosscheck.json
 
 ## qemu-test: foundation and signaling scenarios on Debian's stock kernel under QEMU (tcg), where
-# midcomd uses the native nft queue expression (this VM's kernel has only the compat target).
+# midcomd uses the native nft queue expression (this VM's kernel has only the compat target), and
+# the flowtable option (this VM's kernel has no flowtables).
 # Runs the static binaries `make deb` built last (builds them only if missing): after changing
 # the sources, `make deb qemu-test`. Tests/qemu/run.sh explains the harness and its knobs.
 qemu-test: check-root
