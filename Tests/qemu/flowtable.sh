@@ -9,7 +9,9 @@
 #     policy's drop);
 #   4 stop an offloaded flow a victim pushes back (a signed DENY: the filter sits in chain
 #     pushback, which offloaded packets never reach, so midcomd empties the flowtable);
-#   5 leave a flow that is not admitted (the operator's default policy lets it) on the slow path.
+#   5 leave a flow that is not admitted (the operator's default policy lets it) on the slow path;
+#   6 put the flowtable and its links back after an operator's `nft -f midcom.nft` (which deletes
+#     the table with the flowtable in it), and offload the flow again.
 # Offloaded or not, what each step checks is what arrived: echoes counted by the client.
 source "$(dirname "$0")/../integration/lib.sh"
 lab_init flowtable
@@ -60,6 +62,19 @@ ping() { in_ns client $FLOWS udp-ping 10.200.2.2 "$2" --sport "$1" --count "$3" 
 # offloaded SPORT: the conntrack entry of the client's flow from SPORT says [OFFLOAD].
 offloaded() { in_ns gw conntrack -L -p udp --orig-port-src "$1" 2>/dev/null | grep -c OFFLOAD || true; }
 
+# flowtable_linked: both of midcomd's rules are in place (waits at most 5 s, scaled).
+flowtable_linked() {
+  local i
+  for i in $(seq 1 $((50 * LAB_TIME_SCALE))); do
+    if in_ns gw nft list chain inet midcom to_flowtable 2>/dev/null | grep -q "flow add @fastpath" &&
+      in_ns gw nft list chain inet midcom established 2>/dev/null | grep -q "goto offload_admitted"; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
 step "an admitted flow (csp setup, udp 4000 -> 5000) is offloaded after its first exchange"
 csp_run client setup udp 10.200.2.2:5000 --sport 4000 --lifetime 300
 expect_eq "$CSP_RC" 0 "csp setup"
@@ -82,6 +97,18 @@ expect_eq "$(ping 4002 5002 50)" 50 "more echoes"
 after=$(slow_path 5002)
 expect_eq "$(offloaded 4002)" 0 "the legacy flow is not offloaded"
 [ $((after - before)) -ge 100 ] || fail "the legacy flow left the slow path: $before -> $after packets"
+
+step "an operator reloads the ruleset (nft -f midcom.nft deletes the table, the flowtable with it): midcomd puts both back"
+in_ns gw nft -f "$ROOT/nft-rules/midcom.nft"
+flowtable_linked || fail "the flowtable was not linked again within $((5 * LAB_TIME_SCALE)) s of the reload"
+expect_match "$(in_ns gw nft list flowtable inet midcom fastpath)" 'devices = \{ (to-client, to-server|to-server, to-client) \}' "the flowtable is back"
+expect_eq "$(status_counter gw ruleset_restored)" 1 "ruleset_restored"
+expect_eq "$(ping 4000 5000 5)" 5 "echoes of the admitted flow after the reload"
+expect_eq "$(offloaded 4000)" 1 "offloaded again"
+before=$(slow_path 5000)
+expect_eq "$(ping 4000 5000 50)" 50 "more echoes"
+after=$(slow_path 5000)
+[ $((after - before)) -le 4 ] || fail "after the reload the flow still took the slow path: $before -> $after packets"
 
 step "midctl delete: the offloaded flow stops (conntrack entry deleted, flowtable lets go)"
 expect_match "$(midctl gw delete "$session")" "deleted $session" "midctl delete"

@@ -12,7 +12,8 @@
 #                          (01 and 03 keep 30 s sessions for about as long as they run here).
 #   flowtable              Tests/qemu/flowtable.sh: flowtable-devices on a kernel that has
 #                          flowtables (this VM's has none): admitted flows offloaded, a revoked
-#                          or pushed-back flow stopped although offloaded, others left alone
+#                          or pushed-back flow stopped although offloaded, others left alone,
+#                          all of it back after an operator's nftables reload
 #   only-native            every midcomd those scenarios started logged the native encoding: the
 #                          fallback was never taken behind the scenarios' back
 #

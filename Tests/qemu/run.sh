@@ -34,8 +34,8 @@
 #
 # Emulated CPUs are ~15-20x slower than the host's; netlink and start-up are fast. Measured on the
 # 2-core development VM: 4 s to find the cached image (6 s to build a new one; the first run also
-# downloads 27 MB), a 4-5 s boot, then under 4 min of checks (foundation 98 s, flowtable 65 s: their
-# lifetimes are scaled 4x here): 232 s in all. The binaries are the
+# downloads 27 MB), a 4-5 s boot, then about 4 min of checks (foundation 98 s, flowtable 77 s: their
+# lifetimes are scaled 4x here): 232-245 s in all. The binaries are the
 # ones `make deb` built last (make test builds them first): after changing the sources, run
 # `make deb qemu-test`. Knobs: MIDCOM_QEMU_SCENARIOS="foundation 06-nat-outgoing" (which scenarios),
 # MIDCOM_QEMU_VERBOSE=1 (every check's whole output), MIDCOM_QEMU_KEEP=1 (keep the console log),
