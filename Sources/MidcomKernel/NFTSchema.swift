@@ -10,8 +10,8 @@ public enum NFTSchema {
     /// ("midcom ruleset revision N"). Raised when the rules change in a way the daemon relies on
     /// (2: answers from a CSP port are enqueued only inside conntrack, with mark 0x4d430003;
     /// 3: anti-spoofing, proved sources; 4: DENY filters, sets deny4/deny6 and chain pushback;
-    /// 5: NAT-PMP/PCP input filter; 6: chains established, offload_admitted and offload for the
-    /// flowtable).
+    /// 5: NAT-PMP/PCP input filter; 6: chains established, offload_admitted and to_flowtable for
+    /// the flowtable).
     public static let rulesetRevision = 6
 
     /// The flowtable midcomd creates when `flowtable-devices` is set, and the chains of the ruleset

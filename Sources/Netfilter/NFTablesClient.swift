@@ -308,7 +308,7 @@ public final class NFTablesClient: @unchecked Sendable {
     /// counters on), put `flow add @flowtable` into `offload` and `goto candidates` into `entry`.
     ///
     /// The ruleset decides which connections are candidates (chain `candidates`: the admission sets,
-    /// ending in `goto offload`); this only links the chains, because a rule naming a flowtable cannot
+    /// each match going to chain `offload`); this only links the chains, because a rule naming a flowtable cannot
     /// be loaded where the flowtable does not exist. Deleting and creating the flowtable again also
     /// ends every flow offloaded so far: their next packets take the slow path again (its pushback
     /// filters and admission lookups), and only flows still admitted are offloaded anew.
@@ -609,7 +609,7 @@ enum Target {
         case (.newFlowtable, EBUSY), (.newFlowtable, EEXIST):
             return "a device is already in another flowtable (a device can be in one flowtable per family): remove it from that flowtable or from flowtable-devices"
         case (.newFlowtable, EINVAL):
-            return "the kernel refused the flowtable's devices or hook (every device must exist and be up to date in flowtable-devices)"
+            return "the kernel refused the flowtable's hook or devices (flowtable-devices must name existing network interfaces)"
         case (.queueRule, EINVAL):
             return "the kernel refused the queue numbers or flags (queueNumber + queueCount must stay below 65536)"
         case (.addElement(_, _, let set, _, true, _), EOPNOTSUPP):
@@ -736,7 +736,7 @@ private struct RuleBatch {
         defer { names.forEach { free($0) } }
         var array: [UnsafePointer<CChar>?] = names.map { UnsafePointer($0) } + [nil]
         let stored = array.withUnsafeMutableBufferPointer { nftnl_flowtable_set_array(flowtable, attr(NFTNL_FLOWTABLE_DEVICES), $0.baseAddress) }
-        guard stored == 0 else {
+        guard stored == 0, !names.contains(nil) else {
             throw NetfilterError(operation: target.operation, object: target.object, errno: ENOMEM)
         }
         try append(target) { buffer, sequence in
