@@ -51,7 +51,12 @@ public struct CSPMessageType: RawRepresentable, Hashable, Sendable, CustomString
     }
 
     /// Replies travel from the responder back to the initiator; requests the other way.
-    public var isReply: Bool { [.accept, .reject, .redirect, .mapped, .challenge, .announce, .relay].contains(self) }
+    public var isReply: Bool {
+        switch self {
+        case .accept, .reject, .redirect, .mapped, .challenge, .announce, .relay: true
+        default: false
+        }
+    }
 }
 
 /// Header flags (header octet 4).

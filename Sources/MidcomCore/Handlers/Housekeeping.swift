@@ -9,7 +9,12 @@ extension GatewayEngine {
         switch behaviour {
         case .drop, .admitInside:
             counters.unsignaledDropped += 1
-            let cacheable = [IPProtocol.tcp, .udp, .sctp].contains(flow.proto) && configuration.dropCacheLifetime > 0
+            // Per packet of an unsignaled flood: a switch, not an array literal to search.
+            let portProtocol = switch flow.proto {
+                case .tcp, .udp, .sctp: true
+                default: false
+                }
+            let cacheable = portProtocol && configuration.dropCacheLifetime > 0
             return .drop(cache: cacheable ? .block(flow, lifetime: configuration.dropCacheLifetime) : nil)
         case .defaultPolicy:
             counters.unsignaledPassed += 1
