@@ -719,7 +719,7 @@ private struct RuleBatch {
     }
 
     /// A flowtable on the ingress hook of `devices` at priority filter (0), with counters, so
-    /// conntrack's accounting keeps counting what the fast path forwards.
+    /// conntrack's accounting (where nf_conntrack_acct is on) keeps counting what the fast path forwards.
     mutating func appendNewFlowtable(family: NFTFamily, table: String, name: String, devices: [String]) throws(NetfilterError) {
         let target = Target.newFlowtable(family: family, table: table, name: name, devices: devices)
         guard let flowtable = nftnl_flowtable_alloc() else {

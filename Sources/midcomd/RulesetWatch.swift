@@ -95,7 +95,6 @@ extension Daemon {
             var restored = 0
             if replaced {
                 try filterPortMappingInput(serving: portMappingSocket != nil)
-                try linkFlowtable()
                 let changes = engine.withLock { $0.kernelState(now: self.now()) }
                 var start = 0
                 while start < changes.count {
@@ -104,6 +103,15 @@ extension Daemon {
                     start = end
                 }
                 restored = changes.count
+                // After the sessions, and on its own: the flowtable only speeds up flows that pass
+                // anyway, so failing to link it (an interface removed since the start) must not keep
+                // the sessions' elements out of the kernel. Until it is linked they take the
+                // ordinary path.
+                do {
+                    try linkFlowtable()
+                } catch {
+                    log.limited(.error, category: "flowtable", "after an nftables reload: \(error); admitted flows take the ordinary path")
+                }
             }
             knownHandle = state.handle
             rulesetCondition.withLock { $0 = .intact }
