@@ -206,7 +206,8 @@ fig3() {
         midcomd) bl_midcomd "$conf"; READER_PID=$MIDCOMD_PID ;;
       esac
       local c0; c0=$(bl_proc_cpu_ns "$READER_PID")
-      local out; out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" flows 10.201.2.2 5000 -f 3000000 -k 1 -d "$D" -S 20000)
+      local out; out=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" flows 10.201.2.2 5000 -f 3000000 -k 1 -d "$D" -S 20000 \
+        ${BENCH_FIG3_RATE:+-r "$BENCH_FIG3_RATE"})
       sleep 0.5
       local c1; c1=$(bl_proc_cpu_ns "$READER_PID")
       local admitted

@@ -10,16 +10,38 @@ import Netfilter
 public final class BurstBatcher {
     public struct Entry {
         public var packetID: UInt32
-        public var changes: [KernelChange]
+        /// The first change inline: most packets make one (a new flow's admission), and an array
+        /// of one per packet was an allocation per admitted flow.
+        private var first: KernelChange?
+        private var rest: [KernelChange]
         /// Sent once the changes are programmed.
         public var reply: OutgoingMessage?
         public var plan: KernelFailurePlan
 
         public init(packetID: UInt32, changes: [KernelChange], reply: OutgoingMessage?, plan: KernelFailurePlan) {
             self.packetID = packetID
-            self.changes = changes
+            self.first = changes.first
+            self.rest = changes.count > 1 ? Array(changes.dropFirst()) : []
             self.reply = reply
             self.plan = plan
+        }
+
+        public init(packetID: UInt32, change: KernelChange, reply: OutgoingMessage?, plan: KernelFailurePlan) {
+            self.packetID = packetID
+            self.first = change
+            self.rest = []
+            self.reply = reply
+            self.plan = plan
+        }
+
+        public var changes: [KernelChange] {
+            guard let first else { return rest }
+            return rest.isEmpty ? [first] : [first] + rest
+        }
+
+        func appendChanges(to all: inout [KernelChange]) {
+            if let first { all.append(first) }
+            if !rest.isEmpty { all.append(contentsOf: rest) }
         }
     }
 
@@ -73,7 +95,9 @@ public final class BurstBatcher {
     public func flush() -> [(id: UInt32, verdict: Verdict)] {
         guard !entries.isEmpty else { return [] }
         defer { entries.removeAll(keepingCapacity: true) }
-        let all = entries.count == 1 ? entries[0].changes : entries.flatMap(\.changes)
+        var all: [KernelChange] = []
+        all.reserveCapacity(entries.count)
+        for entry in entries { entry.appendChanges(to: &all) }
         do {
             let forget = connectionsToForget(after: all)
             // Asked while the elements still exist: a wildcard admission that never matched a

@@ -122,6 +122,7 @@ public final class NFTKernelProgrammer: KernelProgrammer {
 
     public func apply(_ changes: [KernelChange]) throws {
         var batch = NFTChangeSet(table: table)
+        batch.reserveCapacity(changes.count)  // most changes are one operation: no regrowth per burst
         for change in changes { batch.append(change) }
         if let observeBatch {
             let start = ContinuousClock.now

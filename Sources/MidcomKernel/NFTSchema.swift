@@ -303,13 +303,13 @@ extension NFTChangeSet {
             if case .admission = object {
                 // A new admission: one add (a stale element of the same flow takes the new timeout
                 // from 6.10 on; before, it keeps its own, which only ever follows an earlier expiry).
-                addElement(set: element.set, key: element.key, timeout: .seconds(lifetime), comment: tag?.comment)
+                addElement(set: element.set, key: element.key, timeout: .seconds(lifetime), comment: tag?.nftComment)
             } else {
                 // A map element that exists with other data cannot be added again: replace it.
-                replace(element, lifetime: lifetime, comment: tag?.comment)
+                replace(element, lifetime: lifetime, comment: tag?.nftComment)
             }
         case .refresh(let object, let lifetime, let tag):
-            replace(NFTSchema.element(for: object), lifetime: lifetime, comment: tag?.comment)
+            replace(NFTSchema.element(for: object), lifetime: lifetime, comment: tag?.nftComment)
         case .remove(let object):
             let element = NFTSchema.element(for: object)
             addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(1), keyEnd: element.keyEnd)
@@ -323,10 +323,26 @@ extension NFTChangeSet {
         }
     }
 
-    private mutating func replace(_ element: NFTSchema.Element, lifetime: UInt32, comment: String?) {
+    private mutating func replace(_ element: NFTSchema.Element, lifetime: UInt32, comment: NFTComment?) {
         let end = element.keyEnd
         addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment, keyEnd: end)
         deleteElement(set: element.set, key: element.key, keyEnd: end)
         addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment, keyEnd: end)
+    }
+}
+
+extension ElementTag {
+    /// `comment` as the element's comment, written in place when there is no application (every
+    /// legacy admission: one per new flow under `unsignaled = "admit"`).
+    var nftComment: NFTComment {
+        guard application?.isEmpty ?? true else { return NFTComment(comment) }
+        return NFTComment(writing: ElementTag.fixedCommentLength) { destination in
+            // Typed octets on the stack, copied as raw bytes: the inline storage is not rebound.
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: ElementTag.fixedCommentLength) { octets in
+                let written = writeFixedComment(into: octets)
+                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(octets)[..<written]))
+                return written
+            }
+        }
     }
 }

@@ -118,7 +118,7 @@ final class NFTBatchEncoder {
         switch operation {
         case .add(let set, let key, let data, let timeout, let comment, let keyEnd):
             let milliseconds = timeout?.netfilterMilliseconds
-            let commentLength = comment.map { min($0.utf8.count, UserData.maximumCommentLength) }
+            let commentLength = comment.map { min($0.utf8Count, UserData.maximumCommentLength) }
             let length = Self.elementLength(key: key, keyEnd: keyEnd, data: data, hasTimeout: milliseconds != nil, commentLength: commentLength)
             let begun = !(joining && canJoin(type: Self.newSetElement, set: set, elementLength: length))
             if begun {
@@ -170,7 +170,7 @@ final class NFTBatchEncoder {
     }
 
     /// NFTA_LIST_ELEM with its attributes, header included.
-    private static func elementLength(key: [UInt8], keyEnd: [UInt8]?, data: [UInt8]?, hasTimeout: Bool, commentLength: Int?) -> Int {
+    private static func elementLength(key: NFTSetKey, keyEnd: [UInt8]?, data: [UInt8]?, hasTimeout: Bool, commentLength: Int?) -> Int {
         var length = 4 + 4 + attributeLength(key.count)
         if hasTimeout { length += attributeLength(8) }
         if let keyEnd { length += 4 + attributeLength(keyEnd.count) }
@@ -181,7 +181,7 @@ final class NFTBatchEncoder {
 
     /// One NFTA_LIST_ELEM at the end of the open message (opening its element list first), then
     /// the message's and the list's lengths brought up to date.
-    private func putElement(length: Int, key: [UInt8], keyEnd: [UInt8]?, data: [UInt8]?, timeout: UInt64?, comment: String?,
+    private func putElement(length: Int, key: NFTSetKey, keyEnd: [UInt8]?, data: [UInt8]?, timeout: UInt64?, comment: NFTComment?,
                             commentLength: Int?) {
         guard var open else { preconditionFailure("NFTBatchEncoder: an element outside an element message") }
         reserve(4 + length)  // one exact reservation, then stores without further checks
@@ -195,9 +195,9 @@ final class NFTBatchEncoder {
         // libnftnl numbers the list's entries 1, 2, … (NFTA_LIST_ELEM is 1); the kernel reads any type.
         putAttributeHeader(open.count | Self.nested, length: length)
         if let timeout { putBigEndian64(UInt16(NFTA_SET_ELEM_TIMEOUT.rawValue), timeout) }
-        putValue(UInt16(NFTA_SET_ELEM_KEY.rawValue), key)
-        if let keyEnd { putValue(UInt16(NFTA_SET_ELEM_KEY_END.rawValue), keyEnd) }
-        if let data { putValue(UInt16(NFTA_SET_ELEM_DATA.rawValue), data) }
+        key.octets.withUnsafeBytes { putValue(UInt16(NFTA_SET_ELEM_KEY.rawValue), $0) }
+        if let keyEnd { keyEnd.withUnsafeBytes { putValue(UInt16(NFTA_SET_ELEM_KEY_END.rawValue), $0) } }
+        if let data { data.withUnsafeBytes { putValue(UInt16(NFTA_SET_ELEM_DATA.rawValue), $0) } }
         if let comment, let commentLength { putComment(comment, length: commentLength) }
         assert(count - start == length, "NFTBatchEncoder: computed \(length) octets, wrote \(count - start)")
         (base + open.elements).storeBytes(of: UInt16(count - open.elements), as: UInt16.self)
@@ -292,19 +292,22 @@ final class NFTBatchEncoder {
     }
 
     /// A nested nft_data holding NFTA_DATA_VALUE.
-    private func putValue(_ type: UInt16, _ value: [UInt8]) {
+    private func putValue(_ type: UInt16, _ value: UnsafeRawBufferPointer) {
         putAttributeHeader(type | Self.nested, length: 4 + Self.attributeLength(value.count))
-        value.withUnsafeBytes { putBytes(UInt16(NFTA_DATA_VALUE.rawValue), $0) }
+        putBytes(UInt16(NFTA_DATA_VALUE.rawValue), value)
     }
 
     /// NFTA_SET_ELEM_USERDATA holding one comment record as `nft` writes it (see `UserData`): type 0,
     /// length, the text cut to 127 octets, a NUL.
-    private func putComment(_ comment: String, length: Int) {
+    private func putComment(_ comment: NFTComment, length: Int) {
         putAttributeHeader(UInt16(NFTA_SET_ELEM_USERDATA.rawValue), length: 4 + length + 3)
         (base + count).storeBytes(of: UserData.commentType, toByteOffset: 0, as: UInt8.self)
         (base + count).storeBytes(of: UInt8(length + 1), toByteOffset: 1, as: UInt8.self)
         count += 2
-        copyUTF8(comment, count: length)
+        comment.withUTF8 { text in
+            if let source = text.baseAddress { (base + count).copyMemory(from: source, byteCount: length) }
+        }
+        count += length
         (base + count).storeBytes(of: 0, as: UInt8.self)
         count += 1
         pad(length + 3)

@@ -14,6 +14,59 @@ public enum NFTFamily: UInt8, Sendable, CustomStringConvertible {
     }
 }
 
+/// Up to 64 octets kept inline (NFT_DATA_VALUE_MAXLEN, the longest key or value the kernel takes):
+/// a set key or an element comment built per admitted flow costs no heap allocation (figure 3's
+/// profile in docs/PERFORMANCE.md had one array per key and one string per comment).
+public struct InlineOctets: Hashable, Sendable {
+    public static let capacity = 64
+    private var storage: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+    public private(set) var count = 0
+
+    public init() {}
+
+    /// Appends `bytes`; more than `capacity` in all is a programming error.
+    public mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        precondition(count + bytes.count <= Self.capacity, "InlineOctets: \(count + bytes.count) octets exceed \(Self.capacity)")
+        let offset = count
+        Swift.withUnsafeMutableBytes(of: &storage) { destination in
+            if let source = bytes.baseAddress { (destination.baseAddress! + offset).copyMemory(from: source, byteCount: bytes.count) }
+        }
+        count += bytes.count
+    }
+
+    /// Appends `length` zero octets (the storage beyond `count` is always zero).
+    public mutating func appendZeros(_ length: Int) {
+        precondition(count + length <= Self.capacity, "InlineOctets: \(count + length) octets exceed \(Self.capacity)")
+        count += length
+    }
+
+    /// Writes up to `capacity - count` octets in place; `body` returns how many it wrote.
+    public mutating func append(upTo length: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) {
+        precondition(count + length <= Self.capacity, "InlineOctets: \(count + length) octets exceed \(Self.capacity)")
+        let offset = count
+        let written = Swift.withUnsafeMutableBytes(of: &storage) { body(UnsafeMutableRawBufferPointer(rebasing: $0[offset..<(offset + length)])) }
+        precondition(written <= length)
+        count += written
+    }
+
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try Swift.withUnsafeBytes(of: storage) { try body(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }
+    }
+
+    public var array: [UInt8] { withUnsafeBytes { Array($0) } }
+
+    public static func == (a: InlineOctets, b: InlineOctets) -> Bool {
+        // Octets beyond `count` are zero in both, so the whole storage can be compared.
+        a.count == b.count && a.storage.0 == b.storage.0 && a.storage.1 == b.storage.1 && a.storage.2 == b.storage.2
+            && a.storage.3 == b.storage.3 && a.storage.4 == b.storage.4 && a.storage.5 == b.storage.5
+            && a.storage.6 == b.storage.6 && a.storage.7 == b.storage.7
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+}
+
 /// The bytes of a set key or map value, built field by field as `nft` builds them.
 ///
 /// A single field is stored at its natural length (`inet_proto` is 1 byte, `inet_service` 2). In a concatenation
@@ -21,11 +74,15 @@ public enum NFTFamily: UInt8, Sendable, CustomStringConvertible {
 /// how nft lays out concatenated keys (NFT_REG32_SIZE); so `bytes` pads only when there are two fields or more.
 public struct NFTSetKey: Hashable, Sendable, CustomStringConvertible {
     /// The key as the kernel expects it in NFTA_SET_ELEM_KEY / NFTA_SET_ELEM_DATA, kept up to date by every
-    /// `append`: one array per key (midcomd builds one or two keys per admission) rather than one per field.
-    public private(set) var bytes: [UInt8] = []
+    /// `append`, inline (the longest key midcomd builds, an IPv6 flow, is 44 octets).
+    public private(set) var octets = InlineOctets()
     private var fieldCount = 0
 
     public init() {}
+
+    /// The key's octets as an array (for tests and error messages; the encoder reads `octets`).
+    public var bytes: [UInt8] { octets.array }
+    public var count: Int { octets.count }
 
     /// Appends an `ipv4_addr` given in host order (0x0a000001 is 10.0.0.1); stored in network order.
     public mutating func append(ipv4: UInt32) {
@@ -59,26 +116,23 @@ public struct NFTSetKey: Hashable, Sendable, CustomStringConvertible {
     }
 
     private mutating func appendField(_ field: UnsafeRawBufferPointer) {
-        // 48 octets hold every key midcomd builds (the longest, an IPv6 flow, is 44): one allocation.
-        if bytes.capacity == 0 { bytes.reserveCapacity(48) }
         // A lone field keeps its natural length; once there are two, every field fills whole registers.
         if fieldCount == 1 { padToRegister() }
-        bytes.append(contentsOf: field)
+        octets.append(field)
         fieldCount += 1
         if fieldCount > 1 { padToRegister() }
     }
 
     private mutating func padToRegister() {
-        while bytes.count % 4 != 0 { bytes.append(0) }
+        octets.appendZeros((4 - octets.count % 4) % 4)
     }
 
     /// The key in lowercase hex, as error messages print it.
-    public var description: String { NFTSetKey.hex(bytes) }
+    public var description: String { octets.withUnsafeBytes { NFTSetKey.hex($0) } }
 
-    static func hex(_ bytes: [UInt8]) -> String {
+    static func hex<Bytes: Sequence<UInt8>>(_ bytes: Bytes) -> String {
         let digits: [Character] = Array("0123456789abcdef")
         var text = ""
-        text.reserveCapacity(bytes.count * 2)
         for byte in bytes {
             text.append(digits[Int(byte >> 4)])
             text.append(digits[Int(byte & 0xf)])
@@ -87,15 +141,68 @@ public struct NFTSetKey: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+/// An element's comment (`nft`'s `comment "..."`). Up to 64 octets are kept inline, so the tag
+/// midcomd writes on every element it adds (22 octets) costs no allocation; longer text keeps its
+/// string. Cut to 127 octets when written, as `nft` cuts it.
+public struct NFTComment: Hashable, Sendable, CustomStringConvertible, ExpressibleByStringLiteral {
+    private enum Storage: Hashable, Sendable {
+        case inline(InlineOctets)
+        case text(String)
+    }
+    private let storage: Storage
+
+    public init(_ text: String) {
+        var octets = InlineOctets()
+        if text.utf8.count <= InlineOctets.capacity,
+            text.utf8.withContiguousStorageIfAvailable({ octets.append(UnsafeRawBufferPointer($0)) }) != nil
+        {
+            storage = .inline(octets)
+        } else {
+            storage = .text(text)
+        }
+    }
+
+    public init(stringLiteral value: String) { self.init(value) }
+
+    /// A comment of at most `length` (≤ 64) octets of UTF-8, written in place by `body`, which
+    /// returns how many it wrote.
+    public init(writing length: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) {
+        var octets = InlineOctets()
+        octets.append(upTo: length, body)
+        storage = .inline(octets)
+    }
+
+    /// The comment's UTF-8 octets.
+    public func withUTF8<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        switch storage {
+        case .inline(let octets):
+            return try octets.withUnsafeBytes(body)
+        case .text(var text):
+            return try text.withUTF8 { try body(UnsafeRawBufferPointer($0)) }
+        }
+    }
+
+    public var utf8Count: Int {
+        switch storage {
+        case .inline(let octets): octets.count
+        case .text(let text): text.utf8.count
+        }
+    }
+
+    public var description: String { withUTF8 { String(decoding: $0, as: UTF8.self) } }
+}
+
 /// A list of set-element changes applied by `NFTablesClient.apply` as one atomic netlink batch.
 public struct NFTChangeSet: Sendable {
     /// One change, in the order it will be sent.
     public enum Operation: Sendable, Equatable {
         /// NFT_MSG_NEWSETELEM without NLM_F_EXCL: adds the element, or refreshes the timeout of an existing one.
         /// `keyEnd`: the last key of a range, for sets declared with `flags interval`.
-        case add(set: String, key: [UInt8], data: [UInt8]?, timeout: Duration?, comment: String? = nil, keyEnd: [UInt8]? = nil)
+        /// The key is inline (an add per admitted flow allocates nothing); data and key ends, which few
+        /// elements have (NAT maps, DENY ranges), are arrays.
+        case add(set: String, key: NFTSetKey, data: [UInt8]?, timeout: Duration?, comment: NFTComment? = nil, keyEnd: [UInt8]? = nil)
         /// NFT_MSG_DELSETELEM: the batch fails (ENOENT) if the element is absent.
-        case delete(set: String, key: [UInt8], keyEnd: [UInt8]? = nil)
+        case delete(set: String, key: NFTSetKey, keyEnd: [UInt8]? = nil)
         /// NFT_MSG_DELSETELEM without elements: removes every element of the set.
         case flush(set: String)
     }
@@ -126,14 +233,14 @@ public struct NFTChangeSet: Sendable {
     /// `comment` is stored with the element (as `nft` stores `comment "..."`) and read back by `listElements`.
     /// `keyEnd` makes the element the range `key`...`keyEnd` of an interval set.
     public mutating func addElement(set: String, key: NFTSetKey, data: NFTSetKey? = nil, timeout: Duration? = nil,
-                                    comment: String? = nil, keyEnd: NFTSetKey? = nil) {
-        appendOperation(.add(set: set, key: key.bytes, data: data?.bytes, timeout: timeout, comment: comment, keyEnd: keyEnd?.bytes))
+                                    comment: NFTComment? = nil, keyEnd: NFTSetKey? = nil) {
+        appendOperation(.add(set: set, key: key, data: data?.bytes, timeout: timeout, comment: comment, keyEnd: keyEnd?.bytes))
     }
 
     /// Deletes `key` (the range `key`...`keyEnd` of an interval set) from `set`. The whole change set
     /// fails if the element does not exist (it may have timed out).
     public mutating func deleteElement(set: String, key: NFTSetKey, keyEnd: NFTSetKey? = nil) {
-        appendOperation(.delete(set: set, key: key.bytes, keyEnd: keyEnd?.bytes))
+        appendOperation(.delete(set: set, key: key, keyEnd: keyEnd?.bytes))
     }
 
     /// Removes every element of `set`.

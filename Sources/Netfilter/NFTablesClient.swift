@@ -536,10 +536,10 @@ enum Target {
         let family = changes.family.description, table = changes.table
         switch changes.operations[index - 1] {
         case .add(let set, let key, _, let timeout, _, _):
-            return .addElement(family: family, table: table, set: set, key: NFTSetKey.hex(key),
+            return .addElement(family: family, table: table, set: set, key: key.description,
                                hasTimeout: timeout != nil, keyLength: key.count)
         case .delete(let set, let key, _):
-            return .deleteElement(family: family, table: table, set: set, key: NFTSetKey.hex(key))
+            return .deleteElement(family: family, table: table, set: set, key: key.description)
         case .flush(let set):
             return .flushSet(family: family, table: table, set: set)
         }

@@ -135,12 +135,12 @@ extension Daemon {
         switch decision {
         case .drop(let cache):
             // The kernel drops the rest of the flow; a failure only costs more queued packets.
-            if let cache { burst.add(.init(packetID: id, changes: [cache], reply: nil, plan: .ignore)) }
+            if let cache { burst.add(.init(packetID: id, change: cache, reply: nil, plan: .ignore)) }
             return .drop
         case .defaultPolicy:
             return .accept
         case .admit(let change):
-            burst.add(.init(packetID: id, changes: [change], reply: nil, plan: .defaultPolicy))
+            burst.add(.init(packetID: id, change: change, reply: nil, plan: .defaultPolicy))
             return .accept(mark: admittedMark)
         }
     }

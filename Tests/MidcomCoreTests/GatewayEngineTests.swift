@@ -45,6 +45,41 @@ final class SessionTableTests: XCTestCase {
         XCTAssertEqual(table.count, 1)
     }
 
+    /// The dense storage moves the last session into a removed one's slot: after any mix of
+    /// inserts, replacements, removals and expiries, every session is found by ID and by flow, and
+    /// nothing removed is.
+    func testDenseStorageAgreesWithAModelUnderRandomChurn() {
+        var table = SessionTable()
+        var model: [UInt64: Session] = [:]
+        var random = SystemRandomNumberGenerator()
+        for step in 0..<20_000 {
+            let id = UInt64.random(in: 1...600, using: &random)
+            switch Int.random(in: 0..<10, using: &random) {
+            case 0..<5:
+                var s = session(id, expires: Double(step + Int.random(in: 1...400, using: &random)))
+                s.flow.destinationPort = UInt16.random(in: 1...3, using: &random)  // sometimes a new flow
+                table.upsert(s)
+                model[id] = s
+            case 5..<9:
+                XCTAssertEqual(table.remove(id: id), model.removeValue(forKey: id))
+            default:
+                for gone in table.expire(now: .seconds(Double(step))) {
+                    XCTAssertNotNil(model.removeValue(forKey: gone.id), "expired a session the model does not hold")
+                    XCTAssertLessThanOrEqual(gone.expiresAt!, .seconds(Double(step)))
+                }
+            }
+        }
+        XCTAssertEqual(table.count, model.count)
+        for (id, s) in model {
+            XCTAssertEqual(table[id: id], s)
+            XCTAssertTrue(table.contains(id: id))
+            XCTAssertEqual(table.flow(ofSession: id), s.flow)
+            XCTAssertEqual(table.session(for: s.flow)?.id, id)
+        }
+        XCTAssertEqual(Set(table.all.map(\.id)), Set(model.keys))
+        for id in UInt64(1)...600 where model[id] == nil { XCTAssertFalse(table.contains(id: id)) }
+    }
+
     func testChangingFlowReindexes() {
         var table = SessionTable()
         var s = session(1, expires: 5)

@@ -47,6 +47,23 @@ final class NFTSchemaTests: XCTestCase {
         XCTAssertEqual(NFTSchema.blocking(v4).set, "drop4")
     }
 
+    /// The comment written in place (no application) and the one built as a string are the same
+    /// octets, and both read back as the tag.
+    func testInlineElementCommentsEqualTheTagsComment() throws {
+        for kind in [ElementTag.Kind.outgoing, .incoming, .legacy, .redirect, .relay, .deny] {
+            for application in [nil, "", "voip", String(repeating: "x", count: 120)] {
+                let tag = ElementTag(sessionID: 0x0123_4567_89ab_cdef, kind: kind, application: application)
+                var changes = NFTChangeSet()
+                changes.append(.install(.admission(v4), lifetime: 30, tag: tag))
+                guard case .add(_, _, _, _, let comment?, _) = changes.operations.first else { return XCTFail("no comment") }
+                XCTAssertEqual(comment.description, tag.comment)
+                let read = try XCTUnwrap(ElementTag(comment: comment.description))
+                XCTAssertEqual(read.sessionID, tag.sessionID)
+                XCTAssertEqual(read.kind, kind)
+            }
+        }
+    }
+
     func testBatchBytesMatchTheGoldenFile() throws {
         var changes = NFTChangeSet(table: "midcom")
         let tag = ElementTag(sessionID: 0x0123_4567_89ab_cdef, kind: .outgoing, application: "voip")

@@ -56,17 +56,17 @@ enum LibnftnlReference {
                 flags = UInt16(NLM_F_CREATE)
                 nftnl_set_set_str(set, attr(NFTNL_SET_NAME), name)
                 element = nftnl_set_elem_alloc()
-                bytes(key, NFTNL_SET_ELEM_KEY)
+                bytes(key.bytes, NFTNL_SET_ELEM_KEY)
                 if let keyEnd { bytes(keyEnd, NFTNL_SET_ELEM_KEY_END) }
                 if let data { bytes(data, NFTNL_SET_ELEM_DATA) }
                 if let timeout { nftnl_set_elem_set_u64(element, attr(NFTNL_SET_ELEM_TIMEOUT), timeout.netfilterMilliseconds) }
-                if let comment { bytes(UserData.encode(comment: comment), NFTNL_SET_ELEM_USERDATA) }
+                if let comment { bytes(UserData.encode(comment: comment.description), NFTNL_SET_ELEM_USERDATA) }
             case .delete(let set_, let key, let keyEnd):
                 name = set_
                 type = NFT_MSG_DELSETELEM.rawValue
                 nftnl_set_set_str(set, attr(NFTNL_SET_NAME), name)
                 element = nftnl_set_elem_alloc()
-                bytes(key, NFTNL_SET_ELEM_KEY)
+                bytes(key.bytes, NFTNL_SET_ELEM_KEY)
                 if let keyEnd { bytes(keyEnd, NFTNL_SET_ELEM_KEY_END) }
             case .flush(let set_):
                 name = set_

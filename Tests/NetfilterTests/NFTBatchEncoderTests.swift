@@ -50,8 +50,8 @@ final class NFTBatchEncoderTests: XCTestCase {
             changes.addElement(set: "deny4", key: key([198, 18, 0, 0]), timeout: .seconds(10), keyEnd: key([198, 19, 255, 255]))
             changes.addElement(set: "marks", key: key([1]))  // no timeout, no comment
             changes.addElement(set: "p", key: key([1, 2]), timeout: .zero, comment: "")
-            changes.addElement(set: "p3", key: key([1, 2, 3]), timeout: .nanoseconds(1), comment: longComment)
-            changes.addElement(set: "p5", key: key([1, 2, 3, 4, 5]), data: key([9, 9, 9]), comment: utf8Comment)
+            changes.addElement(set: "p3", key: key([1, 2, 3]), timeout: .nanoseconds(1), comment: NFTComment(longComment))
+            changes.addElement(set: "p5", key: key([1, 2, 3, 4, 5]), data: key([9, 9, 9]), comment: NFTComment(utf8Comment))
             changes.deleteElement(set: "admit4", key: flowKey(0x0a00_0102, 17, 4000, 0x0a00_0202, 5000))
             changes.deleteElement(set: "deny4", key: key([198, 18, 0, 0]), keyEnd: key([198, 19, 255, 255]))
             changes.flushSet("drop4")
@@ -60,7 +60,7 @@ final class NFTBatchEncoderTests: XCTestCase {
             // of one set, then a flush of the same set (which never joins) and an add to another set.
             for port: UInt16 in 1 ... 3 {
                 changes.addElement(set: "admit4", key: flowKey(0x0a00_0102, 6, port, 0x0a00_0202, 22), timeout: .seconds(9),
-                                   comment: port == 2 ? nil : "csp 00000000000000\(port) i")
+                                   comment: port == 2 ? nil : NFTComment("csp 00000000000000\(port) i"))
             }
             for port: UInt16 in 1 ... 3 { changes.deleteElement(set: "admit4", key: flowKey(0x0a00_0102, 6, port, 0x0a00_0202, 22)) }
             changes.flushSet("admit4")

@@ -27,7 +27,7 @@ extension GatewayEngine {
             counters.unsignaledAdmitted += 1
             let lifetime = configuration.legacyLifetime
             var id = UInt64(truncatingIfNeeded: flow.hashValue) | 1 << 63
-            while let other = sessions[id: id], other.flow != flow { id &+= 1 }
+            while let other = sessions.flow(ofSession: id), other != flow { id &+= 1 }
             let session = Session(
                 id: id, flow: flow, state: .legacy, createdAt: now, expiresAt: now.adding(seconds: lifetime),
                 grantedLifetime: lifetime)

@@ -102,6 +102,18 @@ public struct ElementTag: Hashable, Sendable {
         case relay = "m"
         /// A DENY filter; the ID is the DENY's session ID.
         case deny = "d"
+
+        /// The kind's letter as an ASCII octet (a switch: `Character.asciiValue` per element cost).
+        var octet: UInt8 {
+            switch self {
+            case .outgoing: UInt8(ascii: "o")
+            case .incoming: UInt8(ascii: "i")
+            case .legacy: UInt8(ascii: "l")
+            case .redirect: UInt8(ascii: "r")
+            case .relay: UInt8(ascii: "m")
+            case .deny: UInt8(ascii: "d")
+            }
+        }
     }
 
     public var sessionID: UInt64
@@ -119,19 +131,24 @@ public struct ElementTag: Hashable, Sendable {
 
     /// "csp <16 hex digits> <kind>[ <application>]"; the application keeps printable ASCII only.
     public var comment: String {
-        // Written in place (22 octets), not interpolated: one per element midcomd installs.
-        let kindOctet = kind.rawValue.asciiValue ?? 0x3f
-        var text = String(unsafeUninitializedCapacity: 22) { buffer in
-            (buffer[0], buffer[1], buffer[2], buffer[3]) = (0x63, 0x73, 0x70, 0x20)  // "csp "
-            writeHex(sessionID, into: buffer, at: 4)
-            (buffer[20], buffer[21]) = (0x20, kindOctet)
-            return 22
-        }
+        // Written in place, not interpolated: one per element midcomd installs.
+        var text = String(unsafeUninitializedCapacity: Self.fixedCommentLength) { writeFixedComment(into: $0) }
         if let application, !application.isEmpty {
             let printable = application.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7f }
             text += " " + String(String.UnicodeScalarView(printable.prefix(Self.maximumApplicationLength)))
         }
         return text
+    }
+
+    /// "csp <16 hex digits> <kind>": the comment without an application.
+    public static let fixedCommentLength = 22
+
+    /// Writes the comment's first `fixedCommentLength` octets into `buffer`; returns how many.
+    public func writeFixedComment(into buffer: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        (buffer[0], buffer[1], buffer[2], buffer[3]) = (0x63, 0x73, 0x70, 0x20)  // "csp "
+        writeHex(sessionID, into: buffer, at: 4)
+        (buffer[20], buffer[21]) = (0x20, kind.octet)
+        return Self.fixedCommentLength
     }
 
     public init?(comment: String) {

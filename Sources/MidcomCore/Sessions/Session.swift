@@ -97,7 +97,8 @@ public struct Session: Sendable, Equatable {
         self.expiresAt = expiresAt
         self.grantedLifetime = grantedLifetime
         self.incoming = incoming
-        self.application = application
+        // Through the setter only when there is one: the setter builds and compares `Extras`.
+        if let application { self.application = application }
     }
 
     /// The address that signals for the session (and may refresh, re-signal or tear it down).

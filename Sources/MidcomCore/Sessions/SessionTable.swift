@@ -4,10 +4,18 @@ import CSPWire
 /// with expiry ordered by a min-heap so that expiring is O(log n) per session however large the
 /// table grows.
 ///
+/// The sessions live in one dense array (`slots`); the ID index maps an ID to its slot. A new
+/// session is appended, a removed one is replaced by the last (whose index entry follows it), so
+/// the array never has holes and growing it moves sessions once, with one `memcpy`: the figure-3
+/// profile (docs/PERFORMANCE.md) had a third of midcomd's user time in a dictionary of 160-octet
+/// `Session` values (buckets moved on every growth, values copied in and out per lookup). Indexes
+/// hold 12-octet entries; updates happen in place.
+///
 /// Heap entries are not removed when a session is refreshed or deleted; they carry the expiry
 /// they were pushed with and are discarded when they no longer match the session (lazy deletion).
 public struct SessionTable: Sendable {
-    private var byID: [UInt64: Session] = [:]
+    private var slots: [Session] = []
+    private var slotByID: [UInt64: Int32] = [:]
     private var byFlow = FlowIndex()
     private var expiryHeap = MinHeap<ExpiryEntry>()
     /// Pending sessions per owner address and in all: the per-source limit on pending state
@@ -40,23 +48,31 @@ public struct SessionTable: Sendable {
 
     public init() {}
 
-    /// Room for `count` sessions without rehashing (a restart adopts them all at once).
+    /// Room for `count` sessions without growing (a restart adopts them all at once).
     public mutating func reserveCapacity(_ count: Int) {
-        byID.reserveCapacity(count)
+        slots.reserveCapacity(count)
+        slotByID.reserveCapacity(count)
         byFlow.reserveCapacity(count)
     }
 
-    public var count: Int { byID.count }
-    public var isEmpty: Bool { byID.isEmpty }
-    public var all: Dictionary<UInt64, Session>.Values { byID.values }
+    public var count: Int { slots.count }
+    public var isEmpty: Bool { slots.isEmpty }
+    /// Every session, in no particular order (removals reorder it).
+    public var all: [Session] { slots }
 
-    public subscript(id id: UInt64) -> Session? { byID[id] }
+    public subscript(id id: UInt64) -> Session? { slotByID[id].map { slots[Int($0)] } }
 
-    public func session(for flow: FlowTuple) -> Session? { byFlow[flow].flatMap { byID[$0] } }
+    /// Whether session `id` exists, without copying it out.
+    public func contains(id: UInt64) -> Bool { slotByID[id] != nil }
+
+    /// The flow (path 0) of session `id`, without copying the session out.
+    public func flow(ofSession id: UInt64) -> FlowTuple? { slotByID[id].map { slots[Int($0)].flow } }
+
+    public func session(for flow: FlowTuple) -> Session? { byFlow[flow].flatMap { self[id: $0] } }
 
     /// The admitted incoming pinhole whose NAT mapping is `proto` `port`, if any.
     public func listener(proto: IPProtocol, mappedPort port: UInt16) -> Session? {
-        listeners[ListenerKey(proto: proto, port: port)].flatMap { byID[$0] }
+        listeners[ListenerKey(proto: proto, port: port)].flatMap { self[id: $0] }
     }
 
     private mutating func reindexListener(old: Session?, new: Session?) {
@@ -66,22 +82,37 @@ public struct SessionTable: Sendable {
 
     /// Inserts or replaces a session, keeping the flow index and expiry heap consistent.
     public mutating func upsert(_ session: Session) {
-        // One lookup (a Session is 160 octets, copied out each time): the bench's figure 4 profile
-        // had three per upsert, two upserts per signaled session.
-        let previous = byID[session.id]
-        countPending(previous, -1)
+        // One hash lookup finds the slot or claims the next one.
+        let (claimed, isNew) = Self.claim(&slotByID[session.id, default: -1], next: Int32(slots.count))
+        let slot = Int(claimed)
+        if isNew {
+            slots.append(session)
+            countPending(session, +1)
+            if let at = session.expiresAt { expiryHeap.push(ExpiryEntry(at: at, id: session.id)) }
+            if session.incoming { reindexListener(old: nil, new: session) }
+            indexPaths(of: session)
+            return
+        }
+        let old = slots[slot]
+        countPending(old, -1)
         countPending(session, +1)
-        if let old = previous {
-            if old.flow != session.flow || old.pathCount > 1 || session.pathCount > 1 { unindex(old) }
-            // Pushing an unchanged expiry again would only grow the heap.
-            if old.expiresAt != session.expiresAt, let at = session.expiresAt {
-                expiryHeap.push(ExpiryEntry(at: at, id: session.id))
-            }
-        } else if let at = session.expiresAt {
+        if old.flow != session.flow || old.pathCount > 1 || session.pathCount > 1 { unindex(old) }
+        // Pushing an unchanged expiry again would only grow the heap.
+        if old.expiresAt != session.expiresAt, let at = session.expiresAt {
             expiryHeap.push(ExpiryEntry(at: at, id: session.id))
         }
-        reindexListener(old: previous, new: session)
-        byID[session.id] = session
+        if old.incoming || session.incoming { reindexListener(old: old, new: session) }
+        slots[slot] = session
+        indexPaths(of: session)
+    }
+
+    private static func claim(_ slot: inout Int32, next: Int32) -> (Int32, Bool) {
+        if slot >= 0 { return (slot, false) }
+        slot = next
+        return (next, true)
+    }
+
+    private mutating func indexPaths(of session: Session) {
         if session.pathCount == 1 {
             index(session.flow, session)
         } else {
@@ -92,8 +123,8 @@ public struct SessionTable: Sendable {
     /// A pending session does not take the index from a session that holds the flow in the
     /// kernel: that one stays findable until the new one is admitted and supersedes it.
     private mutating func index(_ flow: FlowTuple, _ session: Session) {
-        if session.state == .pending, let holder = byFlow[flow], holder != session.id, let other = byID[holder],
-            other.state != .pending
+        if session.state == .pending, let holder = byFlow[flow], holder != session.id, let slot = slotByID[holder],
+            slots[Int(slot)].state != .pending
         {
             return
         }
@@ -102,8 +133,15 @@ public struct SessionTable: Sendable {
 
     @discardableResult
     public mutating func remove(id: UInt64) -> Session? {
-        guard let session = byID.removeValue(forKey: id) else { return nil }
-        reindexListener(old: session, new: nil)
+        guard let slot = slotByID.removeValue(forKey: id).map(Int.init) else { return nil }
+        // The last session fills the hole: the array stays dense.
+        let last = slots.count - 1
+        if slot != last {
+            slots.swapAt(slot, last)
+            slotByID[slots[slot].id] = Int32(slot)
+        }
+        let session = slots.removeLast()
+        if session.incoming { reindexListener(old: session, new: nil) }
         countPending(session, -1)
         unindex(session)
         return session
@@ -112,8 +150,8 @@ public struct SessionTable: Sendable {
     /// Pending sessions `owner` holds.
     public func pendingSessions(of owner: IPAddress) -> Int { Int(pendingByOwner[owner] ?? 0) }
 
-    private mutating func countPending(_ session: Session?, _ delta: Int32) {
-        guard let session, session.state == .pending else { return }
+    private mutating func countPending(_ session: Session, _ delta: Int32) {
+        guard session.state == .pending else { return }
         let owner = session.owner
         let count = (pendingByOwner[owner] ?? 0) + delta
         pendingByOwner[owner] = count > 0 ? count : nil
@@ -122,13 +160,15 @@ public struct SessionTable: Sendable {
 
     /// Marks the pending request of session `id` as a REBIND.
     public mutating func markPendingRebind(id: UInt64, fromResponder: Bool = false) {
-        byID[id]?.pending?.rebind = true
-        byID[id]?.pending?.fromResponder = fromResponder
+        guard let slot = slotByID[id].map(Int.init) else { return }
+        slots[slot].pending?.rebind = true
+        slots[slot].pending?.fromResponder = fromResponder
     }
 
     /// Notes a request's sequence in its session's replay window, in place.
     public mutating func recordSequence(id: UInt64, sequence: UInt32, nonce: UInt64) {
-        byID[id]?.replay.record(sequence: sequence, nonce: nonce)
+        guard let slot = slotByID[id].map(Int.init) else { return }
+        slots[slot].replay.record(sequence: sequence, nonce: nonce)
     }
 
     private mutating func unindex(_ session: Session) {
@@ -140,8 +180,9 @@ public struct SessionTable: Sendable {
     }
 
     public mutating func removeAll() -> [Session] {
-        let sessions = Array(byID.values)
-        byID.removeAll()
+        let sessions = slots
+        slots = []
+        slotByID.removeAll()
         pendingByOwner.removeAll()
         pendingCount = 0
         byFlow.removeAll()
@@ -155,18 +196,17 @@ public struct SessionTable: Sendable {
         var expired: [Session] = []
         while let top = expiryHeap.peek, top.at <= now {
             expiryHeap.pop()
-            guard let session = byID[top.id], session.expiresAt == top.at else { continue }
-            remove(id: top.id)
-            expired.append(session)
+            guard let slot = slotByID[top.id], slots[Int(slot)].expiresAt == top.at else { continue }
+            if let session = remove(id: top.id) { expired.append(session) }
         }
         // Refreshes leave stale entries behind; rebuild when they dominate so memory stays bounded.
-        if expiryHeap.count > 4 * max(byID.count, 1024) { rebuildHeap() }
+        if expiryHeap.count > 4 * max(slots.count, 1024) { rebuildHeap() }
         return expired
     }
 
     private mutating func rebuildHeap() {
         expiryHeap = MinHeap()
-        for session in byID.values { if let at = session.expiresAt { expiryHeap.push(ExpiryEntry(at: at, id: session.id)) } }
+        for session in slots { if let at = session.expiresAt { expiryHeap.push(ExpiryEntry(at: at, id: session.id)) } }
     }
 }
 
