@@ -35,6 +35,9 @@
 #   BENCH_FIG15_CLIENTS=N figure 15: concurrent session clients (default 8)
 #   BENCH_FIG14_TUNE="name:nfqref options;…"   figure 14: extra C loop variants (how nfqref batch was tuned)
 #   BENCH_FIG14_CASES="none ctuned cbatch midcomd"  figure 14: the cases to run
+#   BENCH_FIG3_CASES="cadmit cadmit-m midcomd"  figure 3: the cases, in order (repeat one to see the spread)
+#   BENCH_FIG3_RATE=FLOWS_PER_S  figure 3's throughput phase at a fixed offered rate instead of as fast as one core
+#                       sends: CPU per flow of readers that are not saturated (docs/PERFORMANCE.md, fourth pass)
 #   BENCH_FIG9_READER_CPUS, BENCH_FIG9_LOAD_CPUS, BENCH_FIG9_QUEUES, BENCH_FIG9_FLOWS, BENCH_FIG9_RATE
 #                       figure 9 on a bigger machine (CPU lists, queue counts, flows, the fixed load of 9b)
 #   READER_CPU, LOAD_CPU the reader's and the load's CPU (defaults 1 and 0)

@@ -306,6 +306,11 @@ public struct GatewayEngine: Sendable {
     /// removing an element the new session needs.
     mutating func supersede(by session: Session) -> [KernelObject] {
         guard session.state != .pending else { return [] }
+        // Nearly always the flow is held by this session or by none: asked by ID, without copying a
+        // session out or building the path list.
+        if session.pathCount == 1 {
+            guard let holder = sessions.sessionID(for: session.flow), holder != session.id else { return [] }
+        }
         var objects: [KernelObject] = []
         for path in session.paths {
             guard let other = sessions.session(for: path.flow), other.id != session.id, other.owner == session.owner else { continue }

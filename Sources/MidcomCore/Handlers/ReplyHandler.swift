@@ -28,9 +28,10 @@ extension GatewayEngine {
         let wasAdmitted = session.state == .admitted
         let lifetime = min(pending.lifetime, accept.lifetime.map { $0 == 0 ? pending.lifetime : $0 } ?? .max)
         session.flow = pending.flow
+        // The request first: a session without mapping then has no extras left to rebuild.
+        session.pending = nil
         session.mapping = pending.mapping
         session.state = .admitted
-        session.pending = nil
         session.recordRoute = pending.recordRoute
         // A responder that signs its answers can later move its side of the session (6.7).
         if !pending.fromResponder, let signer = request.signer { session.responderKey = signer }

@@ -202,6 +202,14 @@ public struct Session: Sendable, Equatable {
         var mappingNonce: PCP.Nonce?
         var extraPaths: [PathID: FlowTuple] = [:]
         var pathExpiry: [PathID: Instant] = [:]
+
+        /// Equal to `Extras()`, tested field by field (a signaled session sets and clears `pending`
+        /// once per request: building and comparing a whole empty value each time showed in figure 4).
+        var isEmpty: Bool {
+            mapping == nil && redirectTarget == nil && relay == nil && origin == .csp && application == nil && pending == nil
+                && ownerKey == nil && responderKey == nil && !answeredForResponder && mappingNonce == nil && extraPaths.isEmpty
+                && pathExpiry.isEmpty
+        }
     }
 
     /// Immutable, so sharing it between copies of a session keeps value semantics.
@@ -214,7 +222,7 @@ public struct Session: Sendable, Equatable {
     private mutating func updateExtras(_ change: (inout Extras) -> Void) {
         var value = extras?.value ?? Extras()
         change(&value)
-        extras = value == Extras() ? nil : ExtrasBox(value)
+        extras = value.isEmpty ? nil : ExtrasBox(value)
     }
 }
 
@@ -236,9 +244,11 @@ extension Session {
         case .redirected:
             return proxyFlow.map { [.admission($0)] } ?? []
         case .admitted:
-            var objects = paths.map { KernelObject.admission($0.flow) }
+            // Most sessions have one path and no extras: no sorted path list, no relay array.
+            guard extras != nil else { return [.admission(flow)] }
+            var objects = pathCount == 1 ? [KernelObject.admission(flow)] : paths.map { KernelObject.admission($0.flow) }
             if let translation { objects.append(translation) }
-            objects += relayTranslations
+            if relay != nil { objects += relayTranslations }
             return objects
         }
     }

@@ -70,6 +70,9 @@ public struct SessionTable: Sendable {
 
     public func session(for flow: FlowTuple) -> Session? { byFlow[flow].flatMap { self[id: $0] } }
 
+    /// The ID of the session that holds `flow`, without copying the session out.
+    public func sessionID(for flow: FlowTuple) -> UInt64? { byFlow[flow] }
+
     /// The admitted incoming pinhole whose NAT mapping is `proto` `port`, if any.
     public func listener(proto: IPProtocol, mappedPort port: UInt16) -> Session? {
         listeners[ListenerKey(proto: proto, port: port)].flatMap { self[id: $0] }
