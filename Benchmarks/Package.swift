@@ -2,7 +2,8 @@
 import PackageDescription
 
 // The Swift side of the Midcom benchmark (figures 6, 7 and 10): it measures MidcomCore's SessionTable,
-// Netfilter's NFTablesClient and CSPTrust's signatures directly. A separate package, so that benchmarks never
+// Netfilter's NFTablesClient (elements and comments built by MidcomKernel, as midcomd builds them) and CSPTrust's
+// signatures directly. A separate package, so that benchmarks never
 // slow the main build. The main package exports none of these targets as a product, so this package compiles
 // the very same source directories (symlinks in Sources/ to ../../Sources/...) instead of depending on it by
 // path; the external dependency (swift-crypto, for CSPTrust) is declared as in the main Package.swift.
@@ -20,7 +21,9 @@ let package = Package(
         .target(name: "CSPWire"),
         .target(name: "CSPTrust", dependencies: ["CSPWire", "SystemSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "MidcomCore", dependencies: ["CSPWire", "CSPTrust"]),
+        .target(name: "MidcomKernel", dependencies: ["MidcomCore", "Netfilter", "CSPWire"]),
         .target(name: "CBenchSupport"),
-        .executableTarget(name: "MidcomBench", dependencies: ["MidcomCore", "Netfilter", "CSPWire", "CSPTrust", "CBenchSupport"]),
+        .executableTarget(
+            name: "MidcomBench", dependencies: ["MidcomCore", "MidcomKernel", "Netfilter", "CSPWire", "CSPTrust", "CBenchSupport"]),
     ]
 )

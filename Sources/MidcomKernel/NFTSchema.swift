@@ -334,7 +334,7 @@ extension NFTChangeSet {
 extension ElementTag {
     /// `comment` as the element's comment, written in place when there is no application (every
     /// legacy admission: one per new flow under `unsignaled = "admit"`).
-    var nftComment: NFTComment {
+    public var nftComment: NFTComment {
         guard application?.isEmpty ?? true else { return NFTComment(comment) }
         return NFTComment(writing: ElementTag.fixedCommentLength) { destination in
             // Typed octets on the stack, copied as raw bytes: the inline storage is not rebound.

@@ -19,6 +19,7 @@ import CSPTrust
 import CSPWire
 import Glibc
 import MidcomCore
+import MidcomKernel
 import Netfilter
 
 func nowNS() -> UInt64 {
@@ -89,7 +90,7 @@ func benchNFT(add: Bool, n: Int, mode: String) throws {
     // 0.1 s run in the profile) is not billed to the per-change figure; midcomd pays it once per life.
     for _ in 0..<50 {
         var warm = NFTChangeSet(table: "midcom")
-        warm.addElement(set: "admit4", key: key(flow(n + 1_000_000)), timeout: .seconds(1), comment: ElementTag(sessionID: 1, kind: .outgoing).comment)
+        warm.addElement(set: "admit4", key: key(flow(n + 1_000_000)), timeout: .seconds(1), comment: ElementTag(sessionID: 1, kind: .outgoing).nftComment)
         warm.deleteElement(set: "admit4", key: key(flow(n + 1_000_000)))
         try client.apply(warm)
     }
@@ -99,7 +100,7 @@ func benchNFT(add: Bool, n: Int, mode: String) throws {
             var changes = NFTChangeSet(table: "midcom")
             let k = key(flow(i))
             // The session's tag, as midcomd writes it on every element it installs (ElementTag).
-            let comment = add ? ElementTag(sessionID: UInt64(i) &* 0x9e37_79b9_7f4a_7c15 | 1, kind: .outgoing).comment : nil
+            let comment = add ? ElementTag(sessionID: UInt64(i) &* 0x9e37_79b9_7f4a_7c15 | 1, kind: .outgoing).nftComment : nil
             if add && mode == "refresh" {
                 changes.addElement(set: "admit4", key: k, timeout: .seconds(600), comment: comment)
                 changes.deleteElement(set: "admit4", key: k)
