@@ -1453,7 +1453,9 @@ fig15() {
   bl_bg gw "$BL_DIR/midrelayd.log" taskset -c "$READER_CPU" "$SWIFT_BIN/midrelayd" --config "$BL_DIR/midcomd.conf" \
     --relay-key "$relay_key" --control-socket "$BL_DIR/relay.sock" -v
   RELAY_PID=$BL_LAST_PID
-  local ckey="$BL_DIR/client.key" skey="$BL_DIR/server.key" speer
+  # Keys of their own: figure 11 leaves client.key behind, and csp keygen refuses to overwrite a key.
+  local ckey="$BL_DIR/fig15-client.key" skey="$BL_DIR/fig15-server.key" speer
+  rm -f "$ckey" "$skey"
   "$SWIFT_BIN/csp" keygen --key "$ckey" >/dev/null
   "$SWIFT_BIN/csp" keygen --key "$skey" >/dev/null
   speer=$("$SWIFT_BIN/csp" keygen --key "$skey" --show)
