@@ -152,14 +152,16 @@ public struct NFTComment: Hashable, Sendable, CustomStringConvertible, Expressib
     private let storage: Storage
 
     public init(_ text: String) {
-        var octets = InlineOctets()
-        if text.utf8.count <= InlineOctets.capacity,
-            text.utf8.withContiguousStorageIfAvailable({ octets.append(UnsafeRawBufferPointer($0)) }) != nil
-        {
-            storage = .inline(octets)
-        } else {
+        guard text.utf8.count <= InlineOctets.capacity else {
             storage = .text(text)
+            return
         }
+        // Every comment that fits is stored inline, so two equal comments are equal values.
+        var text = text
+        text.makeContiguousUTF8()
+        var octets = InlineOctets()
+        _ = text.utf8.withContiguousStorageIfAvailable { octets.append(UnsafeRawBufferPointer($0)) }
+        storage = .inline(octets)
     }
 
     public init(stringLiteral value: String) { self.init(value) }
