@@ -40,12 +40,18 @@ public struct InlineOctets: Hashable, Sendable {
         count += length
     }
 
-    /// Writes up to `capacity - count` octets in place; `body` returns how many it wrote.
+    /// Writes up to `length` octets in place; `body` returns how many it wrote. Whatever `body` left
+    /// in the rest of the window is cleared: `==` and `hash` rely on the storage past `count` being zero.
     public mutating func append(upTo length: Int, _ body: (UnsafeMutableRawBufferPointer) -> Int) {
         precondition(count + length <= Self.capacity, "InlineOctets: \(count + length) octets exceed \(Self.capacity)")
         let offset = count
-        let written = Swift.withUnsafeMutableBytes(of: &storage) { body(UnsafeMutableRawBufferPointer(rebasing: $0[offset..<(offset + length)])) }
-        precondition(written <= length)
+        let written = Swift.withUnsafeMutableBytes(of: &storage) { whole in
+            let window = UnsafeMutableRawBufferPointer(rebasing: whole[offset..<(offset + length)])
+            let written = body(window)
+            precondition(written >= 0 && written <= length, "InlineOctets: wrote \(written) of at most \(length) octets")
+            if written < length { UnsafeMutableRawBufferPointer(rebasing: window[written...]).initializeMemory(as: UInt8.self, repeating: 0) }
+            return written
+        }
         count += written
     }
 
