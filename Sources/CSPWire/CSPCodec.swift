@@ -47,8 +47,12 @@ extension CSPMessage {
     static func parseTLVs(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int, depth: Int)
         throws(CSPWireError) -> [CSPTLV]
     {
-        var tlvs: [CSPTLV] = []
         var reader = CSPTLVReader(bytes, from: start, to: end, depth: depth)
+        var tlvs: [CSPTLV] = []
+        // Room for one TLV per 8 octets (a type, a length and a 4-octet value; up to 16): the
+        // array is allocated once for common messages instead of growing 1, 2, 4. (Counting
+        // first would report a later TLV's overrun before an earlier TLV's bad value.)
+        if end > start { tlvs.reserveCapacity(min(max((end - start) / 8, 1), 16)) }
         while let raw = try reader.next() { tlvs.append(try reader.decode(raw)) }
         return tlvs
     }

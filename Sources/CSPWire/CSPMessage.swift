@@ -165,8 +165,11 @@ public struct CSPMiddleboxRecord: Hashable, Sendable {
 }
 
 /// One type-length-value element of a CSP message body.
-public indirect enum CSPTLV: Hashable, Sendable {
-    case flow(FlowTuple)
+///
+/// Only FLOW (66 octets) is boxed: every other value fits inline in the TLV's 40 octets, so that
+/// parsing a LIFETIME or an EPOCH allocates nothing (figure 4's profile had one box per TLV).
+public enum CSPTLV: Hashable, Sendable {
+    indirect case flow(FlowTuple)
     case lifetime(UInt32)
     case application(String)
     case requestedAction(CSPRequestedAction)

@@ -180,8 +180,13 @@ public struct PolicyDecision: Sendable, Equatable {
 
 /// First-match rule evaluation with lifetime clamping (PCP-style: the middlebox, not the host,
 /// has the last word on how long state lives).
-public struct Policy: Sendable {
-    public var configuration: MidcomConfiguration
+///
+/// A class holding the configuration immutably: the engine reads it for every request, and a
+/// struct of 544 octets read through the engine's `inout self` was copied whole (every reference
+/// in it retained and released) at each non-inlined use — figure 4's profile, docs/PERFORMANCE.md.
+/// A reload replaces the policy, never changes it.
+public final class Policy: Sendable {
+    public let configuration: MidcomConfiguration
 
     public init(configuration: MidcomConfiguration) { self.configuration = configuration }
 

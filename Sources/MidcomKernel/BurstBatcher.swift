@@ -119,13 +119,18 @@ public final class BurstBatcher {
 
     /// One entry's changes on their own; the verdict that replaces the packet's, if any.
     func applyAlone(_ entry: Entry) -> Verdict? {
-        do {
-            if entries.count > 1 { try kernel.apply(entry.changes) }  // a single entry already failed
-            cleanup.enqueue(connectionsToForget(after: entry.changes))
-            if let reply = entry.reply { hooks.send(reply) }
-            return nil
-        } catch {
-            if entries.count > 1 { hooks.failed(error, true) }
+        // A burst of one already failed as the batch: that failure is this entry's, and its plan
+        // applies without a retry. (Until this was found, a lone entry fell through as if it had
+        // been programmed: the ACCEPT reached the host while its admission was missing.)
+        if entries.count > 1 {
+            do {
+                try kernel.apply(entry.changes)
+                cleanup.enqueue(connectionsToForget(after: entry.changes))
+                if let reply = entry.reply { hooks.send(reply) }
+                return nil
+            } catch {
+                hooks.failed(error, true)
+            }
         }
         return carryOut(entry.plan, reply: entry.reply)
     }
@@ -140,7 +145,8 @@ public final class BurstBatcher {
             return nil
         case .defaultPolicy:
             return .accept
-        case .refuse(let sessionID, let refusal):
+        case .refuse, .refuseAnswer:
+            guard let (sessionID, refusal) = plan.refusal else { return .drop }
             let undo = hooks.forgetSession(sessionID)
             if !undo.isEmpty {
                 // Best effort: what the session had before may still be there; elements time out anyway.

@@ -247,7 +247,7 @@ extension Daemon {
 
     /// An agent request's changes failed: carry out its plan (there is no packet to re-verdict).
     func agentFailure(_ plan: KernelFailurePlan) {
-        guard case .refuse(let sessionID, let refusal) = plan else { return }
+        guard let (sessionID, refusal) = plan.refusal else { return }
         let undo = engine.withLock { $0.forgetFailed(sessionID: sessionID) }
         try? apply(undo)  // best effort; counted and logged by apply
         if let refusal { send(refusal) }

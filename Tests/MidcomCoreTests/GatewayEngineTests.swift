@@ -333,12 +333,19 @@ final class GatewayEngineTests: XCTestCase {
         var e = engine()
         _ = send(&e, setup(), from: client, to: serverAgent)
         let accept = send(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 11), from: serverAgent, to: client)
-        guard case .refuse(let id, let refusal) = accept.onKernelFailure else { return XCTFail("no failure plan") }
+        guard case .refuseAnswer = accept.onKernelFailure, let (id, refusal) = accept.onKernelFailure.refusal else {
+            return XCTFail("no failure plan")
+        }
         XCTAssertEqual(id, 1)
         let reply = try XCTUnwrap(refusal)
         XCTAssertEqual(reply.message.result, .middleboxUnavailable)
         XCTAssertEqual(reply.destination, client)
         XCTAssertEqual(reply.source, serverAgent, "sent as from the responder, like the ACCEPT it replaces")
+        XCTAssertEqual(reply.message.type, .reject)
+        XCTAssertEqual([reply.message.sessionID, reply.message.nonce], [1, 11])
+        XCTAssertEqual(reply.message.reason?.retryAfter, 5)
+        XCTAssertEqual(reply.message.records.map(\.decision), [.rejected])
+        XCTAssertEqual(reply.message.records.first?.middleboxID, e.identity.id)
         XCTAssertEqual(e.forgetFailed(sessionID: 1).untagged, [revoke(flow)], "undo whatever the session may hold")
         XCTAssertTrue(e.sessions.isEmpty)
         XCTAssertEqual(e.counters.kernelFailures, 1)
@@ -362,6 +369,30 @@ final class SessionStorageTests: XCTestCase {
         session.state = .redirected
         session.redirectTarget = CSPEndpoint(address: IPAddress("10.0.3.2")!, port: 3128)
         XCTAssertEqual(session.kernelObjects, [.admission(session.proxyFlow!)])
+    }
+
+    /// The extras live in a box that copies of a session share and that is changed in place only
+    /// while one session holds it: a change to one copy never shows in another.
+    func testExtrasChangedInPlaceStayPrivateToTheirCopy() {
+        let mapped = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 4000)
+        let pending = PendingRequest(nonce: 7, flow: flow, lifetime: 30, recordRoute: false, mapping: mapped)
+        var first = Session(id: 1, flow: flow, state: .pending, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+        first.mapping = mapped
+        first.pending = pending  // in place: `first` alone holds its box
+        let snapshot = first
+        first.pending = nil  // shared with `snapshot` now: must copy
+        first.application = "web"
+        XCTAssertEqual(snapshot.pending, pending, "the copy keeps what it had")
+        XCTAssertNil(snapshot.application)
+        XCTAssertEqual(snapshot.mapping, mapped)
+        XCTAssertNil(first.pending)
+        XCTAssertEqual(first.application, "web")
+        var second = snapshot
+        second.mapping = nil
+        second.pending = nil  // emptied: the box goes, the snapshot's stays
+        XCTAssertEqual(second, Session(id: 1, flow: flow, state: .pending, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1))
+        XCTAssertEqual(snapshot.mapping, mapped)
+        XCTAssertEqual(snapshot.pending, pending)
     }
 
     func testIPv6SessionsNeverGetANATRule() {

@@ -80,6 +80,34 @@ final class BurstBatcherTests: XCTestCase {
         XCTAssertEqual(recorder.failures, [false, true, true, true], "the batch, then each packet that failed alone")
     }
 
+    /// An intercepted ACCEPT's plan describes its REJECT; the message is built only now, when the
+    /// kernel refused, and goes to the host in the responder's name.
+    func testARefusedAnswerIsRejectedInTheRespondersName() throws {
+        let kernel = RecordingKernel()
+        kernel.failing { _ in true }
+        let recorder = Recorder()
+        let (burst, _) = batcher(kernel, recorder)
+        let rejection = AnswerRejection(
+            sessionID: 5, nonce: 55, sequence: 3, host: host, responder: peer, middleboxID: 0x77, epoch: 9, middleboxName: "gw1")
+        burst.add(.init(packetID: 7, changes: [.install(.admission(flow(5)), lifetime: 5, tag: nil)], reply: nil,
+                        plan: .refuseAnswer(sessionID: 5, rejection: rejection)))
+        let overrides = burst.flush()
+        XCTAssertEqual(overrides.map(\.id), [7])
+        XCTAssertEqual(overrides.map(\.verdict), [.drop], "the ACCEPT does not reach the host")
+        XCTAssertEqual(recorder.forgotten, [5])
+        let sent = try XCTUnwrap(recorder.sent.first)
+        XCTAssertEqual(recorder.sent.count, 1)
+        XCTAssertEqual(sent.destination, host)
+        XCTAssertEqual(sent.source, peer, "from the responder, like the ACCEPT it replaces")
+        XCTAssertEqual(sent.message.type, .reject)
+        XCTAssertEqual(sent.message.result, .middleboxUnavailable)
+        XCTAssertEqual([sent.message.sessionID, sent.message.nonce], [5, 55])
+        XCTAssertEqual(sent.message.sequence, 3)
+        XCTAssertEqual(sent.message.epoch, 9)
+        XCTAssertEqual(sent.message.records.map(\.middleboxID), [0x77])
+        XCTAssertEqual(sent.message.records.first?.decision, .rejected)
+    }
+
     func testAnUnusedWildcardAdmissionNeedsNoConntrackWalk() {
         let kernel = RecordingKernel()
         var wildcard = flow(0)

@@ -14,6 +14,13 @@
 //                                         ceiling = 1e9 / ns verifications per second per core), also with the
 //                                         parse before it (N/4 of them); and signing one middlebox record as midcomd does for
 //                                         every reply (CSPMiddleboxRecord.signed(by:header:), ns each).
+//   MidcomBench engine N [records]        figure 4's signaling without the queue: N sessions, each a SETUP from
+//                                         the host and the responder's ACCEPT, parsed from their datagram bytes
+//                                         (SignalingRequest(parsing:)) and handled by GatewayEngine behind a Mutex,
+//                                         as midcomd's packet thread does (configuration as figure 4's; `records`:
+//                                         the SETUPs ask for records, so both messages are rewritten). Prints ns
+//                                         per session (both messages), malloc'd bytes left per session, and the
+//                                         sessions admitted (must be N).
 import CBenchSupport
 import CSPTrust
 import CSPWire
@@ -21,6 +28,7 @@ import Glibc
 import MidcomCore
 import MidcomKernel
 import Netfilter
+import Synchronization
 
 func nowNS() -> UInt64 {
     var ts = timespec()
@@ -205,6 +213,62 @@ func benchTrust(_ n: Int) {
             + "\"record_sign_ns\":\(Int(recordSignNS)),\"sign_ns\":\(Int(rawSignNS)),\"signed_setup_octets\":\(datagrams[0].count)}")
 }
 
+func benchEngine(_ n: Int, records: Bool) {
+    let text = "[policy]\ndefault = \"admit\"\nunsignaled = \"drop\"\nmax-sessions = 4000000\n[trust]\nchallenge = \"never\"\n"
+    let configuration: MidcomConfiguration
+    do {
+        configuration = try MidcomConfiguration(path: "figure-4.conf", text: text)
+    } catch {
+        cbs_error("MidcomBench engine: \(error)\n")
+        exit(1)
+    }
+    let port = configuration.cspPort
+    let responder = CSPEndpoint(address: IPAddress(ipv4: 0x0ac9_0202), port: port)
+    // The datagrams first, as the hosts send them: the loop below times only the gateway's part.
+    var setups: [[UInt8]] = []
+    var accepts: [[UInt8]] = []
+    setups.reserveCapacity(n)
+    accepts.reserveCapacity(n)
+    for i in 0..<n {
+        let id = UInt64(i + 1) &* 0x9e37_79b9_7f4a_7c15 | 1
+        let nonce = id &* 31
+        let setup = CSPMessage(
+            type: .setup, flags: records ? .recordRoute : [], sessionID: id, nonce: nonce, sequence: 1,
+            tlvs: [.flow(flow(i)), .lifetime(60)])
+        let accept = CSPMessage(type: .accept, sessionID: id, nonce: nonce, sequence: 1, tlvs: [.lifetime(60)])
+        setups.append(try! setup.serialize())
+        accepts.append(try! accept.serialize())
+    }
+    let engine = Mutex(GatewayEngine(configuration: configuration, identity: MiddleboxIdentity(id: 7, epoch: 1, name: "gw1")))
+    engine.withLock { $0.describesEvents = false }
+    let base = mallocBytes()
+    var changes = 0
+    var rewritten = 0
+    let t = nowNS()
+    for i in 0..<n {
+        let host = CSPEndpoint(address: flow(i).source, port: flow(i).sourcePort)
+        let now = Instant(nanoseconds: UInt64(i) &* 1000 &+ 1)
+        for (bytes, source, destination) in [(setups[i], host, responder), (accepts[i], responder, host)] {
+            let outcome: SignalingOutcome? = bytes.withUnsafeBytes { payload in
+                guard let request = try? SignalingRequest(parsing: payload, source: source, entry: .intercepted(destination: destination)) else {
+                    return nil
+                }
+                return engine.withLock { $0.handle(request, now: now) }
+            }
+            guard let outcome else { continue }
+            changes += outcome.kernel.count
+            if case .forwardRewritten = outcome.verdict { rewritten += 1 }
+        }
+    }
+    let perSessionNS = Double(nowNS() - t) / Double(n)
+    let admitted = engine.withLock { Int($0.counters.admitted) }
+    let bytesPerSession = Double(mallocBytes() - base) / Double(n)
+    print(
+        "{\"sessions\":\(n),\"records\":\(records),\"ns_per_session\":\(Int(perSessionNS)),\"admitted\":\(admitted),"
+            + "\"kernel_changes\":\(changes),\"rewritten\":\(rewritten),\"bytes_per_session\":\(Int(bytesPerSession))}")
+    if admitted != n { exit(1) }
+}
+
 let arguments = CommandLine.arguments
 switch arguments.count > 1 ? arguments[1] : "" {
 case "table":
@@ -218,7 +282,9 @@ case "nft" where arguments.count == 5:
     }
 case "trust":
     benchTrust(arguments.count > 2 ? Int(arguments[2]) ?? 20000 : 20000)
+case "engine":
+    benchEngine(arguments.count > 2 ? Int(arguments[2]) ?? 100_000 : 100_000, records: arguments.count > 3 && arguments[3] == "records")
 default:
-    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|refresh|bulk | MidcomBench trust [N]\n")
+    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|refresh|bulk | MidcomBench trust [N] | MidcomBench engine [N] [records]\n")
     exit(2)
 }

@@ -5,13 +5,14 @@ import CSPWire
 extension GatewayEngine {
     mutating func handleAccept(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         let accept = request.message
-        if let session = sessions[id: accept.sessionID], session.pending == nil, session.state == .admitted,
+        let found = sessions[id: accept.sessionID]
+        if let session = found, session.pending == nil, session.state == .admitted,
             session.replay.latestNonce == accept.nonce,
             Self.responder(of: session.flow, incoming: session.incoming).map({ $0 == request.source.address }) ?? true
         {
             return repeatedAnswer(accept, session: session)
         }
-        guard let previous = sessions[id: accept.sessionID], let pending = previous.pending, pending.nonce == accept.nonce,
+        guard let previous = found, let pending = previous.pending, pending.nonce == accept.nonce,
             pending.fromResponder
                 ? previous.owner == request.source.address
                 : Self.responder(of: pending.flow, incoming: previous.incoming).map({ $0 == request.source.address }) ?? true
@@ -53,16 +54,16 @@ extension GatewayEngine {
             }
         }
         // An ACCEPT for state we could not install must not reach the host as success.
-        let refusal = CSPMessage(
-            type: .reject, flags: .fromMiddlebox, result: .middleboxUnavailable, sessionID: accept.sessionID,
-            nonce: accept.nonce, sequence: accept.sequence,
-            tlvs: [
-                .reason(CSPReason(retryAfter: 5, text: "middlebox could not install state")), .epoch(identity.epoch),
-                .middleboxRecord(record(.rejected, lifetime: 0)),
-            ])
-        let plan = KernelFailurePlan.refuse(
-            sessionID: session.id,
-            reply: request.destination.map { OutgoingMessage(message: refusal, destination: $0, source: request.source) })
+        let plan: KernelFailurePlan =
+            if let host = request.destination {
+                .refuseAnswer(
+                    sessionID: session.id,
+                    rejection: AnswerRejection(
+                        sessionID: accept.sessionID, nonce: accept.nonce, sequence: accept.sequence, host: host,
+                        responder: request.source, middleboxID: identity.id, epoch: identity.epoch, middleboxName: identity.name))
+            } else {
+                .refuse(sessionID: session.id, reply: nil)
+            }
         return SignalingOutcome(
             verdict: rewritten(original: accept, forwarded), kernel: kernel, onKernelFailure: plan,
             event: describe(

@@ -1,3 +1,4 @@
+import CSPTrust
 import CSPWire
 
 /// Sessions keyed by session ID and by flow (every path of a session: many flows → one session),
@@ -68,6 +69,21 @@ public struct SessionTable: Sendable {
     /// The flow (path 0) of session `id`, without copying the session out.
     public func flow(ofSession id: UInt64) -> FlowTuple? { slotByID[id].map { slots[Int($0)].flow } }
 
+    /// Who owns session `id`: its address, and its key once signed; without copying it out.
+    public func ownership(ofSession id: UInt64) -> (address: IPAddress, key: PublicKey?)? {
+        guard let slot = slotByID[id].map(Int.init) else { return nil }
+        return (slots[slot].owner, slots[slot].ownerKey)
+    }
+
+    /// What authenticating a request reads of session `id` (docs/PROTOCOL.md 7), without copying
+    /// the session out: every request asks.
+    public func credentials(ofSession id: UInt64) -> SessionCredentials? {
+        guard let slot = slotByID[id].map(Int.init) else { return nil }
+        return SessionCredentials(
+            owner: slots[slot].owner, ownerKey: slots[slot].ownerKey, responderKey: slots[slot].responderKey,
+            replay: slots[slot].replay)
+    }
+
     public func session(for flow: FlowTuple) -> Session? { byFlow[flow].flatMap { self[id: $0] } }
 
     /// The ID of the session that holds `flow`, without copying the session out.
@@ -107,6 +123,11 @@ public struct SessionTable: Sendable {
         if old.incoming || session.incoming { reindexListener(old: old, new: session) }
         slots[slot] = session
         indexPaths(of: session)
+    }
+
+    private static func adjust(_ count: inout Int32, by delta: Int32) -> Int32 {
+        count += delta
+        return count
     }
 
     private static func claim(_ slot: inout Int32, next: Int32) -> (Int32, Bool) {
@@ -156,8 +177,8 @@ public struct SessionTable: Sendable {
     private mutating func countPending(_ session: Session, _ delta: Int32) {
         guard session.state == .pending else { return }
         let owner = session.owner
-        let count = (pendingByOwner[owner] ?? 0) + delta
-        pendingByOwner[owner] = count > 0 ? count : nil
+        // One hash lookup for the count (in place); a second only when it drops to zero.
+        if Self.adjust(&pendingByOwner[owner, default: 0], by: delta) <= 0 { pendingByOwner[owner] = nil }
         pendingCount += Int(delta)
     }
 
@@ -284,4 +305,12 @@ struct MinHeap<Element: Comparable & Sendable>: Sendable {
         }
         return top
     }
+}
+
+/// A session's owner, keys and replay window: what authentication needs of it.
+public struct SessionCredentials: Sendable {
+    public var owner: IPAddress
+    public var ownerKey: PublicKey?
+    public var responderKey: PublicKey?
+    public var replay: ReplayWindow
 }

@@ -16,7 +16,7 @@ extension GatewayEngine {
             counters.authenticationFailures += 1
             return SignalingOutcome(verdict: .drop, event: "dropped \(message.type) \(hex(id)) from \(request.source): \(why)")
         }
-        let session = sessions[id: id]
+        let session = sessions.credentials(ofSession: id)
         switch request.signature.status {
         case .absent:
             break

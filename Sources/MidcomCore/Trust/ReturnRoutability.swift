@@ -10,14 +10,21 @@ import CSPWire
 /// Tokens are stateless; what is kept is only the outcome of a proof: "this address answered for
 /// this key" (or, unsigned, "for this session"), for `validated-lifetime` seconds.
 extension GatewayEngine {
+    /// Whether the mode challenges anything now (`auto`: only above the pending threshold).
+    /// Tested in the pipeline before `needsChallenge` is called: the call from the mutating
+    /// pipeline copies the whole engine (see `isFromOwner`), which is wasted when challenges are off.
+    @inline(__always)
+    var challengesInForce: Bool {
+        switch configuration.trust.challenge {
+        case .never: false
+        case .auto: sessions.pendingCount >= configuration.trust.challengeThreshold
+        case .newSources, .always: true
+        }
+    }
+
     /// Whether `request` must be challenged before it may create state.
     func needsChallenge(_ request: SignalingRequest, now: Instant) -> Bool {
-        let trust = configuration.trust
-        switch trust.challenge {
-        case .never: return false
-        case .auto where sessions.pendingCount < trust.challengeThreshold: return false
-        case .auto, .newSources, .always: break
-        }
+        guard challengesInForce else { return false }
         let message = request.message
         let session = sessions[id: message.sessionID]
         switch message.type {
