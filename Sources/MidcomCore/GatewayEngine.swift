@@ -87,11 +87,15 @@ public struct AnswerRejection: Sendable, Equatable {
     public var middleboxID: UInt64
     public var epoch: UInt32
     public var middleboxName: String
+    /// Signs the record when we sign records (`GatewayEngine.sealed`): a host that pins our key
+    /// checks the REJECT's record as it would have checked the ACCEPT's.
+    public var signer: SigningKey?
 
     public init(
         sessionID: UInt64, nonce: UInt64, sequence: UInt32, host: CSPEndpoint, responder: CSPEndpoint, middleboxID: UInt64,
-        epoch: UInt32, middleboxName: String
+        epoch: UInt32, middleboxName: String, signer: SigningKey? = nil
     ) {
+        self.signer = signer
         self.sessionID = sessionID
         self.nonce = nonce
         self.sequence = sequence
@@ -102,14 +106,21 @@ public struct AnswerRejection: Sendable, Equatable {
         self.middleboxName = middleboxName
     }
 
+    public static func == (a: AnswerRejection, b: AnswerRejection) -> Bool {
+        a.sessionID == b.sessionID && a.nonce == b.nonce && a.sequence == b.sequence && a.host == b.host
+            && a.responder == b.responder && a.middleboxID == b.middleboxID && a.epoch == b.epoch
+            && a.middleboxName == b.middleboxName && a.signer?.publicKey == b.signer?.publicKey
+    }
+
     /// The REJECT, built now.
     public var outgoing: OutgoingMessage {
-        let record = CSPMiddleboxRecord(
+        var record = CSPMiddleboxRecord(
             middleboxID: middleboxID, epoch: epoch, decision: .rejected, grantedLifetime: 0, tlvs: [.middleboxName(middleboxName)])
-        let reject = CSPMessage(
+        var reject = CSPMessage(
             type: .reject, flags: .fromMiddlebox, result: .middleboxUnavailable, sessionID: sessionID, nonce: nonce,
-            sequence: sequence,
-            tlvs: [.reason(CSPReason(retryAfter: 5, text: "middlebox could not install state")), .epoch(epoch), .middleboxRecord(record)])
+            sequence: sequence, tlvs: [.reason(CSPReason(retryAfter: 5, text: "middlebox could not install state")), .epoch(epoch)])
+        if let signer { record = record.signed(by: signer, header: reject.headerForSigning) }
+        reject.tlvs.append(.middleboxRecord(record))
         return OutgoingMessage(message: reject, destination: host, source: responder)
     }
 }

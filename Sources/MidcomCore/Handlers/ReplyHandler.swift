@@ -60,7 +60,8 @@ extension GatewayEngine {
                     sessionID: session.id,
                     rejection: AnswerRejection(
                         sessionID: accept.sessionID, nonce: accept.nonce, sequence: accept.sequence, host: host,
-                        responder: request.source, middleboxID: identity.id, epoch: identity.epoch, middleboxName: identity.name))
+                        responder: request.source, middleboxID: identity.id, epoch: identity.epoch, middleboxName: identity.name,
+                        signer: configuration.trust.signRecords ? identity.key : nil))
             } else {
                 .refuse(sessionID: session.id, reply: nil)
             }
