@@ -303,6 +303,10 @@ fig4() {
     local trust; trust=$(taskset -c "$READER_CPU" "$SWIFT_BENCH" trust 5000)
     local vns; vns=$(echo "$trust" | json_field verify_ns)
     record 4 verify verify_ns "$run" "$vns"
+    # The user-space share of an unsigned session: parse and engine alone (no queue, no netlink),
+    # SETUP and ACCEPT of 100k sessions, as midcomd's packet thread runs them.
+    local engine; engine=$(taskset -c "$READER_CPU" "$SWIFT_BENCH" engine 100000)
+    record 4 engine ns_per_session "$run" "$(echo "$engine" | json_field ns_per_session)"
     local unsigned_per_s; unsigned_per_s=$(python3 -c "import json; print(max(r['value'] for r in map(json.loads, open('$RAW')) if r['fig'] == '4' and r['case'] == 'midcomd-w64' and r['metric'] == 'sessions_per_s' and r['run'] == $run))")
     local pool; pool=$(python3 -c "print(int(min(1.5 * $unsigned_per_s, 3e9 / $vns) * $D) + 5000)")
     fig4_gateway midcomd

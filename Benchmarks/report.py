@@ -198,6 +198,8 @@ row(4, "  signed ÷ unsigned setups/s, window 64", stat(4, "midcomd-signed-w64",
 row(4, "  Ed25519 verification of a signed SETUP (MidcomBench trust), this run", vns, None, "ns", higher_is_better=False)
 row(4, "  midcomd CPU per session: signed ÷ unsigned", stat(4, "midcomd-signed-w64", "cpu_ns_per_session"), ucpu, "ns",
     higher_is_better=False)
+row(4, "  parse + engine alone per unsigned session (MidcomBench engine) ÷ midcomd's CPU per session, window 64",
+    stat(4, "engine", "ns_per_session"), ucpu, "ns", higher_is_better=False)
 
 # 5 fast path
 row(5, "fast path TCP (iperf3): midcomd running ÷ no daemon", stat(5, "midcomd", "tcp_bps"), stat(5, "ruleset", "tcp_bps"), "bit/s", 0.99)
