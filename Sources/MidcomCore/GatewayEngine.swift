@@ -302,9 +302,9 @@ public struct GatewayEngine: Sendable {
     /// which `handle` paid up to four times per request (figure 4's memmove, docs/PERFORMANCE.md).
     @inline(__always)
     func isFromOwner(_ request: SignalingRequest) -> Bool {
-        guard let owner = sessions.ownership(ofSession: request.message.sessionID) else { return true }
-        if let key = owner.key { return request.signer == key }
-        return owner.address == request.source.address
+        guard let session = sessions.credentials(ofSession: request.message.sessionID) else { return true }
+        if let key = session.ownerKey { return request.signer == key }
+        return session.owner == request.source.address
     }
 
     /// Step 5: the message's handler.

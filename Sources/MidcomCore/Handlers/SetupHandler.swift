@@ -150,7 +150,7 @@ extension GatewayEngine {
                 request, reason: "flow \(flow) does not belong to signaling host \(source.address)",
                 event: "rejected spoofed \(request.message.type) \(hex(sessionID)) from \(source): flow \(flow)")
         }
-        if let owner = sessions.ownership(ofSession: sessionID)?.address, owner != source.address {
+        if let owner = sessions.credentials(ofSession: sessionID)?.owner, owner != source.address {
             return spoofed(
                 request, reason: "session \(hex(sessionID)) belongs to another host",
                 event: "rejected \(request.message.type) \(hex(sessionID)) from \(source): session owned by \(owner)")

@@ -69,14 +69,8 @@ public struct SessionTable: Sendable {
     /// The flow (path 0) of session `id`, without copying the session out.
     public func flow(ofSession id: UInt64) -> FlowTuple? { slotByID[id].map { slots[Int($0)].flow } }
 
-    /// Who owns session `id`: its address, and its key once signed; without copying it out.
-    public func ownership(ofSession id: UInt64) -> (address: IPAddress, key: PublicKey?)? {
-        guard let slot = slotByID[id].map(Int.init) else { return nil }
-        return (slots[slot].owner, slots[slot].ownerKey)
-    }
-
-    /// What authenticating a request reads of session `id` (docs/PROTOCOL.md 7), without copying
-    /// the session out: every request asks.
+    /// Who owns session `id` and its replay window: what authenticating a request and judging
+    /// its ownership read (docs/PROTOCOL.md 7), without copying the session out (every request asks).
     public func credentials(ofSession id: UInt64) -> SessionCredentials? {
         guard let slot = slotByID[id].map(Int.init) else { return nil }
         return SessionCredentials(
@@ -307,7 +301,7 @@ struct MinHeap<Element: Comparable & Sendable>: Sendable {
     }
 }
 
-/// A session's owner, keys and replay window: what authentication needs of it.
+/// A session's owner, keys and replay window: what authentication and ownership checks read.
 public struct SessionCredentials: Sendable {
     public var owner: IPAddress
     public var ownerKey: PublicKey?
