@@ -259,7 +259,7 @@ public struct GatewayEngine: Sendable {
     // MARK: the request pipeline
 
     /// Acts on one parsed CSP message.
-    public mutating func handle(_ request: consuming SignalingRequest, now: Instant) -> SignalingOutcome {
+    public mutating func handle(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         counters.signalingMessages += 1
         clock = now
         if request.isAddressedToUs { counters.localRequests += 1 }
@@ -276,6 +276,7 @@ public struct GatewayEngine: Sendable {
             return SignalingOutcome(
                 verdict: .forward, event: "SETUP \(hex(request.message.sessionID)) relayed by a rendezvous: passed on untouched")
         }
+        var request = request
         if let refused = authenticate(&request) { return refused }
         if challengesInForce, needsChallenge(request, now: now) { return challenge(request) }
         let message = request.message

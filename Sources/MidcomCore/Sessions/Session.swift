@@ -139,54 +139,54 @@ public struct Session: Sendable, Equatable {
     /// The external endpoint a NAT on this middlebox maps the host to (reported in MAPPED-ADDRESS).
     public var mapping: CSPEndpoint? {
         get { extras?.value.mapping }
-        set { updateExtras { $0.mapping = newValue } }
+        set { if extras != nil || newValue != nil { updateExtras { $0.mapping = newValue } } }
     }
     /// Our endpoint through which a mobile host away from home reaches the flow's responder
     /// (docs/PROTOCOL.md 10.9): its packets to it are translated to the responder, from it.
     public var relay: CSPEndpoint? {
         get { extras?.value.relay }
-        set { updateExtras { $0.relay = newValue } }
+        set { if extras != nil || newValue != nil { updateExtras { $0.relay = newValue } } }
     }
     /// Where the session came from (CSP, or a port-mapping protocol: issue 12).
     public var origin: SessionOrigin {
         get { extras?.value.origin ?? .csp }
-        set { updateExtras { $0.origin = newValue } }
+        set { if extras != nil || newValue != .csp { updateExtras { $0.origin = newValue } } }
     }
     /// The proxy the host was sent to (REDIRECT).
     public var redirectTarget: CSPEndpoint? {
         get { extras?.value.redirectTarget }
-        set { updateExtras { $0.redirectTarget = newValue } }
+        set { if extras != nil || newValue != nil { updateExtras { $0.redirectTarget = newValue } } }
     }
     public var application: String? {
         get { extras?.value.application }
-        set { updateExtras { $0.application = newValue } }
+        set { if extras != nil || newValue != nil { updateExtras { $0.application = newValue } } }
     }
     /// The key that signed the responder's answer, if it signed one: a mobile server moves its
     /// side of the session with it (REBIND from the responder, docs/PROTOCOL.md 6.7).
     public var responderKey: PublicKey? {
         get { extras?.value.responderKey }
-        set { updateExtras { $0.responderKey = newValue } }
+        set { if extras != nil || newValue != nil { updateExtras { $0.responderKey = newValue } } }
     }
     /// The key the session belongs to (docs/PROTOCOL.md 6.7); nil: it belongs to its addresses.
     public var ownerKey: PublicKey? {
         get { extras?.value.ownerKey }
-        set { updateExtras { $0.ownerKey = newValue } }
+        set { if extras != nil || newValue != nil { updateExtras { $0.ownerKey = newValue } } }
     }
     /// Admitted on behalf of a responder that may not speak CSP (docs/PROTOCOL.md 6.9): we
     /// answer its REFRESH and TEARDOWN ourselves, since nobody else will.
     public var answeredForResponder: Bool {
         get { extras?.value.answeredForResponder ?? false }
-        set { updateExtras { $0.answeredForResponder = newValue } }
+        set { if extras != nil || newValue { updateExtras { $0.answeredForResponder = newValue } } }
     }
     /// A PCP mapping's owner: the nonce of the request that created it (RFC 6887 11.1).
     public var mappingNonce: PCP.Nonce? {
         get { extras?.value.mappingNonce }
-        set { updateExtras { $0.mappingNonce = newValue } }
+        set { if extras != nil || newValue != nil { updateExtras { $0.mappingNonce = newValue } } }
     }
     /// The request we are waiting on, to match its answer.
     public var pending: PendingRequest? {
         get { extras?.value.pending }
-        set { updateExtras { $0.pending = newValue } }
+        set { if extras != nil || newValue != nil { updateExtras { $0.pending = newValue } } }
     }
 
     struct Extras: Sendable, Equatable {
@@ -223,6 +223,9 @@ public struct Session: Sendable, Equatable {
         static func == (a: ExtrasBox, b: ExtrasBox) -> Bool { a.value == b.value }
     }
 
+    /// The setters above skip it when there are no extras and the value is the default: a new
+    /// session's handlers set `mapping`, `application` and `pending` to nil, and building an
+    /// empty `Extras` (344 octets) only to find it empty cost a copy each time.
     private mutating func updateExtras(_ change: (inout Extras) -> Void) {
         if extras != nil, isKnownUniquelyReferenced(&extras!) {
             change(&extras!.value)
