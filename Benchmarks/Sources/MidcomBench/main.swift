@@ -244,21 +244,24 @@ func benchEngine(_ n: Int, records: Bool) {
     let base = mallocBytes()
     var changes = 0
     var rewritten = 0
+    // One datagram as the packet thread takes it: parse (outside the lock), then the engine.
+    func deliver(_ bytes: [UInt8], from source: CSPEndpoint, to destination: CSPEndpoint, at now: Instant) {
+        let outcome: SignalingOutcome? = bytes.withUnsafeBytes { payload in
+            guard let request = try? SignalingRequest(parsing: payload, source: source, entry: .intercepted(destination: destination)) else {
+                return nil
+            }
+            return engine.withLock { $0.handle(request, now: now) }
+        }
+        guard let outcome else { return }
+        changes += outcome.kernel.count
+        if case .forwardRewritten = outcome.verdict { rewritten += 1 }
+    }
     let t = nowNS()
     for i in 0..<n {
         let host = CSPEndpoint(address: flow(i).source, port: flow(i).sourcePort)
         let now = Instant(nanoseconds: UInt64(i) &* 1000 &+ 1)
-        for (bytes, source, destination) in [(setups[i], host, responder), (accepts[i], responder, host)] {
-            let outcome: SignalingOutcome? = bytes.withUnsafeBytes { payload in
-                guard let request = try? SignalingRequest(parsing: payload, source: source, entry: .intercepted(destination: destination)) else {
-                    return nil
-                }
-                return engine.withLock { $0.handle(request, now: now) }
-            }
-            guard let outcome else { continue }
-            changes += outcome.kernel.count
-            if case .forwardRewritten = outcome.verdict { rewritten += 1 }
-        }
+        deliver(setups[i], from: host, to: responder, at: now)
+        deliver(accepts[i], from: responder, to: host, at: now)
     }
     let perSessionNS = Double(nowNS() - t) / Double(n)
     let admitted = engine.withLock { Int($0.counters.admitted) }
