@@ -95,7 +95,6 @@ public struct AnswerRejection: Sendable, Equatable {
         sessionID: UInt64, nonce: UInt64, sequence: UInt32, host: CSPEndpoint, responder: CSPEndpoint, middleboxID: UInt64,
         epoch: UInt32, middleboxName: String, signer: SigningKey? = nil
     ) {
-        self.signer = signer
         self.sessionID = sessionID
         self.nonce = nonce
         self.sequence = sequence
@@ -104,6 +103,7 @@ public struct AnswerRejection: Sendable, Equatable {
         self.middleboxID = middleboxID
         self.epoch = epoch
         self.middleboxName = middleboxName
+        self.signer = signer
     }
 
     public static func == (a: AnswerRejection, b: AnswerRejection) -> Bool {
@@ -114,8 +114,7 @@ public struct AnswerRejection: Sendable, Equatable {
 
     /// The REJECT, built now.
     public var outgoing: OutgoingMessage {
-        var record = CSPMiddleboxRecord(
-            middleboxID: middleboxID, epoch: epoch, decision: .rejected, grantedLifetime: 0, tlvs: [.middleboxName(middleboxName)])
+        var record = GatewayEngine.record(middleboxID: middleboxID, epoch: epoch, name: middleboxName, decision: .rejected, lifetime: 0)
         var reject = CSPMessage(
             type: .reject, flags: .fromMiddlebox, result: .middleboxUnavailable, sessionID: sessionID, nonce: nonce,
             sequence: sequence, tlvs: [.reason(CSPReason(retryAfter: 5, text: "middlebox could not install state")), .epoch(epoch)])
@@ -299,8 +298,8 @@ public struct GatewayEngine: Sendable {
     /// address for an unsigned one (true when there is no session yet).
     ///
     /// Inlined, like `checkLoop`: a non-mutating method that stays a call from a mutating one
-    /// gets a copy of the whole engine (872 octets, every reference in it retained and released),
-    /// which `handle` paid up to four times per request (figure 4's memmove, docs/PERFORMANCE.md).
+    /// gets a copy of the whole engine (hundreds of octets, every reference in it retained and
+    /// released) on every request (figure 4's memmove, docs/PERFORMANCE.md "Fifth pass").
     @inline(__always)
     func isFromOwner(_ request: SignalingRequest) -> Bool {
         guard let session = sessions.credentials(ofSession: request.message.sessionID) else { return true }
@@ -425,9 +424,15 @@ public struct GatewayEngine: Sendable {
     // MARK: messages we send
 
     func record(_ decision: CSPDecision, lifetime: UInt32, extra: [CSPTLV] = []) -> CSPMiddleboxRecord {
+        Self.record(middleboxID: identity.id, epoch: identity.epoch, name: identity.name, decision: decision, lifetime: lifetime, extra: extra)
+    }
+
+    /// Our record, from the identity's parts (for a REJECT built after the engine's call, `AnswerRejection`).
+    static func record(
+        middleboxID: UInt64, epoch: UInt32, name: String, decision: CSPDecision, lifetime: UInt32, extra: [CSPTLV] = []
+    ) -> CSPMiddleboxRecord {
         CSPMiddleboxRecord(
-            middleboxID: identity.id, epoch: identity.epoch, decision: decision, grantedLifetime: lifetime,
-            tlvs: [.middleboxName(identity.name)] + extra)
+            middleboxID: middleboxID, epoch: epoch, decision: decision, grantedLifetime: lifetime, tlvs: [.middleboxName(name)] + extra)
     }
 
     /// `message` with our records signed (IDENTITY and SIGNATURE nested last, docs/PROTOCOL.md

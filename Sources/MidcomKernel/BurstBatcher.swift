@@ -120,8 +120,8 @@ public final class BurstBatcher {
     /// One entry's changes on their own; the verdict that replaces the packet's, if any.
     func applyAlone(_ entry: Entry) -> Verdict? {
         // A burst of one already failed as the batch: that failure is this entry's, and its plan
-        // applies without a retry. (Until this was found, a lone entry fell through as if it had
-        // been programmed: the ACCEPT reached the host while its admission was missing.)
+        // applies without a retry (falling through here would send an ACCEPT for state that is
+        // not there).
         if entries.count > 1 {
             do {
                 try kernel.apply(entry.changes)
