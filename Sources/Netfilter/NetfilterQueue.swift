@@ -16,7 +16,8 @@ import SystemSupport
 /// verdicts (accept or drop, the same mark, no payload) for consecutive ids become one NFQNL_MSG_VERDICT_BATCH;
 /// every other verdict is a message of its own, in id order; all messages of a burst leave in one `sendto`.
 ///
-/// Thread model: `run` blocks one thread; `stop` and `counters` may be called from any thread.
+/// Thread model: `run` blocks one thread (`run(_:)` one thread for several queues); `stop` and `counters` may be
+/// called from any thread.
 public final class NetfilterQueue: @unchecked Sendable {
     public let configuration: QueueConfiguration
 
@@ -169,50 +170,47 @@ public final class NetfilterQueue: @unchecked Sendable {
     public func run(tickInterval: Duration = .milliseconds(500), tick: () -> Void = {},
                     beforeVerdicts: () -> [(id: UInt32, verdict: Verdict)] = { [] },
                     handler: (borrowing QueuedPacket) -> Verdict) throws(NetfilterError) {
-        guard running.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
-            preconditionFailure("NetfilterQueue.run called while it is already running on another thread")
-        }
-        defer { running.store(false, ordering: .releasing) }
+        try NetfilterQueue.run([self], tickInterval: tickInterval, tick: tick, beforeVerdicts: beforeVerdicts, handler: handler)
+    }
 
-        var loop = LoopState(counters: counters)
-        loop.burst.reserveCapacity(256)
+    /// `run` for several queues on the calling thread: each round drains a bounded burst from every
+    /// queue in turn and releases it (`beforeVerdicts` runs once per queue's burst, so its packet ids
+    /// are that queue's), then sleeps until any of them has packets. A queue with packets waits at most
+    /// one burst of each other queue, so a flood on one cannot starve another. Returns when any of
+    /// them is stopped; throws when any socket fails as `run` describes.
+    ///
+    /// Why one thread for several queues: on fewer CPUs than queues, a thread per queue only takes
+    /// turns with the others — and every turn is a context switch, a lock handed over and caches
+    /// filled again.
+    public static func run(_ queues: [NetfilterQueue], tickInterval: Duration = .milliseconds(500), tick: () -> Void = {},
+                           beforeVerdicts: () -> [(id: UInt32, verdict: Verdict)] = { [] },
+                           handler: (borrowing QueuedPacket) -> Verdict) throws(NetfilterError) {
+        precondition(!queues.isEmpty, "NetfilterQueue.run needs at least one queue")
+        for queue in queues {
+            guard queue.running.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
+                preconditionFailure("NetfilterQueue.run called while queue \(queue.configuration.queueNumber) is already running on another thread")
+            }
+        }
+        defer { for queue in queues { queue.running.store(false, ordering: .releasing) } }
+
+        var loops = queues.map { queue in
+            var loop = LoopState(counters: queue.counters)
+            loop.burst.reserveCapacity(256)
+            return loop
+        }
         let clock = ContinuousClock()
         var nextTick = clock.now.advanced(by: tickInterval)
-        var descriptors = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
-        defer { publish(loop.counters) }
+        var descriptors = queues.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            + queues.map { pollfd(fd: $0.wakeFD, events: Int16(POLLIN), revents: 0) }
+        defer { for (queue, loop) in zip(queues, loops) { queue.publish(loop.counters) } }
 
-        while !stopRequested.load(ordering: .relaxed) {
-            // Drain a bounded burst, so that tick and stop are honoured under sustained load too.
-            var drained = false
-            var read = 0
-            while read < NetfilterQueue.burstLimit {
-                // The socket is non-blocking: recvmmsg returns what is there. Fewer datagrams than slots
-                // means the socket was drained (an error after the first datagram is reported by the next
-                // call, and poll wakes at once if more arrived meanwhile).
-                let received = syscall { cnf_recvmmsg(fd, receiveHeaders, UInt32(NetfilterQueue.receiveSlots)) }
-                switch received {
-                case .success(let count):
-                    for slot in 0 ..< Int(count) {
-                        process(slot: receiveBuffer.baseAddress! + slot * slotBytes, length: Int(receiveHeaders[slot].msg_len),
-                                loop: &loop, handler: handler)
-                    }
-                    read += Int(count)
-                    if Int(count) < NetfilterQueue.receiveSlots { drained = true }
-                case .failure(let code) where code == EAGAIN || code == EWOULDBLOCK:
-                    drained = true
-                case .failure(ENOBUFS):
-                    loop.counters.enobufs &+= 1
-                    read += 1  // reported once per overflow; still bounded
-                    continue
-                case .failure(let code):
-                    releaseBurst(&loop, beforeVerdicts: beforeVerdicts)
-                    throw NetfilterError(operation: "recvmmsg", object: "queue \(configuration.queueNumber)", errno: code)
-                }
-                if drained || stopRequested.load(ordering: .relaxed) { break }
+        while !queues.contains(where: { $0.stopRequested.load(ordering: .relaxed) }) {
+            var drained = true
+            for index in queues.indices {
+                let queue = queues[index]
+                if !(try queue.drainBurst(&loops[index], beforeVerdicts: beforeVerdicts, handler: handler)) { drained = false }
+                queue.publish(loops[index].counters)
             }
-            releaseBurst(&loop, beforeVerdicts: beforeVerdicts)
-            publish(loop.counters)
 
             let now = clock.now
             if now >= nextTick {
@@ -226,13 +224,59 @@ public final class NetfilterQueue: @unchecked Sendable {
                 syscall { poll(buffer.baseAddress, nfds_t(buffer.count), milliseconds) }
             }
             if case .failure(let code) = polled {
-                throw NetfilterError(operation: "poll", object: "queue \(configuration.queueNumber)", errno: code)
+                throw NetfilterError(operation: "poll", object: "queue \(queues[0].configuration.queueNumber)", errno: code)
             }
-            if descriptors[1].revents != 0 {
+            for (index, queue) in queues.enumerated() where descriptors[queues.count + index].revents != 0 {
                 var value: eventfd_t = 0
-                _ = eventfd_read(wakeFD, &value)
+                _ = eventfd_read(queue.wakeFD, &value)
             }
         }
+    }
+
+    /// The queues each reader thread serves: one thread per queue, but no more threads than `cpus`
+    /// (queues dealt out in turn; the first group holds the first queue). On one CPU the unproved and
+    /// the proved queue share a thread: two threads there only take turns, each turn a context switch
+    /// and a lock handed over; fairness between the queues is the loop's (a burst of each in turn).
+    public static func readerGroups<Queue>(_ queues: [Queue], cpus: Int) -> [[Queue]] {
+        let threads = max(1, min(queues.count, cpus))
+        var groups = Array(repeating: [Queue](), count: threads)
+        for (index, queue) in queues.enumerated() { groups[index % threads].append(queue) }
+        return groups
+    }
+
+    /// Reads up to `burstLimit` packets (until the socket is drained), handles them and releases
+    /// their verdicts. Whether the socket was drained.
+    private func drainBurst(_ loop: inout LoopState, beforeVerdicts: () -> [(id: UInt32, verdict: Verdict)],
+                            handler: (borrowing QueuedPacket) -> Verdict) throws(NetfilterError) -> Bool {
+        var drained = false
+        var read = 0
+        while read < NetfilterQueue.burstLimit {
+            // The socket is non-blocking: recvmmsg returns what is there. Fewer datagrams than slots
+            // means the socket was drained (an error after the first datagram is reported by the next
+            // call, and poll wakes at once if more arrived meanwhile).
+            let received = syscall { cnf_recvmmsg(fd, receiveHeaders, UInt32(NetfilterQueue.receiveSlots)) }
+            switch received {
+            case .success(let count):
+                for slot in 0 ..< Int(count) {
+                    process(slot: receiveBuffer.baseAddress! + slot * slotBytes, length: Int(receiveHeaders[slot].msg_len),
+                            loop: &loop, handler: handler)
+                }
+                read += Int(count)
+                if Int(count) < NetfilterQueue.receiveSlots { drained = true }
+            case .failure(let code) where code == EAGAIN || code == EWOULDBLOCK:
+                drained = true
+            case .failure(ENOBUFS):
+                loop.counters.enobufs &+= 1
+                read += 1  // reported once per overflow; still bounded
+                continue
+            case .failure(let code):
+                releaseBurst(&loop, beforeVerdicts: beforeVerdicts)
+                throw NetfilterError(operation: "recvmmsg", object: "queue \(configuration.queueNumber)", errno: code)
+            }
+            if drained || stopRequested.load(ordering: .relaxed) { break }
+        }
+        releaseBurst(&loop, beforeVerdicts: beforeVerdicts)
+        return drained
     }
 
     /// Reads the kernel's view of `queueNumber` from /proc/net/netfilter/nfnetlink_queue (of the calling thread's

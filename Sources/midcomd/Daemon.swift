@@ -10,6 +10,7 @@ import MidcomCore
 import MidcomKernel
 import Netfilter
 import Synchronization
+import SystemSupport
 
 /// Mark carried by signaling that midcomd processed and let through; `forward` accepts it
 /// (nft-rules/midcom.nft). 0x4d43 is "MC".
@@ -242,11 +243,15 @@ final class Daemon: Sendable {
         log(.notice, "middlebox \(hex(identity.id)) key \(identity.key?.publicKey.text ?? "none") (challenge \(configuration.trust.challenge.rawValue), signatures \(configuration.trust.signatures.rawValue))")
         log(.notice, "midcomd started: queue \(queueDescription) (\(encoding == .native ? "native nft queue expression" : "xtables NFQUEUE target via nft_compat")), control socket \(configuration.controlSocket), epoch \(engine.withLock { $0.identity.epoch })")
         notifier.notify("READY=1\nSTATUS=queue \(queueDescription), \(encoding.rawValue) encoding")
-        for extra in queues.dropFirst() + [provedQueue] {
+        // One reader thread per queue, but no more than the CPUs midcomd may run on.
+        let cpus = allowedCPUCount()
+        let readers = NetfilterQueue.readerGroups(queues + [provedQueue], cpus: cpus ?? Int.max)
+        log(.notice, "queue readers: \(readers.map { $0.map { "\($0.configuration.queueNumber)" }.joined(separator: "+") }.joined(separator: ", ")) (\(readers.count == 1 ? "one thread" : "a thread each"); \(cpus.map { "\($0) CPU\($0 == 1 ? "" : "s") allowed" } ?? "CPU affinity unknown"))")
+        for group in readers.dropFirst() {
             Thread.detachNewThread { [self] in
                 let burst = makeBurst()
                 do {
-                    try extra.run(beforeVerdicts: { burst.flush() }) { packet in self.handle(packet, burst: burst) }
+                    try NetfilterQueue.run(group, beforeVerdicts: { burst.flush() }) { packet in self.handle(packet, burst: burst) }
                 } catch {
                     log(.error, "queue reader failed: \(error)")
                     stop()
@@ -254,8 +259,8 @@ final class Daemon: Sendable {
             }
         }
         let burst = makeBurst()
-        try queues[0].run(
-            tickInterval: .milliseconds(250), tick: { [self] in tick(burst) }, beforeVerdicts: { burst.flush() }
+        try NetfilterQueue.run(
+            readers[0], tickInterval: .milliseconds(250), tick: { [self] in tick(burst) }, beforeVerdicts: { burst.flush() }
         ) { [self] packet in
             handle(packet, burst: burst)
         }

@@ -320,6 +320,81 @@ final class NetfilterQueueTests: XCTestCase {
         _ = stop()
     }
 
+    /// Two queues read by one thread (midcomd on one CPU reads its unproved and its proved queue so):
+    /// odd payloads go to the second queue. Each queue's burst is released on its own — packet ids
+    /// are per queue (both start at 1), so an override by id must reach only its own queue's packet
+    /// — and stopping either queue ends the loop.
+    func testOneThreadReadsTwoQueuesAndReleasesEachBurstAlone() throws {
+        let second = queueNumber &+ 1
+        let first = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+        let other = try NetfilterQueue(QueueConfiguration(queueNumber: second))
+        try installQueueRule()
+        try Host.nft("""
+            add chain inet \(table) to_queue_b
+            insert rule inet \(table) out ip daddr 127.0.0.1 udp dport \(port) @th,64,8 & 0x1 == 0x1 jump to_queue_b
+            """)
+        let client = try NFTablesClient()
+        try client.installQueueRule(table: table, chain: "to_queue_b", spec: QueueRuleSpec(queueNumber: second))
+
+        let seen = IDLog()
+        let mixed = Counter()
+        let finished = DispatchSemaphore(value: 0)
+        let failure = Failure()
+        let queues = [first, other]
+        let thread = Thread {
+            do {
+                try NetfilterQueue.run(queues, beforeVerdicts: {
+                    let burst = seen.drain()
+                    // One queue's burst: all even or all odd.
+                    if Set(burst.map { $0.index % 2 }).count > 1 { mixed.increment() }
+                    return burst.filter { $0.index % 4 == 1 }.map { ($0.id, Verdict.drop) }
+                }) { packet in
+                    guard packet.hwProtocol == 0x0800, let index = Self.udpPayloadByte(packet.payload) else { return .accept }
+                    seen.append(id: packet.id, index: index)
+                    return .accept
+                }
+            } catch {
+                failure.record("\(error)")
+            }
+            finished.signal()
+        }
+        thread.start()
+        var joined = false
+        addTeardownBlock {
+            if !joined {
+                other.stop()
+                _ = finished.wait(timeout: .now() + 5)
+            }
+        }
+
+        for index in 0 ..< 40 { send([UInt8(index)]) }
+        let received = receive(count: 30, timeout: 5)
+        XCTAssertEqual(received.map { $0[0] }.sorted(), (0 ..< 40).filter { $0 % 4 != 1 }.map { UInt8($0) })
+        XCTAssertEqual(mixed.value, 0, "a burst mixed the two queues' packets")
+        XCTAssertTrue(Host.wait(timeout: 2) { first.counters.received == 20 && other.counters.received == 20 },
+                      "counters: \(first.counters) \(other.counters)")
+        XCTAssertEqual(first.counters.dropped, 0, "an override by id reached the other queue's packet")
+        XCTAssertEqual(other.counters.dropped, 10)
+        for number in [queueNumber, second] {
+            XCTAssertEqual(NetfilterQueue.kernelStatistics(queueNumber: number)?.queueTotal, 0, "queue \(number): a packet left without a verdict")
+        }
+
+        let start = Date()
+        other.stop()
+        joined = finished.wait(timeout: .now() + 5) == .success
+        XCTAssertTrue(joined, "run() did not return within 5 s of stopping one of its queues")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 1.0)
+        if let message = failure.message { XCTFail("run() threw: \(message)") }
+    }
+
+    func testReaderGroupsNeverMoreThreadsThanCPUs() {
+        XCTAssertEqual(NetfilterQueue.readerGroups([0, 1], cpus: 1), [[0, 1]])
+        XCTAssertEqual(NetfilterQueue.readerGroups([0, 1], cpus: 2), [[0], [1]])
+        XCTAssertEqual(NetfilterQueue.readerGroups([0, 1], cpus: 64), [[0], [1]])
+        XCTAssertEqual(NetfilterQueue.readerGroups([0, 1, 2, 3, 4], cpus: 2), [[0, 2, 4], [1, 3]])
+        XCTAssertEqual(NetfilterQueue.readerGroups([0, 1], cpus: 0), [[0, 1]], "a nonsense count still gives one reader")
+    }
+
     func testSecondReaderOnTheSameQueueIsRefused() throws {
         let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
         XCTAssertThrowsError(try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))) { error in

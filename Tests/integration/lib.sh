@@ -92,7 +92,10 @@ lab_midcomd() {
   "$BIN/midcomd" --help 2>&1 | grep -q -- --state-dir && args+=(--state-dir "$LAB_DIR/$n-state")
   [ -n "$config" ] && args+=(--config "$config")
   [ -z "$config" ] && args+=(--config /dev/null)
-  lab_bg "$n" "$LAB_DIR/$n-midcomd.log" "$BIN/midcomd" "${args[@]}"
+  # LAB_MIDCOMD_CPUS: the CPUs midcomd may run on (taskset), e.g. one CPU as the bench runs it.
+  local pin=()
+  [ -n "${LAB_MIDCOMD_CPUS:-}" ] && pin=(taskset -c "$LAB_MIDCOMD_CPUS")
+  lab_bg "$n" "$LAB_DIR/$n-midcomd.log" "${pin[@]}" "$BIN/midcomd" "${args[@]}"
   MIDCOMD_PID=$LAB_LAST_PID
   for _ in $(seq 1 $((100 * LAB_TIME_SCALE))); do
     if "$BIN/midctl" --socket "$LAB_DIR/$n.sock" status >/dev/null 2>&1; then return 0; fi

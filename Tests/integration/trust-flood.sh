@@ -5,7 +5,8 @@
 # them): first at ten times the legitimate rate, then as fast as its generator goes, while a
 # legitimate client sets up sessions with real `csp setup`. Asserted: at least 99 % of the
 # legitimate setups succeed, no spoofed source gets state, midcomd's memory stays within a
-# bound, and the queue never fails open. Success rates, not times: the bench measures rates.
+# bound, and the queue never fails open; then the full-speed flood again with midcomd on one CPU,
+# where one thread reads both its queues. Success rates, not times: the bench measures rates.
 #
 #   client 10.204.1.2 ── gw ── server 10.204.2.2 (csp listen)
 #                         └── attacker 10.204.3.2 (spoofs 172.16.0.0/12)
@@ -99,3 +100,28 @@ echo "      midcomd RSS ${rss_start} kB at start, ${rss_end} kB after the floods
 # queue-fail-open = false: an overflowing queue drops (the kernel counts it), it never accepts.
 echo "      kernel queue (/proc/net/netfilter/nfnetlink_queue): $(in_ns gw cat /proc/net/netfilter/nfnetlink_queue)"
 expect_eq "$(status_counter gw pending_limited)" 0 "SETUPs refused for pending state (spoofed ones never got any)"
+
+step "midcomd on one CPU: one thread reads both queues; the full-speed flood again"
+# On more CPUs each queue has its reader thread; on one, the unproved and the proved queue share
+# one (a burst of each in turn), and the flood on the first must not starve the second.
+if [ "$(nproc)" -ge 2 ]; then
+  expect_match "$(cat "$LAB_DIR/gw-midcomd.log")" "queue readers: 0, 1 \(a thread each" "reader threads on $(nproc) CPUs"
+fi
+kill -TERM "$MIDCOMD_PID"
+for _ in $(seq 1 50); do kill -0 "$MIDCOMD_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$MIDCOMD_PID" 2>/dev/null && fail "midcomd did not stop within 5 s of SIGTERM"
+LAB_MIDCOMD_CPUS=0 lab_midcomd gw "$conf"
+expect_match "$(cat "$LAB_DIR/gw-midcomd.log")" "queue readers: 0\+1 \(one thread; 1 CPU allowed\)" "reader threads on one CPU"
+lab_bg attacker "$LAB_DIR/flood3.log" $PY "$ROOT/Tests/integration/spoof_flood.py" 10.204.2.2 172.16.0.0/12 --rate 0 --duration 60
+flood3=$LAB_LAST_PID
+sleep 1
+sent_before=$(status_counter gw challenges_sent); limited_before=$(status_counter gw challenges_limited)
+ok=$(legit 22000 100)
+kill -INT "$flood3" 2>/dev/null || true
+sleep 0.5
+challenged=$(( $(status_counter gw challenges_sent) - sent_before + $(status_counter gw challenges_limited) - limited_before ))
+echo "      legitimate setups accepted: $ok of 100; spoofed SETUPs met meanwhile: $challenged"
+[ "$ok" -ge 99 ] || fail "with one reader thread, under a full-speed spoofed flood only $ok of 100 legitimate setups succeeded"
+[ "$challenged" -ge 1000 ] || fail "the flood barely reached midcomd ($challenged spoofed SETUPs): the test measured nothing"
+spoofed=$($PY -c 'import json,sys; print(sum(1 for s in json.load(sys.stdin) if s["source"].startswith("172.")))' <<<"$(midctl gw sessions --json)")
+expect_eq "$spoofed" 0 "sessions of spoofed sources (one reader thread)"

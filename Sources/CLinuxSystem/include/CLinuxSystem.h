@@ -1,5 +1,5 @@
 // The Linux calls Swift's Glibc module does not export: it is built without _GNU_SOURCE, so
-// epoll, splice, pipe2, accept4 and a few constants are invisible to Swift. Only SystemSupport
+// epoll, splice, pipe2, accept4, CPU_COUNT and a few constants are invisible to Swift. Only SystemSupport
 // imports this module; everything else uses SystemSupport's typed wrappers.
 //
 // The header includes no system header: defining _GNU_SOURCE here would give this module its own
@@ -15,6 +15,10 @@ int clx_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
 /// Fills parallel arrays instead of `struct epoll_event` (packed on x86-64, awkward in Swift);
 /// at most 64 events per call.
 int clx_epoll_wait(int epfd, uint32_t *events, uint64_t *tokens, int capacity, int timeoutMs);
+
+/// CPUs the calling thread may run on (its affinity mask, as `taskset` or systemd's CPUAffinity=
+/// set it); -1 with errno when the kernel refuses the call.
+int clx_allowed_cpu_count(void);
 
 int clx_pipe(int fds[2]);
 int clx_set_pipe_size(int fd, int size);
