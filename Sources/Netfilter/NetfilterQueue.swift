@@ -204,11 +204,13 @@ public final class NetfilterQueue: @unchecked Sendable {
             + queues.map { pollfd(fd: $0.wakeFD, events: Int16(POLLIN), revents: 0) }
         defer { for (queue, loop) in zip(queues, loops) { queue.publish(loop.counters) } }
 
+        // Queues that may hold packets: all at first, then those poll reported and those whose last
+        // burst hit the limit. An idle queue costs no recvmmsg per round.
+        var pending = Array(repeating: true, count: queues.count)
         while !queues.contains(where: { $0.stopRequested.load(ordering: .relaxed) }) {
-            var drained = true
-            for index in queues.indices {
+            for index in queues.indices where pending[index] {
                 let queue = queues[index]
-                if !(try queue.drainBurst(&loops[index], beforeVerdicts: beforeVerdicts, handler: handler)) { drained = false }
+                pending[index] = !(try queue.drainBurst(&loops[index], beforeVerdicts: beforeVerdicts, handler: handler))
                 queue.publish(loops[index].counters)
             }
 
@@ -217,7 +219,7 @@ public final class NetfilterQueue: @unchecked Sendable {
                 tick()
                 nextTick = now.advanced(by: tickInterval)
             }
-            guard drained else { continue }
+            guard !pending.contains(true) else { continue }
             let wait = now.duration(to: nextTick)
             let milliseconds = Int32(clamping: max(1, (wait.components.seconds * 1000) + (wait.components.attoseconds / 1_000_000_000_000_000) + 1))
             let polled = descriptors.withUnsafeMutableBufferPointer { buffer in
@@ -226,9 +228,13 @@ public final class NetfilterQueue: @unchecked Sendable {
             if case .failure(let code) = polled {
                 throw NetfilterError(operation: "poll", object: "queue \(queues[0].configuration.queueNumber)", errno: code)
             }
-            for (index, queue) in queues.enumerated() where descriptors[queues.count + index].revents != 0 {
-                var value: eventfd_t = 0
-                _ = eventfd_read(queue.wakeFD, &value)
+            for (index, queue) in queues.enumerated() {
+                // Readable, or an error (ENOBUFS) that the next recvmmsg reports.
+                pending[index] = descriptors[index].revents != 0
+                if descriptors[queues.count + index].revents != 0 {
+                    var value: eventfd_t = 0
+                    _ = eventfd_read(queue.wakeFD, &value)
+                }
             }
         }
     }
@@ -245,7 +251,8 @@ public final class NetfilterQueue: @unchecked Sendable {
     }
 
     /// Reads up to `burstLimit` packets (until the socket is drained), handles them and releases
-    /// their verdicts. Whether the socket was drained.
+    /// their verdicts. Whether the socket was drained. Bounded, so that tick, stop and the other
+    /// queues of the loop get their turn under sustained load too.
     private func drainBurst(_ loop: inout LoopState, beforeVerdicts: () -> [(id: UInt32, verdict: Verdict)],
                             handler: (borrowing QueuedPacket) -> Verdict) throws(NetfilterError) -> Bool {
         var drained = false
