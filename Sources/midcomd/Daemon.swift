@@ -246,7 +246,9 @@ final class Daemon: Sendable {
         // One reader thread per queue, but no more than the CPUs midcomd may run on.
         let cpus = allowedCPUCount()
         let readers = NetfilterQueue.readerGroups(queues + [provedQueue], cpus: cpus ?? Int.max)
-        log(.notice, "queue readers: \(readers.map { $0.map { "\($0.configuration.queueNumber)" }.joined(separator: "+") }.joined(separator: ", ")) (\(readers.count == 1 ? "one thread" : "a thread each"); \(cpus.map { "\($0) CPU\($0 == 1 ? "" : "s") allowed" } ?? "CPU affinity unknown"))")
+        let split = readers.map { group in group.map { "\($0.configuration.queueNumber)" }.joined(separator: "+") }
+        let allowed = cpus.map { "\($0) CPU\($0 == 1 ? "" : "s") allowed" } ?? "CPU affinity unknown"
+        log(.notice, "queue readers: \(split.joined(separator: ", ")) (\(readers.count == 1 ? "one thread" : "a thread each"); \(allowed))")
         for group in readers.dropFirst() {
             Thread.detachNewThread { [self] in
                 let burst = makeBurst()

@@ -73,18 +73,25 @@ kill "$flood1" 2>/dev/null || true
 echo "      legitimate setups accepted: $ok of 100"
 [ "$ok" -ge 99 ] || fail "under a 10x spoofed flood only $ok of 100 legitimate setups succeeded"
 
+# full_speed_flood NAME FIRST: a flood as fast as the generator goes while 100 legitimate setups
+# (source ports from FIRST) run; asserts at least 99 succeeded and the flood reached midcomd.
+full_speed_flood() {
+  local name=$1 first=$2 flood sent_before limited_before ok challenged
+  lab_bg attacker "$LAB_DIR/$name.log" $PY "$ROOT/Tests/integration/spoof_flood.py" 10.204.2.2 172.16.0.0/12 --rate 0 --duration 60
+  flood=$LAB_LAST_PID
+  sleep 1
+  sent_before=$(status_counter gw challenges_sent); limited_before=$(status_counter gw challenges_limited)
+  ok=$(legit "$first" 100)
+  kill -INT "$flood" 2>/dev/null || true
+  sleep 0.5
+  challenged=$(( $(status_counter gw challenges_sent) - sent_before + $(status_counter gw challenges_limited) - limited_before ))
+  echo "      legitimate setups accepted: $ok of 100; spoofed SETUPs met meanwhile: $challenged"
+  [ "$ok" -ge 99 ] || fail "under a full-speed spoofed flood ($name) only $ok of 100 legitimate setups succeeded"
+  [ "$challenged" -ge 1000 ] || fail "the flood ($name) barely reached midcomd ($challenged spoofed SETUPs): the test measured nothing"
+}
+
 step "flood as fast as the generator goes"
-lab_bg attacker "$LAB_DIR/flood2.log" $PY "$ROOT/Tests/integration/spoof_flood.py" 10.204.2.2 172.16.0.0/12 --rate 0 --duration 60
-flood2=$LAB_LAST_PID
-sleep 1
-sent_before=$(status_counter gw challenges_sent); limited_before=$(status_counter gw challenges_limited)
-ok=$(legit 21000 100)
-kill -INT "$flood2" 2>/dev/null || true
-sleep 0.5
-challenged=$(( $(status_counter gw challenges_sent) - sent_before + $(status_counter gw challenges_limited) - limited_before ))
-echo "      legitimate setups accepted: $ok of 100; spoofed SETUPs met meanwhile: $challenged"
-[ "$ok" -ge 99 ] || fail "under a full-speed spoofed flood only $ok of 100 legitimate setups succeeded"
-[ "$challenged" -ge 1000 ] || fail "the flood barely reached midcomd ($challenged spoofed SETUPs): the test measured nothing"
+full_speed_flood flood2 21000
 
 step "no spoofed source got state; memory bounded; the queue never failed open"
 sessions=$(midctl gw sessions --json)
@@ -112,16 +119,6 @@ for _ in $(seq 1 50); do kill -0 "$MIDCOMD_PID" 2>/dev/null || break; sleep 0.1;
 kill -0 "$MIDCOMD_PID" 2>/dev/null && fail "midcomd did not stop within 5 s of SIGTERM"
 LAB_MIDCOMD_CPUS=0 lab_midcomd gw "$conf"
 expect_match "$(cat "$LAB_DIR/gw-midcomd.log")" "queue readers: 0\+1 \(one thread; 1 CPU allowed\)" "reader threads on one CPU"
-lab_bg attacker "$LAB_DIR/flood3.log" $PY "$ROOT/Tests/integration/spoof_flood.py" 10.204.2.2 172.16.0.0/12 --rate 0 --duration 60
-flood3=$LAB_LAST_PID
-sleep 1
-sent_before=$(status_counter gw challenges_sent); limited_before=$(status_counter gw challenges_limited)
-ok=$(legit 22000 100)
-kill -INT "$flood3" 2>/dev/null || true
-sleep 0.5
-challenged=$(( $(status_counter gw challenges_sent) - sent_before + $(status_counter gw challenges_limited) - limited_before ))
-echo "      legitimate setups accepted: $ok of 100; spoofed SETUPs met meanwhile: $challenged"
-[ "$ok" -ge 99 ] || fail "with one reader thread, under a full-speed spoofed flood only $ok of 100 legitimate setups succeeded"
-[ "$challenged" -ge 1000 ] || fail "the flood barely reached midcomd ($challenged spoofed SETUPs): the test measured nothing"
+full_speed_flood flood3-one-reader 22000
 spoofed=$($PY -c 'import json,sys; print(sum(1 for s in json.load(sys.stdin) if s["source"].startswith("172.")))' <<<"$(midctl gw sessions --json)")
 expect_eq "$spoofed" 0 "sessions of spoofed sources (one reader thread)"
