@@ -8,10 +8,12 @@ public struct IPAddress: Hashable, Sendable, Comparable {
         case ipv6 = 6
     }
 
-    public let family: Family
     /// Upper and lower 64 bits of the address; an IPv4 address lives in the low 32 bits of `low`.
     @usableFromInline let high: UInt64
     @usableFromInline let low: UInt64
+    /// Last: the next field of a struct holding an address starts right after its 17 octets
+    /// (a `FlowTuple` is 48 octets, not 72: docs/PERFORMANCE.md "Seventh pass").
+    public let family: Family
 
     public init(ipv4 value: UInt32) {
         family = .ipv4
@@ -206,11 +208,13 @@ public struct IPProtocol: RawRepresentable, Hashable, Sendable, CustomStringConv
 
 /// A transport flow as seen from its initiator. Port 0 means "any" where the protocol allows wildcards.
 public struct FlowTuple: Hashable, Sendable, CustomStringConvertible {
-    public var proto: IPProtocol
+    // Declared widest first so the small fields fill the addresses' tail padding: 48 octets
+    // instead of 72 in every session, pending request, kernel object and copy of them.
     public var source: IPAddress
-    public var sourcePort: UInt16
     public var destination: IPAddress
+    public var sourcePort: UInt16
     public var destinationPort: UInt16
+    public var proto: IPProtocol
 
     public init(proto: IPProtocol, source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16) {
         self.proto = proto
