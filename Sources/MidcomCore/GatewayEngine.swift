@@ -302,9 +302,7 @@ public struct GatewayEngine: Sendable {
     /// released) on every request (figure 4's memmove, docs/PERFORMANCE.md "Fifth pass").
     @inline(__always)
     func isFromOwner(_ request: SignalingRequest) -> Bool {
-        guard let session = sessions.credentials(ofSession: request.message.sessionID) else { return true }
-        if let key = session.ownerKey { return request.signer == key }
-        return session.owner == request.source.address
+        sessions.isOwner(ofSession: request.message.sessionID, signer: request.signer, address: request.source.address)
     }
 
     /// Step 5: the message's handler.
@@ -359,10 +357,12 @@ public struct GatewayEngine: Sendable {
     /// Stores `session` and returns the kernel changes from what `previous` needed to what it
     /// needs now; `refresh` also replaces the timeouts of objects it keeps.
     mutating func store(_ session: Session, previous: Session?, refresh: Bool = false) -> [KernelChange] {
-        if let old = previous?.mapping, old != session.mapping, let proto = previous?.flow.proto {
-            natPorts?.release(proto, old.port)
+        // `previous` unwrapped once: each `previous?.` was a copy of the whole session.
+        var before: [KernelObject] = []
+        if let previous {
+            if let old = previous.mapping, old != session.mapping { natPorts?.release(previous.flow.proto, old.port) }
+            before = previous.kernelObjects
         }
-        var before = previous?.kernelObjects ?? []
         before += supersede(by: session)
         sessions.upsert(session)
         return KernelChange.diff(

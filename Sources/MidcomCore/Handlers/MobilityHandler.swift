@@ -76,7 +76,8 @@ extension GatewayEngine {
                 event: "rejected REBIND \(hex(rebind.sessionID)) to \(moved): \(decision.reason ?? "policy")")
         }
         if let refused = refusalOfNewState(
-            request, decision: decision, flow: moved, existing: existing, application: existing?.application ?? rebind.application)
+            request, decision: decision, flow: moved, existingState: existing?.state,
+            application: existing?.application ?? rebind.application)
         {
             return refused
         }
@@ -176,7 +177,9 @@ extension GatewayEngine {
                 of: request, result: .policyDenied, reason: decision.reason ?? "rejected by policy",
                 event: "rejected ADD-PATH \(hex(session.id)) \(flow)")
         }
-        if let refused = refusalOfNewState(request, decision: decision, flow: flow, existing: session, application: session.application) {
+        if let refused = refusalOfNewState(
+            request, decision: decision, flow: flow, existingState: session.state, application: session.application)
+        {
             return refused
         }
         if let holder = sessions.session(for: flow), holder.id != session.id {

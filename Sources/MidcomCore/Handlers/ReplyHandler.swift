@@ -5,26 +5,18 @@ import CSPWire
 extension GatewayEngine {
     mutating func handleAccept(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         let accept = request.message
-        let found = sessions[id: accept.sessionID]
-        if let session = found, session.pending == nil, session.state == .admitted,
-            session.replay.latestNonce == accept.nonce,
-            Self.responder(of: session.flow, incoming: session.incoming).map({ $0 == request.source.address }) ?? true
+        // Unwrapped once (each `if let` of an optional session was a copy of it).
+        guard let previous = sessions[id: accept.sessionID] else { return unmatchedAnswer(request) }
+        if previous.pending == nil, previous.state == .admitted, previous.replay.latestNonce == accept.nonce,
+            Self.responder(of: previous.flow, incoming: previous.incoming).map({ $0 == request.source.address }) ?? true
         {
-            return repeatedAnswer(accept, session: session)
+            return repeatedAnswer(accept, session: previous)
         }
-        guard let previous = found, let pending = previous.pending, pending.nonce == accept.nonce,
+        guard let pending = previous.pending, pending.nonce == accept.nonce,
             pending.fromResponder
                 ? previous.owner == request.source.address
                 : Self.responder(of: pending.flow, incoming: previous.incoming).map({ $0 == request.source.address }) ?? true
-        else {
-            counters.mismatchedReplies += 1
-            // A reply we hold no pending request for (asymmetric route, our restart, or a forgery)
-            // opens nothing here; it is passed on unchanged for the hosts to judge. The ruleset
-            // only lets such replies through inside a conntrack entry of a request that went out.
-            return SignalingOutcome(
-                verdict: .forward,
-                event: "ACCEPT \(hex(accept.sessionID)) from \(request.source) matches no request here: passed on, nothing installed")
-        }
+        else { return unmatchedAnswer(request) }
         var session = previous
         let wasAdmitted = session.state == .admitted
         let lifetime = min(pending.lifetime, accept.lifetime.map { $0 == 0 ? pending.lifetime : $0 } ?? .max)
@@ -69,6 +61,16 @@ extension GatewayEngine {
             verdict: rewritten(original: accept, forwarded), kernel: kernel, onKernelFailure: plan,
             event: describe(
                 "\(refreshed ? "refreshed" : "admitted") \(hex(session.id)) \(session.flow)\(session.mapping.map { " mapped to \($0)" } ?? "") for \(lifetime)s"))
+    }
+
+    /// A reply we hold no pending request for (asymmetric route, our restart, or a forgery) opens
+    /// nothing here; it is passed on unchanged for the hosts to judge. The ruleset only lets such
+    /// replies through inside a conntrack entry of a request that went out.
+    mutating func unmatchedAnswer(_ request: SignalingRequest) -> SignalingOutcome {
+        counters.mismatchedReplies += 1
+        return SignalingOutcome(
+            verdict: .forward,
+            event: "\(request.message.type) \(hex(request.message.sessionID)) from \(request.source) matches no request here: passed on, nothing installed")
     }
 
     /// The answer that admitted `session`, sent again by the responder (it was CHALLENGEd by a

@@ -65,16 +65,20 @@ extension GatewayEngine {
         case .redirect, .admit:
             break
         }
-        if let refused = refusalOfNewState(request, decision: decision, flow: flow, existing: existing, application: setup.application) {
+        if let refused = refusalOfNewState(
+            request, decision: decision, flow: flow, existingState: existing?.state, application: setup.application)
+        {
             return refused
         }
+        // Asked of the table, not as `existing == nil`: that comparison copied the session out.
+        let isNew = !sessions.contains(id: setup.sessionID)
         var session =
             existing
             ?? Session(
                 id: setup.sessionID, flow: flow, state: .pending, application: setup.application, createdAt: now,
                 expiresAt: nil, grantedLifetime: decision.lifetime, incoming: incoming)
         if session.state != .admitted { session.state = .pending }
-        if existing == nil, let buried = tombstones[setup.sessionID] { session.replay = buried.window }
+        if isNew, let buried = tombstones[setup.sessionID] { session.replay = buried.window }
         // A signed session belongs to its key from now on (an unsigned one is upgraded by its
         // owner signing a re-SETUP; authenticate() made sure no other key can).
         if let signer = request.signer { session.ownerKey = signer }
@@ -104,7 +108,8 @@ extension GatewayEngine {
     /// the pending limits — what a flood of such requests costs us is bounded per source and
     /// in all.
     mutating func refusalOfNewState(
-        _ request: SignalingRequest, decision: PolicyDecision, flow: FlowTuple, existing: Session?, application: String?
+        _ request: SignalingRequest, decision: PolicyDecision, flow: FlowTuple, existingState: SessionState?,
+        application: String?
     ) -> SignalingOutcome? {
         let message = request.message
         let source = request.source
@@ -119,13 +124,13 @@ extension GatewayEngine {
                 of: request, result: .authenticationFailed, reason: "this flow needs \(needed)\(rule)",
                 event: "refused \(message.type) \(hex(message.sessionID)) \(flow) from \(source): needs \(needed)\(rule)")
         }
-        if existing == nil, sessions.count >= configuration.maximumSessions {
+        if existingState == nil, sessions.count >= configuration.maximumSessions {
             counters.tableFull += 1
             return rejection(
                 of: request, result: .resourcesExhausted, reason: "session table full", retryAfter: 30,
                 event: "session table full: rejected \(hex(message.sessionID))")
         }
-        if existing == nil || existing?.state == .pending {
+        if existingState == nil || existingState == .pending {
             let trust = configuration.trust
             if sessions.pendingSessions(of: source.address) >= trust.pendingPerSource || sessions.pendingCount >= trust.maximumPending {
                 counters.pendingLimited += 1
@@ -150,7 +155,7 @@ extension GatewayEngine {
                 request, reason: "flow \(flow) does not belong to signaling host \(source.address)",
                 event: "rejected spoofed \(request.message.type) \(hex(sessionID)) from \(source): flow \(flow)")
         }
-        if let owner = sessions.credentials(ofSession: sessionID)?.owner, owner != source.address {
+        if let owner = sessions.owner(ofSession: sessionID), owner != source.address {
             return spoofed(
                 request, reason: "session \(hex(sessionID)) belongs to another host",
                 event: "rejected \(request.message.type) \(hex(sessionID)) from \(source): session owned by \(owner)")

@@ -186,7 +186,15 @@ public struct Session: Sendable, Equatable {
     /// The request we are waiting on, to match its answer.
     public var pending: PendingRequest? {
         get { extras?.value.pending }
-        set { if extras != nil || newValue != nil { updateExtras { $0.pending = newValue } } }
+        set {
+            // An answered request is usually the only extra a signaled session has, and its box is
+            // shared with the table's copy: dropping the box beats copying it to clear one field.
+            if newValue == nil, let box = extras, box.value.isEmpty(ignoringPending: true) {
+                extras = nil
+                return
+            }
+            if extras != nil || newValue != nil { updateExtras { $0.pending = newValue } }
+        }
     }
 
     struct Extras: Sendable, Equatable {
@@ -205,10 +213,12 @@ public struct Session: Sendable, Equatable {
 
         /// Equal to `Extras()`, tested field by field (a signaled session sets and clears `pending`
         /// once per request: building and comparing a whole empty value each time showed in figure 4).
-        var isEmpty: Bool {
-            mapping == nil && redirectTarget == nil && relay == nil && origin == .csp && application == nil && pending == nil
-                && ownerKey == nil && responderKey == nil && !answeredForResponder && mappingNonce == nil && extraPaths.isEmpty
-                && pathExpiry.isEmpty
+        var isEmpty: Bool { isEmpty(ignoringPending: false) }
+
+        func isEmpty(ignoringPending: Bool) -> Bool {
+            mapping == nil && redirectTarget == nil && relay == nil && origin == .csp && application == nil
+                && (ignoringPending || pending == nil) && ownerKey == nil && responderKey == nil && !answeredForResponder
+                && mappingNonce == nil && extraPaths.isEmpty && pathExpiry.isEmpty
         }
     }
 

@@ -61,7 +61,11 @@ public struct SessionTable: Sendable {
     /// Every session, in no particular order (removals reorder it).
     public var all: [Session] { slots }
 
-    public subscript(id id: UInt64) -> Session? { slotByID[id].map { slots[Int($0)] } }
+    public subscript(id id: UInt64) -> Session? {
+        // Not `map { slots[$0] }`: the closure's result was copied once more on its way out.
+        guard let slot = slotByID[id] else { return nil }
+        return slots[Int(slot)]
+    }
 
     /// Whether session `id` exists, without copying it out.
     public func contains(id: UInt64) -> Bool { slotByID[id] != nil }
@@ -76,6 +80,18 @@ public struct SessionTable: Sendable {
         return SessionCredentials(
             owner: slots[slot].owner, ownerKey: slots[slot].ownerKey, responderKey: slots[slot].responderKey,
             replay: slots[slot].replay)
+    }
+
+    /// The address that owns session `id`, without copying the session out.
+    public func owner(ofSession id: UInt64) -> IPAddress? { slotByID[id].map { slots[Int($0)].owner } }
+
+    /// Whether a request signed by `signer` (nil: unsigned) from `address` comes from session
+    /// `id`'s owner: its key for a signed session, its address for an unsigned one; true when
+    /// there is no such session. Read in place: every request asks twice.
+    public func isOwner(ofSession id: UInt64, signer: PublicKey?, address: IPAddress) -> Bool {
+        guard let slot = slotByID[id].map(Int.init) else { return true }
+        if let key = slots[slot].ownerKey { return signer == key }
+        return slots[slot].owner == address
     }
 
     public func session(for flow: FlowTuple) -> Session? { byFlow[flow].flatMap { self[id: $0] } }
