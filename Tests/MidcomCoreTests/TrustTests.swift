@@ -232,6 +232,41 @@ final class TrustTests: XCTestCase {
         XCTAssertTrue(e.sessions.isEmpty && restarted.sessions.isEmpty)
     }
 
+    /// The REJECT that replaces an ACCEPT whose state the kernel refused is built only then
+    /// (`KernelFailurePlan.refuseAnswer`); its record must be signed like the ACCEPT's would have
+    /// been, over the REJECT's own header, so a host that pins our key believes the refusal.
+    func testTheRejectBuiltForARefusedAcceptCarriesOurSignedRecord() throws {
+        for signRecords in [true, false] {
+            var e = engine {
+                $0.trust.signRecords = signRecords
+                $0.trust.challenge = .never
+            }
+            _ = arrive(&e, setup(flow(inside), nonce: 5, sequence: 1), from: inside, to: server)
+            let accept = arrive(&e, CSPMessage(type: .accept, sessionID: 1, nonce: 5, sequence: 1), from: server, to: inside)
+            guard case .refuseAnswer(_, let rejection) = accept.onKernelFailure else { return XCTFail("no lazy REJECT planned") }
+            let reject = rejection.outgoing.message
+            XCTAssertEqual(reject.type, .reject)
+            XCTAssertEqual(reject.result, .middleboxUnavailable)
+            let bytes = try reject.serialize()
+            let check = bytes.withUnsafeBytes { SignatureCheck.check($0, message: reject, checkRecords: true) }
+            XCTAssertEqual(check.records.count, 1)
+            XCTAssertEqual(check.records.first?.middleboxID, identity.id)
+            if signRecords {
+                XCTAssertEqual(check.records.first?.status, .valid(identity.key!.publicKey), "signed by our key over its own header")
+                // The signature covers the header: the same record on another session's REJECT is refused.
+                var moved = reject
+                moved.sessionID = 2
+                let movedBytes = try moved.serialize()
+                let movedCheck = movedBytes.withUnsafeBytes { SignatureCheck.check($0, message: moved, checkRecords: true) }
+                guard case .invalid = movedCheck.records.first?.status else {
+                    return XCTFail("a record moved to another header must not verify: \(String(describing: movedCheck.records.first))")
+                }
+            } else {
+                XCTAssertEqual(check.records.first?.status, .unsigned, "sign-records = false")
+            }
+        }
+    }
+
     // MARK: replay
 
     func testReplaysAfterTeardownAndOfAnOldTeardownChangeNothing() {
