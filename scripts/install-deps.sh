@@ -16,9 +16,10 @@ packages=(
 )
 # `install-deps.sh bench`: also what `make bench` needs (load generators, the miniupnpd reference; figure 10:
 # libcrypto for cspload's Ed25519 signatures, the openssl tool for the verification reference; figure 15: the
-# relay anchors, Dante's SOCKS5 server and coturn's TURN server, started by the bench in its own namespaces).
+# relay anchors, Dante's SOCKS5 server and coturn's TURN server, started by the bench in its own namespaces;
+# figure 4: valgrind counts the engine's footprint, Benchmarks/footprint.sh).
 if [ "${1:-}" = bench ]; then
-  packages+=(gcc bc iperf3 miniupnpd-nftables libssl-dev openssl dante-server coturn)
+  packages+=(gcc bc iperf3 miniupnpd-nftables libssl-dev openssl dante-server coturn valgrind)
 fi
 missing=()
 for p in "${packages[@]}"; do

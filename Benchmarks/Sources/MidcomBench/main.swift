@@ -305,6 +305,20 @@ func benchEngine(_ n: Int, records: Bool, coldBytes: Int) {
     if admitted != n { exit(1) }
 }
 
+/// The inline sizes of the values the signaling path copies (a copy of one of more than ~128 octets is a
+/// `memmove`, and at window 1 every octet copied lands in a cold line: docs/PERFORMANCE.md "Seventh pass").
+func benchSizes() {
+    func size<T>(_ name: String, _ type: T.Type) -> String { "\"\(name)\":\(MemoryLayout<T>.stride)" }
+    let sizes = [
+        size("Session", Session.self), size("Session?", Session?.self), size("SessionCredentials", SessionCredentials.self),
+        size("PendingRequest", PendingRequest.self), size("SignalingRequest", SignalingRequest.self),
+        size("CSPMessage", CSPMessage.self), size("SignalingOutcome", SignalingOutcome.self),
+        size("KernelChange", KernelChange.self), size("KernelObject", KernelObject.self), size("FlowTuple", FlowTuple.self),
+        size("PolicyDecision", PolicyDecision.self), size("CSPTLV", CSPTLV.self), size("GatewayEngine", GatewayEngine.self),
+    ]
+    print("{" + sizes.joined(separator: ",") + "}")
+}
+
 let arguments = CommandLine.arguments
 switch arguments.count > 1 ? arguments[1] : "" {
 case "table":
@@ -318,11 +332,13 @@ case "nft" where arguments.count == 5:
     }
 case "trust":
     benchTrust(arguments.count > 2 ? Int(arguments[2]) ?? 20000 : 20000)
+case "sizes":
+    benchSizes()
 case "engine":
     let options = Array(arguments.dropFirst(3))
     let coldBytes = options.firstIndex(of: "cold").flatMap { $0 + 1 < options.count ? Int(options[$0 + 1]) : nil } ?? 0
     benchEngine(arguments.count > 2 ? Int(arguments[2]) ?? 100_000 : 100_000, records: options.contains("records"), coldBytes: coldBytes)
 default:
-    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|refresh|bulk | MidcomBench trust [N] | MidcomBench engine [N] [records] [cold BYTES]\n")
+    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|refresh|bulk | MidcomBench trust [N] | MidcomBench engine [N] [records] [cold BYTES] | MidcomBench sizes\n")
     exit(2)
 }
