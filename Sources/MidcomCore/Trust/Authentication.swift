@@ -4,9 +4,23 @@ import CSPWire
 /// Step 3 of the request pipeline (docs/PROTOCOL.md 6.2, 7): signatures, clock, replay window
 /// and ownership by key. What a valid signer may *do* is policy, checked by the handlers.
 extension GatewayEngine {
-    /// nil lets the request on (with `request.signature` resolved for a signed message that
-    /// relied on its session's key); an outcome refuses it.
-    mutating func authenticate(_ request: inout SignalingRequest) -> SignalingOutcome? {
+    /// A request signed without IDENTITY (docs/PROTOCOL.md 7.1) as signed by its session's key
+    /// (or, addressed to us, by the key of its leg to our relay), when that key verifies it; nil
+    /// when nothing does.
+    func verifiedWithSessionKey(_ request: SignalingRequest) -> SignalingRequest? {
+        let id = request.message.sessionID
+        let legKey = request.isAddressedToUs ? relayLegs.leg(id, now: clock)?.key : nil
+        guard let key = sessions.credentials(ofSession: id)?.ownerKey ?? legKey, let deferred = request.signature.deferred,
+            deferred.verify(with: key)
+        else { return nil }
+        var verified = request
+        verified.signature.status = .valid(key)
+        return verified
+    }
+
+    /// nil lets the request on; an outcome refuses it. A request signed without IDENTITY has been
+    /// resolved by `verifiedWithSessionKey` before.
+    mutating func authenticate(_ request: SignalingRequest) -> SignalingOutcome? {
         let message = request.message
         let id = message.sessionID
         if message.type.isReply {
@@ -23,12 +37,8 @@ extension GatewayEngine {
         case .invalid(let why):
             return authenticationFailed(request, why)
         case .needsSessionKey:
-            // A leg to our relay has no session here, but the key that signed its SETUP.
-            let legKey = request.isAddressedToUs ? relayLegs.leg(id, now: clock)?.key : nil
-            guard let key = session?.ownerKey ?? legKey, let deferred = request.signature.deferred, deferred.verify(with: key) else {
-                return authenticationFailed(request, "signed without IDENTITY, and not by the session's key")
-            }
-            request.signature.status = .valid(key)
+            // Resolved by `verifiedWithSessionKey` before; one that was not is refused.
+            return authenticationFailed(request, "signed without IDENTITY, and not by the session's key")
         case .valid:
             break
         }
