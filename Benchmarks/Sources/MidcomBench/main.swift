@@ -1,7 +1,8 @@
 // midcom-bench: the Swift half of the Midcom benchmark. Prints one JSON object per line.
 //
-//   MidcomBench table N [N...]            SessionTable at N sessions: bytes per session (malloc'd bytes),
-//                                         lookup by flow and by id (ns), upsert (ns), expiry (ns per session)
+//   MidcomBench table N [N...] [reserved] SessionTable at N sessions: bytes per session (malloc'd bytes),
+//                                         lookup by flow and by id (ns), upsert (ns), expiry (ns per session);
+//                                         `reserved`: the table has room for N before the first upsert
 //   MidcomBench nft add|del N MODE        admit4 elements through NFTablesClient, as midcomd programs them:
 //                                         MODE per-change = one transaction per admission (one add with the
 //                                         session's tag as comment: NFTChangeSet.append(.install(.admission…)))
@@ -59,10 +60,13 @@ func key(_ f: FlowTuple) -> NFTSetKey {
     return key
 }
 
-func benchTable(_ n: Int) {
+func benchTable(_ n: Int, reserved: Bool) {
     let flows = (0..<n).map(flow)
     let base = mallocBytes()
     var table = SessionTable()
+    // `reserved`: room for all N first, as a C table sized for its maximum is (figure 3's `cadmit-m`):
+    // what the indexes' growth (each doubling re-inserts every entry) adds to upsert_ns.
+    if reserved { table.reserveCapacity(n) }
     var t = nowNS()
     for i in 0..<n {
         let start = Instant(nanoseconds: UInt64(i))
@@ -92,7 +96,7 @@ func benchTable(_ n: Int) {
         expired += table.expire(now: Instant(nanoseconds: UInt64(n)).adding(seconds: UInt32(60 + 60 * step))).count
     }
     let expiryNS = Double(nowNS() - t) / Double(max(expired, 1))
-    print("{\"sessions\":\(n),\"bytes_per_session\":\(Int(bytesPerSession)),\"upsert_ns\":\(Int(upsertNS)),\"lookup_flow_ns\":\(Int(byFlowNS)),\"lookup_id_ns\":\(Int(byIDNS)),\"expire_ns_per_session\":\(Int(expiryNS)),\"expired\":\(expired)}")
+    print("{\"sessions\":\(n),\"reserved\":\(reserved),\"bytes_per_session\":\(Int(bytesPerSession)),\"upsert_ns\":\(Int(upsertNS)),\"lookup_flow_ns\":\(Int(byFlowNS)),\"lookup_id_ns\":\(Int(byIDNS)),\"expire_ns_per_session\":\(Int(expiryNS)),\"expired\":\(expired)}")
 }
 
 func benchNFT(add: Bool, n: Int, mode: String) throws {
@@ -322,7 +326,8 @@ func benchSizes() {
 let arguments = CommandLine.arguments
 switch arguments.count > 1 ? arguments[1] : "" {
 case "table":
-    for n in arguments.dropFirst(2).compactMap({ Int($0) }) { benchTable(n) }
+    let reserved = arguments.contains("reserved")
+    for n in arguments.dropFirst(2).compactMap({ Int($0) }) { benchTable(n, reserved: reserved) }
 case "nft" where arguments.count == 5:
     do {
         try benchNFT(add: arguments[2] == "add", n: Int(arguments[3]) ?? 1000, mode: arguments[4])
@@ -339,6 +344,6 @@ case "engine":
     let coldBytes = options.firstIndex(of: "cold").flatMap { $0 + 1 < options.count ? Int(options[$0 + 1]) : nil } ?? 0
     benchEngine(arguments.count > 2 ? Int(arguments[2]) ?? 100_000 : 100_000, records: options.contains("records"), coldBytes: coldBytes)
 default:
-    cbs_error("usage: MidcomBench table N [N...] | MidcomBench nft add|del N per-change|refresh|bulk | MidcomBench trust [N] | MidcomBench engine [N] [records] [cold BYTES] | MidcomBench sizes\n")
+    cbs_error("usage: MidcomBench table N [N...] [reserved] | MidcomBench nft add|del N per-change|refresh|bulk | MidcomBench trust [N] | MidcomBench engine [N] [records] [cold BYTES] | MidcomBench sizes\n")
     exit(2)
 }
