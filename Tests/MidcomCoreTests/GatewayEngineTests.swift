@@ -1,3 +1,4 @@
+import CSPTrust
 import CSPWire
 import XCTest
 
@@ -21,6 +22,28 @@ final class SessionTableTests: XCTestCase {
         XCTAssertEqual(table.remove(id: 7), s)
         XCTAssertNil(table.session(for: s.flow))
         XCTAssertTrue(table.isEmpty)
+    }
+
+    /// The owner checks every request makes, read in place: an unsigned session belongs to its
+    /// owner's address, a signed one to its key alone (not to the address it was set up from).
+    func testOwnershipIsReadInPlaceByAddressOrKey() {
+        var table = SessionTable()
+        let unsigned = session(1, expires: 10)
+        var signed = session(2, expires: 10)
+        let key = SigningKey().publicKey
+        signed.ownerKey = key
+        table.upsert(unsigned)
+        table.upsert(signed)
+        let owner = unsigned.owner
+        let other = IPAddress("10.0.9.9")!
+        XCTAssertEqual(table.owner(ofSession: 1), owner)
+        XCTAssertNil(table.owner(ofSession: 3))
+        XCTAssertTrue(table.isOwner(ofSession: 1, signer: nil, address: owner))
+        XCTAssertFalse(table.isOwner(ofSession: 1, signer: nil, address: other))
+        XCTAssertTrue(table.isOwner(ofSession: 2, signer: key, address: other), "a signed session follows its key")
+        XCTAssertFalse(table.isOwner(ofSession: 2, signer: nil, address: owner), "its address alone is not enough")
+        XCTAssertFalse(table.isOwner(ofSession: 2, signer: SigningKey().publicKey, address: owner))
+        XCTAssertTrue(table.isOwner(ofSession: 3, signer: nil, address: other), "no session: nobody else owns it")
     }
 
     func testExpiryInOrderAndRefreshPostpones() {
