@@ -297,14 +297,20 @@ public struct GatewayEngine: Sendable {
         // leaves behind) and after it (a new session starts with this request's sequence).
         // Only the owner's requests move the window: a refused TEARDOWN from the owner's address
         // but not its key must not burn the owner's sequences.
-        if isFromOwner(request) {
-            sessions.recordSequence(id: message.sessionID, sequence: message.sequence, nonce: message.nonce)
-        }
+        noteSequenceIfFromOwner(request)
         let outcome = dispatch(request, now: now)
-        if isFromOwner(request) {
-            sessions.recordSequence(id: message.sessionID, sequence: message.sequence, nonce: message.nonce)
-        }
+        noteSequenceIfFromOwner(request)
         return outcome
+    }
+
+    /// Notes `request`'s sequence in its session's replay window when it comes from the owner
+    /// (one lookup of the session for both questions). Not inlined: its two calls share the code.
+    @inline(never)
+    private mutating func noteSequenceIfFromOwner(_ request: SignalingRequest) {
+        let message = request.message
+        sessions.recordSequence(
+            id: message.sessionID, sequence: message.sequence, nonce: message.nonce, ifOwnedBy: request.signer,
+            address: request.source.address)
     }
 
     /// Whether `request` comes from its session's owner: its key for a signed session, its

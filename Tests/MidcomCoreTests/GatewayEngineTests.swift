@@ -44,6 +44,15 @@ final class SessionTableTests: XCTestCase {
         XCTAssertFalse(table.isOwner(ofSession: 2, signer: nil, address: owner), "its address alone is not enough")
         XCTAssertFalse(table.isOwner(ofSession: 2, signer: SigningKey().publicKey, address: owner))
         XCTAssertTrue(table.isOwner(ofSession: 3, signer: nil, address: other), "no session: nobody else owns it")
+        // Only the owner's requests move the window, asked and noted with one lookup.
+        table.recordSequence(id: 1, sequence: 5, nonce: 50, ifOwnedBy: nil, address: other)
+        table.recordSequence(id: 2, sequence: 5, nonce: 50, ifOwnedBy: nil, address: owner)
+        XCTAssertEqual(table.credentials(ofSession: 1)?.replay.highest, 0)
+        XCTAssertEqual(table.credentials(ofSession: 2)?.replay.highest, 0)
+        table.recordSequence(id: 1, sequence: 5, nonce: 50, ifOwnedBy: nil, address: owner)
+        table.recordSequence(id: 2, sequence: 6, nonce: 60, ifOwnedBy: key, address: other)
+        XCTAssertEqual(table.credentials(ofSession: 1)?.replay.highest, 5)
+        XCTAssertEqual(table.credentials(ofSession: 2)?.replay.highest, 6)
     }
 
     func testExpiryInOrderAndRefreshPostpones() {

@@ -205,6 +205,16 @@ public struct SessionTable: Sendable {
         slots[slot].replay.record(sequence: sequence, nonce: nonce)
     }
 
+    /// `recordSequence` for a request from `signer` at `address` that only its session's owner may
+    /// move the window with (`isOwner`), asked and done with one lookup.
+    public mutating func recordSequence(
+        id: UInt64, sequence: UInt32, nonce: UInt64, ifOwnedBy signer: PublicKey?, address: IPAddress
+    ) {
+        guard let slot = slotByID[id].map(Int.init) else { return }
+        if let key = slots[slot].ownerKey { guard signer == key else { return } } else { guard slots[slot].owner == address else { return } }
+        slots[slot].replay.record(sequence: sequence, nonce: nonce)
+    }
+
     private mutating func unindex(_ session: Session) {
         if session.pathCount == 1 {
             if byFlow[session.flow] == session.id { byFlow[session.flow] = nil }
