@@ -70,8 +70,8 @@ extension GatewayEngine {
         {
             return refused
         }
-        // Asked of the table, not as `existing == nil`: that comparison copied the session out.
-        let isNew = !sessions.contains(id: setup.sessionID)
+        // Not `existing == nil`: that comparison copied the session out.
+        let isNew = existing?.id == nil
         var session =
             existing
             ?? Session(
