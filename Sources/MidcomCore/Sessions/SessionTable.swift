@@ -87,9 +87,13 @@ public struct SessionTable: Sendable {
 
     /// Whether a request signed by `signer` (nil: unsigned) from `address` comes from session
     /// `id`'s owner: its key for a signed session, its address for an unsigned one; true when
-    /// there is no such session. Read in place: every request asks twice.
+    /// there is no such session. Read in place.
     public func isOwner(ofSession id: UInt64, signer: PublicKey?, address: IPAddress) -> Bool {
         guard let slot = slotByID[id].map(Int.init) else { return true }
+        return isOwner(slot: slot, signer: signer, address: address)
+    }
+
+    private func isOwner(slot: Int, signer: PublicKey?, address: IPAddress) -> Bool {
         if let key = slots[slot].ownerKey { return signer == key }
         return slots[slot].owner == address
     }
@@ -210,8 +214,7 @@ public struct SessionTable: Sendable {
     public mutating func recordSequence(
         id: UInt64, sequence: UInt32, nonce: UInt64, ifOwnedBy signer: PublicKey?, address: IPAddress
     ) {
-        guard let slot = slotByID[id].map(Int.init) else { return }
-        if let key = slots[slot].ownerKey { guard signer == key else { return } } else { guard slots[slot].owner == address else { return } }
+        guard let slot = slotByID[id].map(Int.init), isOwner(slot: slot, signer: signer, address: address) else { return }
         slots[slot].replay.record(sequence: sequence, nonce: nonce)
     }
 
