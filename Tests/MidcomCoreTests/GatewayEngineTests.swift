@@ -112,6 +112,53 @@ final class SessionTableTests: XCTestCase {
         for id in UInt64(1)...600 where model[id] == nil { XCTAssertFalse(table.contains(id: id)) }
     }
 
+    /// Sessions with several paths, IPv6 flows and pending sessions that share flows with admitted
+    /// ones, churned: the flow index (slots, confirmed against the session in the slot) answers what
+    /// the rules it implements say, kept here in a dictionary from flow to ID — every path indexed,
+    /// except that a pending session does not take a flow from a session that is not pending, and a
+    /// session's entries go when it drops the flow or leaves.
+    func testFlowIndexFollowsPathsAndPendingRuleUnderChurn() {
+        var table = SessionTable()
+        var model: [UInt64: Session] = [:]
+        var byFlow: [FlowTuple: UInt64] = [:]
+        var random = SystemRandomNumberGenerator()
+        let v6 = FlowTuple(proto: .tcp, source: IPAddress("fd00::2")!, sourcePort: 1, destination: IPAddress("fd00:1::2")!, destinationPort: 2)
+        func flow(_ n: Int) -> FlowTuple {
+            var f = n % 3 == 0 ? v6 : flowA
+            f.destinationPort = UInt16(n)
+            return f
+        }
+        func unindex(_ s: Session) { for path in s.paths where byFlow[path.flow] == s.id { byFlow[path.flow] = nil } }
+        for _ in 0..<10_000 {
+            let id = UInt64.random(in: 1...200, using: &random)
+            if Int.random(in: 0..<3, using: &random) == 0 {
+                let removed = model.removeValue(forKey: id)
+                XCTAssertEqual(table.remove(id: id), removed)
+                if let removed { unindex(removed) }
+                continue
+            }
+            var s = Session(
+                id: id, flow: flow(Int.random(in: 1...60, using: &random)), state: Bool.random(using: &random) ? .pending : .admitted,
+                createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+            for path in 1...Int.random(in: 1...3, using: &random) where Bool.random(using: &random) {
+                s.setPath(PathID(path), flow(Int.random(in: 1...60, using: &random)))
+            }
+            table.upsert(s)
+            if let old = model[id], old.flow != s.flow || old.pathCount > 1 || s.pathCount > 1 { unindex(old) }
+            model[id] = s
+            for path in s.paths {
+                if s.state == .pending, let holder = byFlow[path.flow], holder != id, model[holder]!.state != .pending { continue }
+                byFlow[path.flow] = id
+            }
+        }
+        XCTAssertEqual(table.count, model.count)
+        for n in 1...60 {
+            XCTAssertEqual(table.sessionID(for: flow(n)), byFlow[flow(n)], "flow \(n)")
+            if let id = byFlow[flow(n)] { XCTAssertEqual(table.session(for: flow(n)), model[id]) }
+        }
+        for (id, s) in model { XCTAssertEqual(table[id: id], s) }
+    }
+
     func testChangingFlowReindexes() {
         var table = SessionTable()
         var s = session(1, expires: 5)

@@ -26,7 +26,8 @@ extension GatewayEngine {
             }
             counters.unsignaledAdmitted += 1
             let lifetime = configuration.legacyLifetime
-            var id = UInt64(truncatingIfNeeded: flow.hashValue) | 1 << 63
+            // The flow index's keyed hash: two words for an IPv4 flow instead of the tuple's fields.
+            var id = UInt64(truncatingIfNeeded: SessionTable.hash(flow)) | 1 << 63
             while let other = sessions.flow(ofSession: id), other != flow { id &+= 1 }
             let session = Session(
                 id: id, flow: flow, state: .legacy, createdAt: now, expiresAt: now.adding(seconds: lifetime),

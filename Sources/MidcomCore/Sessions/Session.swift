@@ -123,6 +123,14 @@ public struct Session: Sendable, Equatable {
     /// How many paths the session has (without building the list).
     public var pathCount: Int { 1 + (extras?.value.extraPaths.count ?? 0) }
 
+    /// Whether `flow` is one of the session's paths (without building the list).
+    @inline(__always)
+    public func holds(_ flow: FlowTuple) -> Bool {
+        if self.flow == flow { return true }
+        guard let extras else { return false }
+        return extras.value.extraPaths.values.contains(flow)
+    }
+
     /// Adds or replaces path `id` (> 0); nil removes it. `expiresAt`: the path's own lifetime
     /// (an ADD-PATH with LIFETIME); nil: it lives as long as the session.
     public mutating func setPath(_ id: PathID, _ flow: FlowTuple?, expiresAt: Instant? = nil) {

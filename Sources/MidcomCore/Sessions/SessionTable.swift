@@ -5,19 +5,22 @@ import CSPWire
 /// with expiry ordered by a min-heap so that expiring is O(log n) per session however large the
 /// table grows.
 ///
-/// The sessions live in one dense array (`slots`); the ID index maps an ID to its slot. A new
-/// session is appended, a removed one is replaced by the last (whose index entry follows it), so
-/// the array never has holes and growing it moves sessions once, with one `memcpy`: the figure-3
-/// profile (docs/PERFORMANCE.md) had a third of midcomd's user time in a dictionary of 160-octet
-/// `Session` values (buckets moved on every growth, values copied in and out per lookup). Indexes
-/// hold 12-octet entries; updates happen in place.
+/// The sessions live in one dense array (`slots`); the ID and flow indexes map an ID or a flow to
+/// its slot. A new session is appended, a removed one is replaced by the last (whose index entries
+/// follow it), so the array never has holes and growing it moves sessions once, with one `memcpy`:
+/// the figure-3 profile (docs/PERFORMANCE.md) had a third of midcomd's user time in a dictionary of
+/// 160-octet `Session` values (buckets moved on every growth, values copied in and out per lookup).
+/// The indexes are `SlotIndex`es of 8-octet entries that do not hold the keys (the session in the
+/// slot does); updates happen in place.
 ///
 /// Heap entries are not removed when a session is refreshed or deleted; they carry the expiry
 /// they were pushed with and are discarded when they no longer match the session (lazy deletion).
 public struct SessionTable: Sendable {
     private var slots: [Session] = []
-    private var slotByID: [UInt64: Int32] = [:]
-    private var byFlow = FlowIndex()
+    private var slotByID = SlotIndex()
+    /// Every path's flow to the session holding it; a flow held by two sessions (a pending one and
+    /// the one admitted in the kernel) points at one of them (`index`).
+    private var slotByFlow = SlotIndex()
     private var expiryHeap = MinHeap<ExpiryEntry>()
     /// Pending sessions per owner address and in all: the per-source limit on pending state
     /// (docs/PROTOCOL.md 11) needs them for every SETUP, so they are kept, not counted.
@@ -53,7 +56,7 @@ public struct SessionTable: Sendable {
     public mutating func reserveCapacity(_ count: Int) {
         slots.reserveCapacity(count)
         slotByID.reserveCapacity(count)
-        byFlow.reserveCapacity(count)
+        slotByFlow.reserveCapacity(count)
     }
 
     public var count: Int { slots.count }
@@ -61,35 +64,58 @@ public struct SessionTable: Sendable {
     /// Every session, in no particular order (removals reorder it).
     public var all: [Session] { slots }
 
+    private func slot(of id: UInt64) -> Int? { slot(of: id, hash: id.hashValue) }
+
+    @inline(never)
+    private func slot(of id: UInt64, hash: Int) -> Int? { slotByID.slot(hash: hash) { slots[$0].id == id } }
+
+    private func slot(holding flow: FlowTuple) -> Int? { slot(holding: flow, hash: Self.hash(flow)) }
+
+    @inline(never)
+    private func slot(holding flow: FlowTuple, hash: Int) -> Int? {
+        slotByFlow.slot(hash: hash) { slots[$0].holds(flow) }
+    }
+
+    /// A flow's keyed hash for the flow index. Nearly every flow is IPv4 at both ends: its 13 octets
+    /// packed into 16 hash in two words instead of the tuple's field by field.
+    @inline(never)
+    static func hash(_ flow: FlowTuple) -> Int {
+        guard let source = flow.source.ipv4Value, let destination = flow.destination.ipv4Value else { return flow.hashValue }
+        var hasher = Hasher()
+        hasher.combine(UInt64(source) << 32 | UInt64(destination))
+        hasher.combine(UInt64(flow.sourcePort) << 32 | UInt64(flow.destinationPort) << 16 | UInt64(flow.proto.rawValue))
+        return hasher.finalize()
+    }
+
     public subscript(id id: UInt64) -> Session? {
         // Not `map { slots[$0] }`: the closure's result was copied once more on its way out.
-        guard let slot = slotByID[id] else { return nil }
-        return slots[Int(slot)]
+        guard let slot = slot(of: id) else { return nil }
+        return slots[slot]
     }
 
     /// Whether session `id` exists, without copying it out.
-    public func contains(id: UInt64) -> Bool { slotByID[id] != nil }
+    public func contains(id: UInt64) -> Bool { slot(of: id) != nil }
 
     /// The flow (path 0) of session `id`, without copying the session out.
-    public func flow(ofSession id: UInt64) -> FlowTuple? { slotByID[id].map { slots[Int($0)].flow } }
+    public func flow(ofSession id: UInt64) -> FlowTuple? { slot(of: id).map { slots[$0].flow } }
 
     /// Who owns session `id` and its replay window: what authenticating a request and judging
     /// its ownership read (docs/PROTOCOL.md 7), without copying the session out (every request asks).
     public func credentials(ofSession id: UInt64) -> SessionCredentials? {
-        guard let slot = slotByID[id].map(Int.init) else { return nil }
+        guard let slot = slot(of: id) else { return nil }
         return SessionCredentials(
             owner: slots[slot].owner, ownerKey: slots[slot].ownerKey, responderKey: slots[slot].responderKey,
             replay: slots[slot].replay)
     }
 
     /// The address that owns session `id`, without copying the session out.
-    public func owner(ofSession id: UInt64) -> IPAddress? { slotByID[id].map { slots[Int($0)].owner } }
+    public func owner(ofSession id: UInt64) -> IPAddress? { slot(of: id).map { slots[$0].owner } }
 
     /// Whether a request signed by `signer` (nil: unsigned) from `address` comes from session
     /// `id`'s owner: its key for a signed session, its address for an unsigned one; true when
     /// there is no such session. Read in place.
     public func isOwner(ofSession id: UInt64, signer: PublicKey?, address: IPAddress) -> Bool {
-        guard let slot = slotByID[id].map(Int.init) else { return true }
+        guard let slot = slot(of: id) else { return true }
         return isOwner(slot: slot, signer: signer, address: address)
     }
 
@@ -98,10 +124,13 @@ public struct SessionTable: Sendable {
         return slots[slot].owner == address
     }
 
-    public func session(for flow: FlowTuple) -> Session? { byFlow[flow].flatMap { self[id: $0] } }
+    public func session(for flow: FlowTuple) -> Session? {
+        guard let slot = slot(holding: flow) else { return nil }
+        return slots[slot]
+    }
 
     /// The ID of the session that holds `flow`, without copying the session out.
-    public func sessionID(for flow: FlowTuple) -> UInt64? { byFlow[flow] }
+    public func sessionID(for flow: FlowTuple) -> UInt64? { slot(holding: flow).map { slots[$0].id } }
 
     /// The admitted incoming pinhole whose NAT mapping is `proto` `port`, if any.
     public func listener(proto: IPProtocol, mappedPort port: UInt16) -> Session? {
@@ -115,28 +144,30 @@ public struct SessionTable: Sendable {
 
     /// Inserts or replaces a session, keeping the flow index and expiry heap consistent.
     public mutating func upsert(_ session: Session) {
-        // One hash lookup finds the slot or claims the next one.
-        let (claimed, isNew) = Self.claim(&slotByID[session.id, default: -1], next: Int32(slots.count))
-        let slot = Int(claimed)
-        if isNew {
+        // The ID hashed once: for the lookup and, for a new session, its entry.
+        let idHash = session.id.hashValue
+        guard let slot = slot(of: session.id, hash: idHash) else {
+            let slot = slots.count
+            slotByID.insert(hash: idHash, slot: slot)
             slots.append(session)
             countPending(session, +1)
             if let at = session.expiresAt { expiryHeap.push(ExpiryEntry(at: at, id: session.id)) }
             if session.incoming { reindexListener(old: nil, new: session) }
-            indexPaths(of: session)
+            indexPaths(ofSlot: slot)
             return
         }
         let old = slots[slot]
         countPending(old, -1)
         countPending(session, +1)
-        if old.flow != session.flow || old.pathCount > 1 || session.pathCount > 1 { unindex(old) }
+        // While the slot still holds `old`: the flow index confirms entries against the slot.
+        if old.flow != session.flow || old.pathCount > 1 || session.pathCount > 1 { unindexPaths(ofSlot: slot) }
         // Pushing an unchanged expiry again would only grow the heap.
         if old.expiresAt != session.expiresAt, let at = session.expiresAt {
             expiryHeap.push(ExpiryEntry(at: at, id: session.id))
         }
         if old.incoming || session.incoming { reindexListener(old: old, new: session) }
         slots[slot] = session
-        indexPaths(of: session)
+        indexPaths(ofSlot: slot)
     }
 
     private static func adjust(_ count: inout Int32, by delta: Int32) -> Int32 {
@@ -144,44 +175,59 @@ public struct SessionTable: Sendable {
         return count
     }
 
-    private static func claim(_ slot: inout Int32, next: Int32) -> (Int32, Bool) {
-        if slot >= 0 { return (slot, false) }
-        slot = next
-        return (next, true)
-    }
-
-    private mutating func indexPaths(of session: Session) {
-        if session.pathCount == 1 {
-            index(session.flow, session)
+    private mutating func indexPaths(ofSlot slot: Int) {
+        if slots[slot].pathCount == 1 {
+            index(slots[slot].flow, slot: slot)
         } else {
-            for path in session.paths { index(path.flow, session) }
+            for path in slots[slot].paths { index(path.flow, slot: slot) }
         }
     }
 
     /// A pending session does not take the index from a session that holds the flow in the
     /// kernel: that one stays findable until the new one is admitted and supersedes it.
-    private mutating func index(_ flow: FlowTuple, _ session: Session) {
-        if session.state == .pending, let holder = byFlow[flow], holder != session.id, let slot = slotByID[holder],
-            slots[Int(slot)].state != .pending
+    private mutating func index(_ flow: FlowTuple, slot: Int) {
+        let hash = Self.hash(flow)
+        if slots[slot].state == .pending, let holder = self.slot(holding: flow, hash: hash), holder != slot,
+            slots[holder].state != .pending
         {
             return
         }
-        byFlow[flow] = session.id
+        slotByFlow.set(hash: hash, slot: slot) { slots[$0].holds(flow) }
+    }
+
+    /// Removes the flow entries that point at `slot`, while it still holds the session they index.
+    private mutating func unindexPaths(ofSlot slot: Int) {
+        if slots[slot].pathCount == 1 {
+            slotByFlow.remove(hash: Self.hash(slots[slot].flow), slot: slot)
+            return
+        }
+        for path in slots[slot].paths { slotByFlow.remove(hash: Self.hash(path.flow), slot: slot) }
     }
 
     @discardableResult
     public mutating func remove(id: UInt64) -> Session? {
-        guard let slot = slotByID.removeValue(forKey: id).map(Int.init) else { return nil }
-        // The last session fills the hole: the array stays dense.
+        let idHash = id.hashValue
+        guard let slot = slot(of: id, hash: idHash) else { return nil }
+        return remove(slot: slot, idHash: idHash)
+    }
+
+    private mutating func remove(slot: Int, idHash: Int) -> Session {
+        unindexPaths(ofSlot: slot)
+        slotByID.remove(hash: idHash, slot: slot)
+        // The last session fills the hole (the array stays dense); its entries follow it.
         let last = slots.count - 1
         if slot != last {
+            slotByID.move(hash: slots[last].id.hashValue, from: last, to: slot)
+            if slots[last].pathCount == 1 {
+                slotByFlow.move(hash: Self.hash(slots[last].flow), from: last, to: slot)
+            } else {
+                for path in slots[last].paths { slotByFlow.move(hash: Self.hash(path.flow), from: last, to: slot) }
+            }
             slots.swapAt(slot, last)
-            slotByID[slots[slot].id] = Int32(slot)
         }
         let session = slots.removeLast()
         if session.incoming { reindexListener(old: session, new: nil) }
         countPending(session, -1)
-        unindex(session)
         return session
     }
 
@@ -198,14 +244,14 @@ public struct SessionTable: Sendable {
 
     /// Marks the pending request of session `id` as a REBIND.
     public mutating func markPendingRebind(id: UInt64, fromResponder: Bool = false) {
-        guard let slot = slotByID[id].map(Int.init) else { return }
+        guard let slot = slot(of: id) else { return }
         slots[slot].pending?.rebind = true
         slots[slot].pending?.fromResponder = fromResponder
     }
 
     /// Notes a request's sequence in its session's replay window, in place.
     public mutating func recordSequence(id: UInt64, sequence: UInt32, nonce: UInt64) {
-        guard let slot = slotByID[id].map(Int.init) else { return }
+        guard let slot = slot(of: id) else { return }
         slots[slot].replay.record(sequence: sequence, nonce: nonce)
     }
 
@@ -214,16 +260,8 @@ public struct SessionTable: Sendable {
     public mutating func recordSequence(
         id: UInt64, sequence: UInt32, nonce: UInt64, ifOwnedBy signer: PublicKey?, address: IPAddress
     ) {
-        guard let slot = slotByID[id].map(Int.init), isOwner(slot: slot, signer: signer, address: address) else { return }
+        guard let slot = slot(of: id), isOwner(slot: slot, signer: signer, address: address) else { return }
         slots[slot].replay.record(sequence: sequence, nonce: nonce)
-    }
-
-    private mutating func unindex(_ session: Session) {
-        if session.pathCount == 1 {
-            if byFlow[session.flow] == session.id { byFlow[session.flow] = nil }
-            return
-        }
-        for path in session.paths where byFlow[path.flow] == session.id { byFlow[path.flow] = nil }
     }
 
     public mutating func removeAll() -> [Session] {
@@ -232,7 +270,7 @@ public struct SessionTable: Sendable {
         slotByID.removeAll()
         pendingByOwner.removeAll()
         pendingCount = 0
-        byFlow.removeAll()
+        slotByFlow.removeAll()
         listeners.removeAll()
         expiryHeap = MinHeap()
         return sessions
@@ -243,8 +281,9 @@ public struct SessionTable: Sendable {
         var expired: [Session] = []
         while let top = expiryHeap.peek, top.at <= now {
             expiryHeap.pop()
-            guard let slot = slotByID[top.id], slots[Int(slot)].expiresAt == top.at else { continue }
-            if let session = remove(id: top.id) { expired.append(session) }
+            let idHash = top.id.hashValue
+            guard let slot = slot(of: top.id, hash: idHash), slots[slot].expiresAt == top.at else { continue }
+            expired.append(remove(slot: slot, idHash: idHash))
         }
         // Refreshes leave stale entries behind; rebuild when they dominate so memory stays bounded.
         if expiryHeap.count > 4 * max(slots.count, 1024) { rebuildHeap() }
@@ -254,42 +293,6 @@ public struct SessionTable: Sendable {
     private mutating func rebuildHeap() {
         expiryHeap = MinHeap()
         for session in slots { if let at = session.expiresAt { expiryHeap.push(ExpiryEntry(at: at, id: session.id)) } }
-    }
-}
-
-/// Flow → session ID. Nearly every flow is IPv4 at both ends: those are keyed by 13 octets packed
-/// into 16 (a dictionary bucket of 24 octets instead of 80 with `FlowTuple` as the key, about 120
-/// octets less per session at a million: docs/PERFORMANCE.md, figure 7); the others by the tuple.
-struct FlowIndex: Sendable {
-    private var v4: [PackedFlow: UInt64] = [:]
-    private var other: [FlowTuple: UInt64] = [:]
-
-    struct PackedFlow: Hashable, Sendable {
-        var addresses: UInt64
-        var rest: UInt64
-
-        init?(_ flow: FlowTuple) {
-            guard let source = flow.source.ipv4Value, let destination = flow.destination.ipv4Value else { return nil }
-            addresses = UInt64(source) << 32 | UInt64(destination)
-            rest = UInt64(flow.sourcePort) << 32 | UInt64(flow.destinationPort) << 16 | UInt64(flow.proto.rawValue)
-        }
-    }
-
-    subscript(flow: FlowTuple) -> UInt64? {
-        get {
-            if let packed = PackedFlow(flow) { return v4[packed] }
-            return other[flow]
-        }
-        set {
-            if let packed = PackedFlow(flow) { v4[packed] = newValue } else { other[flow] = newValue }
-        }
-    }
-
-    mutating func reserveCapacity(_ count: Int) { v4.reserveCapacity(count) }
-
-    mutating func removeAll() {
-        v4.removeAll()
-        other.removeAll()
     }
 }
 
