@@ -159,6 +159,28 @@ final class SessionTableTests: XCTestCase {
         for (id, s) in model { XCTAssertEqual(table[id: id], s) }
     }
 
+    /// Hosts choose session IDs and ports. IDs that agree in their low 32 bits and flows that differ
+    /// only in one port (what an index keyed by truncated or unkeyed hashes would pile into one
+    /// probe run) spread like random keys: the indexes hash with the per-process SipHash key.
+    func testHostileIDsAndFlowsDoNotBuildLongProbeRuns() {
+        var table = SessionTable()
+        var flow = flowA
+        for index in 0..<20_000 {
+            flow.sourcePort = UInt16(1024 + index % 50_000)
+            flow.destinationPort = UInt16(1 + index / 50_000)
+            table.upsert(
+                Session(
+                    id: UInt64(index) << 32 | 0xdead, flow: flow, state: .admitted, createdAt: .seconds(0), expiresAt: nil,
+                    grantedLifetime: 1))
+        }
+        XCTAssertEqual(table.count, 20_000)
+        let runs = table.longestIndexRuns
+        // Random keys at this load give runs of a few dozen; one pile-up would be 20 000 long.
+        XCTAssertLessThan(runs.id, 400, "session IDs piled into one probe run")
+        XCTAssertLessThan(runs.flow, 400, "flows piled into one probe run")
+        XCTAssertEqual(table[id: 19_999 << 32 | 0xdead]?.id, 19_999 << 32 | 0xdead)
+    }
+
     func testChangingFlowReindexes() {
         var table = SessionTable()
         var s = session(1, expires: 5)

@@ -71,6 +71,23 @@ final class SlotIndexTests: XCTestCase {
         }
     }
 
+    /// `longestRun` counts a run that wraps past the end of the entries as one, and a hash that
+    /// sends every key to one place builds one run of them all (what the tests of hostile keys
+    /// would see if the session table's hash were not keyed).
+    func testLongestRunSeesPileUps() {
+        var index = SlotIndex()
+        for slot in 0..<10 { index.insert(hash: 15, slot: slot) }  // 16 entries: wraps from 15 to 0...
+        XCTAssertEqual(index.longestRun, 10)
+        var spread = DenseKeys(hash: { $0.hashValue })
+        var piled = DenseKeys(hash: { _ in 7 })
+        for key in UInt64(0)..<1000 {
+            spread.insert(key << 32)
+            piled.insert(key << 32)
+        }
+        XCTAssertEqual(piled.index.longestRun, 1000)
+        XCTAssertLessThan(spread.index.longestRun, 100)
+    }
+
     /// `set` points an existing key's entry at a new slot (no second entry), or adds one.
     func testSetReplacesTheEntryOfAKeyOrAddsOne() {
         var index = SlotIndex()

@@ -95,6 +95,18 @@ struct SlotIndex: Sendable {
         return true
     }
 
+    /// The longest run of occupied entries: how far a lookup may probe (tests of hostile keys).
+    var longestRun: Int {
+        var longest = 0
+        var run = 0
+        // Twice round, so a run that wraps past the end is counted whole.
+        for index in 0..<(2 * entries.count) {
+            run = entries[index & mask] == 0 ? 0 : run + 1
+            longest = max(longest, min(run, entries.count))
+        }
+        return longest
+    }
+
     /// Room for `count` keys without growing.
     mutating func reserveCapacity(_ count: Int) {
         var size = max(16, entries.count)
