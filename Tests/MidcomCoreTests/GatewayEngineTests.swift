@@ -157,6 +157,12 @@ final class SessionTableTests: XCTestCase {
             if let id = byFlow[flow(n)] { XCTAssertEqual(table.session(for: flow(n)), model[id]) }
         }
         for (id, s) in model { XCTAssertEqual(table[id: id], s) }
+        // The pending counts per owner and in all, kept through the same churn.
+        let pending = model.values.filter { $0.state == .pending }
+        XCTAssertEqual(table.pendingCount, pending.count)
+        for owner in Set(model.values.map(\.owner)).union([IPAddress("10.9.9.9")!]) {
+            XCTAssertEqual(table.pendingSessions(of: owner), pending.filter { $0.owner == owner }.count, "owner \(owner)")
+        }
     }
 
     /// Hosts choose session IDs and ports. IDs that agree in their low 32 bits and flows that differ

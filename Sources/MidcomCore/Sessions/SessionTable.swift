@@ -160,8 +160,11 @@ public struct SessionTable: Sendable {
             return
         }
         let old = slots[slot]
-        countPending(old, -1)
-        countPending(session, +1)
+        // A pending session that stays pending for the same owner leaves the counts as they are.
+        if old.state != .pending || session.state != .pending || old.owner != session.owner {
+            countPending(old, -1)
+            countPending(session, +1)
+        }
         // While the slot still holds `old`: the flow index confirms entries against the slot.
         if old.flow != session.flow || old.pathCount > 1 || session.pathCount > 1 { unindexPaths(ofSlot: slot) }
         // Pushing an unchanged expiry again would only grow the heap.
@@ -171,11 +174,6 @@ public struct SessionTable: Sendable {
         if old.incoming || session.incoming { reindexListener(old: old, new: session) }
         slots[slot] = session
         indexPaths(ofSlot: slot)
-    }
-
-    private static func adjust(_ count: inout Int32, by delta: Int32) -> Int32 {
-        count += delta
-        return count
     }
 
     private mutating func indexPaths(ofSlot slot: Int) {
@@ -240,9 +238,18 @@ public struct SessionTable: Sendable {
     private mutating func countPending(_ session: Session, _ delta: Int32) {
         guard session.state == .pending else { return }
         let owner = session.owner
-        // One hash lookup for the count (in place); a second only when it drops to zero.
-        if Self.adjust(&pendingByOwner[owner, default: 0], by: delta) <= 0 { pendingByOwner[owner] = nil }
         pendingCount += Int(delta)
+        // One hash lookup either way: in place for an increment, by index for a decrement (an
+        // owner whose count reaches zero leaves the dictionary without being looked up again).
+        if delta > 0 {
+            pendingByOwner[owner, default: 0] += delta
+        } else if let index = pendingByOwner.index(forKey: owner) {
+            if pendingByOwner.values[index] <= -delta {
+                pendingByOwner.remove(at: index)
+            } else {
+                pendingByOwner.values[index] += delta
+            }
+        }
     }
 
     /// Marks the pending request of session `id` as a REBIND.
