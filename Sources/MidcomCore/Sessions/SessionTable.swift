@@ -60,12 +60,12 @@ public struct SessionTable: Sendable {
     }
 
     public var count: Int { slots.count }
-
-    /// The longest probe runs of the ID and flow indexes (tests of hostile keys).
-    var longestIndexRuns: (id: Int, flow: Int) { (slotByID.longestRun, slotByFlow.longestRun) }
     public var isEmpty: Bool { slots.isEmpty }
     /// Every session, in no particular order (removals reorder it).
     public var all: [Session] { slots }
+
+    /// The longest probe runs of the ID and flow indexes (tests of hostile keys).
+    var longestIndexRuns: (id: Int, flow: Int) { (slotByID.longestRun, slotByFlow.longestRun) }
 
     private func slot(of id: UInt64) -> Int? { slot(of: id, hash: id.hashValue) }
 
