@@ -259,14 +259,9 @@ public struct SessionTable: Sendable {
         slots[slot].pending?.fromResponder = fromResponder
     }
 
-    /// Notes a request's sequence in its session's replay window, in place.
-    public mutating func recordSequence(id: UInt64, sequence: UInt32, nonce: UInt64) {
-        guard let slot = slot(of: id) else { return }
-        slots[slot].replay.record(sequence: sequence, nonce: nonce)
-    }
-
-    /// `recordSequence` for a request from `signer` at `address` that only its session's owner may
-    /// move the window with (`isOwner`), asked and done with one lookup.
+    /// Notes a request's sequence in its session's replay window, in place, when the request comes
+    /// from the session's owner (`isOwner`: only the owner moves the window), asked and done with
+    /// one lookup.
     public mutating func recordSequence(
         id: UInt64, sequence: UInt32, nonce: UInt64, ifOwnedBy signer: PublicKey?, address: IPAddress
     ) {
