@@ -57,11 +57,11 @@ public enum KernelFailurePlan: Sendable, Equatable {
     case defaultPolicy
     /// The packet or reply would claim state that does not exist: tell the engine to forget the
     /// session (`forgetFailed`), drop the packet and send `reply` instead of the outcome's reply.
-    case refuse(sessionID: UInt64, reply: OutgoingMessage?)
+    indirect case refuse(sessionID: UInt64, reply: OutgoingMessage?)
     /// `refuse` for an intercepted ACCEPT: the REJECT that replaces it is described, and built
     /// only when the kernel does refuse (building it for every ACCEPT was six allocations per
     /// admitted session, figure 4).
-    case refuseAnswer(sessionID: UInt64, rejection: AnswerRejection)
+    indirect case refuseAnswer(sessionID: UInt64, rejection: AnswerRejection)
 
     /// What `refuse` and `refuseAnswer` say: the session to forget and the message to send.
     public var refusal: (sessionID: UInt64, reply: OutgoingMessage?)? {
@@ -375,12 +375,14 @@ public struct GatewayEngine: Sendable {
 
     /// Stores `session` and returns the kernel changes from what `previous` needed to what it
     /// needs now; `refresh` also replaces the timeouts of objects it keeps.
-    mutating func store(_ session: Session, previous: Session?, refresh: Bool = false) -> [KernelChange] {
-        // `previous` unwrapped once: each `previous?.` was a copy of the whole session.
+    mutating func store(_ session: Session, previous: borrowing Session?, refresh: Bool = false) -> [KernelChange] {
         var before: [KernelObject] = []
-        if let previous {
+        switch previous {
+        case .some(let previous):
             if let old = previous.mapping, old != session.mapping { natPorts?.release(previous.flow.proto, old.port) }
             before = previous.kernelObjects
+        case .none:
+            break
         }
         before += supersede(by: session)
         sessions.upsert(session)
