@@ -479,7 +479,8 @@ final class SessionStorageTests: XCTestCase {
     }
 
     /// The extras live in a box that copies of a session share and that is changed in place only
-    /// while one session holds it: a change to one copy never shows in another.
+    /// while one session holds it, the request in flight in an immutable box of its own: a change
+    /// to one copy never shows in another.
     func testExtrasChangedInPlaceStayPrivateToTheirCopy() {
         let mapped = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 4000)
         let pending = PendingRequest(nonce: 7, flow: flow, lifetime: 30, recordRoute: false, mapping: mapped)
@@ -500,6 +501,13 @@ final class SessionStorageTests: XCTestCase {
         XCTAssertEqual(second, Session(id: 1, flow: flow, state: .pending, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1))
         XCTAssertEqual(snapshot.mapping, mapped)
         XCTAssertEqual(snapshot.pending, pending)
+        // The request in flight has a box of its own: a field changed in one copy (a REBIND
+        // marks its request) does not show in another.
+        var third = snapshot
+        third.pending?.rebind = true
+        XCTAssertEqual(third.pending?.rebind, true)
+        XCTAssertEqual(snapshot.pending?.rebind, false)
+        XCTAssertEqual(third.mapping, mapped)
     }
 
     func testIPv6SessionsNeverGetANATRule() {

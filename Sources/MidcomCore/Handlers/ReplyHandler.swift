@@ -21,7 +21,6 @@ extension GatewayEngine {
         let wasAdmitted = session.state == .admitted
         let lifetime = min(pending.lifetime, accept.lifetime.map { $0 == 0 ? pending.lifetime : $0 } ?? .max)
         session.flow = pending.flow
-        // The request first: a session without mapping then has no extras left to rebuild.
         session.pending = nil
         session.mapping = pending.mapping
         session.state = .admitted

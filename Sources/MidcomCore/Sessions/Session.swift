@@ -65,8 +65,8 @@ public typealias PathID = UInt8
 ///
 /// Layout matters at a million sessions (docs/PERFORMANCE.md, figure 7): what every session has is
 /// stored inline (path 0 among it); what few sessions have (further paths, a NAT mapping, a
-/// redirect target, an application name, a request in flight) lives in one shared, immutable box
-/// that exists only when one of them is set.
+/// redirect target, an application name, keys) lives in one shared box that exists only when one
+/// of them is set. A request in flight has a box of its own (`pending`).
 public struct Session: Sendable, Equatable {
     public var id: UInt64
     /// Path 0, from the initiator's point of view.
@@ -84,6 +84,11 @@ public struct Session: Sendable, Equatable {
     /// The latest answered request asked for records (a repeated answer gets ours again).
     public var recordRoute = false
     private var extras: ExtrasBox?
+    /// Not in `extras`: every signaled session has a request in flight for one round trip per
+    /// request, and holding it there built, compared and copied the 344-octet `Extras` twice per
+    /// session (figure 4's footprint, docs/PERFORMANCE.md "Ninth pass"). Immutable: a change is a
+    /// new box, so copies of the session never see it change.
+    private var pendingBox: PendingBox?
 
     public init(
         id: UInt64, flow: FlowTuple, state: SessionState, application: String? = nil, createdAt: Instant,
@@ -193,16 +198,14 @@ public struct Session: Sendable, Equatable {
     }
     /// The request we are waiting on, to match its answer.
     public var pending: PendingRequest? {
-        get { extras?.value.pending }
-        set {
-            // An answered request is usually the only extra a signaled session has, and its box is
-            // shared with the table's copy: dropping the box beats copying it to clear one field.
-            if newValue == nil, let box = extras, box.value.isEmpty(ignoringPending: true) {
-                extras = nil
-                return
-            }
-            if extras != nil || newValue != nil { updateExtras { $0.pending = newValue } }
-        }
+        get { pendingBox?.request }
+        set { pendingBox = newValue.map(PendingBox.init) }
+    }
+
+    final class PendingBox: Sendable, Equatable {
+        let request: PendingRequest
+        init(_ request: PendingRequest) { self.request = request }
+        static func == (a: PendingBox, b: PendingBox) -> Bool { a.request == b.request }
     }
 
     struct Extras: Sendable, Equatable {
@@ -211,7 +214,6 @@ public struct Session: Sendable, Equatable {
         var relay: CSPEndpoint?
         var origin: SessionOrigin = .csp
         var application: String?
-        var pending: PendingRequest?
         var ownerKey: PublicKey?
         var responderKey: PublicKey?
         var answeredForResponder = false
@@ -219,14 +221,12 @@ public struct Session: Sendable, Equatable {
         var extraPaths: [PathID: FlowTuple] = [:]
         var pathExpiry: [PathID: Instant] = [:]
 
-        /// Equal to `Extras()`, tested field by field (a signaled session sets and clears `pending`
-        /// once per request: building and comparing a whole empty value each time showed in figure 4).
-        var isEmpty: Bool { isEmpty(ignoringPending: false) }
-
-        func isEmpty(ignoringPending: Bool) -> Bool {
+        /// Equal to `Extras()`, tested field by field (building and comparing a whole empty value
+        /// each time showed in figure 4).
+        var isEmpty: Bool {
             mapping == nil && redirectTarget == nil && relay == nil && origin == .csp && application == nil
-                && (ignoringPending || pending == nil) && ownerKey == nil && responderKey == nil && !answeredForResponder
-                && mappingNonce == nil && extraPaths.isEmpty && pathExpiry.isEmpty
+                && ownerKey == nil && responderKey == nil && !answeredForResponder && mappingNonce == nil
+                && extraPaths.isEmpty && pathExpiry.isEmpty
         }
     }
 
