@@ -37,7 +37,11 @@ public enum SyscallResult<Value: BinaryInteger> {
 
 /// Runs `body` (one C call that returns -1 and sets errno on failure), retrying while it fails with
 /// EINTR. `@inline(never)` keeps ARC traffic of the caller out of the window between the C call and
-/// the errno read.
+/// the errno read. `@inlinable` lets the callers' modules specialize it: unspecialized, every call
+/// (each queue poll, receive and verdict send) looked up `Value`'s generic metadata and compared
+/// through protocol witnesses, about 6 % of midcomd's user time at figure 4's window 1
+/// (docs/PERFORMANCE.md, "Ninth pass").
+@inlinable
 @inline(never)
 public func syscall<Value: BinaryInteger>(_ body: () -> Value) -> SyscallResult<Value> {
     while true {
