@@ -76,7 +76,16 @@ public struct SessionTable: Sendable {
 
     @inline(never)
     private func slot(holding flow: FlowTuple, hash: Int) -> Int? {
-        slotByFlow.slot(hash: hash) { slots[$0].holds(flow) }
+        slotByFlow.slot(hash: hash) { Self.session(in: slots, at: $0, holds: flow) }
+    }
+
+    /// Whether the session in `slot` holds `flow`. Path 0 is compared first, as a field: a method
+    /// call on `slots[slot]` (`holds`) copies the whole session out of the array, and path 0 is
+    /// what nearly every probe that reaches a session is about. Static, on the array alone: the
+    /// flow index's `set` calls it while it changes `slotByFlow`.
+    @inline(__always)
+    private static func session(in slots: [Session], at slot: Int, holds flow: FlowTuple) -> Bool {
+        slots[slot].flow == flow || slots[slot].holds(flow)
     }
 
     /// A flow's keyed hash for the flow index. Nearly every flow is IPv4 at both ends: its 13 octets
@@ -193,7 +202,7 @@ public struct SessionTable: Sendable {
         {
             return
         }
-        slotByFlow.set(hash: hash, slot: slot) { slots[$0].holds(flow) }
+        slotByFlow.set(hash: hash, slot: slot) { Self.session(in: slots, at: $0, holds: flow) }
     }
 
     /// Removes the flow entries that point at `slot`, while it still holds the session they index.
