@@ -43,6 +43,19 @@ public struct IPAddress: Hashable, Sendable, Comparable {
 
     public var ipv4Value: UInt32? { family == .ipv4 ? UInt32(truncatingIfNeeded: low) : nil }
 
+    /// One word for an IPv4 address (the family above its 32 bits), two for IPv6: the synthesized
+    /// hash fed the three fields one by one, and the gateway hashes an address on every SETUP and
+    /// ACCEPT (the pending counts per owner, docs/PERFORMANCE.md "Ninth pass"). Equal addresses
+    /// feed equal words; an IPv4 and an IPv6 address feed different lengths.
+    public func hash(into hasher: inout Hasher) {
+        if family == .ipv4 {
+            hasher.combine(low | 1 << 32)
+        } else {
+            hasher.combine(high)
+            hasher.combine(low)
+        }
+    }
+
     /// Network-order bytes: 4 for IPv4, 16 for IPv6.
     public var bytes: [UInt8] {
         var out: [UInt8] = []
