@@ -261,6 +261,7 @@ public struct GatewayEngine: Sendable {
     public mutating func handle(_ request: SignalingRequest, now: Instant) -> SignalingOutcome {
         counters.signalingMessages += 1
         clock = now
+        sessions.hashOnce(requestFor: request.message.sessionID)
         if request.isAddressedToUs { counters.localRequests += 1 }
         if let refused = checkLoop(request) { return refused }
         // A RESPONSE proves an address; it is not a request of its own (docs/PROTOCOL.md 6.6).

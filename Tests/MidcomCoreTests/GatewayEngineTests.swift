@@ -24,6 +24,28 @@ final class SessionTableTests: XCTestCase {
         XCTAssertTrue(table.isEmpty)
     }
 
+    /// The ID hashed once per request serves that request's ID only: every other ID is looked
+    /// up, inserted, moved and removed by its own hash (fails if `hash(_:)` returns the cached hash
+    /// for any ID, or the cache is filled with another ID's hash).
+    func testTheRequestsHashedIDServesOnlyThatID() {
+        var table = SessionTable()
+        for id in 1...200 { table.upsert(session(UInt64(id), expires: 10)) }
+        table.hashOnce(requestFor: 7)
+        XCTAssertEqual(table[id: 7]?.id, 7)
+        XCTAssertEqual(table[id: 8]?.id, 8)
+        XCTAssertNil(table[id: 999])
+        // Removing moves the last session (200) into the hole; each keeps its own entry.
+        XCTAssertEqual(table.remove(id: 3)?.id, 3)
+        table.hashOnce(requestFor: 200)
+        XCTAssertEqual(table.remove(id: 7)?.id, 7)
+        for id in 1...200 where id != 3 && id != 7 { XCTAssertEqual(table[id: UInt64(id)]?.id, UInt64(id), "session \(id)") }
+        table.hashOnce(requestFor: 3)
+        table.upsert(session(3, expires: 10))
+        table.hashOnce(requestFor: 1)
+        XCTAssertEqual(table[id: 3]?.id, 3)
+        XCTAssertEqual(table.count, 199)
+    }
+
     /// The owner checks every request makes, read in place: an unsigned session belongs to its
     /// owner's address, a signed one to its key alone (not to the address it was set up from).
     func testOwnershipIsReadInPlaceByAddressOrKey() {

@@ -29,6 +29,9 @@ public struct SessionTable: Sendable {
     /// Admitted incoming pinholes with a NAT mapping, by public protocol and port: a client that
     /// signals a flow to the mapping is answered by us on the server's behalf (few entries).
     private var listeners: [ListenerKey: UInt64] = [:]
+    /// A session ID and its `hashValue` (`hashOnce(requestFor:)`): a cache of a pure function of
+    /// the ID, so it can never be stale, only unused.
+    private var hashedID: (id: UInt64, hash: Int) = (0, UInt64(0).hashValue)
 
     struct ListenerKey: Hashable, Sendable {
         var proto: IPProtocol
@@ -67,7 +70,16 @@ public struct SessionTable: Sendable {
     /// The longest probe runs of the ID and flow indexes (tests of hostile keys).
     var longestIndexRuns: (id: Int, flow: Int) { (slotByID.longestRun, slotByFlow.longestRun) }
 
-    private func slot(of id: UInt64) -> Int? { slot(of: id, hash: id.hashValue) }
+    private func slot(of id: UInt64) -> Int? { slot(of: id, hash: hash(id)) }
+
+    /// `id`'s keyed hash for the ID index, from `hashedID` when it is the request's session.
+    @inline(__always)
+    private func hash(_ id: UInt64) -> Int { id == hashedID.id ? hashedID.hash : id.hashValue }
+
+    /// Hashes the session ID of the request about to be handled, once: the request then looks
+    /// its session up five to eight times (authentication, ownership, the handler, the store, the
+    /// replay window), and each was a SipHash of the same ID (docs/PERFORMANCE.md "Ninth pass").
+    public mutating func hashOnce(requestFor id: UInt64) { hashedID = (id, id.hashValue) }
 
     @inline(never)
     private func slot(of id: UInt64, hash: Int) -> Int? { slotByID.slot(hash: hash) { slots[$0].id == id } }
@@ -157,7 +169,7 @@ public struct SessionTable: Sendable {
     /// Inserts or replaces a session, keeping the flow index and expiry heap consistent.
     public mutating func upsert(_ session: Session) {
         // The ID hashed once: for the lookup and, for a new session, its entry.
-        let idHash = session.id.hashValue
+        let idHash = hash(session.id)
         guard let slot = slot(of: session.id, hash: idHash) else {
             let slot = slots.count
             slotByID.insert(hash: idHash, slot: slot)
@@ -216,7 +228,7 @@ public struct SessionTable: Sendable {
 
     @discardableResult
     public mutating func remove(id: UInt64) -> Session? {
-        let idHash = id.hashValue
+        let idHash = hash(id)
         guard let slot = slot(of: id, hash: idHash) else { return nil }
         return remove(slot: slot, idHash: idHash)
     }
@@ -227,7 +239,7 @@ public struct SessionTable: Sendable {
         // The last session fills the hole (the array stays dense); its entries follow it.
         let last = slots.count - 1
         if slot != last {
-            slotByID.move(hash: slots[last].id.hashValue, from: last, to: slot)
+            slotByID.move(hash: hash(slots[last].id), from: last, to: slot)
             if slots[last].pathCount == 1 {
                 slotByFlow.move(hash: Self.hash(slots[last].flow), from: last, to: slot)
             } else {
@@ -295,7 +307,7 @@ public struct SessionTable: Sendable {
         var expired: [Session] = []
         while let top = expiryHeap.peek, top.at <= now {
             expiryHeap.pop()
-            let idHash = top.id.hashValue
+            let idHash = hash(top.id)
             guard let slot = slot(of: top.id, hash: idHash), slots[slot].expiresAt == top.at else { continue }
             expired.append(remove(slot: slot, idHash: idHash))
         }
