@@ -198,10 +198,25 @@ public final class NetfilterQueue: @unchecked Sendable {
             loop.burst.reserveCapacity(256)
             return loop
         }
-        let clock = ContinuousClock()
-        var nextTick = clock.now.advanced(by: tickInterval)
-        var descriptors = queues.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
-            + queues.map { pollfd(fd: $0.wakeFD, events: Int16(POLLIN), revents: 0) }
+        // The tick deadline in integer nanoseconds: ContinuousClock's instants and `Duration`
+        // arithmetic cost ~500 instructions per wake-up here (docs/PERFORMANCE.md, "Tenth pass").
+        let tickNanoseconds = UInt64(max(1, tickInterval.components.seconds * 1_000_000_000
+            + tickInterval.components.attoseconds / 1_000_000_000))
+        var nextTick = bootTimeNanoseconds() &+ tickNanoseconds
+        // epoll, not poll: the sockets are registered once, so a wake-up costs no per-call walk over
+        // every descriptor (fdget, a wait-queue entry added and removed on each). At figure 4's
+        // window 1 each message is one wake-up, and poll's walk was ~5 % of the reader's CPU there
+        // (docs/PERFORMANCE.md, "Tenth pass"). Tokens: queue index, then queue count + index for its eventfd.
+        let readiness: Epoll
+        do {
+            readiness = try Epoll()
+            for (index, queue) in queues.enumerated() {
+                try readiness.add(queue.fd, .readable, token: UInt64(index))
+                try readiness.add(queue.wakeFD, .readable, token: UInt64(queues.count + index))
+            }
+        } catch {
+            throw NetfilterError(operation: error.call, object: "queue \(queues[0].configuration.queueNumber)", errno: error.errno)
+        }
         defer { for (queue, loop) in zip(queues, loops) { queue.publish(loop.counters) } }
 
         // Queues that may hold packets: all at first, then those poll reported and those whose last
@@ -214,27 +229,25 @@ public final class NetfilterQueue: @unchecked Sendable {
                 queue.publish(loops[index].counters)
             }
 
-            let now = clock.now
+            let now = bootTimeNanoseconds()
             if now >= nextTick {
                 tick()
-                nextTick = now.advanced(by: tickInterval)
+                nextTick = now &+ tickNanoseconds
             }
             guard !pending.contains(true) else { continue }
-            let wait = now.duration(to: nextTick)
-            let milliseconds = Int32(clamping: max(1, (wait.components.seconds * 1000) + (wait.components.attoseconds / 1_000_000_000_000_000) + 1))
-            let polled = descriptors.withUnsafeMutableBufferPointer { buffer in
-                syscall { poll(buffer.baseAddress, nfds_t(buffer.count), milliseconds) }
-            }
-            if case .failure(let code) = polled {
-                throw NetfilterError(operation: "poll", object: "queue \(queues[0].configuration.queueNumber)", errno: code)
-            }
-            for (index, queue) in queues.enumerated() {
-                // Readable, or an error (ENOBUFS) that the next recvmmsg reports.
-                pending[index] = descriptors[index].revents != 0
-                if descriptors[queues.count + index].revents != 0 {
+            // Rounded up (+1 ms) so that the wait never ends just before the tick is due.
+            let milliseconds = Int32(clamping: (nextTick &- min(now, nextTick)) / 1_000_000 + 1)
+            let waited = readiness.wait(timeoutMilliseconds: milliseconds) { token, _ in
+                let index = Int(token)
+                if index < queues.count {
+                    pending[index] = true  // readable, or an error (ENOBUFS) that the next recvmmsg reports
+                } else {
                     var value: eventfd_t = 0
-                    _ = eventfd_read(queue.wakeFD, &value)
+                    _ = eventfd_read(queues[index - queues.count].wakeFD, &value)
                 }
+            }
+            if case .failure(let code) = waited {
+                throw NetfilterError(operation: "epoll_wait", object: "queue \(queues[0].configuration.queueNumber)", errno: code)
             }
         }
     }

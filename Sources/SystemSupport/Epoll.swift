@@ -3,8 +3,8 @@ import Glibc
 #endif
 import CLinuxSystem
 
-/// An epoll instance: the readiness loop of a relay worker. Tokens are the caller's (a slot and a
-/// side, say); events come back in a reused buffer, so waiting allocates nothing.
+/// An epoll instance: the readiness loop of a relay worker and of the queue readers. Tokens are the
+/// caller's (a slot and a side, say); events come back in a reused buffer, so waiting allocates nothing.
 public final class Epoll {
     /// Readiness and interest bits (epoll_ctl(2)).
     public struct Events: OptionSet, Sendable {
@@ -25,14 +25,29 @@ public final class Epoll {
     public static let batch = 64
 
     public let descriptor: Int32
-    private var events = [UInt32](repeating: 0, count: Epoll.batch)
-    private var tokens = [UInt64](repeating: 0, count: Epoll.batch)
+    /// Raw buffers, not arrays: an array in a class property is reached through a dynamic
+    /// exclusivity check and a uniqueness check on every wait (~250 instructions per wake-up of a
+    /// queue reader, docs/PERFORMANCE.md, "Tenth pass"). Only `wait` touches them.
+    private let events = UnsafeMutablePointer<UInt32>.allocate(capacity: Epoll.batch)
+    private let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: Epoll.batch)
 
     public init() throws(SystemCallError) {
-        descriptor = try systemCall("epoll_create1") { clx_epoll_create() }
+        events.initialize(repeating: 0, count: Epoll.batch)
+        tokens.initialize(repeating: 0, count: Epoll.batch)
+        do {
+            descriptor = try systemCall("epoll_create1") { clx_epoll_create() }
+        } catch {
+            events.deallocate()
+            tokens.deallocate()
+            throw error
+        }
     }
 
-    deinit { _ = close(descriptor) }
+    deinit {
+        _ = close(descriptor)
+        events.deallocate()
+        tokens.deallocate()
+    }
 
     public func add(_ fd: Int32, _ interest: Events, token: UInt64) throws(SystemCallError) {
         _ = try systemCall("epoll_ctl(ADD, \(fd))") { clx_epoll_ctl(descriptor, CLX_EPOLL_CTL_ADD, fd, interest.rawValue, token) }
@@ -48,17 +63,14 @@ public final class Epoll {
         _ = clx_epoll_ctl(descriptor, CLX_EPOLL_CTL_DEL, fd, 0, 0)
     }
 
-    /// Waits up to `timeoutMilliseconds` (-1: forever) and calls `handle` for each ready descriptor's
-    /// token and events. Returns how many there were (0 on timeout or a signal).
+    /// Waits up to `timeoutMilliseconds` (-1: forever; restarted after a signal) and calls `handle`
+    /// for each ready descriptor's token and events. How many there were (0 on timeout), or the errno
+    /// of a failed wait, for loops that must not spin on a wait that fails at once every time.
     @discardableResult
-    public func wait(timeoutMilliseconds: Int32, _ handle: (UInt64, Events) throws -> Void) rethrows -> Int {
-        let count = events.withUnsafeMutableBufferPointer { eventBuffer in
-            tokens.withUnsafeMutableBufferPointer { tokenBuffer in
-                clx_epoll_wait(descriptor, eventBuffer.baseAddress, tokenBuffer.baseAddress, Int32(Epoll.batch), timeoutMilliseconds)
-            }
-        }
-        guard count > 0 else { return 0 }
+    public func wait(timeoutMilliseconds: Int32, _ handle: (UInt64, Events) throws -> Void) rethrows -> SyscallResult<Int32> {
+        let waited = syscall { clx_epoll_wait(descriptor, events, tokens, Int32(Epoll.batch), timeoutMilliseconds) }
+        guard case .success(let count) = waited else { return waited }
         for index in 0..<Int(count) { try handle(tokens[index], Events(rawValue: events[index])) }
-        return Int(count)
+        return waited
     }
 }
