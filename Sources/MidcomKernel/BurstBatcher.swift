@@ -67,6 +67,8 @@ public final class BurstBatcher {
     let cleanup: CleanupService
     let hooks: Hooks
     public private(set) var entries: [Entry] = []
+    /// Empty between bursts; `flush` fills and empties it, keeping its capacity.
+    private var burstChanges: [KernelChange] = []
 
     public init(kernel: any KernelProgrammer, cleanup: CleanupService, hooks: Hooks) {
         self.kernel = kernel
@@ -94,10 +96,21 @@ public final class BurstBatcher {
     /// whose changes could not be programmed.
     public func flush() -> [(id: UInt32, verdict: Verdict)] {
         guard !entries.isEmpty else { return [] }
-        defer { entries.removeAll(keepingCapacity: true) }
+        // The burst and the buffer for its changes move into locals for the flush and come back
+        // emptied, capacity kept: every access to a class's stored array is a dynamic exclusivity
+        // check (five per burst before), and a changes array made per burst was an allocation per
+        // signaled session at window 1 (docs/PERFORMANCE.md, "Tenth pass").
+        var burst: [Entry] = []
+        swap(&burst, &entries)
         var all: [KernelChange] = []
-        all.reserveCapacity(entries.count)
-        for entry in entries { entry.appendChanges(to: &all) }
+        swap(&all, &burstChanges)
+        defer {
+            burst.removeAll(keepingCapacity: true)
+            all.removeAll(keepingCapacity: true)
+            entries = burst
+            burstChanges = all
+        }
+        for entry in burst { entry.appendChanges(to: &all) }
         do {
             let forget = connectionsToForget(after: all)
             // Asked while the elements still exist: a wildcard admission that never matched a
@@ -105,24 +118,24 @@ public final class BurstBatcher {
             let unused = forget.isEmpty ? [] : kernel.unusedWildcardAdmissions(among: forget)
             try kernel.apply(all)
             cleanup.enqueue(unused.isEmpty ? forget : forget.filter { !unused.contains($0) })
-            for entry in entries { if let reply = entry.reply { hooks.send(reply) } }
+            for entry in burst { if let reply = entry.reply { hooks.send(reply) } }
             return []
         } catch {
             hooks.failed(error, false)
         }
         var overrides: [(id: UInt32, verdict: Verdict)] = []
-        for entry in entries {
-            if let verdict = applyAlone(entry) { overrides.append((entry.packetID, verdict)) }
+        for entry in burst {
+            if let verdict = applyAlone(entry, inBurstOf: burst.count) { overrides.append((entry.packetID, verdict)) }
         }
         return overrides
     }
 
     /// One entry's changes on their own; the verdict that replaces the packet's, if any.
-    func applyAlone(_ entry: Entry) -> Verdict? {
+    func applyAlone(_ entry: Entry, inBurstOf burstSize: Int) -> Verdict? {
         // A burst of one already failed as the batch: that failure is this entry's, and its plan
         // applies without a retry (falling through here would send an ACCEPT for state that is
         // not there).
-        if entries.count > 1 {
+        if burstSize > 1 {
             do {
                 try kernel.apply(entry.changes)
                 cleanup.enqueue(connectionsToForget(after: entry.changes))

@@ -49,6 +49,25 @@ final class BurstBatcherTests: XCTestCase {
         XCTAssertEqual(kernel.batches.count, 1)
     }
 
+    /// The batcher keeps one changes buffer from burst to burst: a later burst must neither carry
+    /// an earlier burst's changes nor alter the array a kernel kept from it.
+    func testConsecutiveBurstsEachProgramOnlyTheirOwnChanges() {
+        let kernel = RecordingKernel()
+        let recorder = Recorder()
+        let (burst, _) = batcher(kernel, recorder)
+        burst.add(.init(packetID: 1, changes: [.install(.admission(flow(1)), lifetime: 5, tag: nil),
+                                               .install(.admission(flow(2)), lifetime: 5, tag: nil)], reply: nil, plan: .ignore))
+        XCTAssertTrue(burst.flush().isEmpty)
+        burst.add(.init(packetID: 2, change: .install(.admission(flow(3)), lifetime: 5, tag: nil), reply: nil, plan: .ignore))
+        XCTAssertTrue(burst.flush().isEmpty)
+        XCTAssertEqual(kernel.batches.count, 2)
+        XCTAssertEqual(kernel.batches.first, [.install(.admission(flow(1)), lifetime: 5, tag: nil),
+                                              .install(.admission(flow(2)), lifetime: 5, tag: nil)],
+                       "the first burst's array, as the kernel kept it")
+        XCTAssertEqual(kernel.batches.last, [.install(.admission(flow(3)), lifetime: 5, tag: nil)])
+        XCTAssertTrue(burst.entries.isEmpty)
+    }
+
     func testAFailedBatchFallsBackPacketByPacketToEachPlan() throws {
         let kernel = RecordingKernel()
         let poisoned: Set<FlowTuple> = [flow(2), flow(3), flow(4)]
