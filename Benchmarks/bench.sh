@@ -319,6 +319,15 @@ fig4() {
       else
         say "figure 4: the engine's footprint was not counted (Benchmarks/footprint.sh failed)"
       fi
+      # The whole daemon counted: midcomd itself under callgrind at window 1 in a lab of its own (queue
+      # loop, parse, engine, nft batch, verdicts, runtime and libraries; Benchmarks/daemon-footprint.sh).
+      if footprint=$(bash "$BENCH_DIR/daemon-footprint.sh" "$SWIFT_BIN/midcomd"); then
+        for m in instructions i1_misses d1_read_misses d1_write_misses allocations hot_code_lines hot_code_pages; do
+          record 4 daemon-footprint "$m" "$run" "$(echo "$footprint" | json_field $m)"
+        done
+      else
+        say "figure 4: the daemon's footprint was not counted (Benchmarks/daemon-footprint.sh failed)"
+      fi
     fi
     local unsigned_per_s; unsigned_per_s=$(python3 -c "import json; print(max(r['value'] for r in map(json.loads, open('$RAW')) if r['fig'] == '4' and r['case'] == 'midcomd-w64' and r['metric'] == 'sessions_per_s' and r['run'] == $run))")
     local pool; pool=$(python3 -c "print(int(min(1.5 * $unsigned_per_s, 3e9 / $vns) * $D) + 5000)")

@@ -205,6 +205,13 @@ for metric, what in (("instructions", "instructions"), ("i1_misses", "instructio
                      ("d1_read_misses", "data-cache read line misses"), ("d1_write_misses", "data-cache write line misses")):
     row(4, f"  parse + engine per unsigned session, counted (callgrind, cold): {what}", stat(4, "engine-footprint", metric),
         None, "", higher_is_better=False)
+# The whole daemon counted at window 1 (Benchmarks/daemon-footprint.sh: every midcomd thread, libraries included).
+for metric, what in (("instructions", "instructions"), ("i1_misses", "instruction-cache line misses"),
+                     ("d1_read_misses", "data-cache read line misses"), ("d1_write_misses", "data-cache write line misses"),
+                     ("allocations", "allocations"), ("hot_code_lines", "code lines run in most sessions"),
+                     ("hot_code_pages", "code pages run in most sessions")):
+    row(4, f"  whole midcomd per unsigned session, window 1, counted (callgrind): {what}", stat(4, "daemon-footprint", metric),
+        None, "", higher_is_better=False)
 
 # 5 fast path
 row(5, "fast path TCP (iperf3): midcomd running ÷ no daemon", stat(5, "midcomd", "tcp_bps"), stat(5, "ruleset", "tcp_bps"), "bit/s", 0.99)
