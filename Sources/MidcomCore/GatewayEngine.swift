@@ -387,6 +387,11 @@ public struct GatewayEngine: Sendable {
         }
         before += supersede(by: session)
         sessions.upsert(session)
+        // Nearly every new admission: nothing installed before, one element to install. The diff
+        // would build the session's object array only to find that (an allocation per session).
+        if before.isEmpty, let flow = session.soleAdmission {
+            return [.install(.admission(flow), lifetime: session.grantedLifetime, tag: session.tag)]
+        }
         return KernelChange.diff(
             from: before, to: session.kernelObjects, lifetime: session.grantedLifetime, tag: session.tag,
             refreshKept: refresh)

@@ -484,20 +484,40 @@ final class GatewayEngineTests: XCTestCase {
 final class SessionStorageTests: XCTestCase {
     let flow = FlowTuple(proto: .udp, source: IPAddress("10.0.1.2")!, sourcePort: 1, destination: IPAddress("10.0.2.2")!, destinationPort: 2)
 
+    /// `soleAdmission` (the store's short cut) is set exactly when the objects are one admission, of that flow.
+    func assertSoleAdmission(_ session: Session, _ expected: Bool, line: UInt = #line) {
+        XCTAssertEqual(session.soleAdmission != nil, expected, line: line)
+        if let flow = session.soleAdmission { XCTAssertEqual(session.kernelObjects, [.admission(flow)], line: line) }
+    }
+
     func testKernelObjectsFollowTheState() {
         var session = Session(id: 1, flow: flow, state: .pending, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
         XCTAssertEqual(session.kernelObjects, [], "nothing is installed while pending")
+        assertSoleAdmission(session, false)
         session.state = .admitted
         XCTAssertEqual(session.kernelObjects, [.admission(flow)])
+        assertSoleAdmission(session, true)
         var second = flow
         second.destinationPort = 3
         session.setPath(1, second)
         XCTAssertEqual(session.kernelObjects, [.admission(flow), .admission(second)], "one admission per path")
+        assertSoleAdmission(session, false)
         session.mapping = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 4000)
         XCTAssertEqual(session.actionName, "nat")
+        assertSoleAdmission(session, false)
         session.state = .redirected
         session.redirectTarget = CSPEndpoint(address: IPAddress("10.0.3.2")!, port: 3128)
         XCTAssertEqual(session.kernelObjects, [.admission(session.proxyFlow!)])
+        assertSoleAdmission(session, false)
+        var legacy = Session(id: 2, flow: flow, state: .legacy, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+        assertSoleAdmission(legacy, true)
+        legacy.mapping = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 4001)
+        XCTAssertEqual(legacy.kernelObjects, [.admission(flow)], "a legacy session installs its admission only")
+        assertSoleAdmission(legacy, true)
+        var mapped = Session(id: 3, flow: flow, state: .admitted, createdAt: .seconds(0), expiresAt: nil, grantedLifetime: 1)
+        mapped.mapping = CSPEndpoint(address: IPAddress("198.51.100.1")!, port: 4002)
+        XCTAssertEqual(mapped.kernelObjects.count, 2, "an admission and its NAT rule")
+        assertSoleAdmission(mapped, false)
     }
 
     /// The extras live in a box that copies of a session share and that is changed in place only

@@ -264,6 +264,16 @@ extension Session {
         }
     }
 
+    /// The flow when `kernelObjects` is exactly one admission of it (a legacy session, or an
+    /// admitted one with one path and no extras: nearly every session), without building the array.
+    var soleAdmission: FlowTuple? {
+        switch state {
+        case .legacy: return flow
+        case .admitted: return extras == nil ? flow : nil
+        case .pending, .redirected: return nil
+        }
+    }
+
     /// What the session needs in the kernel, derived from its state alone.
     public var kernelObjects: [KernelObject] {
         switch state {
