@@ -219,7 +219,7 @@ public final class NetfilterQueue: @unchecked Sendable {
         }
         defer { for (queue, loop) in zip(queues, loops) { queue.publish(loop.counters) } }
 
-        // Queues that may hold packets: all at first, then those poll reported and those whose last
+        // Queues that may hold packets: all at first, then those epoll reported and those whose last
         // burst hit the limit. An idle queue costs no recvmmsg per round.
         var pending = Array(repeating: true, count: queues.count)
         while !queues.contains(where: { $0.stopRequested.load(ordering: .relaxed) }) {
@@ -273,7 +273,7 @@ public final class NetfilterQueue: @unchecked Sendable {
         while read < NetfilterQueue.burstLimit {
             // The socket is non-blocking: recvmmsg returns what is there. Fewer datagrams than slots
             // means the socket was drained (an error after the first datagram is reported by the next
-            // call, and poll wakes at once if more arrived meanwhile).
+            // call, and epoll wakes at once if more arrived meanwhile).
             let received = syscall { cnf_recvmmsg(fd, receiveHeaders, UInt32(NetfilterQueue.receiveSlots)) }
             switch received {
             case .success(let count):
