@@ -175,9 +175,10 @@ public final class NetfilterQueue: @unchecked Sendable {
 
     /// `run` for several queues on the calling thread: each round drains a bounded burst from every
     /// queue in turn and releases it (`beforeVerdicts` runs once per queue's burst, so its packet ids
-    /// are that queue's), then sleeps until any of them has packets. A queue with packets waits at most
-    /// one burst of each other queue, so a flood on one cannot starve another. Returns when any of
-    /// them is stopped; throws when any socket fails as `run` describes.
+    /// are that queue's), then sleeps until any of them has packets. Known defect (issue 14's note,
+    /// session 32): readiness is only asked for once every queue is drained, so a queue that never
+    /// drains (a sustained flood) keeps the others from being read until it does. Returns when any
+    /// of them is stopped; throws when any socket fails as `run` describes.
     ///
     /// Why one thread for several queues: on fewer CPUs than queues, a thread per queue only takes
     /// turns with the others — and every turn is a context switch, a lock handed over and caches
