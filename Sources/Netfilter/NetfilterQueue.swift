@@ -175,10 +175,10 @@ public final class NetfilterQueue: @unchecked Sendable {
 
     /// `run` for several queues on the calling thread: each round drains a bounded burst from every
     /// queue in turn and releases it (`beforeVerdicts` runs once per queue's burst, so its packet ids
-    /// are that queue's), then sleeps until any of them has packets. Known defect (issue 14's note,
-    /// session 32): readiness is only asked for once every queue is drained, so a queue that never
-    /// drains (a sustained flood) keeps the others from being read until it does. Returns when any
-    /// of them is stopped; throws when any socket fails as `run` describes.
+    /// are that queue's), then sleeps until any of them has packets. Readiness is asked for after
+    /// every round, so a flood that never drains one queue still leaves each other queue a burst
+    /// per round. Returns when any of them is stopped; throws when any socket fails as `run`
+    /// describes.
     ///
     /// Why one thread for several queues: on fewer CPUs than queues, a thread per queue only takes
     /// turns with the others — and every turn is a context switch, a lock handed over and caches
@@ -235,9 +235,11 @@ public final class NetfilterQueue: @unchecked Sendable {
                 tick()
                 nextTick = now &+ tickNanoseconds
             }
-            guard !pending.contains(true) else { continue }
-            // Rounded up (+1 ms) so that the wait never ends just before the tick is due.
-            let milliseconds = Int32(clamping: (nextTick &- min(now, nextTick)) / 1_000_000 + 1)
+            // While a queue still holds packets the wait only polls (0 ms): it must still be asked,
+            // or a queue that never drains (a sustained flood) would keep the others from ever being
+            // marked and read. Otherwise it sleeps until a packet, a stop or the tick; rounded up
+            // (+1 ms) so that it never ends just before the tick is due.
+            let milliseconds = pending.contains(true) ? 0 : Int32(clamping: (nextTick &- min(now, nextTick)) / 1_000_000 + 1)
             let waited = readiness.wait(timeoutMilliseconds: milliseconds) { token, _ in
                 let index = Int(token)
                 if index < queues.count {

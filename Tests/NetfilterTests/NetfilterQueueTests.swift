@@ -387,6 +387,82 @@ final class NetfilterQueueTests: XCTestCase {
         if let message = failure.message { XCTFail("run() threw: \(message)") }
     }
 
+    /// A queue that never drains (a sustained flood of unproved requests) must not keep the loop from
+    /// reading the other queue: the proved answers on it are what the flood's victims are waiting for.
+    func testAFloodedQueueNeverKeepsTheOtherFromBeingRead() throws {
+        let second = queueNumber &+ 1
+        let flooded = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
+        let other = try NetfilterQueue(QueueConfiguration(queueNumber: second))
+        try installQueueRule()
+        try Host.nft("""
+            add chain inet \(table) to_queue_b
+            insert rule inet \(table) out ip daddr 127.0.0.1 udp dport \(port) @th,64,8 & 0x1 == 0x1 jump to_queue_b
+            """)
+        let client = try NFTablesClient()
+        try client.installQueueRule(table: table, chain: "to_queue_b", spec: QueueRuleSpec(queueNumber: second))
+        // Queued packets hold the sender's send buffer until their verdict; the default would block
+        // the sender after a few hundred.
+        var sendBuffer: Int32 = 32 << 20
+        XCTAssertEqual(setsockopt(sender, SOL_SOCKET, SO_SNDBUFFORCE, &sendBuffer, socklen_t(MemoryLayout<Int32>.size)), 0)
+
+        // The backlog is queued before the reader starts; each flooded packet costs the handler
+        // 0.5 ms, so the flooded queue holds ~1.5 s of work and hits the burst limit round after round.
+        let floodCount = 3000
+        for _ in 0 ..< floodCount { send([0]) }
+        XCTAssertTrue(Host.wait(timeout: 2) { (NetfilterQueue.kernelStatistics(queueNumber: self.queueNumber)?.queueTotal ?? 0) >= 2500 },
+                      "the flood did not queue: \(String(describing: NetfilterQueue.kernelStatistics(queueNumber: queueNumber)))")
+
+        let finished = DispatchSemaphore(value: 0)
+        let failure = Failure()
+        let queues = [flooded, other]
+        let floodHandled = Counter()
+        let floodHandledBeforeTheOther = Counter()
+        let thread = Thread {
+            do {
+                try NetfilterQueue.run(queues) { packet in
+                    guard let index = Self.udpPayloadByte(packet.payload), index & 1 == 0 else {
+                        floodHandledBeforeTheOther.set(floodHandled.value)
+                        return .accept
+                    }
+                    usleep(500)
+                    floodHandled.increment()
+                    return .drop
+                }
+            } catch {
+                failure.record("\(error)")
+            }
+            finished.signal()
+        }
+        thread.start()
+        var joined = false
+        addTeardownBlock {
+            if !joined {
+                other.stop()
+                _ = finished.wait(timeout: .now() + 5)
+            }
+        }
+
+        // Two full bursts read: the loop's first look at the other queue (empty then) is behind it.
+        XCTAssertTrue(Host.wait(timeout: 5) { flooded.counters.received >= 2 * 256 }, "the reader did not start: \(flooded.counters)")
+        // Sending queues the packet before sendto returns (the output hook runs in the sender's call).
+        // From then on the loop may finish the flood's current burst and read one more before the
+        // other queue's turn: counted in packets, so the bound does not depend on this machine's speed.
+        let floodHandledAtSend = floodHandled.value
+        let sent = Date()
+        send([1])
+        let answered = receive(count: 1, timeout: 5, grace: 0)
+        let latency = Date().timeIntervalSince(sent)
+        XCTAssertEqual(answered.map { $0[0] }, [1], "the other queue's packet never got its verdict")
+        XCTAssertLessThanOrEqual(floodHandledBeforeTheOther.value, floodHandledAtSend + 2 * 256,
+                                 "the other queue waited behind more than two of the flood's bursts (\(latency) s)")
+        XCTAssertLessThan(floodHandledBeforeTheOther.value, floodCount, "the other queue was read only once the flood had drained")
+
+        other.stop()
+        joined = finished.wait(timeout: .now() + 5) == .success
+        XCTAssertTrue(joined, "run() did not return within 5 s of stopping one of its queues")
+        if let message = failure.message { XCTFail("run() threw: \(message)") }
+    }
+
     func testReaderGroupsNeverMoreThreadsThanCPUs() {
         XCTAssertEqual(NetfilterQueue.readerGroups([0, 1], cpus: 1), [[0, 1]])
         XCTAssertEqual(NetfilterQueue.readerGroups([0, 1], cpus: 2), [[0], [1]])
@@ -451,6 +527,7 @@ final class NetfilterQueueTests: XCTestCase {
 final class Counter: Sendable {
     private let storage = Mutex<Int>(0)
     func increment() { storage.withLock { $0 += 1 } }
+    func set(_ newValue: Int) { storage.withLock { $0 = newValue } }
     var value: Int { storage.withLock { $0 } }
 }
 
