@@ -66,9 +66,13 @@ public final class BurstBatcher {
     let kernel: any KernelProgrammer
     let cleanup: CleanupService
     let hooks: Hooks
-    public private(set) var entries: [Entry] = []
+    // Unchecked exclusivity: the batcher is owned by one reader thread (type comment) and no method
+    // hands out an access that could overlap another, so the runtime's check on every access (a
+    // `swift_beginAccess`, ~75 instructions, even for the empty-burst test of each `flush`) guards
+    // nothing here (docs/PERFORMANCE.md, "Eleventh pass").
+    @exclusivity(unchecked) public private(set) var entries: [Entry] = []
     /// Empty between bursts; `flush` fills and empties it, keeping its capacity.
-    private var burstChanges: [KernelChange] = []
+    @exclusivity(unchecked) private var burstChanges: [KernelChange] = []
 
     public init(kernel: any KernelProgrammer, cleanup: CleanupService, hooks: Hooks) {
         self.kernel = kernel
