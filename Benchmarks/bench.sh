@@ -1334,20 +1334,13 @@ fig13_natpmpload() {
 # (docs/PERFORMANCE.md, figure 14).
 FIG14_CASES=${BENCH_FIG14_CASES:-"none ctuned cbatch midcomd"}
 FIG14_TUNE=${BENCH_FIG14_TUNE:-}
-fig14_sink() { in_ns gw nft list chain inet mcb14 sink | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1; }
 fig14() {
   for n in "${BL_NAMESPACES[@]}"; do ip netns del "$n" 2>/dev/null || true; done
   BL_NAMESPACES=()
   BL_TAG="mcb$$r$RANDOM"
   bl_ns gw
   bl_ruleset
-  in_ns gw nft -f - <<'NFT'
-table inet mcb14 {
-  chain out { type filter hook output priority filter; policy accept; udp dport 9000 jump enqueue; }
-  chain enqueue { }
-  chain sink { type filter hook prerouting priority raw; policy accept; iif lo udp dport 9000 counter drop; }
-}
-NFT
+  bl_loopback_harness
   local cases=$FIG14_CASES names=() opts=() i
   if [ -n "$FIG14_TUNE" ]; then
     local IFS_=$IFS; IFS=';'
@@ -1372,9 +1365,9 @@ NFT
       sleep 0.3
       local s0 s1 c0=0 c1=0 out kq
       [ -n "$pid" ] && c0=$(bl_task_cpu_ns "$pid")
-      s0=$(fig14_sink)
+      s0=$(bl_loopback_sink)
       out=$(in_ns gw taskset -c "$LOAD_CPU" timeout $(( ${D%.*} + 10 )) "$BIN/udpblast" send 127.0.0.1 9000 -s 64 -d "$D" -S 40000)
-      s1=$(fig14_sink)
+      s1=$(bl_loopback_sink)
       [ -n "$pid" ] && c1=$(bl_task_cpu_ns "$pid")
       kq=$(bl_kernel_queue)
       [ -n "$pid" ] && bl_stop "$pid"

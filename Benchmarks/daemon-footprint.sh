@@ -91,13 +91,7 @@ else
   # its revision) but hooks forward, so the harness's own table queues the locally sent packets.
   bl_ns gw
   bl_ruleset
-  in_ns gw nft -f - <<'NFT'
-table inet mcb14 {
-  chain out { type filter hook output priority filter; policy accept; udp dport 9000 jump enqueue; }
-  chain enqueue { }
-  chain sink { type filter hook prerouting priority raw; policy accept; iif lo udp dport 9000 counter drop; }
-}
-NFT
+  bl_loopback_harness
   in_ns gw "$BIN/nfqref" rule 0 1 mcb14 >/dev/null
   if [ "$case_" = plain ]; then
     bl_midcomd $'[policy]\nunsignaled = "default-policy"' 60
@@ -111,18 +105,17 @@ NFT
       sleep 0.1
     done
   fi
-  sink() { in_ns gw nft list chain inet mcb14 sink | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1; }
   sleep 0.3
   callgrind_control -i on "$reader" >/dev/null 2>&1
-  before=$(sink)
+  before=$(bl_loopback_sink)
   in_ns gw taskset -c "$LOAD_CPU" timeout $((seconds + 30)) "$BIN/udpblast" send 127.0.0.1 9000 -s 64 -r "$pps" -d "$seconds" -S 40000 >/dev/null
   # The last burst's verdicts may still be on their way: wait until the sink stops counting (bounded).
   for _ in $(seq 1 50); do
-    settled=$(sink); sleep 0.1
-    [ "$(sink)" = "$settled" ] && break
+    settled=$(bl_loopback_sink); sleep 0.1
+    [ "$(bl_loopback_sink)" = "$settled" ] && break
   done
   callgrind_control -i off "$reader" >/dev/null 2>&1
-  completed=$(($(sink) - before))
+  completed=$(($(bl_loopback_sink) - before))
 fi
 bl_stop "$reader"
 [ "$completed" -gt 100 ] || { echo "daemon-footprint.sh: only $completed sessions (packets) were completed" >&2; exit 1; }

@@ -113,6 +113,20 @@ bl_ruleset() {
   fi
 }
 
+# bl_loopback_harness: figure 14's table in gw (also Benchmarks/daemon-footprint.sh's plain cases):
+# UDP to port 9000 sent in gw jumps to chain `enqueue` (empty: the caller adds the queue rule), and
+# after the verdict it is counted and dropped in raw prerouting on lo (bl_loopback_sink reads the count).
+bl_loopback_harness() {
+  in_ns gw nft -f - <<'NFT'
+table inet mcb14 {
+  chain out { type filter hook output priority filter; policy accept; udp dport 9000 jump enqueue; }
+  chain enqueue { }
+  chain sink { type filter hook prerouting priority raw; policy accept; iif lo udp dport 9000 counter drop; }
+}
+NFT
+}
+bl_loopback_sink() { in_ns gw nft list chain inet mcb14 sink | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1; }
+
 # bl_midcomd CONFIG_BODY [WAIT_S]: start midcomd in gw pinned to READER_CPU; waits (10 s by default) for its
 # control socket, which opens only after start-up (adopting kernel state can take a while at 1M elements).
 bl_midcomd() {

@@ -157,6 +157,49 @@ final class NetfilterQueueTests: XCTestCase {
         return stopAndJoin
     }
 
+    /// Two queues on one thread: the queue rule for `queueNumber`, then a rule sending every
+    /// datagram whose first payload byte is odd to queue `second` instead.
+    private func installQueueRules(oddPayloadsTo second: UInt16) throws {
+        try installQueueRule()
+        try Host.nft("""
+            add chain inet \(table) to_queue_b
+            insert rule inet \(table) out ip daddr 127.0.0.1 udp dport \(port) @th,64,8 & 0x1 == 0x1 jump to_queue_b
+            """)
+        let client = try NFTablesClient()
+        try client.installQueueRule(table: table, chain: "to_queue_b", spec: QueueRuleSpec(queueNumber: second))
+    }
+
+    /// Runs `queues` on one thread (`NetfilterQueue.run(_:)`); returns a function that stops the
+    /// last of them and waits (bounded) for run() to return, giving how long that took.
+    private func start(_ queues: [NetfilterQueue],
+                       beforeVerdicts: @escaping @Sendable () -> [(id: UInt32, verdict: Verdict)] = { [] },
+                       handler: @escaping @Sendable (borrowing QueuedPacket) -> Verdict) -> () -> TimeInterval {
+        let finished = DispatchSemaphore(value: 0)
+        let failure = Failure()
+        let thread = Thread {
+            do {
+                try NetfilterQueue.run(queues, beforeVerdicts: beforeVerdicts, handler: handler)
+            } catch {
+                failure.record("\(error)")
+            }
+            finished.signal()
+        }
+        thread.start()
+        var stopped = false
+        let stopAndJoin = { () -> TimeInterval in
+            if stopped { return 0 }
+            stopped = true
+            let start = Date()
+            queues.last?.stop()
+            let joined = finished.wait(timeout: .now() + 5) == .success
+            XCTAssertTrue(joined, "run() did not return within 5 s of stopping one of its queues")
+            if let message = failure.message { XCTFail("run() threw: \(message)") }
+            return Date().timeIntervalSince(start)
+        }
+        addTeardownBlock { _ = stopAndJoin() }
+        return stopAndJoin
+    }
+
     /// Byte `index` of the UDP payload of an IPv4 packet.
     private static func udpPayloadByte(_ packet: UnsafeRawBufferPointer, _ index: Int = 0) -> UInt8? {
         guard packet.count >= 20, packet[0] >> 4 == 4 else { return nil }
@@ -328,43 +371,19 @@ final class NetfilterQueueTests: XCTestCase {
         let second = queueNumber &+ 1
         let first = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
         let other = try NetfilterQueue(QueueConfiguration(queueNumber: second))
-        try installQueueRule()
-        try Host.nft("""
-            add chain inet \(table) to_queue_b
-            insert rule inet \(table) out ip daddr 127.0.0.1 udp dport \(port) @th,64,8 & 0x1 == 0x1 jump to_queue_b
-            """)
-        let client = try NFTablesClient()
-        try client.installQueueRule(table: table, chain: "to_queue_b", spec: QueueRuleSpec(queueNumber: second))
+        try installQueueRules(oddPayloadsTo: second)
 
         let seen = IDLog()
         let mixed = Counter()
-        let finished = DispatchSemaphore(value: 0)
-        let failure = Failure()
-        let queues = [first, other]
-        let thread = Thread {
-            do {
-                try NetfilterQueue.run(queues, beforeVerdicts: {
-                    let burst = seen.drain()
-                    // One queue's burst: all even or all odd.
-                    if Set(burst.map { $0.index % 2 }).count > 1 { mixed.increment() }
-                    return burst.filter { $0.index % 4 == 1 }.map { ($0.id, Verdict.drop) }
-                }) { packet in
-                    guard packet.hwProtocol == 0x0800, let index = Self.udpPayloadByte(packet.payload) else { return .accept }
-                    seen.append(id: packet.id, index: index)
-                    return .accept
-                }
-            } catch {
-                failure.record("\(error)")
-            }
-            finished.signal()
-        }
-        thread.start()
-        var joined = false
-        addTeardownBlock {
-            if !joined {
-                other.stop()
-                _ = finished.wait(timeout: .now() + 5)
-            }
+        let stopAndJoin = start([first, other], beforeVerdicts: {
+            let burst = seen.drain()
+            // One queue's burst: all even or all odd.
+            if Set(burst.map { $0.index % 2 }).count > 1 { mixed.increment() }
+            return burst.filter { $0.index % 4 == 1 }.map { ($0.id, Verdict.drop) }
+        }) { packet in
+            guard packet.hwProtocol == 0x0800, let index = Self.udpPayloadByte(packet.payload) else { return .accept }
+            seen.append(id: packet.id, index: index)
+            return .accept
         }
 
         for index in 0 ..< 40 { send([UInt8(index)]) }
@@ -379,12 +398,7 @@ final class NetfilterQueueTests: XCTestCase {
             XCTAssertEqual(NetfilterQueue.kernelStatistics(queueNumber: number)?.queueTotal, 0, "queue \(number): a packet left without a verdict")
         }
 
-        let start = Date()
-        other.stop()
-        joined = finished.wait(timeout: .now() + 5) == .success
-        XCTAssertTrue(joined, "run() did not return within 5 s of stopping one of its queues")
-        XCTAssertLessThan(Date().timeIntervalSince(start), 1.0)
-        if let message = failure.message { XCTFail("run() threw: \(message)") }
+        XCTAssertLessThan(stopAndJoin(), 1.0)
     }
 
     /// A queue that never drains (a sustained flood of unproved requests) must not keep the loop from
@@ -393,13 +407,7 @@ final class NetfilterQueueTests: XCTestCase {
         let second = queueNumber &+ 1
         let flooded = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
         let other = try NetfilterQueue(QueueConfiguration(queueNumber: second))
-        try installQueueRule()
-        try Host.nft("""
-            add chain inet \(table) to_queue_b
-            insert rule inet \(table) out ip daddr 127.0.0.1 udp dport \(port) @th,64,8 & 0x1 == 0x1 jump to_queue_b
-            """)
-        let client = try NFTablesClient()
-        try client.installQueueRule(table: table, chain: "to_queue_b", spec: QueueRuleSpec(queueNumber: second))
+        try installQueueRules(oddPayloadsTo: second)
         // Queued packets hold the sender's send buffer until their verdict; the default would block
         // the sender after a few hundred.
         var sendBuffer: Int32 = 32 << 20
@@ -412,34 +420,16 @@ final class NetfilterQueueTests: XCTestCase {
         XCTAssertTrue(Host.wait(timeout: 2) { (NetfilterQueue.kernelStatistics(queueNumber: self.queueNumber)?.queueTotal ?? 0) >= 2500 },
                       "the flood did not queue: \(String(describing: NetfilterQueue.kernelStatistics(queueNumber: queueNumber)))")
 
-        let finished = DispatchSemaphore(value: 0)
-        let failure = Failure()
-        let queues = [flooded, other]
         let floodHandled = Counter()
         let floodHandledBeforeTheOther = Counter()
-        let thread = Thread {
-            do {
-                try NetfilterQueue.run(queues) { packet in
-                    guard let index = Self.udpPayloadByte(packet.payload), index & 1 == 0 else {
-                        floodHandledBeforeTheOther.set(floodHandled.value)
-                        return .accept
-                    }
-                    usleep(500)
-                    floodHandled.increment()
-                    return .drop
-                }
-            } catch {
-                failure.record("\(error)")
+        let stopAndJoin = start([flooded, other]) { packet in
+            guard let index = Self.udpPayloadByte(packet.payload), index & 1 == 0 else {
+                floodHandledBeforeTheOther.set(floodHandled.value)
+                return .accept
             }
-            finished.signal()
-        }
-        thread.start()
-        var joined = false
-        addTeardownBlock {
-            if !joined {
-                other.stop()
-                _ = finished.wait(timeout: .now() + 5)
-            }
+            usleep(500)
+            floodHandled.increment()
+            return .drop
         }
 
         // Two full bursts read: the loop's first look at the other queue (empty then) is behind it.
@@ -456,11 +446,7 @@ final class NetfilterQueueTests: XCTestCase {
         XCTAssertLessThanOrEqual(floodHandledBeforeTheOther.value, floodHandledAtSend + 2 * 256,
                                  "the other queue waited behind more than two of the flood's bursts (\(latency) s)")
         XCTAssertLessThan(floodHandledBeforeTheOther.value, floodCount, "the other queue was read only once the flood had drained")
-
-        other.stop()
-        joined = finished.wait(timeout: .now() + 5) == .success
-        XCTAssertTrue(joined, "run() did not return within 5 s of stopping one of its queues")
-        if let message = failure.message { XCTFail("run() threw: \(message)") }
+        _ = stopAndJoin()
     }
 
     func testReaderGroupsNeverMoreThreadsThanCPUs() {
