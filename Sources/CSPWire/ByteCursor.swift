@@ -47,13 +47,19 @@ struct ByteCursor {
     }
 }
 
+/// Big-endian loads at an offset the caller has checked (as the buffer's subscript, they check
+/// bounds in debug builds only). One unaligned load and a byte swap: assembled from single octets
+/// the 32-bit load was ~17 instructions and was not inlined into the IP view's getters
+/// (docs/PERFORMANCE.md, "Twelfth pass").
 extension UnsafeRawBufferPointer {
-    @inlinable func loadBigEndianUInt16(at offset: Int) -> UInt16 {
-        UInt16(self[offset]) << 8 | UInt16(self[offset + 1])
+    @inlinable @inline(__always) func loadBigEndianUInt16(at offset: Int) -> UInt16 {
+        assert(offset >= 0 && offset + 2 <= count, "big-endian load beyond the buffer")
+        return UInt16(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt16.self))
     }
 
-    @inlinable func loadBigEndianUInt32(at offset: Int) -> UInt32 {
-        UInt32(self[offset]) << 24 | UInt32(self[offset + 1]) << 16 | UInt32(self[offset + 2]) << 8 | UInt32(self[offset + 3])
+    @inlinable @inline(__always) func loadBigEndianUInt32(at offset: Int) -> UInt32 {
+        assert(offset >= 0 && offset + 4 <= count, "big-endian load beyond the buffer")
+        return UInt32(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt32.self))
     }
 }
 

@@ -15,13 +15,13 @@ public struct IPAddress: Hashable, Sendable, Comparable {
     /// (a `FlowTuple` is 48 octets, not 72: docs/PERFORMANCE.md "Seventh pass").
     public let family: Family
 
-    public init(ipv4 value: UInt32) {
+    @inlinable public init(ipv4 value: UInt32) {
         family = .ipv4
         high = 0
         low = UInt64(value)
     }
 
-    public init(ipv6 high: UInt64, _ low: UInt64) {
+    @inlinable public init(ipv6 high: UInt64, _ low: UInt64) {
         family = .ipv6
         self.high = high
         self.low = low
@@ -229,7 +229,7 @@ public struct FlowTuple: Hashable, Sendable, CustomStringConvertible {
     public var destinationPort: UInt16
     public var proto: IPProtocol
 
-    public init(proto: IPProtocol, source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16) {
+    @inlinable public init(proto: IPProtocol, source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16) {
         self.proto = proto
         self.source = source
         self.sourcePort = sourcePort

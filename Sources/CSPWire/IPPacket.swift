@@ -107,11 +107,13 @@ public struct IPPacketView {
         isTruncated = truncated
     }
 
-    public var source: IPAddress {
+    // The getters below are inlinable: the daemon's classifier reads them for every queued packet,
+    // and across the module boundary each was a call (docs/PERFORMANCE.md, "Twelfth pass").
+    @inlinable public var source: IPAddress {
         family == .ipv4 ? IPAddress(ipv4: bytes.loadBigEndianUInt32(at: 12)) : Self.ipv6Address(bytes, at: 8)
     }
 
-    public var destination: IPAddress {
+    @inlinable public var destination: IPAddress {
         family == .ipv4 ? IPAddress(ipv4: bytes.loadBigEndianUInt32(at: 16)) : Self.ipv6Address(bytes, at: 24)
     }
 
@@ -120,7 +122,7 @@ public struct IPPacketView {
         UnsafeRawBufferPointer(rebasing: bytes[transportOffset..<totalLength])
     }
 
-    static func ipv6Address(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> IPAddress {
+    @usableFromInline static func ipv6Address(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> IPAddress {
         let high = UInt64(bytes.loadBigEndianUInt32(at: offset)) << 32 | UInt64(bytes.loadBigEndianUInt32(at: offset + 4))
         let low = UInt64(bytes.loadBigEndianUInt32(at: offset + 8)) << 32 | UInt64(bytes.loadBigEndianUInt32(at: offset + 12))
         return IPAddress(ipv6: high, low)
@@ -128,7 +130,7 @@ public struct IPPacketView {
 
     /// The transport ports of TCP, UDP, UDP-Lite, SCTP and DCCP (all start with two 16-bit ports),
     /// or nil for other protocols, fragments and truncated headers.
-    public var ports: (source: UInt16, destination: UInt16)? {
+    @inlinable public var ports: (source: UInt16, destination: UInt16)? {
         guard !isNonInitialFragment, totalLength - transportOffset >= 4 else { return nil }
         switch proto.rawValue {
         case 6, 17, 33, 132, 136:
@@ -139,11 +141,13 @@ public struct IPPacketView {
     }
 
     /// The flow this packet belongs to, seen from its sender. Ports are 0 for portless protocols.
-    public var flow: FlowTuple {
-        let p = ports
-        return FlowTuple(
-            proto: proto, source: source, sourcePort: p?.source ?? 0, destination: destination,
-            destinationPort: p?.destination ?? 0)
+    @inlinable public var flow: FlowTuple { flow(ports: ports) }
+
+    /// `flow` for a caller that has read `ports` already.
+    @inlinable public func flow(ports: (source: UInt16, destination: UInt16)?) -> FlowTuple {
+        FlowTuple(
+            proto: proto, source: source, sourcePort: ports?.source ?? 0, destination: destination,
+            destinationPort: ports?.destination ?? 0)
     }
 }
 

@@ -194,11 +194,8 @@ public final class NetfilterQueue: @unchecked Sendable {
         }
         defer { for queue in queues { queue.running.store(false, ordering: .releasing) } }
 
-        var loops = queues.map { queue in
-            var loop = LoopState(counters: queue.counters)
-            loop.burst.reserveCapacity(256)
-            return loop
-        }
+        var loops = queues.map { LoopState(counters: $0.counters) }
+        defer { for index in loops.indices { loops[index].freeHeld() } }
         // The tick deadline in integer nanoseconds: ContinuousClock's instants and `Duration`
         // arithmetic cost ~500 instructions per wake-up here (docs/PERFORMANCE.md, "Tenth pass").
         let tickNanoseconds = UInt64(max(1, tickInterval.components.seconds * 1_000_000_000
@@ -273,11 +270,13 @@ public final class NetfilterQueue: @unchecked Sendable {
                             handler: (borrowing QueuedPacket) -> Verdict) throws(NetfilterError) -> Bool {
         var drained = false
         var read = 0
+        // Captured as values: a closure capturing `self` retains and releases the queue per call.
+        let descriptor = fd, headers = receiveHeaders
         while read < NetfilterQueue.burstLimit {
             // The socket is non-blocking: recvmmsg returns what is there. Fewer datagrams than slots
             // means the socket was drained (an error after the first datagram is reported by the next
             // call, and epoll wakes at once if more arrived meanwhile).
-            let received = syscall { cnf_recvmmsg(fd, receiveHeaders, UInt32(NetfilterQueue.receiveSlots)) }
+            let received = syscall { cnf_recvmmsg(descriptor, headers, UInt32(NetfilterQueue.receiveSlots)) }
             switch received {
             case .success(let count):
                 for slot in 0 ..< Int(count) {
@@ -331,14 +330,47 @@ public final class NetfilterQueue: @unchecked Sendable {
         var pendingCount = 0
         /// Bytes of verdict messages waiting in `sendBuffer`.
         var sendOffset = 0
-        /// Verdicts of the current burst, in arrival (= id) order, not sent yet.
-        var burst: [HeldVerdict] = []
+        /// Verdicts of the current burst, in arrival (= id) order, not sent yet: `heldCount` of them
+        /// at `held`. Storage the loop owns, not an Array: emptying an Array of a type with a
+        /// reference in it (the replacement payload) destroys its elements through the runtime's
+        /// generic `swift_arrayDestroy` after every burst (~145 instructions a round in figure 14's
+        /// harness, docs/PERFORMANCE.md "Twelfth pass"); here each verdict is moved out as it is
+        /// issued. Allocated on first use, doubled when full, freed when `run` returns.
+        var held: UnsafeMutablePointer<HeldVerdict>? = nil
+        var heldCount = 0
+        var heldCapacity = 0
+
+        mutating func hold(_ verdict: Verdict, id: UInt32) {
+            if heldCount == heldCapacity { growHeld() }
+            (held.unsafelyUnwrapped + heldCount).initialize(to: HeldVerdict(id: id, verdict: verdict))
+            heldCount += 1
+        }
+
+        /// Starts at one `recvmmsg`'s worth, so that a burst of a few `recvmmsg`s already grows it
+        /// (the queue tests' bursts run this path).
+        mutating func growHeld() {
+            let capacity = max(NetfilterQueue.receiveSlots, heldCapacity * 2)
+            let storage = UnsafeMutablePointer<HeldVerdict>.allocate(capacity: capacity)
+            if let held {
+                storage.moveInitialize(from: held, count: heldCount)
+                held.deallocate()
+            }
+            held = storage
+            heldCapacity = capacity
+        }
+
+        /// Frees the storage once every held verdict has been issued.
+        mutating func freeHeld() {
+            held?.deinitialize(count: heldCount)
+            held?.deallocate()
+            held = nil
+            heldCount = 0
+            heldCapacity = 0
+        }
     }
 
-    /// One held verdict. A named struct, not a tuple: emptying an array of tuples after each burst
-    /// destroyed every element through the runtime's generic tuple witness (~35 instructions a
-    /// packet in figure 14's harness, docs/PERFORMANCE.md "Eleventh pass"); a struct's destroy is
-    /// compiled for its type.
+    /// One held verdict (a named struct: an array of `(id, verdict)` tuples was destroyed through
+    /// the runtime's generic tuple witness, docs/PERFORMANCE.md "Eleventh pass").
     private struct HeldVerdict {
         let id: UInt32
         var verdict: Verdict
@@ -346,16 +378,21 @@ public final class NetfilterQueue: @unchecked Sendable {
 
     /// Sends the held verdicts of a burst, after `beforeVerdicts` had its say.
     private func releaseBurst(_ loop: inout LoopState, beforeVerdicts: () -> [(id: UInt32, verdict: Verdict)]) {
-        if !loop.burst.isEmpty {
+        if loop.heldCount > 0, let held = loop.held {
+            let count = loop.heldCount
             for override in beforeVerdicts() {
-                if let index = loop.burst.firstIndex(where: { $0.id == override.id }) {
-                    loop.burst[index].verdict = override.verdict
+                if let index = (0 ..< count).first(where: { held[$0].id == override.id }) {
+                    held[index].verdict = override.verdict
                 }
             }
             // In id order: a batch verdict covers every queued id up to its own, so an earlier packet
             // with its own verdict must be answered first (issue/flushPending keep that invariant).
-            for entry in loop.burst { issue(entry.verdict, id: entry.id, loop: &loop) }
-            loop.burst.removeAll(keepingCapacity: true)
+            // Each verdict is moved out as it is issued, which leaves the storage empty.
+            loop.heldCount = 0
+            for index in 0 ..< count {
+                let entry = (held + index).move()
+                issue(entry.verdict, id: entry.id, loop: &loop)
+            }
         }
         flushPending(&loop)
         flushSends(&loop)
@@ -409,7 +446,7 @@ public final class NetfilterQueue: @unchecked Sendable {
                 hook: cnf_nfq_hook(header),
                 skbInfo: attributes[Int(NFQA_SKB_INFO.rawValue)].map { cnf_attr_get_be32($0) } ?? 0)
             loop.counters.received &+= 1
-            loop.burst.append(HeldVerdict(id: id, verdict: handler(packet)))
+            loop.hold(handler(packet), id: id)
         }
     }
 
@@ -482,7 +519,9 @@ public final class NetfilterQueue: @unchecked Sendable {
         guard loop.sendOffset > 0 else { return }
         let length = loop.sendOffset
         loop.sendOffset = 0
-        guard case .failure = syscall({ mnl_socket_sendto(socket, sendBuffer.baseAddress, length) }) else { return }
+        // Captured as values, as in drainBurst: no retain of the queue per call.
+        let socket = self.socket, buffer = sendBuffer.baseAddress
+        guard case .failure = syscall({ mnl_socket_sendto(socket, buffer, length) }) else { return }
         var offset = 0
         while offset + MemoryLayout<nlmsghdr>.size <= length {
             let message = (sendBuffer.baseAddress! + offset).assumingMemoryBound(to: nlmsghdr.self)

@@ -45,23 +45,31 @@ public struct QueueCounters: Sendable, Equatable {
 
 /// The decision for one queued packet.
 public struct Verdict: Sendable, Equatable {
-    enum Kind: UInt32, Sendable {
+    @usableFromInline enum Kind: UInt32, Sendable {
         case drop = 0    // NF_DROP
         case accept = 1  // NF_ACCEPT
         case `repeat` = 4  // NF_REPEAT
     }
 
-    let kind: Kind
-    let mark: UInt32?
-    let payload: [UInt8]?
+    @usableFromInline let kind: Kind
+    @usableFromInline let mark: UInt32?
+    @usableFromInline let payload: [UInt8]?
 
+    @usableFromInline init(kind: Kind, mark: UInt32?, payload: [UInt8]?) {
+        self.kind = kind
+        self.mark = mark
+        self.payload = payload
+    }
+
+    // Built where they are used, not stored: a stored static is reached through its lazy
+    // initializer's accessor and retained, for every plain packet (docs/PERFORMANCE.md, "Twelfth pass").
     /// Lets the packet continue.
-    public static let accept = Verdict(kind: .accept, mark: nil, payload: nil)
+    @inlinable public static var accept: Verdict { Verdict(kind: .accept, mark: nil, payload: nil) }
     /// Drops the packet.
-    public static let drop = Verdict(kind: .drop, mark: nil, payload: nil)
+    @inlinable public static var drop: Verdict { Verdict(kind: .drop, mark: nil, payload: nil) }
 
     /// Lets the packet continue with its mark set to `mark` (visible to later rules as `meta mark`).
-    public static func accept(mark: UInt32) -> Verdict {
+    @inlinable public static func accept(mark: UInt32) -> Verdict {
         Verdict(kind: .accept, mark: mark, payload: nil)
     }
 

@@ -68,6 +68,8 @@ public final class Epoll {
     /// of a failed wait, for loops that must not spin on a wait that fails at once every time.
     @discardableResult
     public func wait(timeoutMilliseconds: Int32, _ handle: (UInt64, Events) throws -> Void) rethrows -> SyscallResult<Int32> {
+        // Captured as values: a closure capturing `self` retains and releases it per wait.
+        let descriptor = self.descriptor, events = self.events, tokens = self.tokens
         let waited = syscall { clx_epoll_wait(descriptor, events, tokens, Int32(Epoll.batch), timeoutMilliseconds) }
         guard case .success(let count) = waited else { return waited }
         for index in 0..<Int(count) { try handle(tokens[index], Events(rawValue: events[index])) }

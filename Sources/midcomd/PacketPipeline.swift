@@ -18,7 +18,9 @@ extension Daemon {
             log.limited(.warning, category: "malformed-ip", "dropped a queued packet that is not valid IPv4/IPv6 (\(length) bytes)")
             return .drop
         }
-        if ip.proto == .udp, !ip.isNonInitialFragment, let ports = ip.ports, isSignaling(ports, mark: packet.mark) {
+        // Ports read once: they decide signaling here and are the flow's for a first packet.
+        let ports = ip.ports
+        if ip.proto == .udp, let ports, isSignaling(ports, mark: packet.mark) {
             let source = CSPEndpoint(address: ip.source, port: ports.source)
             guard !ip.isTruncated else {
                 // Larger than the copy range: nothing here can be judged; it travels on unprocessed
@@ -36,7 +38,7 @@ extension Daemon {
             }
             return handleSignaling(udp, id: packet.id, burst: burst, insideConntrack: packet.mark == cspReplyMark)
         }
-        return handleFirstPacket(ip, id: packet.id, burst: burst)
+        return handleFirstPacket(ip, flow: ip.flow(ports: ports), id: packet.id, burst: burst)
     }
 
     /// Whether anyone would see an outcome's event line: the log at info, or a `midctl monitor`.
@@ -116,8 +118,7 @@ extension Daemon {
         return burst.carryOut(outcome.onKernelFailure, reply: nil) ?? .drop
     }
 
-    func handleFirstPacket(_ ip: IPPacketView, id: UInt32, burst: BurstBatcher) -> Verdict {
-        let flow = ip.flow
+    func handleFirstPacket(_ ip: IPPacketView, flow: FlowTuple, id: UInt32, burst: BurstBatcher) -> Verdict {
         // Discovery rides on first packets, which are queued anyway: answer, then decide the
         // packet like any other.
         if let probe = discoveryProbe(ip) { answerDiscovery(probe, in: ip) }

@@ -289,12 +289,20 @@ final class NetfilterQueueTests: XCTestCase {
 
     /// Packets queued before the reader starts arrive as one burst: plain, marked and rewritten
     /// verdicts mixed leave in one datagram of verdict messages, and every packet gets its own.
+    /// 200 packets: more than the loop's first storage for held verdicts (64), which grows twice
+    /// while holding rewritten payloads, and an override lands on a verdict held after the growth.
     func testMixedVerdictsOfOneBurstAllApplyInOrder() throws {
         let queue = try NetfilterQueue(QueueConfiguration(queueNumber: queueNumber))
         try installQueueRule()
-        for index in 0 ..< 40 { send([UInt8(index), 0x01]) }
-        let stop = start(queue) { packet in
+        let total = 200
+        let overridden: UInt8 = 161  // accepted with a mark by the handler, dropped by beforeVerdicts
+        for index in 0 ..< total { send([UInt8(index), 0x01]) }
+        let seen = IDLog()
+        let stop = start(queue, beforeVerdicts: {
+            seen.drain().filter { $0.index == overridden }.map { ($0.id, Verdict.drop) }
+        }) { packet in
             guard packet.hwProtocol == 0x0800, let index = Self.udpPayloadByte(packet.payload) else { return .accept }
+            seen.append(id: packet.id, index: index)
             switch index % 4 {
             case 0: return .accept
             case 1: return .accept(mark: Self.mark)
@@ -303,14 +311,16 @@ final class NetfilterQueueTests: XCTestCase {
                 return .accept(mark: nil, replacingPayloadWith: Self.ipv4UDP(Array(packet.payload), withPayload: [index, 0x02, 0x03]))
             }
         }
-        let received = receive(count: 30, timeout: 5)
-        let kept = (0 ..< 40).filter { $0 % 4 != 2 }.map { UInt8($0) }
+        let kept = (0 ..< total).filter { $0 % 4 != 2 && $0 != Int(overridden) }.map { UInt8($0) }
+        let received = receive(count: kept.count, timeout: 5)
         XCTAssertEqual(received.map { $0[0] }, kept)
-        XCTAssertEqual(received.filter { $0[0] % 4 == 3 }.map(\.count), Array(repeating: 3, count: 10), "rewritten payloads arrived")
+        XCTAssertEqual(received.filter { $0[0] % 4 == 3 }.map { $0 }, (0 ..< total / 4).map { [UInt8($0 * 4 + 3), 0x02, 0x03] },
+                       "rewritten payloads arrived intact")
         XCTAssertEqual(NetfilterQueue.kernelStatistics(queueNumber: queueNumber)?.queueTotal, 0, "no packet left without a verdict")
         _ = stop()
-        XCTAssertEqual(queue.counters.received, 40)
-        XCTAssertEqual(queue.counters.modified, 10)
+        XCTAssertEqual(queue.counters.received, UInt64(total))
+        XCTAssertEqual(queue.counters.modified, UInt64(total / 4))
+        XCTAssertEqual(queue.counters.dropped, UInt64(total / 4 + 1))
         XCTAssertEqual(queue.counters.verdictErrors, 0)
     }
 
