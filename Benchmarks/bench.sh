@@ -1381,6 +1381,19 @@ fig14() {
     done
     say "figure 14 run $run/$RUNS done"
   done
+  # The same path counted instead of timed, once (the counts repeat run to run where this machine's
+  # timings move by 30 %): midcomd and nfqref batch each under callgrind in this harness at a load
+  # both keep up with (Benchmarks/daemon-footprint.sh, cases plain and plain-c).
+  local footprint m which
+  for which in plain:midcomd plain-c:cbatch; do
+    if footprint=$(DAEMON_FOOTPRINT_CASE=${which%%:*} bash "$BENCH_DIR/daemon-footprint.sh" "$SWIFT_BIN/midcomd"); then
+      for m in instructions verdict_messages hot_code_lines hot_code_pages allocations; do
+        record 14 "${which#*:}-counted" "$m" 1 "$(echo "$footprint" | json_field $m)"
+      done
+    else
+      say "figure 14: ${which#*:} was not counted (Benchmarks/daemon-footprint.sh failed)"
+    fi
+  done
 }
 
 # MARK: figure 15 — relayed sessions (issue 15)

@@ -435,6 +435,14 @@ row(14, "  reader CPU per packet: nfqref batch ÷ tuned C loop", stat(14, "cbatc
     stat(14, "ctuned", "cpu_ns_per_packet"), "ns", higher_is_better=False)
 row(14, "  kernel queue drops per run: nfqref batch", stat(14, "cbatch", "kernel_drops"), None, "pkts", higher_is_better=False)
 row(14, "  tuned C loop pps ÷ kernel only (no queue rule)", stat(14, "ctuned", "pps"), stat(14, "none", "pps"), "pps")
+# The same path counted (Benchmarks/daemon-footprint.sh plain / plain-c: callgrind, the same load, user space only).
+# Compare only at similar verdict messages per packet (a burst costs more than a packet).
+for metric, what in (("instructions", "user-space instructions per packet"), ("hot_code_lines", "code lines run for most packets"),
+                     ("hot_code_pages", "code pages run for most packets"), ("verdict_messages", "verdict messages per packet")):
+    row(14, f"  counted (callgrind): {what}, midcomd ÷ nfqref batch", stat(14, "midcomd-counted", metric),
+        stat(14, "cbatch-counted", metric), "", higher_is_better=False)
+row(14, "  counted (callgrind): midcomd allocations per packet", stat(14, "midcomd-counted", "allocations"), None, "",
+    higher_is_better=False)
 # BENCH_FIG14_TUNE variants: each knob of the C loop against the tuned loop.
 for c in sorted({k[1] for k in values if k[0] == "14" and k[1].startswith("ctune-")}):
     row(14, f"  C loop variant {c[6:]}: pps ÷ tuned", stat(14, c, "pps"), stat(14, "ctuned", "pps"), "pps")
