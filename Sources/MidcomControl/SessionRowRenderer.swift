@@ -1,12 +1,10 @@
-import Dispatch
-
 /// Renders streamed session rows (SessionRowStream.swift) as octets, exactly as
 /// `SessionTableFormatter.table` and midctl's pretty-printed JSON render the same `SessionRecord`s
 /// (the tests compare both for random records), but without a `String` per cell: at a million
 /// sessions the listing must take a second, not twenty.
 ///
 /// JSON rows can be written as they arrive. The table's columns are as wide as their widest cell,
-/// so a table is measured over all rows first (`measure`) and written afterwards (`writeTable`).
+/// so a table is measured over all rows first (`measure`) and written afterwards (`appendTable`).
 public enum SessionRowRenderer {
     static let hexDigits = Array("0123456789abcdef".utf8)
 
@@ -185,7 +183,7 @@ public enum SessionRowRenderer {
     static let rightAligned = SessionTableFormatter.columns.map(\.rightAligned)
 
     /// Column widths so far; start with `Widths()` (the header's), then `measure` every row.
-    public struct Widths: Sendable {
+    public struct Widths {
         var columns: [Int] = SessionTableFormatter.columns.map { $0.title.utf8.count }
         public init() {}
     }
@@ -265,83 +263,6 @@ public enum SessionRowRenderer {
             appendLine(widths: widths, color: false, to: &out, scratch: &scratch) { column, cell in
                 appendPathCell(column, path: path, row: row, reader: reader, to: &cell)
             }
-        }
-    }
-
-    /// Every row of `frames` (and their path lines), in order, handed to `write` in pieces of
-    /// `framesPerPiece` frames; `write` takes a piece and may leave the buffer as it likes.
-    /// Rendered `lanes` pieces at a time, each on a thread of its own: the table can only be
-    /// written once the last frame has arrived (its columns are as wide as their widest cell), and
-    /// on one thread that took a third of `midctl sessions` at a million sessions, after the daemon
-    /// was done (docs/PERFORMANCE.md, "The seventh full run"). Memory: `lanes` pieces at a time.
-    public static func writeTable(
-        _ frames: [SessionRowReader], widths: Widths, color: Bool, lanes: Int = 2, framesPerPiece: Int = 4,
-        write: (inout [UInt8]) -> Void
-    ) throws(SessionRowStreamError) {
-        let lanes = max(1, lanes), framesPerPiece = max(1, framesPerPiece)
-        let pieces = LanePieces(lanes)
-        defer { pieces.free() }
-        var first = 0
-        while first < frames.count {
-            let round = first
-            DispatchQueue.concurrentPerform(iterations: lanes) { lane in
-                let start = round + lane * framesPerPiece
-                guard start < frames.count else { return }
-                var out = pieces.take(lane)
-                var scratch: [UInt8] = []
-                do throws(SessionRowStreamError) {
-                    for reader in frames[start..<min(start + framesPerPiece, frames.count)] {
-                        var rows = reader
-                        while let row = try rows.next() {
-                            appendRow(row, of: reader, widths: widths, color: color, to: &out, scratch: &scratch)
-                        }
-                    }
-                } catch {
-                    pieces.fail(lane, error)
-                }
-                pieces.put(lane, out)
-            }
-            for lane in 0..<lanes {
-                if let error = pieces.failure(lane) { throw error }
-            }
-            for lane in 0..<lanes {
-                var out = pieces.take(lane)
-                if !out.isEmpty { write(&out) }
-                out.removeAll(keepingCapacity: true)
-                pieces.put(lane, out)
-            }
-            first += lanes * framesPerPiece
-        }
-    }
-
-    /// One buffer and one error slot per lane of `writeTable`: each lane's thread touches only its
-    /// own slots, and the caller only between rounds (`concurrentPerform` returns after all lanes).
-    private final class LanePieces: @unchecked Sendable {
-        private let buffers: UnsafeMutableBufferPointer<[UInt8]>
-        private let failures: UnsafeMutableBufferPointer<SessionRowStreamError?>
-
-        init(_ lanes: Int) {
-            buffers = .allocate(capacity: lanes)
-            buffers.initialize(repeating: [])
-            failures = .allocate(capacity: lanes)
-            failures.initialize(repeating: nil)
-        }
-
-        func take(_ lane: Int) -> [UInt8] {
-            let buffer = buffers[lane]
-            buffers[lane] = []
-            return buffer
-        }
-
-        func put(_ lane: Int, _ buffer: [UInt8]) { buffers[lane] = buffer }
-        func fail(_ lane: Int, _ error: SessionRowStreamError) { failures[lane] = error }
-        func failure(_ lane: Int) -> SessionRowStreamError? { failures[lane] }
-
-        func free() {
-            _ = buffers.deinitialize()
-            buffers.deallocate()
-            _ = failures.deinitialize()
-            failures.deallocate()
         }
     }
 

@@ -234,7 +234,7 @@ public struct SessionRowView {
 }
 
 /// Reads the rows of one `rows` frame payload (after the kind octet), bounds-checked.
-public struct SessionRowReader: Sendable {
+public struct SessionRowReader {
     public let payload: [UInt8]
     private var offset: Int
     public let count: Int

@@ -63,8 +63,13 @@ struct Sessions: ParsableCommand {
             writer.end(into: &out)
         } else {
             SessionRowRenderer.appendHeader(widths: widths, to: &out)
-            writeOut(&out)
-            try SessionRowRenderer.writeTable(frames, widths: widths, color: color) { piece in writeOut(&piece) }
+            for reader in frames {
+                var rows = reader
+                while let row = try rows.next() {
+                    SessionRowRenderer.appendRow(row, of: reader, widths: widths, color: color, to: &out, scratch: &scratch)
+                    if out.count >= 1 << 20 { writeOut(&out) }
+                }
+            }
         }
         writeOut(&out)
     }

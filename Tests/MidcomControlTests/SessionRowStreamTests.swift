@@ -99,9 +99,7 @@ final class SessionRowStreamTests: XCTestCase {
 
     // MARK: - Rendering: the same octets as before streaming
 
-    /// midctl's rendering of `records` streamed in frames of 7 rows; the table through `writeTable`
-    /// with `lanes` threads and pieces of `framesPerPiece` frames.
-    func render(_ records: [SessionRecord], json: Bool, color: Bool = false, lanes: Int = 2, framesPerPiece: Int = 4) throws -> String {
+    func render(_ records: [SessionRecord], json: Bool, color: Bool = false) throws -> String {
         var out: [UInt8] = []
         var scratch: [UInt8] = []
         let readers = try Self.frames(of: records, perFrame: 7).map { try SessionRowReader(payload: Self.payload($0)) }
@@ -120,9 +118,11 @@ final class SessionRowStreamTests: XCTestCase {
                 while let row = try rows.next() { SessionRowRenderer.measure(row, of: reader, into: &widths, scratch: &scratch) }
             }
             SessionRowRenderer.appendHeader(widths: widths, to: &out)
-            try SessionRowRenderer.writeTable(readers, widths: widths, color: color, lanes: lanes, framesPerPiece: framesPerPiece) {
-                out += $0
-                $0.removeAll()
+            for reader in readers {
+                var rows = reader
+                while let row = try rows.next() {
+                    SessionRowRenderer.appendRow(row, of: reader, widths: widths, color: color, to: &out, scratch: &scratch)
+                }
             }
         }
         return String(decoding: out, as: UTF8.self)
@@ -141,43 +141,6 @@ final class SessionRowStreamTests: XCTestCase {
         XCTAssertEqual(try render(records, json: false, color: true), SessionTableFormatter.table(records, color: true))
         XCTAssertEqual(try render([], json: false), SessionTableFormatter.table([]))
         XCTAssertEqual(try render(Array(records.prefix(1)), json: false), SessionTableFormatter.table(Array(records.prefix(1))))
-    }
-
-    /// The table written on several threads, in pieces, is the one-thread table: every split of
-    /// 400 rows in frames of 7 (58 frames) into lanes and pieces, including more lanes than pieces.
-    func testTableOnSeveralThreadsIsTheSameTable() throws {
-        var random = SystemRandomNumberGenerator()
-        let records = (0..<400).map { Self.record($0, random: &random) }
-        let expected = SessionTableFormatter.table(records)
-        for (lanes, framesPerPiece) in [(1, 1), (1, 100), (2, 1), (2, 4), (3, 5), (8, 1), (64, 1), (2, 58), (2, 59)] {
-            XCTAssertEqual(try render(records, json: false, lanes: lanes, framesPerPiece: framesPerPiece), expected,
-                           "lanes \(lanes), \(framesPerPiece) frames per piece")
-        }
-        XCTAssertEqual(try render(records, json: false, color: true, lanes: 3, framesPerPiece: 2), SessionTableFormatter.table(records, color: true))
-    }
-
-    /// A frame that fails while a lane renders it fails the table: nothing of that round or after
-    /// it is written, and the error is the frame's.
-    func testATableFrameThatFailsOnALaneFailsTheTable() throws {
-        var random = SystemRandomNumberGenerator()
-        let records = (0..<40).map { Self.record($0, random: &random) }
-        var readers = try Self.frames(of: records, perFrame: 7).map { try SessionRowReader(payload: Self.payload($0)) }
-        var payload = readers[3].payload
-        payload[1] += 1  // one row more announced than there is
-        readers[3] = try SessionRowReader(payload: payload)
-        var written: [UInt8] = []
-        XCTAssertThrowsError(
-            try SessionRowRenderer.writeTable(readers, widths: SessionRowRenderer.Widths(), color: false, lanes: 2, framesPerPiece: 1) {
-                written += $0
-            }
-        ) { error in
-            XCTAssertTrue("\(error)".contains("runs past the end"), "\(error)")
-        }
-        // Frames 0 and 1 (the first round) were written; nothing of the round of frames 2 and 3.
-        var firstRound: [UInt8] = []
-        try SessionRowRenderer.writeTable(Array(readers[0..<2]), widths: SessionRowRenderer.Widths(), color: false) { firstRound += $0 }
-        XCTAssertFalse(firstRound.isEmpty)
-        XCTAssertEqual(written, firstRound)
     }
 
     func testJSONIsJSONEncoders() throws {
