@@ -4,7 +4,7 @@
 /// sessions the listing must take a second, not twenty.
 ///
 /// JSON rows can be written as they arrive. The table's columns are as wide as their widest cell,
-/// so a table is measured over all rows first (`measure`) and written afterwards (`appendTable`).
+/// so a table is measured over all rows first (`measure`) and written afterwards (`TableWriter`).
 public enum SessionRowRenderer {
     static let hexDigits = Array("0123456789abcdef".utf8)
 
@@ -183,7 +183,7 @@ public enum SessionRowRenderer {
     static let rightAligned = SessionTableFormatter.columns.map(\.rightAligned)
 
     /// Column widths so far; start with `Widths()` (the header's), then `measure` every row.
-    public struct Widths {
+    public struct Widths: Equatable {
         var columns: [Int] = SessionTableFormatter.columns.map { $0.title.utf8.count }
         public init() {}
     }
@@ -242,6 +242,54 @@ public enum SessionRowRenderer {
         case ..<86400: return decimalWidth(total / 3600) + 4
         default: return decimalWidth(total / 86400) + 4
         }
+    }
+
+    /// A table written while its frames arrive. Each frame is measured, then rendered at once with
+    /// the widths so far and kept; `finish` writes the header and the frames, rendering again only
+    /// those whose widths changed after them. Widths settle within the first frames of a large
+    /// listing, so nearly all of the rendering overlaps the daemon's sending: rendered only after
+    /// the last frame, it was a third of `midctl sessions` at a million sessions
+    /// (docs/PERFORMANCE.md, "The seventh full run").
+    public struct TableWriter {
+        private var widths = Widths()
+        private var frames: [(reader: SessionRowReader, widths: Widths, rendered: [UInt8])] = []
+        private var scratch: [UInt8] = []
+        private let color: Bool
+
+        public init(color: Bool) { self.color = color }
+
+        public mutating func add(_ reader: SessionRowReader) throws(SessionRowStreamError) {
+            var rows = reader
+            while let row = try rows.next() { measure(row, of: reader, into: &widths, scratch: &scratch) }
+            var rendered: [UInt8] = []
+            try SessionRowRenderer.render(reader, widths: widths, color: color, to: &rendered, scratch: &scratch)
+            frames.append((reader, widths, rendered))
+        }
+
+        /// The header and every row, handed to `write` in order (a frame at a time).
+        public mutating func finish(write: (inout [UInt8]) -> Void) throws(SessionRowStreamError) {
+            var out: [UInt8] = []
+            appendHeader(widths: widths, to: &out)
+            write(&out)
+            for index in frames.indices {
+                var rendered = frames[index].rendered
+                frames[index].rendered = []
+                if frames[index].widths != widths {
+                    rendered.removeAll(keepingCapacity: true)
+                    try SessionRowRenderer.render(frames[index].reader, widths: widths, color: color, to: &rendered, scratch: &scratch)
+                }
+                write(&rendered)
+            }
+            frames = []
+        }
+    }
+
+    /// Every row of one frame (and their path lines), padded to `widths`.
+    static func render(
+        _ reader: SessionRowReader, widths: Widths, color: Bool, to out: inout [UInt8], scratch: inout [UInt8]
+    ) throws(SessionRowStreamError) {
+        var rows = reader
+        while let row = try rows.next() { appendRow(row, of: reader, widths: widths, color: color, to: &out, scratch: &scratch) }
     }
 
     /// The header line.

@@ -33,9 +33,7 @@ struct Sessions: ParsableCommand {
         var out: [UInt8] = []
         out.reserveCapacity(1 << 20)
         var writer = SessionRowRenderer.JSONArrayWriter()
-        var frames: [SessionRowReader] = []
-        var widths = SessionRowRenderer.Widths()
-        var scratch: [UInt8] = []
+        var table = SessionRowRenderer.TableWriter(color: color)
         if json { writer.begin(into: &out) }
         let legacy: [SessionRecord]?
         do {
@@ -47,8 +45,7 @@ struct Sessions: ParsableCommand {
                         if out.count >= 1 << 20 { writeOut(&out) }
                     }
                 } else {
-                    while let row = try rows.next() { SessionRowRenderer.measure(row, of: reader, into: &widths, scratch: &scratch) }
-                    frames.append(reader)
+                    try table.add(reader)
                 }
             }
         } catch {
@@ -62,14 +59,7 @@ struct Sessions: ParsableCommand {
         if json {
             writer.end(into: &out)
         } else {
-            SessionRowRenderer.appendHeader(widths: widths, to: &out)
-            for reader in frames {
-                var rows = reader
-                while let row = try rows.next() {
-                    SessionRowRenderer.appendRow(row, of: reader, widths: widths, color: color, to: &out, scratch: &scratch)
-                    if out.count >= 1 << 20 { writeOut(&out) }
-                }
-            }
+            try table.finish { piece in writeOut(&piece) }
         }
         writeOut(&out)
     }

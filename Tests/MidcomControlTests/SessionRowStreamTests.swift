@@ -101,7 +101,6 @@ final class SessionRowStreamTests: XCTestCase {
 
     func render(_ records: [SessionRecord], json: Bool, color: Bool = false) throws -> String {
         var out: [UInt8] = []
-        var scratch: [UInt8] = []
         let readers = try Self.frames(of: records, perFrame: 7).map { try SessionRowReader(payload: Self.payload($0)) }
         if json {
             var writer = SessionRowRenderer.JSONArrayWriter()
@@ -112,17 +111,12 @@ final class SessionRowStreamTests: XCTestCase {
             }
             writer.end(into: &out)
         } else {
-            var widths = SessionRowRenderer.Widths()
-            for reader in readers {
-                var rows = reader
-                while let row = try rows.next() { SessionRowRenderer.measure(row, of: reader, into: &widths, scratch: &scratch) }
-            }
-            SessionRowRenderer.appendHeader(widths: widths, to: &out)
-            for reader in readers {
-                var rows = reader
-                while let row = try rows.next() {
-                    SessionRowRenderer.appendRow(row, of: reader, widths: widths, color: color, to: &out, scratch: &scratch)
-                }
+            // As midctl: each frame added as it arrives, the table written at the end.
+            var table = SessionRowRenderer.TableWriter(color: color)
+            for reader in readers { try table.add(reader) }
+            try table.finish { piece in
+                out += piece
+                piece.removeAll()
             }
         }
         return String(decoding: out, as: UTF8.self)
@@ -141,6 +135,18 @@ final class SessionRowStreamTests: XCTestCase {
         XCTAssertEqual(try render(records, json: false, color: true), SessionTableFormatter.table(records, color: true))
         XCTAssertEqual(try render([], json: false), SessionTableFormatter.table([]))
         XCTAssertEqual(try render(Array(records.prefix(1)), json: false), SessionTableFormatter.table(Array(records.prefix(1))))
+    }
+
+    /// A cell wider than any before it in the last frame widens its column for every frame
+    /// rendered before it arrived: those are rendered again, and the table is still the
+    /// formatter's (a frame kept as first rendered would be misaligned).
+    func testTableWhoseWidthsGrowInTheLastFrame() throws {
+        var random = SystemRandomNumberGenerator()
+        var records = (0..<60).map { Self.record($0 * 4 + 1, random: &random) }  // no application, no IPv6
+        records[59].application = String(repeating: "wide application ", count: 4)
+        records[59].source = "2001:db8:ffff:ffff:ffff:ffff:ffff:1"
+        XCTAssertEqual(try render(records, json: false), SessionTableFormatter.table(records))
+        XCTAssertEqual(try render(records, json: false, color: true), SessionTableFormatter.table(records, color: true))
     }
 
     func testJSONIsJSONEncoders() throws {
