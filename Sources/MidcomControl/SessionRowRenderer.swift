@@ -4,7 +4,8 @@
 /// sessions the listing must take a second, not twenty.
 ///
 /// JSON rows can be written as they arrive. The table's columns are as wide as their widest cell,
-/// so a table is measured over all rows first (`measure`) and written afterwards (`TableWriter`).
+/// so a table is rendered as its frames arrive and written once the last one is in, frames that a
+/// later one widened rendered again (`TableWriter`).
 public enum SessionRowRenderer {
     static let hexDigits = Array("0123456789abcdef".utf8)
 
@@ -249,7 +250,8 @@ public enum SessionRowRenderer {
     /// those whose widths changed after them. Widths settle within the first frames of a large
     /// listing, so nearly all of the rendering overlaps the daemon's sending: rendered only after
     /// the last frame, it was a third of `midctl sessions` at a million sessions
-    /// (docs/PERFORMANCE.md, "The seventh full run").
+    /// (docs/PERFORMANCE.md, "The seventh full run"). Memory: the rendered table (about the size
+    /// of the output) and the frames are kept until `finish`.
     public struct TableWriter {
         private var widths = Widths()
         private var frames: [(reader: SessionRowReader, widths: Widths, rendered: [UInt8])] = []

@@ -21,7 +21,8 @@ struct Sessions: ParsableCommand {
     var relaySocket = "/run/midcom-relay/relay.sock"
 
     /// Streams the rows (ControlClient.listSessions): JSON is written as the frames arrive; the
-    /// table once all are in (its columns are as wide as their widest cell).
+    /// table is rendered as they arrive and written once all are in (its columns are as wide as
+    /// their widest cell).
     func run() throws {
         if relayed { return try listRelayed() }
         let filter = SessionFilter(address: address, proto: proto, port: port, state: state, origin: origin, application: app)
