@@ -128,14 +128,24 @@ final class NetfilterQueueTests: XCTestCase {
     private func start(_ queue: NetfilterQueue, tickInterval: Duration = .milliseconds(500), ticks: Counter? = nil,
                        beforeVerdicts: @escaping @Sendable () -> [(id: UInt32, verdict: Verdict)] = { [] },
                        handler: @escaping @Sendable (borrowing QueuedPacket) -> Verdict) -> () -> TimeInterval {
-        let finished = DispatchSemaphore(value: 0)
-        let failure = Failure()
         // Weak everywhere but during run(): a test may release the queue to unbind it.
         let reference = WeakQueue(queue)
+        return runOnThread(stopping: "stop()", stop: { reference.queue?.stop() }) {
+            guard let queue = reference.queue else { return }
+            try queue.run(tickInterval: tickInterval, tick: { ticks?.increment() }, beforeVerdicts: beforeVerdicts, handler: handler)
+        }
+    }
+
+    /// Runs `body` (a reader's run loop) on a thread of its own; returns a function that calls
+    /// `stop`, waits (bounded) for `body` to return and gives how long that took. Teardown calls it
+    /// too, so no reader outlives its test.
+    private func runOnThread(stopping what: String, stop: @escaping () -> Void,
+                             _ body: @escaping @Sendable () throws -> Void) -> () -> TimeInterval {
+        let finished = DispatchSemaphore(value: 0)
+        let failure = Failure()
         let thread = Thread {
             do {
-                guard let queue = reference.queue else { _ = finished.signal(); return }
-                try queue.run(tickInterval: tickInterval, tick: { ticks?.increment() }, beforeVerdicts: beforeVerdicts, handler: handler)
+                try body()
             } catch {
                 failure.record("\(error)")
             }
@@ -147,9 +157,9 @@ final class NetfilterQueueTests: XCTestCase {
             if stopped { return 0 }
             stopped = true
             let start = Date()
-            reference.queue?.stop()
+            stop()
             let joined = finished.wait(timeout: .now() + 5) == .success
-            XCTAssertTrue(joined, "run() did not return within 5 s of stop()")
+            XCTAssertTrue(joined, "run() did not return within 5 s of \(what)")
             if let message = failure.message { XCTFail("run() threw: \(message)") }
             return Date().timeIntervalSince(start)
         }
@@ -174,30 +184,9 @@ final class NetfilterQueueTests: XCTestCase {
     private func start(_ queues: [NetfilterQueue],
                        beforeVerdicts: @escaping @Sendable () -> [(id: UInt32, verdict: Verdict)] = { [] },
                        handler: @escaping @Sendable (borrowing QueuedPacket) -> Verdict) -> () -> TimeInterval {
-        let finished = DispatchSemaphore(value: 0)
-        let failure = Failure()
-        let thread = Thread {
-            do {
-                try NetfilterQueue.run(queues, beforeVerdicts: beforeVerdicts, handler: handler)
-            } catch {
-                failure.record("\(error)")
-            }
-            finished.signal()
+        runOnThread(stopping: "stopping one of its queues", stop: { queues.last?.stop() }) {
+            try NetfilterQueue.run(queues, beforeVerdicts: beforeVerdicts, handler: handler)
         }
-        thread.start()
-        var stopped = false
-        let stopAndJoin = { () -> TimeInterval in
-            if stopped { return 0 }
-            stopped = true
-            let start = Date()
-            queues.last?.stop()
-            let joined = finished.wait(timeout: .now() + 5) == .success
-            XCTAssertTrue(joined, "run() did not return within 5 s of stopping one of its queues")
-            if let message = failure.message { XCTFail("run() threw: \(message)") }
-            return Date().timeIntervalSince(start)
-        }
-        addTeardownBlock { _ = stopAndJoin() }
-        return stopAndJoin
     }
 
     /// Byte `index` of the UDP payload of an IPv4 packet.
