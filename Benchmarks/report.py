@@ -217,6 +217,8 @@ for metric, what in (("instructions", "instructions"), ("i1_misses", "instructio
 row(5, "fast path TCP (iperf3): midcomd running ÷ no daemon", stat(5, "midcomd", "tcp_bps"), stat(5, "ruleset", "tcp_bps"), "bit/s", 0.99)
 row(5, "fast path UDP 64 B pps: midcomd running ÷ no daemon", stat(5, "midcomd", "udp_pps"), stat(5, "ruleset", "udp_pps"), "pps", 0.99)
 row(5, "packets queued during the fast-path runs (target 0)", stat(5, "midcomd", "queued_during_run"), None, "pkts", 0, higher_is_better=False)
+row(5, "  midcomd CPU (all threads) during the TCP and UDP runs", stat(5, "midcomd", "daemon_cpu_ns_during_run"), None, "ns",
+    note="with nothing queued, the daemon's own timers: what it could take from the forwarding CPU")
 # Against a gateway without Midcom (no inet midcom table): issue 14's target for admitted flows.
 row(5, "fast path TCP (iperf3): midcomd running ÷ no inet midcom table", stat(5, "midcomd", "tcp_bps"), stat(5, "none", "tcp_bps"), "bit/s", 1.0)
 row(5, "fast path UDP 64 B pps: midcomd running ÷ no inet midcom table", stat(5, "midcomd", "udp_pps"), stat(5, "none", "udp_pps"), "pps", 1.0)

@@ -113,35 +113,46 @@ final class NFTBatchEncoder {
     /// element list stays within a 16-bit attribute length; returns whether a new message was begun
     /// (and so took `sequence`).
     @discardableResult
-    func appendElementOperation(_ operation: NFTChangeSet.Operation, family: NFTFamily, table: String, sequence: UInt32,
+    func appendElementOperation(_ operation: UnsafePointer<NFTChangeSet.Operation>, family: NFTFamily, table: String, sequence: UInt32,
                                 joining: Bool = false) -> Bool {
-        switch operation {
-        case .add(let set, let key, let data, let timeout, let comment, let keyEnd):
-            let milliseconds = timeout?.netfilterMilliseconds
-            let commentLength = comment.map { min($0.utf8Count, UserData.maximumCommentLength) }
-            let length = Self.elementLength(key: key, keyEnd: keyEnd, data: data, hasTimeout: milliseconds != nil, commentLength: commentLength)
-            let begun = !(joining && canJoin(type: Self.newSetElement, set: set, elementLength: length))
+        switch operation.pointee.kind {
+        case .add:
+            let milliseconds = operation.pointee.timeout?.netfilterMilliseconds
+            let commentLength = operation.pointee.comment.map { min($0.utf8Count, UserData.maximumCommentLength) }
+            let length = Self.elementLength(key: operation.pointee.key, keyEnd: operation.pointee.keyEnd, data: operation.pointee.data,
+                                            hasTimeout: milliseconds != nil, commentLength: commentLength)
+            let begun = !(joining && canJoin(type: Self.newSetElement, set: operation.pointee.set, elementLength: length))
             if begun {
-                beginMessage(type: Self.newSetElement, flags: UInt16(NLM_F_REQUEST | NLM_F_CREATE), family: family, table: table, set: set,
-                             sequence: sequence)
+                beginMessage(type: Self.newSetElement, flags: UInt16(NLM_F_REQUEST | NLM_F_CREATE), family: family, table: table,
+                             set: operation.pointee.set, sequence: sequence)
             }
-            putElement(length: length, key: key, keyEnd: keyEnd, data: data, timeout: milliseconds, comment: comment, commentLength: commentLength)
+            putElement(length: length, operation, timeout: milliseconds, commentLength: commentLength)
             return begun
-        case .delete(let set, let key, let keyEnd):
-            let length = Self.elementLength(key: key, keyEnd: keyEnd, data: nil, hasTimeout: false, commentLength: nil)
-            let begun = !(joining && canJoin(type: Self.deleteSetElement, set: set, elementLength: length))
+        case .delete:
+            let length = Self.elementLength(key: operation.pointee.key, keyEnd: operation.pointee.keyEnd, data: nil, hasTimeout: false,
+                                            commentLength: nil)
+            let begun = !(joining && canJoin(type: Self.deleteSetElement, set: operation.pointee.set, elementLength: length))
             if begun {
-                beginMessage(type: Self.deleteSetElement, flags: UInt16(NLM_F_REQUEST), family: family, table: table, set: set, sequence: sequence)
+                beginMessage(type: Self.deleteSetElement, flags: UInt16(NLM_F_REQUEST), family: family, table: table,
+                             set: operation.pointee.set, sequence: sequence)
             }
-            putElement(length: length, key: key, keyEnd: keyEnd, data: nil, timeout: nil, comment: nil, commentLength: nil)
+            putElement(length: length, operation, timeout: nil, commentLength: nil)
             return begun
-        case .flush(let set):
+        case .flush:
             // libnftnl leaves the element list out when there is no element: a DELSETELEM naming only
             // the set flushes it. Nothing may join it.
-            beginMessage(type: Self.deleteSetElement, flags: UInt16(NLM_F_REQUEST), family: family, table: table, set: set, sequence: sequence)
+            beginMessage(type: Self.deleteSetElement, flags: UInt16(NLM_F_REQUEST), family: family, table: table,
+                         set: operation.pointee.set, sequence: sequence)
             open = nil
             return true
         }
+    }
+
+    /// The same for an operation not stored in a change set (tests).
+    @discardableResult
+    func appendElementOperation(_ operation: NFTChangeSet.Operation, family: NFTFamily, table: String, sequence: UInt32,
+                                joining: Bool = false) -> Bool {
+        withUnsafePointer(to: operation) { appendElementOperation($0, family: family, table: table, sequence: sequence, joining: joining) }
     }
 
     static let newSetElement = UInt16(NFT_MSG_NEWSETELEM.rawValue)
@@ -181,8 +192,7 @@ final class NFTBatchEncoder {
 
     /// One NFTA_LIST_ELEM at the end of the open message (opening its element list first), then
     /// the message's and the list's lengths brought up to date.
-    private func putElement(length: Int, key: NFTSetKey, keyEnd: [UInt8]?, data: [UInt8]?, timeout: UInt64?, comment: NFTComment?,
-                            commentLength: Int?) {
+    private func putElement(length: Int, _ operation: UnsafePointer<NFTChangeSet.Operation>, timeout: UInt64?, commentLength: Int?) {
         guard var open else { preconditionFailure("NFTBatchEncoder: an element outside an element message") }
         reserve(4 + length)  // one exact reservation, then stores without further checks
         if open.elements < 0 {
@@ -195,10 +205,10 @@ final class NFTBatchEncoder {
         // libnftnl numbers the list's entries 1, 2, … (NFTA_LIST_ELEM is 1); the kernel reads any type.
         putAttributeHeader(open.count | Self.nested, length: length)
         if let timeout { putBigEndian64(UInt16(NFTA_SET_ELEM_TIMEOUT.rawValue), timeout) }
-        key.octets.withUnsafeBytes { putValue(UInt16(NFTA_SET_ELEM_KEY.rawValue), $0) }
-        if let keyEnd { keyEnd.withUnsafeBytes { putValue(UInt16(NFTA_SET_ELEM_KEY_END.rawValue), $0) } }
-        if let data { data.withUnsafeBytes { putValue(UInt16(NFTA_SET_ELEM_DATA.rawValue), $0) } }
-        if let comment, let commentLength { putComment(comment, length: commentLength) }
+        operation.pointee.key.octets.withUnsafeBytes { putValue(UInt16(NFTA_SET_ELEM_KEY.rawValue), $0) }
+        if let keyEnd = operation.pointee.keyEnd { keyEnd.withUnsafeBytes { putValue(UInt16(NFTA_SET_ELEM_KEY_END.rawValue), $0) } }
+        if let data = operation.pointee.data { data.withUnsafeBytes { putValue(UInt16(NFTA_SET_ELEM_DATA.rawValue), $0) } }
+        if let commentLength, let comment = operation.pointee.comment { putComment(comment, length: commentLength) }
         assert(count - start == length, "NFTBatchEncoder: computed \(length) octets, wrote \(count - start)")
         (base + open.elements).storeBytes(of: UInt16(count - open.elements), as: UInt16.self)
         (base + open.message).storeBytes(of: UInt32(count - open.message), as: UInt32.self)

@@ -90,10 +90,14 @@ public final class NFTablesClient: @unchecked Sendable {
         encoder.reset()
         encoder.appendBatchBegin(sequence: firstSequence)
         var sequence = firstSequence
-        for operation in changes.operations {
-            if encoder.appendElementOperation(operation, family: changes.family, table: changes.table, sequence: sequence &+ 1,
-                                              joining: joining) {
-                sequence &+= 1
+        // Each operation is read where it lies (see NFTChangeSet.Operation): a for-in over the
+        // array would copy every operation out and destroy the copy.
+        changes.operations.withUnsafeBufferPointer { operations in
+            for index in operations.indices {
+                if encoder.appendElementOperation(operations.baseAddress! + index, family: changes.family, table: changes.table,
+                                                  sequence: sequence &+ 1, joining: joining) {
+                    sequence &+= 1
+                }
             }
         }
         encoder.appendBatchEnd(sequence: sequence &+ 1)
@@ -534,14 +538,15 @@ enum Target {
         guard index > 0 else { return .batchBegin }
         guard index <= changes.count else { return .batchEnd }
         let family = changes.family.description, table = changes.table
-        switch changes.operations[index - 1] {
-        case .add(let set, let key, _, let timeout, _, _):
-            return .addElement(family: family, table: table, set: set, key: key.description,
-                               hasTimeout: timeout != nil, keyLength: key.count)
-        case .delete(let set, let key, _):
-            return .deleteElement(family: family, table: table, set: set, key: key.description)
-        case .flush(let set):
-            return .flushSet(family: family, table: table, set: set)
+        let operation = changes.operations[index - 1]
+        switch operation.kind {
+        case .add:
+            return .addElement(family: family, table: table, set: operation.set, key: operation.key.description,
+                               hasTimeout: operation.timeout != nil, keyLength: operation.key.count)
+        case .delete:
+            return .deleteElement(family: family, table: table, set: operation.set, key: operation.key.description)
+        case .flush:
+            return .flushSet(family: family, table: table, set: operation.set)
         }
     }
 

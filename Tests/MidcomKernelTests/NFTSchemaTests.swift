@@ -55,7 +55,9 @@ final class NFTSchemaTests: XCTestCase {
                 let tag = ElementTag(sessionID: 0x0123_4567_89ab_cdef, kind: kind, application: application)
                 var changes = NFTChangeSet()
                 changes.append(.install(.admission(v4), lifetime: 30, tag: tag))
-                guard case .add(_, _, _, _, let comment?, _) = changes.operations.first else { return XCTFail("no comment") }
+                guard let operation = changes.operations.first, operation.kind == .add, let comment = operation.comment else {
+                    return XCTFail("no comment")
+                }
                 XCTAssertEqual(comment.description, tag.comment)
                 let read = try XCTUnwrap(ElementTag(comment: comment.description))
                 XCTAssertEqual(read.sessionID, tag.sessionID)

@@ -49,29 +49,25 @@ enum LibnftnlReference {
             func bytes(_ value: [UInt8], _ attribute: Int) {
                 value.withUnsafeBytes { _ = nftnl_set_elem_set(element, attr(attribute), $0.baseAddress, UInt32($0.count)) }
             }
-            switch operation {
-            case .add(let set_, let key, let data, let timeout, let comment, let keyEnd):
-                name = set_
+            name = operation.set
+            nftnl_set_set_str(set, attr(NFTNL_SET_NAME), name)
+            switch operation.kind {
+            case .add:
                 type = NFT_MSG_NEWSETELEM.rawValue
                 flags = UInt16(NLM_F_CREATE)
-                nftnl_set_set_str(set, attr(NFTNL_SET_NAME), name)
                 element = nftnl_set_elem_alloc()
-                bytes(key.bytes, NFTNL_SET_ELEM_KEY)
-                if let keyEnd { bytes(keyEnd, NFTNL_SET_ELEM_KEY_END) }
-                if let data { bytes(data, NFTNL_SET_ELEM_DATA) }
-                if let timeout { nftnl_set_elem_set_u64(element, attr(NFTNL_SET_ELEM_TIMEOUT), timeout.netfilterMilliseconds) }
-                if let comment { bytes(UserData.encode(comment: comment.description), NFTNL_SET_ELEM_USERDATA) }
-            case .delete(let set_, let key, let keyEnd):
-                name = set_
+                bytes(operation.key.bytes, NFTNL_SET_ELEM_KEY)
+                if let keyEnd = operation.keyEnd { bytes(keyEnd, NFTNL_SET_ELEM_KEY_END) }
+                if let data = operation.data { bytes(data, NFTNL_SET_ELEM_DATA) }
+                if let timeout = operation.timeout { nftnl_set_elem_set_u64(element, attr(NFTNL_SET_ELEM_TIMEOUT), timeout.netfilterMilliseconds) }
+                if let comment = operation.comment { bytes(UserData.encode(comment: comment.description), NFTNL_SET_ELEM_USERDATA) }
+            case .delete:
                 type = NFT_MSG_DELSETELEM.rawValue
-                nftnl_set_set_str(set, attr(NFTNL_SET_NAME), name)
                 element = nftnl_set_elem_alloc()
-                bytes(key.bytes, NFTNL_SET_ELEM_KEY)
-                if let keyEnd { bytes(keyEnd, NFTNL_SET_ELEM_KEY_END) }
-            case .flush(let set_):
-                name = set_
+                bytes(operation.key.bytes, NFTNL_SET_ELEM_KEY)
+                if let keyEnd = operation.keyEnd { bytes(keyEnd, NFTNL_SET_ELEM_KEY_END) }
+            case .flush:
                 type = NFT_MSG_DELSETELEM.rawValue
-                nftnl_set_set_str(set, attr(NFTNL_SET_NAME), name)
             }
             if grouping, let element, let group = open, group.type == type, group.name == name {
                 nftnl_set_elem_add(group.set, element)  // joins the open message
