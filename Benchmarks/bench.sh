@@ -84,10 +84,22 @@ udp_run() {
   bl_bg server "$BL_DIR/recv.log" taskset -c "$LOAD_CPU" "$BIN/udpblast" recv 9000 -d "$(echo "$secs + 3" | bc)"
   local r=$BL_LAST_PID
   sleep 0.2
+  local l0 r0 t0 t1; l0=$(cpu_busy_ticks "$LOAD_CPU"); r0=$(cpu_busy_ticks "$READER_CPU"); t0=$(date +%s%N)
   SEND=$(in_ns client taskset -c "$LOAD_CPU" "$BIN/udpblast" send 10.201.2.2 9000 -s "$size" -r "$rate" -d "$secs" -S "$sport")
+  t1=$(date +%s%N)
+  # Busy shares of both CPUs while the sender ran: which side bounds a max-load run.
+  LOAD_BUSY=$(cpu_busy_share "$LOAD_CPU" "$l0" "$t0" "$t1"); READER_BUSY=$(cpu_busy_share "$READER_CPU" "$r0" "$t0" "$t1")
   wait "$r" || true
   RECV=$(tail -1 "$BL_DIR/recv.log")
 }
+# cpu_busy_ticks CPU: clock ticks CPU spent not idle (user, nice, system, irq, softirq, steal) since boot.
+cpu_busy_ticks() { awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# cpu_busy_share CPU TICKS0 T0_NS T1_NS: the CPU's busy share between T0 and T1 (0-1).
+cpu_busy_share() {
+  echo "$(cpu_busy_ticks "$1") $2 $3 $4 $(getconf CLK_TCK)" | awk '{s = ($1 - $2) / $5 / (($4 - $3) / 1e9); printf "%.3f\n", (s > 1 ? 1 : s)}'
+}
+# reader_wakeups PID: voluntary context switches of all the process's threads (each a sleep, then a wake-up).
+reader_wakeups() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
 
 midcomd_counter() { bl_midctl status --json | python3 -c "import json,sys; print(json.load(sys.stdin)['counters'].get('$1', 0))"; }
 midcomd_status() { bl_midctl status --json | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
@@ -120,11 +132,20 @@ fig1() {
     for size in $sizes; do
       for c in none ruleset cbatch cperpkt midcomd; do
         gateway_for $c; reader_start $c
+        local w0=0; [ -n "$READER_PID" ] && w0=$(reader_wakeups "$READER_PID")
         udp_run "$size" 0 "$D"
+        local w1=0; [ -n "$READER_PID" ] && w1=$(reader_wakeups "$READER_PID")
         local drops; drops=$(reader_stop $c)
         record 1 "$c-$size" pps "$run" "$(echo "$RECV" | json_field pps)"
         record 1 "$c-$size" offered_pps "$run" "$(echo "$SEND" | json_field offered_pps)"
         record 1 "$c-$size" kernel_drops "$run" "$drops"
+        # What bounds the run: the sending CPU also runs the receiver and, in its softirq, the gateway's
+        # path up to the queue (and the wake-ups of a sleeping reader); the reader CPU runs the reader and
+        # the forwarding that follows each verdict.
+        record 1 "$c-$size" load_cpu_busy "$run" "$LOAD_BUSY"
+        record 1 "$c-$size" reader_cpu_busy "$run" "$READER_BUSY"
+        [ -n "$READER_PID" ] && record 1 "$c-$size" reader_wakeups_per_packet "$run" \
+          "$(echo "$RECV" | json_field received | awk -v w=$((w1 - w0)) '{printf "%.4f\n", ($1 > 0 ? w / $1 : 0)}')"
       done
     done
     for c in cbatch cperpkt midcomd; do  # CPU per packet at 50 kpps (below every reader's capacity)

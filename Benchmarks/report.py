@@ -69,6 +69,14 @@ for size in ("64", "1400"):
     row(1, f"queue pps {size} B: midcomd ÷ kernel only, no table", m, stat(1, f"none-{size}", "pps"), "pps")
     row(1, f"queue drops at max load {size} B: midcomd vs C batch", stat(1, f"midcomd-{size}", "kernel_drops"),
         stat(1, f"cbatch-{size}", "kernel_drops"), "pkts", higher_is_better=False)
+    for cpu, what in (("load", "sending CPU (sender, receiver, the gateway's path up to the queue)"),
+                      ("reader", "reader CPU (reader, forwarding after the verdict)")):
+        row(1, f"  {what} busy at max load {size} B: midcomd / C batch", stat(1, f"midcomd-{size}", f"{cpu}_cpu_busy"),
+            stat(1, f"cbatch-{size}", f"{cpu}_cpu_busy"), "")
+    row(1, f"  offered ÷ received at max load {size} B, midcomd (1: nothing lost, the sender set the rate)",
+        stat(1, f"midcomd-{size}", "offered_pps"), stat(1, f"midcomd-{size}", "pps"), "pps")
+    row(1, f"  reader wake-ups per packet at max load {size} B: midcomd ÷ C batch", stat(1, f"midcomd-{size}", "reader_wakeups_per_packet"),
+        stat(1, f"cbatch-{size}", "reader_wakeups_per_packet"), "", higher_is_better=False)
 row(1, "reader CPU per packet at 50 kpps: midcomd ÷ C batch", stat(1, "midcomd-50k", "cpu_ns_per_packet"),
     stat(1, "cbatch-50k", "cpu_ns_per_packet"), "ns", higher_is_better=False)
 row(1, "reader CPU per packet at 50 kpps: midcomd ÷ C per-packet", stat(1, "midcomd-50k", "cpu_ns_per_packet"),

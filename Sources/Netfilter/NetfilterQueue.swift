@@ -201,23 +201,25 @@ public final class NetfilterQueue: @unchecked Sendable {
         let tickNanoseconds = UInt64(max(1, tickInterval.components.seconds * 1_000_000_000
             + tickInterval.components.attoseconds / 1_000_000_000))
         var nextTick = bootTimeNanoseconds() &+ tickNanoseconds
-        // epoll, not poll: the sockets are registered once, so a wake-up costs no per-call walk over
-        // every descriptor (fdget, a wait-queue entry added and removed on each). At figure 4's
-        // window 1 each message is one wake-up, and poll's walk was ~5 % of the reader's CPU there
-        // (docs/PERFORMANCE.md, "Tenth pass"). Tokens: queue index, then queue count + index for its eventfd.
-        let readiness: Epoll
-        do {
-            readiness = try Epoll()
-            for (index, queue) in queues.enumerated() {
-                try readiness.add(queue.fd, .readable, token: UInt64(index))
-                try readiness.add(queue.wakeFD, .readable, token: UInt64(queues.count + index))
-            }
-        } catch {
-            throw NetfilterError(operation: error.call, object: "queue \(queues[0].configuration.queueNumber)", errno: error.errno)
+        // poll, not epoll: an epoll registration stays on the socket's wait queue, so the kernel ran
+        // epoll's callback (a lock taken with interrupts off, the ready list checked) for every packet
+        // it queued, on the CPU that received the packet, also while this thread was busy and had no
+        // need of a wake-up. In figure 1's lab, where that CPU is the bound, poll delivered 12-30 % more
+        // packets per second (docs/PERFORMANCE.md, "Thirteenth pass").
+        // poll's entries exist only while the thread sleeps in it; the price is the walk over these
+        // descriptors on each sleep (fdget, an entry added and removed on each): two per queue.
+        // Slots: the queues' sockets, then their eventfds. Raw storage: no exclusivity or uniqueness
+        // check per wait.
+        let descriptorCount = 2 * queues.count
+        let descriptors = UnsafeMutablePointer<pollfd>.allocate(capacity: descriptorCount)
+        for (index, queue) in queues.enumerated() {
+            (descriptors + index).initialize(to: pollfd(fd: queue.fd, events: Int16(POLLIN), revents: 0))
+            (descriptors + queues.count + index).initialize(to: pollfd(fd: queue.wakeFD, events: Int16(POLLIN), revents: 0))
         }
+        defer { descriptors.deallocate() }
         defer { for (queue, loop) in zip(queues, loops) { queue.publish(loop.counters) } }
 
-        // Queues that may hold packets: all at first, then those epoll reported and those whose last
+        // Queues that may hold packets: all at first, then those poll reported and those whose last
         // burst hit the limit. An idle queue costs no recvmmsg per round.
         var pending = Array(repeating: true, count: queues.count)
         while !queues.contains(where: { $0.stopRequested.load(ordering: .relaxed) }) {
@@ -237,17 +239,21 @@ public final class NetfilterQueue: @unchecked Sendable {
             // marked and read. Otherwise it sleeps until a packet, a stop or the tick; rounded up
             // (+1 ms) so that it never ends just before the tick is due.
             let milliseconds = pending.contains(true) ? 0 : Int32(clamping: (nextTick &- min(now, nextTick)) / 1_000_000 + 1)
-            let waited = readiness.wait(timeoutMilliseconds: milliseconds) { token, _ in
-                let index = Int(token)
-                if index < queues.count {
-                    pending[index] = true  // readable, or an error (ENOBUFS) that the next recvmmsg reports
-                } else {
-                    var value: eventfd_t = 0
-                    _ = eventfd_read(queues[index - queues.count].wakeFD, &value)
+            let waited = syscall { poll(descriptors, nfds_t(descriptorCount), milliseconds) }
+            switch waited {
+            case .success(let ready) where ready > 0:
+                for index in queues.indices {
+                    // Readable, or an error (ENOBUFS) that the next recvmmsg reports.
+                    if descriptors[index].revents != 0 { pending[index] = true }
+                    if descriptors[queues.count + index].revents != 0 {
+                        var value: eventfd_t = 0
+                        _ = eventfd_read(descriptors[queues.count + index].fd, &value)
+                    }
                 }
-            }
-            if case .failure(let code) = waited {
-                throw NetfilterError(operation: "epoll_wait", object: "queue \(queues[0].configuration.queueNumber)", errno: code)
+            case .success:
+                break
+            case .failure(let code):  // (EINTR is retried by syscall)
+                throw NetfilterError(operation: "poll", object: "queue \(queues[0].configuration.queueNumber)", errno: code)
             }
         }
     }
@@ -275,7 +281,7 @@ public final class NetfilterQueue: @unchecked Sendable {
         while read < NetfilterQueue.burstLimit {
             // The socket is non-blocking: recvmmsg returns what is there. Fewer datagrams than slots
             // means the socket was drained (an error after the first datagram is reported by the next
-            // call, and epoll wakes at once if more arrived meanwhile).
+            // call, and poll returns at once if more arrived meanwhile).
             let received = syscall { cnf_recvmmsg(descriptor, headers, UInt32(NetfilterQueue.receiveSlots)) }
             switch received {
             case .success(let count):

@@ -3,8 +3,10 @@ import Glibc
 #endif
 import CLinuxSystem
 
-/// An epoll instance: the readiness loop of a relay worker and of the queue readers. Tokens are the
-/// caller's (a slot and a side, say); events come back in a reused buffer, so waiting allocates nothing.
+/// An epoll instance: the readiness loop of a relay worker. Tokens are the caller's (a slot and a
+/// side, say); events come back in a reused buffer, so waiting allocates nothing. (The queue readers
+/// poll instead: a registration stays on the socket and costs the kernel a callback per queued packet,
+/// NetfilterQueue.run.)
 public final class Epoll {
     /// Readiness and interest bits (epoll_ctl(2)).
     public struct Events: OptionSet, Sendable {
@@ -26,8 +28,8 @@ public final class Epoll {
 
     public let descriptor: Int32
     /// Raw buffers, not arrays: an array in a class property is reached through a dynamic
-    /// exclusivity check and a uniqueness check on every wait (~250 instructions per wake-up of a
-    /// queue reader, docs/PERFORMANCE.md, "Tenth pass"). Only `wait` touches them.
+    /// exclusivity check and a uniqueness check on every wait (~250 instructions per wake-up, measured
+    /// when the queue readers used epoll, docs/PERFORMANCE.md, "Tenth pass"). Only `wait` touches them.
     private let events = UnsafeMutablePointer<UInt32>.allocate(capacity: Epoll.batch)
     private let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: Epoll.batch)
 
