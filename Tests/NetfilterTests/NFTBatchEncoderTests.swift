@@ -93,6 +93,27 @@ final class NFTBatchEncoderTests: XCTestCase {
                        LibnftnlReference.batch(adds, firstSequence: 7, grouping: false))
     }
 
+    /// A change set emptied with `removeAll` and filled again encodes only what came after, as a fresh
+    /// one holding the same operations does, and keeps its storage.
+    func testEmptiedChangeSetEncodesOnlyItsNewOperations() {
+        var reused = NFTChangeSet(table: "midcom")
+        reused.reserveCapacity(1000)
+        for index in 0 ..< 1000 { reused.addElement(set: "admit4", key: key([1, 2, 3, UInt8(index & 0xff)]), timeout: .seconds(600)) }
+        let capacity = reused.operations.capacity
+        reused.removeAll()
+        XCTAssertTrue(reused.isEmpty)
+        XCTAssertEqual(reused.operations.capacity, capacity, "the storage is kept")
+        var fresh = NFTChangeSet(table: "midcom")
+        for change in [(9 as UInt8), 8, 7] {
+            reused.deleteElement(set: "admit4", key: key([4, 5, 6, change]))
+            fresh.deleteElement(set: "admit4", key: key([4, 5, 6, change]))
+        }
+        XCTAssertEqual(reused.count, 3)
+        XCTAssertEqual(reused.operations, fresh.operations)
+        XCTAssertEqual(NFTablesClient.encodedBatch(reused, firstSequence: 7), NFTablesClient.encodedBatch(fresh, firstSequence: 7))
+        XCTAssertEqual(NFTablesClient.encodedBatch(reused, firstSequence: 7), LibnftnlReference.batch(fresh, firstSequence: 7))
+    }
+
     /// An element list is one attribute with a 16-bit length: a long run of adds is split into
     /// messages whose lists stay within 65535 octets, every element in one of them, in order.
     func testLongRunsAreSplitBelowTheAttributeLimit() {

@@ -130,9 +130,12 @@ func benchNFT(add: Bool, n: Int, mode: String) throws {
             try client.apply(changes)
         }
     } else {
+        // One change set for all transactions, emptied after each (as nftload reuses its batch page).
+        var changes = NFTChangeSet(table: "midcom")
+        changes.reserveCapacity(1000)
         var first = 0
         while first < n {
-            var changes = NFTChangeSet(table: "midcom")
+            changes.removeAll()
             for i in first..<min(first + 1000, n) {
                 if add { changes.addElement(set: "admit4", key: key(flow(i)), timeout: .seconds(600)) }
                 else { changes.deleteElement(set: "admit4", key: key(flow(i))) }
