@@ -98,7 +98,8 @@ if [ "${replies:-0}" -lt 200 ]; then
   # What the data met: nat1's connections to the mapping, the server's addresses and routes.
   in_ns nat conntrack -L -p udp --dport 5004 2>&1 | indent
   in_ns server ip -br addr | indent; in_ns server ip route | indent
-  tail -5 "$LAB_DIR/echo.log" | indent; tail -5 "$LAB_DIR/agent.log" | indent
+  tail -5 "$LAB_DIR/echo.log" | indent; grep -m 3 -E "not sent|Error" "$LAB_DIR/echo.log" | indent
+  tail -5 "$LAB_DIR/agent.log" | indent
   fail "the client's data did not continue across the move ($replies of 300 replies)"
 fi
 expect_match "$(in_ns nat nft list map inet midcom dnat4)" "203\.0\.113\.1 \. udp \. 5004 .*: 192\.168\.1\.3 \. 5004" "the mapping follows the server"
