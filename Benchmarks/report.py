@@ -296,8 +296,16 @@ if mini_err and mini_err["median"] > 0:
 row(8, "pinholes/s created+removed: midcomd (signaled) ÷ miniupnpd (NAT-PMP)", stat(8, "midcomd", "pinholes_per_s"), mini, "pinholes/s", 10, note=note)
 
 # 9 multiqueue
-row(9, "C reader: 2 queues ÷ 1 queue (64 B, 4 flows, hash balanced)", stat(9, "c-2q", "pps"), stat(9, "c-1q", "pps"), "pps")
-row(9, "midcomd: queue-count 2 ÷ 1 (64 B, 4 flows, hash balanced)", stat(9, "midcomd-2q", "pps"), stat(9, "midcomd-1q", "pps"), "pps")
+# Flows come from one client address each: the queue hash sees addresses, not ports (bench.sh, figure 9).
+flows9 = meta.get("fig9_flows", "8")
+row(9, f"C reader: 2 queues ÷ 1 queue (64 B, {flows9} flows from {flows9} addresses, hash balanced)", stat(9, "c-2q", "pps"),
+    stat(9, "c-1q", "pps"), "pps")
+row(9, f"midcomd: queue-count 2 ÷ 1 (64 B, {flows9} flows from {flows9} addresses, hash balanced)", stat(9, "midcomd-2q", "pps"),
+    stat(9, "midcomd-1q", "pps"), "pps")
+for kind, label in (("c", "C readers"), ("midcomd", "midcomd")):
+    for case, load in (("2q", "max load"), ("2q-fixed", "fixed load")):
+        row(9, f"  busiest queue's share of the packets, 2 queues, {label}, {load} (0.5: even, 1: one queue got all)",
+            stat(9, f"{kind}-{case}", "busiest_queue_share"))
 # 9b: CPU time at a fixed load below saturation (BENCH_FIG9_RATE, default 50 kpps in all).
 for kind, label in (("midcomd", "midcomd queue-count"), ("c", "C readers")):
     row(9, f"reader CPU per packet at a fixed load, {label} 2 ÷ 1", stat(9, f"{kind}-2q-fixed", "cpu_ns_per_packet"),

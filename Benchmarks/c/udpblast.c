@@ -1,7 +1,7 @@
 // udpblast: bounded UDP load for the Midcom benchmark (sendmmsg / recvmmsg).
 //
-//   udpblast send DST PORT [-s IPSIZE] [-r PPS] [-d SECONDS] [-S SPORT]
-//       One flow SPORT -> DST:PORT, IPv4 packets of IPSIZE bytes (default 64; payload = IPSIZE - 28, at least 16),
+//   udpblast send DST PORT [-s IPSIZE] [-r PPS] [-d SECONDS] [-S SPORT] [-B SOURCE]
+//       One flow [SOURCE:]SPORT -> DST:PORT, IPv4 packets of IPSIZE bytes (default 64; payload = IPSIZE - 28, at least 16),
 //       at PPS packets/s (0 = as fast as possible) for SECONDS. Every payload carries a sequence number and the
 //       CLOCK_MONOTONIC send time, so a receiver in another namespace of this machine can measure one-way latency.
 //   udpblast flows DST PORTBASE -f FLOWS [-k PKTS_PER_FLOW] [-l LAG] [-r FLOWS_PER_S] [-S SPORT] [-d SECONDS]
@@ -31,20 +31,24 @@
 
 struct stamp { uint64_t seq; uint64_t sent_ns; };
 
-static int udp_socket(uint16_t sport) {
+/// A UDP socket bound to SPORT (0: any) on SOURCE (NULL: any address).
+static int udp_socket_from(const char *source, uint16_t sport) {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     if (fd < 0) bu_die("socket");
     int size = 4 << 20;
     setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size);
     setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
-    if (sport) {
+    if (sport || source) {
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(sport)};
+        if (source && inet_pton(AF_INET, source, &a.sin_addr) != 1) bu_die("source address");
         if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0) bu_die("bind");
     }
     return fd;
 }
+
+static int udp_socket(uint16_t sport) { return udp_socket_from(NULL, sport); }
 
 /// Sleeps until `target` (busy-waits the last 50 µs); used for rate limiting.
 static void wait_until(uint64_t target) {
@@ -65,20 +69,22 @@ static int cmd_send(int argc, char **argv) {
     int ipsize = 64;
     double pps = 0, seconds = 5;
     uint16_t sport = 40000;
+    const char *source = NULL;
     int opt;
     optind = 4;
-    while ((opt = getopt(argc, argv, "s:r:d:S:")) != -1) {
+    while ((opt = getopt(argc, argv, "s:r:d:S:B:")) != -1) {
         switch (opt) {
         case 's': ipsize = atoi(optarg); break;
         case 'r': pps = atof(optarg); break;
         case 'd': seconds = atof(optarg); break;
         case 'S': sport = (uint16_t)atoi(optarg); break;
+        case 'B': source = optarg; break;
         default: return 2;
         }
     }
     int payload = ipsize - 28;
     if (payload < (int)sizeof(struct stamp)) payload = sizeof(struct stamp);
-    int fd = udp_socket(sport);
+    int fd = udp_socket_from(source, sport);
     struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, dst, &to.sin_addr);
     if (connect(fd, (struct sockaddr *)&to, sizeof to) < 0) bu_die("connect");
