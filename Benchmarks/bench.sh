@@ -130,12 +130,15 @@ fig1() {
   local sizes="64 1400"; [ "$QUICK" = 1 ] && sizes=64
   for run in $(seq 1 "$RUNS"); do
     for size in $sizes; do
-      for c in none ruleset cbatch cperpkt midcomd; do
-        gateway_for $c; reader_start $c
+      # cbatch-again: the best C loop once more after midcomd, an A/A control (how finely a run can
+      # tell two readers apart; report.py gives its ratio run by run).
+      for c in none ruleset cbatch cperpkt midcomd cbatch-again; do
+        local kind=${c%-again}
+        gateway_for $kind; reader_start $kind
         local w0=0; [ -n "$READER_PID" ] && w0=$(reader_wakeups "$READER_PID")
         udp_run "$size" 0 "$D"
         local w1=0; [ -n "$READER_PID" ] && w1=$(reader_wakeups "$READER_PID")
-        local drops; drops=$(reader_stop $c)
+        local drops; drops=$(reader_stop $kind)
         record 1 "$c-$size" pps "$run" "$(echo "$RECV" | json_field pps)"
         record 1 "$c-$size" offered_pps "$run" "$(echo "$SEND" | json_field offered_pps)"
         record 1 "$c-$size" kernel_drops "$run" "$drops"
@@ -371,7 +374,8 @@ fig4() {
 # midcomd-flowtable (`flowtable-devices`: the admitted flows offloaded to an nftables flowtable) where the kernel has
 # flowtables (skipped, and said so, otherwise). To measure another option the same way, add a case name to
 # FIG5_CASES and its config to fig5_conf.
-FIG5_CASES=${BENCH_FIG5_CASES:-"none rpfilter stateful ruleset ruleset-no-antispoof ruleset-no-pushback midcomd midcomd-flowtable"}
+# ruleset-again: `ruleset` once more after midcomd, an A/A control (how finely a run can tell two cases apart).
+FIG5_CASES=${BENCH_FIG5_CASES:-"none rpfilter stateful ruleset ruleset-no-antispoof ruleset-no-pushback midcomd midcomd-flowtable ruleset-again"}
 # fig5_rp_filter 0|1: the gateway's IPv4 reverse-path filter (strict), on every interface.
 fig5_rp_filter() {
   local key

@@ -3,6 +3,8 @@
 
 Every row is `value ÷ reference`, both medians over the runs of the same bench invocation; spread is
 min–max over the runs. Direction says whether higher or lower is better. Targets come from issue #4.
+Rows with a target also give the ratio run by run (the two cases of one run ran interleaved, in the
+same machine state): its median and range, and a note when the runs fall on both sides of the target.
 """
 import json
 import statistics
@@ -12,6 +14,7 @@ from collections import defaultdict
 raw_path, meta_path, out_path = sys.argv[1:4]
 meta = json.load(open(meta_path))
 values = defaultdict(list)
+by_run = defaultdict(lambda: defaultdict(list))  # (fig, case, metric) -> run -> samples
 for line in open(raw_path):
     line = line.strip()
     if not line:
@@ -19,6 +22,7 @@ for line in open(raw_path):
     r = json.loads(line)
     try:
         values[(r["fig"], r["case"], r["metric"])].append(float(r["value"]))
+        by_run[(r["fig"], r["case"], r["metric"])][r.get("run")].append(float(r["value"]))
     except (TypeError, ValueError):
         pass
 
@@ -27,13 +31,23 @@ def stat(fig, case, metric):
     v = values.get((str(fig), case, metric))
     if not v:
         return None
-    return {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": len(v)}
+    per_run = {run: statistics.median(samples) for run, samples in by_run[(str(fig), case, metric)].items()}
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": len(v), "per_run": per_run}
+
+
+def paired(value, reference):
+    """The ratio run by run, over the runs both have: median, min, max (None below two runs)."""
+    a, b = value.get("per_run") or {}, reference.get("per_run") or {}
+    ratios = [a[run] / b[run] for run in a if run in b and b[run]]
+    if len(ratios) < 2:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "runs": len(ratios)}
 
 
 rows = []
 
 
-def row(fig, name, value, reference=None, unit="", target=None, higher_is_better=True, note=""):
+def row(fig, name, value, reference=None, unit="", target=None, higher_is_better=True, note="", by_run=False):
     """value/reference: stat dicts (or plain numbers); target: ratio (or absolute value when no reference)."""
     if value is None:
         rows.append({"fig": fig, "name": name, "missing": True, "note": note or "not measured"})
@@ -48,7 +62,10 @@ def row(fig, name, value, reference=None, unit="", target=None, higher_is_better
         x = ratio if reference is not None else v["median"]
         if x is not None:
             met = x >= target if higher_is_better else x <= target
-    rows.append({"fig": fig, "name": name, "value": v, "reference": r, "ratio": ratio, "unit": unit,
+    per_run = paired(v, r) if (target is not None or by_run) and r is not None else None
+    if per_run and target is not None and (per_run["min"] < target) != (per_run["max"] < target):
+        note = (note + "; " if note else "") + "runs on both sides of the target"
+    rows.append({"fig": fig, "name": name, "value": v, "reference": r, "ratio": ratio, "paired_ratio": per_run, "unit": unit,
                  "target": target, "higher_is_better": higher_is_better, "met": met, "note": note})
 
 
@@ -57,13 +74,16 @@ def diff(a, b):
     if a is None or b is None:
         return None
     d = a["median"] - b["median"]
-    return {"median": d, "min": a["min"] - b["max"], "max": a["max"] - b["min"], "runs": min(a["runs"], b["runs"])}
+    per_run = {run: a["per_run"][run] - b["per_run"][run] for run in a.get("per_run", {}) if run in b.get("per_run", {})}
+    return {"median": d, "min": a["min"] - b["max"], "max": a["max"] - b["min"], "runs": min(a["runs"], b["runs"]), "per_run": per_run}
 
 
 # 1 queue throughput
 for size in ("64", "1400"):
     m = stat(1, f"midcomd-{size}", "pps")
     row(1, f"queue pps {size} B: midcomd ÷ best C loop (batch)", m, stat(1, f"cbatch-{size}", "pps"), "pps", 0.95)
+    row(1, f"  A/A: best C loop measured again after midcomd ÷ before, {size} B", stat(1, f"cbatch-again-{size}", "pps"),
+        stat(1, f"cbatch-{size}", "pps"), "pps", by_run=True)
     row(1, f"queue pps {size} B: midcomd ÷ C per-packet verdicts", m, stat(1, f"cperpkt-{size}", "pps"), "pps")
     row(1, f"queue pps {size} B: midcomd ÷ kernel only, ruleset no daemon", m, stat(1, f"ruleset-{size}", "pps"), "pps")
     row(1, f"queue pps {size} B: midcomd ÷ kernel only, no table", m, stat(1, f"none-{size}", "pps"), "pps")
@@ -224,6 +244,12 @@ for metric, what in (("instructions", "instructions"), ("i1_misses", "instructio
 # 5 fast path
 row(5, "fast path TCP (iperf3): midcomd running ÷ no daemon", stat(5, "midcomd", "tcp_bps"), stat(5, "ruleset", "tcp_bps"), "bit/s", 0.99)
 row(5, "fast path UDP 64 B pps: midcomd running ÷ no daemon", stat(5, "midcomd", "udp_pps"), stat(5, "ruleset", "udp_pps"), "pps", 0.99)
+# The A/A control: the same case twice in each run, before and after midcomd. How far it strays from 1
+# is how finely a run can tell two cases apart here.
+row(5, "  A/A: ruleset, no daemon, measured again after midcomd ÷ before: TCP", stat(5, "ruleset-again", "tcp_bps"),
+    stat(5, "ruleset", "tcp_bps"), "bit/s", by_run=True)
+row(5, "  A/A: ruleset, no daemon, measured again after midcomd ÷ before: UDP 64 B", stat(5, "ruleset-again", "udp_pps"),
+    stat(5, "ruleset", "udp_pps"), "pps", by_run=True)
 row(5, "packets queued during the fast-path runs (target 0)", stat(5, "midcomd", "queued_during_run"), None, "pkts", 0, higher_is_better=False)
 row(5, "  midcomd CPU (all threads) during the TCP and UDP runs", stat(5, "midcomd", "daemon_cpu_ns_during_run"), None, "ns",
     note="with nothing queued, the daemon's own timers: what it could take from the forwarding CPU")
@@ -574,6 +600,9 @@ for r in rows:
     if r["note"]:
         met = (met + " — " if met else "") + r["note"]
     ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "–"
+    if r.get("paired_ratio"):
+        pr = r["paired_ratio"]
+        ratio += f" (by run {pr['median']:.3f} [{pr['min']:.3f}–{pr['max']:.3f}])"
     lines.append(f"| {r['fig']} | {r['name']} | {cell(r['value'], r['unit'])} {r['unit']} | "
                  f"{cell(r['reference'], r['unit']) if r['reference'] else '–'} | {ratio} | {tgt} | {met} |")
 print("\n".join(lines))
