@@ -81,7 +81,10 @@ public final class BurstBatcher {
         entries.reserveCapacity(64)
     }
 
-    public func add(_ entry: Entry) { entries.append(entry) }
+    /// Consuming: the caller's new entry moves into the burst (a borrowed one was copied, its
+    /// changes, reply and plan retained, and the original destroyed; docs/PERFORMANCE.md
+    /// "Fourteenth pass").
+    public func add(_ entry: consuming Entry) { entries.append(entry) }
 
     /// Changes tied to no packet (expiry): programmed at once on the reader's thread, between
     /// bursts, so they stay in order with the admissions of later bursts. They only remove what
@@ -114,7 +117,11 @@ public final class BurstBatcher {
             entries = burst
             burstChanges = all
         }
-        for entry in burst { entry.appendChanges(to: &all) }
+        // The entries are read in place through the buffer: `for entry in burst` copied each one
+        // (every reference in it retained, then released) twice per flush.
+        burst.withUnsafeBufferPointer { entries in
+            for index in entries.indices { entries[index].appendChanges(to: &all) }
+        }
         do {
             let forget = connectionsToForget(after: all)
             // Asked while the elements still exist: a wildcard admission that never matched a
@@ -122,7 +129,9 @@ public final class BurstBatcher {
             let unused = forget.isEmpty ? [] : kernel.unusedWildcardAdmissions(among: forget)
             try kernel.apply(all)
             cleanup.enqueue(unused.isEmpty ? forget : forget.filter { !unused.contains($0) })
-            for entry in burst { if let reply = entry.reply { hooks.send(reply) } }
+            burst.withUnsafeBufferPointer { entries in
+                for index in entries.indices { if let reply = entries[index].reply { hooks.send(reply) } }
+            }
             return []
         } catch {
             hooks.failed(error, false)
