@@ -323,10 +323,10 @@ row(8, "pinholes/s created+removed: midcomd (signaled) ÷ miniupnpd (NAT-PMP)", 
 
 # 9 multiqueue
 # Flows come from one client address each: the queue hash sees addresses, not ports (bench.sh, figure 9).
-flows9 = meta.get("fig9_flows", "8")
-row(9, f"C reader: 2 queues ÷ 1 queue (64 B, {flows9} flows from {flows9} addresses, hash balanced)", stat(9, "c-2q", "pps"),
-    stat(9, "c-1q", "pps"), "pps")
-row(9, f"midcomd: queue-count 2 ÷ 1 (64 B, {flows9} flows from {flows9} addresses, hash balanced)", stat(9, "midcomd-2q", "pps"),
+# A meta.json without fig9_flows comes from before that change: four flows from one address.
+flows9 = f"{meta['fig9_flows']} flows from {meta['fig9_flows']} addresses" if "fig9_flows" in meta else "4 flows from one address"
+row(9, f"C reader: 2 queues ÷ 1 queue (64 B, {flows9}, hash balanced)", stat(9, "c-2q", "pps"), stat(9, "c-1q", "pps"), "pps")
+row(9, f"midcomd: queue-count 2 ÷ 1 (64 B, {flows9}, hash balanced)", stat(9, "midcomd-2q", "pps"),
     stat(9, "midcomd-1q", "pps"), "pps")
 for kind, label in (("c", "C readers"), ("midcomd", "midcomd")):
     for case, load in (("2q", "max load"), ("2q-fixed", "fixed load")):
