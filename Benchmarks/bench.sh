@@ -521,7 +521,7 @@ fig7() {
   # First start, no snapshot: adoption by the kernel's set dump (quadratic; the reference, and the path
   # after a crash without a usable snapshot).
   local t0; t0=$(date +%s%N)
-  bl_midcomd "$conf7" 300
+  BL_MIDCOMD_SETTLE=0 bl_midcomd "$conf7" 300
   fig7_wait_full "$t0" adopt_s
   fig7_wait_adopted
   record 7 "daemon-$big" rss_dump_bytes_per_session 1 "$(fig7_rss)"
@@ -549,7 +549,7 @@ fig7() {
   # Second start: the restart path. Serving = `midctl status` answers; full state = every session is back
   # (from the snapshot, each checked in the kernel by key); then the background sweep of the sets ends.
   t0=$(date +%s%N)
-  bl_midcomd "$conf7" 300
+  BL_MIDCOMD_SETTLE=0 bl_midcomd "$conf7" 300
   record 7 "daemon-$big" restart_serve_s 1 "$(fig7_secs "$t0")"
   fig7_wait_full "$t0" restart_full_s
   record 7 "daemon-$big" rss_full_bytes_per_session 1 "$(fig7_rss)"

@@ -22,7 +22,9 @@
 // tuning (figure 14 measured each; the defaults measured fastest): -b DATAGRAMS_PER_RECVMMSG (64)
 //   -p MAX_PENDING_VERDICTS (1024) -V (a batch verdict after every recvmmsg) -r RCVBUF_MIB (8; 0 = system default)
 //   -E (NETLINK_NO_ENOBUFS off) -G (NFQA_CFG_F_GSO off) -F (NFQA_CFG_F_FAIL_OPEN) -L QUEUE_LENGTH (4096)
-//   -w block|poll|spin (block: MSG_WAITFORONE) -x (walk the attributes instead of nfq_nlmsg_parse)
+//   -w block|poll|spin (block: MSG_WAITFORONE; csp takes block or poll: poll sleeps in poll() and then reads,
+//   the two system calls per wake-up of a reader of several queues, as midcomd's) -x (walk the attributes
+//   instead of nfq_nlmsg_parse)
 //
 // What makes it fast, on purpose: recvmmsg (many datagrams per syscall), batch verdicts sent only when the
 // socket is drained (or 1024 verdicts are pending), NFQA_CFG_F_GSO (no segmentation before queueing),
@@ -486,8 +488,15 @@ static void run_csp(uint32_t copy_range, double max_seconds) {
     static uint8_t rewritten[2048 + 512];
     const uint16_t packet_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET;
     uint64_t deadline = bu_now_ns() + (uint64_t)(max_seconds * 1e9), received = 0, sends = 0;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
     while (!bu_stop) {
-        int n = recvmmsg(fd, msgs, (unsigned)vlen, MSG_WAITFORONE, NULL);
+        // -w poll: sleep in poll() and read without blocking, as a reader of several queues must
+        // (midcomd); block (the default): recvmmsg sleeps for the first datagram itself.
+        if (tune.wait_mode == 1 && poll(&pfd, 1, 200) <= 0) {
+            if (bu_now_ns() >= deadline) break;
+            continue;
+        }
+        int n = recvmmsg(fd, msgs, (unsigned)vlen, tune.wait_mode == 0 ? MSG_WAITFORONE : MSG_DONTWAIT, NULL);
         if (n <= 0) {
             if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ENOBUFS) bu_die("recvmmsg");
             if (bu_now_ns() >= deadline) break;
