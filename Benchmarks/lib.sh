@@ -133,8 +133,8 @@ bl_loopback_sink() { in_ns gw nft list chain inet mcb14 sink | sed -n 's/.*count
 # steady state, not a restart. The state directory outlives a midcomd of the lab: the next one
 # restores the last one's session snapshot and then sweeps the kernel's sets in the background; a
 # figure's load started meanwhile was measured against that sweep (figure 4's window 1 went from
-# ~150 µs to 10 ms at p99, docs/PERFORMANCE.md "Fifteenth pass"). BL_MIDCOMD_SETTLE=0: return as soon
-# as the socket answers (figure 7 times the restart itself).
+# ~0.25 ms to ~10 ms at p99 in its lab by hand, docs/PERFORMANCE.md "Fifteenth pass").
+# BL_MIDCOMD_SETTLE=0: return as soon as the socket answers (figure 7 times the restart itself).
 bl_midcomd() {
   printf '%s\n' "$1" >"$BL_DIR/midcomd.conf"
   # BL_MIDCOMD_CPUS: where midcomd's threads may run (default: the reader CPU only).
