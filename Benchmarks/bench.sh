@@ -322,6 +322,11 @@ fig4() {
         done
       fi
     done
+    # cref-again: the C reference once more after midcomd, in the same order (window 64 fills its set, then
+    # window 1): an A/A control for the window-1 latency rows, whose target of 1.2 is the issue's.
+    fig4_gateway cref
+    for w in 64 1; do fig4_window cref-again "$run" $w; done
+    bl_stop "$FIG4_PID"
     # Signed setups through midcomd (challenge = never: only the signature's cost shows), after the unsigned
     # window 64 of this run sized the pool, and the cost of one verification on the reader CPU.
     local trust; trust=$(taskset -c "$READER_CPU" "$SWIFT_BENCH" trust 5000)
