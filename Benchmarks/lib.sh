@@ -156,17 +156,18 @@ bl_midcomd() {
   return 1
 }
 
-# bl_midcomd_settle: until midcomd's adoption has ended (at most 120 s; then a warning, and the figure runs).
+# bl_midcomd_settle [MAX_S]: until midcomd's adoption (the dump, or the sweep after a snapshot) has ended;
+# at most MAX_S seconds (120), then a warning, and the figure runs.
 bl_midcomd_settle() {
   local adopting
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 $((${1:-120} * 5))); do
     adopting=$("$SWIFT_BIN/midctl" --socket "$BL_DIR/gw.sock" status --json 2>/dev/null |
       python3 -c "import json,sys; print(json.load(sys.stdin)['counters'].get('adoption_running', 0))" 2>/dev/null) || true
     [ "$adopting" = 0 ] && return 0
     kill -0 "$MIDCOMD_PID" 2>/dev/null || return 0  # the caller's next step reports it
     sleep 0.2
   done
-  echo "bl_midcomd: midcomd's adoption still runs after 120 s; the figure is measured during it" >&2
+  echo "bl_midcomd: midcomd's adoption still runs after ${1:-120} s; the figure is measured during it" >&2
 }
 
 bl_midctl() { "$SWIFT_BIN/midctl" --socket "$BL_DIR/gw.sock" "$@"; }
