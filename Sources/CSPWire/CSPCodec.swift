@@ -8,11 +8,29 @@ extension CSPMessage {
 
     /// Decodes and validates a whole message. Never traps and never reads outside `bytes`.
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws(CSPWireError) -> CSPMessage {
+        var message = CSPMessage(type: .setup, sessionID: 0, nonce: 0)
+        try parse(bytes, into: &message)
+        return message
+    }
+
+    /// `parse`, into `message`: what it held is replaced, and its TLV array's storage is reused when
+    /// no copy of the message shares it. A reader that parses message after message into one value
+    /// allocates no array per message (figure 4: one allocation per message, docs/PERFORMANCE.md
+    /// "Sixteenth pass"); a message the engine kept a copy of is left alone, and the next parse
+    /// allocates afresh. After a throw, `message` holds an unspecified part of the message.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, into message: inout CSPMessage) throws(CSPWireError) {
         let view = try CSPMessageView(bytes)
-        let tlvs = try parseTLVs(bytes, from: headerLength, to: view.length, depth: 0)
-        return CSPMessage(
-            type: view.type, flags: view.flags, result: view.result, sessionID: view.sessionID, nonce: view.nonce,
-            sequence: view.sequence, tlvs: tlvs)
+        // One by one, not `removeAll(keepingCapacity:)`: that walks the generic `replaceSubrange`,
+        // ~180 instructions for a message's two or three TLVs. A shared array is copied at the
+        // first removal, and the copy's storage reused after it.
+        while !message.tlvs.isEmpty { message.tlvs.removeLast() }
+        try appendTLVs(bytes, from: headerLength, to: view.length, depth: 0, to: &message.tlvs)
+        message.type = view.type
+        message.flags = view.flags
+        message.result = view.result
+        message.sessionID = view.sessionID
+        message.nonce = view.nonce
+        message.sequence = view.sequence
     }
 
     public static func parse(_ bytes: [UInt8]) throws(CSPWireError) -> CSPMessage {
@@ -47,14 +65,21 @@ extension CSPMessage {
     static func parseTLVs(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int, depth: Int)
         throws(CSPWireError) -> [CSPTLV]
     {
-        var reader = CSPTLVReader(bytes, from: start, to: end, depth: depth)
         var tlvs: [CSPTLV] = []
+        try appendTLVs(bytes, from: start, to: end, depth: depth, to: &tlvs)
+        return tlvs
+    }
+
+    static func appendTLVs(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int, depth: Int, to tlvs: inout [CSPTLV])
+        throws(CSPWireError)
+    {
+        var reader = CSPTLVReader(bytes, from: start, to: end, depth: depth)
         // Room for one TLV per 8 octets (a type, a length and a 4-octet value; up to 16): the
         // array is allocated once for common messages instead of growing 1, 2, 4. (Counting
         // first would report a later TLV's overrun before an earlier TLV's bad value.)
-        if end > start { tlvs.reserveCapacity(min(max((end - start) / 8, 1), 16)) }
+        let room = min(max((end - start) / 8, 1), 16)
+        if end > start, tlvs.capacity < tlvs.count + room { tlvs.reserveCapacity(tlvs.count + room) }
         while let raw = try reader.next() { tlvs.append(try reader.decode(raw)) }
-        return tlvs
     }
 }
 

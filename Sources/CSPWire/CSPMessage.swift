@@ -166,10 +166,11 @@ public struct CSPMiddleboxRecord: Hashable, Sendable {
 
 /// One type-length-value element of a CSP message body.
 ///
-/// Only FLOW (66 octets) is boxed: every other value fits inline in the TLV's 40 octets, so that
-/// parsing a LIFETIME or an EPOCH allocates nothing (figure 4's profile had one box per TLV).
+/// No case is boxed: every value fits inline in the TLV (FLOW, the largest, is 48 octets since
+/// `FlowTuple` shrank), so that parsing a FLOW or a LIFETIME allocates nothing. Figure 4's profile
+/// had one box per TLV, later one per FLOW (docs/PERFORMANCE.md, "Sixteenth pass").
 public enum CSPTLV: Hashable, Sendable {
-    indirect case flow(FlowTuple)
+    case flow(FlowTuple)
     case lifetime(UInt32)
     case application(String)
     case requestedAction(CSPRequestedAction)
@@ -315,10 +316,28 @@ public func hex(_ id: UInt64) -> String {
 }
 
 /// The 16 lower-case hex digits of `id` at `offset` of `buffer` (which has room for them).
+/// Eight digits at a time, as the bytes of one word: every admitted flow's element comment is
+/// tagged with its session ID, and the loop of one digit per step was ~280 instructions per
+/// signaled session (docs/PERFORMANCE.md, "Sixteenth pass").
 @inlinable
 public func writeHex(_ id: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>, at offset: Int) {
-    for index in 0..<16 {
-        let nibble = UInt8(truncatingIfNeeded: id >> UInt64(60 - 4 * index)) & 0xf
-        buffer[offset + index] = nibble < 10 ? 0x30 + nibble : 0x57 + nibble
-    }
+    precondition(offset >= 0 && offset <= buffer.count - 16, "writeHex: no room for 16 digits")
+    let start = UnsafeMutableRawPointer(buffer.baseAddress!) + offset
+    start.storeBytes(of: hexDigits(UInt32(truncatingIfNeeded: id >> 32)).bigEndian, as: UInt64.self)
+    (start + 8).storeBytes(of: hexDigits(UInt32(truncatingIfNeeded: id)).bigEndian, as: UInt64.self)
+}
+
+/// The eight hex digits of `nibbles` as the bytes of a word, the least significant digit in the
+/// lowest byte (stored big-endian, the digits read most significant first).
+@inlinable
+func hexDigits(_ nibbles: UInt32) -> UInt64 {
+    // Spread the nibbles out, one per byte: halves, then quarters, then nibbles.
+    var spread = UInt64(nibbles)
+    spread = (spread | spread << 16) & 0x0000_ffff_0000_ffff
+    spread = (spread | spread << 8) & 0x00ff_00ff_00ff_00ff
+    spread = (spread | spread << 4) & 0x0f0f_0f0f_0f0f_0f0f
+    // 1 in each byte whose nibble is 10 or more (nibble + 6 carries into bit 4); no byte overflows.
+    let isLetter = ((spread &+ 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101
+    // "0" + nibble for a digit; "a" + nibble - 10 = "0" + nibble + 39 for a letter.
+    return spread &+ 0x3030_3030_3030_3030 &+ isLetter &* 0x27
 }

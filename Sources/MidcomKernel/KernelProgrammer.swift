@@ -121,15 +121,14 @@ public final class NFTKernelProgrammer: KernelProgrammer {
     public let observeBatch: (@Sendable (Duration, Int) -> Void)?
 
     public func apply(_ changes: [KernelChange]) throws {
-        var batch = NFTChangeSet(table: table)
-        batch.reserveCapacity(changes.count)  // most changes are one operation: no regrowth per burst
-        for change in changes { batch.append(change) }
+        // Written into the client's reused change set: no change set allocated per burst.
+        let build = { (batch: inout NFTChangeSet) in for change in changes { batch.append(change) } }
         if let observeBatch {
             let start = ContinuousClock.now
             defer { observeBatch(start.duration(to: .now), changes.count) }
-            try nft.apply(batch)
+            try nft.apply(table: table, building: build)
         } else {
-            try nft.apply(batch)
+            try nft.apply(table: table, building: build)
         }
         // An offloaded flow's packets reach no hook before `forward`, chain pushback's among them:
         // a new filter would not stop an attack that is offloaded already. Emptying the flowtable

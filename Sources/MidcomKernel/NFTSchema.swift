@@ -303,7 +303,7 @@ extension NFTChangeSet {
             if case .admission = object {
                 // A new admission: one add (a stale element of the same flow takes the new timeout
                 // from 6.10 on; before, it keeps its own, which only ever follows an earlier expiry).
-                addElement(set: element.set, key: element.key, timeout: .seconds(lifetime), comment: tag?.nftComment)
+                addElement(set: element.set, key: element.key, timeoutSeconds: lifetime, comment: tag?.nftComment)
             } else {
                 // A map element that exists with other data cannot be added again: replace it.
                 replace(element, lifetime: lifetime, comment: tag?.nftComment)
@@ -312,22 +312,22 @@ extension NFTChangeSet {
             replace(NFTSchema.element(for: object), lifetime: lifetime, comment: tag?.nftComment)
         case .remove(let object):
             let element = NFTSchema.element(for: object)
-            addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(1), keyEnd: element.keyEnd)
+            addElement(set: element.set, key: element.key, data: element.data, timeoutSeconds: 1, keyEnd: element.keyEnd)
             deleteElement(set: element.set, key: element.key, keyEnd: element.keyEnd)
         case .block(let flow, let lifetime):
             let element = NFTSchema.blocking(flow)
-            addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
+            addElement(set: element.set, key: element.key, timeoutSeconds: lifetime)
         case .prove(let address, let lifetime):
             let element = NFTSchema.proving(address)
-            addElement(set: element.set, key: element.key, timeout: .seconds(lifetime))
+            addElement(set: element.set, key: element.key, timeoutSeconds: lifetime)
         }
     }
 
     private mutating func replace(_ element: NFTSchema.Element, lifetime: UInt32, comment: NFTComment?) {
         let end = element.keyEnd
-        addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment, keyEnd: end)
+        addElement(set: element.set, key: element.key, data: element.data, timeoutSeconds: lifetime, comment: comment, keyEnd: end)
         deleteElement(set: element.set, key: element.key, keyEnd: end)
-        addElement(set: element.set, key: element.key, data: element.data, timeout: .seconds(lifetime), comment: comment, keyEnd: end)
+        addElement(set: element.set, key: element.key, data: element.data, timeoutSeconds: lifetime, comment: comment, keyEnd: end)
     }
 }
 

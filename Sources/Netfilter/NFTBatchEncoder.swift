@@ -117,7 +117,7 @@ final class NFTBatchEncoder {
                                 joining: Bool = false) -> Bool {
         switch operation.pointee.kind {
         case .add:
-            let milliseconds = operation.pointee.timeout?.netfilterMilliseconds
+            let milliseconds = operation.pointee.timeoutMilliseconds
             let commentLength = operation.pointee.comment.map { min($0.utf8Count, UserData.maximumCommentLength) }
             let length = Self.elementLength(key: operation.pointee.key, keyEnd: operation.pointee.keyEnd, data: operation.pointee.data,
                                             hasTimeout: milliseconds != nil, commentLength: commentLength)

@@ -229,21 +229,31 @@ public struct NFTChangeSet: Sendable {
         /// interval`): arrays, since few elements have them (NAT maps, DENY ranges).
         public let data: [UInt8]?
         public let keyEnd: [UInt8]?
-        /// Add only: the element's own timeout, and its comment.
-        public let timeout: Duration?
+        /// Add only: the element's own timeout in the kernel's unit, and its comment. Milliseconds,
+        /// not `Duration`: the engine grants whole seconds, and `Duration`'s conversion (its
+        /// 128-bit components) was ~190 instructions per admitted flow (docs/PERFORMANCE.md,
+        /// "Sixteenth pass").
+        public let timeoutMilliseconds: UInt64?
         public let comment: NFTComment?
 
         public static func add(set: String, key: NFTSetKey, data: [UInt8]?, timeout: Duration?, comment: NFTComment? = nil,
                                keyEnd: [UInt8]? = nil) -> Operation {
-            Operation(kind: .add, set: set, key: key, data: data, keyEnd: keyEnd, timeout: timeout, comment: comment)
+            Operation(kind: .add, set: set, key: key, data: data, keyEnd: keyEnd, timeoutMilliseconds: timeout?.netfilterMilliseconds,
+                      comment: comment)
+        }
+
+        public static func add(set: String, key: NFTSetKey, data: [UInt8]?, timeoutSeconds: UInt32, comment: NFTComment? = nil,
+                               keyEnd: [UInt8]? = nil) -> Operation {
+            Operation(kind: .add, set: set, key: key, data: data, keyEnd: keyEnd, timeoutMilliseconds: UInt64(timeoutSeconds) * 1000,
+                      comment: comment)
         }
 
         public static func delete(set: String, key: NFTSetKey, keyEnd: [UInt8]? = nil) -> Operation {
-            Operation(kind: .delete, set: set, key: key, data: nil, keyEnd: keyEnd, timeout: nil, comment: nil)
+            Operation(kind: .delete, set: set, key: key, data: nil, keyEnd: keyEnd, timeoutMilliseconds: nil, comment: nil)
         }
 
         public static func flush(set: String) -> Operation {
-            Operation(kind: .flush, set: set, key: NFTSetKey(), data: nil, keyEnd: nil, timeout: nil, comment: nil)
+            Operation(kind: .flush, set: set, key: NFTSetKey(), data: nil, keyEnd: nil, timeoutMilliseconds: nil, comment: nil)
         }
     }
 
@@ -254,6 +264,22 @@ public struct NFTChangeSet: Sendable {
     public init(family: NFTFamily = .inet, table: String = "midcom") {
         self.family = family
         self.table = table
+    }
+
+    /// An empty change set in the storage of `operations` (`NFTablesClient`'s reused change set).
+    /// Emptied one by one: `removeAll(keepingCapacity:)` walks the generic `replaceSubrange`.
+    init(family: NFTFamily, table: String, reusing operations: consuming [Operation]) {
+        self.family = family
+        self.table = table
+        self.operations = consume operations
+        while !self.operations.isEmpty { self.operations.removeLast() }
+    }
+
+    /// Hands the storage on to the next change set (`init(family:table:reusing:)`).
+    mutating func takeOperations() -> [Operation] {
+        var taken: [Operation] = []
+        swap(&taken, &operations)
+        return taken
     }
 
     /// Room for `count` operations, for callers that know how many they will add.
@@ -275,6 +301,14 @@ public struct NFTChangeSet: Sendable {
     public mutating func addElement(set: String, key: NFTSetKey, data: NFTSetKey? = nil, timeout: Duration? = nil,
                                     comment: NFTComment? = nil, keyEnd: NFTSetKey? = nil) {
         appendOperation(.add(set: set, key: key, data: data?.bytes, timeout: timeout, comment: comment, keyEnd: keyEnd?.bytes))
+    }
+
+    /// `addElement` with a timeout of whole seconds, as the engine grants lifetimes: the same
+    /// element as `timeout: .seconds(timeoutSeconds)`, without `Duration`'s conversion.
+    public mutating func addElement(set: String, key: NFTSetKey, data: NFTSetKey? = nil, timeoutSeconds: UInt32,
+                                    comment: NFTComment? = nil, keyEnd: NFTSetKey? = nil) {
+        appendOperation(.add(set: set, key: key, data: data?.bytes, timeoutSeconds: timeoutSeconds, comment: comment,
+                             keyEnd: keyEnd?.bytes))
     }
 
     /// Deletes `key` (the range `key`...`keyEnd` of an interval set) from `set`. The whole change set

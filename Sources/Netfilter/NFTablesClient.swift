@@ -30,6 +30,8 @@ public final class NFTablesClient: @unchecked Sendable {
         var sendBufferBytes: Int = 0
         /// The one buffer every transaction is encoded into (used under the lock only).
         let encoder = NFTBatchEncoder()
+        /// The storage of `apply(family:table:building:)`'s change set, kept between transactions.
+        var reusableOperations: [NFTChangeSet.Operation] = []
     }
 
     private let socket: OpaquePointer  // struct mnl_socket *
@@ -68,18 +70,40 @@ public final class NFTablesClient: @unchecked Sendable {
     /// attempt is the error path's only cost, and it is what `apply` always sent before.
     public func apply(_ changes: NFTChangeSet) throws(NetfilterError) {
         if changes.isEmpty { return }
+        try state.withLock { (state: inout State) throws(NetfilterError) in try self.apply(changes, locked: &state) }
+    }
+
+    /// `apply` of the change set that `build` writes into a change set the client keeps: its
+    /// storage is reused from transaction to transaction, where a change set made per transaction
+    /// was an allocation per signaled session (docs/PERFORMANCE.md, "Sixteenth pass"). `build`
+    /// runs under the client's lock and must not call the client.
+    public func apply(family: NFTFamily = .inet, table: String, building build: (inout NFTChangeSet) -> Void)
+        throws(NetfilterError)
+    {
         try state.withLock { (state: inout State) throws(NetfilterError) in
-            let first = state.reserveSequences()
-            let messages = Self.encode(changes, firstSequence: first, into: state.encoder, joining: true)
-            guard let failure = try self.send(state.encoder, messages: messages, firstSequence: first, state: &state) else { return }
-            if messages == changes.count + 2 || failure.index == 0 {
-                throw Target.inElementBatch(changes, index: failure.index).error(errno: failure.errno)
-            }
-            let again = state.reserveSequences()
-            let single = Self.encode(changes, firstSequence: again, into: state.encoder, joining: false)
-            if let failure = try self.send(state.encoder, messages: single, firstSequence: again, state: &state) {
-                throw Target.inElementBatch(changes, index: failure.index).error(errno: failure.errno)
-            }
+            var taken: [NFTChangeSet.Operation] = []
+            swap(&taken, &state.reusableOperations)
+            var changes = NFTChangeSet(family: family, table: table, reusing: consume taken)
+            build(&changes)
+            // A change set that an error carries away shares the storage; the next transaction's
+            // emptying then copies it, and the error keeps what it describes.
+            defer { state.reusableOperations = changes.takeOperations() }
+            if changes.isEmpty { return }
+            try self.apply(changes, locked: &state)
+        }
+    }
+
+    private func apply(_ changes: NFTChangeSet, locked state: inout State) throws(NetfilterError) {
+        let first = state.reserveSequences()
+        let messages = Self.encode(changes, firstSequence: first, into: state.encoder, joining: true)
+        guard let failure = try send(state.encoder, messages: messages, firstSequence: first, state: &state) else { return }
+        if messages == changes.count + 2 || failure.index == 0 {
+            throw Target.inElementBatch(changes, index: failure.index).error(errno: failure.errno)
+        }
+        let again = state.reserveSequences()
+        let single = Self.encode(changes, firstSequence: again, into: state.encoder, joining: false)
+        if let failure = try send(state.encoder, messages: single, firstSequence: again, state: &state) {
+            throw Target.inElementBatch(changes, index: failure.index).error(errno: failure.errno)
         }
     }
 
@@ -542,7 +566,7 @@ enum Target {
         switch operation.kind {
         case .add:
             return .addElement(family: family, table: table, set: operation.set, key: operation.key.description,
-                               hasTimeout: operation.timeout != nil, keyLength: operation.key.count)
+                               hasTimeout: operation.timeoutMilliseconds != nil, keyLength: operation.key.count)
         case .delete:
             return .deleteElement(family: family, table: table, set: operation.set, key: operation.key.description)
         case .flush:

@@ -252,8 +252,11 @@ final class Daemon: Sendable {
         for group in readers.dropFirst() {
             Thread.detachNewThread { [self] in
                 let burst = makeBurst()
+                var parseStorage = CSPMessage(type: .setup, sessionID: 0, nonce: 0)
                 do {
-                    try NetfilterQueue.run(group, beforeVerdicts: { burst.flush() }) { packet in self.handle(packet, burst: burst) }
+                    try NetfilterQueue.run(group, beforeVerdicts: { burst.flush() }) { packet in
+                        self.handle(packet, burst: burst, parseStorage: &parseStorage)
+                    }
                 } catch {
                     log(.error, "queue reader failed: \(error)")
                     stop()
@@ -261,10 +264,11 @@ final class Daemon: Sendable {
             }
         }
         let burst = makeBurst()
+        var parseStorage = CSPMessage(type: .setup, sessionID: 0, nonce: 0)
         try NetfilterQueue.run(
             readers[0], tickInterval: .milliseconds(250), tick: { [self] in tick(burst) }, beforeVerdicts: { burst.flush() }
         ) { [self] packet in
-            handle(packet, burst: burst)
+            handle(packet, burst: burst, parseStorage: &parseStorage)
         }
     }
 

@@ -10,7 +10,9 @@ import Netfilter
 /// One queued packet's walk: classify (signaling or first packet), parse outside the engine's
 /// lock, one engine call, then the verdict; kernel changes wait for the burst's batch.
 extension Daemon {
-    func handle(_ packet: borrowing QueuedPacket, burst: BurstBatcher) -> Verdict {
+    /// `parseStorage`: the reader thread's message whose TLV storage each signaling message is
+    /// parsed into (`CSPMessage.parse(_:into:)`), one per thread.
+    func handle(_ packet: borrowing QueuedPacket, burst: BurstBatcher, parseStorage: inout CSPMessage) -> Verdict {
         let truncated = packet.originalLength > packet.payload.count
         guard let ip = try? IPPacketView(packet.payload, allowingTruncation: truncated) else {
             malformedPackets.add(1, ordering: .relaxed)
@@ -36,7 +38,8 @@ extension Daemon {
                 log.limited(.warning, category: "malformed-ip", "dropped signaling from \(source) with a bad UDP header: \(error)")
                 return .drop
             }
-            return handleSignaling(udp, id: packet.id, burst: burst, insideConntrack: packet.mark == cspReplyMark)
+            return handleSignaling(
+                udp, id: packet.id, burst: burst, parseStorage: &parseStorage, insideConntrack: packet.mark == cspReplyMark)
         }
         return handleFirstPacket(ip, flow: ip.flow(ports: ports), id: packet.id, burst: burst)
     }
@@ -50,7 +53,9 @@ extension Daemon {
         ports.destination == configuration.cspPort || (ports.source == configuration.cspPort && mark == cspReplyMark)
     }
 
-    func handleSignaling(_ udp: UDPDatagramView, id: UInt32, burst: BurstBatcher, insideConntrack: Bool = false) -> Verdict {
+    func handleSignaling(
+        _ udp: UDPDatagramView, id: UInt32, burst: BurstBatcher, parseStorage: inout CSPMessage, insideConntrack: Bool = false
+    ) -> Verdict {
         let source = CSPEndpoint(address: udp.packet.source, port: udp.sourcePort)
         let destination = CSPEndpoint(address: udp.packet.destination, port: udp.destinationPort)
         let now = self.now()
@@ -59,8 +64,13 @@ extension Daemon {
         do {
             // Parsed and verified here, outside the engine's lock (Ed25519 costs tens of µs).
             let parseStart = metrics == nil ? nil : ContinuousClock.now
+            // The storage moves into the request and back after the engine's call: a copy left
+            // behind would share it, and the parse would then allocate.
+            var storage = CSPMessage(type: .setup, sessionID: 0, nonce: 0)
+            swap(&storage, &parseStorage)
             var request = try SignalingRequest(
-                parsing: udp.payload, source: source, entry: .intercepted(destination: destination), wallClock: wallClock())
+                parsing: udp.payload, source: source, entry: .intercepted(destination: destination), wallClock: wallClock(),
+                reusing: consume storage)
             if let metrics, let parseStart {
                 let took = parseStart.duration(to: .now)
                 (request.message.flags.contains(.signed) ? metrics.parseSigned : metrics.parseUnsigned).record(took)
@@ -72,6 +82,7 @@ extension Daemon {
                 $0.describesEvents = describing
                 return $0.handle(request, now: now)
             }
+            parseStorage = request.message
         } catch {
             if udp.payload.isEmpty, let probe = discoveryProbe(udp.packet) {
                 // An empty datagram to a CSP port carrying the discovery option is the recommended

@@ -60,6 +60,37 @@ func parseError(_ bytes: [UInt8], file: StaticString = #filePath, line: UInt = #
 }
 
 final class CSPMessageTests: XCTestCase {
+    /// `parse(_:into:)` replaces every field and TLV of what the message held, reuses its TLV
+    /// storage when nothing shares it, and leaves a copy taken earlier as it was.
+    func testParseIntoReplacesEverythingAndLeavesCopiesAlone() throws {
+        let accept = CSPMessage(type: .accept, result: .success, sessionID: 9, nonce: 8, sequence: 7, tlvs: [.lifetime(60)])
+        let acceptBytes = try accept.serialize()
+        var message = CSPMessage(type: .setup, sessionID: 0, nonce: 0)
+        try setupFixture.withUnsafeBytes { try CSPMessage.parse($0, into: &message) }
+        XCTAssertEqual(message, setupFixtureMessage)
+        let storage = message.tlvs.withUnsafeBufferPointer { $0.baseAddress }
+        try acceptBytes.withUnsafeBytes { try CSPMessage.parse($0, into: &message) }
+        XCTAssertEqual(message, accept)
+        XCTAssertEqual(message.tlvs.withUnsafeBufferPointer { $0.baseAddress }, storage, "unshared storage is reused")
+
+        let kept = message
+        try setupFixture.withUnsafeBytes { try CSPMessage.parse($0, into: &message) }
+        XCTAssertEqual(message, setupFixtureMessage)
+        XCTAssertEqual(kept, accept, "a copy keeps what it held")
+
+        // A malformed message throws the same error as `parse`; the value is then only fit to parse into again.
+        var truncated = acceptBytes  // LIFETIME cut to 2 of its 4 octets
+        truncated.removeLast(2)
+        truncated[7] = UInt8(truncated.count)
+        let expected = parseError(truncated)
+        XCTAssertNotNil(expected)
+        XCTAssertThrowsError(try truncated.withUnsafeBytes { try CSPMessage.parse($0, into: &message) }) { error in
+            XCTAssertEqual(error as? CSPWireError, expected)
+        }
+        try acceptBytes.withUnsafeBytes { try CSPMessage.parse($0, into: &message) }
+        XCTAssertEqual(message, accept)
+    }
+
     func testFixtureParsesFieldByField() throws {
         XCTAssertEqual(setupFixture.count, 89)
         let m = try CSPMessage.parse(setupFixture)

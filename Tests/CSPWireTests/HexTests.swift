@@ -13,4 +13,21 @@ final class HexTests: XCTestCase {
             XCTAssertEqual(hex(value), String(repeating: "0", count: 16 - reference.count) + reference)
         }
     }
+
+    /// Every digit value in every position, written at an unaligned offset between other bytes
+    /// that must stay as they were.
+    func testWriteHexPutsEachDigitInItsPlaceAndNothingElse() {
+        let digits = Array("0123456789abcdef".utf8)
+        var buffer = [UInt8](repeating: 0xee, count: 21)
+        for position in 0..<16 {
+            for digit in 0..<16 {
+                let value = UInt64(digit) << UInt64(4 * (15 - position))
+                buffer.withUnsafeMutableBufferPointer { writeHex(value, into: $0, at: 3) }
+                var expected = [UInt8](repeating: 0x30, count: 16)
+                expected[position] = digits[digit]
+                XCTAssertEqual(Array(buffer[3..<19]), expected, "digit \(digit) at \(position)")
+                XCTAssertEqual(buffer[0..<3] + buffer[19...], [0xee, 0xee, 0xee, 0xee, 0xee])
+            }
+        }
+    }
 }

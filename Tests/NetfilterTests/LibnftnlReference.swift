@@ -59,7 +59,7 @@ enum LibnftnlReference {
                 bytes(operation.key.bytes, NFTNL_SET_ELEM_KEY)
                 if let keyEnd = operation.keyEnd { bytes(keyEnd, NFTNL_SET_ELEM_KEY_END) }
                 if let data = operation.data { bytes(data, NFTNL_SET_ELEM_DATA) }
-                if let timeout = operation.timeout { nftnl_set_elem_set_u64(element, attr(NFTNL_SET_ELEM_TIMEOUT), timeout.netfilterMilliseconds) }
+                if let timeout = operation.timeoutMilliseconds { nftnl_set_elem_set_u64(element, attr(NFTNL_SET_ELEM_TIMEOUT), timeout) }
                 if let comment = operation.comment { bytes(UserData.encode(comment: comment.description), NFTNL_SET_ELEM_USERDATA) }
             case .delete:
                 type = NFT_MSG_DELSETELEM.rawValue

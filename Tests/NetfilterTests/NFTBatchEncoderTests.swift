@@ -181,6 +181,23 @@ final class NFTBatchEncoderTests: XCTestCase {
         XCTAssertEqual(NFTablesClient.encodedBatch(changes, firstSequence: 5), expected)
     }
 
+    /// A timeout given in whole seconds (as the engine grants lifetimes) is the same element as the
+    /// same `Duration`, at 0, at the largest lifetime and in between; a fraction of a millisecond
+    /// still rounds up, never to 0 ("no timeout").
+    func testTimeoutInSecondsEqualsTheSameDuration() {
+        for seconds: UInt32 in [0, 1, 2, 3600, .max] {
+            var inSeconds = NFTChangeSet(table: "mc")
+            var asDuration = NFTChangeSet(table: "mc")
+            inSeconds.addElement(set: "s", key: key([1, 2, 3, 4]), timeoutSeconds: seconds, comment: "c")
+            asDuration.addElement(set: "s", key: key([1, 2, 3, 4]), timeout: .seconds(seconds), comment: "c")
+            XCTAssertEqual(inSeconds.operations, asDuration.operations, "\(seconds) s")
+            XCTAssertEqual(inSeconds.operations.first?.timeoutMilliseconds, UInt64(seconds) * 1000)
+        }
+        var fraction = NFTChangeSet(table: "mc")
+        fraction.addElement(set: "s", key: key([1, 2, 3, 4]), timeout: .microseconds(1))
+        XCTAssertEqual(fraction.operations.first?.timeoutMilliseconds, 1)
+    }
+
     /// A delete and a flush: no timeout, no NLM_F_CREATE; the flush has no element list.
     func testDeleteAndFlushFieldByField() {
         var changes = NFTChangeSet(family: .ipv4, table: "mc")

@@ -207,6 +207,43 @@ final class NFTablesClientTests: XCTestCase {
         }
     }
 
+    /// The change set `apply(table:building:)` keeps between transactions starts empty each time:
+    /// a failed transaction's elements (its error still describes them) are neither in the kernel
+    /// nor in the next transaction, which holds exactly what its own build wrote.
+    func testReusedChangeSetCarriesNothingOver() throws {
+        let client = try NFTablesClient()
+        var bad = NFTSetKey()
+        bad.append(raw: [0xde, 0xad, 0xbe])  // 3 bytes for a 20-byte key
+        let first = flowKey(0x0a00_0001, 17, 1, 0x0a00_0002, 2)
+        let second = flowKey(0x0a00_0003, 17, 3, 0x0a00_0004, 4)
+        var failure: NetfilterError?
+        do {
+            try client.apply(table: table) { changes in
+                changes.addElement(set: "flows", key: first, timeoutSeconds: 60)
+                changes.addElement(set: "flows", key: bad, timeoutSeconds: 60)
+            }
+        } catch {
+            failure = error
+        }
+        XCTAssertEqual(failure?.errno, EINVAL)
+        XCTAssertTrue(failure?.object.hasSuffix("set inet \(table) flows, element deadbe") ?? false, "\(String(describing: failure))")
+        XCTAssertEqual(try client.listElements(table: table, set: "flows"), [])
+
+        var seen = -1
+        try client.apply(table: table) { changes in
+            seen = changes.count
+            changes.addElement(set: "flows", key: second, timeoutSeconds: 60)
+        }
+        XCTAssertEqual(seen, 0, "the reused change set must start empty")
+        XCTAssertEqual(try client.listElements(table: table, set: "flows").map(\.key), [second.bytes])
+        // The error still names what it was about after its storage was handed on.
+        XCTAssertTrue(failure?.object.hasSuffix("element deadbe") ?? false)
+
+        // An empty build sends nothing and changes nothing.
+        try client.apply(table: table) { _ in }
+        XCTAssertEqual(try client.listElements(table: table, set: "flows").count, 1)
+    }
+
     /// The error names the element the kernel refused, also deep in a large batch (the encoder keeps no
     /// description per element: the message is found again from the sequence number), and the
     /// client's reused buffer carries nothing over into the next transaction.

@@ -43,7 +43,19 @@ public struct SignalingRequest: Sendable, Equatable {
     /// Parses a datagram's payload and verifies its signature; throws the codec's error for
     /// malformed input.
     public init(parsing payload: UnsafeRawBufferPointer, source: CSPEndpoint, entry: Entry, wallClock: UInt64 = 0) throws {
-        let message = try CSPMessage.parse(payload)
+        try self.init(
+            parsing: payload, source: source, entry: entry, wallClock: wallClock, reusing: CSPMessage(type: .setup, sessionID: 0, nonce: 0))
+    }
+
+    /// `init(parsing:…)` into `storage`, a message taken back from an earlier request
+    /// (`CSPMessage.parse(_:into:)`): its TLV array's storage is reused when nothing else holds it.
+    public init(
+        parsing payload: UnsafeRawBufferPointer, source: CSPEndpoint, entry: Entry, wallClock: UInt64 = 0,
+        reusing storage: consuming CSPMessage
+    ) throws {
+        // Moved, not copied: a second reference would make the parse allocate storage anew.
+        var message = consume storage
+        try CSPMessage.parse(payload, into: &message)
         self.init(
             message: message, source: source, entry: entry, signature: SignatureCheck.check(payload, message: message),
             wallClock: wallClock, wireLength: payload.count)

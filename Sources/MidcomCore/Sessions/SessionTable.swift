@@ -180,19 +180,25 @@ public struct SessionTable: Sendable {
             indexPaths(ofSlot: slot)
             return
         }
-        let old = slots[slot]
+        // The old session is read where it lies, not copied out (a copy was ~100 instructions and
+        // two retains per update); only a listener's change copies it.
+        let oldState = slots[slot].state
+        let oldOwner = slots[slot].owner
         // A pending session that stays pending for the same owner leaves the counts as they are.
-        if old.state != .pending || session.state != .pending || old.owner != session.owner {
-            countPending(old, -1)
+        if oldState != .pending || session.state != .pending || oldOwner != session.owner {
+            countPending(state: oldState, owner: oldOwner, -1)
             countPending(session, +1)
         }
-        // While the slot still holds `old`: the flow index confirms entries against the slot.
-        if old.flow != session.flow || old.pathCount > 1 || session.pathCount > 1 { unindexPaths(ofSlot: slot) }
+        // While the slot still holds the old session: the flow index confirms entries against the slot.
+        if slots[slot].flow != session.flow || slots[slot].pathCount > 1 || session.pathCount > 1 { unindexPaths(ofSlot: slot) }
         // Pushing an unchanged expiry again would only grow the heap.
-        if old.expiresAt != session.expiresAt, let at = session.expiresAt {
+        if slots[slot].expiresAt != session.expiresAt, let at = session.expiresAt {
             expiryHeap.push(ExpiryEntry(at: at, id: session.id))
         }
-        if old.incoming || session.incoming { reindexListener(old: old, new: session) }
+        if slots[slot].incoming || session.incoming {
+            let old = slots[slot]
+            reindexListener(old: old, new: session)
+        }
         slots[slot] = session
         indexPaths(ofSlot: slot)
     }
@@ -257,8 +263,11 @@ public struct SessionTable: Sendable {
     public func pendingSessions(of owner: IPAddress) -> Int { Int(pendingByOwner[owner] ?? 0) }
 
     private mutating func countPending(_ session: Session, _ delta: Int32) {
-        guard session.state == .pending else { return }
-        let owner = session.owner
+        countPending(state: session.state, owner: session.owner, delta)
+    }
+
+    private mutating func countPending(state: SessionState, owner: IPAddress, _ delta: Int32) {
+        guard state == .pending else { return }
         pendingCount += Int(delta)
         // One hash lookup either way: in place for an increment, by index for a decrement (an
         // owner whose count reaches zero leaves the dictionary without being looked up again).
