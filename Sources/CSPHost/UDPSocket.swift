@@ -69,11 +69,13 @@ public final class UDPSocket: Sendable {
         }
     }
 
-    /// Waits up to `timeout` for one datagram; nil on timeout.
-    public func receive(timeout: Duration, maximumLength: Int = 65535) throws(SystemCallError) -> (bytes: [UInt8], from: CSPEndpoint)? {
+    /// Waits up to `timeout` (nil: until one comes) for one datagram; nil on timeout.
+    public func receive(timeout: Duration?, maximumLength: Int = 65535) throws(SystemCallError) -> (bytes: [UInt8], from: CSPEndpoint)? {
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let (seconds, attoseconds) = timeout.components
-        let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+        var milliseconds: Int32 = -1
+        if let (seconds, attoseconds) = timeout?.components {
+            milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+        }
         let ready = try systemCall("poll") { poll(&pfd, 1, milliseconds) }
         guard ready > 0 else { return nil }
         var buffer = [UInt8](repeating: 0, count: maximumLength)

@@ -57,6 +57,7 @@ extension Daemon {
             return ControlResponse(ok: true, status: status())
         case .announce:
             epochAnnouncementRequests.add(1, ordering: .relaxed)
+            epochAnnouncementWake.signal()
             let csp = "epoch \(engine.withLock { $0.identity.epoch }): announcing to the inside CSP hosts (ANNOUNCE to 224.0.0.1 and ff02::1, 3 times over 1.5 s)"
             guard configuration.nat != nil else {
                 log(.notice, "midctl announce: announcing our epoch to the inside hosts")

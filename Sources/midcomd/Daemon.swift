@@ -64,6 +64,8 @@ final class Daemon: Sendable {
     /// Requests to announce our epoch to the inside hosts (CSP ANNOUNCE): 1 at start, one more per
     /// `midctl announce`; the announcing thread sends its schedule whenever the count changes.
     let epochAnnouncementRequests = Atomic<UInt64>(1)
+    /// Wakes the announcing thread for a new request (and at stop).
+    let epochAnnouncementWake = DispatchSemaphore(value: 0)
     let epochAnnouncements = Atomic<UInt64>(0)
 
     /// The file and overrides the configuration came from: read again on reload.
@@ -292,6 +294,7 @@ final class Daemon: Sendable {
 
     func stop() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
+        epochAnnouncementWake.signal()
         notifier.notify("STOPPING=1")
         log(.notice, "stopping: removing the queue rule; admitted flows keep their kernel timeouts")
         for queue in queues { queue.stop() }

@@ -212,13 +212,16 @@ extension Daemon {
     }
 
     /// Serves CSP requests addressed to this middlebox (incoming pinholes from any peer) through
-    /// the same pipeline as intercepted ones.
+    /// the same pipeline as intercepted ones. Waits for a datagram without a timeout: an idle
+    /// gateway wakes this thread for nothing (a 250 ms timeout before, four wake-ups a second per
+    /// family); the thread is detached and ends with the process, and one woken after `stop`
+    /// serves nothing.
     func serveLocalRequests(on socket: UDPSocket) {
         var consecutiveErrors = 0
         while !stopping.load(ordering: .relaxed) {
             let received: (bytes: [UInt8], from: CSPEndpoint)?
             do {
-                received = try socket.receive(timeout: .milliseconds(250))
+                received = try socket.receive(timeout: nil)
                 consecutiveErrors = 0
             } catch {
                 consecutiveErrors += 1
@@ -226,7 +229,7 @@ extension Daemon {
                 if consecutiveErrors > 10 { usleep(100_000) }  // a persistent error must not spin
                 continue
             }
-            guard let received else { continue }
+            guard let received, !stopping.load(ordering: .relaxed) else { continue }
             let now = self.now()
             let outcome: SignalingOutcome
             var described: (type: CSPMessageType, session: UInt64)?

@@ -63,6 +63,23 @@ wait_for_match "$LAB_DIR/sniff.log" "^ipv4 10\.200\.1\.2 > 10\.200\.2\.2 tcpopts
 wait_for_match "$LAB_DIR/sniff.log" "^ipv6 fd00:1::2 > fd00:2::2 tcpopts (([0-9a-f]{2})*)fd104353" 2
 indent <"$LAB_DIR/sniff.log"
 
+step "idle, midcomd's threads sleep until work comes: its timers only (the readers' ticks, the snapshot's)"
+# Voluntary context switches of all its threads over 2 s with no traffic: a thread that polls
+# (the epoch announcer's 100 ms loop did) wakes the gateway's CPUs ten times a second for nothing.
+wakeups() {
+  for task in /proc/"$MIDCOMD_PID"/task/*; do
+    echo "$(basename "$task") $(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status")"
+  done
+}
+wakeups >"$LAB_DIR/wake0"
+sleep 2
+wakeups >"$LAB_DIR/wake1"
+# Per thread (its ID, and wake-ups in the 2 s), then the sum.
+join "$LAB_DIR/wake0" "$LAB_DIR/wake1" | awk '$3 > $2 {printf "      thread %s: %d\n", $1, $3 - $2}'
+idle=$(join "$LAB_DIR/wake0" "$LAB_DIR/wake1" | awk '{s += $3 - $2} END {print s + 0}')
+echo "      $idle wake-ups in 2 s ($(wc -l <"$LAB_DIR/wake1") threads)"
+[ "$idle" -le "${IDLE_WAKEUPS_MAX:-32}" ] || fail "idle midcomd woke $idle times in 2 s (expected at most ${IDLE_WAKEUPS_MAX:-32})"
+
 step "midcomd stopped: no middlebox answers (exit 3)"
 kill -TERM "$MIDCOMD_PID"
 for _ in $(seq 1 50); do kill -0 "$MIDCOMD_PID" 2>/dev/null || break; sleep 0.1; done
