@@ -274,13 +274,15 @@ fig4_gateway() {
     # cspload does not answer CHALLENGEs: figure 4 measures the signaling path without return
     # routability (docs/PERFORMANCE.md; the trust figure measures what it costs).
     midcomd) bl_ruleset; bl_midcomd "$FIG4_CONF"; FIG4_PID=$MIDCOMD_PID ;;
-    cref)
+    cref | cref-state)
       # Requests reach `enqueue`, answers inside conntrack `enqueue_proved` (midcom.nft's queue_hook): both to
       # queue 0 with midcomd's rule, one C reader (midcomd reads the proved queue with a second reader thread).
+      # cref-state (`csp -m`): the C reference also keeps midcomd's per-session state, laid out as midcomd's.
+      local state=(); [ "$1" = cref-state ] && state=(-m)
       bl_ruleset
       ENCODING=$(in_ns gw "$BIN/nfqref" rule 0 1 midcom enqueue)
       in_ns gw "$BIN/nfqref" rule 0 1 midcom enqueue_proved >/dev/null
-      bl_bg gw "$BL_DIR/nfqref.json" taskset -c "$READER_CPU" "$BIN/nfqref" csp -k -d 120
+      bl_bg gw "$BL_DIR/nfqref.json" taskset -c "$READER_CPU" "$BIN/nfqref" csp "${state[@]}" -k -d 120
       FIG4_PID=$BL_LAST_PID
       sleep 0.3 ;;
   esac
@@ -326,6 +328,12 @@ fig4() {
     # window 1): an A/A control for the window-1 latency rows, whose target of 1.2 is the issue's.
     fig4_gateway cref
     for w in 64 1; do fig4_window cref-again "$run" $w; done
+    bl_stop "$FIG4_PID"
+    # cref-state: the C reference keeping midcomd's per-session state (a record per session in one array,
+    # indexed by ID and by flow, an expiry heap, the element's comment): the price of holding ~200k sessions
+    # at window 1, paid in C (sixteenth pass).
+    fig4_gateway cref-state
+    for w in 64 1; do fig4_window cref-state "$run" $w; done
     bl_stop "$FIG4_PID"
     # Signed setups through midcomd (challenge = never: only the signature's cost shows), after the unsigned
     # window 64 of this run sized the pool, and the cost of one verification on the reader CPU.

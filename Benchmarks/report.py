@@ -192,6 +192,17 @@ for w in ("1", "64"):
             row(4, f"  A/A: C reference measured again after midcomd ÷ before, added latency {p}, window 1",
                 diff(stat(4, "cref-again-w1", f"rtt_{p}_ns"), k), diff(stat(4, "cref-w1", f"rtt_{p}_ns"), k), "ns",
                 higher_is_better=False, by_run=True)
+# The C reference keeping midcomd's per-session state (nfqref csp -m): what holding the window-64 sessions costs
+# at window 1 when C pays it, and midcomd against that reference.
+for p in ("p50", "p99"):
+    k = stat(4, "kernel-w1", f"rtt_{p}_ns")
+    row(4, f"  C reference keeping midcomd's session state ÷ C reference, added latency {p}, window 1",
+        diff(stat(4, "cref-state-w1", f"rtt_{p}_ns"), k), diff(stat(4, "cref-w1", f"rtt_{p}_ns"), k), "ns",
+        higher_is_better=False, by_run=True)
+row(4, "  gateway CPU per session, window 1: midcomd ÷ C reference keeping midcomd's session state",
+    stat(4, "midcomd-w1", "cpu_ns_per_session"), stat(4, "cref-state-w1", "cpu_ns_per_session"), "ns", higher_is_better=False)
+row(4, "  gateway CPU per session, window 1: C reference keeping the session state ÷ C reference",
+    stat(4, "cref-state-w1", "cpu_ns_per_session"), stat(4, "cref-w1", "cpu_ns_per_session"), "ns", higher_is_better=False)
 row(4, "gateway CPU per session, window 64: midcomd ÷ C reference", stat(4, "midcomd-w64", "cpu_ns_per_session"),
     stat(4, "cref-w64", "cpu_ns_per_session"), "ns", higher_is_better=False)
 # With recordRoute: the ACCEPT re-injected with the gateway's signed record (a payload verdict).

@@ -17,7 +17,11 @@
 //   nfqref csp     [options] [-k]       figure 4's C reference: the two queue crossings of a signaled session
 //                                       (SETUP remembered and accepted; ACCEPT admitted with one NEWSETELEM per
 //                                       burst and accepted, with a record appended when the SETUP asked for
-//                                       records; -k signs it with Ed25519); copy range 2048 by default
+//                                       records; -k signs it with Ed25519); copy range 2048 by default. -m: also
+//                                       the state midcomd keeps per session: a record of 160 octets appended to
+//                                       one array, found by session ID and by flow through two open-addressing
+//                                       indexes of 8-octet entries (as SessionTable and its SlotIndexes), an
+//                                       expiry entry per change, the session's tag as the element's comment
 // options: -q QUEUE (0) -c COPYRANGE (128) -d MAXSECONDS (60) -t ELEMENT_TIMEOUT_S (60) -T TABLE (midcom)
 // tuning (figure 14 measured each; the defaults measured fastest): -b DATAGRAMS_PER_RECVMMSG (64)
 //   -p MAX_PENDING_VERDICTS (1024) -V (a batch verdict after every recvmmsg) -r RCVBUF_MIB (8; 0 = system default)
@@ -387,6 +391,78 @@ static size_t csp_append_record(uint8_t *m, size_t len, uint32_t lifetime) {
     return added;
 }
 
+// nfqref csp -m: midcomd's per-session state, laid out as midcomd lays it out, so that the reference pays the
+// same memory traffic for a table of every session (figure 4's window 1 runs after window 64 filled it with
+// ~200k sessions). Sizes: the indexes as SlotIndex is at that size (2^19 entries, load at most 3/4; no growth
+// here, so at most 3/4 of that many sessions are kept); the records as midcomd's Session (160 octets, dense).
+#define CSP_INDEX_ENTRIES (1u << 19)
+#define CSP_RECORDS (CSP_INDEX_ENTRIES / 4 * 3)
+static int csp_table;
+static struct session_record *csp_records;
+static uint64_t *csp_by_id, *csp_by_flow;  // 0 empty, else tag << 32 | (record + 1)
+static struct csp_expiry { uint64_t at_ns, sid; } *csp_expiry;
+static uint32_t csp_record_count, csp_expiry_count;
+static uint64_t csp_table_full;
+
+static uint64_t csp_mix(uint64_t x) {
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+static uint64_t csp_flow_hash(const uint8_t key[20]) {
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < 20; i++) h = (h ^ key[i]) * 1099511628211ull;
+    return h;
+}
+/// The record indexed under `hash` whose session ID is `sid` (flow key `key` when given), or -1 with *empty the
+/// entry that ended the probe.
+static int64_t csp_find(const uint64_t *index, uint64_t hash, uint64_t sid, const uint8_t *key, uint32_t *empty) {
+    uint64_t tag = (hash >> 32) | 1;
+    for (uint32_t i = (uint32_t)hash & (CSP_INDEX_ENTRIES - 1);; i = (i + 1) & (CSP_INDEX_ENTRIES - 1)) {
+        uint64_t e = index[i];
+        if (!e) { *empty = i; return -1; }
+        if (e >> 32 != tag) continue;
+        const struct session_record *r = &csp_records[(uint32_t)e - 1];
+        if (key ? memcmp(r->key, key, 20) == 0 : r->id == sid) return (int64_t)(uint32_t)e - 1;
+    }
+}
+/// An expiry entry, sifted up a binary min-heap as midcomd's expiry heap.
+static void csp_expire_at(uint64_t at_ns, uint64_t sid) {
+    if (csp_expiry_count == 2 * CSP_RECORDS) return;
+    uint32_t i = csp_expiry_count++;
+    while (i > 0 && csp_expiry[(i - 1) / 2].at_ns > at_ns) { csp_expiry[i] = csp_expiry[(i - 1) / 2]; i = (i - 1) / 2; }
+    csp_expiry[i] = (struct csp_expiry){at_ns, sid};
+}
+/// A SETUP: its session found by ID (and its flow's holder by flow), else a pending record made and indexed.
+static void csp_table_setup(uint64_t sid, const uint8_t key[20], uint32_t lifetime) {
+    uint64_t now = bu_now_ns(), hid = csp_mix(sid), hflow = csp_flow_hash(key);
+    uint32_t at_id, at_flow;
+    int64_t slot = csp_find(csp_by_id, hid, sid, NULL, &at_id);
+    int64_t holder = csp_find(csp_by_flow, hflow, 0, key, &at_flow);
+    if (slot < 0) {
+        if (csp_record_count == CSP_RECORDS) { csp_table_full++; return; }
+        slot = csp_record_count++;
+        csp_by_id[at_id] = ((hid >> 32) | 1) << 32 | (uint64_t)(slot + 1);
+        if (holder < 0) csp_by_flow[at_flow] = ((hflow >> 32) | 1) << 32 | (uint64_t)(slot + 1);
+    }
+    struct session_record *r = &csp_records[slot];
+    memcpy(r->key, key, 20);
+    r->used = 1;  // pending
+    r->id = sid;
+    r->created_ns = now;
+    r->expires_ns = now + (uint64_t)lifetime * 1000000000u;
+    csp_expire_at(r->expires_ns, sid);
+}
+/// An ACCEPT: its session found by ID and admitted until the granted lifetime ends.
+static void csp_table_accept(uint64_t sid, uint32_t granted) {
+    uint32_t empty;
+    int64_t slot = csp_find(csp_by_id, csp_mix(sid), sid, NULL, &empty);
+    if (slot < 0) return;
+    struct session_record *r = &csp_records[slot];
+    r->used = 2;  // admitted
+    r->expires_ns = bu_now_ns() + (uint64_t)granted * 1000000000u;
+    csp_expire_at(r->expires_ns, sid);
+}
+
 /// The value of the first top-level TLV `type` of the CSP message m[0 ..< n], NULL if none or malformed.
 static const uint8_t *csp_tlv(const uint8_t *m, size_t n, uint16_t type, uint16_t *len) {
     for (size_t off = 28; off + 4 <= n;) {
@@ -428,6 +504,7 @@ static enum csp_verdict csp_decide(const uint8_t *p, size_t len, uint8_t *out, s
         memcpy(e->key + 16, f + 4, 2);  // destination port
         e->record_route = (m[4] & 0x02) != 0;
         e->used = 1;
+        if (csp_table) csp_table_setup(sid, e->key, e->lifetime);
         csp_setups++;
         return CSP_ACCEPT;
     }
@@ -442,6 +519,10 @@ static enum csp_verdict csp_decide(const uint8_t *p, size_t len, uint8_t *out, s
         if (lt && ll == 4 && rd32(lt) && rd32(lt) < granted) granted = rd32(lt);
         memcpy(keys[*nkeys], e->key, 20);
         timeouts[*nkeys] = granted * 1000u;
+        if (csp_table) {
+            csp_table_accept(sid, granted);
+            element_ids[*nkeys] = sid;  // the element's comment (admit_like_midcomd)
+        }
         (*nkeys)++;
         csp_admitted++;
         if (!e->record_route) return CSP_ACCEPT;
@@ -547,12 +628,14 @@ static void run_csp(uint32_t copy_range, double max_seconds) {
     }
     printf("{\"mode\":\"csp\",\"received\":%llu,\"setups\":%llu,\"accepts\":%llu,\"admitted\":%llu,\"rewritten\":%llu,"
            "\"unmatched\":%llu,\"other\":%llu,\"sign_errors\":%llu,\"verdict_sends\":%llu,\"verdict_errors\":%llu,"
-           "\"elements_added\":%llu,\"nft_batches\":%llu,\"nft_errors\":%llu,\"cpu_ns\":%llu}\n",
+           "\"elements_added\":%llu,\"nft_batches\":%llu,\"nft_errors\":%llu,\"table_sessions\":%llu,"
+           "\"table_full\":%llu,\"cpu_ns\":%llu}\n",
            (unsigned long long)received, (unsigned long long)csp_setups, (unsigned long long)csp_accepts,
            (unsigned long long)csp_admitted, (unsigned long long)csp_rewritten, (unsigned long long)csp_unmatched,
            (unsigned long long)csp_other, (unsigned long long)csp_sign_errors, (unsigned long long)sends,
            (unsigned long long)verdict_errors, (unsigned long long)elements_added, (unsigned long long)nft_batches,
-           (unsigned long long)nft_errors, (unsigned long long)bu_cpu_ns());
+           (unsigned long long)nft_errors, (unsigned long long)csp_record_count, (unsigned long long)csp_table_full,
+           (unsigned long long)bu_cpu_ns());
     fflush(stdout);
 }
 
@@ -621,10 +704,18 @@ int main(int argc, char **argv) {
     if (tune.vlen < 1 || tune.vlen > MAX_VLEN || tune.max_pending < 1 || tune.max_pending > MAX_PENDING) return 2;
     bu_install_signals();
     queue_open(copy_range);
-    if (admit_like_midcomd) {
-        if (!admit) return 2;
+    if (admit_like_midcomd && admit) {
         sessions = calloc(SESSION_SLOTS, sizeof *sessions);
         if (!sessions) bu_die("calloc sessions");
+    } else if (admit_like_midcomd && csp) {
+        csp_table = 1;
+        csp_records = calloc(CSP_RECORDS, sizeof *csp_records);
+        csp_by_id = calloc(CSP_INDEX_ENTRIES, sizeof *csp_by_id);
+        csp_by_flow = calloc(CSP_INDEX_ENTRIES, sizeof *csp_by_flow);
+        csp_expiry = calloc(2 * (size_t)CSP_RECORDS, sizeof *csp_expiry);
+        if (!csp_records || !csp_by_id || !csp_by_flow || !csp_expiry) bu_die("calloc session table");
+    } else if (admit_like_midcomd) {
+        return 2;
     }
     if (admit || csp) {
         nft = mnl_socket_open(NETLINK_NETFILTER);
