@@ -30,9 +30,15 @@ public final class NFTablesClient: @unchecked Sendable {
         var sendBufferBytes: Int = 0
         /// The one buffer every transaction is encoded into (used under the lock only).
         let encoder = NFTBatchEncoder()
-        /// The storage of `apply(family:table:building:)`'s change set, kept between transactions.
+        /// The storage of `apply(family:table:building:)`'s change set, kept between transactions
+        /// up to `reusableOperationsLimit` operations.
         var reusableOperations: [NFTChangeSet.Operation] = []
     }
+
+    /// A burst's changes fit (a burst is at most 256 packets, mostly one operation each); the
+    /// storage of a larger transaction (a mass expiry, a reload's revocations: ~220 B per
+    /// operation) is given back instead of held for the life of the process.
+    static let reusableOperationsLimit = 1024
 
     private let socket: OpaquePointer  // struct mnl_socket *
     private let portID: UInt32
@@ -87,11 +93,17 @@ public final class NFTablesClient: @unchecked Sendable {
             build(&changes)
             // A change set that an error carries away shares the storage; the next transaction's
             // emptying then copies it, and the error keeps what it describes.
-            defer { state.reusableOperations = changes.takeOperations() }
+            defer {
+                let operations = changes.takeOperations()
+                if operations.capacity <= Self.reusableOperationsLimit { state.reusableOperations = operations }
+            }
             if changes.isEmpty { return }
             try self.apply(changes, locked: &state)
         }
     }
+
+    /// How many operations the kept change set has room for (tests).
+    var reusableCapacity: Int { state.withLock { $0.reusableOperations.capacity } }
 
     private func apply(_ changes: NFTChangeSet, locked state: inout State) throws(NetfilterError) {
         let first = state.reserveSequences()

@@ -242,6 +242,16 @@ final class NFTablesClientTests: XCTestCase {
         // An empty build sends nothing and changes nothing.
         try client.apply(table: table) { _ in }
         XCTAssertEqual(try client.listElements(table: table, set: "flows").count, 1)
+
+        // A burst's storage is kept; a transaction larger than the limit gives its storage back.
+        XCTAssertGreaterThan(client.reusableCapacity, 0)
+        try client.apply(table: table) { changes in
+            for index in 0..<UInt32(NFTablesClient.reusableOperationsLimit + 1) {
+                changes.addElement(set: "flows", key: flowKey(0x0b00_0000 | index, 17, 5, 0x0a00_0004, 6), timeoutSeconds: 60)
+            }
+        }
+        XCTAssertEqual(try client.listElements(table: table, set: "flows").count, NFTablesClient.reusableOperationsLimit + 2)
+        XCTAssertEqual(client.reusableCapacity, 0, "a large transaction's storage is not held")
     }
 
     /// The error names the element the kernel refused, also deep in a large batch (the encoder keeps no
