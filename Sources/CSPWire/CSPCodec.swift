@@ -8,7 +8,7 @@ extension CSPMessage {
 
     /// Decodes and validates a whole message. Never traps and never reads outside `bytes`.
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws(CSPWireError) -> CSPMessage {
-        var message = CSPMessage(type: .setup, sessionID: 0, nonce: 0)
+        var message = CSPMessage.empty
         try parse(bytes, into: &message)
         return message
     }

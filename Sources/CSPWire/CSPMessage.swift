@@ -257,6 +257,10 @@ public struct CSPMessage: Hashable, Sendable {
         self.tlvs = tlvs
     }
 
+    /// A message with no TLVs and a zero header: what `parse(_:into:)` starts from, and what a
+    /// reader's parse storage holds while its storage is lent to a request.
+    @inlinable public static var empty: CSPMessage { CSPMessage(type: .setup, sessionID: 0, nonce: 0) }
+
     // MARK: typed accessors (first occurrence wins)
 
     public var flow: FlowTuple? { tlvs.lazy.compactMap { if case .flow(let f) = $0 { f } else { nil } }.first }

@@ -91,8 +91,8 @@ public final class NFTablesClient: @unchecked Sendable {
             swap(&taken, &state.reusableOperations)
             var changes = NFTChangeSet(family: family, table: table, reusing: consume taken)
             build(&changes)
-            // A change set that an error carries away shares the storage; the next transaction's
-            // emptying then copies it, and the error keeps what it describes.
+            // The storage goes back even after a throw: an error is described when it is thrown
+            // and holds none of it.
             defer {
                 let operations = changes.takeOperations()
                 if operations.capacity <= Self.reusableOperationsLimit { state.reusableOperations = operations }

@@ -254,7 +254,7 @@ final class Daemon: Sendable {
         for group in readers.dropFirst() {
             Thread.detachNewThread { [self] in
                 let burst = makeBurst()
-                var parseStorage = CSPMessage(type: .setup, sessionID: 0, nonce: 0)
+                var parseStorage = CSPMessage.empty
                 do {
                     try NetfilterQueue.run(group, beforeVerdicts: { burst.flush() }) { packet in
                         self.handle(packet, burst: burst, parseStorage: &parseStorage)
@@ -266,7 +266,7 @@ final class Daemon: Sendable {
             }
         }
         let burst = makeBurst()
-        var parseStorage = CSPMessage(type: .setup, sessionID: 0, nonce: 0)
+        var parseStorage = CSPMessage.empty
         try NetfilterQueue.run(
             readers[0], tickInterval: .milliseconds(250), tick: { [self] in tick(burst) }, beforeVerdicts: { burst.flush() }
         ) { [self] packet in

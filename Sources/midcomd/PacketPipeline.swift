@@ -66,7 +66,7 @@ extension Daemon {
             let parseStart = metrics == nil ? nil : ContinuousClock.now
             // The storage moves into the request and back after the engine's call: a copy left
             // behind would share it, and the parse would then allocate.
-            var storage = CSPMessage(type: .setup, sessionID: 0, nonce: 0)
+            var storage = CSPMessage.empty
             swap(&storage, &parseStorage)
             var request = try SignalingRequest(
                 parsing: udp.payload, source: source, entry: .intercepted(destination: destination), wallClock: wallClock(),

@@ -236,7 +236,7 @@ final class NFTablesClientTests: XCTestCase {
         }
         XCTAssertEqual(seen, 0, "the reused change set must start empty")
         XCTAssertEqual(try client.listElements(table: table, set: "flows").map(\.key), [second.bytes])
-        // The error still names what it was about after its storage was handed on.
+        // The error was described when it was thrown: handing the storage on changed nothing in it.
         XCTAssertTrue(failure?.object.hasSuffix("element deadbe") ?? false)
 
         // An empty build sends nothing and changes nothing.

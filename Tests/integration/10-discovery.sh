@@ -63,13 +63,13 @@ wait_for_match "$LAB_DIR/sniff.log" "^ipv4 10\.200\.1\.2 > 10\.200\.2\.2 tcpopts
 wait_for_match "$LAB_DIR/sniff.log" "^ipv6 fd00:1::2 > fd00:2::2 tcpopts (([0-9a-f]{2})*)fd104353" 2
 indent <"$LAB_DIR/sniff.log"
 
-step "idle, midcomd's threads sleep until work comes: its timers only (the readers' ticks, the snapshot's)"
+step "idle, midcomd's threads sleep until work comes: its timers only (the readers' ticks, the snapshot's, the ruleset watch's)"
 # Voluntary context switches of all its threads over 2 s with no traffic: a thread that polls
 # (the epoch announcer's 100 ms loop did) wakes the gateway's CPUs ten times a second for nothing.
 wakeups() {
   for task in /proc/"$MIDCOMD_PID"/task/*; do
     echo "$(basename "$task") $(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status")"
-  done
+  done | sort  # join's order
 }
 wakeups >"$LAB_DIR/wake0"
 sleep 2

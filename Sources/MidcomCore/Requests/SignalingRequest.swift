@@ -44,7 +44,7 @@ public struct SignalingRequest: Sendable, Equatable {
     /// malformed input.
     public init(parsing payload: UnsafeRawBufferPointer, source: CSPEndpoint, entry: Entry, wallClock: UInt64 = 0) throws {
         try self.init(
-            parsing: payload, source: source, entry: entry, wallClock: wallClock, reusing: CSPMessage(type: .setup, sessionID: 0, nonce: 0))
+            parsing: payload, source: source, entry: entry, wallClock: wallClock, reusing: CSPMessage.empty)
     }
 
     /// `init(parsing:…)` into `storage`, a message taken back from an earlier request
