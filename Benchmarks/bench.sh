@@ -289,14 +289,17 @@ fig4_gateway() {
 }
 # fig4_window CASE RUN W [CSPLOAD_ARGS...]: one cspload window through the current gateway; records sessions/s,
 # lost, round-trip percentiles and the gateway's CPU per completed session under CASE-wW. Sets FIG4_OUT.
+# Sessions signal flows from index FIG4_FIRST (default 0) on, window 1 from FIG4_FIRST + 2 000 000: window 64
+# (~200k sessions in 3 s) leaves its sessions alive, and window 1 signalling the same flows under new session IDs
+# would make every one of its sessions supersede one of them, work that the C reference skips (seventeenth pass).
 fig4_window() {
   local c=$1 run=$2 w=$3; shift 3
-  local s=8; [ "$w" = 1 ] && s=1
+  local s=8 first=${FIG4_FIRST:-0}; [ "$w" = 1 ] && s=1 first=$((first + 2000000))
   bl_bg server "$BL_DIR/resp.log" taskset -c "$LOAD_CPU" "$BIN/cspload" respond -d "$(echo "$D + 25" | bc)"
   local r=$BL_LAST_PID c0=0 c1=0
   sleep 0.2
   [ -n "$FIG4_PID" ] && c0=$(bl_task_cpu_ns "$FIG4_PID")
-  FIG4_OUT=$(in_ns client taskset -c "$LOAD_CPU" timeout 60 "$BIN/cspload" setup 10.201.2.2 -w "$w" -s $s -d "$D" "$@")
+  FIG4_OUT=$(in_ns client taskset -c "$LOAD_CPU" timeout 60 "$BIN/cspload" setup 10.201.2.2 -w "$w" -s $s -d "$D" -i "$first" "$@")
   [ -n "$FIG4_PID" ] && c1=$(bl_task_cpu_ns "$FIG4_PID")
   bl_stop "$r"
   record 4 "$c-w$w" sessions_per_s "$run" "$(echo "$FIG4_OUT" | json_field sessions_per_s)"
@@ -315,8 +318,8 @@ fig4() {
       fig4_gateway $c
       [ $c = midcomd ] && ENCODING=$(midcomd_status queueEncoding)
       for w in 64 1; do fig4_window $c "$run" $w; done
-      # With recordRoute: the ACCEPT is rewritten (record appended, signed) by both gateways. Other flows (-i).
-      if [ $c != kernel ]; then for w in 64 1; do fig4_window "$c-rr" "$run" $w -R -i 5000000; done; fi
+      # With recordRoute: the ACCEPT is rewritten (record appended, signed) by both gateways. Other flows (FIG4_FIRST).
+      if [ $c != kernel ]; then for w in 64 1; do FIG4_FIRST=5000000 fig4_window "$c-rr" "$run" $w -R; done; fi
       [ -n "$FIG4_PID" ] && bl_stop "$FIG4_PID"
       if [ $c = cref ]; then  # what the C reference did: ACCEPTs rewritten (with records) and admitted, none unmatched
         local m; for m in admitted rewritten unmatched sign_errors nft_errors verdict_errors; do
