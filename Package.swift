@@ -97,7 +97,7 @@ let package = Package(
         .testTarget(name: "CSPWireTests", dependencies: ["CSPWire", "CSPTrust", "TestSupport"], resources: [.copy("Vectors")]),
         .testTarget(name: "MidcomCoreTests", dependencies: ["MidcomCore", "CSPTrust"]),
         .testTarget(name: "MidcomControlTests", dependencies: ["MidcomControl"]),
-        .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire", "CSPTrust", "CSPSession", "TestSupport"]),
+        .testTarget(name: "CSPHostTests", dependencies: ["CSPHost", "CSPWire", "CSPTrust", "CSPSession", "SystemSupport", "TestSupport"]),
         .testTarget(name: "CSPTrustTests", dependencies: ["CSPTrust", "CSPWire"], resources: [.copy("Vectors")]),
         .testTarget(name: "CSPSessionTests", dependencies: ["CSPSession", "CSPTrust", "CSPWire", "TestSupport"]),
         .testTarget(name: "MidcomRelayTests", dependencies: ["MidcomRelay", "CSPSession", "CSPTrust", "CSPWire"]),

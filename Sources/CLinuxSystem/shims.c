@@ -5,12 +5,17 @@
 #include <netinet/tcp.h>
 #include <sched.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "CLinuxSystem.h"
 
 int clx_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int clx_set_thread_name(const char *name) { return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0); }
+
+int clx_thread_name(char name[16]) { return prctl(PR_GET_NAME, (unsigned long)name, 0, 0, 0); }
 
 int clx_allowed_cpu_count(void) {
     cpu_set_t set;

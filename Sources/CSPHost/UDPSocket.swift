@@ -69,15 +69,24 @@ public final class UDPSocket: Sendable {
         }
     }
 
-    /// Waits up to `timeout` (nil: until one comes) for one datagram; nil on timeout.
-    public func receive(timeout: Duration?, maximumLength: Int = 65535) throws(SystemCallError) -> (bytes: [UInt8], from: CSPEndpoint)? {
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    /// Waits up to `timeout` (nil: until one comes) for one datagram; nil on timeout. With a `wake`
+    /// descriptor (a `WakeupPipe`'s `fd`), also nil as soon as that is readable and no datagram is
+    /// waiting: another thread can then reach this one without a timeout to poll on.
+    public func receive(
+        timeout: Duration?, maximumLength: Int = 65535, wakingOn wake: Int32 = -1
+    ) throws(SystemCallError) -> (bytes: [UInt8], from: CSPEndpoint)? {
+        // poll ignores an entry whose descriptor is negative: without `wake`, only the socket counts.
+        var entries = (pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0))
         var milliseconds: Int32 = -1
         if let (seconds, attoseconds) = timeout?.components {
-            milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+            milliseconds = Int32(clamping: max(0, seconds) * 1000 + max(0, attoseconds) / 1_000_000_000_000_000)
         }
-        let ready = try systemCall("poll") { poll(&pfd, 1, milliseconds) }
-        guard ready > 0 else { return nil }
+        let ready = try withUnsafeMutableBytes(of: &entries) { raw throws(SystemCallError) in
+            let table = raw.baseAddress!.assumingMemoryBound(to: pollfd.self)
+            return try systemCall("poll") { poll(table, 2, milliseconds) }
+        }
+        // Readable, or an error that recvfrom reports; otherwise only the wake (or nothing) came.
+        guard ready > 0, entries.0.revents != 0 else { return nil }
         var buffer = [UInt8](repeating: 0, count: maximumLength)
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)

@@ -132,44 +132,6 @@ struct UnixStreamSocket: ~Copyable, Sendable {
     }
 }
 
-/// A self-pipe that wakes a thread blocked in `poll` on `fd`; it stays readable once signaled (nobody drains it).
-/// A pipe rather than an eventfd because Glibc's module map does not export <sys/eventfd.h>.
-struct WakeupPipe: ~Copyable, Sendable {
-    /// The read end, to poll.
-    let fd: Int32
-    private let writeEnd: Int32
-
-    /// The corresponding C functions are `pipe` and `fcntl`.
-    init() throws(SystemCallError) {
-        var ends: [Int32] = [-1, -1]
-        _ = try systemCall("pipe") { Glibc.pipe(&ends) }
-        do {
-            for end in ends {
-                _ = try systemCall("fcntl") { Glibc.fcntl(end, F_SETFD, FD_CLOEXEC) }
-                _ = try systemCall("fcntl") { Glibc.fcntl(end, F_SETFL, O_NONBLOCK) }
-            }
-        } catch {
-            _ = Glibc.close(ends[0])
-            _ = Glibc.close(ends[1])
-            throw error
-        }
-        fd = ends[0]
-        writeEnd = ends[1]
-    }
-
-    deinit {
-        _ = Glibc.close(fd)
-        _ = Glibc.close(writeEnd)
-    }
-
-    /// The corresponding C function is `write`.
-    func signal() {
-        // EAGAIN means the pipe is full, and then it is already readable.
-        var byte: UInt8 = 1
-        _ = try? systemCall("write") { Glibc.write(writeEnd, &byte, 1) }
-    }
-}
-
 /// Which of `descriptors` are readable (or hung up, or in error: a read then reports it), or nil if `timeout`
 /// passed first. A nil `timeout` waits forever. The corresponding C function is `poll`.
 func pollReadable(_ descriptors: [Int32], timeout: Duration?) throws(SystemCallError) -> [Bool]? {

@@ -68,6 +68,7 @@ extension Daemon {
                 return engine.portMappingEpoch(wallClock: wallClock())
             }
             announceRequested.store(true, ordering: .relaxed)
+            portMappingWake.signal()
             log(.notice, "midctl announce: the port-mapping epoch starts again; announcing it to the inside hosts")
             return ControlResponse(ok: true, message: "\(csp); port-mapping epoch \(epoch): announcing to NAT-PMP/PCP clients (10 times over about 4 minutes)")
         case .reload:

@@ -61,6 +61,9 @@ final class Daemon: Sendable {
     let queueRulesRemovedForGood = Mutex<Bool>(false)
     /// `midctl announce`: the port-mapping thread starts its announcements again.
     let announceRequested = Atomic<Bool>(false)
+    /// Wakes the port-mapping thread for `announceRequested` and at stop; it otherwise sleeps until a
+    /// request or its next announcement.
+    let portMappingWake: WakeupPipe
     /// Requests to announce our epoch to the inside hosts (CSP ANNOUNCE): 1 at start, one more per
     /// `midctl announce`; the announcing thread sends its schedule whenever the count changes.
     let epochAnnouncementRequests = Atomic<UInt64>(1)
@@ -191,6 +194,7 @@ final class Daemon: Sendable {
             }
         }
         self.portMappingSocket = portMapping
+        self.portMappingWake = try WakeupPipe()
         do {
             try checkRuleset()
             try filterPortMappingInput(serving: portMapping != nil)
@@ -219,27 +223,27 @@ final class Daemon: Sendable {
             self?.answer(request) ?? .failure("midcomd is stopping")
         }
         control.withLock { $0 = server }
-        Thread.detachNewThread { server.run() }
-        Thread.detachNewThread { [self] in
+        startThread("control") { server.run() }
+        startThread("ct-cleanup") { [self] in
             cleanup.run(shouldStop: { stopping.load(ordering: .relaxed) }) { error in
                 kernelErrors.add(1, ordering: .relaxed)
                 log.limited(.warning, category: "conntrack", "could not delete conntrack entries of removed admissions: \(error)")
             }
         }
         for socket in agents.values {
-            Thread.detachNewThread { [self] in self.serveLocalRequests(on: socket) }
+            startThread("csp-agent") { [self] in self.serveLocalRequests(on: socket) }
         }
         if let socket = portMappingSocket {
-            Thread.detachNewThread { [self] in self.servePortMapping(on: socket) }
+            startThread("port-mapping") { [self] in self.servePortMapping(on: socket) }
         }
-        Thread.detachNewThread { [self] in
+        startThread("replies") { [self] in
             var sockets = TransparentSockets()
             replies.run(shouldStop: { stopping.load(ordering: .relaxed) }) { transmit($0, sockets: &sockets) }
         }
-        Thread.detachNewThread { [self] in self.adoptKernelState() }
-        Thread.detachNewThread { [self] in self.writeSnapshotsPeriodically() }
-        Thread.detachNewThread { [self] in self.watchRuleset() }
-        Thread.detachNewThread { [self] in self.announceEpochOnRequest() }
+        startThread("adoption") { [self] in self.adoptKernelState() }
+        startThread("snapshots") { [self] in self.writeSnapshotsPeriodically() }
+        startThread("ruleset-watch") { [self] in self.watchRuleset() }
+        startThread("epoch-announce") { [self] in self.announceEpochOnRequest() }
         if let metrics, let listen = configuration.metricsListen { metrics.serve(at: listen, daemon: self) }
         let identity = engine.withLock { $0.identity }
         log(.notice, "middlebox \(hex(identity.id)) key \(identity.key?.publicKey.text ?? "none") (challenge \(configuration.trust.challenge.rawValue), signatures \(configuration.trust.signatures.rawValue))")
@@ -252,7 +256,7 @@ final class Daemon: Sendable {
         let allowed = cpus.map { "\($0) CPU\($0 == 1 ? "" : "s") allowed" } ?? "CPU affinity unknown"
         log(.notice, "queue readers: \(split.joined(separator: ", ")) (\(readers.count == 1 ? "one thread" : "a thread each"); \(allowed))")
         for group in readers.dropFirst() {
-            Thread.detachNewThread { [self] in
+            startThread("queue-reader") { [self] in
                 let burst = makeBurst()
                 var parseStorage = CSPMessage.empty
                 do {
@@ -271,6 +275,15 @@ final class Daemon: Sendable {
             readers[0], tickInterval: .milliseconds(250), tick: { [self] in tick(burst) }, beforeVerdicts: { burst.flush() }
         ) { [self] packet in
             handle(packet, burst: burst, parseStorage: &parseStorage)
+        }
+    }
+
+    /// A thread of midcomd's, named for the operator (`top -H`, `ps -L`; the main thread, the first
+    /// queue reader, keeps the process's name): which one is busy or wakes often shows at a glance.
+    func startThread(_ name: String, _ body: @escaping @Sendable () -> Void) {
+        Thread.detachNewThread {
+            nameCurrentThread(name)
+            body()
         }
     }
 
@@ -295,6 +308,7 @@ final class Daemon: Sendable {
     func stop() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
         epochAnnouncementWake.signal()
+        portMappingWake.signal()
         notifier.notify("STOPPING=1")
         log(.notice, "stopping: removing the queue rule; admitted flows keep their kernel timeouts")
         for queue in queues { queue.stop() }

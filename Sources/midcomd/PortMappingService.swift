@@ -4,6 +4,7 @@ import Glibc
 import CSPHost
 import CSPWire
 import MidcomCore
+import SystemSupport
 
 /// NAT-PMP (RFC 6886) and PCP (RFC 6887) for hosts that do not speak CSP (issue 12): requests on
 /// UDP 5351 from inside addresses become sessions of the same table, through the same policy and
@@ -27,9 +28,12 @@ extension Daemon {
                 announcements += 1
                 nextAnnouncement = ContinuousClock.now.advanced(by: .milliseconds(250 << (announcements - 1)))
             }
+            // Sleep until a request comes, the next announcement is due, or `midctl announce` or
+            // `stop` wakes us (portMappingWake): an idle gateway's CPU is not woken for nothing.
             let received: (bytes: [UInt8], from: CSPEndpoint)?
             do {
-                received = try socket.receive(timeout: .milliseconds(250), maximumLength: 1100)
+                let timeout = announcements < 10 ? nextAnnouncement - ContinuousClock.now : nil
+                received = try socket.receive(timeout: timeout, maximumLength: 1100, wakingOn: portMappingWake.fd)
                 consecutiveErrors = 0
             } catch {
                 consecutiveErrors += 1
@@ -37,7 +41,12 @@ extension Daemon {
                 if consecutiveErrors > 10 { usleep(100_000) }  // a persistent error must not spin
                 continue
             }
-            guard let (bytes, from) = received else { continue }
+            guard let (bytes, from) = received else {
+                // Timed out or woken. Drained before the loop reads `announceRequested` again: a
+                // request stored after that read signals after this drain, so it wakes the next wait.
+                portMappingWake.drain()
+                continue
+            }
             let answer = bytes.first == NATPMP.version ? answerPortMapping(bytes, from: from) : answerPCP(bytes, from: from)
             if let answer {
                 do { try socket.send(answer, to: from) } catch {

@@ -68,13 +68,14 @@ step "idle, midcomd's threads sleep until work comes: its timers only (the reade
 # (the epoch announcer's 100 ms loop did) wakes the gateway's CPUs ten times a second for nothing.
 wakeups() {
   for task in /proc/"$MIDCOMD_PID"/task/*; do
-    echo "$(basename "$task") $(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status")"
+    # Its ID and name (midcomd names its threads), then its count.
+    echo "$(basename "$task"):$(tr -d ' ' <"$task/comm") $(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status")"
   done | sort  # join's order
 }
 wakeups >"$LAB_DIR/wake0"
 sleep 2
 wakeups >"$LAB_DIR/wake1"
-# Per thread (its ID, and wake-ups in the 2 s), then the sum.
+# Per thread (its ID and name, and wake-ups in the 2 s), then the sum.
 join "$LAB_DIR/wake0" "$LAB_DIR/wake1" | awk '$3 > $2 {printf "      thread %s: %d\n", $1, $3 - $2}'
 idle=$(join "$LAB_DIR/wake0" "$LAB_DIR/wake1" | awk '{s += $3 - $2} END {print s + 0}')
 echo "      $idle wake-ups in 2 s ($(wc -l <"$LAB_DIR/wake1") threads)"

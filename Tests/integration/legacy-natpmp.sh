@@ -91,7 +91,33 @@ wait_for_match "$LAB_DIR/announce.log" "^listening on" 3
 kill "$MIDCOMD_PID"; wait "$MIDCOMD_PID" 2>/dev/null || true
 expect_no_match "$(nft_set nat portmap_refused4)" "elements" "a stopped midcomd leaves no input filter behind"
 lab_midcomd nat "$conf"
+started=$(now_s)
 wait_for_match "$LAB_DIR/announce.log" "recv 12 octets from 192\.168\.1\.1:5351" 3
 natpmp
 expect_match "$NATPMP_OUT" "epoch = [0-2]$" "the epoch started again"
+
+# The announcements go out 0, 0.25, 0.75, 1.75, 3.75, 7.75 and 15.75 s after the start.
+step "idle, the port-mapping thread sleeps until a request or its next announcement (none from 4 to 6 s)"
+sleep_until "$(after "$started" 4)"
+pm_wakeups() {
+  local task
+  for task in /proc/"$MIDCOMD_PID"/task/*; do
+    if [ "$(cat "$task/comm")" = port-mapping ]; then awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status"; fi
+  done
+}
+w0=$(pm_wakeups)
+[ -n "$w0" ] || fail "midcomd has no thread named port-mapping"
+sleep 2
+w1=$(pm_wakeups)
+echo "      the port-mapping thread woke $((w1 - w0)) times in 2 s"
+# It polled every 250 ms before: 8 times.
+[ $((w1 - w0)) -le 1 ] || fail "the idle port-mapping thread woke $((w1 - w0)) times in 2 s (expected at most 1)"
+
+step "midctl announce wakes it at once: announced within 1 s, not at 15.75 s"
+sleep_until "$(after "$started" 8.5)"
+lab_bg inside "$LAB_DIR/announce3.log" $PY "$ROOT/Tests/integration/craft.py" recv 5350 --duration 10
+wait_for_match "$LAB_DIR/announce3.log" "^listening on" 3
+out=$(midctl nat announce); indent <<<"$out"
+expect_match "$out" "port-mapping epoch [0-2]: announcing to NAT-PMP/PCP clients" "midctl announce"
+wait_for_match "$LAB_DIR/announce3.log" "recv 12 octets from 192\.168\.1\.1:5351" 1
 echo "legacy-natpmp: all checks passed"

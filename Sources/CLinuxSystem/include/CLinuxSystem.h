@@ -20,6 +20,12 @@ int clx_epoll_wait(int epfd, uint32_t *events, uint64_t *tokens, int capacity, i
 /// set it); -1 with errno when the kernel refuses the call.
 int clx_allowed_cpu_count(void);
 
+/// The calling thread's name as `ps -L`, `top -H` and /proc/<pid>/task/<tid>/comm show it: at most
+/// 15 octets (longer names are cut). prctl(PR_SET_NAME / PR_GET_NAME) is variadic, so Swift cannot call it.
+int clx_set_thread_name(const char *name);
+/// Fills name (16 octets, NUL-terminated).
+int clx_thread_name(char name[16]);
+
 int clx_pipe(int fds[2]);
 int clx_set_pipe_size(int fd, int size);
 /// splice(2) without offsets (sockets and pipes); flags: CLX_SPLICE_*.
