@@ -97,6 +97,7 @@ final class Daemon: Sendable {
         // (its epoch file among them).
         lock = try TableLock(table: configuration.table)
         nft = try NFTablesClient()
+        portMappingWake = try WakeupPipe()  // before the queue rules: a failure here leaves nothing behind
         guard let comment = try nft.tableComment(table: configuration.table) else {
             throw DaemonError(
                 "table inet \(configuration.table) does not exist: load the Midcom ruleset first (nft -f /etc/nftables.d/midcom.nft)")
@@ -194,7 +195,6 @@ final class Daemon: Sendable {
             }
         }
         self.portMappingSocket = portMapping
-        self.portMappingWake = try WakeupPipe()
         do {
             try checkRuleset()
             try filterPortMappingInput(serving: portMapping != nil)
