@@ -201,8 +201,6 @@ public final class TCPSocket: @unchecked Sendable {
 
     private func wait(for events: Int16, timeout: Duration) throws(SystemCallError) -> Bool {
         var pfd = pollfd(fd: descriptor, events: events, revents: 0)
-        let (seconds, attoseconds) = timeout.components
-        let milliseconds = Int32(clamping: max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
-        return try systemCall("poll") { poll(&pfd, 1, milliseconds) } > 0
+        return try systemCall("poll") { poll(&pfd, 1, pollMilliseconds(timeout)) } > 0
     }
 }

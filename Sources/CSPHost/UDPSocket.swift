@@ -77,10 +77,7 @@ public final class UDPSocket: Sendable {
     ) throws(SystemCallError) -> (bytes: [UInt8], from: CSPEndpoint)? {
         // poll ignores an entry whose descriptor is negative: without `wake`, only the socket counts.
         var entries = (pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0))
-        var milliseconds: Int32 = -1
-        if let (seconds, attoseconds) = timeout?.components {
-            milliseconds = Int32(clamping: max(0, seconds) * 1000 + max(0, attoseconds) / 1_000_000_000_000_000)
-        }
+        let milliseconds = pollMilliseconds(timeout)
         let ready = try withUnsafeMutableBytes(of: &entries) { raw throws(SystemCallError) in
             let table = raw.baseAddress!.assumingMemoryBound(to: pollfd.self)
             return try systemCall("poll") { poll(table, 2, milliseconds) }

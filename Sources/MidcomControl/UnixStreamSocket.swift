@@ -136,14 +136,7 @@ struct UnixStreamSocket: ~Copyable, Sendable {
 /// passed first. A nil `timeout` waits forever. The corresponding C function is `poll`.
 func pollReadable(_ descriptors: [Int32], timeout: Duration?) throws(SystemCallError) -> [Bool]? {
     var entries = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-    var milliseconds: Int32 = -1
-    if let timeout {
-        let (seconds, attoseconds) = timeout.components
-        let total = max(0, seconds) * 1000 + max(0, attoseconds) / 1_000_000_000_000_000
-        // Round a positive sub-millisecond remainder up, so that callers looping on a deadline do not spin.
-        milliseconds = Int32(clamping: total == 0 && timeout > .zero ? 1 : total)
-    }
-    let count = try systemCall("poll") { Glibc.poll(&entries, nfds_t(entries.count), milliseconds) }
+    let count = try systemCall("poll") { Glibc.poll(&entries, nfds_t(entries.count), pollMilliseconds(timeout)) }
     if count == 0 { return nil }
     let ready = Int16(POLLIN) | Int16(POLLHUP) | Int16(POLLERR)
     return entries.map { $0.revents & ready != 0 }

@@ -94,3 +94,13 @@ public struct FileDescriptor: ~Copyable, Sendable {
 
     deinit { _ = close(rawValue) }
 }
+
+/// `poll`'s timeout for `timeout`: -1 (wait forever) for nil, 0 for a deadline already past (a
+/// negative value would wait forever), else whole milliseconds with a positive sub-millisecond
+/// remainder rounded up, so that callers looping on a deadline do not spin.
+public func pollMilliseconds(_ timeout: Duration?) -> Int32 {
+    guard let timeout else { return -1 }
+    let (seconds, attoseconds) = timeout.components
+    let total = max(0, seconds) * 1000 + max(0, attoseconds) / 1_000_000_000_000_000
+    return Int32(clamping: total == 0 && timeout > .zero ? 1 : total)
+}

@@ -23,4 +23,17 @@ final class SystemCallTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(fcntl(kept, F_GETFD), 0, "released, not closed")
         close(kept)
     }
+
+    /// poll's timeout: nil waits forever, a deadline already past does not (a negative poll timeout
+    /// would), and a sub-millisecond remainder is not rounded down to a busy 0.
+    func testPollMillisecondsForEveryKindOfTimeout() {
+        XCTAssertEqual(pollMilliseconds(nil), -1)
+        XCTAssertEqual(pollMilliseconds(.zero), 0)
+        XCTAssertEqual(pollMilliseconds(.milliseconds(-1500)), 0)
+        XCTAssertEqual(pollMilliseconds(.microseconds(-300)), 0)
+        XCTAssertEqual(pollMilliseconds(.microseconds(300)), 1)
+        XCTAssertEqual(pollMilliseconds(.microseconds(2500)), 2)
+        XCTAssertEqual(pollMilliseconds(.seconds(3)), 3000)
+        XCTAssertEqual(pollMilliseconds(.seconds(86_400 * 365)), Int32.max)
+    }
 }

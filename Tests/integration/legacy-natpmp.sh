@@ -110,7 +110,7 @@ w0=$(pm_wakeups)
 sleep 2
 w1=$(pm_wakeups)
 echo "      the port-mapping thread woke $((w1 - w0)) times in 2 s"
-# It polled every 250 ms before: 8 times.
+# It polled every 250 ms before: 8 or 9 times.
 [ $((w1 - w0)) -le 1 ] || fail "the idle port-mapping thread woke $((w1 - w0)) times in 2 s (expected at most 1)"
 
 step "midctl announce wakes it at once: announced within 1 s, not at 15.75 s"
